@@ -1,0 +1,53 @@
+"""The napari-deblur engine: PyTorch image restoration with no GUI dependency.
+
+Importing this package never imports napari, Qt or magicgui. Public functions
+take and return numpy arrays (any real dtype in, float32 out in the input's
+intensity scale); their ``iter_*`` twins are generators that report progress
+for long jobs (see :mod:`napari_deblur.engine.jobs`). Work runs on CUDA, then
+Apple MPS, then the CPU (:func:`select_device`).
+"""
+
+from .convolution import blur, iter_blur
+from .devices import select_device
+from .jobs import EngineError, JobCancelled, JobProgress, run_job
+from .planes import PlaneLayout
+from .psf import (
+    disk_psf,
+    gaussian_psf,
+    motion_psf,
+    psf_blur_level,
+    random_motion_psf,
+    ring_psf,
+)
+from .validation import as_float_image, as_psf
+from .wiener import (
+    WIENER_STACK_SNRS_DB,
+    iter_wiener_deconvolve,
+    iter_wiener_deconvolve_snr_stack,
+    wiener_deconvolve,
+    wiener_deconvolve_snr_stack,
+)
+
+__all__ = [
+    "WIENER_STACK_SNRS_DB",
+    "EngineError",
+    "JobCancelled",
+    "JobProgress",
+    "PlaneLayout",
+    "as_float_image",
+    "as_psf",
+    "blur",
+    "disk_psf",
+    "gaussian_psf",
+    "iter_blur",
+    "iter_wiener_deconvolve",
+    "iter_wiener_deconvolve_snr_stack",
+    "motion_psf",
+    "psf_blur_level",
+    "random_motion_psf",
+    "ring_psf",
+    "run_job",
+    "select_device",
+    "wiener_deconvolve",
+    "wiener_deconvolve_snr_stack",
+]

@@ -1,0 +1,101 @@
+"""Choosing the torch device: CUDA first, then Apple MPS, then the CPU.
+
+This is the only module that decides where engine work runs.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+DeviceLike = "str | torch.device | None"
+_KNOWN_TYPES = ("cpu", "cuda", "mps")
+
+
+def mps_is_available() -> bool:
+    """True when PyTorch can use Apple's Metal (MPS) backend."""
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend is not None and backend.is_available())
+
+
+def select_device(device: str | torch.device | None = None) -> torch.device:
+    """Return the torch device to run on.
+
+    Parameters
+    ----------
+    device : {None, "auto", "cpu", "cuda", "cuda:N", "mps"} or torch.device
+        ``None`` or ``"auto"`` picks CUDA when a GPU is visible, else Apple MPS,
+        else the CPU. An explicit device is honoured when it exists.
+
+    Returns
+    -------
+    torch.device
+
+    Raises
+    ------
+    ValueError
+        If the name is not a device type torch knows, or the requested
+        accelerator is not available on this machine.
+    """
+    if device is None or (isinstance(device, str) and device.strip().lower() == "auto"):
+        if torch.cuda.is_available():
+            chosen = torch.device("cuda")
+        elif mps_is_available():
+            chosen = torch.device("mps")
+        else:
+            chosen = torch.device("cpu")
+        logger.debug("automatic device choice: %s", chosen)
+        return chosen
+    if isinstance(device, torch.device):
+        chosen = device
+    elif isinstance(device, str):
+        try:
+            chosen = torch.device(device.strip().lower())
+        except RuntimeError as exc:
+            raise ValueError(
+                f"Unknown device {device!r}; use 'auto', 'cpu', 'cuda' or 'mps'."
+            ) from exc
+    else:
+        raise TypeError(
+            f"device must be a string, a torch.device or None, not {type(device).__name__}."
+        )
+    if chosen.type not in _KNOWN_TYPES:
+        raise ValueError(f"Unsupported device {chosen}; use 'auto', 'cpu', 'cuda' or 'mps'.")
+    if chosen.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                "device='cuda' was requested but PyTorch sees no CUDA GPU here; "
+                "use device='auto' or 'cpu'."
+            )
+        if chosen.index is not None and chosen.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device={str(chosen)!r} was requested but only "
+                f"{torch.cuda.device_count()} CUDA device(s) are visible."
+            )
+    if chosen.type == "mps" and not mps_is_available():
+        raise ValueError(
+            "device='mps' was requested but Apple MPS is not available here; "
+            "use device='auto' or 'cpu'."
+        )
+    return chosen
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """True when ``error`` says the device ran out of memory (CUDA or MPS)."""
+    oom_type = getattr(torch, "OutOfMemoryError", None) or getattr(
+        torch.cuda, "OutOfMemoryError", None
+    )
+    if oom_type is not None and isinstance(error, oom_type):
+        return True
+    return isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
+
+
+def release_cached_memory(device: torch.device) -> None:
+    """Give cached accelerator memory back after a failure or a finished job."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    elif device.type == "mps" and hasattr(torch, "mps"):
+        torch.mps.empty_cache()

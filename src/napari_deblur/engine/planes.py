@@ -1,0 +1,178 @@
+"""Stacks, time series and colour: the engine works on planes.
+
+An image is seen as leading axes (z, t, ...), two spatial axes (rows, columns)
+and optionally a channel axis (``channel_axis``, e.g. RGB). Internally every
+job works on ``(N, C, H, W)`` tensors: ``N`` planes of ``C`` channels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .jobs import JobProgress, JobSteps, scaled_steps
+from .validation import check_psf_fits
+
+MIN_PLANE_SIZE = 2
+
+
+@dataclass(frozen=True)
+class PlaneLayout:
+    """Where the planes, rows, columns and channels of an image are.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        The image's shape.
+    channel_axis : int or None
+        Axis holding colour channels, normalised to be non-negative.
+    """
+
+    shape: tuple[int, ...]
+    channel_axis: int | None
+
+    @classmethod
+    def of(cls, shape: tuple[int, ...], channel_axis: int | None = None) -> PlaneLayout:
+        """Describe ``shape``; raises ``ValueError`` for impossible layouts."""
+        shape = tuple(int(s) for s in shape)
+        ndim = len(shape)
+        if channel_axis is not None:
+            if isinstance(channel_axis, bool) or not isinstance(channel_axis, (int, np.integer)):
+                raise TypeError(f"channel_axis must be an int or None, not {channel_axis!r}.")
+            if not -ndim <= channel_axis < ndim:
+                raise ValueError(f"channel_axis={channel_axis} is out of range for shape {shape}.")
+            channel_axis = int(channel_axis) % ndim
+            if ndim < 3:
+                raise ValueError(
+                    f"channel_axis is set but the image has only {ndim} dimensions {shape}; "
+                    f"a colour image needs rows, columns and channels."
+                )
+        layout = cls(shape, channel_axis)
+        height, width = layout.plane_shape
+        if height < MIN_PLANE_SIZE or width < MIN_PLANE_SIZE:
+            raise ValueError(
+                f"Each image plane must be at least {MIN_PLANE_SIZE}x{MIN_PLANE_SIZE} pixels, "
+                f"got {height}x{width} (shape {shape}). Is channel_axis right?"
+            )
+        return layout
+
+    @property
+    def _non_channel_shape(self) -> tuple[int, ...]:
+        if self.channel_axis is None:
+            return self.shape
+        return self.shape[: self.channel_axis] + self.shape[self.channel_axis + 1 :]
+
+    @property
+    def plane_shape(self) -> tuple[int, int]:
+        """(rows, columns) of one plane."""
+        rows, cols = self._non_channel_shape[-2:]
+        return rows, cols
+
+    @property
+    def leading_shape(self) -> tuple[int, ...]:
+        """Shape of the plane axes (z, t, ...), empty for a single plane."""
+        return self._non_channel_shape[:-2]
+
+    @property
+    def n_planes(self) -> int:
+        return int(np.prod(self.leading_shape, dtype=np.int64))
+
+    @property
+    def n_channels(self) -> int:
+        return 1 if self.channel_axis is None else self.shape[self.channel_axis]
+
+    def to_planes(self, image: np.ndarray) -> np.ndarray:
+        """Rearrange ``image`` to ``(N, C, H, W)`` (a view when possible)."""
+        if self.channel_axis is None:
+            return image.reshape((self.n_planes, 1) + self.plane_shape)
+        moved = np.moveaxis(image, self.channel_axis, -1)
+        planes = moved.reshape((self.n_planes,) + self.plane_shape + (self.n_channels,))
+        return planes.transpose(0, 3, 1, 2)
+
+    def from_planes(self, planes: np.ndarray) -> np.ndarray:
+        """Inverse of :meth:`to_planes`: ``(N, C, H, W)`` back to the image layout."""
+        if self.channel_axis is None:
+            return planes.reshape(self.shape)
+        moved = planes.transpose(0, 2, 3, 1).reshape(
+            self.leading_shape + self.plane_shape + (self.n_channels,)
+        )
+        return np.moveaxis(moved, -1, self.channel_axis)
+
+    def psf_per_plane(self, psf: np.ndarray) -> np.ndarray:
+        """Kernels for the planes: ``(1, h, w)`` shared, or ``(N, h, w)`` one per plane.
+
+        A 2D PSF applies to every plane. A 3D PSF needs one kernel per plane:
+        its depth must equal the number of planes, or the length of the axis
+        just before the rows (z), in which case it repeats over outer axes (t).
+        """
+        check_psf_fits(psf.shape, self.plane_shape)
+        if psf.ndim == 2:
+            return psf[None]
+        depth = psf.shape[0]
+        if depth == self.n_planes:
+            return psf
+        if self.leading_shape and depth == self.leading_shape[-1]:
+            repeats = self.n_planes // depth
+            return np.tile(psf, (repeats, 1, 1))
+        raise ValueError(
+            f"A 3D PSF needs one kernel per plane: it has {depth} kernels but the image has "
+            f"{self.n_planes} plane(s) (leading axes {self.leading_shape}). Use a 2D PSF for all "
+            f"planes, or pick the matching kernel."
+        )
+
+
+PlaneStepsFn = Callable[[torch.Tensor, "torch.Tensor | None"], JobSteps[torch.Tensor]]
+
+
+def iter_planewise(
+    image: np.ndarray,
+    layout: PlaneLayout,
+    plane_steps: PlaneStepsFn,
+    *,
+    device: torch.device,
+    psf: np.ndarray | None = None,
+    outputs_per_plane: int = 1,
+    message: str = "",
+) -> Generator[JobProgress, None, np.ndarray]:
+    """Run a per-plane job over every plane of ``image``.
+
+    Parameters
+    ----------
+    image : numpy.ndarray, float32
+        Validated image in its own layout.
+    layout : PlaneLayout
+        Its layout.
+    plane_steps : callable
+        ``plane_steps(x, psf)`` with ``x`` a ``(1, C, H, W)`` tensor on ``device``
+        and ``psf`` a ``(h, w)`` tensor (or None) returns a job generator whose
+        result is a ``(E, C, H, W)`` tensor, ``E == outputs_per_plane``.
+    psf : numpy.ndarray, optional
+        Normalised 2D PSF or per-plane 3D stack.
+    outputs_per_plane : int
+        ``E``; above 1 the result gets a new leading axis of that length.
+
+    Returns
+    -------
+    numpy.ndarray, float32
+        ``image.shape``, or ``(E,) + image.shape`` when ``outputs_per_plane > 1``.
+    """
+    planes = layout.to_planes(image)
+    kernels = None if psf is None else layout.psf_per_plane(psf)
+    n_planes = layout.n_planes
+    result = np.empty((outputs_per_plane,) + planes.shape, dtype=np.float32)
+    for index in range(n_planes):
+        plane = torch.from_numpy(np.ascontiguousarray(planes[index : index + 1])).to(device)
+        kernel = None
+        if kernels is not None:
+            kernel = torch.from_numpy(kernels[index if len(kernels) > 1 else 0]).to(device)
+        output = yield from scaled_steps(
+            plane_steps(plane, kernel), index / n_planes, (index + 1) / n_planes
+        )
+        result[:, index] = output.detach().to("cpu", torch.float32).numpy()
+        label = f"{message}: plane {index + 1}/{n_planes}" if n_planes > 1 else message
+        yield JobProgress((index + 1) / n_planes, label)
+    restored = np.stack([layout.from_planes(result[e]) for e in range(outputs_per_plane)])
+    return restored if outputs_per_plane > 1 else restored[0]

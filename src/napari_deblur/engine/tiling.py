@@ -1,0 +1,122 @@
+"""Tiled execution with context halos and seamless blending.
+
+Large planes are cut into overlapping tiles so a model (or an FFT) fits in
+GPU or CPU memory. Each tile is processed with ``halo`` pixels of context on
+every inner side; that context is thrown away, and neighbouring tiles overlap
+by a further ``blend`` pixels over which their outputs are cross-faded with
+linear ramps. For any operation whose reach is at most ``halo`` pixels the
+tiled result equals the untiled one; for wider operations the seams are
+hidden by the blend. A device out-of-memory error restarts the plane with
+tiles half as large.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import torch
+
+from .devices import is_out_of_memory, release_cached_memory
+from .jobs import JobProgress, JobSteps
+
+logger = logging.getLogger(__name__)
+
+MIN_TILE_SIZE = 32
+
+
+def tile_starts(length: int, tile: int, blend: int) -> list[int]:
+    """Start offsets of tiles of size ``tile`` covering ``length`` with ``blend`` overlap."""
+    if length <= tile:
+        return [0]
+    stride = tile - blend
+    starts = list(range(0, length - tile, stride))
+    starts.append(length - tile)
+    return starts
+
+
+def _edge_ramp(size: int, ramp_before: int, ramp_after: int, device, dtype) -> torch.Tensor:
+    weights = torch.ones(size, device=device, dtype=dtype)
+    if ramp_before:
+        weights[:ramp_before] = (torch.arange(ramp_before, device=device, dtype=dtype) + 0.5) / ramp_before
+    if ramp_after:
+        weights[size - ramp_after :] = torch.minimum(
+            weights[size - ramp_after :],
+            (torch.arange(ramp_after, 0, -1, device=device, dtype=dtype) - 0.5) / ramp_after,
+        )
+    return weights
+
+
+def iter_tiled(
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    *,
+    tile_size: int,
+    halo: int,
+    blend: int = 16,
+    retry_on_oom: bool = True,
+) -> JobSteps[torch.Tensor]:
+    """Apply ``fn`` tile by tile and blend the tiles back together.
+
+    Parameters
+    ----------
+    fn : callable
+        Maps a ``(B, C, h, w)`` tensor to ``(B, C_out, h, w)`` (same size).
+    x : Tensor, shape (B, C, H, W)
+    tile_size : int
+        Side of a tile's core (the part kept, before halo). Planes no larger
+        than this run in one piece.
+    halo : int
+        Context pixels added on every inner side of a tile and discarded.
+    blend : int
+        Overlap of neighbouring cores, cross-faded linearly.
+    retry_on_oom : bool
+        On an out-of-memory error, free the cache and restart with half the
+        tile size (down to ``MIN_TILE_SIZE``).
+
+    Returns
+    -------
+    Tensor, shape (B, C_out, H, W)
+    """
+    while True:
+        try:
+            result = yield from _iter_tiles_once(fn, x, tile_size=tile_size, halo=halo, blend=blend)
+            return result
+        except Exception as error:  # only memory errors are retried; others re-raised
+            if not (retry_on_oom and is_out_of_memory(error)) or tile_size // 2 < MIN_TILE_SIZE:
+                raise
+            release_cached_memory(x.device)
+            tile_size //= 2
+            logger.warning("out of memory; retrying with %d px tiles", tile_size)
+            yield JobProgress(0.0, f"out of memory: retrying with {tile_size} px tiles")
+
+
+def _iter_tiles_once(fn, x: torch.Tensor, *, tile_size: int, halo: int, blend: int):
+    height, width = x.shape[-2:]
+    tile_h, tile_w = min(tile_size, height), min(tile_size, width)
+    blend = max(0, min(blend, tile_size // 2))
+    rows = tile_starts(height, tile_h, blend)
+    cols = tile_starts(width, tile_w, blend)
+    output = None
+    weight_sum = None
+    total = len(rows) * len(cols)
+    done = 0
+    for top in rows:
+        for left in cols:
+            y0, x0 = max(top - halo, 0), max(left - halo, 0)
+            y1, x1 = min(top + tile_h + halo, height), min(left + tile_w + halo, width)
+            processed = fn(x[..., y0:y1, x0:x1])
+            core = processed[..., top - y0 : top - y0 + tile_h, left - x0 : left - x0 + tile_w]
+            if output is None:
+                output = x.new_zeros(core.shape[:2] + (height, width))
+                weight_sum = x.new_zeros((height, width))
+            ramp_rows = _edge_ramp(tile_h, blend if top > 0 else 0,
+                                   blend if top + tile_h < height else 0, x.device, x.dtype)
+            ramp_cols = _edge_ramp(tile_w, blend if left > 0 else 0,
+                                   blend if left + tile_w < width else 0, x.device, x.dtype)
+            weight = ramp_rows[:, None] * ramp_cols[None, :]
+            output[..., top : top + tile_h, left : left + tile_w] += core * weight
+            weight_sum[top : top + tile_h, left : left + tile_w] += weight
+            done += 1
+            yield JobProgress(done / total, f"tile {done}/{total}")
+    return output / weight_sum

@@ -1,0 +1,243 @@
+"""Classical Wiener deconvolution, single SNR or a stack of SNRs at once.
+
+Notes
+-----
+With ``H`` the PSF's transfer function and ``K = 10 ** (-snr_db / 10)`` the
+noise-to-signal power ratio (white noise, white signal), the estimate is
+
+    X = conj(H) / (|H|^2 + K) * Y,
+
+except at zero frequency, where the gain is exactly ``1 / H(0) = 1`` so the
+image keeps its mean brightness (the plain filter would darken it by
+``1 / (1 + K)``). Real photos are not periodic: before the FFT the plane is
+mirrored outward by at least the PSF size and faded to its mean
+(:func:`~napari_deblur.engine.fourier.taper_pad`), which removes the ringing a
+periodic filter puts at the frame.
+
+References
+----------
+Gonzalez & Woods, *Digital Image Processing*, ch. 5 (Wiener filtering).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from .devices import is_out_of_memory, release_cached_memory, select_device
+from .fourier import fast_fft_length, kernel_to_otf, taper_pad
+from .jobs import JobProgress, JobSteps, run_job
+from .planes import PlaneLayout, iter_planewise
+from .tiling import iter_tiled
+from .validation import as_float_image, as_psf
+
+WIENER_STACK_SNRS_DB: tuple[float, ...] = tuple(float(s) for s in range(9, 66, 4))
+"""The 15 SNRs (dB) of the Wiener stack of Gilbert, Messinger & Patel: 9, 13, ..., 65."""
+
+BOUNDARIES = ("taper", "periodic")
+
+
+def _check_snrs(snrs_db) -> list[float]:
+    values = [float(s) for s in np.atleast_1d(np.asarray(snrs_db, dtype=np.float64))]
+    if not values:
+        raise ValueError("snrs_db is empty; give at least one SNR in dB.")
+    if not all(np.isfinite(values)):
+        raise ValueError(f"SNRs must be finite numbers of dB, got {values}.")
+    return values
+
+
+def wiener_filter(
+    x: torch.Tensor, kernel: torch.Tensor, snrs_db: torch.Tensor, *, boundary: str = "taper"
+) -> torch.Tensor:
+    """Wiener-deconvolve planes at several SNRs.
+
+    Parameters
+    ----------
+    x : Tensor, shape (B, C, H, W)
+        Blurred planes (any intensity scale).
+    kernel : Tensor, shape (K, h, w)
+        Normalised PSFs, ``K`` 1 (shared) or ``B``.
+    snrs_db : Tensor, shape (S,)
+        Signal-to-noise ratios in dB.
+    boundary : {"taper", "periodic"}
+        "taper" for real images (no ringing at the frame); "periodic"
+        treats the plane as one period (for periodically blurred data).
+
+    Returns
+    -------
+    Tensor, shape (B, S, C, H, W), on ``x``'s device.
+    """
+    if boundary not in BOUNDARIES:
+        raise ValueError(f"boundary must be one of {BOUNDARIES}, got {boundary!r}.")
+    height, width = x.shape[-2:]
+    kh, kw = kernel.shape[-2:]
+    if boundary == "periodic":
+        margin_h = margin_w = 0
+        fft_shape = (height, width)
+        padded = x
+    else:
+        margin_h, margin_w = kh, kw
+        fft_shape = (fast_fft_length(height + 2 * kh), fast_fft_length(width + 2 * kw))
+        padded = taper_pad(x, margin_h, margin_w, fft_shape)
+    spectrum = torch.fft.rfft2(padded)[:, None]  # (B, 1, C, Hf, Wf)
+    otf = kernel_to_otf(kernel.to(x.dtype), fft_shape)[:, None, None]  # (K, 1, 1, Hf, Wf)
+    nsr = torch.pow(10.0, -snrs_db.to(x.dtype) / 10.0).view(1, -1, 1, 1, 1)
+    gain = otf.conj() / (otf.abs().square() + nsr)  # (K, S, 1, Hf, Wf)
+    gain[..., 0, 0] = 1.0 / otf[..., 0, 0]
+    restored = torch.fft.irfft2(spectrum * gain, s=fft_shape)
+    return restored[..., margin_h : margin_h + height, margin_w : margin_w + width]
+
+
+def _wiener_plane_steps(snrs: torch.Tensor, boundary: str, message: str):
+    """Per-plane job: whole-plane FFT, falling back to tiles when memory runs out."""
+
+    def plane_steps(plane: torch.Tensor, kernel: torch.Tensor) -> JobSteps[torch.Tensor]:
+        yield JobProgress(0.0, message)
+        try:
+            return wiener_filter(plane, kernel[None], snrs, boundary=boundary)[0]
+        except Exception as error:  # only memory errors are retried; others re-raised
+            if not is_out_of_memory(error) or boundary == "periodic":
+                raise
+            release_cached_memory(plane.device)
+        halo = 3 * max(kernel.shape[-2:])
+
+        def tile_fn(tile):
+            restored = wiener_filter(tile, kernel[None], snrs, boundary=boundary)
+            return restored.flatten(1, 2)  # (1, S*C, h, w)
+
+        tiled = yield from iter_tiled(tile_fn, plane, tile_size=1024, halo=halo, blend=halo)
+        return tiled.view(len(snrs), plane.shape[1], *plane.shape[-2:])
+
+    return plane_steps
+
+
+def iter_wiener_deconvolve_snr_stack(
+    image,
+    psf,
+    snrs_db: Sequence[float] = WIENER_STACK_SNRS_DB,
+    *,
+    channel_axis: int | None = None,
+    device=None,
+    boundary: str = "taper",
+) -> JobSteps[np.ndarray]:
+    """Generator twin of :func:`wiener_deconvolve_snr_stack`."""
+    pixels = as_float_image(image)
+    kernel = as_psf(psf)
+    snrs = _check_snrs(snrs_db)
+    if boundary not in BOUNDARIES:
+        raise ValueError(f"boundary must be one of {BOUNDARIES}, got {boundary!r}.")
+    layout = PlaneLayout.of(pixels.shape, channel_axis)
+    target = select_device(device)
+    snr_tensor = torch.tensor(snrs, dtype=torch.float32, device=target)
+    steps = _wiener_plane_steps(snr_tensor, boundary, "Wiener deconvolution")
+    stack = yield from iter_planewise(
+        pixels, layout, steps, device=target, psf=kernel, outputs_per_plane=len(snrs),
+        message="Wiener deconvolution",
+    )
+    return stack if len(snrs) > 1 else stack[None]
+
+
+def wiener_deconvolve_snr_stack(
+    image,
+    psf,
+    snrs_db: Sequence[float] = WIENER_STACK_SNRS_DB,
+    *,
+    channel_axis: int | None = None,
+    device=None,
+    boundary: str = "taper",
+    progress=None,
+    cancel=None,
+) -> np.ndarray:
+    """Wiener-deconvolve an image at many SNRs in one pass (one FFT of the image).
+
+    Parameters
+    ----------
+    image, psf, channel_axis, device, boundary
+        As in :func:`wiener_deconvolve`.
+    snrs_db : sequence of float
+        SNRs in dB; default the 15 values 9, 13, ..., 65
+        (:data:`WIENER_STACK_SNRS_DB`).
+    progress, cancel
+        See :func:`~napari_deblur.engine.jobs.run_job`.
+
+    Returns
+    -------
+    numpy.ndarray, float32, shape ``(len(snrs_db),) + image.shape``
+    """
+    return run_job(
+        iter_wiener_deconvolve_snr_stack(
+            image, psf, snrs_db, channel_axis=channel_axis, device=device, boundary=boundary
+        ),
+        progress,
+        cancel,
+    )
+
+
+def iter_wiener_deconvolve(
+    image, psf, *, snr_db: float = 30.0, channel_axis: int | None = None, device=None,
+    boundary: str = "taper",
+) -> JobSteps[np.ndarray]:
+    """Generator twin of :func:`wiener_deconvolve` (for the napari runner)."""
+    stack = yield from iter_wiener_deconvolve_snr_stack(
+        image, psf, [snr_db], channel_axis=channel_axis, device=device, boundary=boundary
+    )
+    return stack[0]
+
+
+def wiener_deconvolve(
+    image,
+    psf,
+    *,
+    snr_db: float = 30.0,
+    channel_axis: int | None = None,
+    device=None,
+    boundary: str = "taper",
+    progress=None,
+    cancel=None,
+) -> np.ndarray:
+    """Classical Wiener deconvolution with boundary handling for real photos.
+
+    Parameters
+    ----------
+    image : array_like, shape (..., H, W) or with a channel axis
+        Blurred image, any real dtype; leading axes (z, t) are processed plane
+        by plane.
+    psf : array_like, shape (h, w) or (n, h, w)
+        The blur kernel (normalised to sum 1 here). A 2D PSF applies to every
+        plane; a 3D PSF must have one kernel per plane.
+    snr_db : float
+        Assumed signal-to-noise power ratio in dB; lower values regularise
+        more (smoother, less noise), higher values sharpen more.
+    channel_axis : int, optional
+        Axis of colour channels (e.g. -1 for RGB).
+    device : str or torch.device, optional
+        ``None``/"auto" (CUDA, then MPS, then CPU), "cpu", "cuda" or "mps".
+    boundary : {"taper", "periodic"}
+        "taper" (default) mirrors and fades the plane beyond its frame so a
+        real photo does not ring at its border; "periodic" assumes the image
+        is one period of a periodic blur.
+    progress : callable, optional
+        Called with :class:`~napari_deblur.engine.jobs.JobProgress` per plane.
+    cancel : callable or threading.Event, optional
+        Checked between planes; raises ``JobCancelled`` when set.
+
+    Returns
+    -------
+    numpy.ndarray, float32, same shape as ``image``, in the input's intensity
+    scale (not clipped: values may slightly leave the input's range).
+
+    Raises
+    ------
+    ValueError
+        For empty, complex or non-finite input, a bad PSF or one larger than
+        the image plane, or an unavailable device.
+    """
+    return run_job(
+        iter_wiener_deconvolve(
+            image, psf, snr_db=snr_db, channel_axis=channel_axis, device=device, boundary=boundary
+        ),
+        progress,
+        cancel,
+    )
