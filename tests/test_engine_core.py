@@ -1,0 +1,341 @@
+"""Engine core: blur, Wiener deconvolution, stacks and colour, jobs, devices, tiling, bad input."""
+
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+import scipy.ndimage as ndi
+import torch
+from scipy.signal import fftconvolve
+from skimage import data
+from skimage.metrics import peak_signal_noise_ratio
+from skimage.restoration import wiener as skimage_wiener
+
+from napari_deblur.engine import (
+    WIENER_STACK_SNRS_DB,
+    JobCancelled,
+    blur,
+    disk_psf,
+    gaussian_psf,
+    iter_wiener_deconvolve,
+    motion_psf,
+    run_job,
+    select_device,
+    wiener_deconvolve,
+    wiener_deconvolve_snr_stack,
+)
+from napari_deblur.engine.tiling import iter_tiled
+
+
+@pytest.fixture(scope="session")
+def photo():
+    """A 128x128 crop of the camera image, float in [0, 1]."""
+    return data.camera()[100:228, 200:328].astype(np.float32) / 255.0
+
+
+def psnr(reference, estimate):
+    return peak_signal_noise_ratio(reference, estimate, data_range=1.0)
+
+
+def real_boundary_blur(image, kernel, noise_sigma, seed=0):
+    """Blur as a camera does: content beyond the frame bleeds in ('valid' convolution)."""
+    radius = kernel.shape[0] // 2
+    sharp = image[radius:-radius, radius:-radius]
+    blurred = fftconvolve(image, kernel, mode="valid")
+    blurred = blurred + np.random.default_rng(seed).normal(0, noise_sigma, blurred.shape)
+    return sharp, blurred.astype(np.float32)
+
+
+# --- import hygiene -----------------------------------------------------------------
+
+
+def test_engine_imports_no_gui_packages():
+    code = (
+        "import sys, napari_deblur.engine; "
+        "bad = [m for m in ('napari', 'qtpy', 'magicgui', 'PyQt6', 'PyQt5', 'PySide6') if m in sys.modules]; "
+        "print(','.join(bad))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == ""
+
+
+# --- blur ----------------------------------------------------------------------------
+
+
+def test_blur_matches_scipy_reflect_convolution(photo):
+    kernel = motion_psf(7, 30)
+    expected = ndi.convolve(photo.astype(np.float64), kernel.astype(np.float64), mode="reflect")
+    np.testing.assert_allclose(blur(photo, kernel), expected, atol=1e-5)
+
+
+def test_blur_keeps_the_intensity_scale_of_integer_input(photo):
+    as_uint8 = (photo * 255).astype(np.uint8)
+    blurred = blur(as_uint8, gaussian_psf(1.0))
+    assert blurred.dtype == np.float32
+    assert 50 < blurred.mean() < 200
+    assert blurred.mean() == pytest.approx(as_uint8.mean(), rel=0.01)
+
+
+def test_blur_with_a_per_plane_psf_stack(photo):
+    stack = np.stack([photo, photo[::-1]])
+    kernels = np.stack([gaussian_psf(1.0, size=9), disk_psf(3.0, size=9)])
+    out = blur(stack, kernels)
+    np.testing.assert_allclose(out[0], blur(photo, kernels[0]), atol=1e-6)
+    np.testing.assert_allclose(out[1], blur(photo[::-1], kernels[1]), atol=1e-6)
+
+
+# --- Wiener ---------------------------------------------------------------------------
+
+
+def test_wiener_agrees_with_skimage_on_periodic_data(photo):
+    kernel = gaussian_psf(1.5)
+    zero_mean = photo - photo.mean()
+    # Periodic blur: circular convolution.
+    padded = np.zeros_like(zero_mean)
+    padded[: kernel.shape[0], : kernel.shape[1]] = kernel
+    padded = np.roll(padded, (-(kernel.shape[0] // 2), -(kernel.shape[1] // 2)), axis=(0, 1))
+    blurred = np.real(np.fft.ifft2(np.fft.fft2(zero_mean) * np.fft.fft2(padded)))
+    identity = np.zeros((3, 3))
+    identity[1, 1] = 1
+    snr_db = 20.0
+    expected = skimage_wiener(blurred, kernel, balance=10 ** (-snr_db / 10), reg=identity, clip=False)
+    ours = wiener_deconvolve(blurred, kernel, snr_db=snr_db, boundary="periodic")
+    np.testing.assert_allclose(ours, expected, atol=1e-5)
+
+
+def rmse(a, b):
+    return float(np.sqrt(np.mean((np.asarray(a, np.float64) - b) ** 2)))
+
+
+@pytest.mark.parametrize("kernel", [disk_psf(4.0), gaussian_psf(2.0)], ids=["disk", "gaussian"])
+def test_wiener_improves_a_real_boundary_photo_without_frame_ringing(kernel):
+    image = data.camera()[40:300, 100:360].astype(np.float32) / 255.0
+    sharp, blurred = real_boundary_blur(image, kernel, noise_sigma=0.005)
+    restored = wiener_deconvolve(blurred, kernel, snr_db=20)
+    assert psnr(sharp, restored) > psnr(sharp, blurred) + 1.5
+    frame = np.ones(sharp.shape, bool)
+    frame[12:-12, 12:-12] = False
+    # Ringing would make the 12 px frame band much worse than the interior.
+    assert rmse(sharp[frame], restored[frame]) < 1.1 * rmse(sharp[~frame], restored[~frame])
+    assert rmse(sharp[frame], restored[frame]) < rmse(sharp[frame], blurred[frame])
+    periodic = wiener_deconvolve(blurred, kernel, snr_db=20, boundary="periodic")
+    assert rmse(sharp[frame], periodic[frame]) > 2 * rmse(sharp[frame], restored[frame])
+
+
+def test_wiener_keeps_mean_brightness_and_scale(photo):
+    as_uint16 = (photo * 4000).astype(np.uint16)
+    restored = wiener_deconvolve(blur(as_uint16, gaussian_psf(1.0)), gaussian_psf(1.0), snr_db=9)
+    assert restored.dtype == np.float32
+    assert restored.mean() == pytest.approx(as_uint16.mean(), rel=0.01)
+
+
+def test_snr_stack_matches_single_snr_calls(photo):
+    kernel = gaussian_psf(1.2)
+    blurred = blur(photo, kernel)
+    stack = wiener_deconvolve_snr_stack(blurred, kernel)
+    assert stack.shape == (len(WIENER_STACK_SNRS_DB),) + photo.shape
+    assert WIENER_STACK_SNRS_DB[0] == 9 and WIENER_STACK_SNRS_DB[-1] == 65 and len(WIENER_STACK_SNRS_DB) == 15
+    for index in (0, 7, 14):
+        single = wiener_deconvolve(blurred, kernel, snr_db=WIENER_STACK_SNRS_DB[index])
+        np.testing.assert_allclose(stack[index], single, atol=1e-5)
+    # Higher SNR sharpens more: more high-frequency energy.
+    assert np.abs(np.diff(stack[-1])).mean() > np.abs(np.diff(stack[0])).mean()
+
+
+def test_stacks_and_colour_are_processed_plane_by_plane(photo):
+    kernel = gaussian_psf(1.0)
+    rgb = np.stack([photo, photo[::-1], photo.T], axis=-1)
+    out_rgb = wiener_deconvolve(rgb, kernel, channel_axis=-1)
+    assert out_rgb.shape == rgb.shape
+    for channel in range(3):
+        np.testing.assert_allclose(
+            out_rgb[..., channel], wiener_deconvolve(rgb[..., channel], kernel), atol=1e-5
+        )
+    time_z = np.stack([np.stack([photo, photo * 0.5])] * 2)  # (t, z, y, x)
+    out = wiener_deconvolve(time_z, kernel)
+    assert out.shape == time_z.shape
+    np.testing.assert_allclose(out[1, 1], wiener_deconvolve(photo * 0.5, kernel), atol=1e-5)
+
+
+def test_per_plane_psf_repeats_over_time(photo):
+    time_z = np.stack([np.stack([photo, photo])] * 3)  # (t=3, z=2, y, x)
+    kernels = np.stack([gaussian_psf(1.0, size=9), gaussian_psf(2.0, size=9)])
+    out = wiener_deconvolve(time_z, kernels)
+    np.testing.assert_allclose(out[2, 1], wiener_deconvolve(photo, kernels[1]), atol=1e-5)
+
+
+def test_input_is_never_modified(photo):
+    original = photo.copy()
+    wiener_deconvolve(photo, gaussian_psf(1.0))
+    blur(photo, gaussian_psf(1.0))
+    assert np.array_equal(photo, original)
+
+
+# --- bad input -------------------------------------------------------------------------
+
+IMAGE = np.ones((16, 16), np.float32)
+KERNEL = gaussian_psf(1.0)
+
+
+@pytest.mark.parametrize(
+    ("image", "psf", "match"),
+    [
+        (np.zeros((0, 16)), KERNEL, "empty"),
+        (np.full((16, 16), np.nan), KERNEL, "NaN"),
+        (np.where(np.eye(16) > 0, np.inf, 0.0), KERNEL, "infinite"),
+        (IMAGE.astype(np.complex64), KERNEL, "complex"),
+        (np.ones(16), KERNEL, "dimensions"),
+        (np.ones((1, 1)), KERNEL[:1, :1], "at least"),
+        (IMAGE, np.ones((21, 21)), "larger than the image"),
+        (IMAGE, -KERNEL, "positive sum"),
+        (IMAGE, np.zeros((3, 3)), "positive sum"),
+        (IMAGE, np.zeros((0, 3)), "empty"),
+        (IMAGE, np.full((3, 3), np.nan), "NaN"),
+        (np.ones((3, 16, 16)), np.stack([KERNEL] * 2), "one kernel per plane"),
+        (IMAGE, np.ones((1, 1, 1, 1)), "2D kernel"),
+        (np.array([[1e300, 0], [0, 0]]), np.ones((1, 1)), "float32 range"),
+    ],
+)
+def test_bad_input_raises_a_clear_value_error(image, psf, match):
+    with pytest.raises(ValueError, match=match):
+        wiener_deconvolve(image, psf)
+
+
+def test_non_numeric_input_raises_type_error():
+    with pytest.raises(TypeError):
+        wiener_deconvolve(np.array([["a", "b"], ["c", "d"]]), KERNEL[:1, :1])
+    with pytest.raises(TypeError):
+        blur(None, KERNEL)
+
+
+@pytest.mark.parametrize("channel_axis", [5, -4])
+def test_bad_channel_axis(channel_axis):
+    with pytest.raises(ValueError, match="channel_axis"):
+        wiener_deconvolve(np.ones((8, 8, 3)), KERNEL[:3, :3], channel_axis=channel_axis)
+
+
+def test_bad_snr_and_boundary():
+    with pytest.raises(ValueError, match="SNR"):
+        wiener_deconvolve(IMAGE, KERNEL, snr_db=float("nan"))
+    with pytest.raises(ValueError, match="boundary"):
+        wiener_deconvolve(IMAGE, KERNEL, boundary="wrap")
+
+
+@pytest.mark.parametrize("dtype", [bool, np.uint8, np.uint16, np.int32, np.int64, np.float16, np.float64])
+def test_every_real_dtype_is_accepted(dtype):
+    image = (np.arange(256).reshape(16, 16) % 2).astype(dtype)
+    out = wiener_deconvolve(image, KERNEL)
+    assert out.dtype == np.float32 and out.shape == (16, 16) and np.isfinite(out).all()
+
+
+# --- devices -----------------------------------------------------------------------------
+
+
+def test_automatic_device_prefers_accelerators():
+    chosen = select_device(None)
+    if torch.cuda.is_available():
+        assert chosen.type == "cuda"
+    elif torch.backends.mps.is_available():
+        assert chosen.type == "mps"
+    else:
+        assert chosen.type == "cpu"
+    assert select_device("auto") == chosen
+    assert select_device("cpu").type == "cpu"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_missing_cuda_gives_a_clear_error():
+    with pytest.raises(ValueError, match="no CUDA"):
+        wiener_deconvolve(IMAGE, KERNEL, device="cuda")
+
+
+def test_unknown_device_names():
+    with pytest.raises(ValueError, match="device"):
+        select_device("tpu")
+    with pytest.raises(TypeError):
+        select_device(3)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_matches_cpu(photo):
+    kernel = gaussian_psf(2.0)
+    np.testing.assert_allclose(
+        wiener_deconvolve(photo, kernel, device="cuda"), wiener_deconvolve(photo, kernel, device="cpu"),
+        atol=1e-4,
+    )
+
+
+# --- jobs: progress and cancel --------------------------------------------------------------
+
+
+def test_progress_is_reported_per_plane_and_reaches_one(photo):
+    updates = []
+    wiener_deconvolve(np.stack([photo] * 4), KERNEL, progress=updates.append)
+    fractions = [update.fraction for update in updates]
+    assert fractions == sorted(fractions)
+    assert fractions[-1] == pytest.approx(1.0)
+    assert sum("plane" in update.message for update in updates) >= 4
+
+
+def test_cancel_stops_between_planes(photo):
+    stop = threading.Event()
+    seen = []
+
+    def on_progress(update):
+        seen.append(update)
+        if update.fraction >= 0.25:
+            stop.set()
+
+    with pytest.raises(JobCancelled):
+        wiener_deconvolve(np.stack([photo] * 8), KERNEL, progress=on_progress, cancel=stop)
+    assert seen[-1].fraction < 0.5
+
+
+def test_generator_twin_returns_the_same_result(photo):
+    steps = iter_wiener_deconvolve(photo, KERNEL, snr_db=25)
+    np.testing.assert_array_equal(run_job(steps), wiener_deconvolve(photo, KERNEL, snr_db=25))
+
+
+# --- tiling --------------------------------------------------------------------------------
+
+
+def local_filter(x):
+    weight = torch.ones(1, 1, 5, 5, dtype=x.dtype) / 25
+    return torch.nn.functional.conv2d(x, weight, padding=2) ** 2
+
+
+def test_tiles_are_seamless_for_operations_within_the_halo(photo):
+    x = torch.from_numpy(photo)[None, None]
+    whole = local_filter(x)
+    tiled = run_job(iter_tiled(local_filter, x, tile_size=40, halo=2, blend=8))
+    torch.testing.assert_close(tiled, whole, atol=1e-6, rtol=0)
+
+
+def test_out_of_memory_retries_with_smaller_tiles(photo):
+    x = torch.from_numpy(photo)[None, None]
+    sizes = []
+
+    def picky_filter(tile):
+        sizes.append(tile.shape[-1])
+        if tile.shape[-1] > 70:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return local_filter(tile)
+
+    messages = []
+    tiled = run_job(iter_tiled(picky_filter, x, tile_size=128, halo=2, blend=8),
+                    progress=lambda update: messages.append(update.message))
+    torch.testing.assert_close(tiled, local_filter(x), atol=1e-6, rtol=0)
+    assert max(sizes) > 70 and any("retrying with 64 px tiles" in m for m in messages)
+
+
+def test_other_errors_are_not_retried(photo):
+    x = torch.from_numpy(photo)[None, None]
+
+    def broken(tile):
+        raise ValueError("boom")
+
+    with pytest.raises(ValueError, match="boom"):
+        run_job(iter_tiled(broken, x, tile_size=64, halo=2))
