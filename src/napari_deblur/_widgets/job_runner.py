@@ -1,0 +1,723 @@
+"""The one mechanism every napari-deblur widget uses to run an engine job.
+
+A widget embeds a :class:`JobRunner` (a magicgui ``Container`` with a scope
+choice, a "Side by side" checkbox, Run / Cancel buttons, a progress bar and a
+status line) and calls :meth:`JobRunner.start` with
+
+* the input layer,
+* ``make_steps(data, channel_axis)``: returns an engine *job generator* that
+  yields ``JobProgress`` and returns the result (e.g.
+  ``iter_wiener_deconvolve``); it is called and driven in a worker thread,
+* ``make_outputs(result)``: turns the result into :class:`OutputLayerSpec`
+  entries; it is called on the GUI thread.
+
+The runner validates the layer, takes the data for the chosen scope (never
+writing into the layer), runs the generator in a superqt generator worker,
+shows progress, cancels at the next yield, reports errors as napari
+notifications and adds the output layers just above the input with the input's
+geometry. Everything that touches Qt or layers happens on the GUI thread.
+
+Scripts can do::
+
+    dock, widget = viewer.window.add_plugin_dock_widget("napari-deblur", "Wiener-net sharpener")
+    widget.run()
+    (layer,) = widget.runner.wait()
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import re
+import sys
+import time
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+from magicgui.widgets import CheckBox, ComboBox, Container, Label, ProgressBar, PushButton
+from psygnal import Signal
+
+if TYPE_CHECKING:
+    import napari
+    import napari.layers
+
+logger = logging.getLogger(__name__)
+
+SCOPE_CURRENT_SLICE = "Current slice"
+SCOPE_WHOLE_STACK = "Whole stack"
+SCOPES = (SCOPE_CURRENT_SLICE, SCOPE_WHOLE_STACK)
+_PROGRESS_STEPS = 1000
+_DEFAULT_LABEL = re.compile(r"^-?\d+$")
+
+MakeSteps = Callable[[np.ndarray, "int | None"], Generator[Any, Any, Any]]
+MakeOutputs = Callable[[Any], Sequence["OutputLayerSpec"]]
+
+
+@dataclass
+class OutputLayerSpec:
+    """One layer a job adds to the viewer.
+
+    Parameters
+    ----------
+    data : array-like or list
+        Layer data (for ``"shapes"``: a list of vertex arrays in data
+        coordinates of the output).
+    suffix : str
+        The layer is named ``f"{input name} {suffix}"`` (plus the slice
+        description for a current-slice job, and `` [n]`` when that name is
+        taken).
+    layer_type : {"image", "labels", "shapes"}
+        Kind of layer to create.
+    kwargs : dict
+        Extra keyword arguments for the layer constructor (``colormap``,
+        ``contrast_limits``, ``metadata``, ``opacity``...). Geometry (scale,
+        translate, rotate, shear, affine, units, axis_labels) is taken from
+        the input and should not be given here.
+    match_input_contrast : bool
+        For image outputs: use the input's contrast limits (and, for
+        grayscale, its colormap and gamma) unless ``kwargs`` sets them.
+    """
+
+    data: Any
+    suffix: str
+    layer_type: Literal["image", "labels", "shapes"] = "image"
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    match_input_contrast: bool = False
+
+
+@dataclass(frozen=True)
+class JobSelection:
+    """The part of an input layer a job works on.
+
+    Attributes
+    ----------
+    layer : napari.layers.Image
+        The input layer.
+    index : tuple of int or None
+        Data index along the leading (non-spatial) axes for a current-slice
+        job; ``None`` for the whole layer.
+    channel_axis : int or None
+        Axis of the selected data that holds RGB(A) channels, or ``None``.
+    name_suffix : str
+        ``""`` or a slice description such as ``" (slice z=4)"``.
+    """
+
+    layer: Any
+    index: tuple[int, ...] | None
+    channel_axis: int | None
+    name_suffix: str
+
+    @property
+    def covered_axes(self) -> tuple[int, ...]:
+        """Layer (world) axes the selected data spans, channel axis excluded."""
+        ndim = self.layer.ndim
+        start = 0 if self.index is None else len(self.index)
+        return tuple(range(start, ndim))
+
+    def read_data(self) -> np.ndarray:
+        """The selected data as a read-only numpy array (level 0 if multiscale).
+
+        Reading may be slow for lazy (dask, zarr) data: call it in the worker.
+        The array is a read-only view when possible, so a job can never write
+        into the layer.
+        """
+        data = _level0(self.layer)
+        if self.index is not None:
+            data = data[self.index]
+        array = np.asarray(data)
+        view = array.view()
+        view.flags.writeable = False
+        return view
+
+
+def _level0(layer: Any) -> Any:
+    return layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+
+
+def _leading_axis_names(layer: Any, n_lead: int) -> list[str]:
+    labels = list(getattr(layer, "axis_labels", ()) or ())[:n_lead]
+    defaults = {1: ["z"], 2: ["t", "z"]}.get(n_lead, [f"axis {i}" for i in range(n_lead)])
+    names = []
+    for i in range(n_lead):
+        label = str(labels[i]) if i < len(labels) else ""
+        names.append(defaults[i] if not label or _DEFAULT_LABEL.match(label) else label)
+    return names
+
+
+def _grid(viewer: Any) -> Any:
+    """The viewer's grid settings (``viewer.canvas.grid`` since napari 0.9)."""
+    canvas = getattr(viewer, "canvas", None)
+    grid = getattr(canvas, "grid", None)
+    return grid if grid is not None else viewer.grid
+
+
+def _free_gpu_cache() -> None:
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _job_generator(
+    selection: JobSelection, make_steps: MakeSteps
+) -> Generator[Any, Any, Any]:
+    """Worker body: read the data, build the engine steps, forward their progress.
+
+    superqt's generator worker swallows exceptions that subclass RuntimeError
+    (``torch.cuda.OutOfMemoryError`` included), so they are re-raised here as
+    ``EngineError``.
+    """
+    try:
+        data = selection.read_data()
+        steps = make_steps(data, selection.channel_axis)
+        if not inspect.isgenerator(steps):
+            raise TypeError(
+                "make_steps must return a job generator (yielding JobProgress, returning the "
+                f"result), got {type(steps).__name__}"
+            )
+        result = yield from steps
+    except RuntimeError as exc:
+        _free_gpu_cache()
+        from napari_deblur.engine import EngineError
+
+        message = str(exc) or type(exc).__name__
+        if "out of memory" in message.lower():
+            message += " (try 'Current slice' or a smaller image)"
+        raise EngineError(message) from exc
+    return result
+
+
+class JobRunner(Container):
+    """Scope, side-by-side, Run / Cancel and progress for one widget's jobs.
+
+    Parameters
+    ----------
+    viewer : napari.viewer.Viewer
+        Viewer the outputs are added to.
+    run_callback : callable, optional
+        Called (without arguments) when Run is clicked; usually the owning
+        widget's ``run`` method, which calls :meth:`start`. ``ValueError`` and
+        ``TypeError`` from it are shown as napari error notifications.
+    run_text : str
+        Text of the Run button.
+    name : str
+        magicgui name of the container.
+
+    Attributes
+    ----------
+    job_started : psygnal.Signal
+        Emitted when a job starts.
+    job_progress : psygnal.Signal(float, str)
+        Fraction done (0..1) and message, on the GUI thread.
+    job_finished : psygnal.Signal(list)
+        Emitted with the added layers once a job has succeeded and the runner
+        is idle again.
+    job_failed : psygnal.Signal(str)
+        Emitted with the error message once a job has failed.
+    job_cancelled : psygnal.Signal
+        Emitted once a cancelled job has stopped (no layer was added).
+    last_outputs : list
+        Layers added by the last successful job.
+    last_error : Exception or None
+        Error of the last job, if it failed.
+    """
+
+    job_started = Signal()
+    job_progress = Signal(float, str)
+    job_finished = Signal(list)
+    job_failed = Signal(str)
+    job_cancelled = Signal()
+
+    def __init__(
+        self,
+        viewer: napari.viewer.Viewer,
+        *,
+        run_callback: Callable[[], Any] | None = None,
+        run_text: str = "Run",
+        name: str = "runner",
+    ) -> None:
+        self._viewer = viewer
+        self._run_callback = run_callback
+        self.scope = ComboBox(
+            name="scope",
+            label="Scope",
+            choices=list(SCOPES),
+            value=SCOPE_WHOLE_STACK,
+            tooltip="Current slice: only the plane on screen (fast preview). "
+            "Whole stack: every plane of the layer.",
+        )
+        self.side_by_side = CheckBox(
+            name="side_by_side",
+            text="Side by side",
+            value=bool(_grid(viewer).enabled),
+            tooltip="Show the input and its results next to each other (napari grid mode).",
+        )
+        self.run_button = PushButton(name="run_button", text=run_text)
+        self.cancel_button = PushButton(name="cancel_button", text="Cancel", enabled=False)
+        buttons = Container(
+            name="buttons",
+            widgets=[self.run_button, self.cancel_button],
+            layout="horizontal",
+            labels=False,
+        )
+        buttons.margins = (0, 0, 0, 0)
+        self.progress = ProgressBar(
+            name="progress", min=0, max=_PROGRESS_STEPS, value=0, label="Progress"
+        )
+        self.status = Label(name="status", value="")
+        super().__init__(
+            name=name,
+            widgets=[self.scope, self.side_by_side, buttons, self.progress, self.status],
+        )
+        self.margins = (0, 0, 0, 0)
+
+        self._worker: Any = None
+        self._running = False
+        self._cancelling = False
+        self._outcome: str | None = None
+        self._pending_outputs: list[Any] = []
+        self._blocked_reason: str | None = None
+        self._input_layer: Any = None
+        self.last_outputs: list[Any] = []
+        self.last_error: Exception | None = None
+
+        self.run_button.changed.connect(self._on_run_clicked)
+        self.cancel_button.changed.connect(self.cancel)
+        self.side_by_side.changed.connect(self._on_side_by_side)
+        _grid(viewer).events.enabled.connect(self._on_grid_changed)
+        self._refresh_buttons()
+
+    # ------------------------------------------------------------------ state
+    @property
+    def viewer(self) -> napari.viewer.Viewer:
+        """The viewer outputs are added to."""
+        return self._viewer
+
+    @property
+    def is_running(self) -> bool:
+        """True from :meth:`start` until the job has finished, failed or stopped."""
+        return self._running
+
+    @property
+    def worker(self) -> Any:
+        """The running superqt ``GeneratorWorker`` (``None`` when idle)."""
+        return self._worker
+
+    def set_input_layer(self, layer: Any) -> None:
+        """Tell the runner which layer is the input (shows Scope only for stacks)."""
+        self._input_layer = layer
+        self.scope.visible = bool(layer is not None and getattr(layer, "ndim", 2) > 2)
+
+    def set_blocked_reason(self, reason: str | None) -> None:
+        """Disable Run and show ``reason`` while the widget's inputs are invalid.
+
+        Parameters
+        ----------
+        reason : str or None
+            What is missing and what to do; ``None`` when inputs are valid.
+        """
+        self._blocked_reason = reason
+        self._refresh_buttons()
+
+    @property
+    def blocked_reason(self) -> str | None:
+        """Why Run is disabled (``None`` when the inputs are valid)."""
+        return self._blocked_reason
+
+    def _refresh_buttons(self) -> None:
+        self.run_button.enabled = not self._running and self._blocked_reason is None
+        self.cancel_button.enabled = self._running and not self._cancelling
+        if not self._running:
+            self.status.value = self._blocked_reason or ""
+
+    # -------------------------------------------------------------- selection
+    def selection(self, layer: Any) -> JobSelection:
+        """Validate ``layer`` and describe the data the current scope selects.
+
+        Parameters
+        ----------
+        layer : napari.layers.Image
+            The input layer.
+
+        Returns
+        -------
+        JobSelection
+
+        Raises
+        ------
+        ValueError
+            No layer, an empty layer, or a non-real dtype (complex, object...).
+        TypeError
+            The layer is not an Image layer (Labels, Points...).
+        """
+        from napari.layers import Image, Labels
+
+        if layer is None:
+            raise ValueError("No image layer chosen: open an image and choose it as input.")
+        if isinstance(layer, Labels) or not isinstance(layer, Image):
+            raise TypeError(
+                f"Layer {layer.name!r} is a {type(layer).__name__} layer: choose an Image layer."
+            )
+        data = _level0(layer)
+        shape = tuple(int(s) for s in data.shape)
+        if any(s == 0 for s in shape):
+            raise ValueError(f"Layer {layer.name!r} is empty (shape {shape}): choose another layer.")
+        dtype = np.dtype(data.dtype)
+        if dtype.kind not in "biuf":
+            raise ValueError(
+                f"Layer {layer.name!r} has dtype {dtype}, which is not a real number type: "
+                "convert it to float (e.g. take abs() of complex data) first."
+            )
+        n_lead = layer.ndim - 2
+        if n_lead < 0:
+            raise ValueError(
+                f"Layer {layer.name!r} is {layer.ndim}D: napari-deblur needs images with at least "
+                "two spatial axes."
+            )
+        index = None
+        suffix = ""
+        if n_lead > 0 and self.scope.value == SCOPE_CURRENT_SLICE:
+            position = np.asarray(layer.world_to_data(self._viewer.dims.point))[:n_lead]
+            index = tuple(
+                int(np.clip(np.round(p), 0, n - 1)) for p, n in zip(position, shape[:n_lead])
+            )
+            names = _leading_axis_names(layer, n_lead)
+            suffix = " (slice " + ", ".join(f"{a}={i}" for a, i in zip(names, index)) + ")"
+        channel_axis = None
+        if layer.rgb:
+            channel_axis = len(shape) - 1 - (0 if index is None else len(index))
+        return JobSelection(layer=layer, index=index, channel_axis=channel_axis, name_suffix=suffix)
+
+    # ------------------------------------------------------------------- jobs
+    def start(
+        self,
+        input_layer: Any,
+        make_steps: MakeSteps,
+        make_outputs: MakeOutputs,
+        *,
+        selection: JobSelection | None = None,
+    ) -> Any:
+        """Start a job on ``input_layer`` in a worker thread.
+
+        Parameters
+        ----------
+        input_layer : napari.layers.Image
+            Input layer; its data is never modified.
+        make_steps : callable
+            ``make_steps(data, channel_axis)`` -> generator yielding
+            ``JobProgress`` and returning the result. Called in the worker
+            thread with the selected data (read-only numpy array; the current
+            plane for a current-slice job, RGB channels last).
+        make_outputs : callable
+            ``make_outputs(result)`` -> list of :class:`OutputLayerSpec`;
+            called on the GUI thread.
+        selection : JobSelection, optional
+            A selection already computed with :meth:`selection` (so the
+            widget can look at ``selection.index``); computed here otherwise.
+
+        Returns
+        -------
+        superqt.utils.GeneratorWorker
+            The started worker.
+
+        Raises
+        ------
+        ValueError, TypeError
+            Invalid input layer (see :meth:`selection`), or a job is running.
+        """
+        if self._running:
+            raise ValueError("A job is already running: wait for it to finish or cancel it.")
+        if selection is None:
+            selection = self.selection(input_layer)
+        elif selection.layer is not input_layer:
+            raise ValueError("The selection was made for another layer.")
+
+        from superqt.utils import GeneratorWorker, create_worker
+
+        worker = create_worker(
+            _job_generator,
+            selection,
+            make_steps,
+            _start_thread=False,
+            _worker_class=GeneratorWorker,
+            _connect={"errored": self._on_errored},
+        )
+        worker.yielded.connect(self._on_yielded)
+        worker.returned.connect(lambda result: self._on_returned(selection, make_outputs, result))
+        worker.aborted.connect(self._on_aborted)
+        worker.finished.connect(self._on_finished)
+        worker.warned.connect(self._on_warned)
+
+        self._worker = worker
+        self._running = True
+        self._cancelling = False
+        self._outcome = None
+        self._pending_outputs = []
+        self.last_error = None
+        self.progress.value = 0
+        self.status.value = f"Running on {input_layer.name!r}{selection.name_suffix}…"
+        self._refresh_buttons()
+        self.job_started.emit()
+        worker.start()
+        return worker
+
+    def cancel(self, *_: Any) -> None:
+        """Ask the running job to stop at its next progress step (no layer is added)."""
+        if not self._running or self._worker is None:
+            return
+        self._cancelling = True
+        self.status.value = "Cancelling…"
+        self._refresh_buttons()
+        self._worker.quit()
+
+    def wait(self, timeout: float | None = 600.0) -> list[Any]:
+        """Block (processing Qt events) until the job is done; for scripts.
+
+        Parameters
+        ----------
+        timeout : float or None
+            Seconds to wait at most; ``None`` waits forever.
+
+        Returns
+        -------
+        list
+            The layers the job added (empty when it was cancelled or none ran).
+
+        Raises
+        ------
+        TimeoutError
+            The job is still running after ``timeout`` seconds.
+        Exception
+            The job's error, when it failed.
+        """
+        from qtpy.QtWidgets import QApplication
+
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self._running:
+            QApplication.processEvents()
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"The job is still running after {timeout} s.")
+            time.sleep(0.005)
+        QApplication.processEvents()
+        if self.last_error is not None:
+            raise self.last_error
+        return list(self.last_outputs) if self._outcome == "returned" else []
+
+    # --------------------------------------------------------- worker signals
+    def _on_run_clicked(self, *_: Any) -> None:
+        if self._run_callback is None:
+            return
+        try:
+            self._run_callback()
+        except (ValueError, TypeError) as exc:
+            from napari.utils.notifications import show_error
+
+            show_error(str(exc))
+
+    def _on_yielded(self, update: Any) -> None:
+        fraction = getattr(update, "fraction", None)
+        message = str(getattr(update, "message", "") or "")
+        if fraction is None:
+            return
+        fraction = float(np.clip(fraction, 0.0, 1.0))
+        self.progress.value = int(round(fraction * _PROGRESS_STEPS))
+        if message and not self._cancelling:
+            self.status.value = message
+        self.job_progress.emit(fraction, message)
+
+    def _on_warned(self, show_warning_args: tuple) -> None:
+        from napari.utils.notifications import notification_manager
+
+        notification_manager.receive_warning(*show_warning_args)
+
+    def _on_errored(self, exc: Exception) -> None:
+        self._outcome = "errored"
+        self.last_error = exc
+        if isinstance(exc, (ValueError, TypeError)):
+            logger.info("napari-deblur job failed: %s", exc)
+        else:
+            logger.error("napari-deblur job failed", exc_info=exc)
+        from napari.utils.notifications import show_error
+
+        show_error(f"{type(exc).__name__}: {exc}" if not isinstance(exc, ValueError) else str(exc))
+
+    def _on_aborted(self) -> None:
+        self._outcome = "aborted"
+
+    def _on_returned(
+        self, selection: JobSelection, make_outputs: MakeOutputs, result: Any
+    ) -> None:
+        try:
+            specs = list(make_outputs(result))
+            self._pending_outputs = self._add_outputs(selection, specs)
+            self._outcome = "returned"
+        except Exception as exc:  # noqa: BLE001 - reported to the user, GUI stays usable
+            self._on_errored(exc)
+
+    def _on_finished(self) -> None:
+        outcome = self._outcome or "aborted"
+        layers = self._pending_outputs
+        self._worker = None
+        self._pending_outputs = []
+        self._running = False
+        self._cancelling = False
+        if outcome == "returned":
+            self.last_outputs = layers
+            self.progress.value = _PROGRESS_STEPS
+            self._refresh_buttons()
+            self.status.value = "Done: added " + ", ".join(repr(ly.name) for ly in layers)
+            self.job_finished.emit(layers)
+        elif outcome == "errored":
+            self.progress.value = 0
+            self._refresh_buttons()
+            self.status.value = self._blocked_reason or f"Failed: {self.last_error}"
+            self.job_failed.emit(str(self.last_error))
+        else:
+            self._outcome = "aborted"
+            self.progress.value = 0
+            self._refresh_buttons()
+            self.status.value = self._blocked_reason or "Cancelled."
+            self.job_cancelled.emit()
+
+    # ------------------------------------------------------------- side by side
+    def _on_side_by_side(self, value: bool) -> None:
+        _grid(self._viewer).enabled = bool(value)
+        if value and self._input_layer is not None:
+            self._input_layer.visible = True
+
+    def _on_grid_changed(self, event: Any = None) -> None:
+        enabled = bool(_grid(self._viewer).enabled)
+        if self.side_by_side.value != enabled:
+            with self.side_by_side.changed.blocked():
+                self.side_by_side.value = enabled
+
+    # ----------------------------------------------------------------- outputs
+    def _add_outputs(self, selection: JobSelection, specs: list[OutputLayerSpec]) -> list[Any]:
+        layers = [self._make_layer(selection, spec) for spec in specs]
+        viewer_layers = self._viewer.layers
+        source = selection.layer
+        position = viewer_layers.index(source) + 1 if source in viewer_layers else len(viewer_layers)
+        for layer in layers:
+            viewer_layers.insert(position, layer)
+            position += 1
+        if self.side_by_side.value:
+            source.visible = True
+            for layer in layers:
+                layer.visible = True
+        return layers
+
+    def _unique_name(self, base: str) -> str:
+        taken = {layer.name for layer in self._viewer.layers}
+        if base not in taken:
+            return base
+        n = 1
+        while f"{base} [{n}]" in taken:
+            n += 1
+        return f"{base} [{n}]"
+
+    def _make_layer(self, selection: JobSelection, spec: OutputLayerSpec) -> Any:
+        from napari.layers import Image, Labels, Shapes
+
+        source = selection.layer
+        kwargs = dict(spec.kwargs)
+        name = self._unique_name(f"{source.name} {spec.suffix}{selection.name_suffix}")
+        kwargs.pop("name", None)
+        if spec.layer_type == "image":
+            data = np.asarray(spec.data)
+            if "rgb" not in kwargs:
+                kwargs["rgb"] = bool(
+                    source.rgb and data.ndim >= 3 and data.shape[-1] == _level0(source).shape[-1]
+                )
+            out_ndim = data.ndim - (1 if kwargs["rgb"] else 0)
+            if spec.match_input_contrast:
+                kwargs.setdefault("contrast_limits", list(source.contrast_limits))
+                if not kwargs["rgb"] and not source.rgb:
+                    kwargs.setdefault("colormap", source.colormap)
+                    kwargs.setdefault("gamma", source.gamma)
+            kwargs.update(_output_geometry(source, selection.covered_axes, out_ndim))
+            return Image(data, name=name, **kwargs)
+        if spec.layer_type == "labels":
+            data = np.asarray(spec.data)
+            kwargs.update(_output_geometry(source, selection.covered_axes, data.ndim))
+            return Labels(data, name=name, **kwargs)
+        if spec.layer_type == "shapes":
+            shapes = list(spec.data)
+            out_ndim = kwargs.pop("ndim", None)
+            if out_ndim is None:
+                out_ndim = (
+                    np.asarray(shapes[0]).shape[-1] if shapes else len(selection.covered_axes)
+                )
+            kwargs.update(_output_geometry(source, selection.covered_axes, int(out_ndim)))
+            return Shapes(shapes, ndim=int(out_ndim), name=name, **kwargs)
+        raise ValueError(
+            f"Unknown output layer type {spec.layer_type!r}: use 'image', 'labels' or 'shapes'."
+        )
+
+
+def _output_geometry(source: Any, covered_axes: Sequence[int], out_ndim: int) -> dict[str, Any]:
+    """Geometry kwargs for an ``out_ndim`` output of ``source`` over ``covered_axes``.
+
+    The output's trailing axes match the trailing covered axes of the input;
+    extra leading output axes (e.g. an SNR axis) get unit scale, zero
+    translate and no rotation.
+    """
+    from napari.utils.transforms import Affine
+
+    covered = list(covered_axes)
+    if out_ndim <= len(covered):
+        axes = covered[len(covered) - out_ndim :]
+        n_new = 0
+    else:
+        axes = covered
+        n_new = out_ndim - len(covered)
+
+    if n_new == 0 and axes == list(range(source.ndim)):
+        return {
+            "scale": source.scale,
+            "translate": source.translate,
+            "rotate": source.rotate,
+            "shear": source.shear,
+            "affine": source.affine.affine_matrix,
+            "units": source.units,
+            "axis_labels": source.axis_labels,
+        }
+
+    linear = Affine(rotate=source.rotate, shear=source.shear, ndim=source.ndim).set_slice(axes)
+    affine = source.affine.set_slice(axes)
+    scale = np.asarray(source.scale)[axes]
+    if np.allclose(linear.linear_matrix, np.diag(np.diag(linear.linear_matrix))):
+        scale = scale * np.diag(linear.linear_matrix)
+    else:
+        scale = scale * np.asarray(linear.scale)
+    translate = np.asarray(source.translate)[axes]
+    units = [source.units[i] for i in axes]
+    labels = [str(source.axis_labels[i]) for i in axes]
+    if n_new:
+        new_axes = list(range(n_new))
+        linear = linear.expand_dims(new_axes)
+        affine = affine.expand_dims(new_axes)
+        scale = np.concatenate([np.ones(n_new), scale])
+        translate = np.concatenate([np.zeros(n_new), translate])
+        units = ["pixel"] * n_new + units
+        new_labels = []
+        for i in range(n_new):
+            label = str(-(out_ndim - i))
+            while label in labels or label in new_labels:
+                label = f"new {label}"
+            new_labels.append(label)
+        labels = new_labels + labels
+    geometry = {
+        "scale": scale,
+        "translate": translate,
+        "affine": affine.affine_matrix,
+        "units": units,
+        "axis_labels": labels,
+    }
+    matrix = linear.linear_matrix
+    if not np.allclose(matrix, np.diag(np.diag(matrix))):
+        # Only pass rotate/shear when there is one (napari's Affine.shear of a
+        # diagonal transform has the wrong length for a layer argument).
+        geometry["rotate"] = linear.rotate
+        geometry["shear"] = linear.shear
+    return geometry

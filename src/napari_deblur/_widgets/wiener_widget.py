@@ -1,0 +1,332 @@
+"""Wiener-net sharpener: deconvolve an image layer with a known or parametric PSF.
+
+For now the method is classical Wiener deconvolution
+(:func:`napari_deblur.engine.iter_wiener_deconvolve`); the learned Wiener-net
+joins the same widget later. The job runs through the shared
+:class:`~napari_deblur._widgets.job_runner.JobRunner`.
+
+Script use::
+
+    dock, widget = viewer.window.add_plugin_dock_widget("napari-deblur", "Wiener-net sharpener")
+    widget.psf_source.value = "Gaussian"
+    widget.gaussian_sigma.value = 2.0
+    widget.run()
+    (sharpened,) = widget.runner.wait()
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from magicgui.widgets import ComboBox, Container, FloatSlider, FloatSpinBox
+
+from napari_deblur._widgets.job_runner import JobRunner, JobSelection, OutputLayerSpec
+from napari_deblur._widgets.settings import remember_values
+from napari_deblur.layer_roles import is_psf_metadata
+
+if TYPE_CHECKING:
+    import napari
+
+METHOD_WIENER = "Wiener (classical)"
+METHODS = (METHOD_WIENER,)
+
+PSF_FROM_LAYER = "PSF layer"
+PSF_GAUSSIAN = "Gaussian"
+PSF_DISK = "Disk"
+PSF_RING = "Ring"
+PSF_MOTION = "Linear motion"
+PSF_SOURCES = (PSF_FROM_LAYER, PSF_GAUSSIAN, PSF_DISK, PSF_RING, PSF_MOTION)
+
+SETTINGS_KEY = "wiener"
+OUTPUT_SUFFIX = "Wiener"
+
+
+def _is_image(layer: Any) -> bool:
+    from napari.layers import Image
+
+    return isinstance(layer, Image)
+
+
+class WienerWidget(Container):
+    """Dock widget that sharpens an image layer by Wiener deconvolution.
+
+    Parameters
+    ----------
+    napari_viewer : napari.viewer.Viewer
+        The viewer (given by napari when the widget is docked).
+
+    Attributes
+    ----------
+    image, method, snr_db, psf_source, psf_layer, gaussian_sigma, disk_radius,
+    ring_radius, motion_length, motion_angle : magicgui widgets
+        The inputs; set their ``value`` from scripts.
+    runner : JobRunner
+        Scope, side by side, Run / Cancel, progress; ``runner.wait()`` waits
+        for the job and returns the added layer.
+    """
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
+        self._viewer = napari_viewer
+        self.image = ComboBox(
+            name="image",
+            label="Image",
+            choices=self._image_choices,
+            tooltip="Image layer to sharpen (PSF layers are not listed).",
+        )
+        self.method = ComboBox(
+            name="method",
+            label="Method",
+            choices=list(METHODS),
+            value=METHOD_WIENER,
+            tooltip="Classical Wiener deconvolution with the PSF below.",
+        )
+        self.snr_db = FloatSlider(
+            name="snr_db",
+            label="SNR (dB)",
+            min=5.0,
+            max=60.0,
+            step=0.5,
+            value=30.0,
+            tooltip="Signal-to-noise ratio of the image in dB. Lower: smoother result, "
+            "less noise amplification; higher: sharper but noisier.",
+        )
+        self.psf_source = ComboBox(
+            name="psf_source",
+            label="PSF",
+            choices=list(PSF_SOURCES),
+            value=PSF_FROM_LAYER,
+            tooltip="Take the PSF (blur kernel) from a layer, or build a parametric one.",
+        )
+        self.psf_layer = ComboBox(
+            name="psf_layer",
+            label="PSF layer",
+            choices=self._psf_choices,
+            tooltip="A 2D PSF (used for every plane) or a stack with one PSF per image plane. "
+            "Layers marked as PSFs are listed first.",
+        )
+        self.gaussian_sigma = FloatSpinBox(
+            name="gaussian_sigma", label="Sigma (px)", min=0.1, max=50.0, step=0.1, value=2.0,
+            tooltip="Standard deviation of the Gaussian PSF in pixels.",
+        )
+        self.disk_radius = FloatSpinBox(
+            name="disk_radius", label="Radius (px)", min=0.5, max=50.0, step=0.5, value=3.0,
+            tooltip="Radius of the disk (out-of-focus) PSF in pixels.",
+        )
+        self.ring_radius = FloatSpinBox(
+            name="ring_radius", label="Ring radius (px)", min=1.0, max=50.0, step=0.5, value=5.0,
+            tooltip="Radius of the ring (annulus) PSF in pixels.",
+        )
+        self.motion_length = FloatSpinBox(
+            name="motion_length", label="Length (px)", min=1.0, max=200.0, step=1.0, value=15.0,
+            tooltip="Length of the straight motion blur in pixels.",
+        )
+        self.motion_angle = FloatSpinBox(
+            name="motion_angle", label="Angle (°)", min=-180.0, max=180.0, step=1.0, value=0.0,
+            tooltip="Direction of the motion in degrees, counter-clockwise from the x axis.",
+        )
+        self.runner = JobRunner(napari_viewer, run_callback=self.run, run_text="Sharpen")
+        super().__init__(
+            name="wiener_widget",
+            widgets=[
+                self.image,
+                self.method,
+                self.snr_db,
+                self.psf_source,
+                self.psf_layer,
+                self.gaussian_sigma,
+                self.disk_radius,
+                self.ring_radius,
+                self.motion_length,
+                self.motion_angle,
+                self.runner,
+            ],
+        )
+        self._prefer_active_layer()
+        remember_values(
+            self,
+            SETTINGS_KEY,
+            [
+                "method",
+                "snr_db",
+                "psf_source",
+                "gaussian_sigma",
+                "disk_radius",
+                "ring_radius",
+                "motion_length",
+                "motion_angle",
+                "scope",
+            ],
+        )
+        self.image.changed.connect(self._on_inputs_changed)
+        self.psf_layer.changed.connect(self._on_inputs_changed)
+        self.psf_source.changed.connect(self._on_inputs_changed)
+        self._on_inputs_changed()
+
+    # ---------------------------------------------------------------- choices
+    def _image_choices(self, *_: Any) -> list[tuple[str, Any]]:
+        return [
+            (layer.name, layer)
+            for layer in self._viewer.layers
+            if _is_image(layer) and not is_psf_metadata(layer.metadata)
+        ]
+
+    def _psf_choices(self, *_: Any) -> list[tuple[str, Any]]:
+        images = [layer for layer in self._viewer.layers if _is_image(layer)]
+        marked = [layer for layer in images if is_psf_metadata(layer.metadata)]
+        others = [layer for layer in images if not is_psf_metadata(layer.metadata)]
+        return [(layer.name, layer) for layer in marked + others]
+
+    def _prefer_active_layer(self) -> None:
+        active = self._viewer.layers.selection.active
+        if active is None:
+            return
+        for _, layer in self._image_choices():
+            if layer is active or layer.name == active.name:
+                self.image.value = layer
+                return
+
+    def reset_choices(self, *args: Any) -> None:
+        """Refresh the layer lists (napari calls this when layers change)."""
+        super().reset_choices(*args)
+        self._on_inputs_changed()
+
+    # ------------------------------------------------------------- validation
+    def _on_inputs_changed(self, *_: Any) -> None:
+        source = self.psf_source.value
+        self.psf_layer.visible = source == PSF_FROM_LAYER
+        self.gaussian_sigma.visible = source == PSF_GAUSSIAN
+        self.disk_radius.visible = source == PSF_DISK
+        self.ring_radius.visible = source == PSF_RING
+        self.motion_length.visible = source == PSF_MOTION
+        self.motion_angle.visible = source == PSF_MOTION
+        self.runner.set_input_layer(self.image.value)
+        self.runner.set_blocked_reason(self.invalid_reason())
+
+    def invalid_reason(self) -> str | None:
+        """Why the inputs cannot run now (``None`` when they can)."""
+        image = self.image.value
+        if image is None:
+            return "No image layer: open an image (or a napari-deblur sample) to sharpen."
+        if self.psf_source.value == PSF_FROM_LAYER:
+            psf = self.psf_layer.value
+            if psf is None:
+                return (
+                    "No PSF layer: open a PSF file, or choose a parametric PSF "
+                    "(Gaussian, Disk, Ring, Linear motion)."
+                )
+            if psf is image or psf.name == image.name:
+                return "The PSF layer is the image itself: choose the layer that holds the PSF."
+            if psf.rgb:
+                return f"PSF layer {psf.name!r} is RGB: a PSF must be a single-channel kernel."
+        return None
+
+    # -------------------------------------------------------------------- PSF
+    def _psf_from_layer(self, selection: JobSelection) -> np.ndarray:
+        """The PSF array for this job, read on the GUI thread (PSFs are small)."""
+        layer = self.psf_layer.value
+        data = layer.data[0] if layer.multiscale else layer.data
+        psf = np.array(data, dtype=np.float32, copy=True)
+        image = selection.layer
+        if psf.ndim == 3 and psf.shape[0] == 1:
+            psf = psf[0]
+        if psf.ndim == 2:
+            return psf
+        if psf.ndim == 3:
+            n_lead = image.ndim - 2
+            image_shape = (image.data[0] if image.multiscale else image.data).shape
+            if n_lead != 1 or image_shape[0] != psf.shape[0]:
+                raise ValueError(
+                    f"PSF layer {layer.name!r} holds {psf.shape[0]} kernels but image "
+                    f"{image.name!r} has shape {tuple(image_shape)}: use a 2D PSF, or a PSF stack "
+                    "with one kernel per plane of a z-stack."
+                )
+            if selection.index is not None:
+                return psf[selection.index[0]]
+            return psf
+        raise ValueError(
+            f"PSF layer {layer.name!r} is {psf.ndim}D: a PSF must be 2D (h, w) or a stack "
+            "(planes, h, w) with one kernel per image plane."
+        )
+
+    def _psf_description(self) -> dict[str, Any]:
+        source = self.psf_source.value
+        if source == PSF_FROM_LAYER:
+            return {"psf": "layer", "psf_layer": self.psf_layer.value.name}
+        if source == PSF_GAUSSIAN:
+            return {"psf": "gaussian", "sigma_px": float(self.gaussian_sigma.value)}
+        if source == PSF_DISK:
+            return {"psf": "disk", "radius_px": float(self.disk_radius.value)}
+        if source == PSF_RING:
+            return {"psf": "ring", "radius_px": float(self.ring_radius.value)}
+        return {
+            "psf": "linear motion",
+            "length_px": float(self.motion_length.value),
+            "angle_deg": float(self.motion_angle.value),
+        }
+
+    # -------------------------------------------------------------------- run
+    def run(self) -> Any:
+        """Start sharpening the chosen image with the current settings.
+
+        Returns
+        -------
+        superqt.utils.GeneratorWorker
+            The running worker; ``self.runner.wait()`` blocks until it is done
+            and returns the added layer.
+
+        Raises
+        ------
+        ValueError, TypeError
+            The inputs are invalid (no image or PSF layer, mismatched PSF
+            stack, not an Image layer...) or a job is already running.
+        """
+        reason = self.invalid_reason()
+        if reason is not None:
+            raise ValueError(reason)
+        layer = self.image.value
+        selection = self.runner.selection(layer)
+        source = self.psf_source.value
+        psf_array = self._psf_from_layer(selection) if source == PSF_FROM_LAYER else None
+        sigma = float(self.gaussian_sigma.value)
+        disk_radius = float(self.disk_radius.value)
+        ring_radius = float(self.ring_radius.value)
+        length = float(self.motion_length.value)
+        angle = float(self.motion_angle.value)
+        snr_db = float(self.snr_db.value)
+        metadata = {
+            "napari_deblur_method": "wiener",
+            "snr_db": snr_db,
+            "source_layer": layer.name,
+            **self._psf_description(),
+        }
+
+        def make_steps(data: np.ndarray, channel_axis: int | None) -> Any:
+            from napari_deblur import engine
+
+            if source == PSF_FROM_LAYER:
+                psf = psf_array
+            elif source == PSF_GAUSSIAN:
+                psf = engine.gaussian_psf(sigma)
+            elif source == PSF_DISK:
+                psf = engine.disk_psf(disk_radius)
+            elif source == PSF_RING:
+                psf = engine.ring_psf(ring_radius)
+            else:
+                psf = engine.motion_psf(length, angle)
+            return engine.iter_wiener_deconvolve(
+                data, psf, snr_db=snr_db, channel_axis=channel_axis
+            )
+
+        def make_outputs(result: np.ndarray) -> list[OutputLayerSpec]:
+            return [
+                OutputLayerSpec(
+                    data=result,
+                    suffix=OUTPUT_SUFFIX,
+                    layer_type="image",
+                    kwargs={"metadata": metadata},
+                    match_input_contrast=True,
+                )
+            ]
+
+        return self.runner.start(layer, make_steps, make_outputs, selection=selection)

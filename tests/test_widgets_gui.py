@@ -1,0 +1,323 @@
+"""GUI tests of the job runner and the Wiener widget in a real napari window.
+
+Run under an X server, e.g.::
+
+    xvfb-run -a -s "-screen 0 1280x1024x24" pytest tests/test_widgets_gui.py -q
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+
+if sys.platform.startswith("linux") and not (
+    os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+):
+    pytest.skip(
+        "GUI tests need a display: run them under xvfb-run (see module docstring)",
+        allow_module_level=True,
+    )
+pytest.importorskip("pytestqt")
+pytest.importorskip("napari")
+
+pytestmark = pytest.mark.gui
+
+PLUGIN = "napari-deblur"
+WIDGET = "Wiener-net sharpener"
+JOB_TIMEOUT_MS = 30_000
+
+
+def _dock(viewer):
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, WIDGET)
+    return widget
+
+
+def _run_and_wait(qtbot, widget):
+    widget.run()
+    assert widget.runner.is_running
+    qtbot.waitUntil(lambda: not widget.runner.is_running, timeout=JOB_TIMEOUT_MS)
+
+
+def _shown(widget):
+    """Whether a sub-widget is set to show (``visible`` is False in a hidden window)."""
+    return not widget.native.isHidden()
+
+
+def _grid(viewer):
+    canvas = getattr(viewer, "canvas", None)
+    return canvas.grid if hasattr(canvas, "grid") else viewer.grid
+
+
+def _names(viewer):
+    return [layer.name for layer in viewer.layers]
+
+
+def _gradient_energy(image):
+    image = np.asarray(image, dtype=np.float64)
+    core = image[16:-16, 16:-16]
+    gy, gx = np.gradient(core)
+    return float(np.mean(gx**2 + gy**2))
+
+
+@pytest.fixture
+def notifications():
+    """Error notifications dispatched during the test."""
+    from napari.utils.notifications import NotificationSeverity, notification_manager
+
+    seen = []
+
+    def _collect(event):
+        notification = event.value if hasattr(event, "value") else event
+        if notification.severity == NotificationSeverity.ERROR:
+            seen.append(str(notification.message))
+
+    notification_manager.notification_ready.connect(_collect)
+    yield seen
+    notification_manager.notification_ready.disconnect(_collect)
+
+
+def test_sharpens_camera_shake_sample_above_input_with_its_geometry(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer(show=True)
+    viewer.open_sample(PLUGIN, "camera_shake")
+    source = viewer.layers["Camera shake (blurred)"]
+    source.scale = (0.5, 0.25)
+    source.translate = (10.0, -3.0)
+    before = np.array(source.data, copy=True)
+    widget = _dock(viewer)
+    assert widget.image.value.name == source.name
+    assert widget.psf_layer.value.name == "Camera shake PSF"  # PSF-marked layer first
+    assert widget.runner.run_button.enabled
+
+    widget.snr_db.value = 30.0
+    _run_and_wait(qtbot, widget)
+
+    name = f"{source.name} Wiener"
+    assert name in _names(viewer)
+    assert _names(viewer).index(name) == _names(viewer).index(source.name) + 1
+    output = viewer.layers[name]
+    assert [layer.name for layer in widget.runner.last_outputs] == [name]
+    np.testing.assert_array_equal(source.data, before)
+    assert output.data.shape == before.shape
+    np.testing.assert_allclose(output.scale, source.scale)
+    np.testing.assert_allclose(output.translate, source.translate)
+    np.testing.assert_allclose(output.contrast_limits, source.contrast_limits)
+    assert not np.allclose(output.data, before)
+    assert _gradient_energy(output.data) > 1.5 * _gradient_energy(before)
+    assert output.metadata["snr_db"] == 30.0
+    assert widget.runner.progress.value == widget.runner.progress.max
+
+    # A second run never reuses (and so never overwrites) the first output's name.
+    first = np.array(output.data, copy=True)
+    widget.snr_db.value = 15.0
+    _run_and_wait(qtbot, widget)
+    assert f"{name} [1]" in _names(viewer)
+    np.testing.assert_array_equal(viewer.layers[name].data, first)
+
+    screenshot = viewer.screenshot(canvas_only=True)
+    assert screenshot.ndim == 3
+    assert np.asarray(screenshot[..., :3], dtype=float).std() > 0
+
+
+def test_run_is_disabled_with_a_reason_while_inputs_are_invalid(make_napari_viewer):
+    viewer = make_napari_viewer()
+    widget = _dock(viewer)
+    assert not widget.runner.run_button.enabled
+    assert "No image layer" in widget.runner.status.value
+    with pytest.raises(ValueError, match="No image layer"):
+        widget.run()
+
+    viewer.add_image(np.zeros((40, 40), np.float32), name="photo")
+    # The only image cannot be its own PSF.
+    assert not widget.runner.run_button.enabled
+    assert widget.invalid_reason() is not None
+
+    widget.psf_source.value = "Gaussian"
+    assert widget.runner.run_button.enabled
+    assert _shown(widget.gaussian_sigma) and not _shown(widget.psf_layer)
+    assert not _shown(widget.disk_radius) and not _shown(widget.motion_angle)
+    widget.psf_source.value = "Linear motion"
+    assert _shown(widget.motion_length) and _shown(widget.motion_angle)
+    assert not _shown(widget.gaussian_sigma)
+
+
+def test_runner_rejects_non_image_layers(make_napari_viewer):
+    viewer = make_napari_viewer()
+    widget = _dock(viewer)
+    labels = viewer.add_labels(np.zeros((32, 32), np.int32), name="labels")
+    with pytest.raises(TypeError, match="Image layer"):
+        widget.runner.selection(labels)
+    points = viewer.add_points(np.zeros((1, 2)), name="points")
+    with pytest.raises(TypeError, match="Image layer"):
+        widget.runner.selection(points)
+    with pytest.raises(ValueError, match="No image layer"):
+        widget.runner.selection(None)
+
+
+def test_cancel_stops_the_job_and_adds_no_layer(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    rng = np.random.default_rng(0)
+    viewer.add_image(rng.random((80, 96, 96), dtype=np.float32), name="stack")
+    widget = _dock(viewer)
+    widget.psf_source.value = "Gaussian"
+    widget.runner.scope.value = "Whole stack"
+    cancelled = []
+    widget.runner.job_cancelled.connect(lambda: cancelled.append(True))
+    widget.runner.job_progress.connect(lambda *_: widget.runner.cancel())
+
+    _run_and_wait(qtbot, widget)
+
+    assert cancelled == [True]
+    assert _names(viewer) == ["stack"]
+    assert widget.runner.last_outputs == []
+    assert widget.runner.progress.value == 0
+    assert widget.runner.run_button.enabled
+    assert not widget.runner.cancel_button.enabled
+
+
+def test_nan_image_shows_an_error_and_adds_no_layer(make_napari_viewer, qtbot, notifications):
+    viewer = make_napari_viewer()
+    image = np.ones((48, 48), np.float32)
+    image[10, 10] = np.nan
+    viewer.add_image(image, name="broken")
+    widget = _dock(viewer)
+    widget.psf_source.value = "Gaussian"
+    failures = []
+    widget.runner.job_failed.connect(failures.append)
+
+    _run_and_wait(qtbot, widget)
+
+    assert _names(viewer) == ["broken"]
+    assert len(failures) == 1
+    assert any("nan" in message.lower() for message in notifications)
+    assert isinstance(widget.runner.last_error, ValueError)
+    assert widget.runner.run_button.enabled
+
+
+def test_runtime_errors_reach_the_user_as_engine_errors(make_napari_viewer, qtbot, notifications):
+    from napari_deblur._widgets import OutputLayerSpec
+    from napari_deblur.engine import EngineError, JobProgress
+
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(np.ones((32, 32), np.float32), name="image")
+    widget = _dock(viewer)
+
+    def make_steps(data, channel_axis):
+        yield JobProgress(0.5, "half way")
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2 GiB")
+
+    def make_outputs(result):
+        return [OutputLayerSpec(result, "never")]
+
+    widget.runner.start(layer, make_steps, make_outputs)
+    qtbot.waitUntil(lambda: not widget.runner.is_running, timeout=JOB_TIMEOUT_MS)
+
+    assert isinstance(widget.runner.last_error, EngineError)
+    assert any("out of memory" in message for message in notifications)
+    assert _names(viewer) == ["image"]
+
+
+def test_zstack_current_slice_and_whole_stack_with_per_plane_psf(make_napari_viewer, qtbot):
+    from napari_deblur.engine import wiener_deconvolve
+
+    viewer = make_napari_viewer()
+    viewer.open_sample(PLUGIN, "defocused_zstack")
+    stack = viewer.layers["Out-of-focus z-stack"]
+    psf_stack = viewer.layers["Out-of-focus z-stack PSF"]
+    stack.translate = (4.0, 3.0, 2.0)
+    before = np.array(stack.data, copy=True)
+    widget = _dock(viewer)
+    viewer.layers.selection.active = stack
+    assert widget.image.value.name == stack.name
+    assert widget.psf_layer.value.name == psf_stack.name
+    assert _shown(widget.runner.scope)
+
+    plane = 5
+    viewer.dims.set_point(0, stack.translate[0] + plane * stack.scale[0])
+    widget.runner.scope.value = "Current slice"
+    widget.snr_db.value = 25.0
+    _run_and_wait(qtbot, widget)
+
+    (output,) = widget.runner.last_outputs
+    assert output.name == f"{stack.name} Wiener (slice z={plane})"
+    assert output.data.shape == before.shape[1:]
+    np.testing.assert_allclose(output.scale, stack.scale[1:])
+    np.testing.assert_allclose(output.translate, stack.translate[1:])
+    expected = wiener_deconvolve(before[plane], np.asarray(psf_stack.data)[plane], snr_db=25.0)
+    np.testing.assert_allclose(output.data, expected, rtol=1e-4, atol=1e-5)
+
+    widget.runner.scope.value = "Whole stack"
+    _run_and_wait(qtbot, widget)
+    (whole,) = widget.runner.last_outputs
+    assert whole.data.shape == before.shape
+    np.testing.assert_allclose(whole.scale, stack.scale)
+    np.testing.assert_allclose(whole.translate, stack.translate)
+    np.testing.assert_allclose(whole.data[plane], expected, rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(stack.data, before)
+
+
+def test_side_by_side_turns_grid_mode_on_and_off(make_napari_viewer):
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(np.zeros((40, 40), np.float32), name="photo")
+    layer.visible = False
+    widget = _dock(viewer)
+    widget.runner.side_by_side.value = True
+    assert _grid(viewer).enabled
+    assert layer.visible
+    widget.runner.side_by_side.value = False
+    assert not _grid(viewer).enabled
+    _grid(viewer).enabled = True  # changed elsewhere: the checkbox follows
+    assert widget.runner.side_by_side.value
+
+
+def test_rgb_image_keeps_its_channels(make_napari_viewer, qtbot):
+    from scipy.ndimage import gaussian_filter
+
+    viewer = make_napari_viewer()
+    rng = np.random.default_rng(1)
+    sharp = (rng.random((64, 64, 3)) > 0.7).astype(np.float64) * 255
+    blurred = np.stack([gaussian_filter(sharp[..., c], 1.5) for c in range(3)], axis=-1)
+    rgb = viewer.add_image(blurred.astype(np.uint8), name="rgb", rgb=True)
+    before = np.array(rgb.data, copy=True)
+    widget = _dock(viewer)
+    widget.psf_source.value = "Gaussian"
+    widget.gaussian_sigma.value = 1.5
+    assert not _shown(widget.runner.scope)  # a single RGB picture has no slices
+
+    _run_and_wait(qtbot, widget)
+
+    (output,) = widget.runner.last_outputs
+    assert output.rgb
+    assert output.data.shape == before.shape
+    np.testing.assert_array_equal(rgb.data, before)
+    for channel in range(3):
+        assert _gradient_energy(output.data[..., channel]) > _gradient_energy(before[..., channel])
+
+
+def test_settings_are_remembered_in_the_test_config_folder(
+    make_napari_viewer, _isolated_widget_settings
+):
+    from napari_deblur._widgets.wiener_widget import WienerWidget
+
+    viewer = make_napari_viewer()
+    widget = _dock(viewer)
+    widget.snr_db.value = 12.5
+    widget.psf_source.value = "Disk"
+    widget.disk_radius.value = 4.5
+
+    saved = json.loads((_isolated_widget_settings / "widgets.json").read_text())
+    assert saved["wiener"]["snr_db"] == 12.5
+    assert saved["wiener"]["psf_source"] == "Disk"
+
+    again = WienerWidget(viewer)
+    try:
+        assert again.snr_db.value == 12.5
+        assert again.psf_source.value == "Disk"
+        assert again.disk_radius.value == 4.5
+        assert _shown(again.disk_radius)
+    finally:
+        again.close()
+        again.native.deleteLater()
