@@ -287,9 +287,8 @@ def test_rgb_image_keeps_its_channels(make_napari_viewer, qtbot):
     widget.gaussian_sigma.value = 1.5
     assert not _shown(widget.runner.scope)  # a single RGB picture has no slices
 
-    _run_and_wait(qtbot, widget)
-
-    (output,) = widget.runner.last_outputs
+    widget.run()
+    (output,) = widget.runner.wait(timeout=JOB_TIMEOUT_MS / 1000)  # the script-friendly wait
     assert output.rgb
     assert output.data.shape == before.shape
     np.testing.assert_array_equal(rgb.data, before)

@@ -279,6 +279,7 @@ class JobRunner(Container):
         self._pending_outputs: list[Any] = []
         self._blocked_reason: str | None = None
         self._input_layer: Any = None
+        self._closed = False
         self.last_outputs: list[Any] = []
         self.last_error: Exception | None = None
 
@@ -286,6 +287,7 @@ class JobRunner(Container):
         self.cancel_button.changed.connect(self.cancel)
         self.side_by_side.changed.connect(self._on_side_by_side)
         _grid(viewer).events.enabled.connect(self._on_grid_changed)
+        self.native.destroyed.connect(self._on_destroyed)
         self._refresh_buttons()
 
     # ------------------------------------------------------------------ state
@@ -325,7 +327,15 @@ class JobRunner(Container):
         """Why Run is disabled (``None`` when the inputs are valid)."""
         return self._blocked_reason
 
+    def _on_destroyed(self, *_: Any) -> None:
+        """The Qt widget is gone (viewer closed): stop the job, touch no widget again."""
+        self._closed = True
+        if self._worker is not None:
+            self._worker.quit()
+
     def _refresh_buttons(self) -> None:
+        if self._closed:
+            return
         self.run_button.enabled = not self._running and self._blocked_reason is None
         self.cancel_button.enabled = self._running and not self._cancelling
         if not self._running:
@@ -426,6 +436,8 @@ class JobRunner(Container):
         ValueError, TypeError
             Invalid input layer (see :meth:`selection`), or a job is running.
         """
+        if self._closed:
+            raise ValueError("This widget was closed: open it again to run a job.")
         if self._running:
             raise ValueError("A job is already running: wait for it to finish or cancel it.")
         if selection is None:
@@ -467,9 +479,10 @@ class JobRunner(Container):
         if not self._running or self._worker is None:
             return
         self._cancelling = True
-        self.status.value = "Cancelling…"
-        self._refresh_buttons()
         self._worker.quit()
+        if not self._closed:
+            self.status.value = "Cancelling…"
+            self._refresh_buttons()
 
     def wait(self, timeout: float | None = 600.0) -> list[Any]:
         """Block (processing Qt events) until the job is done; for scripts.
@@ -518,7 +531,7 @@ class JobRunner(Container):
     def _on_yielded(self, update: Any) -> None:
         fraction = getattr(update, "fraction", None)
         message = str(getattr(update, "message", "") or "")
-        if fraction is None:
+        if fraction is None or self._closed:
             return
         fraction = float(np.clip(fraction, 0.0, 1.0))
         self.progress.value = int(round(fraction * _PROGRESS_STEPS))
@@ -548,6 +561,9 @@ class JobRunner(Container):
     def _on_returned(
         self, selection: JobSelection, make_outputs: MakeOutputs, result: Any
     ) -> None:
+        if self._closed:
+            self._outcome = "aborted"
+            return
         try:
             specs = list(make_outputs(result))
             self._pending_outputs = self._add_outputs(selection, specs)
@@ -562,6 +578,8 @@ class JobRunner(Container):
         self._pending_outputs = []
         self._running = False
         self._cancelling = False
+        if self._closed:
+            return
         if outcome == "returned":
             self.last_outputs = layers
             self.progress.value = _PROGRESS_STEPS
@@ -587,6 +605,8 @@ class JobRunner(Container):
             self._input_layer.visible = True
 
     def _on_grid_changed(self, event: Any = None) -> None:
+        if self._closed:
+            return
         enabled = bool(_grid(self._viewer).enabled)
         if self.side_by_side.value != enabled:
             with self.side_by_side.changed.blocked():
