@@ -164,10 +164,11 @@ def iter_planewise(
     n_planes = layout.n_planes
     result = np.empty((outputs_per_plane,) + planes.shape, dtype=np.float32)
     for index in range(n_planes):
-        plane = torch.from_numpy(np.ascontiguousarray(planes[index : index + 1])).to(device)
+        # A private copy: callers may pass read-only views (napari layers); torch needs writable memory.
+        plane = torch.from_numpy(np.array(planes[index : index + 1], dtype=np.float32)).to(device)
         kernel = None
         if kernels is not None:
-            kernel = torch.from_numpy(kernels[index if len(kernels) > 1 else 0]).to(device)
+            kernel = torch.from_numpy(np.array(kernels[index if len(kernels) > 1 else 0])).to(device)
         output = yield from scaled_steps(
             plane_steps(plane, kernel), index / n_planes, (index + 1) / n_planes
         )
