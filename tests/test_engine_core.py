@@ -339,3 +339,14 @@ def test_other_errors_are_not_retried(photo):
 
     with pytest.raises(ValueError, match="boom"):
         run_job(iter_tiled(broken, x, tile_size=64, halo=2))
+
+
+def test_read_only_input_is_accepted_without_warnings(photo):
+    import warnings
+
+    frozen = photo.copy()
+    frozen.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        restored = wiener_deconvolve(frozen, KERNEL)
+    assert restored.shape == frozen.shape and restored.flags.writeable
