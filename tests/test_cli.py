@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from importlib.metadata import entry_points
@@ -39,6 +40,14 @@ def test_help_lists_commands_without_heavy_imports():
     assert "demo" in done.stdout and "batch" in done.stdout
     assert "HEAVY []" in done.stdout
 
+
+def test_installed_script_help():
+    script = shutil.which("napari-deblur")
+    if script is None:
+        pytest.skip("the napari-deblur script is not on PATH (package not installed)")
+    done = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "usage: napari-deblur" in done.stdout
 
 def test_subcommand_help(capsys):
     with pytest.raises(SystemExit) as exc:
@@ -103,6 +112,21 @@ def test_demo_without_display_falls_back_to_figure(tmp_path, capsys, monkeypatch
     expected = tmp_path / demo.DEFAULT_FIGURE_NAME
     assert printed[-1] == str(expected.resolve())
     _assert_png_not_blank(expected)
+
+
+def test_demo_falls_back_to_figure_without_qt(tmp_path, capsys, monkeypatch):
+    def no_qt(*_args, **_kwargs):
+        raise ImportError("No Qt bindings could be found\nsecond line")
+
+    monkeypatch.setenv("DISPLAY", ":99")
+    monkeypatch.delenv("QT_QPA_PLATFORM", raising=False)
+    monkeypatch.setattr(demo, "run_gui_demo", no_qt)
+    out = tmp_path / "demo.png"
+    assert main(["demo", "--sample", "defocus_ramp", "--screenshot", str(out)]) == 0
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert "No Qt bindings could be found" in printed[0] and len(printed) == 2
+    assert printed[-1] == str(out.resolve())
+    _assert_png_not_blank(out)
 
 
 def test_camera_shake_demo_panels_restore():
@@ -261,3 +285,4 @@ def test_demo_screenshot_in_a_window(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == str(out.resolve())
     _assert_png_not_blank(out)
+

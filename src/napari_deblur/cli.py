@@ -128,20 +128,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run_demo(args: argparse.Namespace) -> int:
     from napari_deblur import demo
 
-    no_display = demo.display_missing_reason()
-    if args.no_gui or no_display:
-        reason = "--no-gui given" if args.no_gui else no_display
-        output = args.output or args.screenshot or Path.cwd() / demo.DEFAULT_FIGURE_NAME
-        print(f"No napari window ({reason}): running the {args.sample} demo without Qt "
-              "and saving a matplotlib figure instead.")
-        path = demo.save_demo_figure(args.sample, output)
-        print(path)
-        return 0
-    if args.screenshot is not None:
-        path = demo.run_gui_demo(args.sample, screenshot=args.screenshot)
-        print(path)
-        return 0
-    demo.run_gui_demo(args.sample)
+    reason = "--no-gui given" if args.no_gui else demo.display_missing_reason()
+    if reason is None:
+        try:
+            path = demo.run_gui_demo(args.sample, screenshot=args.screenshot)
+        except ImportError as exc:  # napari installed without a Qt binding
+            reason = f"napari cannot open a window: {exc}".splitlines()[0]
+        else:
+            if path is not None:
+                print(path)
+            return 0
+    output = args.output or args.screenshot or Path.cwd() / demo.DEFAULT_FIGURE_NAME
+    print(f"No napari window ({reason}): running the {args.sample} demo without Qt "
+          "and saving a matplotlib figure instead.")
+    print(demo.save_demo_figure(args.sample, output))
     return 0
 
 
