@@ -262,6 +262,7 @@ class JobRunner(Container):
             labels=False,
         )
         buttons.margins = (0, 0, 0, 0)
+        buttons.label = ""  # magicgui containers ignore a label= argument
         self.progress = ProgressBar(
             name="progress", min=0, max=_PROGRESS_STEPS, value=0, label="Progress"
         )
@@ -271,6 +272,7 @@ class JobRunner(Container):
             widgets=[self.scope, self.side_by_side, buttons, self.progress, self.status],
         )
         self.margins = (0, 0, 0, 0)
+        self.label = ""  # no "runner" caption when embedded in a widget
 
         self._worker: Any = None
         self._running = False
