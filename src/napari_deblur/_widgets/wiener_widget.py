@@ -22,8 +22,8 @@ import numpy as np
 from magicgui.widgets import ComboBox, Container, FloatSlider, FloatSpinBox
 
 from napari_deblur._widgets.job_runner import JobRunner, JobSelection, OutputLayerSpec
+from napari_deblur._widgets.layer_choices import image_choices, psf_choices, select_active_layer
 from napari_deblur._widgets.settings import remember_values
-from napari_deblur.layer_roles import is_psf_metadata
 
 if TYPE_CHECKING:
     import napari
@@ -40,12 +40,6 @@ PSF_SOURCES = (PSF_FROM_LAYER, PSF_GAUSSIAN, PSF_DISK, PSF_RING, PSF_MOTION)
 
 SETTINGS_KEY = "wiener"
 OUTPUT_SUFFIX = "Wiener"
-
-
-def _is_image(layer: Any) -> bool:
-    from napari.layers import Image
-
-    return isinstance(layer, Image)
 
 
 class WienerWidget(Container):
@@ -142,7 +136,7 @@ class WienerWidget(Container):
                 self.runner,
             ],
         )
-        self._prefer_active_layer()
+        select_active_layer(self.image, self._viewer)
         remember_values(
             self,
             SETTINGS_KEY,
@@ -165,26 +159,10 @@ class WienerWidget(Container):
 
     # ---------------------------------------------------------------- choices
     def _image_choices(self, *_: Any) -> list[tuple[str, Any]]:
-        return [
-            (layer.name, layer)
-            for layer in self._viewer.layers
-            if _is_image(layer) and not is_psf_metadata(layer.metadata)
-        ]
+        return image_choices(self._viewer)
 
     def _psf_choices(self, *_: Any) -> list[tuple[str, Any]]:
-        images = [layer for layer in self._viewer.layers if _is_image(layer)]
-        marked = [layer for layer in images if is_psf_metadata(layer.metadata)]
-        others = [layer for layer in images if not is_psf_metadata(layer.metadata)]
-        return [(layer.name, layer) for layer in marked + others]
-
-    def _prefer_active_layer(self) -> None:
-        active = self._viewer.layers.selection.active
-        if active is None:
-            return
-        for _, layer in self._image_choices():
-            if layer is active or layer.name == active.name:
-                self.image.value = layer
-                return
+        return psf_choices(self._viewer)
 
     def reset_choices(self, *args: Any) -> None:
         """Refresh the layer lists (napari calls this when layers change)."""
