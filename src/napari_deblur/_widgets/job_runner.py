@@ -123,7 +123,7 @@ class JobSelection:
         The array is a read-only view when possible, so a job can never write
         into the layer.
         """
-        data = _level0(self.layer)
+        data = level0(self.layer)
         if self.index is not None:
             data = data[self.index]
         array = np.asarray(data)
@@ -132,7 +132,8 @@ class JobSelection:
         return view
 
 
-def _level0(layer: Any) -> Any:
+def level0(layer: Any) -> Any:
+    """A layer's full-resolution data (level 0 of a multiscale pyramid)."""
     return layer.data[0] if getattr(layer, "multiscale", False) else layer.data
 
 
@@ -371,7 +372,7 @@ class JobRunner(Container):
             raise TypeError(
                 f"Layer {layer.name!r} is a {type(layer).__name__} layer: choose an Image layer."
             )
-        data = _level0(layer)
+        data = level0(layer)
         shape = tuple(int(s) for s in data.shape)
         if any(s == 0 for s in shape):
             raise ValueError(f"Layer {layer.name!r} is empty (shape {shape}): choose another layer.")
@@ -649,7 +650,7 @@ class JobRunner(Container):
             data = np.asarray(spec.data)
             if "rgb" not in kwargs:
                 kwargs["rgb"] = bool(
-                    source.rgb and data.ndim >= 3 and data.shape[-1] == _level0(source).shape[-1]
+                    source.rgb and data.ndim >= 3 and data.shape[-1] == level0(source).shape[-1]
                 )
             out_ndim = data.ndim - (1 if kwargs["rgb"] else 0)
             if spec.match_input_contrast:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from magicgui.widgets import ComboBox, Container, FloatSlider, FloatSpinBox
 
-from napari_deblur._widgets.job_runner import JobRunner, JobSelection, OutputLayerSpec
+from napari_deblur._widgets.job_runner import JobRunner, JobSelection, OutputLayerSpec, level0
 from napari_deblur._widgets.layer_choices import image_choices, psf_choices, select_active_layer
 from napari_deblur._widgets.settings import remember_values
 
@@ -203,8 +203,7 @@ class WienerWidget(Container):
     def _psf_from_layer(self, selection: JobSelection) -> np.ndarray:
         """The PSF array for this job, read on the GUI thread (PSFs are small)."""
         layer = self.psf_layer.value
-        data = layer.data[0] if layer.multiscale else layer.data
-        psf = np.array(data, dtype=np.float32, copy=True)
+        psf = np.array(level0(layer), dtype=np.float32, copy=True)
         image = selection.layer
         if psf.ndim == 3 and psf.shape[0] == 1:
             psf = psf[0]
@@ -212,7 +211,7 @@ class WienerWidget(Container):
             return psf
         if psf.ndim == 3:
             n_lead = image.ndim - 2
-            image_shape = (image.data[0] if image.multiscale else image.data).shape
+            image_shape = level0(image).shape
             if n_lead != 1 or image_shape[0] != psf.shape[0]:
                 raise ValueError(
                     f"PSF layer {layer.name!r} holds {psf.shape[0]} kernels but image "
