@@ -157,6 +157,13 @@ def load_levin_kernels(path: str | os.PathLike | None = None) -> list[np.ndarray
     -------
     list of 8 ndarrays
         Sizes 19, 17, 15, 27, 13, 21, 23, 23 (square, odd).
+
+    Notes
+    -----
+    :func:`napari_deblur.psf_files.read_psf_file` reads the same kernels
+    (equal to float32 precision) but zero-pads them to a common 27 x 27; the
+    benchmarks keep the true sizes because the excluded border and the frame
+    band are as wide as each kernel.
     """
     path = Path(path) if path is not None else shared_eval_dir() / "kernels" / "Levin09.mat"
     return _normalised(_read_mat_cell(path, "kernels"))
