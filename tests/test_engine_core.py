@@ -27,6 +27,7 @@ from napari_deblur.engine import (
     wiener_deconvolve_snr_stack,
 )
 from napari_deblur.engine.tiling import iter_tiled
+from napari_deblur.engine.wiener import signal_power_spectrum
 
 
 @pytest.fixture(scope="session")
@@ -97,12 +98,22 @@ def test_wiener_agrees_with_skimage_on_periodic_data(photo):
     padded[: kernel.shape[0], : kernel.shape[1]] = kernel
     padded = np.roll(padded, (-(kernel.shape[0] // 2), -(kernel.shape[1] // 2)), axis=(0, 1))
     blurred = np.real(np.fft.ifft2(np.fft.fft2(zero_mean) * np.fft.fft2(padded)))
-    identity = np.zeros((3, 3))
-    identity[1, 1] = 1
+    # skimage's Wiener filter is conj(H) / (|H|^2 + balance |R|^2); ours uses |R|^2 = 1 / P(f),
+    # the model image spectrum, given to skimage as a (complex) transfer function.
+    spectrum = signal_power_spectrum(photo.shape, torch.device("cpu"), torch.float64).numpy()
+    regulariser = np.sqrt(1.0 / spectrum).astype(np.complex128)
     snr_db = 20.0
-    expected = skimage_wiener(blurred, kernel, balance=10 ** (-snr_db / 10), reg=identity, clip=False)
+    expected = skimage_wiener(blurred, kernel, balance=10 ** (-snr_db / 10), reg=regulariser, clip=False)
     ours = wiener_deconvolve(blurred, kernel, snr_db=snr_db, boundary="periodic")
-    np.testing.assert_allclose(ours, expected, atol=1e-5)
+    np.testing.assert_allclose(ours, expected, atol=1e-4)
+
+
+def test_model_spectrum_has_mean_one_and_falls_with_frequency():
+    spectrum = signal_power_spectrum((64, 64), torch.device("cpu"), torch.float64)
+    two_sided = np.concatenate([spectrum.numpy(), spectrum.numpy()[:, 1:-1][:, ::-1]], axis=1)
+    assert two_sided.shape == (64, 64)
+    assert two_sided.mean() == pytest.approx(1.0, rel=1e-6)
+    assert spectrum[0, 1] > spectrum[0, 8] > spectrum[0, 32]
 
 
 def rmse(a, b):
