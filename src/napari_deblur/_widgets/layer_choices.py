@@ -26,17 +26,23 @@ def _has_role(layer: Any, role: str) -> bool:
 
 
 def image_choices(viewer: Any) -> list[tuple[str, Any]]:
-    """Image layers to process: everything but PSF layers."""
+    """Image layers to process: everything but PSF and blur-map layers."""
     return [
         (layer.name, layer)
         for layer in viewer.layers
-        if is_image_layer(layer) and not is_psf_metadata(layer.metadata)
+        if is_image_layer(layer)
+        and not is_psf_metadata(layer.metadata)
+        and not _has_role(layer, BLUR_MAP_ROLE)
     ]
 
 
 def psf_choices(viewer: Any) -> list[tuple[str, Any]]:
-    """Image layers that may hold a PSF, marked PSF layers first."""
-    images = [layer for layer in viewer.layers if is_image_layer(layer)]
+    """Image layers that may hold a PSF, marked PSF layers first (no blur maps)."""
+    images = [
+        layer
+        for layer in viewer.layers
+        if is_image_layer(layer) and not _has_role(layer, BLUR_MAP_ROLE)
+    ]
     marked = [layer for layer in images if is_psf_metadata(layer.metadata)]
     others = [layer for layer in images if not is_psf_metadata(layer.metadata)]
     return [(layer.name, layer) for layer in marked + others]
