@@ -108,3 +108,11 @@ def test_bad_psf_arguments_raise_value_error(call):
 def test_random_motion_rejects_a_bad_rng():
     with pytest.raises(TypeError, match="rng"):
         random_motion_psf(15, "seed")
+
+
+@pytest.mark.parametrize("build", [disk_psf, ring_psf])
+@pytest.mark.parametrize("radius", [0.01, 0.05, 0.2])
+def test_tiny_radii_give_a_point_not_nan(build, radius):
+    kernel = build(radius)
+    assert np.isfinite(kernel).all() and kernel.sum() == pytest.approx(1.0)
+    assert psf_blur_level(kernel) < 0.2

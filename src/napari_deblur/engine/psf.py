@@ -51,7 +51,10 @@ def _radial_profile_psf(profile, radius: float, size: int) -> np.ndarray:
     y = coords[:, None, :, None]
     x = coords[None, :, None, :]
     r = np.sqrt(y**2 + x**2)  # (size, size, S, S)
-    return profile(r).mean(axis=(2, 3))
+    kernel = profile(r).mean(axis=(2, 3))
+    if kernel.sum() <= 0:  # a shape smaller than the sub-pixel grid: a point
+        kernel[half, half] = 1.0
+    return kernel
 
 
 def gaussian_psf(sigma: float, size: int | None = None) -> np.ndarray:
