@@ -320,3 +320,47 @@ def test_settings_are_remembered_in_the_test_config_folder(
     finally:
         again.close()
         again.native.deleteLater()
+
+
+# --- GWIS sharpener (same runner) ----------------------------------------------------------
+
+GWIS_WIDGET = "GWIS sharpener"
+
+
+def test_gwis_sharpens_the_defocus_ramp_with_its_true_map(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer(show=True)
+    viewer.open_sample(PLUGIN, "defocus_ramp")
+    source = viewer.layers["Defocus ramp (blurred)"]
+    blur_map = viewer.layers["Defocus ramp: true blur map (px)"]
+    source.scale = (0.5, 0.5)
+    before = np.array(source.data, copy=True)
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, GWIS_WIDGET)
+    widget.reset_choices()
+    assert blur_map not in widget.image.choices  # blur maps are not offered as images
+    widget.image.value = source
+    widget.blur_source.value = "Blur-map layer"
+    widget.blur_map.value = blur_map
+    _run_and_wait(qtbot, widget)
+    (output,) = widget.runner.last_outputs
+    assert output.name == "Defocus ramp (blurred) GWIS"
+    assert tuple(output.scale) == (0.5, 0.5)
+    assert np.array_equal(source.data, before)
+    result = np.asarray(output.data)
+    # The bottom (blur 4-6 px) gets sharper; values stay within the input's range (no overshoot).
+    bottom = slice(-120, -20)
+    assert _gradient_energy(result[bottom]) > 1.1 * _gradient_energy(before[bottom])
+    assert result.min() >= before.min() - 1e-5 and result.max() <= before.max() + 1e-5
+
+
+def test_gwis_rejects_a_map_of_the_wrong_shape(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer(show=True)
+    image = viewer.add_image(np.random.default_rng(0).random((64, 64)).astype(np.float32), name="img")
+    viewer.add_image(np.ones((32, 32), np.float32), name="small map")
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, GWIS_WIDGET)
+    widget.reset_choices()
+    widget.image.value = image
+    widget.blur_source.value = "Blur-map layer"
+    widget.blur_map.value = viewer.layers["small map"]
+    with pytest.raises(ValueError, match="shape"):
+        widget.run()
+    assert _names(viewer) == ["img", "small map"]

@@ -37,7 +37,7 @@ PLUGIN_NAME = "napari-deblur"
 
 #: Display names (napari.yaml) of the widgets the demo docks, in order. Keep in
 #: step with the manifest's ``widgets`` (a test checks it).
-DEMO_WIDGETS: tuple[str, ...] = ("Wiener-net sharpener",)
+DEMO_WIDGETS: tuple[str, ...] = ("Wiener-net sharpener", "GWIS sharpener")
 
 #: Sample keys (napari.yaml ``sample_data``) the demo can open.
 DEMO_SAMPLES: tuple[str, ...] = ("camera_shake", "defocus_ramp")
@@ -233,7 +233,22 @@ def open_demo_viewer(sample: str, *, show: bool = True) -> tuple[napari.Viewer, 
         _start_wiener(widgets["Wiener-net sharpener"], layers)
     else:
         _point_widgets_at_input(widgets, layers[0])
+        _start_gwis_with_map(widgets["GWIS sharpener"], layers)
     return viewer, widgets
+
+
+def _start_gwis_with_map(widget: Any, layers: list[Any]) -> None:
+    """Run the GWIS widget on the defocus sample, driven by its true blur map."""
+    from napari_deblur._widgets.gwis_widget import BLUR_FROM_MAP
+    from napari_deblur.layer_roles import BLUR_MAP_ROLE, ROLE_KEY
+
+    blur_map = next(layer for layer in layers if layer.metadata.get(ROLE_KEY) == BLUR_MAP_ROLE)
+    image_layer = next(layer for layer in layers if layer is not blur_map)
+    widget.reset_choices()
+    widget.image.value = image_layer
+    widget.blur_source.value = BLUR_FROM_MAP
+    widget.blur_map.value = blur_map
+    widget.run()
 
 
 def _point_widgets_at_input(widgets: dict[str, Any], image_layer: Any) -> None:

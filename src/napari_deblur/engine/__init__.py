@@ -9,6 +9,7 @@ Apple MPS, then the CPU (:func:`select_device`).
 
 from .convolution import blur, iter_blur
 from .devices import select_device
+from .gwis import iter_sharpen_gwis, sharpen_gwis
 from .jobs import EngineError, JobCancelled, JobProgress, run_job
 from .planes import PlaneLayout
 from .psf import (
@@ -40,6 +41,7 @@ __all__ = [
     "disk_psf",
     "gaussian_psf",
     "iter_blur",
+    "iter_sharpen_gwis",
     "iter_wiener_deconvolve",
     "iter_wiener_deconvolve_snr_stack",
     "motion_psf",
@@ -48,6 +50,7 @@ __all__ = [
     "ring_psf",
     "run_job",
     "select_device",
+    "sharpen_gwis",
     "wiener_deconvolve",
     "wiener_deconvolve_snr_stack",
 ]

@@ -1,0 +1,188 @@
+"""GWIS sharpener: grid-warping edge sharpening driven by a blur level or a blur map.
+
+The job (:func:`napari_deblur.engine.iter_sharpen_gwis`) runs through the
+shared :class:`~napari_deblur._widgets.job_runner.JobRunner`.
+
+Script use::
+
+    dock, widget = viewer.window.add_plugin_dock_widget("napari-deblur", "GWIS sharpener")
+    widget.blur_source.value = "Constant"
+    widget.blur_level.value = 2.0
+    widget.run()
+    (sharpened,) = widget.runner.wait()
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from magicgui.widgets import ComboBox, Container, FloatSlider
+
+from napari_deblur._widgets.job_runner import JobRunner, JobSelection, OutputLayerSpec, level0
+from napari_deblur._widgets.layer_choices import blur_map_choices, image_choices, select_active_layer
+from napari_deblur._widgets.settings import remember_values
+
+if TYPE_CHECKING:
+    import napari
+
+BLUR_CONSTANT = "Constant"
+BLUR_FROM_MAP = "Blur-map layer"
+BLUR_SOURCES = (BLUR_CONSTANT, BLUR_FROM_MAP)
+
+SETTINGS_KEY = "gwis"
+OUTPUT_SUFFIX = "GWIS"
+
+
+class GwisWidget(Container):
+    """Dock widget that sharpens edges by grid warping (GWIS).
+
+    Parameters
+    ----------
+    napari_viewer : napari.viewer.Viewer
+        The viewer (given by napari when the widget is docked).
+
+    Attributes
+    ----------
+    image, blur_source, blur_level, blur_map : magicgui widgets
+        The inputs; set their ``value`` from scripts.
+    runner : JobRunner
+        Scope, side by side, Run / Cancel, progress; ``runner.wait()`` waits
+        for the job and returns the added layer.
+    """
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
+        self._viewer = napari_viewer
+        self.image = ComboBox(
+            name="image",
+            label="Image",
+            choices=lambda *_: image_choices(self._viewer),
+            tooltip="Image layer to sharpen (PSF layers are not listed).",
+        )
+        self.blur_source = ComboBox(
+            name="blur_source",
+            label="Blur level",
+            choices=list(BLUR_SOURCES),
+            value=BLUR_CONSTANT,
+            tooltip="One blur level for the whole image, or a per-pixel blur map layer "
+            "(e.g. from the Blur map widget).",
+        )
+        self.blur_level = FloatSlider(
+            name="blur_level",
+            label="Level (px)",
+            min=0.0,
+            max=8.0,
+            step=0.1,
+            value=1.5,
+            tooltip="Blur level in pixels: the standard deviation of the blur (sigma of a "
+            "Gaussian, half the radius of a disk). 0 leaves the image unchanged.",
+        )
+        self.blur_map = ComboBox(
+            name="blur_map",
+            label="Blur map",
+            choices=lambda *_: blur_map_choices(self._viewer),
+            tooltip="Image layer with the blur level of each pixel in pixels, the image's "
+            "shape (or one plane of it). Blur-map layers are listed first.",
+        )
+        self.runner = JobRunner(napari_viewer, run_callback=self.run, run_text="Sharpen")
+        super().__init__(
+            name="gwis_widget",
+            widgets=[self.image, self.blur_source, self.blur_level, self.blur_map, self.runner],
+        )
+        select_active_layer(self.image, self._viewer)
+        remember_values(self, SETTINGS_KEY, ["blur_source", "blur_level", "scope"])
+        self.image.changed.connect(self._on_inputs_changed)
+        self.blur_source.changed.connect(self._on_inputs_changed)
+        self.blur_map.changed.connect(self._on_inputs_changed)
+        self._on_inputs_changed()
+
+    def reset_choices(self, *args: Any) -> None:
+        """Refresh the layer lists (napari calls this when layers change)."""
+        super().reset_choices(*args)
+        self._on_inputs_changed()
+
+    # ------------------------------------------------------------- validation
+    def _on_inputs_changed(self, *_: Any) -> None:
+        from_map = self.blur_source.value == BLUR_FROM_MAP
+        self.blur_level.visible = not from_map
+        self.blur_map.visible = from_map
+        self.runner.set_input_layer(self.image.value)
+        self.runner.set_blocked_reason(self.invalid_reason())
+
+    def invalid_reason(self) -> str | None:
+        """Why the inputs cannot run now (``None`` when they can)."""
+        image = self.image.value
+        if image is None:
+            return "No image layer: open an image (or a napari-deblur sample) to sharpen."
+        if self.blur_source.value == BLUR_FROM_MAP:
+            blur_map = self.blur_map.value
+            if blur_map is None:
+                return "No blur-map layer: make one with the Blur map widget, or use a constant level."
+            if blur_map is image:
+                return "The blur map is the image itself: choose the layer that holds the map."
+        return None
+
+    def _blur_map_for(self, selection: JobSelection) -> np.ndarray:
+        """The blur map matching the selected data (read on the GUI thread)."""
+        layer = self.blur_map.value
+        image = selection.layer
+        image_shape = tuple(level0(image).shape)
+        if image.rgb:
+            image_shape = image_shape[:-1]
+        blur_map = np.asarray(level0(layer), dtype=np.float32)
+        if blur_map.shape == image_shape:
+            if selection.index is not None:
+                blur_map = blur_map[selection.index]
+            return blur_map
+        if blur_map.shape == image_shape[-2:]:
+            return blur_map
+        raise ValueError(
+            f"Blur map {layer.name!r} has shape {blur_map.shape} but image {image.name!r} has "
+            f"{'pixel ' if image.rgb else ''}shape {image_shape}: use a map of the image's shape "
+            f"or of one plane {image_shape[-2:]}."
+        )
+
+    # -------------------------------------------------------------------- run
+    def run(self) -> Any:
+        """Start sharpening the chosen image with the current settings.
+
+        Returns
+        -------
+        superqt.utils.GeneratorWorker
+            The running worker; ``self.runner.wait()`` returns the added layer.
+
+        Raises
+        ------
+        ValueError, TypeError
+            Invalid inputs (no image, no map, a map of the wrong shape, not an
+            Image layer) or a job is already running.
+        """
+        reason = self.invalid_reason()
+        if reason is not None:
+            raise ValueError(reason)
+        layer = self.image.value
+        selection = self.runner.selection(layer)
+        if self.blur_source.value == BLUR_FROM_MAP:
+            blur: float | np.ndarray = self._blur_map_for(selection)
+            described = {"blur_map_layer": self.blur_map.value.name}
+        else:
+            blur = float(self.blur_level.value)
+            described = {"blur_level_px": blur}
+        metadata = {"napari_deblur_method": "gwis", "source_layer": layer.name, **described}
+
+        def make_steps(data: np.ndarray, channel_axis: int | None) -> Any:
+            from napari_deblur.engine import iter_sharpen_gwis
+
+            return iter_sharpen_gwis(data, blur, channel_axis=channel_axis)
+
+        def make_outputs(result: np.ndarray) -> list[OutputLayerSpec]:
+            return [
+                OutputLayerSpec(
+                    data=result,
+                    suffix=OUTPUT_SUFFIX,
+                    kwargs={"metadata": metadata},
+                    match_input_contrast=True,
+                )
+            ]
+
+        return self.runner.start(layer, make_steps, make_outputs, selection=selection)
