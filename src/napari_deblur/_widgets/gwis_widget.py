@@ -17,11 +17,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import ComboBox, Container, FloatSlider
+from magicgui.widgets import ComboBox, FloatSlider
 
-from napari_deblur._widgets.job_runner import JobRunner, JobSelection, OutputLayerSpec, level0
-from napari_deblur._widgets.layer_choices import blur_map_choices, image_choices, select_active_layer
-from napari_deblur._widgets.settings import remember_values
+from napari_deblur._widgets.job_runner import JobSelection, level0
+from napari_deblur._widgets.job_widget import EngineJobWidget
+from napari_deblur._widgets.layer_choices import blur_map_choices, image_choices
 
 if TYPE_CHECKING:
     import napari
@@ -34,7 +34,7 @@ SETTINGS_KEY = "gwis"
 OUTPUT_SUFFIX = "GWIS"
 
 
-class GwisWidget(Container):
+class GwisWidget(EngineJobWidget):
     """Dock widget that sharpens edges by grid warping (GWIS).
 
     Parameters
@@ -84,36 +84,28 @@ class GwisWidget(Container):
             tooltip="Image layer with the blur level of each pixel in pixels, the image's "
             "shape (or one plane of it). Blur-map layers are listed first.",
         )
-        self.runner = JobRunner(napari_viewer, run_callback=self.run, run_text="Sharpen")
         super().__init__(
+            napari_viewer,
             name="gwis_widget",
-            widgets=[self.image, self.blur_source, self.blur_level, self.blur_map, self.runner],
+            inputs=[self.image, self.blur_source, self.blur_level, self.blur_map],
+            run_text="Sharpen",
+            settings_key=SETTINGS_KEY,
+            remembered=["blur_source", "blur_level"],
+            watched=[self.image, self.blur_source, self.blur_map],
         )
-        select_active_layer(self.image, self._viewer)
-        remember_values(self, SETTINGS_KEY, ["blur_source", "blur_level", "scope"])
-        self.image.changed.connect(self._on_inputs_changed)
-        self.blur_source.changed.connect(self._on_inputs_changed)
-        self.blur_map.changed.connect(self._on_inputs_changed)
-        self._on_inputs_changed()
-
-    def reset_choices(self, *args: Any) -> None:
-        """Refresh the layer lists (napari calls this when layers change)."""
-        super().reset_choices(*args)
-        self._on_inputs_changed()
 
     # ------------------------------------------------------------- validation
-    def _on_inputs_changed(self, *_: Any) -> None:
+    def _show_relevant_inputs(self) -> None:
         from_map = self.blur_source.value == BLUR_FROM_MAP
         self.blur_level.visible = not from_map
         self.blur_map.visible = from_map
-        self.runner.set_input_layer(self.image.value)
-        self.runner.set_blocked_reason(self.invalid_reason())
 
     def invalid_reason(self) -> str | None:
         """Why the inputs cannot run now (``None`` when they can)."""
+        reason = super().invalid_reason()
+        if reason is not None:
+            return reason
         image = self.image.value
-        if image is None:
-            return "No image layer: open an image (or a napari-deblur sample) to sharpen."
         if self.blur_source.value == BLUR_FROM_MAP:
             blur_map = self.blur_map.value
             if blur_map is None:
@@ -175,14 +167,4 @@ class GwisWidget(Container):
 
             return iter_sharpen_gwis(data, blur, channel_axis=channel_axis)
 
-        def make_outputs(result: np.ndarray) -> list[OutputLayerSpec]:
-            return [
-                OutputLayerSpec(
-                    data=result,
-                    suffix=OUTPUT_SUFFIX,
-                    kwargs={"metadata": metadata},
-                    match_input_contrast=True,
-                )
-            ]
-
-        return self.runner.start(layer, make_steps, make_outputs, selection=selection)
+        return self._start_image_job(selection, make_steps, OUTPUT_SUFFIX, metadata)

@@ -19,11 +19,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import ComboBox, Container, FloatSlider, FloatSpinBox
+from magicgui.widgets import ComboBox, FloatSlider, FloatSpinBox
 
-from napari_deblur._widgets.job_runner import JobRunner, JobSelection, OutputLayerSpec, level0
-from napari_deblur._widgets.layer_choices import image_choices, psf_choices, select_active_layer
-from napari_deblur._widgets.settings import remember_values
+from napari_deblur._widgets.job_runner import JobSelection, level0
+from napari_deblur._widgets.job_widget import EngineJobWidget
+from napari_deblur._widgets.layer_choices import image_choices, psf_choices
 
 if TYPE_CHECKING:
     import napari
@@ -42,7 +42,7 @@ SETTINGS_KEY = "wiener"
 OUTPUT_SUFFIX = "Wiener"
 
 
-class WienerWidget(Container):
+class WienerWidget(EngineJobWidget):
     """Dock widget that sharpens an image layer by Wiener deconvolution.
 
     Parameters
@@ -119,10 +119,10 @@ class WienerWidget(Container):
             name="motion_angle", label="Angle (°)", min=-180.0, max=180.0, step=1.0, value=0.0,
             tooltip="Direction of the motion in degrees, counter-clockwise from the x axis.",
         )
-        self.runner = JobRunner(napari_viewer, run_callback=self.run, run_text="Sharpen")
         super().__init__(
+            napari_viewer,
             name="wiener_widget",
-            widgets=[
+            inputs=[
                 self.image,
                 self.method,
                 self.snr_db,
@@ -133,14 +133,10 @@ class WienerWidget(Container):
                 self.ring_radius,
                 self.motion_length,
                 self.motion_angle,
-                self.runner,
             ],
-        )
-        select_active_layer(self.image, self._viewer)
-        remember_values(
-            self,
-            SETTINGS_KEY,
-            [
+            run_text="Sharpen",
+            settings_key=SETTINGS_KEY,
+            remembered=[
                 "method",
                 "snr_db",
                 "psf_source",
@@ -149,13 +145,9 @@ class WienerWidget(Container):
                 "ring_radius",
                 "motion_length",
                 "motion_angle",
-                "scope",
             ],
+            watched=[self.image, self.psf_layer, self.psf_source],
         )
-        self.image.changed.connect(self._on_inputs_changed)
-        self.psf_layer.changed.connect(self._on_inputs_changed)
-        self.psf_source.changed.connect(self._on_inputs_changed)
-        self._on_inputs_changed()
 
     # ---------------------------------------------------------------- choices
     def _image_choices(self, *_: Any) -> list[tuple[str, Any]]:
@@ -164,13 +156,8 @@ class WienerWidget(Container):
     def _psf_choices(self, *_: Any) -> list[tuple[str, Any]]:
         return psf_choices(self._viewer)
 
-    def reset_choices(self, *args: Any) -> None:
-        """Refresh the layer lists (napari calls this when layers change)."""
-        super().reset_choices(*args)
-        self._on_inputs_changed()
-
     # ------------------------------------------------------------- validation
-    def _on_inputs_changed(self, *_: Any) -> None:
+    def _show_relevant_inputs(self) -> None:
         source = self.psf_source.value
         self.psf_layer.visible = source == PSF_FROM_LAYER
         self.gaussian_sigma.visible = source == PSF_GAUSSIAN
@@ -178,14 +165,13 @@ class WienerWidget(Container):
         self.ring_radius.visible = source == PSF_RING
         self.motion_length.visible = source == PSF_MOTION
         self.motion_angle.visible = source == PSF_MOTION
-        self.runner.set_input_layer(self.image.value)
-        self.runner.set_blocked_reason(self.invalid_reason())
 
     def invalid_reason(self) -> str | None:
         """Why the inputs cannot run now (``None`` when they can)."""
+        reason = super().invalid_reason()
+        if reason is not None:
+            return reason
         image = self.image.value
-        if image is None:
-            return "No image layer: open an image (or a napari-deblur sample) to sharpen."
         if self.psf_source.value == PSF_FROM_LAYER:
             psf = self.psf_layer.value
             if psf is None:
@@ -295,15 +281,4 @@ class WienerWidget(Container):
                 data, psf, snr_db=snr_db, channel_axis=channel_axis
             )
 
-        def make_outputs(result: np.ndarray) -> list[OutputLayerSpec]:
-            return [
-                OutputLayerSpec(
-                    data=result,
-                    suffix=OUTPUT_SUFFIX,
-                    layer_type="image",
-                    kwargs={"metadata": metadata},
-                    match_input_contrast=True,
-                )
-            ]
-
-        return self.runner.start(layer, make_steps, make_outputs, selection=selection)
+        return self._start_image_job(selection, make_steps, OUTPUT_SUFFIX, metadata)
