@@ -317,3 +317,29 @@ def frame_band_psnr(estimate: np.ndarray, reference: np.ndarray, band: int) -> t
         return float("inf") if mse == 0 else float(10.0 * np.log10(1.0 / mse))
 
     return _psnr(err[mask].mean()), _psnr(err[~mask].mean())
+
+
+# ----------------------------------------------------------------------------- report header
+
+
+def command_line(script: str, argv: Sequence[str] | None) -> str:
+    """The command that reproduces a benchmark run, for the top of its report."""
+    import shlex
+    import sys
+
+    args = sys.argv[1:] if argv is None else list(argv)
+    return "python " + " ".join(shlex.quote(a) for a in [script, *args])
+
+
+def environment_line() -> str:
+    """Versions and machine of a benchmark run, for the top of its report."""
+    import platform
+
+    import skimage
+    import torch
+
+    return (
+        f"Python {platform.python_version()}, numpy {np.__version__}, scikit-image "
+        f"{skimage.__version__}, torch {torch.__version__}, {platform.machine()}, "
+        f"{os.cpu_count()} CPUs."
+    )

@@ -43,9 +43,6 @@ import argparse
 import csv
 import dataclasses
 import logging
-import os
-import platform
-import shlex
 import sys
 import time
 from collections import defaultdict
@@ -279,8 +276,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
-    command = "python " + " ".join(shlex.quote(a) for a in [
-        "benchmarks/gwis_benchmark.py", *(sys.argv[1:] if argv is None else argv)])
+    command = ed.command_line("benchmarks/gwis_benchmark.py", argv)
     import torch
 
     from napari_deblur import engine
@@ -293,9 +289,7 @@ def main(argv=None) -> int:
     header = [
         f"Command: `{command}`",
         "",
-        f"Python {platform.python_version()}, numpy {np.__version__}, "
-        f"scikit-image {__import__('skimage').__version__}, torch {torch.__version__}, "
-        f"{platform.machine()}, {os.cpu_count()} CPUs.",
+        ed.environment_line(),
         "",
         f"Protocol 1 of shared/eval/README.md on the EVAL split: {', '.join(images)} (grayscale "
         f"[0, 1], centre crop of at most {args.max_size} px, {margin} px kept for the real-boundary "

@@ -30,8 +30,6 @@ import argparse
 import csv
 import dataclasses
 import logging
-import platform
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -211,8 +209,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
-    command = "python " + " ".join(shlex.quote(a) for a in [
-        "benchmarks/gwis_oracle_study.py", *(sys.argv[1:] if argv is None else argv)])
+    command = ed.command_line("benchmarks/gwis_oracle_study.py", argv)
     from napari_deblur import engine
     from napari_deblur.engine import gwis as gw
 
@@ -223,8 +220,7 @@ def main(argv=None) -> int:
     header = [
         f"Command: `{command}`",
         "",
-        f"Python {platform.python_version()}, numpy {np.__version__}, torch {torch.__version__}, "
-        f"scikit-image {__import__('skimage').__version__}.",
+        ed.environment_line(),
         "",
         f"TRAINING split only: {', '.join(images)} (grayscale [0, 1], centre crop of at most "
         f"{args.max_size} px, {margin} px kept for the real-boundary context). Blur: "

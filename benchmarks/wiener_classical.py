@@ -38,8 +38,6 @@ from __future__ import annotations
 import argparse
 import csv
 import logging
-import platform
-import shlex
 import sys
 import time
 from collections import Counter, defaultdict
@@ -292,9 +290,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
-    command = "python " + " ".join(shlex.quote(a) for a in [
-        str(Path(sys.argv[0])) if argv is None else "benchmarks/wiener_classical.py",
-        *(sys.argv[1:] if argv is None else argv)])
+    command = ed.command_line("benchmarks/wiener_classical.py", argv)
     from napari_deblur import engine
 
     kernels = ed.load_levin_kernels()
@@ -310,9 +306,7 @@ def main(argv=None) -> int:
     header = [
         f"Command: `{command}`",
         "",
-        f"Python {platform.python_version()}, numpy {np.__version__}, "
-        f"scikit-image {__import__('skimage').__version__}, torch {__import__('torch').__version__}, "
-        f"{platform.machine()}, {__import__('os').cpu_count()} CPUs.",
+        ed.environment_line(),
         "",
         f"Protocol 3 of shared/eval/README.md, classical methods. Images: {', '.join(settings.images)} "
         f"(grayscale [0, 1], centre crop of at most {args.max_size} px per side, leaving {margin} px "
