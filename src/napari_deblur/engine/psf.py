@@ -43,7 +43,16 @@ def _normalised(kernel: np.ndarray) -> np.ndarray:
     return (kernel / kernel.sum()).astype(np.float32)
 
 
-def _radial_profile_psf(profile, radius: float, size: int) -> np.ndarray:
+def _radial_psf(profile, radius: float, size: int | None) -> np.ndarray:
+    """A normalised, anti-aliased kernel from ``profile(r, radius)``; radius 0 is a point."""
+    radius = _check_length(radius, "radius")
+    size = _odd_size(size, radius)
+    if radius == 0:
+        return _delta(size)
+    return _normalised(_radial_profile_psf(lambda r: profile(r, radius), size))
+
+
+def _radial_profile_psf(profile, size: int) -> np.ndarray:
     """Anti-aliased kernel: average ``profile(r)`` over sub-pixel samples of each pixel."""
     half = size // 2
     offsets = (np.arange(_SUPERSAMPLING) + 0.5) / _SUPERSAMPLING - 0.5
@@ -95,11 +104,7 @@ def disk_psf(radius: float, size: int | None = None) -> np.ndarray:
     -------
     numpy.ndarray, float32, shape (size, size), sums to 1.
     """
-    radius = _check_length(radius, "radius")
-    size = _odd_size(size, radius)
-    if radius == 0:
-        return _delta(size)
-    return _normalised(_radial_profile_psf(lambda r: (r <= radius).astype(np.float64), radius, size))
+    return _radial_psf(lambda r, rad: (r <= rad).astype(np.float64), radius, size)
 
 
 def ring_psf(radius: float, size: int | None = None) -> np.ndarray:
@@ -119,15 +124,9 @@ def ring_psf(radius: float, size: int | None = None) -> np.ndarray:
     -------
     numpy.ndarray, float32, shape (size, size), sums to 1.
     """
-    radius = _check_length(radius, "radius")
-    size = _odd_size(size, radius)
-    if radius == 0:
-        return _delta(size)
-
-    def profile(r):
-        return np.where(r <= 0.75 * radius, 0.25, np.where(r <= radius, 1.0, 0.0))
-
-    return _normalised(_radial_profile_psf(profile, radius, size))
+    return _radial_psf(
+        lambda r, rad: np.where(r <= 0.75 * rad, 0.25, np.where(r <= rad, 1.0, 0.0)), radius, size
+    )
 
 
 def _splat_points(points_yx: np.ndarray, weights: np.ndarray, size: int) -> np.ndarray:
