@@ -4,6 +4,7 @@ Run from the repository root::
 
     python benchmarks/wiener_classical.py            # full run (10-20 min on 2 cores)
     python benchmarks/wiener_classical.py --quick    # 2 images x 2 kernels, smoke test
+    python benchmarks/wiener_classical.py --kernels usrnet --no-speed   # the 12 USRNet kernels
 
 What it does (see ``shared/eval/README.md``, protocols 3 and 5):
 
@@ -55,6 +56,12 @@ log = logging.getLogger("wiener_classical")
 FIXED_SNR_DB = 30.0
 RL_ITERATIONS = (10, 30, 100)
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+#: name -> (loader, label in the report, results-file suffix)
+KERNEL_SETS = {
+    "levin": (ed.load_levin_kernels, "Levin 2009", ""),
+    "usrnet": (ed.load_usrnet_kernels, "USRNet kernels_12", "_usrnet"),
+}
 
 METHODS = {
     "blurred": "Blurred input",
@@ -284,6 +291,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR,
                         help=f"where the .md and .csv go (default {RESULTS_DIR})")
     parser.add_argument("--no-speed", action="store_true", help="skip the speed section")
+    parser.add_argument("--kernels", choices=sorted(KERNEL_SETS), default="levin",
+                        help="kernel set: Levin 2009 (8 camera-shake kernels, default) or the 12 "
+                             "USRNet kernels (Gaussian, anisotropic Gaussian, motion)")
     return parser.parse_args(argv)
 
 
@@ -293,7 +303,8 @@ def main(argv=None) -> int:
     command = ed.command_line("benchmarks/wiener_classical.py", argv)
     from napari_deblur import engine
 
-    kernels = ed.load_levin_kernels()
+    load_kernels, kernel_label, stem_suffix = KERNEL_SETS[args.kernels]
+    kernels = load_kernels()
     margin = max(k.shape[0] for k in kernels) // 2  # room for every kernel's real-boundary context
     settings = Settings(
         images=list(ed.EVAL_IMAGES[:2] if args.quick else ed.EVAL_IMAGES),
@@ -310,7 +321,7 @@ def main(argv=None) -> int:
         "",
         f"Protocol 3 of shared/eval/README.md, classical methods. Images: {', '.join(settings.images)} "
         f"(grayscale [0, 1], centre crop of at most {args.max_size} px per side, leaving {margin} px "
-        f"for the real-boundary context). Kernels: Levin 2009 #{', #'.join(str(i + 1) for i in settings.kernels)}. "
+        f"for the real-boundary context). Kernels: {kernel_label} #{', #'.join(str(i + 1) for i in settings.kernels)}. "
         "Noise: Gaussian, not clipped. Outputs clipped to [0, 1]; PSNR/SSIM exclude a border as wide "
         f"as the kernel. Fixed-SNR Wiener: {FIXED_SNR_DB:g} dB (engine default, not tuned). "
         "Oracles pick by PSNR per image.",
@@ -339,7 +350,7 @@ def main(argv=None) -> int:
         print(sections[-1], flush=True)
 
     args.results_dir.mkdir(parents=True, exist_ok=True)
-    stem = "wiener_classical_quick" if args.quick else "wiener_classical"
+    stem = "wiener_classical" + stem_suffix + ("_quick" if args.quick else "")
     md_path = args.results_dir / f"{stem}.md"
     md_path.write_text("# Wiener deconvolution vs classical baselines (protocol 3)\n\n"
                        + "\n".join(header) + "\n" + "\n".join(sections))
