@@ -131,12 +131,16 @@ def test_demo_falls_back_to_figure_without_qt(tmp_path, capsys, monkeypatch):
 
 def test_camera_shake_demo_panels_restore():
     panels = demo.demo_panels("camera_shake")
-    assert [p.title.split("\n")[0] for p in panels][:2] == [
+    assert [p.title.split("\n")[0] for p in panels][:3] == [
         "Camera shake (blurred)",
         f"Wiener, SNR {demo.DEMO_SNR_DB:g} dB",
+        "Wiener-net",
     ]
-    psnr_in, psnr_out = (float(p.title.split("PSNR ")[1].split(" dB")[0]) for p in panels[:2])
-    assert psnr_out > psnr_in + 2.0
+    psnr_in, psnr_wiener, psnr_net = (
+        float(p.title.split("PSNR ")[1].split(" dB")[0]) for p in panels[:3]
+    )
+    assert psnr_wiener > psnr_in + 2.0
+    assert psnr_net > psnr_wiener
 
 
 def test_unknown_sample_is_rejected():

@@ -92,6 +92,8 @@ def test_sharpens_camera_shake_sample_above_input_with_its_geometry(make_napari_
     assert widget.psf_layer.value.name == "Camera shake PSF"  # PSF-marked layer first
     assert widget.runner.run_button.enabled
 
+    widget.method.value = "Wiener (classical)"
+    assert _shown(widget.snr_db)
     widget.snr_db.value = 30.0
     _run_and_wait(qtbot, widget)
 
@@ -120,6 +122,37 @@ def test_sharpens_camera_shake_sample_above_input_with_its_geometry(make_napari_
     screenshot = viewer.screenshot(canvas_only=True)
     assert screenshot.ndim == 3
     assert np.asarray(screenshot[..., :3], dtype=float).std() > 0
+
+
+def test_wiener_net_is_the_default_and_beats_classical_wiener_on_the_sample(
+    make_napari_viewer, qtbot
+):
+    from skimage.metrics import peak_signal_noise_ratio
+
+    from napari_deblur.demo import DEMO_SNR_DB
+    from napari_deblur.engine import wiener_deconvolve
+    from napari_deblur.sample_data import camera_shake_arrays
+
+    viewer = make_napari_viewer()
+    viewer.open_sample(PLUGIN, "camera_shake")
+    source = viewer.layers["Camera shake (blurred)"]
+    widget = _dock(viewer)
+    assert widget.method.value == "Wiener-net (learned)"
+    assert not _shown(widget.snr_db)  # the learned method has no SNR to set
+    _run_and_wait(qtbot, widget)
+
+    (output,) = widget.runner.last_outputs
+    assert output.name == f"{source.name} Wiener-net"
+    assert output.metadata["napari_deblur_method"] == "wiener-net"
+    assert "snr_db" not in output.metadata
+    blurred, psf, sharp = camera_shake_arrays()
+    np.testing.assert_array_equal(source.data, blurred)
+
+    def psnr(image):
+        return peak_signal_noise_ratio(sharp, np.clip(image, 0, 1), data_range=1.0)
+
+    classical = wiener_deconvolve(blurred, psf, snr_db=DEMO_SNR_DB)
+    assert psnr(output.data) > psnr(classical) + 1.0 > psnr(blurred) + 1.0
 
 
 def test_run_is_disabled_with_a_reason_while_inputs_are_invalid(make_napari_viewer):
@@ -238,6 +271,7 @@ def test_zstack_current_slice_and_whole_stack_with_per_plane_psf(make_napari_vie
     plane = 5
     viewer.dims.set_point(0, stack.translate[0] + plane * stack.scale[0])
     widget.runner.scope.value = "Current slice"
+    widget.method.value = "Wiener (classical)"
     widget.snr_db.value = 25.0
     _run_and_wait(qtbot, widget)
 

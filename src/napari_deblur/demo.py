@@ -4,7 +4,7 @@ Two ways to show the plugin at work:
 
 * :func:`run_gui_demo` opens napari with a sample and every plugin widget
   docked (:data:`DEMO_WIDGETS`) and, for the camera-shake sample, runs the
-  Wiener widget once with the sample's PSF. With a screenshot path it waits
+  Wiener widget with the sample's PSF: classical Wiener, then Wiener-net. With a screenshot path it waits
   for the job, lays the layers out side by side, saves a screenshot of the
   whole window and closes (works under Xvfb and in CI).
 * :func:`save_demo_figure` runs the same methods through the engine only (no
@@ -129,13 +129,15 @@ def demo_panels(sample: str) -> list[Panel]:
 
     _check_sample(sample)
     if sample == "camera_shake":
-        from napari_deblur.engine import wiener_deconvolve
+        from napari_deblur.engine import wiener_deconvolve, wiener_net_deconvolve
 
         blurred, psf, sharp = sample_data.camera_shake_arrays()
         restored = wiener_deconvolve(blurred, psf, snr_db=DEMO_SNR_DB)
+        learned = wiener_net_deconvolve(blurred, psf)
         return [
             Panel(f"Camera shake (blurred)\nPSNR {_psnr(blurred, sharp):.2f} dB", blurred),
             Panel(f"Wiener, SNR {DEMO_SNR_DB:g} dB\nPSNR {_psnr(restored, sharp):.2f} dB", restored),
+            Panel(f"Wiener-net\nPSNR {_psnr(learned, sharp):.2f} dB", learned),
             Panel("Sharp (ground truth)", sharp),
             Panel(f"PSF ({psf.shape[0]}x{psf.shape[1]} px)", psf, cmap="magma", vmin=0.0, vmax=None),
         ]
@@ -204,7 +206,8 @@ def open_demo_viewer(sample: str, *, show: bool = True) -> tuple[napari.Viewer, 
     """A napari viewer with ``sample`` open and every :data:`DEMO_WIDGETS` docked.
 
     For ``camera_shake`` the Wiener widget is started on the sample's image
-    with its PSF layer at :data:`DEMO_SNR_DB`; the job runs in the background
+    with its PSF layer, classical at :data:`DEMO_SNR_DB` and then Wiener-net;
+    the jobs run in the background
     (see :func:`wait_for_demo_jobs`).
 
     Parameters
@@ -262,18 +265,30 @@ def _point_widgets_at_input(widgets: dict[str, Any], image_layer: Any) -> None:
 
 
 def _start_wiener(widget: Any, layers: list[Any]) -> None:
-    """Point the Wiener widget at the sample's image and PSF layers and run it once."""
-    from napari_deblur._widgets.wiener_widget import METHOD_WIENER, PSF_FROM_LAYER
+    """Deconvolve the sample with its PSF layer: classical Wiener, then Wiener-net.
+
+    The second job starts when the first has added its layer, so the two
+    results sit side by side (the runner runs one job at a time).
+    """
+    from napari_deblur._widgets.wiener_widget import METHOD_WIENER, METHOD_WIENER_NET, PSF_FROM_LAYER
     from napari_deblur.layer_roles import is_psf_metadata
 
     psf_layer = next(layer for layer in layers if is_psf_metadata(layer.metadata))
     image_layer = next(layer for layer in layers if layer is not psf_layer)
     widget.reset_choices()
     widget.image.value = image_layer
-    widget.method.value = METHOD_WIENER
     widget.psf_source.value = PSF_FROM_LAYER
     widget.psf_layer.value = psf_layer
+    widget.method.value = METHOD_WIENER
     widget.snr_db.value = DEMO_SNR_DB
+
+    def run_learned(_layers: list[Any]) -> None:
+        widget.runner.job_finished.disconnect(run_learned)
+        widget.image.value = image_layer
+        widget.method.value = METHOD_WIENER_NET
+        widget.run()
+
+    widget.runner.job_finished.connect(run_learned)
     widget.run()
 
 

@@ -1,9 +1,10 @@
 """Wiener-net sharpener: deconvolve an image layer with a known or parametric PSF.
 
-For now the method is classical Wiener deconvolution
-(:func:`napari_deblur.engine.iter_wiener_deconvolve`); the learned Wiener-net
-joins the same widget later. The job runs through the shared
-:class:`~napari_deblur._widgets.job_runner.JobRunner`.
+Two methods: the learned Wiener-net (default;
+:func:`napari_deblur.engine.iter_wiener_net_deconvolve`, no parameter to tune)
+and classical Wiener deconvolution at a chosen SNR
+(:func:`napari_deblur.engine.iter_wiener_deconvolve`). The job runs through
+the shared :class:`~napari_deblur._widgets.job_runner.JobRunner`.
 
 Script use::
 
@@ -28,8 +29,10 @@ from napari_deblur._widgets.layer_choices import image_choices, psf_choices
 if TYPE_CHECKING:
     import napari
 
+METHOD_WIENER_NET = "Wiener-net (learned)"
 METHOD_WIENER = "Wiener (classical)"
-METHODS = (METHOD_WIENER,)
+METHODS = (METHOD_WIENER_NET, METHOD_WIENER)
+OUTPUT_SUFFIXES = {METHOD_WIENER_NET: "Wiener-net", METHOD_WIENER: "Wiener"}
 
 PSF_FROM_LAYER = "PSF layer"
 PSF_GAUSSIAN = "Gaussian"
@@ -39,7 +42,6 @@ PSF_MOTION = "Linear motion"
 PSF_SOURCES = (PSF_FROM_LAYER, PSF_GAUSSIAN, PSF_DISK, PSF_RING, PSF_MOTION)
 
 SETTINGS_KEY = "wiener"
-OUTPUT_SUFFIX = "Wiener"
 
 
 class WienerWidget(EngineJobWidget):
@@ -72,8 +74,10 @@ class WienerWidget(EngineJobWidget):
             name="method",
             label="Method",
             choices=list(METHODS),
-            value=METHOD_WIENER,
-            tooltip="Classical Wiener deconvolution with the PSF below.",
+            value=METHOD_WIENER_NET,
+            tooltip="Wiener-net: a stack of Wiener filters fused by a trained network (no "
+            "parameter to tune; estimates the noise itself). Classical: one Wiener filter at the "
+            "SNR you set.",
         )
         self.snr_db = FloatSlider(
             name="snr_db",
@@ -146,7 +150,7 @@ class WienerWidget(EngineJobWidget):
                 "motion_length",
                 "motion_angle",
             ],
-            watched=[self.image, self.psf_layer, self.psf_source],
+            watched=[self.image, self.psf_layer, self.psf_source, self.method],
         )
 
     # ---------------------------------------------------------------- choices
@@ -158,6 +162,7 @@ class WienerWidget(EngineJobWidget):
 
     # ------------------------------------------------------------- validation
     def _show_relevant_inputs(self) -> None:
+        self.snr_db.visible = self.method.value == METHOD_WIENER
         source = self.psf_source.value
         self.psf_layer.visible = source == PSF_FROM_LAYER
         self.gaussian_sigma.visible = source == PSF_GAUSSIAN
@@ -257,9 +262,11 @@ class WienerWidget(EngineJobWidget):
         length = float(self.motion_length.value)
         angle = float(self.motion_angle.value)
         snr_db = float(self.snr_db.value)
+        method = self.method.value
+        learned = method == METHOD_WIENER_NET
         metadata = {
-            "napari_deblur_method": "wiener",
-            "snr_db": snr_db,
+            "napari_deblur_method": "wiener-net" if learned else "wiener",
+            **({} if learned else {"snr_db": snr_db}),
             "source_layer": layer.name,
             **self._psf_description(),
         }
@@ -277,8 +284,10 @@ class WienerWidget(EngineJobWidget):
                 psf = engine.ring_psf(ring_radius)
             else:
                 psf = engine.motion_psf(length, angle)
+            if learned:
+                return engine.iter_wiener_net_deconvolve(data, psf, channel_axis=channel_axis)
             return engine.iter_wiener_deconvolve(
                 data, psf, snr_db=snr_db, channel_axis=channel_axis
             )
 
-        return self._start_image_job(selection, make_steps, OUTPUT_SUFFIX, metadata)
+        return self._start_image_job(selection, make_steps, OUTPUT_SUFFIXES[method], metadata)

@@ -28,6 +28,7 @@ from .wiener import (
     wiener_deconvolve,
     wiener_deconvolve_snr_stack,
 )
+from .wiener_net import iter_wiener_net_deconvolve, wiener_net_deconvolve
 
 __all__ = [
     "WIENER_STACK_SNRS_DB",
@@ -44,6 +45,7 @@ __all__ = [
     "iter_sharpen_gwis",
     "iter_wiener_deconvolve",
     "iter_wiener_deconvolve_snr_stack",
+    "iter_wiener_net_deconvolve",
     "motion_psf",
     "psf_blur_level",
     "random_motion_psf",
@@ -53,4 +55,5 @@ __all__ = [
     "sharpen_gwis",
     "wiener_deconvolve",
     "wiener_deconvolve_snr_stack",
+    "wiener_net_deconvolve",
 ]

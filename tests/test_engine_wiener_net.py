@@ -1,0 +1,144 @@
+"""Wiener-net: API contract with the shipped weights, stacks and colour, tiling, bad input.
+
+Nothing is trained here; quality is measured in ``benchmarks/wiener_net_benchmark.py``.
+The one quality check below only asks that a known blur is undone better than
+the blurred input and than Wiener at a deliberately poor SNR.
+"""
+
+import numpy as np
+import pytest
+import torch
+from scipy.signal import fftconvolve
+from skimage import data
+from skimage.metrics import peak_signal_noise_ratio
+
+from napari_deblur.engine import (
+    iter_wiener_net_deconvolve,
+    random_motion_psf,
+    run_job,
+    wiener_deconvolve,
+    wiener_net_deconvolve,
+)
+from napari_deblur.engine import wiener_net as wn
+from napari_deblur.engine.training.sources import EVAL_SPLIT, TRAIN_SPLIT
+
+
+@pytest.fixture(scope="module")
+def shake():
+    return random_motion_psf(15, rng=3)
+
+
+@pytest.fixture(scope="module")
+def case(shake):
+    """(sharp, blurred) 96x96 crop of the astronaut (train split), real-boundary blur, noise 0.01."""
+    image = data.astronaut()[..., 1].astype(np.float32)[150:260, 180:290] / 255.0
+    radius = shake.shape[0] // 2
+    sharp = image[radius:-radius, radius:-radius]
+    blurred = fftconvolve(image, shake, mode="valid")
+    blurred += np.random.default_rng(0).normal(0, 0.01, blurred.shape)
+    return sharp, blurred.astype(np.float32)
+
+
+def psnr(reference, estimate):
+    return peak_signal_noise_ratio(reference, np.clip(estimate, 0, 1), data_range=1.0)
+
+
+def test_shipped_weights_load_strictly_and_match_the_architecture():
+    model = wn.load_wiener_net(torch.device("cpu"))
+    assert isinstance(model, wn.WienerNet)
+    assert not model.training
+    n_parameters = sum(p.numel() for p in model.parameters())
+    assert 100_000 < n_parameters < 2_000_000  # compact: well under the seed's 5 million
+
+
+def test_restores_a_known_blur_better_than_the_input_and_a_poorly_tuned_wiener(case, shake):
+    sharp, blurred = case
+    restored = wiener_net_deconvolve(blurred, shake)
+    assert restored.shape == blurred.shape and restored.dtype == np.float32
+    assert psnr(sharp, restored) > psnr(sharp, blurred) + 2.0
+    assert psnr(sharp, restored) > psnr(sharp, wiener_deconvolve(blurred, shake, snr_db=50.0))
+
+
+def test_intensity_scale_and_dtype_follow_the_input(case, shake):
+    _, blurred = case
+    as_uint16 = np.clip(blurred * 4000, 0, None).astype(np.uint16)
+    scaled = wiener_net_deconvolve(as_uint16, shake)
+    unit = wiener_net_deconvolve(as_uint16.astype(np.float32) / 4000, shake)
+    np.testing.assert_allclose(scaled / 4000, unit, atol=2e-4)
+
+
+def test_colour_channels_are_restored_one_by_one(case, shake):
+    _, blurred = case
+    rgb = np.stack([blurred, blurred[::-1], blurred.T], axis=-1)
+    restored = wiener_net_deconvolve(rgb, shake, channel_axis=-1)
+    assert restored.shape == rgb.shape
+    for c in range(3):
+        np.testing.assert_allclose(restored[..., c], wiener_net_deconvolve(rgb[..., c], shake), atol=1e-4)
+
+
+def test_a_psf_stack_applies_plane_by_plane(case, shake):
+    _, blurred = case
+    stack = np.stack([blurred, blurred[:, ::-1]])
+    psfs = np.stack([shake, np.ascontiguousarray(shake[:, ::-1])])
+    restored = wiener_net_deconvolve(stack, psfs)
+    for z in range(2):
+        np.testing.assert_allclose(restored[z], wiener_net_deconvolve(stack[z], psfs[z]), atol=1e-4)
+
+
+def test_tiles_join_without_seams(case, shake, monkeypatch):
+    _, blurred = case
+    whole = wiener_net_deconvolve(blurred, shake)
+    monkeypatch.setattr(wn, "TILE_SIZE", 48)
+    tiled = wiener_net_deconvolve(blurred, shake)
+    assert np.abs(tiled - whole).max() < 2e-3 * (blurred.max() - blurred.min())
+
+
+def test_odd_sizes_and_a_psf_as_large_as_the_image():
+    rng = np.random.default_rng(1)
+    image = rng.uniform(0, 1, (37, 53)).astype(np.float32)
+    restored = wiener_net_deconvolve(image, np.ones((37, 37)))
+    assert restored.shape == image.shape and np.isfinite(restored).all()
+
+
+def test_generator_twin_reports_progress_and_gives_the_same_result(case, shake):
+    _, blurred = case
+    updates = []
+    result = run_job(iter_wiener_net_deconvolve(blurred, shake), progress=updates.append)
+    assert updates and updates[-1].fraction == pytest.approx(1.0)
+    np.testing.assert_array_equal(result, wiener_net_deconvolve(blurred, shake))
+
+
+def test_input_is_not_modified(case, shake):
+    _, blurred = case
+    before = blurred.copy()
+    wiener_net_deconvolve(blurred, shake)
+    np.testing.assert_array_equal(blurred, before)
+
+
+@pytest.mark.parametrize(
+    ("image", "psf", "match"),
+    [
+        (np.zeros((0, 10)), np.ones((3, 3)), "empty"),
+        (np.full((16, 16), np.nan), np.ones((3, 3)), "NaN|finite"),
+        (np.ones((16, 16)) * 1j, np.ones((3, 3)), "complex"),
+        (np.ones((16, 16)), np.ones((33, 33)), "larger|PSF"),
+        (np.ones((16, 16)), -np.ones((3, 3)), "sum|negative|PSF"),
+        (np.ones((3, 16, 16)), np.ones((2, 3, 3)), "kernels|plane"),
+    ],
+)
+def test_bad_input_raises_a_clear_value_error(image, psf, match):
+    with pytest.raises(ValueError, match=match):
+        wiener_net_deconvolve(image, psf)
+
+
+def test_training_sources_keep_out_the_evaluation_split():
+    assert not set(TRAIN_SPLIT) & set(EVAL_SPLIT)
+
+
+def test_noise_estimate_picks_a_lower_snr_for_a_noisier_plane(case, shake):
+    _, blurred = case
+    y = torch.from_numpy(blurred)[None, None]
+    noisy = y + 0.05 * torch.randn(y.shape, generator=torch.Generator().manual_seed(0))
+    snrs = torch.tensor(wn.WIENER_STACK_SNRS_DB)
+    picks = [int(wn.nearest_snr_index(*wn.plane_statistics(p)[1:], snrs)) for p in (y, noisy)]
+    assert picks[1] < picks[0]
