@@ -7,6 +7,13 @@ for long jobs (see :mod:`napari_deblur.engine.jobs`). Work runs on CUDA, then
 Apple MPS, then the CPU (:func:`select_device`).
 """
 
+from .blur_map import (
+    BLUR_CLASS_EDGES,
+    BLUR_CLASS_NAMES,
+    blur_classes,
+    estimate_blur_map,
+    iter_estimate_blur_map,
+)
 from .convolution import blur, iter_blur
 from .devices import select_device
 from .gwis import iter_sharpen_gwis, sharpen_gwis
@@ -31,6 +38,8 @@ from .wiener import (
 from .wiener_net import iter_wiener_net_deconvolve, wiener_net_deconvolve
 
 __all__ = [
+    "BLUR_CLASS_EDGES",
+    "BLUR_CLASS_NAMES",
     "WIENER_STACK_SNRS_DB",
     "EngineError",
     "JobCancelled",
@@ -39,9 +48,12 @@ __all__ = [
     "as_float_image",
     "as_psf",
     "blur",
+    "blur_classes",
     "disk_psf",
+    "estimate_blur_map",
     "gaussian_psf",
     "iter_blur",
+    "iter_estimate_blur_map",
     "iter_sharpen_gwis",
     "iter_wiener_deconvolve",
     "iter_wiener_deconvolve_snr_stack",
