@@ -14,6 +14,7 @@ Script use::
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import TYPE_CHECKING, Any
 
@@ -44,7 +45,7 @@ CLASS_COLORS: tuple[str, ...] = ("#2c7bb6", "#abd9e9", "#ffffbf", "#fdae61", "#d
 def class_ranges() -> list[str]:
     """``["< 0.5 px", "0.5-1 px", ...]``: the range of each class, for people."""
     ranges = []
-    for low, high in zip(CLASS_EDGES_PX[:-1], CLASS_EDGES_PX[1:]):
+    for low, high in itertools.pairwise(CLASS_EDGES_PX):
         if low == 0:
             ranges.append(f"< {high:g} px")
         elif math.isinf(high):
