@@ -70,6 +70,7 @@ using convolutional neural network", ISPRS Archives XLII-2/W12, 2019.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from dataclasses import dataclass
@@ -114,6 +115,14 @@ GRADIENT_SCALE_RANGE = (1.0, 3.0)
 UNFOLD_STEPS = 16
 UNFOLD_SHRINK = 0.5
 MIN_JACOBIAN = 0.05
+#: The field is computed on a grid of spacing floor(sigma_p / COARSE_WARP_SCALE) px (at least 1),
+#: so that the warp scale spans COARSE_WARP_SCALE .. 2 * COARSE_WARP_SCALE grid steps.
+COARSE_WARP_SCALE = 3.0
+#: Rounds of falling back to plain interpolation in coarse cells where the jump would fold.
+MAX_JUMP_ROUNDS = 8
+#: Edge points are grouped by normal direction (modulo 180 degrees) into this many sectors,
+#: each visiting only the window offsets its bands can reach (fewer than a disk's).
+ANGLE_SECTORS = 8
 #: Side of a tile's core for large planes (pixels).
 TILE_SIZE = 1024
 
@@ -196,6 +205,20 @@ def _separable(x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch
     return F.conv2d(out, cols.view(1, 1, 1, -1))
 
 
+def _gaussian_gradient(x: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gaussian-derivative gradient ``(d/drow, d/dcol)`` of ``(B, 1, H, W)``, each ``(B, H, W)``.
+
+    The same as :func:`_separable` with (derivative, smooth) and (smooth, derivative), in
+    two convolutions instead of four (both column passes share one, then one grouped pass).
+    """
+    smooth, derivative = _gaussian_kernels(scale, x.dtype, x.device)
+    radius = smooth.numel() // 2
+    padded = F.pad(x, (radius, radius, radius, radius), mode="replicate")
+    down = F.conv2d(padded, torch.stack((derivative, smooth)).view(2, 1, -1, 1))
+    both = F.conv2d(down, torch.stack((smooth, derivative)).view(2, 1, 1, -1), groups=2)
+    return both[:, 0], both[:, 1]
+
+
 def gradient_noise_gain(scale: float) -> float:
     """Standard deviation of one Gaussian-derivative component for unit white noise."""
     smooth, derivative = _gaussian_kernels(scale, torch.float64, "cpu")
@@ -258,9 +281,7 @@ def detect_edge_points(
     if intensity_range is None:
         flat = lum.flatten(1)
         intensity_range = flat.max(dim=1).values - flat.min(dim=1).values
-    smooth, derivative = _gaussian_kernels(gradient_scale, lum.dtype, lum.device)
-    gy = _separable(lum, derivative, smooth)[:, 0]
-    gx = _separable(lum, smooth, derivative)[:, 0]
+    gy, gx = _gaussian_gradient(lum, gradient_scale)
     magnitude = torch.sqrt(gy * gy + gx * gx)
     safe = magnitude.clamp_min(torch.finfo(lum.dtype).tiny)
     ny, nx = gy / safe, gx / safe
@@ -299,70 +320,118 @@ def window_radius(max_warp_scale: float) -> int:
     return int(math.ceil(math.hypot(1.5 * max_warp_scale, PERP_CUTOFF * max_warp_scale) + 1.0))
 
 
-def _window_offsets(radius: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    k = torch.arange(-radius, radius + 1, device=device)
+def _band_offsets(max_warp_scale: float, angle_low: float, angle_high: float,
+                  device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Window offsets (rows, columns) that can lie in the band of an edge point.
+
+    The band of a point with warp scale up to ``max_warp_scale`` and normal angle in
+    ``[angle_low, angle_high]`` (radians, ``atan2(ny, nx)``) is ``|<n, o>| < 1.5 sigma`` and
+    ``|Pr_perp(o)| < PERP_CUTOFF sigma``, widened by the point's sub-pixel offset (up to
+    ``sqrt(1/2)`` px) and by the angle sampling.
+    """
+    oy, ox = _band_offsets_cpu(float(max_warp_scale), float(angle_low), float(angle_high))
+    return oy.to(device), ox.to(device)
+
+
+@functools.lru_cache(maxsize=64)
+def _band_offsets_cpu(max_warp_scale: float, angle_low: float,
+                      angle_high: float) -> tuple[torch.Tensor, torch.Tensor]:
+    radius = window_radius(max_warp_scale)
+    k = torch.arange(-radius, radius + 1, dtype=torch.float64)
     oy, ox = torch.meshgrid(k, k, indexing="ij")
-    inside = oy * oy + ox * ox <= radius * radius
-    return oy[inside], ox[inside]
+    steps = max(2, int(math.ceil((angle_high - angle_low) / math.radians(1.0))) + 1)
+    angles = torch.linspace(angle_low, angle_high, steps, dtype=torch.float64).view(-1, 1, 1)
+    margin = math.sqrt(0.5) + radius * (angle_high - angle_low) / (2 * (steps - 1)) + 1e-6
+    ny, nx = torch.sin(angles), torch.cos(angles)
+    across = (oy * ny + ox * nx).abs() < 1.5 * max_warp_scale + margin
+    along = (ox * ny - oy * nx).abs() < PERP_CUTOFF * max_warp_scale + margin
+    inside = (across & along).any(dim=0)
+    return oy[inside].long(), ox[inside].long()
 
 
 def _accumulate(edges: EdgePoints, shape: tuple[int, int, int], *, with_forward: bool = False,
-                max_pairs: int = 1 << 22) -> torch.Tensor:
+                with_parts: bool = False, max_pairs: int = 1 << 22) -> torch.Tensor:
     """Scatter every edge point's contributions to the pixels of its band.
 
     All quantities are computed in units of the edge point's warp scale:
     ``a = <n, x - p> / sigma_p`` (across the edge) and ``b = Pr_perp(x - p) / sigma_p``
-    (along it), each by one small matrix product over (edge points, window offsets).
+    (along it), each by one small matrix product over (edge points, window offsets). The
+    points are grouped by normal direction (``ANGLE_SECTORS``); each group visits only the
+    offsets its bands can reach (:func:`_band_offsets`).
 
     Returns ``(B, K, H, W)`` sums: weight, inverse-displacement numerator (rows, columns),
     coverage, and with ``with_forward`` the forward-displacement numerator (rows, columns).
+    With ``with_parts`` the inverse numerator is replaced by that of the sign part
+    ``n sigma sign(a)`` (rows, columns), and the numerators of the linear part
+    ``n sigma a`` (rows, columns) and of the signed distance ``sigma a`` follow (see
+    :func:`_upsample_inverse`); the inverse is the sign part minus 2/3 of the linear part.
     """
     batch, height, width = shape
     dtype, device = edges.y.dtype, edges.y.device
-    n_sums = 6 if with_forward else 4
+    n_forward = 6 if with_forward else 4
+    n_sums = n_forward + (3 if with_parts else 0)
     count = edges.row.numel()
     if count == 0:
         return torch.zeros(batch, n_sums, height, width, dtype=dtype, device=device)
     radius = window_radius(float(edges.scale.max()))
     # A canvas padded by the reach: every target index is valid, no bounds checks per pair.
     ph, pw = height + 2 * radius, width + 2 * radius
-    sums = [torch.zeros(batch * ph * pw, dtype=dtype, device=device) for _ in range(n_sums)]
-    oy, ox = _window_offsets(radius, device)
-    offsets = torch.stack((oy.to(dtype), ox.to(dtype), torch.ones_like(oy, dtype=dtype)))  # (3, K)
-    flat_offsets = oy * pw + ox
+    sums = torch.zeros(n_sums, batch * ph * pw, dtype=dtype, device=device)
     inv_sigma = 1.0 / edges.scale
     sub_y, sub_x = edges.y - edges.row.to(dtype), edges.x - edges.col.to(dtype)
     ny, nx = edges.ny, edges.nx
     to_across = torch.stack((ny, nx, -(sub_y * ny + sub_x * nx)), 1) * inv_sigma[:, None]
     to_along = torch.stack((-nx, ny, -(sub_x * ny - sub_y * nx)), 1) * inv_sigma[:, None]
-    scaled_ny, scaled_nx = (edges.scale * ny)[:, None], (edges.scale * nx)[:, None]
-    strength = edges.strength[:, None]
-    coverage_gain = (inv_sigma / COVERAGE_FULL)[:, None]
-    centre = ((edges.batch * ph + edges.row + radius) * pw + edges.col + radius)[:, None]
+    per_point = torch.stack((edges.strength, inv_sigma / COVERAGE_FULL, edges.scale * ny,
+                             edges.scale * nx, edges.scale), 1)
+    centre = (edges.batch * ph + edges.row + radius) * pw + edges.col + radius
     floor = math.exp(-0.5 * PERP_CUTOFF**2)
-    chunk = max(1, max_pairs // count)
-    for start in range(0, flat_offsets.numel(), chunk):
-        stop = start + chunk
-        a = to_across @ offsets[:, start:stop]  # (N, k)
-        b = to_along @ offsets[:, start:stop]
-        # Perpendicular Gaussian, shifted to reach 0 at the cutoff (continuous field).
-        geometric = torch.exp(-0.5 * b * b).sub_(floor).clamp_(min=0.0)
-        dist = a.abs()
-        # Fade to 0 over the outer third of the band: overlapping bands blend continuously.
-        taper = (3.0 - 2.0 * dist).clamp_(0.0, 1.0)
-        weight = geometric * taper * strength
-        sign = torch.sign(a)
-        inverse = weight * sign * (1.0 - dist * (2.0 / 3.0))  # e / sigma, weighted
-        index = (centre + flat_offsets[start:stop][None]).reshape(-1)
-        sums[0].scatter_add_(0, index, weight.reshape(-1))
-        sums[1].scatter_add_(0, index, (inverse * scaled_ny).reshape(-1))
-        sums[2].scatter_add_(0, index, (inverse * scaled_nx).reshape(-1))
-        sums[3].scatter_add_(0, index, (geometric * (dist <= 1.5) * coverage_gain).reshape(-1))
-        if with_forward:
-            forward = weight * torch.where(dist <= 1.0, -a, -sign * (3.0 - 2.0 * dist))
-            sums[4].scatter_add_(0, index, (forward * scaled_ny).reshape(-1))
-            sums[5].scatter_add_(0, index, (forward * scaled_nx).reshape(-1))
-    stacked = torch.stack(sums).view(n_sums, batch, ph, pw).transpose(0, 1)
+    # Normal direction modulo pi, in [0, pi): a band is symmetric under n -> -n.
+    sector_width = math.pi / ANGLE_SECTORS
+    angle = torch.remainder(torch.atan2(ny, nx), math.pi)
+    sector = (angle / sector_width).long().clamp_(0, ANGLE_SECTORS - 1)
+    for k in range(ANGLE_SECTORS):
+        members = torch.nonzero(sector == k).flatten()
+        if members.numel() == 0:
+            continue
+        oy, ox = _band_offsets(float(edges.scale[members].max()), k * sector_width,
+                               (k + 1) * sector_width, device)
+        offsets = torch.stack((oy.to(dtype), ox.to(dtype), torch.ones_like(oy, dtype=dtype)))
+        flat_offsets = oy * pw + ox
+        across_k, along_k = to_across[members], to_along[members]
+        centre_k = centre[members][:, None]
+        strength, coverage_gain, scaled_ny, scaled_nx, scale = per_point[members].T[:, :, None]
+        chunk = max(1, max_pairs // members.numel())
+        for start in range(0, flat_offsets.numel(), chunk):
+            stop = start + chunk
+            a = across_k @ offsets[:, start:stop]  # (N, k)
+            b = along_k @ offsets[:, start:stop]
+            # Perpendicular Gaussian, shifted to reach 0 at the cutoff (continuous field).
+            geometric = b.mul_(b).mul_(-0.5).exp_().sub_(floor).clamp_(min=0.0)
+            dist = a.abs()
+            # Fade to 0 over the outer third of the band: overlapping bands blend continuously.
+            weight = (3.0 - 2.0 * dist).clamp_(0.0, 1.0).mul_(geometric).mul_(strength)
+            sign = torch.sign(a)
+            index = (centre_k + flat_offsets[start:stop][None]).reshape(-1)
+            sums[0].scatter_add_(0, index, weight.reshape(-1))
+            if with_parts:
+                signed = weight * sign
+            else:
+                signed = weight * sign * (1.0 - dist * (2.0 / 3.0))  # e / sigma, weighted
+            sums[1].scatter_add_(0, index, (signed * scaled_ny).reshape(-1))
+            sums[2].scatter_add_(0, index, (signed * scaled_nx).reshape(-1))
+            covered = geometric.mul_(dist <= 1.5).mul_(coverage_gain)
+            sums[3].scatter_add_(0, index, covered.reshape(-1))
+            if with_forward:
+                forward = weight * torch.where(dist <= 1.0, -a, -sign * (3.0 - 2.0 * dist))
+                sums[4].scatter_add_(0, index, (forward * scaled_ny).reshape(-1))
+                sums[5].scatter_add_(0, index, (forward * scaled_nx).reshape(-1))
+            if with_parts:
+                linear = weight.mul_(a)
+                sums[n_forward].scatter_add_(0, index, (linear * scaled_ny).reshape(-1))
+                sums[n_forward + 1].scatter_add_(0, index, (linear * scaled_nx).reshape(-1))
+                sums[n_forward + 2].scatter_add_(0, index, (linear * scale).reshape(-1))
+    stacked = sums.view(n_sums, batch, ph, pw).transpose(0, 1)
     return stacked[..., radius : radius + height, radius : radius + width]
 
 
@@ -376,38 +445,152 @@ def _jacobian(displacement: torch.Tensor) -> torch.Tensor:
     return (dyy * dxx - dyx * dxy)[:, None]
 
 
-def _unfold(displacement: torch.Tensor) -> torch.Tensor:
-    """Shrink the displacement where the sampling map would fold (non-positive Jacobian).
+def _cell_jacobian_min(displacement: torch.Tensor) -> torch.Tensor:
+    """Smallest Jacobian of the bilinear map ``y -> y + displacement`` on each cell, ``(B, 1, H-1, W-1)``.
+
+    Inside a cell the bilinear map's Jacobian is affine in the cell coordinates, so its
+    minimum is at one of the 4 corners; when it is positive, the bilinear interpolation
+    of the map onto any finer grid keeps its order too.
+    """
+    v = displacement
+    v00, v01 = v[..., :-1, :-1], v[..., :-1, 1:]
+    v10, v11 = v[..., 1:, :-1], v[..., 1:, 1:]
+    down_left, down_right = v10 - v00, v11 - v01  # derivative along rows, at columns 0 / 1
+    right_top, right_bottom = v01 - v00, v11 - v10  # derivative along columns, at rows 0 / 1
+    result = None
+    for down, right in ((down_left, right_top), (down_left, right_bottom),
+                        (down_right, right_top), (down_right, right_bottom)):
+        det = (1.0 + down[:, 0]) * (1.0 + right[:, 1]) - right[:, 0] * down[:, 1]
+        result = det if result is None else torch.minimum(result, det)
+    return result[:, None]
+
+
+def _window_max(x: torch.Tensor, before: int, after: int, out_size: tuple[int, int]) -> torch.Tensor:
+    """``out[i, j] = max x[i - before : i + after + 1, j - before : j + after + 1]`` (zero outside).
+
+    ``x`` is ``(B, 1, h, w)`` with values >= 0; the output is ``(B, 1) + out_size``. Slices and
+    ``torch.maximum`` instead of ``max_pool2d`` (several times faster on the CPU).
+    """
+    height, width = out_size
+    span = before + after + 1
+    rows = F.pad(x, (0, 0, before, height + after - x.shape[-2]))
+    out = rows[..., 0:height, :]
+    for k in range(1, span):
+        out = torch.maximum(out, rows[..., k : k + height, :])
+    cols = F.pad(out, (before, width + after - x.shape[-1], 0, 0))
+    result = cols[..., 0:width]
+    for k in range(1, span):
+        result = torch.maximum(result, cols[..., k : k + width])
+    return result
+
+
+def _replicate_3x3(x: torch.Tensor, reduce) -> torch.Tensor:
+    """3x3 ``reduce`` (min, or sum) of ``(B, 1, h, w)`` with replicated borders, separable."""
+    height, width = x.shape[-2:]
+    rows = F.pad(x, (0, 0, 1, 1), mode="replicate") if height > 1 else x.expand(-1, -1, 3, -1)
+    out = reduce(reduce(rows[..., 0:height, :], rows[..., 1 : height + 1, :]), rows[..., 2 : height + 2, :])
+    cols = F.pad(out, (1, 1, 0, 0), mode="replicate") if width > 1 else out.expand(-1, -1, -1, 3)
+    return reduce(reduce(cols[..., 0:width], cols[..., 1 : width + 1]), cols[..., 2 : width + 2])
+
+
+def _unfold_round(displacement: torch.Tensor, factor: torch.Tensor, folded: torch.Tensor,
+                  last: bool) -> torch.Tensor:
+    """One round of the fold guard on a plane or crop: the new factor (see :func:`_unfold_factor`)."""
+    size = tuple(factor.shape[-2:])
+    # Pixel i is a corner of cells i-1 and i; widened by one more pixel: cells i-2 .. i+1.
+    around = _window_max(folded.to(factor.dtype), 2, 1, size) > 0
+    if last:
+        return torch.where(around, torch.zeros_like(factor), factor)
+    factor = torch.where(around, factor * UNFOLD_SHRINK, factor)
+    eroded = _replicate_3x3(factor, torch.minimum)
+    smoothed = _replicate_3x3(eroded, torch.add) / 9.0
+    # Only near the current folds, so that the result stays local (tiles agree).
+    near = _window_max(around.to(factor.dtype), 2, 2, size) > 0
+    return torch.where(near, torch.minimum(factor, smoothed), factor)
+
+
+#: After the first round of the fold guard, the few folds left are handled in crops of
+#: blocks of this many pixels (plus context) when there are at most UNFOLD_MAX_CROPS of them.
+UNFOLD_BLOCK = 64
+UNFOLD_MAX_CROPS = 32
+#: A round changes the factor up to 5 px from a folded cell and reads 6 px further.
+_UNFOLD_REACH = 6
+_UNFOLD_CONTEXT = 2 * _UNFOLD_REACH + 2
+
+
+def _unfold_factor(displacement: torch.Tensor, *, whole_cells: bool = False) -> torch.Tensor:
+    """Factor in [0, 1], shape ``(B, 1, H, W)``, that keeps ``displacement`` from folding the grid.
 
     Where edges of different directions overlap (texture, corners), the blend
-    of their 1D warps can fold the grid. Around each folded cell the
-    displacement factor is multiplied by ``UNFOLD_SHRINK``, then, near the
-    folds, eroded and smoothed (3x3 min, then 3x3 mean) so that it changes
-    gradually; this repeats until
-    no cell folds (at most ``UNFOLD_STEPS`` times, after which the
-    displacement is removed around the remaining folds). Elsewhere the
-    displacement is untouched.
+    of their 1D warps can fold the grid. Around each folded cell (the cell's 4
+    corner pixels and one more pixel around them) the displacement factor is
+    multiplied by ``UNFOLD_SHRINK``, then, near the folds (2 more pixels),
+    eroded and smoothed (3x3 min, then 3x3 mean) so that it changes
+    gradually; this repeats until no cell folds (at most ``UNFOLD_STEPS``
+    times, after which the displacement is removed around the remaining
+    folds). Elsewhere the factor is 1: the guard is local, so tiles agree.
+
+    A cell folds where the Jacobian of the sampling map at its first corner (forward
+    differences) is at most ``MIN_JACOBIAN``; with ``whole_cells`` at any of its 4 corners
+    (:func:`_cell_jacobian_min`), which keeps the bilinear interpolation of the map unfolded.
+
+    The first round runs on the whole plane; as every step is local, later rounds only
+    look at crops around the blocks (``UNFOLD_BLOCK``) that hold a fold, when they are few:
+    the same result, without passes over the whole plane for a handful of folds.
     """
-    if displacement.shape[-1] < 2 or displacement.shape[-2] < 2:
-        return displacement
+    jacobian = _cell_jacobian_min if whole_cells else _jacobian
     factor = torch.ones_like(displacement[:, :1])
+    height, width = displacement.shape[-2:]
+    if height < 2 or width < 2:
+        return factor
+    folded = jacobian(displacement) <= MIN_JACOBIAN
     for step in range(UNFOLD_STEPS + 1):
-        folded = (_jacobian(displacement * factor) <= MIN_JACOBIAN).to(displacement.dtype)
         if not bool(folded.any()):
             break
-        # A cell involves its 4 corner pixels; widen by one more pixel around them.
-        around = F.max_pool2d(F.pad(folded, (1, 1, 1, 1)), 2, stride=1)
-        around = F.max_pool2d(around, 3, stride=1, padding=1) > 0
-        if step == UNFOLD_STEPS:
-            factor = torch.where(around, torch.zeros_like(factor), factor)
-            break
-        factor = torch.where(around, factor * UNFOLD_SHRINK, factor)
-        eroded = -F.max_pool2d(-factor, 3, stride=1, padding=1)
-        smoothed = F.avg_pool2d(F.pad(eroded, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
-        # Only near the current folds, so that the result stays local (tiles agree).
-        near = F.max_pool2d(around.to(factor.dtype), 5, stride=1, padding=2) > 0
-        factor = torch.where(near, torch.minimum(factor, smoothed), factor)
-    return displacement * factor
+        last = step == UNFOLD_STEPS
+        b, _, y, x = torch.nonzero(folded, as_tuple=True)
+        blocks_h, blocks_w = -(-height // UNFOLD_BLOCK), -(-width // UNFOLD_BLOCK)
+        keys = torch.unique((b * blocks_h + y // UNFOLD_BLOCK) * blocks_w + x // UNFOLD_BLOCK)
+        if keys.numel() > UNFOLD_MAX_CROPS:
+            factor = _unfold_round(displacement, factor, folded, last)
+            folded = jacobian(displacement * factor) <= MIN_JACOBIAN
+            continue
+        # Crops: a block with context on every side, clipped to the plane. Each crop reads the
+        # factor before this round; only its part at least _UNFOLD_REACH + 1 px inside the
+        # context is written (computed there exactly as on the whole plane).
+        crops = []
+        for key in keys.tolist():
+            plane, rest = divmod(key, blocks_h * blocks_w)
+            block_row, block_col = divmod(rest, blocks_w)
+            top, left = block_row * UNFOLD_BLOCK, block_col * UNFOLD_BLOCK
+            y0, x0 = max(top - _UNFOLD_CONTEXT, 0), max(left - _UNFOLD_CONTEXT, 0)
+            y1 = min(top + UNFOLD_BLOCK + _UNFOLD_CONTEXT, height)
+            x1 = min(left + UNFOLD_BLOCK + _UNFOLD_CONTEXT, width)
+            crops.append((plane, y0, y1, x0, x1))
+        before = factor
+        factor = factor.clone()
+        keep = _UNFOLD_REACH + 1
+        for plane, y0, y1, x0, x1 in crops:
+            region = (slice(plane, plane + 1), slice(None), slice(y0, y1), slice(x0, x1))
+            crop_folded = folded[plane : plane + 1, :, y0 : y1 - 1, x0 : x1 - 1]
+            new = _unfold_round(displacement[region], before[region], crop_folded, last)
+            iy0 = 0 if y0 == 0 else keep
+            ix0 = 0 if x0 == 0 else keep
+            iy1 = (y1 - y0) if y1 == height else (y1 - y0) - keep
+            ix1 = (x1 - x0) if x1 == width else (x1 - x0) - keep
+            factor[plane, :, y0 + iy0 : y0 + iy1, x0 + ix0 : x0 + ix1] = new[0, :, iy0:iy1, ix0:ix1]
+        # Folds can only be in cells that touch a changed pixel, all inside the crops.
+        folded = torch.zeros_like(folded)
+        for plane, y0, y1, x0, x1 in crops:
+            region = (slice(plane, plane + 1), slice(None), slice(y0, y1), slice(x0, x1))
+            crop_folded = jacobian(displacement[region] * factor[region]) <= MIN_JACOBIAN
+            folded[plane : plane + 1, :, y0 : y1 - 1, x0 : x1 - 1] |= crop_folded
+    return factor
+
+
+def _unfold(displacement: torch.Tensor) -> torch.Tensor:
+    """``displacement`` times :func:`_unfold_factor` (no folded cell left)."""
+    return displacement * _unfold_factor(displacement)
 
 
 @dataclass
@@ -443,6 +626,7 @@ def gwis_field(
     noise_std: torch.Tensor | None = None,
     intensity_range: torch.Tensor | None = None,
     with_forward: bool = False,
+    grid_origin: tuple[float, float] = (0.0, 0.0),
 ) -> GwisField:
     """Compute the GWIS warp of luminance planes.
 
@@ -455,6 +639,9 @@ def gwis_field(
         See :func:`detect_edge_points`.
     with_forward : bool
         Also compute the paper's forward displacement (for inspection).
+    grid_origin : (float, float)
+        Global pixel position (rows, columns) of ``lum``'s pixel ``(0, 0)`` when ``lum`` is
+        a tile: the coarse grid's nodes sit at global multiples of the grid step.
 
     Returns
     -------
@@ -465,27 +652,225 @@ def gwis_field(
     scale_map = scale_map.expand(batch, 1, height, width)
     edges = detect_edge_points(lum, scale_map, gradient_scale=gradient_scale,
                                noise_std=noise_std, intensity_range=intensity_range)
-    return field_from_edges(edges, (batch, height, width), with_forward=with_forward)
+    return field_from_edges(edges, (batch, height, width), with_forward=with_forward,
+                            grid_origin=grid_origin)
+
+
+def coarse_factor(warp_scale: float) -> float:
+    """Grid spacing (px) of the field for edge points of warp scale ``warp_scale`` (px).
+
+    ``max(1, warp_scale / COARSE_WARP_SCALE)``: the warp scale spans ``COARSE_WARP_SCALE``
+    grid steps (or ``warp_scale`` pixels below that; spacing 1 is the pixel grid).
+    """
+    if not math.isfinite(warp_scale) or warp_scale <= COARSE_WARP_SCALE:
+        return 1.0
+    return warp_scale / COARSE_WARP_SCALE
+
+
+def thin_to_grid(edges: EdgePoints, grid: "CoarseGrid", batch: int) -> EdgePoints:
+    """The strongest edge point per node of ``grid``, in grid units.
+
+    Every edge point belongs to the grid node nearest to it; of each node's points the
+    strongest is kept (ties: the first), so that the kept points are about one grid step
+    apart along an edge, as the pixel-grid points are one pixel apart. Positions and warp
+    scales are converted to grid units; normals and strengths are kept.
+    """
+    grid_h, grid_w = grid.shape
+    y, x = grid.to_grid(edges.y, 0), grid.to_grid(edges.x, 1)
+    row = torch.round(y).long().clamp_(0, grid_h - 1)
+    col = torch.round(x).long().clamp_(0, grid_w - 1)
+    node = (edges.batch * grid_h + row) * grid_w + col
+    size = batch * grid_h * grid_w
+    best = edges.strength.new_full((size,), -math.inf).scatter_reduce_(
+        0, node, edges.strength, "amax")
+    candidate = edges.strength >= best[node]
+    index = torch.arange(node.numel(), device=node.device)
+    first = torch.full((size,), node.numel(), device=node.device, dtype=index.dtype).scatter_reduce_(
+        0, node[candidate], index[candidate], "amin")
+    keep = candidate & (first[node] == index)
+    return EdgePoints(
+        batch=edges.batch[keep], row=row[keep], col=col[keep], y=y[keep], x=x[keep],
+        ny=edges.ny[keep], nx=edges.nx[keep], strength=edges.strength[keep],
+        scale=edges.scale[keep] / grid.factor,
+    )
+
+
+@dataclass(frozen=True)
+class CoarseGrid:
+    """Nodes at global pixel ``(i * factor, j * factor)`` covering a plane or tile.
+
+    ``origin`` is the global pixel position of the plane's (tile's) pixel ``(0, 0)``, so that
+    tiles share their nodes. Node ``(0, 0)`` of this grid lies at local pixel ``phase``
+    (``-factor < phase <= 0``).
+    """
+
+    factor: float
+    height: int
+    width: int
+    origin: tuple[float, float] = (0.0, 0.0)
+
+    def phase(self, axis: int) -> float:
+        start = self.origin[axis]
+        return math.floor(start / self.factor + 1e-6) * self.factor - start
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """Nodes along rows and columns."""
+        return tuple(
+            int(math.ceil((max(length, 1) - 1 - self.phase(axis)) / self.factor - 1e-6)) + 1
+            for axis, length in ((0, self.height), (1, self.width)))
+
+    def to_grid(self, position: torch.Tensor, axis: int) -> torch.Tensor:
+        """Grid coordinates of local pixel positions along ``axis`` (0: rows, 1: columns)."""
+        return (position - self.phase(axis)) / self.factor
+
+    def pixel_coordinates(self, axis: int, device, dtype) -> torch.Tensor:
+        length = self.height if axis == 0 else self.width
+        return self.to_grid(torch.arange(length, device=device, dtype=dtype), axis)
+
+
+def _upsample(x: torch.Tensor, grid: CoarseGrid) -> torch.Tensor:
+    """Bilinear interpolation of node values ``(B, K, h, w)`` at the plane's pixels."""
+    if grid.factor == 1 and grid.phase(0) == 0 and grid.phase(1) == 0:
+        return x[..., : grid.height, : grid.width]
+    grid_h, grid_w = x.shape[-2:]
+    rows = grid.pixel_coordinates(0, x.device, x.dtype) * (2.0 / max(grid_h - 1, 1)) - 1.0
+    cols = grid.pixel_coordinates(1, x.device, x.dtype) * (2.0 / max(grid_w - 1, 1)) - 1.0
+    where = torch.stack(torch.broadcast_tensors(cols[None, :], rows[:, None]), dim=-1)
+    where = where[None].expand(x.shape[0], -1, -1, -1)
+    return F.grid_sample(x, where, mode="bilinear", padding_mode="border", align_corners=True)
+
+
+def _clean_crossings(unsigned: torch.Tensor, distance: torch.Tensor) -> torch.Tensor:
+    """Coarse cells ``(B, 1, h-1, w-1)`` that one edge crosses cleanly.
+
+    The signed distance changes sign between the cell's corners, the unsigned sign part
+    ``T = S sign(distance)`` points the same way at all four corners (``n sigma`` of one
+    edge), and along it the distance grows (the inverse jumps forward: no fold).
+    """
+    corners_d = (distance[..., :-1, :-1], distance[..., :-1, 1:], distance[..., 1:, :-1],
+                 distance[..., 1:, 1:])
+    corners_t = (unsigned[..., :-1, :-1], unsigned[..., :-1, 1:], unsigned[..., 1:, :-1],
+                 unsigned[..., 1:, 1:])
+    low = torch.minimum(torch.minimum(corners_d[0], corners_d[1]), torch.minimum(corners_d[2], corners_d[3]))
+    high = torch.maximum(torch.maximum(corners_d[0], corners_d[1]), torch.maximum(corners_d[2], corners_d[3]))
+    clean = (low < 0) & (high > 0)
+    for k in range(4):
+        for m in range(k + 1, 4):
+            clean &= (corners_t[k] * corners_t[m]).sum(1, keepdim=True) > 0
+    # Gradient of the distance over the cell (rows, columns) against the mean direction of T.
+    grad_y = corners_d[2] + corners_d[3] - corners_d[0] - corners_d[1]
+    grad_x = corners_d[1] + corners_d[3] - corners_d[0] - corners_d[2]
+    mean_t = corners_t[0] + corners_t[1] + corners_t[2] + corners_t[3]
+    clean &= (mean_t[:, 0:1] * grad_y + mean_t[:, 1:2] * grad_x) > 0
+    return clean
+
+
+def _upsample_inverse(sign_part: torch.Tensor, linear: torch.Tensor, distance: torch.Tensor,
+                      grid: CoarseGrid, extra: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fine inverse displacement (px) from the coarse parts; keeps the jump at the edge line.
+
+    On the coarse grid (grid units) the inverse is ``sign_part - 2/3 linear`` with
+    ``sign_part`` the weighted mean of ``n sigma sign(a)``, ``linear`` that of ``n sigma a``
+    and ``distance`` that of ``sigma a`` (all faded). Bilinear interpolation of the inverse
+    would smear its jump at an edge line over a grid step. In coarse cells that one edge
+    crosses cleanly (:func:`_clean_crossings`), ``linear``, ``distance`` and ``T = sign_part *
+    sign(distance)`` are smooth (linear across a straight edge; ``T`` is ``n sigma`` on both
+    sides), so they are interpolated instead and the sign is put back at each pixel's own
+    ``sign(distance)``: the jump stays at the edge line, to the pixel. Elsewhere, and in
+    crossing cells where that would fold the pixel grid, the inverse is interpolated
+    bilinearly, which cannot fold when the coarse map does not (:func:`_cell_jacobian_min`).
+    At the grid nodes both equal the coarse inverse (times ``factor``).
+
+    Returns the fine inverse ``(B, 2, H, W)`` (px) and ``extra`` (coarse, ``(B, 1, h, w)``)
+    interpolated bilinearly in the same pass.
+    """
+    factor = grid.factor
+    unsigned = sign_part * torch.sign(distance)
+    clean = _clean_crossings(unsigned, distance)
+    parts = _upsample(torch.cat((unsigned, linear, distance, sign_part, extra), 1), grid)
+    extra = parts[:, 7:8]
+    # In pixels from here on.
+    linear_part = (2.0 * factor / 3.0) * parts[:, 2:4]
+    jump = factor * parts[:, 0:2] * torch.sign(parts[:, 4:5]) - linear_part
+    plain = factor * parts[:, 5:7] - linear_part
+    cells_h, cells_w = clean.shape[-2:]
+
+    def cell_of(axis: int, cells: int) -> torch.Tensor:
+        # The cell of a pixel: floor of its grid coordinate (the last nodes: the cell before).
+        coords = grid.pixel_coordinates(axis, clean.device, sign_part.dtype)
+        return coords.floor().long().clamp_(0, cells - 1)
+
+    for _ in range(MAX_JUMP_ROUNDS):
+        if not bool(clean.any()):
+            return plain, extra
+        cell_rows = cell_of(0, cells_h)
+        cell_cols = cell_of(1, cells_w)
+        in_clean = clean[:, :, cell_rows][..., cell_cols]
+        fine = torch.where(in_clean, jump, plain)
+        folded = _jacobian(fine) <= MIN_JACOBIAN
+        if not bool(folded.any()):
+            return fine, extra
+        # Interpolate plainly in every cell that holds a corner of a folded pixel cell.
+        b, _, y, x = torch.nonzero(folded, as_tuple=True)
+        for dy in (0, 1):
+            for dx in (0, 1):
+                clean[b, 0, cell_rows[y + dy], cell_cols[x + dx]] = False
+    return plain, extra
 
 
 def field_from_edges(edges: EdgePoints, shape: tuple[int, int, int], *,
-                     with_forward: bool = False) -> GwisField:
-    """The warp of planes of ``shape`` ``(B, H, W)`` given their edge points (see :func:`gwis_field`)."""
+                     with_forward: bool = False, factor: float | None = None,
+                     grid_origin: tuple[float, float] = (0.0, 0.0)) -> GwisField:
+    """The warp of planes of ``shape`` ``(B, H, W)`` given their edge points (see :func:`gwis_field`).
+
+    ``factor`` is the spacing (px) of the grid the field is computed on: 1 for the pixel
+    grid, ``None`` for :func:`coarse_factor` of the smallest warp scale among the edge
+    points. ``grid_origin`` is the global pixel position of the planes' pixel ``(0, 0)``
+    (tiles pass theirs, so that they share the coarse grid's nodes).
+    """
     batch, height, width = shape
     dtype, device = edges.y.dtype, edges.y.device
-    logger.debug("GWIS: %d edge points on %s planes", edges.row.numel(), shape)
-    totals = _accumulate(edges, shape, with_forward=with_forward)
+    if factor is None:
+        factor = coarse_factor(float(edges.scale.min())) if edges.scale.numel() else 1.0
+    logger.debug("GWIS: %d edge points on %s planes, grid step %.3g px", edges.row.numel(), shape,
+                 factor)
+    rows = torch.arange(height, device=device, dtype=dtype).view(1, 1, -1, 1)
+    cols = torch.arange(width, device=device, dtype=dtype).view(1, 1, 1, -1)
+    pixels = torch.cat((rows.expand(batch, 1, height, width), cols.expand(batch, 1, height, width)), 1)
+    if factor == 1:
+        totals = _accumulate(edges, shape, with_forward=with_forward)
+        weight = totals[:, 0:1]
+        has = weight > 0
+        safe_w = torch.where(has, weight, torch.ones_like(weight))
+        coverage = torch.where(has, totals[:, 3:4].clamp(max=1.0), torch.zeros_like(weight))
+        inverse = _unfold(coverage * totals[:, 1:3] / safe_w)
+        forward = coverage * totals[:, 4:6] / safe_w if with_forward else None
+        return GwisField(source=pixels + inverse, inverse=inverse, displacement=forward,
+                         coverage=coverage, edges=edges)
+    grid = CoarseGrid(float(factor), height, width, (float(grid_origin[0]), float(grid_origin[1])))
+    coarse = thin_to_grid(edges, grid, batch)
+    totals = _accumulate(coarse, (batch, *grid.shape), with_forward=with_forward, with_parts=True)
     weight = totals[:, 0:1]
     has = weight > 0
     safe_w = torch.where(has, weight, torch.ones_like(weight))
     coverage = torch.where(has, totals[:, 3:4].clamp(max=1.0), torch.zeros_like(weight))
-    inverse = _unfold(coverage * totals[:, 1:3] / safe_w)
-    forward = coverage * totals[:, 4:6] / safe_w if with_forward else None
-    rows = torch.arange(height, device=device, dtype=dtype).view(1, 1, -1, 1)
-    cols = torch.arange(width, device=device, dtype=dtype).view(1, 1, 1, -1)
-    grid = torch.cat((rows.expand(batch, 1, height, width), cols.expand(batch, 1, height, width)), 1)
-    return GwisField(source=grid + inverse, inverse=inverse, displacement=forward, coverage=coverage,
-                     edges=edges)
+    sign_part = totals[:, 1:3] / safe_w
+    parts = 6 if with_forward else 4
+    linear = totals[:, parts : parts + 2] / safe_w
+    distance = totals[:, parts + 2 : parts + 3] / safe_w
+    inverse = sign_part - (2.0 / 3.0) * linear
+    # The fold guard on the coarse grid, for whole cells: the interpolated map keeps its order.
+    fade = coverage * _unfold_factor(coverage * inverse, whole_cells=True)
+    inverse, fine_coverage = _upsample_inverse(fade * sign_part, fade * linear, distance, grid,
+                                               extra=coverage)
+    # A pixel cell that straddles two grid cells (fractional spacing) can still fold, rarely.
+    inverse = _unfold(inverse)
+    forward = None
+    if with_forward:
+        forward = _upsample(coverage * totals[:, 4:6] / safe_w, grid) * grid.factor
+    return GwisField(source=pixels + inverse, inverse=inverse, displacement=forward,
+                     coverage=fine_coverage, edges=edges)
 
 
 def warp_planes(x: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
@@ -515,6 +900,7 @@ def gwis_sharpen(
     gradient_scale: float = 1.0,
     noise_std: torch.Tensor | None = None,
     intensity_range: torch.Tensor | None = None,
+    grid_origin: tuple[float, float] = (0.0, 0.0),
 ) -> torch.Tensor:
     """GWIS on tensors: warp every channel with the field of the luminance.
 
@@ -526,13 +912,16 @@ def gwis_sharpen(
         Warp scale ``sigma_p`` (px), not the blur level (see :func:`warp_scale_for_level`).
     gradient_scale, noise_std, intensity_range
         See :func:`detect_edge_points`.
+    grid_origin : (float, float)
+        See :func:`gwis_field` (for tiles).
 
     Returns
     -------
     Tensor, shape (B, C, H, W), same device and dtype.
     """
     field = gwis_field(luminance(x), warp_scale, gradient_scale=gradient_scale,
-                       noise_std=noise_std, intensity_range=intensity_range)
+                       noise_std=noise_std, intensity_range=intensity_range,
+                       grid_origin=grid_origin)
     return warp_planes(x, field.inverse)
 
 
@@ -591,13 +980,20 @@ def _gwis_plane_steps(message: str, scalar_level: float | None):
         flat = lum.flatten(1)
         value_range = flat.max(dim=1).values - flat.min(dim=1).values
         grad_scale = gradient_scale_for_level(float(level_map.median()))
-        halo = window_radius(max_scale) + int(math.ceil(3 * grad_scale)) + 3 * UNFOLD_STEPS + 5
+        reach = window_radius(max_scale) + int(math.ceil(coarse_factor(max_scale)))
+        halo = reach + int(math.ceil(3 * grad_scale)) + 3 * UNFOLD_STEPS + 5
 
         def tile_fn(tile: torch.Tensor) -> torch.Tensor:
-            return gwis_sharpen(tile[:, :channels], tile[:, channels:], gradient_scale=grad_scale,
-                                noise_std=noise, intensity_range=value_range)
+            # The last two channels hold the global pixel rows and columns (the tile's origin).
+            origin = (float(tile[0, channels + 1, 0, 0]), float(tile[0, channels + 2, 0, 0]))
+            return gwis_sharpen(tile[:, :channels], tile[:, channels : channels + 1],
+                                gradient_scale=grad_scale, noise_std=noise,
+                                intensity_range=value_range, grid_origin=origin)
 
-        stacked = torch.cat((plane, scale_map), dim=1)
+        rows = torch.arange(height, device=plane.device, dtype=plane.dtype).view(1, 1, -1, 1)
+        cols = torch.arange(width, device=plane.device, dtype=plane.dtype).view(1, 1, 1, -1)
+        stacked = torch.cat((plane, scale_map, rows.expand(1, 1, height, width),
+                             cols.expand(1, 1, height, width)), dim=1)
         return (yield from iter_tiled(tile_fn, stacked, tile_size=TILE_SIZE, halo=halo,
                                       blend=min(16, halo)))
 
