@@ -25,9 +25,10 @@ What it does (``shared/eval/README.md``, protocols 1 and 5), on the EVAL split o
   of the 15 SNRs by SSIM (oracle), and GWIS (oracle) applied after it;
 - outputs clipped to [0, 1]; PSNR (peak 1) and SSIM after excluding a border
   as wide as the kernel; mean, gain over the blurred input, worst case;
-- speed: 1024 x 1024 grayscale on the CPU, ``sharpen_gwis`` vs
-  ``skimage.restoration.richardson_lucy(num_iter=30)`` with the matching
-  Gaussian PSF on the same image, in the same run, as a RATIO.
+- speed: 1024 x 1024 grayscale on the CPU at blur levels 1, 2, 4, 6 px,
+  ``sharpen_gwis`` vs ``skimage.restoration.richardson_lucy(num_iter=30)`` with
+  the matching Gaussian PSF on the same image, called alternately in the same
+  run, as a RATIO; with torch's default threads and with 1 thread.
 
 The GWIS mapping (blur level -> warp scale) was fitted on the training split
 (``benchmarks/gwis_oracle_study.py``); nothing here is tuned on these images
@@ -66,7 +67,7 @@ NOISE_VARIANCE_RANGE = (0.0, 10.0)  # on a 0..255 scale
 GWIS_GRID = (0.0, 0.5, 0.7, 1.0, 1.4, 2.0, 2.8, 4.0, 5.6)
 USM_RADII = (0.5, 1.0, 2.0, 3.0, 5.0, 8.0)
 USM_AMOUNTS = (0.25, 0.5, 1.0, 1.5, 2.0, 3.0)
-SPEED_LEVELS = (2.0, 4.0)
+SPEED_LEVELS = (1.0, 2.0, 4.0, 6.0)
 
 METHODS = {
     "blurred": "Blurred + noisy input",
@@ -217,45 +218,68 @@ def _count(items):
     return counts
 
 
-def _median_time(fn, repeats):
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+def _interleaved_ratio(gwis_fn, rl_fn, pairs):
+    """Median GWIS time / median RL time over ``pairs`` alternating calls (GWIS, RL, GWIS, ...)."""
+    t_gwis, t_rl = [], []
+    for _ in range(pairs):
+        for fn, times in ((gwis_fn, t_gwis), (rl_fn, t_rl)):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    return float(np.median(t_gwis)) / float(np.median(t_rl)), float(np.median(t_gwis))
 
 
-def speed_section(engine, repeats) -> str:
+def speed_section(engine, pairs) -> str:
+    import os
+
     import torch
     from skimage.restoration import richardson_lucy
 
+    from napari_deblur.engine import gwis
+
     source = ed.load_eval_image("retina")
+    threads = torch.get_num_threads()
+    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
     lines = [
-        f"### Speed: 1024x1024 grayscale (retina luminance, Gaussian blur, noise 2.55/255), CPU, "
-        f"torch threads {torch.get_num_threads()}",
+        "### Speed: 1024x1024 grayscale (retina luminance, Gaussian blur, noise 2.55/255), CPU",
         "",
-        f"Median of {repeats['gwis']} runs of `sharpen_gwis` and {repeats['rl']} of "
-        "`richardson_lucy(num_iter=30, clip=False)` with the same Gaussian PSF, after one warm-up "
-        "call; ratio = GWIS time / RL time (bar: <= 0.5; lower is faster).",
+        f"`sharpen_gwis` and `richardson_lucy(num_iter=30, clip=False)` with the same Gaussian PSF, "
+        f"called alternately {pairs} times each after one warm-up call; ratio = median GWIS time / "
+        "median RL time in the same run (bar: <= 0.5; lower is faster). GWIS with torch's default "
+        f"threads ({threads}) and with 1 thread (RL runs single-threaded in both). The machine was "
+        f"shared (load average at the start {load} on {os.cpu_count()} CPUs): with more runnable "
+        "threads than cores, torch's multi-threaded kernels wait for each other at every small "
+        "operation, so the default-threads column is inflated by the other load; the 1-thread "
+        "column is not.",
         "",
-        "| blur level (px) | edge points | GWIS / RL(30) time ratio |",
-        "|---:|---:|---:|",
+        "| blur level (px) | warp scale (px) | field grid step (px) | edge points | "
+        f"GWIS / RL(30), {threads} threads | GWIS / RL(30), 1 thread | GWIS time, 1 thread (s) |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for level in SPEED_LEVELS:
         psf = engine.gaussian_psf(level)
         blurred, _ = ed.blur_real_boundary(source, psf.astype(np.float64), (1024, 1024))
         observed = ed.add_gaussian_noise(blurred, 2.55 / 255, ed.case_rng("gwis-speed", level))
         observed = observed.astype(np.float32)
-        sharpen_gwis(observed, level, device="cpu")  # warm-up
-        t_gwis = _median_time(lambda: sharpen_gwis(observed, level, device="cpu"),
-                              repeats["gwis"])
-        t_rl = _median_time(lambda: richardson_lucy(observed.clip(0, None), psf, num_iter=30,
-                                                    clip=False), repeats["rl"])
-        from napari_deblur.engine import gwis
 
+        def run_gwis(observed=observed, level=level):
+            sharpen_gwis(observed, level, device="cpu")
+
+        def run_rl(observed=observed, psf=psf):
+            richardson_lucy(observed.clip(0, None), psf, num_iter=30, clip=False)
+
+        run_gwis()  # warm-up
+        ratio_default, _ = _interleaved_ratio(run_gwis, run_rl, pairs)
+        torch.set_num_threads(1)
+        try:
+            run_gwis()
+            ratio_single, seconds_single = _interleaved_ratio(run_gwis, run_rl, pairs)
+        finally:
+            torch.set_num_threads(threads)
+        scale = gwis.warp_scale_for_level(level)
         n_edges = gwis.gwis_field_of(observed, level).edges.row.numel()
-        lines.append(f"| {level:g} | {n_edges} | {t_gwis / t_rl:.2f} |")
+        lines.append(f"| {level:g} | {scale:.2f} | {gwis.coarse_factor(scale):.2f} | {n_edges} | "
+                     f"{ratio_default:.2f} | {ratio_single:.2f} | {seconds_single:.2f} |")
     lines.append("")
     return "\n".join(lines)
 
@@ -314,8 +338,7 @@ def main(argv=None) -> int:
     print(sections[-1], flush=True)
     if not args.no_speed:
         log.info("timing ...")
-        repeats = {"gwis": 3, "rl": 1} if args.quick else {"gwis": 5, "rl": 3}
-        sections.append(speed_section(engine, repeats))
+        sections.append(speed_section(engine, 2 if args.quick else 3))
         print(sections[-1], flush=True)
 
     args.results_dir.mkdir(parents=True, exist_ok=True)

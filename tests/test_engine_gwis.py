@@ -6,8 +6,7 @@ import scipy.ndimage as ndi
 import torch
 from skimage import data, draw
 
-from napari_deblur.engine import JobCancelled, JobProgress, run_job
-from napari_deblur.engine import gwis
+from napari_deblur.engine import JobCancelled, JobProgress, gwis, run_job
 from napari_deblur.engine.gwis import (
     gwis_field_of,
     gwis_sharpen,
@@ -84,6 +83,80 @@ def test_step_warp_matches_the_paper_inverse():
     got = field.source[0, 1, 16].numpy()
     assert np.allclose(got[inside], expected[inside], atol=0.1)
     assert np.allclose(got[np.abs(y) > 1.5 * sigma + 2], cols[np.abs(y) > 1.5 * sigma + 2])
+
+
+@pytest.mark.parametrize("level", [3.0, 4.0, 6.0])
+def test_blurred_step_gets_steeper_on_the_coarse_grid(level):
+    # Warp scales above COARSE_WARP_SCALE: the field is computed on a coarser grid.
+    assert gwis.coarse_factor(warp_scale_for_level(level)) > 1
+    blurred = blurred_step(sigma=level, shape=(64, 128))
+    sharpened = sharpen_gwis(blurred, level)
+    assert rise_distance(sharpened[32]) <= 0.6 * rise_distance(blurred[32])
+
+
+def test_coarse_field_keeps_the_jump_at_a_straight_edge():
+    # On the coarse grid the inverse is interpolated, but the jump at the edge line is put
+    # back per pixel: the map is the closed-form inverse of the 1D warp, as on the pixel grid.
+    level = 3.0
+    sigma = warp_scale_for_level(level)
+    factor = gwis.coarse_factor(sigma)
+    assert factor > 1
+    blurred = blurred_step(sigma=level, shape=(48, 96))
+    got = gwis_field_of(blurred, level).source[0, 1, 24].numpy()
+    cols = np.arange(96)
+    y = cols - 47.5
+    inside = np.abs(y) <= 1.5 * sigma - 1.0
+    expected = 47.5 + np.sign(y) * (sigma + np.abs(y) / 3.0)
+    assert np.allclose(got[inside], expected[inside], atol=0.05)
+    far = np.abs(y) > 1.5 * sigma + 2 * factor
+    assert np.allclose(got[far], cols[far])
+
+
+def test_coarse_field_approximates_the_pixel_grid_field():
+    crop = data.astronaut()[100:260, 100:260, 1].astype(np.float32) / 255.0
+    image = ndi.gaussian_filter(crop, 3.0)
+    image = image + np.random.default_rng(2).normal(0, 2 / 255, crop.shape).astype(np.float32)
+    x = torch.from_numpy(image)[None, None]
+    scale = warp_scale_for_level(3.0)
+    edges = gwis.detect_edge_points(x, torch.full_like(x, scale), gradient_scale=1.5)
+    fine = gwis.field_from_edges(edges, (1, 160, 160), factor=1.0)
+    coarse = gwis.field_from_edges(edges, (1, 160, 160))
+    assert jacobian(coarse.source[0].numpy()).min() > 0
+    change_fine = (gwis.warp_planes(x, fine.inverse) - x).flatten().numpy()
+    change_coarse = (gwis.warp_planes(x, coarse.inverse) - x).flatten().numpy()
+    assert np.corrcoef(change_fine, change_coarse)[0, 1] > 0.8
+
+
+def test_thinning_keeps_one_point_per_block():
+    blurred = blurred_step(sigma=3.0, shape=(48, 96))
+    x = torch.from_numpy(blurred)[None, None]
+    edges = gwis.detect_edge_points(x, torch.full_like(x, 8.0), gradient_scale=1.5)
+    grid = gwis.CoarseGrid(2.0, 48, 96)
+    thinned = gwis.thin_to_grid(edges, grid, 1, spacing=2)
+    # One straight edge (one point per row): one point per 2 nodes = 4 rows, standing for 2.
+    assert thinned.row.numel() == pytest.approx(edges.row.numel() / 4, abs=1)
+    assert thinned.multiplicity == 2.0
+    assert torch.allclose(thinned.scale, torch.full_like(thinned.scale, 4.0))
+    assert torch.allclose(thinned.x * 2.0, torch.full_like(thinned.x, 47.5), atol=0.1)
+
+
+def test_fold_guard_in_crops_equals_whole_plane(photo, monkeypatch):
+    displacement = gwis_field_of(photo, 1.0).inverse  # already unfolded: fold it again
+    displacement = displacement * 3.0
+    cropped = gwis._unfold_factor(displacement)
+    monkeypatch.setattr(gwis, "UNFOLD_MAX_CROPS", 0)
+    whole = gwis._unfold_factor(displacement)
+    assert torch.equal(cropped, whole)
+    assert gwis._jacobian(displacement * whole).min() > gwis.MIN_JACOBIAN
+
+
+def test_sector_windows_cover_every_band(photo, monkeypatch):
+    x = torch.from_numpy(photo)[None, None]
+    edges = gwis.detect_edge_points(x, torch.full_like(x, 4.0), gradient_scale=1.0)
+    sectors = gwis._accumulate(edges, (1, 96, 96), with_forward=True)
+    monkeypatch.setattr(gwis, "ANGLE_SECTORS", 1)  # one sector: the whole disk of offsets
+    disk = gwis._accumulate(edges, (1, 96, 96), with_forward=True)
+    assert torch.allclose(sectors, disk, atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("level", [1.0, 2.0, 4.0])
@@ -184,13 +257,14 @@ def test_stack_is_processed_plane_by_plane(shapes, photo):
     assert np.allclose(out[1], sharpen_gwis(photo, 3.0), atol=1e-6)
 
 
-def test_tiled_equals_untiled(monkeypatch):
+@pytest.mark.parametrize("level", [1.5, 2.5])  # pixel grid, coarse grid (shared nodes)
+def test_tiled_equals_untiled(monkeypatch, level):
     crop = data.astronaut()[100:260, 100:260, 1].astype(np.float32) / 255.0
-    image = ndi.gaussian_filter(crop, 1.5)
-    whole = sharpen_gwis(image, 1.5)
+    image = ndi.gaussian_filter(crop, level)
+    whole = sharpen_gwis(image, level)
     monkeypatch.setattr(gwis, "TILE_SIZE", 64)
     seen = []
-    tiled = sharpen_gwis(image, 1.5, progress=seen.append)
+    tiled = sharpen_gwis(image, level, progress=seen.append)
     assert sum("tile" in p.message for p in seen) > 1
     # Identical up to float round-off, which can flip a near-tie in edge thinning (a pixel or two).
     difference = np.abs(tiled - whole)

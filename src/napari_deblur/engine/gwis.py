@@ -55,10 +55,45 @@ WARP_SCALE_OFFSET`` (level > 0), found by an oracle study on the training
 images only (``benchmarks/gwis_oracle_study.py``, output
 ``benchmarks/results/gwis_oracle_study.md``).
 
-The work is vectorised: a loop over the few window offsets (dy, dx) within
-the reach of an edge point scatters the contributions of *all* edge points
-at once (``scatter_add_``), so the cost grows with the number of edge points
-times the window area, not with the image size times the window area.
+**Coarse field for large warp scales.** The cost of the field is (edge
+points) x (band area), and the band area grows with ``sigma_p^2``. Where the
+smallest warp scale among the edge points exceeds ``COARSE_WARP_SCALE`` (4 px),
+the field is computed on a grid of spacing ``f = sigma_p / COARSE_WARP_SCALE``
+px (fractional; nodes at global pixel multiples of ``f``, so tiles share them),
+on which every warp scale spans ``COARSE_WARP_SCALE`` steps:
+
+1. edges are found on the pixel grid as above (sub-pixel positions kept);
+   per block of ``THIN_SPACING x THIN_SPACING`` nodes the strongest point is
+   kept and stands for ``THIN_SPACING`` points along its edge (weight and
+   coverage times ``THIN_SPACING``; the perpendicular Gaussian spans 4 nodes,
+   so its sum over points 2 nodes apart hardly changes);
+2. the same weighted sums are scattered onto the grid, split into a sign
+   part ``S`` (mean of ``n sigma sign(a)``), a linear part ``L`` (mean of
+   ``n sigma a``) and a signed distance ``D`` (mean of ``sigma a``); the
+   inverse is ``S - 2/3 L``; the fold guard runs on the grid, checking all
+   4 corners of every cell, which keeps any bilinear interpolation of the
+   map unfolded (the Jacobian of a bilinear cell is affine in the cell
+   coordinates);
+3. the map is interpolated bilinearly onto the pixels, except that the jump
+   of the inverse at an edge line would be smeared over a grid step: in cells
+   that one edge crosses cleanly (``D`` changes sign, ``T = S sign(D)`` points
+   the same way at the 4 corners, the jump is forward), ``T``, ``L`` and ``D``
+   are interpolated (they are smooth across a straight edge) and the sign is
+   put back per pixel, ``T sign(D) - 2/3 L``, so the jump stays at the edge
+   line to the pixel; cells where that would fold fall back to plain
+   interpolation. At the nodes both equal the coarse inverse.
+
+On the training images this is within 0.05 dB of the pixel-grid field for
+levels 2-4 and better at level 6 (``benchmarks/results/gwis_oracle_study.md``
+has the mapping refitted with it). Below ``COARSE_WARP_SCALE`` the field is
+computed on the pixel grid as described above.
+
+The work is vectorised: edge points are grouped by normal direction into
+``ANGLE_SECTORS`` sectors; per sector a loop over the window offsets its bands
+can reach scatters the contributions of *all* its edge points at once
+(``scatter_add_``), so the cost grows with the number of edge points times
+the band area, not with the image size. The fold guard's first round runs on
+the whole plane, later rounds (a handful of folds) on crops around them.
 
 References
 ----------
@@ -90,12 +125,12 @@ logger = logging.getLogger(__name__)
 # Blur level (PSF standard deviation, px) -> warp scale sigma_p (px): sigma_p = a * level + b.
 # Oracle study on the TRAINING split only (Gaussian/disk/ring blur, levels 0.5..6, noise variance
 # 0..10 on a 0..255 scale, best warp scale by SSIM per case, least-squares line through the picks
-# on relative errors, 283 cases): benchmarks/gwis_oracle_study.py ->
-# benchmarks/results/gwis_oracle_study.md, "warp scale = 2.739 * level + -0.651 px". Per type the
-# slopes differ (Gaussian 2.04, disk 3.01, ring 3.12); one line serves all. Levels below ~0.24 px
-# give no warp.
-WARP_SCALE_SLOPE = 2.74
-WARP_SCALE_OFFSET = -0.65
+# on relative errors, 283 cases), re-run with the coarse-grid field: benchmarks/gwis_oracle_study.py ->
+# benchmarks/results/gwis_oracle_study.md, "warp scale = 2.704 * level + -0.630 px" (before the
+# coarse grid: 2.739, -0.651). Per type the slopes differ (Gaussian 1.96, disk 2.99, ring 3.12);
+# one line serves all. Levels below ~0.23 px give no warp.
+WARP_SCALE_SLOPE = 2.70
+WARP_SCALE_OFFSET = -0.63
 #: Warp scales are clipped to this many pixels (the window grows with the square of the scale).
 MAX_WARP_SCALE = 16.0
 #: Edge points with a smaller warp scale do not warp (blur level ~0: nothing to sharpen).
@@ -115,9 +150,14 @@ GRADIENT_SCALE_RANGE = (1.0, 3.0)
 UNFOLD_STEPS = 16
 UNFOLD_SHRINK = 0.5
 MIN_JACOBIAN = 0.05
-#: The field is computed on a grid of spacing floor(sigma_p / COARSE_WARP_SCALE) px (at least 1),
-#: so that the warp scale spans COARSE_WARP_SCALE .. 2 * COARSE_WARP_SCALE grid steps.
-COARSE_WARP_SCALE = 3.0
+#: Above this warp scale (px) the field is computed on a grid of spacing sigma_p / COARSE_WARP_SCALE
+#: px, on which the warp scale spans COARSE_WARP_SCALE steps (module docstring). Chosen on the
+#: training split: 3 lost 0.07-0.1 dB against the pixel-grid field at levels 2-3, 4 about 0.05.
+COARSE_WARP_SCALE = 4.0
+#: On the coarse grid one edge point per THIN_SPACING x THIN_SPACING nodes is kept (standing
+#: for THIN_SPACING points along its edge): the perpendicular Gaussian of a band spans
+#: COARSE_WARP_SCALE nodes, so its sum over points this far apart hardly changes.
+THIN_SPACING = 2
 #: Rounds of falling back to plain interpolation in coarse cells where the jump would fold.
 MAX_JUMP_ROUNDS = 8
 #: Edge points are grouped by normal direction (modulo 180 degrees) into this many sectors,
@@ -238,6 +278,7 @@ class EdgePoints:
     nx: torch.Tensor  # unit gradient direction, column component
     strength: torch.Tensor  # gradient magnitude
     scale: torch.Tensor  # warp scale sigma_p (px)
+    multiplicity: float = 1.0  # how many edge points along the edge each one stands for
 
 
 def _sample(values: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
@@ -339,7 +380,7 @@ def _band_offsets_cpu(max_warp_scale: float, angle_low: float,
     radius = window_radius(max_warp_scale)
     k = torch.arange(-radius, radius + 1, dtype=torch.float64)
     oy, ox = torch.meshgrid(k, k, indexing="ij")
-    steps = max(2, int(math.ceil((angle_high - angle_low) / math.radians(1.0))) + 1)
+    steps = max(2, math.ceil((angle_high - angle_low) / math.radians(1.0)) + 1)
     angles = torch.linspace(angle_low, angle_high, steps, dtype=torch.float64).view(-1, 1, 1)
     margin = math.sqrt(0.5) + radius * (angle_high - angle_low) / (2 * (steps - 1)) + 1e-6
     ny, nx = torch.sin(angles), torch.cos(angles)
@@ -382,8 +423,10 @@ def _accumulate(edges: EdgePoints, shape: tuple[int, int, int], *, with_forward:
     ny, nx = edges.ny, edges.nx
     to_across = torch.stack((ny, nx, -(sub_y * ny + sub_x * nx)), 1) * inv_sigma[:, None]
     to_along = torch.stack((-nx, ny, -(sub_x * ny - sub_y * nx)), 1) * inv_sigma[:, None]
-    per_point = torch.stack((edges.strength, inv_sigma / COVERAGE_FULL, edges.scale * ny,
-                             edges.scale * nx, edges.scale), 1)
+    # A thinned point stands for `multiplicity` points along its edge (weight and coverage).
+    per_point = torch.stack((edges.strength * edges.multiplicity,
+                             inv_sigma * (edges.multiplicity / COVERAGE_FULL),
+                             edges.scale * ny, edges.scale * nx, edges.scale), 1)
     centre = (edges.batch * ph + edges.row + radius) * pw + edges.col + radius
     floor = math.exp(-0.5 * PERP_CUTOFF**2)
     # Normal direction modulo pi, in [0, pi): a band is symmetric under n -> -n.
@@ -667,20 +710,26 @@ def coarse_factor(warp_scale: float) -> float:
     return warp_scale / COARSE_WARP_SCALE
 
 
-def thin_to_grid(edges: EdgePoints, grid: "CoarseGrid", batch: int) -> EdgePoints:
-    """The strongest edge point per node of ``grid``, in grid units.
+def thin_to_grid(edges: EdgePoints, grid: CoarseGrid, batch: int, spacing: int = 1) -> EdgePoints:
+    """The strongest edge point per ``spacing x spacing`` nodes of ``grid``, in grid units.
 
-    Every edge point belongs to the grid node nearest to it; of each node's points the
-    strongest is kept (ties: the first), so that the kept points are about one grid step
-    apart along an edge, as the pixel-grid points are one pixel apart. Positions and warp
-    scales are converted to grid units; normals and strengths are kept.
+    Every edge point belongs to the node (of the grid of spacing ``spacing`` grid steps)
+    nearest to it; of each node's points the strongest is kept (ties: the first), so that
+    the kept points are about ``spacing`` grid steps apart along an edge, as the pixel-grid
+    points are one pixel apart; each stands for ``spacing`` points (``multiplicity``).
+    Positions and warp scales are converted to grid units; normals and strengths are kept.
     """
     grid_h, grid_w = grid.shape
     y, x = grid.to_grid(edges.y, 0), grid.to_grid(edges.x, 1)
     row = torch.round(y).long().clamp_(0, grid_h - 1)
     col = torch.round(x).long().clamp_(0, grid_w - 1)
-    node = (edges.batch * grid_h + row) * grid_w + col
-    size = batch * grid_h * grid_w
+    # Blocks of nodes aligned to global node indices (tiles agree).
+    first_row, first_col = grid.first_node(0), grid.first_node(1)
+    block_row = torch.div(row + first_row, spacing, rounding_mode="floor") - first_row // spacing
+    block_col = torch.div(col + first_col, spacing, rounding_mode="floor") - first_col // spacing
+    cells_h, cells_w = grid_h // spacing + 2, grid_w // spacing + 2
+    node = (edges.batch * cells_h + block_row) * cells_w + block_col
+    size = batch * cells_h * cells_w
     best = edges.strength.new_full((size,), -math.inf).scatter_reduce_(
         0, node, edges.strength, "amax")
     candidate = edges.strength >= best[node]
@@ -691,7 +740,7 @@ def thin_to_grid(edges: EdgePoints, grid: "CoarseGrid", batch: int) -> EdgePoint
     return EdgePoints(
         batch=edges.batch[keep], row=row[keep], col=col[keep], y=y[keep], x=x[keep],
         ny=edges.ny[keep], nx=edges.nx[keep], strength=edges.strength[keep],
-        scale=edges.scale[keep] / grid.factor,
+        scale=edges.scale[keep] / grid.factor, multiplicity=float(spacing) * edges.multiplicity,
     )
 
 
@@ -709,15 +758,18 @@ class CoarseGrid:
     width: int
     origin: tuple[float, float] = (0.0, 0.0)
 
+    def first_node(self, axis: int) -> int:
+        """Global index of this grid's node 0 along ``axis``."""
+        return math.floor(self.origin[axis] / self.factor + 1e-6)
+
     def phase(self, axis: int) -> float:
-        start = self.origin[axis]
-        return math.floor(start / self.factor + 1e-6) * self.factor - start
+        return self.first_node(axis) * self.factor - self.origin[axis]
 
     @property
     def shape(self) -> tuple[int, int]:
         """Nodes along rows and columns."""
         return tuple(
-            int(math.ceil((max(length, 1) - 1 - self.phase(axis)) / self.factor - 1e-6)) + 1
+            math.ceil((max(length, 1) - 1 - self.phase(axis)) / self.factor - 1e-6) + 1
             for axis, length in ((0, self.height), (1, self.width)))
 
     def to_grid(self, position: torch.Tensor, axis: int) -> torch.Tensor:
@@ -849,7 +901,7 @@ def field_from_edges(edges: EdgePoints, shape: tuple[int, int, int], *,
         return GwisField(source=pixels + inverse, inverse=inverse, displacement=forward,
                          coverage=coverage, edges=edges)
     grid = CoarseGrid(float(factor), height, width, (float(grid_origin[0]), float(grid_origin[1])))
-    coarse = thin_to_grid(edges, grid, batch)
+    coarse = thin_to_grid(edges, grid, batch, THIN_SPACING)
     totals = _accumulate(coarse, (batch, *grid.shape), with_forward=with_forward, with_parts=True)
     weight = totals[:, 0:1]
     has = weight > 0
