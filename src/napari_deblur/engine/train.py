@@ -112,7 +112,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m napari_deblur.engine.train", description=__doc__)
     sub = parser.add_subparsers(dest="model", required=True)
     wiener = sub.add_parser("wiener-net", help="train Wiener-net")
-    wiener.add_argument("--steps", type=int, default=6000)
+    wiener.add_argument("--steps", type=int, default=1600)
     wiener.add_argument("--batch", type=int, default=16)
     wiener.add_argument("--seed", type=int, default=0)
     wiener.add_argument("--device", default="cpu", help="cpu, cuda or mps")

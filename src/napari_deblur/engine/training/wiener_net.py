@@ -35,10 +35,10 @@ SSIM_WEIGHT = 0.2
 class WienerNetTrainingConfig:
     """Settings of one training run (all recorded in the report)."""
 
-    steps: int = 6000
+    steps: int = 1600
     batch: int = 16
     patch: int = 112
-    learning_rate: float = 2e-3
+    learning_rate: float = 1.5e-3
     seed: int = 0
     kernel_pool_size: int = 3000
     n_dead_leaves: int = 200
