@@ -81,7 +81,8 @@ def _train_blur_map(args) -> None:
     from .training.blur_map import STACK_LEVELS, BlurMapTrainingConfig, train_blur_map
 
     config = BlurMapTrainingConfig(steps=args.steps, batch=args.batch, seed=args.seed,
-                                   device=args.device, threads=args.threads, baseline=args.baseline)
+                                   device=args.device, threads=args.threads, baseline=args.baseline,
+                                   log_every=args.log_every)
     default = BASELINE_WEIGHTS_FILE if args.baseline else WEIGHTS_FILE
     out = Path(args.out) if args.out else _default_weights_path(default)
     started = time.perf_counter()
@@ -103,6 +104,10 @@ def _train_blur_map(args) -> None:
         "(all pixels; textured = the half with the largest gradient; uniform vs spatially varying "
         "maps). `data_share` is the fraction of wall time spent making batches."
     )
+    if config.stopped_at is not None:
+        notes += (f" **Stopped by the user (Ctrl-C) at step {config.stopped_at} of {config.steps}**: "
+                  "the learning-rate schedule did not run to its end; the last row is the state "
+                  "that was saved.")
     title = "Blur map (paper's network, baseline)" if args.baseline else "Blur map"
     _report(out.with_suffix(".md"), title, " ".join(["python -m napari_deblur.engine.train"]
             + sys.argv[1:]), asdict(config), config.history, time.perf_counter() - started, notes)
@@ -127,6 +132,8 @@ def main(argv=None) -> None:
     blurmap.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
     blurmap.add_argument("--baseline", action="store_true",
                          help="train the paper's network instead (weights blur_map_paper.pt)")
+    blurmap.add_argument("--log-every", type=int, default=200,
+                         help="validate and save the weights every this many steps")
     blurmap.add_argument("--out", default=None, help="weights path (default: the shipped file)")
     blurmap.set_defaults(run=_train_blur_map)
     args = parser.parse_args(argv)

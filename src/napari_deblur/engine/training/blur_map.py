@@ -122,6 +122,7 @@ class BlurMapTrainingConfig:
     log_every: int = 200
     threads: int = 0
     device: str = "cpu"
+    stopped_at: int | None = None
     history: list = field(default_factory=list)
 
 
@@ -301,36 +302,56 @@ def train_blur_map(config: BlurMapTrainingConfig, out_path: Path) -> torch.nn.Mo
         pct_start=max(0.05, 2.0 / config.steps))
     started = time.perf_counter()
     running, data_seconds = 0.0, 0.0
-    for step in range(1, config.steps + 1):
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            features, levels, _ = batches.draw()
-            if config.baseline:
-                features, levels = _random_subcrop(features, levels, config.baseline_patch, crop_rng)
-        data_seconds += time.perf_counter() - t0
-        prediction = predict_log_level(model, features)
-        loss = (prediction - level_to_target(levels)).abs().mean()
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimiser.step()
-        schedule.step()
-        running += float(loss.detach())
-        if step % config.log_every == 0 or step == config.steps:
-            n = config.log_every if step % config.log_every == 0 else step % config.log_every
-            entry = {"step": step, "train_loss": running / n}
-            entry.update(evaluate(model, validation))
-            entry["minutes"] = (time.perf_counter() - started) / 60
-            entry["data_share"] = data_seconds / (time.perf_counter() - started)
-            running = 0.0
-            config.history.append(entry)
-            logger.info("step %d: train L1(log) %.4f, val MAE %.3f px, RMSE %.3f px (%.1f min)",
-                        step, entry["train_loss"], entry["val_mae_px"], entry["val_rmse_px"],
-                        entry["minutes"])
-            out_path.parent.mkdir(parents=True, exist_ok=True)
-            torch.save({k: v.cpu() for k, v in model.state_dict().items()}, out_path)
+    step = 0
+    try:
+        for step in range(1, config.steps + 1):
+            running, data_seconds = _train_step(
+                config, model, optimiser, schedule, batches, crop_rng, validation, step, running,
+                data_seconds, started, out_path)
+    except KeyboardInterrupt:  # Ctrl-C: keep what has been learnt so far, say so in the report
+        config.stopped_at = step
+        logger.warning("interrupted at step %d of %d; saving the weights as they are", step,
+                       config.steps)
+        entry = {"step": step, "train_loss": float("nan")}
+        entry.update(evaluate(model, validation))
+        entry["minutes"] = (time.perf_counter() - started) / 60
+        entry["data_share"] = data_seconds / (time.perf_counter() - started)
+        config.history.append(entry)
     torch.save({k: v.cpu() for k, v in model.state_dict().items()}, out_path)
     return model
+
+
+def _train_step(config, model, optimiser, schedule, batches, crop_rng, validation, step, running,
+                data_seconds, started, out_path):
+    """One optimisation step (plus validation and a checkpoint every ``log_every`` steps)."""
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        features, levels, _ = batches.draw()
+        if config.baseline:
+            features, levels = _random_subcrop(features, levels, config.baseline_patch, crop_rng)
+    data_seconds += time.perf_counter() - t0
+    prediction = predict_log_level(model, features)
+    loss = (prediction - level_to_target(levels)).abs().mean()
+    optimiser.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimiser.step()
+    schedule.step()
+    running += float(loss.detach())
+    if step % config.log_every == 0 or step == config.steps:
+        n = config.log_every if step % config.log_every == 0 else step % config.log_every
+        entry = {"step": step, "train_loss": running / n}
+        entry.update(evaluate(model, validation))
+        entry["minutes"] = (time.perf_counter() - started) / 60
+        entry["data_share"] = data_seconds / (time.perf_counter() - started)
+        running = 0.0
+        config.history.append(entry)
+        logger.info("step %d: train L1(log) %.4f, val MAE %.3f px, RMSE %.3f px (%.1f min)",
+                    step, entry["train_loss"], entry["val_mae_px"], entry["val_rmse_px"],
+                    entry["minutes"])
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({k: v.cpu() for k, v in model.state_dict().items()}, out_path)
+    return running, data_seconds
 
 
 def _textured(blurred: torch.Tensor) -> torch.Tensor:
