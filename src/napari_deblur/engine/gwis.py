@@ -128,11 +128,11 @@ logger = logging.getLogger(__name__)
 # Oracle study on the TRAINING split only (Gaussian/disk/ring blur, levels 0.5..6, noise variance
 # 0..10 on a 0..255 scale, best warp scale by SSIM per case, least-squares line through the picks
 # on relative errors, 283 cases), re-run with the coarse-grid field: benchmarks/gwis_oracle_study.py ->
-# benchmarks/results/gwis_oracle_study.md, "warp scale = 2.704 * level + -0.630 px" (before the
-# coarse grid: 2.739, -0.651). Per type the slopes differ (Gaussian 1.96, disk 2.99, ring 3.12);
-# one line serves all. Levels below ~0.23 px give no warp.
-WARP_SCALE_SLOPE = 2.70
-WARP_SCALE_OFFSET = -0.63
+# benchmarks/results/gwis_oracle_study.md, "warp scale = 2.720 * level + -0.642 px" (before the
+# coarse grid: 2.739, -0.651). Per type the slopes differ (see that file); one line serves all.
+# Levels below ~0.24 px give no warp.
+WARP_SCALE_SLOPE = 2.72
+WARP_SCALE_OFFSET = -0.64
 #: Warp scales are clipped to this many pixels (the window grows with the square of the scale).
 MAX_WARP_SCALE = 16.0
 #: Edge points with a smaller warp scale do not warp (blur level ~0: nothing to sharpen).
@@ -837,8 +837,9 @@ def _upsample_inverse(sign_part: torch.Tensor, linear: torch.Tensor, distance: t
     bilinearly, which cannot fold when the coarse map does not (:func:`_cell_jacobian_min`).
     At the grid nodes both equal the coarse inverse (times ``factor``).
 
-    Returns the fine inverse ``(B, 2, H, W)`` (px) and ``extra`` (coarse, ``(B, 1, h, w)``)
-    interpolated bilinearly in the same pass.
+    Returns the fine inverse ``(B, 2, H, W)`` (px), ``extra`` (coarse, ``(B, 1, h, w)``)
+    interpolated bilinearly in the same pass, and whether the fine inverse was checked to
+    keep the pixel grid's order.
     """
     factor = grid.factor
     unsigned = sign_part * torch.sign(distance)
@@ -858,20 +859,25 @@ def _upsample_inverse(sign_part: torch.Tensor, linear: torch.Tensor, distance: t
 
     for _ in range(MAX_JUMP_ROUNDS):
         if not bool(clean.any()):
-            return plain, extra
+            return plain, extra, False
         cell_rows = cell_of(0, cells_h)
         cell_cols = cell_of(1, cells_w)
         in_clean = clean[:, :, cell_rows][..., cell_cols]
         fine = torch.where(in_clean, jump, plain)
         folded = _jacobian(fine) <= MIN_JACOBIAN
         if not bool(folded.any()):
-            return fine, extra
-        # Interpolate plainly in every cell that holds a corner of a folded pixel cell.
+            return fine, extra, True
+        # Interpolate plainly in every cell that holds a corner of a folded pixel cell, and in
+        # the cells around those (fewer rounds).
         b, _, y, x = torch.nonzero(folded, as_tuple=True)
         for dy in (0, 1):
             for dx in (0, 1):
-                clean[b, 0, cell_rows[y + dy], cell_cols[x + dx]] = False
-    return plain, extra
+                rows, cols = cell_rows[y + dy], cell_cols[x + dx]
+                for ny in (-1, 0, 1):
+                    for nx in (-1, 0, 1):
+                        clean[b, 0, (rows + ny).clamp(0, cells_h - 1),
+                              (cols + nx).clamp(0, cells_w - 1)] = False
+    return plain, extra, False
 
 
 def field_from_edges(edges: EdgePoints, shape: tuple[int, int, int], *,
@@ -917,10 +923,11 @@ def field_from_edges(edges: EdgePoints, shape: tuple[int, int, int], *,
     inverse = sign_part - (2.0 / 3.0) * linear
     # The fold guard on the coarse grid, for whole cells: the interpolated map keeps its order.
     fade = coverage * _unfold_factor(coverage * inverse, whole_cells=True)
-    inverse, fine_coverage = _upsample_inverse(fade * sign_part, fade * linear, distance, grid,
-                                               extra=coverage)
-    # A pixel cell that straddles two grid cells (fractional spacing) can still fold, rarely.
-    inverse = _unfold(inverse)
+    inverse, fine_coverage, checked = _upsample_inverse(fade * sign_part, fade * linear, distance,
+                                                        grid, extra=coverage)
+    if not checked:
+        # A pixel cell that straddles two grid cells (fractional spacing) can still fold, rarely.
+        inverse = _unfold(inverse)
     forward = None
     if with_forward:
         forward = _upsample(coverage * totals[:, 4:6] / safe_w, grid) * grid.factor
