@@ -115,7 +115,7 @@ def train_wiener_net(config: WienerNetTrainingConfig, out_path: Path) -> WienerN
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimiser, max_lr=config.learning_rate, total_steps=config.steps, pct_start=0.05)
     started = time.perf_counter()
-    running = 0.0
+    running, logged_step = 0.0, 0
     for step in range(1, config.steps + 1):
         sharp, blurred, kernels = batches.draw()
         restored, _ = restore_batch(model, blurred, kernels, snrs)
@@ -128,9 +128,9 @@ def train_wiener_net(config: WienerNetTrainingConfig, out_path: Path) -> WienerN
         running += float(loss.detach())
         if step % config.log_every == 0 or step == config.steps:
             entry = evaluate(model, validation, snrs)
-            entry.update(step=step, train_loss=running / config.log_every,
+            entry.update(step=step, train_loss=running / (step - logged_step),
                          minutes=(time.perf_counter() - started) / 60)
-            running = 0.0
+            running, logged_step = 0.0, step
             config.history.append(entry)
             logger.info("step %d: train loss %.4f, val PSNR net %.2f / base %.2f / blurred %.2f",
                         step, entry["train_loss"], entry["psnr_net"], entry["psnr_base"],
