@@ -1,0 +1,212 @@
+"""Blur-map estimator: API contract with the shipped weights, units, stacks and colour, tiling, bad input.
+
+Nothing is trained here; quality is measured in ``benchmarks/blur_map_benchmark.py``.
+The unit checks below only ask that a known uniform Gaussian blur is read
+back in pixels within a generous tolerance, on a train-split photo.
+"""
+
+import numpy as np
+import pytest
+import torch
+from scipy.ndimage import gaussian_filter
+from skimage import data
+
+from napari_deblur.engine import (
+    BLUR_CLASS_EDGES,
+    blur_classes,
+    estimate_blur_map,
+    iter_estimate_blur_map,
+    psf_blur_level,
+    run_job,
+    sharpen_gwis,
+)
+from napari_deblur.engine import blur_map as bm
+from napari_deblur.engine.training import blur_map as tbm
+
+
+@pytest.fixture(scope="module")
+def photo():
+    """A 192x192 grayscale crop of the astronaut (train split), float32 in [0, 1]."""
+    return data.astronaut()[..., 1].astype(np.float32)[40:232, 150:342] / 255.0
+
+
+def blurred(image, sigma, noise=1.0 / 255, seed=0):
+    out = gaussian_filter(image.astype(np.float64), sigma, mode="reflect")
+    out += np.random.default_rng(seed).normal(0, noise, out.shape)
+    return out.astype(np.float32)
+
+
+def textured_median(levels, image):
+    gy, gx = np.gradient(gaussian_filter(image.astype(np.float64), 1.0))
+    magnitude = np.hypot(gx, gy)
+    return float(np.median(levels[magnitude >= np.median(magnitude)]))
+
+
+def test_shipped_weights_load_strictly_and_are_compact():
+    model = bm.load_blur_map_net(torch.device("cpu"))
+    assert isinstance(model, bm.BlurMapNet) and not model.training
+    assert sum(p.numel() for p in model.parameters()) < 1_000_000
+
+
+def test_paper_network_has_the_published_layers():
+    layers = [m for m in bm.PaperBlurNet().layers if isinstance(m, torch.nn.Conv2d)]
+    assert [tuple(m.weight.shape) for m in layers] == [
+        (32, 1, 5, 5), (32, 32, 5, 5), (64, 32, 11, 11), (17, 64, 1, 1), (1, 17, 1, 1)]
+    assert any(isinstance(m, torch.nn.MaxPool2d) for m in bm.PaperBlurNet().layers)
+
+
+@pytest.mark.parametrize("sigma", [1.0, 2.0, 3.5])
+def test_a_known_gaussian_blur_is_read_back_in_pixels(photo, sigma):
+    image = blurred(photo, sigma)
+    levels = estimate_blur_map(image)
+    assert levels.shape == image.shape and levels.dtype == np.float32
+    assert levels.min() >= 0 and np.isfinite(levels).all()
+    assert textured_median(levels, image) == pytest.approx(sigma, rel=0.3)
+
+
+def test_the_map_follows_blur_that_changes_across_the_image(photo):
+    left = blurred(photo, 0.6)
+    right = blurred(photo, 3.0)
+    image = np.concatenate([left[:, :96], right[:, 96:]], axis=1)
+    levels = estimate_blur_map(image)
+    assert np.median(levels[:, 8:80]) < 1.2
+    assert np.median(levels[:, 112:184]) > 2.0
+
+
+def test_intensity_scale_and_dtype_do_not_change_the_map(photo):
+    image = blurred(photo, 2.0)
+    as_uint16 = np.clip(image * 4000 + 100, 0, None).astype(np.uint16)
+    np.testing.assert_allclose(estimate_blur_map(as_uint16),
+                               estimate_blur_map(as_uint16.astype(np.float32) / 4000), atol=0.05)
+
+
+def test_colour_uses_the_luminance_and_stacks_go_plane_by_plane(photo):
+    image = blurred(photo, 1.5)
+    rgb = np.stack([image, image, image], axis=-1)
+    np.testing.assert_allclose(estimate_blur_map(rgb, channel_axis=-1), estimate_blur_map(image),
+                               atol=1e-3)
+    stack = np.stack([image, blurred(photo, 3.0)])
+    levels = estimate_blur_map(stack)
+    assert levels.shape == stack.shape
+    for z in range(2):
+        np.testing.assert_allclose(levels[z], estimate_blur_map(stack[z]), atol=1e-4)
+    rgb_stack = np.stack([rgb, rgb[:, ::-1]])
+    assert estimate_blur_map(rgb_stack, channel_axis=-1).shape == (2, 192, 192)
+    five_d = image[None, None, None, :64, :64]
+    assert estimate_blur_map(five_d).shape == five_d.shape
+
+
+def test_tiles_join_without_seams(photo, monkeypatch):
+    image = blurred(photo, 2.0)
+    whole = estimate_blur_map(image)
+    monkeypatch.setattr(bm, "TILE_SIZE", 64)
+    monkeypatch.setattr(bm, "TILE_HALO", 64)
+    monkeypatch.setattr(bm, "TILE_BLEND", 32)
+    tiled = estimate_blur_map(image)
+    assert np.abs(tiled - whole).max() < 0.1
+    assert np.abs(tiled - whole).mean() < 0.02  # halo half the shipped one: small differences
+
+
+def test_odd_and_tiny_sizes():
+    rng = np.random.default_rng(1)
+    for shape in [(37, 53), (2, 2), (5, 300)]:
+        levels = estimate_blur_map(rng.uniform(0, 1, shape))
+        assert levels.shape == shape and np.isfinite(levels).all()
+    assert np.isfinite(estimate_blur_map(np.zeros((20, 20)))).all()  # flat: no edge, no NaN
+
+
+def test_generator_twin_reports_progress_and_gives_the_same_result(photo):
+    image = blurred(photo, 1.0)
+    updates = []
+    result = run_job(iter_estimate_blur_map(image), progress=updates.append)
+    assert updates and updates[-1].fraction == pytest.approx(1.0)
+    np.testing.assert_array_equal(result, estimate_blur_map(image))
+
+
+def test_input_is_not_modified(photo):
+    image = blurred(photo, 1.0)
+    before = image.copy()
+    estimate_blur_map(image)
+    np.testing.assert_array_equal(image, before)
+
+
+def test_the_map_drives_gwis_in_the_same_units(photo):
+    image = blurred(photo, 2.5)
+    sharpened = sharpen_gwis(image, estimate_blur_map(image))
+    assert sharpened.shape == image.shape and np.isfinite(sharpened).all()
+    gy, gx = np.gradient(sharpened[16:-16, 16:-16].astype(np.float64))
+    hy, hx = np.gradient(image[16:-16, 16:-16].astype(np.float64))
+    assert np.mean(gx**2 + gy**2) > np.mean(hx**2 + hy**2)
+    rgb = np.stack([image, image, image], axis=-1)
+    assert sharpen_gwis(rgb, estimate_blur_map(rgb, channel_axis=-1), channel_axis=-1).shape == rgb.shape
+
+
+@pytest.mark.parametrize(
+    ("image", "error", "match"),
+    [
+        (np.zeros((0, 10)), ValueError, "empty"),
+        (np.full((16, 16), np.nan), ValueError, "NaN"),
+        (np.ones((16, 16)) * 1j, ValueError, "complex"),
+        (np.ones((1, 1)), ValueError, "at least"),
+        (np.ones(16), ValueError, "dimensions"),
+        (np.array([["a", "b"], ["c", "d"]]), TypeError, "number"),
+        (None, TypeError, "None"),
+    ],
+)
+def test_bad_input_raises_a_clear_error(image, error, match):
+    with pytest.raises(error, match=match):
+        estimate_blur_map(image)
+
+
+def test_bad_channel_axis_raises():
+    with pytest.raises(ValueError, match="channel_axis"):
+        estimate_blur_map(np.ones((8, 8)), channel_axis=-1)
+
+
+def test_blur_classes_bin_at_the_documented_edges():
+    levels = np.array([0.0, 0.49, 0.5, 0.99, 1.0, 1.99, 2.0, 3.99, 4.0, 7.0], np.float32)
+    assert blur_classes(levels).tolist() == [1, 1, 2, 2, 3, 3, 4, 4, 5, 5]
+    assert BLUR_CLASS_EDGES[0] == 0 and len(BLUR_CLASS_EDGES) == len(bm.BLUR_CLASS_NAMES) + 1
+    with pytest.raises(ValueError, match="increasing"):
+        blur_classes(levels, edges=(0.0, 2.0, 1.0))
+
+
+# --- training data (no training) -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", tbm.BLUR_KINDS)
+def test_calibrated_kernels_measure_their_level(kind):
+    for level in (0.3, 1.25, 6.0):
+        psf, measured = tbm.calibrated_psf(kind, level)
+        assert measured == pytest.approx(psf_blur_level(psf))
+        assert measured == pytest.approx(level, abs=0.03)
+
+
+def test_training_batches_are_seeded_and_labelled_within_range():
+    config = tbm.BlurMapTrainingConfig(batch=3, patch=32, n_dead_leaves=1)
+    first = tbm.BlurMapBatches(config, 5, torch.device("cpu")).draw()
+    again = tbm.BlurMapBatches(config, 5, torch.device("cpu")).draw()
+    features, levels, _ = first
+    assert features.shape == (3, 2, 32, 32) and levels.shape == (3, 1, 32, 32)
+    assert 0 <= float(levels.min()) and float(levels.max()) <= tbm.MAX_TRAIN_LEVEL + 0.02
+    torch.testing.assert_close(features, again[0])
+    torch.testing.assert_close(levels, again[1])
+
+
+def test_level_stack_mixture_has_the_exact_level():
+    """Mixing the kernels of two grid levels with the squared-level weight gives the target level."""
+    lo_psf, lo = tbm.calibrated_psf("disk", 2.0)
+    hi_psf, hi = tbm.calibrated_psf("disk", 2.5)
+    size = max(lo_psf.shape[0], hi_psf.shape[0])
+    pad = [(np.pad(k, (size - k.shape[0]) // 2)) for k in (lo_psf, hi_psf)]
+    target = 2.2
+    w = (target**2 - lo**2) / (hi**2 - lo**2)
+    assert psf_blur_level((1 - w) * pad[0] + w * pad[1]) == pytest.approx(target, abs=1e-3)
+
+
+def test_level_maps_cover_every_kind_within_range():
+    maps = tbm.LevelMaps(48, np.random.default_rng(0))
+    for kind in tbm.MAP_KINDS:
+        level_map = maps.draw(kind)
+        assert level_map.shape == (48, 48)
+        assert level_map.min() >= -1e-6 and level_map.max() <= tbm.MAX_TRAIN_LEVEL + 1e-6
