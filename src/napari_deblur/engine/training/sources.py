@@ -43,7 +43,7 @@ def train_split_images(min_size: int = 0) -> list[np.ndarray]:
     for name in TRAIN_SPLIT:
         try:
             image = grey_float(getattr(skimage.data, name)())
-        except Exception as error:  # a missing optional download (motorcycle_*) is skipped
+        except (AttributeError, OSError, ValueError) as error:  # absent or not downloaded: skipped
             logger.info("train image %s unavailable (%s); skipped", name, error)
             continue
         if min(image.shape) < min_size:
