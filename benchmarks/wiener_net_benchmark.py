@@ -196,9 +196,16 @@ def main(argv=None) -> int:
     parser.add_argument("--kernel-sets", nargs="*", default=["levin", "usrnet"],
                         choices=sorted(wc.KERNEL_SETS))
     parser.add_argument("--no-speed", action="store_true")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch CPU threads (0: torch's default); RL is single-threaded either way")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     from napari_deblur import engine
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
 
     command = ed.command_line("benchmarks/wiener_net_benchmark.py", argv)
     header = [
@@ -232,11 +239,14 @@ def main(argv=None) -> int:
     md_path = args.results_dir / f"{stem}.md"
     md_path.write_text("# Wiener-net vs tuned classical deconvolution (protocol 3)\n\n"
                        + "\n".join(header) + "\n" + "\n".join(sections))
+    if not all_rows:
+        print(f"Wrote {md_path}")
+        return 0
     csv_path = args.results_dir / f"{stem}.csv"
     with csv_path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(all_rows[0]) if all_rows else ["none"])
+        writer = csv.DictWriter(f, fieldnames=list(all_rows[0]))
         writer.writeheader()
-        for row in all_rows if all_rows else []:
+        for row in all_rows:
             writer.writerow({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in row.items()})
     print(f"Wrote {md_path} and {csv_path}")
     return 0
