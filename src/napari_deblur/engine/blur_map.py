@@ -92,6 +92,9 @@ RANGE_FLOOR = 0.01
 """... or this fraction of the plane's intensity range, whichever is larger."""
 
 INPUT_CLIP = 6.0
+
+INITIAL_TARGET = 1.5
+"""Initial bias of :class:`PaperBlurNet`'s output: about the mean training target."""
 """Normalised inputs are clipped to +-this."""
 
 WIDTHS = (24, 32, 48, 64)
@@ -181,6 +184,10 @@ class PaperBlurNet(nn.Module):
             nn.Conv2d(64, 17, 1), nn.ReLU(inplace=True),
             nn.Conv2d(17, 1, 1), nn.ReLU(inplace=True),
         )
+        # Start the last two layers in their active range: with default initialisation the
+        # final ReLU can output 0 everywhere from the first steps on (no gradient: a dead net).
+        nn.init.constant_(self.layers[-4].bias, 0.1)
+        nn.init.constant_(self.layers[-2].bias, INITIAL_TARGET)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.layers(features[:, :1])
