@@ -55,7 +55,6 @@ from __future__ import annotations
 
 import math
 from functools import lru_cache
-from importlib import resources
 
 import numpy as np
 import torch
@@ -66,6 +65,7 @@ from .devices import select_device
 from .gwis import estimate_noise_std, luminance
 from .jobs import JobProgress, JobSteps, run_job
 from .planes import PlaneLayout, iter_planewise
+from .shipped_weights import load_shipped_model
 from .tiling import iter_tiled
 from .validation import as_float_image
 
@@ -74,6 +74,8 @@ WEIGHTS_FILE = "blur_map.pt"
 
 BASELINE_WEIGHTS_FILE = "blur_map_paper.pt"
 """Weights of :class:`PaperBlurNet` trained on the same data (for the benchmark)."""
+
+RETRAIN_COMMAND = "python -m napari_deblur.engine.train blurmap"
 
 LEVEL_OFFSET = 0.5
 """The network predicts ``log(1 + level / LEVEL_OFFSET)``."""
@@ -300,29 +302,17 @@ def predict_log_level(model: nn.Module, features: torch.Tensor) -> torch.Tensor:
     return full[..., :height, :width].contiguous()
 
 
-def _load(model: nn.Module, filename: str, device: torch.device) -> nn.Module:
-    weights = resources.files("napari_deblur.engine").joinpath("models", filename)
-    with resources.as_file(weights) as path:
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"The blur-map weights {filename} are missing from the package; reinstall "
-                f"napari-deblur or retrain with `python -m napari_deblur.engine.train blurmap`."
-            )
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    model.load_state_dict(state, strict=True)
-    return model.to(device, memory_format=torch.channels_last).eval()
-
-
 @lru_cache(maxsize=4)
 def load_blur_map_net(device: torch.device) -> BlurMapNet:
     """The shipped :class:`BlurMapNet` on ``device``, in eval mode (loaded once per device)."""
-    return _load(BlurMapNet(), WEIGHTS_FILE, device)
+    return load_shipped_model(BlurMapNet(), WEIGHTS_FILE, device, RETRAIN_COMMAND)
 
 
 @lru_cache(maxsize=4)
 def load_paper_blur_net(device: torch.device) -> PaperBlurNet:
     """:class:`PaperBlurNet` trained on the same data (for comparison), in eval mode."""
-    return _load(PaperBlurNet(), BASELINE_WEIGHTS_FILE, device)
+    return load_shipped_model(PaperBlurNet(), BASELINE_WEIGHTS_FILE, device,
+                              RETRAIN_COMMAND + " --baseline")
 
 
 def _blur_map_plane_steps(model: nn.Module):

@@ -42,7 +42,6 @@ Ronneberger, Fischer, Brox, "U-Net", MICCAI 2015.
 from __future__ import annotations
 
 from functools import lru_cache
-from importlib import resources
 
 import numpy as np
 import torch
@@ -53,6 +52,7 @@ from .devices import select_device
 from .gwis import estimate_noise_std
 from .jobs import JobProgress, JobSteps, run_job
 from .planes import PlaneLayout, iter_planewise
+from .shipped_weights import load_shipped_model
 from .tiling import iter_tiled
 from .validation import as_float_image, as_psf
 from .wiener import WIENER_STACK_SNRS_DB, wiener_filter
@@ -202,12 +202,8 @@ def wiener_net_restore(model: WienerNet, y: torch.Tensor, kernel: torch.Tensor,
 @lru_cache(maxsize=4)
 def load_wiener_net(device: torch.device) -> WienerNet:
     """The shipped model on ``device``, in eval mode (loaded once per device)."""
-    model = WienerNet()
-    weights = resources.files("napari_deblur.engine").joinpath("models", WEIGHTS_FILE)
-    with resources.as_file(weights) as path:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    model.load_state_dict(state, strict=True)
-    return model.to(device, memory_format=torch.channels_last).eval()
+    return load_shipped_model(WienerNet(), WEIGHTS_FILE, device,
+                              "python -m napari_deblur.engine.train wiener-net")
 
 
 def _wiener_net_plane_steps(model: WienerNet, snrs: torch.Tensor):
