@@ -19,11 +19,11 @@ import math
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Label
+from magicgui.widgets import CheckBox, Label
 
 from napari_deblur._widgets.job_runner import OutputLayerSpec
 from napari_deblur._widgets.job_widget import EngineJobWidget
-from napari_deblur._widgets.layer_choices import image_choices
+from napari_deblur._widgets.layer_choices import image_input
 from napari_deblur.layer_roles import BLUR_MAP_ROLE, ROLE_KEY
 
 if TYPE_CHECKING:
@@ -82,11 +82,8 @@ class BlurMapWidget(EngineJobWidget):
 
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
         self._viewer = napari_viewer
-        self.image = ComboBox(
-            name="image",
-            label="Image",
-            choices=lambda *_: image_choices(self._viewer),
-            tooltip="Image layer to analyse (colour images: their luminance).",
+        self.image = image_input(
+            napari_viewer, "Image layer to analyse (colour images: their luminance)."
         )
         self.add_classes = CheckBox(
             name="add_classes",

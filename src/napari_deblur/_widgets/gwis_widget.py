@@ -21,7 +21,7 @@ from magicgui.widgets import ComboBox, FloatSlider
 
 from napari_deblur._widgets.job_runner import JobSelection, level0
 from napari_deblur._widgets.job_widget import EngineJobWidget
-from napari_deblur._widgets.layer_choices import blur_map_choices, image_choices
+from napari_deblur._widgets.layer_choices import blur_map_choices, image_input
 
 if TYPE_CHECKING:
     import napari
@@ -53,11 +53,8 @@ class GwisWidget(EngineJobWidget):
 
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
         self._viewer = napari_viewer
-        self.image = ComboBox(
-            name="image",
-            label="Image",
-            choices=lambda *_: image_choices(self._viewer),
-            tooltip="Image layer to sharpen (PSF layers are not listed).",
+        self.image = image_input(
+            napari_viewer, "Image layer to sharpen (PSF layers are not listed)."
         )
         self.blur_source = ComboBox(
             name="blur_source",

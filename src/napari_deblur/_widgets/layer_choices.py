@@ -21,6 +21,12 @@ def is_image_layer(layer: Any) -> bool:
     return isinstance(layer, Image)
 
 
+def image_input(viewer: Any, tooltip: str) -> ComboBox:
+    """The "Image" combo box every widget starts with, listing :func:`image_choices`."""
+    return ComboBox(name="image", label="Image", choices=lambda *_: image_choices(viewer),
+                    tooltip=tooltip)
+
+
 def _has_role(layer: Any, role: str) -> bool:
     return bool(layer.metadata) and layer.metadata.get(ROLE_KEY) == role
 

@@ -24,7 +24,7 @@ from magicgui.widgets import ComboBox, FloatSlider, FloatSpinBox
 
 from napari_deblur._widgets.job_runner import JobSelection, level0
 from napari_deblur._widgets.job_widget import EngineJobWidget
-from napari_deblur._widgets.layer_choices import image_choices, psf_choices
+from napari_deblur._widgets.layer_choices import image_input, psf_choices
 
 if TYPE_CHECKING:
     import napari
@@ -64,11 +64,8 @@ class WienerWidget(EngineJobWidget):
 
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
         self._viewer = napari_viewer
-        self.image = ComboBox(
-            name="image",
-            label="Image",
-            choices=self._image_choices,
-            tooltip="Image layer to sharpen (PSF layers are not listed).",
+        self.image = image_input(
+            napari_viewer, "Image layer to sharpen (PSF layers are not listed)."
         )
         self.method = ComboBox(
             name="method",
@@ -154,9 +151,6 @@ class WienerWidget(EngineJobWidget):
         )
 
     # ---------------------------------------------------------------- choices
-    def _image_choices(self, *_: Any) -> list[tuple[str, Any]]:
-        return image_choices(self._viewer)
-
     def _psf_choices(self, *_: Any) -> list[tuple[str, Any]]:
         return psf_choices(self._viewer)
 
