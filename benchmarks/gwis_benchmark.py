@@ -246,11 +246,10 @@ def speed_section(engine, pairs) -> str:
         f"`sharpen_gwis` and `richardson_lucy(num_iter=30, clip=False)` with the same Gaussian PSF, "
         f"called alternately {pairs} times each after one warm-up call; ratio = median GWIS time / "
         "median RL time in the same run (bar: <= 0.5; lower is faster). GWIS with torch's default "
-        f"threads ({threads}) and with 1 thread (RL runs single-threaded in both). The machine was "
-        f"shared (load average at the start {load} on {os.cpu_count()} CPUs): with more runnable "
-        "threads than cores, torch's multi-threaded kernels wait for each other at every small "
-        "operation, so the default-threads column is inflated by the other load; the 1-thread "
-        "column is not.",
+        f"threads ({threads}) and with 1 thread (RL runs single-threaded in both). Load average "
+        f"at the start: {load} on {os.cpu_count()} CPUs (with other load, torch's multi-threaded "
+        "kernels wait for each other at every small operation and the default-threads column "
+        "inflates; the 1-thread column much less).",
         "",
         "| blur level (px) | warp scale (px) | field grid step (px) | edge points | "
         f"GWIS / RL(30), {threads} threads | GWIS / RL(30), 1 thread | GWIS time, 1 thread (s) |",

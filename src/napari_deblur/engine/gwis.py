@@ -59,8 +59,9 @@ images only (``benchmarks/gwis_oracle_study.py``, output
 points) x (band area), and the band area grows with ``sigma_p^2``. Where the
 smallest warp scale among the edge points exceeds ``COARSE_WARP_SCALE`` (4 px),
 the field is computed on a grid of spacing ``f = sigma_p / COARSE_WARP_SCALE``
-px (fractional; nodes at global pixel multiples of ``f``, so tiles share them),
-on which every warp scale spans ``COARSE_WARP_SCALE`` steps:
+px, at least ``MIN_COARSE_SPACING`` (fractional; nodes at global pixel multiples
+of ``f``, so tiles share them), on which every warp scale spans up to
+``COARSE_WARP_SCALE`` steps:
 
 1. edges are found on the pixel grid as above (sub-pixel positions kept);
    per block of ``THIN_SPACING x THIN_SPACING`` nodes the strongest point is
@@ -157,6 +158,12 @@ MIN_JACOBIAN = 0.05
 #: training images: 3.5 lost about 0.07 dB of PSNR gain against the pixel-grid field at levels
 #: 2-3, 4 at most about 0.05; larger values cost more time (cubically).
 COARSE_WARP_SCALE = 4.0
+#: Smallest spacing (px) of a coarse grid. Just above COARSE_WARP_SCALE a grid of spacing
+#: sigma_p / COARSE_WARP_SCALE (about 1.2 px) has nearly as many nodes as the plane has
+#: pixels and costs more than it saves (upsampling and restoring the jumps come on top): a
+#: 1-MP plane at level 2 took 0.92 s with spacing 1.2 and 0.52 s with 1.5 (1 thread). Warp
+#: scales of 4-6 px then span 2.7-4 steps instead of 4 (quality: benchmarks/results/gwis_benchmark.md).
+MIN_COARSE_SPACING = 1.5
 #: On the coarse grid one edge point per THIN_SPACING x THIN_SPACING nodes is kept (standing
 #: for THIN_SPACING points along its edge): the perpendicular Gaussian of a band spans
 #: COARSE_WARP_SCALE nodes, so its sum over points this far apart hardly changes.
