@@ -64,6 +64,7 @@ from torch import nn
 from .devices import select_device
 from .gwis import estimate_noise_std, luminance
 from .jobs import JobProgress, JobSteps, run_job
+from .lazy import is_dask_array, lazy_planewise
 from .planes import PlaneLayout, iter_planewise
 from .shipped_weights import load_shipped_model
 from .tiling import iter_tiled
@@ -425,7 +426,15 @@ def estimate_blur_map(image, *, channel_axis: int | None = None, device=None,
     about 100 px). Trained on Gaussian, disk and ring blur of 0..6 px with
     noise up to about 1.2 % of the range; motion blur is outside its
     training. See the module docstring.
+
+    A dask array ``image`` gives a lazy dask array at once, computed plane by
+    plane with this same function (:mod:`napari_deblur.engine.lazy`); each
+    worker process loads the network once per device.
     """
+    if is_dask_array(image):
+        return lazy_planewise(
+            lambda block, _plane: estimate_blur_map(block, channel_axis=channel_axis, device=device),
+            image, channel_axis=channel_axis, drop_channels=True)
     return run_job(iter_estimate_blur_map(image, channel_axis=channel_axis, device=device),
                    progress, cancel)
 

@@ -8,6 +8,7 @@ import torch
 from .devices import select_device
 from .fourier import kernel_to_otf, symmetric_pad
 from .jobs import JobProgress, JobSteps, run_job
+from .lazy import is_dask_array, lazy_with_psf
 from .planes import PlaneLayout, iter_planewise
 from .validation import as_float_image, as_psf
 
@@ -68,5 +69,10 @@ def blur(image, psf, *, channel_axis: int | None = None, device=None) -> np.ndar
     ValueError
         For empty, complex or non-finite input, a bad PSF, or a PSF larger
         than the image plane.
+
+    A dask array ``image`` gives a lazy dask array, plane by plane
+    (:mod:`napari_deblur.engine.lazy`).
     """
+    if is_dask_array(image):
+        return lazy_with_psf(blur, image, psf, channel_axis=channel_axis, device=device)
     return run_job(iter_blur(image, psf, channel_axis=channel_axis, device=device))

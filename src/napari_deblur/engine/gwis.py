@@ -119,6 +119,7 @@ import torch.nn.functional as F
 
 from .devices import select_device
 from .jobs import JobProgress, JobSteps, run_job
+from .lazy import is_dask_array, lazy_layout, lazy_planewise
 from .planes import PlaneLayout, iter_planewise
 from .tiling import iter_tiled
 from .validation import as_float_image
@@ -712,12 +713,14 @@ def gwis_field(
 def coarse_factor(warp_scale: float) -> float:
     """Grid spacing (px) of the field for edge points of warp scale ``warp_scale`` (px).
 
-    ``max(1, warp_scale / COARSE_WARP_SCALE)``: the warp scale spans ``COARSE_WARP_SCALE``
-    grid steps (or ``warp_scale`` pixels below that; spacing 1 is the pixel grid).
+    1 (the pixel grid) up to a warp scale of ``COARSE_WARP_SCALE`` px, above it
+    ``max(warp_scale / COARSE_WARP_SCALE, MIN_COARSE_SPACING)``: the warp scale spans
+    ``COARSE_WARP_SCALE`` grid steps, or fewer just above the switch, where a grid barely
+    coarser than the pixels would cost more than it saves.
     """
     if not math.isfinite(warp_scale) or warp_scale <= COARSE_WARP_SCALE:
         return 1.0
-    return warp_scale / COARSE_WARP_SCALE
+    return max(warp_scale / COARSE_WARP_SCALE, MIN_COARSE_SPACING)
 
 
 def thin_to_grid(edges: EdgePoints, grid: CoarseGrid, batch: int, spacing: int = 1) -> EdgePoints:
@@ -1124,6 +1127,9 @@ def sharpen_gwis(
     numpy.ndarray, float32, same shape as ``image``, in the input's intensity
     scale. Every value lies between the minimum and maximum of the input
     within ``1.5 * sigma_p + 1`` pixels (it is a bilinear resampling).
+    A dask array ``image`` (and/or ``blur`` map) gives a lazy dask array at
+    once, computed plane by plane with this same function
+    (:mod:`napari_deblur.engine.lazy`).
 
     Raises
     ------
@@ -1145,9 +1151,24 @@ def sharpen_gwis(
     ----------
     Nasonov, Krylov & Lyukov (2019), sections 2.1-2.2; Nasonova & Krylov (2015).
     """
+    if is_dask_array(image):
+        return _lazy_sharpen_gwis(image, blur, channel_axis=channel_axis, device=device)
     return run_job(
         iter_sharpen_gwis(image, blur, channel_axis=channel_axis, device=device), progress, cancel
     )
+
+
+def _lazy_sharpen_gwis(image, blur, *, channel_axis, device):
+    layout = lazy_layout(image, channel_axis)
+    if is_dask_array(blur) or np.ndim(blur) > 0:
+        return lazy_planewise(
+            lambda block, _plane, levels: sharpen_gwis(block, levels, channel_axis=channel_axis,
+                                                       device=device),
+            image, channel_axis=channel_axis, per_plane=blur)
+    level = _check_blur(blur, layout)
+    return lazy_planewise(
+        lambda block, _plane: sharpen_gwis(block, level, channel_axis=channel_axis, device=device),
+        image, channel_axis=channel_axis)
 
 
 def gwis_field_of(image, blur, *, channel_axis: int | None = None, device=None) -> GwisField:

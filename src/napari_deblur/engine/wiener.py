@@ -38,6 +38,7 @@ import torch
 from .devices import is_out_of_memory, release_cached_memory, select_device
 from .fourier import fast_fft_length, kernel_to_otf, taper_pad
 from .jobs import JobProgress, JobSteps, run_job
+from .lazy import is_dask_array, lazy_with_psf
 from .planes import PlaneLayout, iter_planewise
 from .tiling import iter_tiled
 from .validation import as_float_image, as_psf
@@ -279,7 +280,15 @@ def wiener_deconvolve(
     ValueError
         For empty, complex or non-finite input, a bad PSF or one larger than
         the image plane, or an unavailable device.
+
+    Notes
+    -----
+    A dask array ``image`` gives a lazy dask array at once, computed plane by
+    plane with this same function (:mod:`napari_deblur.engine.lazy`).
     """
+    if is_dask_array(image):
+        return lazy_with_psf(wiener_deconvolve, image, psf, channel_axis=channel_axis,
+                             snr_db=snr_db, device=device, boundary=boundary)
     return run_job(
         iter_wiener_deconvolve(
             image, psf, snr_db=snr_db, channel_axis=channel_axis, device=device, boundary=boundary

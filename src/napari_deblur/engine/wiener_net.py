@@ -51,6 +51,7 @@ from torch import nn
 from .devices import select_device
 from .gwis import estimate_noise_std
 from .jobs import JobProgress, JobSteps, run_job
+from .lazy import is_dask_array, lazy_with_psf
 from .planes import PlaneLayout, iter_planewise
 from .shipped_weights import load_shipped_model
 from .tiling import iter_tiled
@@ -271,7 +272,16 @@ def wiener_net_deconvolve(image, psf, *, channel_axis: int | None = None, device
         For empty, complex or non-finite input, a bad PSF, a PSF larger than
         the plane, a 3D PSF whose depth matches no axis, or an unavailable
         device.
+
+    Notes
+    -----
+    A dask array ``image`` gives a lazy dask array at once, computed plane by
+    plane with this same function (:mod:`napari_deblur.engine.lazy`); each
+    worker process loads the network once per device.
     """
+    if is_dask_array(image):
+        return lazy_with_psf(wiener_net_deconvolve, image, psf, channel_axis=channel_axis,
+                             device=device)
     return run_job(
         iter_wiener_net_deconvolve(image, psf, channel_axis=channel_axis, device=device),
         progress,
