@@ -1,4 +1,4 @@
-"""The ``napari-deblur`` command line: help, the demo without a GUI, batch Wiener."""
+"""The ``napari-deblur`` command line: help, the demo without a GUI, ``run`` on files and stacks."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ def test_help_lists_commands_without_heavy_imports():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
-    assert "demo" in done.stdout and "batch" in done.stdout
+    assert "demo" in done.stdout and "run" in done.stdout
     assert "HEAVY []" in done.stdout
 
 
@@ -51,10 +51,11 @@ def test_installed_script_help():
 
 def test_subcommand_help(capsys):
     with pytest.raises(SystemExit) as exc:
-        main(["batch", "wiener", "--help"])
+        main(["run", "--help"])
     assert exc.value.code == 0
     out = capsys.readouterr().out
-    assert "--psf" in out and "--snr-db" in out and "--output-dir" in out
+    for option in ("--psf", "--snr-db", "--output-dir", "--blur", "--device", "--scheduler", "--workers"):
+        assert option in out
 
 
 def test_demo_lists_match_the_manifest():
@@ -151,7 +152,7 @@ def test_unknown_sample_is_rejected():
         demo.demo_panels("nope")
 
 
-# --------------------------------------------------------------------------- batch wiener
+# --------------------------------------------------------------------------- run METHOD
 
 
 def _gaussian_psf(sigma: float = 1.5, size: int = 9) -> np.ndarray:
@@ -179,7 +180,21 @@ def psf_file(tmp_path):
     return path
 
 
-def test_batch_wiener_restores_tif_and_npy(tmp_path, psf_file, blurred_pair, capsys):
+@pytest.fixture(scope="module")
+def edge_stack():
+    """(3, 48, 56) float32 stack of blurred random blobs."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(1)
+    sharp = (rng.random((3, 48, 56)) > 0.5).astype(np.float32)
+    return ndimage.gaussian_filter(sharp, (0, 1.5, 1.5)).astype(np.float32)
+
+
+def _no_partial_files(folder: Path) -> bool:
+    return not any(p.name.endswith(".partial") for p in folder.iterdir())
+
+
+def test_run_wiener_restores_tif_and_npy(tmp_path, psf_file, blurred_pair, capsys):
     sharp, blurred = blurred_pair
     tif = tmp_path / "cells.tif"
     tifffile.imwrite(tif, blurred.astype(np.float32))
@@ -187,8 +202,8 @@ def test_batch_wiener_restores_tif_and_npy(tmp_path, psf_file, blurred_pair, cap
     np.save(npy, blurred)
     out_dir = tmp_path / "out"
 
-    status = main(["batch", "wiener", "--psf", str(psf_file), "--snr-db", "40",
-                   str(tif), str(npy), "--output-dir", str(out_dir)])
+    status = main(["run", "wiener", "--psf", str(psf_file), "--snr-db", "40",
+                   str(tif), str(npy), "-o", str(out_dir)])
 
     assert status == 0
     outputs = [out_dir / "cells_wiener.tif", out_dir / "stack_wiener.tif"]
@@ -201,7 +216,7 @@ def test_batch_wiener_restores_tif_and_npy(tmp_path, psf_file, blurred_pair, cap
         assert error_out < 0.7 * error_in
 
 
-def test_batch_wiener_keeps_scale_of_rgb_png(tmp_path, psf_file, blurred_pair):
+def test_batch_is_the_same_command_and_keeps_the_scale_of_an_rgb_png(tmp_path, psf_file, blurred_pair):
     import skimage.io
 
     _, blurred = blurred_pair
@@ -217,6 +232,84 @@ def test_batch_wiener_keeps_scale_of_rgb_png(tmp_path, psf_file, blurred_pair):
     np.testing.assert_allclose(result[..., 0].mean(), rgb[..., 0].mean() * 255, rtol=0.02)
 
 
+def test_run_gwis_auto_on_a_zarr_stack_writes_zarr_equal_to_the_engine(tmp_path, edge_stack, capsys):
+    import zarr
+
+    from napari_deblur.engine import estimate_blur_map, sharpen_gwis
+
+    source = tmp_path / "cells.zarr"
+    zarr.save_array(str(source), edge_stack)
+    assert main(["run", "gwis", str(source), "-o", str(tmp_path / "out")]) == 0
+    result = zarr.open_array(str(tmp_path / "out" / "cells_gwis.zarr"), mode="r")[:]
+    expected = sharpen_gwis(edge_stack, estimate_blur_map(edge_stack))
+    np.testing.assert_allclose(result, expected, atol=1e-5)
+    assert "100%" in capsys.readouterr().err  # the progress bar reached its end
+
+
+def test_run_blur_map_of_a_tif_stack_and_format_option(tmp_path, edge_stack):
+    from napari_deblur.engine import estimate_blur_map
+
+    tif = tmp_path / "z.tif"
+    tifffile.imwrite(tif, edge_stack, photometric="minisblack")
+    assert main(["run", "blur-map", str(tif), "-o", str(tmp_path), "--format", "zarr"]) == 0
+    import zarr
+
+    result = zarr.open_array(str(tmp_path / "z_blur-map.zarr"), mode="r")[:]
+    np.testing.assert_allclose(result, estimate_blur_map(edge_stack), atol=1e-5)
+
+
+def test_bad_files_are_reported_one_line_each_and_the_others_still_written(tmp_path, edge_stack, capsys):
+    good = tmp_path / "good.npy"
+    np.save(good, edge_stack)
+    corrupt = tmp_path / "corrupt.tif"
+    corrupt.write_bytes(b"this is not a tiff")
+    nan = tmp_path / "nan.npy"
+    bad = edge_stack.copy()
+    bad[1, 5, 5] = np.nan
+    np.save(nan, bad)
+    out = tmp_path / "out"
+
+    status = main(["run", "gwis", "--blur", "1.5", str(corrupt), str(tmp_path / "gone.tif"), str(nan),
+                   str(good), "-o", str(out)])
+
+    assert status == 1
+    err_lines = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(err_lines) == 3
+    assert "corrupt.tif" in err_lines[0] and "gone.tif" in err_lines[1] and "does not exist" in err_lines[1]
+    assert "nan.npy" in err_lines[2] and "NaN" in err_lines[2]
+    assert sorted(p.name for p in out.iterdir()) == ["good_gwis.tif"]
+
+
+def test_ctrl_c_leaves_no_partial_output(tmp_path, edge_stack, monkeypatch, capsys):
+    from napari_deblur.engine import lazy
+
+    def interrupted(result, write, **_):
+        index = next(lazy.plane_slices(tuple(result.shape), result.chunks))
+        write(index, np.asarray(result[index]))
+        yield lazy.JobProgress(0.3, "plane 1")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(lazy, "iter_compute_planes", interrupted)
+    source = tmp_path / "s.npy"
+    np.save(source, edge_stack)
+    for fmt in ("tif", "zarr"):
+        out = tmp_path / f"out-{fmt}"
+        assert main(["run", "gwis", "--blur", "1", str(source), "-o", str(out), "--format", fmt]) == 130
+        assert list(out.iterdir()) == []
+    assert "interrupted" in capsys.readouterr().err
+
+
+def test_run_on_local_worker_processes(tmp_path, edge_stack):
+    pytest.importorskip("distributed")
+    from napari_deblur.engine import sharpen_gwis
+
+    source = tmp_path / "s.tif"
+    tifffile.imwrite(source, edge_stack, photometric="minisblack")
+    assert main(["run", "gwis", "--blur", "2", "--workers", "2", str(source), "-o", str(tmp_path)]) == 0
+    np.testing.assert_allclose(tifffile.imread(tmp_path / "s_gwis.tif"), sharpen_gwis(edge_stack, 2.0),
+                               atol=1e-5)
+
+
 def _run_expecting_error(argv, capsys) -> str:
     assert main(argv) == 2
     err = capsys.readouterr().err
@@ -224,53 +317,43 @@ def _run_expecting_error(argv, capsys) -> str:
     return err
 
 
-def test_batch_rejects_missing_psf(tmp_path, blurred_pair, capsys):
+def test_run_rejects_missing_psf(tmp_path, blurred_pair, capsys):
     tif = tmp_path / "a.tif"
     tifffile.imwrite(tif, blurred_pair[1].astype(np.float32))
     err = _run_expecting_error(
-        ["batch", "wiener", "--psf", str(tmp_path / "nope.npy"), str(tif), "--output-dir", str(tmp_path / "o")],
-        capsys,
-    )
+        ["run", "wiener", "--psf", str(tmp_path / "nope.npy"), str(tif), "-o", str(tmp_path / "o")], capsys)
     assert "nope.npy" in err and "does not exist" in err
     assert not (tmp_path / "o").exists()
+    err = _run_expecting_error(["run", "wiener-net", str(tif), "-o", str(tmp_path / "o")], capsys)
+    assert "needs a PSF" in err
 
 
-def test_batch_rejects_bad_psf(tmp_path, blurred_pair, capsys):
+def test_run_rejects_bad_psf_and_bad_blur(tmp_path, blurred_pair, capsys):
     tif = tmp_path / "a.tif"
     tifffile.imwrite(tif, blurred_pair[1].astype(np.float32))
     bad = tmp_path / "psf.npy"
     bad.write_text("not a numpy file")
-    err = _run_expecting_error(
-        ["batch", "wiener", "--psf", str(bad), str(tif), "--output-dir", str(tmp_path / "o")], capsys
-    )
+    err = _run_expecting_error(["run", "wiener", "--psf", str(bad), str(tif), "-o", str(tmp_path / "o")], capsys)
     assert "bad PSF file" in err
+    for blur in ("sharp", "-1", "nan"):
+        err = _run_expecting_error(["run", "gwis", "--blur", blur, str(tif), "-o", str(tmp_path / "o")], capsys)
+        assert "--blur" in err
 
 
-def test_batch_rejects_missing_input(tmp_path, psf_file, capsys):
-    err = _run_expecting_error(
-        ["batch", "wiener", "--psf", str(psf_file), str(tmp_path / "gone.tif"), "--output-dir", str(tmp_path)],
-        capsys,
-    )
-    assert "gone.tif" in err
-
-
-def test_batch_psf_stack_needs_an_index(tmp_path, blurred_pair, capsys):
+def test_run_psf_stack_needs_an_index(tmp_path, blurred_pair, capsys):
     tif = tmp_path / "a.tif"
     tifffile.imwrite(tif, blurred_pair[1].astype(np.float32))
     stack = tmp_path / "psfs.npy"
     np.save(stack, np.stack([_gaussian_psf(1.0), _gaussian_psf(1.5)]).astype(np.float32))
-    err = _run_expecting_error(
-        ["batch", "wiener", "--psf", str(stack), str(tif), "--output-dir", str(tmp_path / "o")], capsys
-    )
-    assert "--psf-index" in err
-    assert main(["batch", "wiener", "--psf", str(stack), "--psf-index", "2", str(tif),
-                 "--output-dir", str(tmp_path / "o")]) == 0
+    assert main(["run", "wiener", "--psf", str(stack), str(tif), "-o", str(tmp_path / "o")]) == 1
+    assert "--psf-index" in capsys.readouterr().err
+    assert _no_partial_files(tmp_path / "o") and not (tmp_path / "o" / "a_wiener.tif").exists()
+    assert main(["run", "wiener", "--psf", str(stack), "--psf-index", "2", str(tif),
+                 "-o", str(tmp_path / "o")]) == 0
     assert (tmp_path / "o" / "a_wiener.tif").is_file()
     capsys.readouterr()
     _run_expecting_error(
-        ["batch", "wiener", "--psf", str(stack), "--psf-index", "3", str(tif), "--output-dir", str(tmp_path)],
-        capsys,
-    )
+        ["run", "wiener", "--psf", str(stack), "--psf-index", "3", str(tif), "-o", str(tmp_path)], capsys)
 
 
 # --------------------------------------------------------------------------- GUI demo (Xvfb)

@@ -3,7 +3,8 @@
 Subcommands::
 
     napari-deblur demo [--sample camera_shake|defocus_ramp] [--screenshot OUT.png] [--no-gui] [--output OUT.png]
-    napari-deblur batch wiener --psf PSF_FILE [--snr-db 30] INPUTS... --output-dir DIR
+    napari-deblur run METHOD INPUT... -o OUTDIR [--psf FILE] [--blur LEVEL|auto] [--device ...]
+                      [--scheduler ADDRESS | --workers N]      ("batch" is an alias of "run")
 
 Only the standard library and numpy are imported at module level so that
 ``napari-deblur --help`` is fast; napari, torch and the engine are imported by
@@ -18,9 +19,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from napari_deblur.stack_files import STACK_INPUT_SUFFIXES
+
 PROG = "napari-deblur"
-#: Image files ``batch`` reads.
-BATCH_INPUT_EXTENSIONS = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".npy")
+#: Methods of ``run``.
+RUN_METHODS = ("gwis", "blur-map", "wiener", "wiener-net")
 
 log = logging.getLogger(__name__)
 
@@ -65,29 +68,42 @@ def build_parser() -> argparse.ArgumentParser:
                       help=f"where the figure goes without a GUI (default: ./{DEFAULT_FIGURE_NAME})")
     demo.set_defaults(handler=_run_demo)
 
-    batch = commands.add_parser("batch", help="process image files without a GUI",
-                                description="Process image files without a GUI.")
-    methods = batch.add_subparsers(dest="method", metavar="METHOD")
-    methods.required = True
-    wiener = methods.add_parser(
-        "wiener",
-        help="Wiener deconvolution with a known PSF",
+    run = commands.add_parser(
+        "run", aliases=["batch"],
+        help="sharpen or analyse image files (stacks larger than memory too) without a GUI",
         description=(
-            "Deconvolve each input with a known PSF (Wiener filter, boundary-safe) and write "
-            "<stem>_wiener.tif (float32, the input's intensity scale) into the output folder. "
-            f"Inputs: {', '.join(BATCH_INPUT_EXTENSIONS)}; RGB(A) images are processed per channel."
+            "Process each input with METHOD, plane by plane (bounded memory, also for stacks larger "
+            "than memory), and write <stem>_<METHOD>.tif (.zarr for zarr inputs or --format zarr) "
+            "into the output folder: float32, the input's intensity scale. Inputs: "
+            f"{', '.join(STACK_INPUT_SUFFIXES)}; RGB(A) images are recognised by a last axis of 3 or "
+            "4. A bad file is reported and skipped; no partial output is left behind on failure or "
+            "Ctrl-C. Exit status 0 when every file worked, 1 when some failed, 2 for usage errors."
         ),
     )
-    wiener.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="image files")
-    wiener.add_argument("--psf", type=Path, required=True, metavar="PSF_FILE",
-                        help="PSF file (.mat, .tif, .npy, .png)")
-    wiener.add_argument("--psf-index", type=int, metavar="N",
-                        help="which kernel (1-based) when the PSF file holds several, e.g. Levin09.mat")
-    wiener.add_argument("--snr-db", type=float, default=30.0,
-                        help="assumed signal-to-noise ratio in dB; lower for noisier images (default: 30)")
-    wiener.add_argument("--output-dir", type=Path, required=True, metavar="DIR",
-                        help="folder for the results (created if needed)")
-    wiener.set_defaults(handler=_run_batch_wiener)
+    run.add_argument("method", choices=RUN_METHODS, metavar="METHOD",
+                     help=f"one of: {', '.join(RUN_METHODS)}")
+    run.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="image files or zarr folders")
+    run.add_argument("-o", "--output-dir", type=Path, required=True, metavar="OUTDIR",
+                     help="folder for the results (created if needed)")
+    run.add_argument("--psf", type=Path, metavar="FILE",
+                     help="PSF file (.mat, .tif, .npy, .png); needed by wiener and wiener-net")
+    run.add_argument("--psf-index", type=int, metavar="N",
+                     help="which kernel (1-based) when the PSF file holds several, e.g. Levin09.mat")
+    run.add_argument("--blur", default="auto", metavar="LEVEL|auto",
+                     help="gwis: blur level in pixels (PSF standard deviation), or 'auto' to estimate "
+                          "a blur map per plane first (default: %(default)s)")
+    run.add_argument("--snr-db", type=float, default=30.0,
+                     help="wiener: assumed signal-to-noise ratio in dB (default: %(default)s)")
+    run.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
+                     help="where the engine runs (default: %(default)s: CUDA, then MPS, then CPU)")
+    run.add_argument("--format", choices=("tif", "zarr"),
+                     help="output format (default: zarr for zarr inputs, tif otherwise)")
+    cluster = run.add_mutually_exclusive_group()
+    cluster.add_argument("--scheduler", metavar="ADDRESS",
+                         help="address of a dask.distributed scheduler (e.g. tcp://host:8786) to run on")
+    cluster.add_argument("--workers", type=int, metavar="N",
+                         help="start a local dask.distributed cluster of N worker processes")
+    run.set_defaults(handler=_run_method)
     return parser
 
 
@@ -145,53 +161,14 @@ def _run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-# --------------------------------------------------------------------------- batch
+# --------------------------------------------------------------------------- run
 
 
-def read_image_file(path: Path):
-    """Read an image file as a numpy array (tifffile, ``np.load`` or ``skimage.io``).
-
-    Raises
-    ------
-    CommandLineError
-        If the file is missing, has an unsupported extension or cannot be read.
-    """
-    import numpy as np
-
-    suffix = path.suffix.lower()
-    if suffix not in BATCH_INPUT_EXTENSIONS:
-        raise CommandLineError(
-            f"cannot read {str(path)!r}: unsupported extension {suffix or '(none)'!r}; "
-            f"use one of {', '.join(BATCH_INPUT_EXTENSIONS)}"
-        )
-    if not path.is_file():
-        raise CommandLineError(f"input file {str(path)!r} does not exist")
-    try:
-        if suffix in (".tif", ".tiff"):
-            import tifffile
-
-            data = tifffile.imread(path)
-        elif suffix == ".npy":
-            data = np.load(path, allow_pickle=False)
-        else:
-            import skimage.io
-
-            data = skimage.io.imread(path)
-    except (OSError, ValueError) as exc:
-        raise CommandLineError(f"cannot read {str(path)!r}: {exc}") from exc
-    return np.asarray(data)
-
-
-def _guess_channel_axis(image) -> int | None:
-    """RGB(A) when the last axis has 3 or 4 entries and the image is larger than 30 px (as napari guesses)."""
-    if image.ndim >= 3 and image.shape[-1] in (3, 4) and min(image.shape[-3:-1]) > 30:
-        return image.ndim - 1
-    return None
-
-
-def _read_batch_psf(path: Path, index: int | None):
+def _read_psf(path: Path | None, index: int | None, method: str):
     from napari_deblur.psf_files import read_psf_file
 
+    if path is None:
+        raise CommandLineError(f"{method} needs a PSF: give --psf FILE")
     if not path.is_file():
         raise CommandLineError(f"PSF file {str(path)!r} does not exist")
     try:
@@ -211,50 +188,134 @@ def _read_batch_psf(path: Path, index: int | None):
     return psf
 
 
-def _run_batch_wiener(args: argparse.Namespace) -> int:
-    psf = _read_batch_psf(args.psf, args.psf_index)
-    stems: dict[str, Path] = {}
+def _parse_blur(text: str) -> float | None:
+    """``None`` for "auto", else a level >= 0 in pixels."""
+    if text.strip().lower() == "auto":
+        return None
+    try:
+        level = float(text)
+    except ValueError:
+        raise CommandLineError(f"--blur must be a number of pixels or 'auto', not {text!r}") from None
+    if not level >= 0 or level == float("inf"):
+        raise CommandLineError(f"--blur must be a finite level >= 0 pixels, got {text}")
+    return level
+
+
+def _method_call(args: argparse.Namespace):
+    """``(lazy_result(image, channel_axis), description)`` for the chosen method (usage checked here)."""
+    from napari_deblur import engine
+
+    device = None if args.device == "auto" else args.device
+    if args.method in ("wiener", "wiener-net"):
+        psf = _read_psf(args.psf, args.psf_index, args.method)
+        if args.method == "wiener":
+            return (lambda image, channel_axis: engine.wiener_deconvolve(
+                image, psf, snr_db=args.snr_db, channel_axis=channel_axis, device=device),
+                f"wiener snr_db={args.snr_db:g} psf={args.psf.name}")
+        return (lambda image, channel_axis: engine.wiener_net_deconvolve(
+            image, psf, channel_axis=channel_axis, device=device), f"wiener-net psf={args.psf.name}")
+    if args.method == "blur-map":
+        return (lambda image, channel_axis: engine.estimate_blur_map(
+            image, channel_axis=channel_axis, device=device), "blur map (px)")
+    level = _parse_blur(args.blur)
+
+    def gwis(image, channel_axis):
+        blur = level if level is not None else engine.estimate_blur_map(
+            image, channel_axis=channel_axis, device=device)
+        return engine.sharpen_gwis(image, blur, channel_axis=channel_axis, device=device)
+
+    return gwis, f"gwis blur={'auto' if level is None else f'{level:g}'}"
+
+
+def _output_path(args: argparse.Namespace, path: Path) -> Path:
+    suffix = "." + (args.format or ("zarr" if path.suffix.lower() == ".zarr" else "tif"))
+    return args.output_dir / f"{path.stem}_{args.method}{suffix}"
+
+
+class _ProgressLine:
+    """A one-line text progress bar on stderr (redrawn in place on a terminal, else every 10 %)."""
+
+    def __init__(self, label: str, width: int = 30):
+        self.label, self.width = label, width
+        self.tty = sys.stderr.isatty()
+        self.shown = -1
+
+    def __call__(self, update) -> None:
+        tenth = int(update.fraction * 10)
+        if not self.tty and tenth == self.shown:
+            return
+        self.shown = tenth
+        filled = int(round(update.fraction * self.width))
+        bar = "#" * filled + "." * (self.width - filled)
+        end = "" if self.tty and update.fraction < 1 else "\n"
+        sys.stderr.write(f"{chr(13) if self.tty else ''}[{bar}] {update.fraction:4.0%} {self.label}: "
+                         f"{update.message}{end}")
+        sys.stderr.flush()
+
+
+def _start_cluster(args: argparse.Namespace):
+    """A dask.distributed client for --scheduler/--workers (None: dask's threads in this process)."""
+    if args.scheduler is None and args.workers is None:
+        return None
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError:
+        raise CommandLineError("--scheduler/--workers need dask.distributed: "
+                               "pip install 'napari-deblur[distributed]'") from None
+    if args.workers is not None:
+        if args.workers < 1:
+            raise CommandLineError(f"--workers must be at least 1, got {args.workers}")
+        return Client(LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
+                                   dashboard_address=None))
+    try:
+        return Client(args.scheduler, timeout="20s")
+    except OSError as exc:
+        raise CommandLineError(f"cannot reach the scheduler at {args.scheduler!r}: {exc}") from exc
+
+
+def _run_method(args: argparse.Namespace) -> int:
+    """``napari-deblur run``: every input through the method into OUTDIR; bad files are skipped."""
+    import os
+
+    outputs: dict[Path, Path] = {}
     for path in args.inputs:
-        if path.stem in stems:
-            raise CommandLineError(
-                f"{str(stems[path.stem])!r} and {str(path)!r} would both be written as {path.stem}_wiener.tif"
-            )
-        stems[path.stem] = path
-        if not path.is_file():
-            raise CommandLineError(f"input file {str(path)!r} does not exist")
+        out = _output_path(args, path)
+        if out in outputs:
+            raise CommandLineError(f"{str(outputs[out])!r} and {str(path)!r} would both be written as {out.name}")
+        outputs[out] = path
     if args.output_dir.exists() and not args.output_dir.is_dir():
         raise CommandLineError(f"--output-dir {str(args.output_dir)!r} exists and is not a folder")
+    compute, description = _method_call(args)
 
-    import numpy as np
-    import tifffile
+    from napari_deblur.engine import EngineError, run_job
+    from napari_deblur.stack_files import StackFileError, iter_save_lazy, open_lazy_image
 
-    from napari_deblur.engine import wiener_deconvolve
-
+    client = _start_cluster(args)
+    at_once = sum(client.nthreads().values()) if client is not None else (os.cpu_count() or 1)
     args.output_dir.mkdir(parents=True, exist_ok=True)
-    for path in args.inputs:
-        image = read_image_file(path)
-        channel_axis = _guess_channel_axis(image)
-        if psf.ndim == 3:
-            planes = image.shape[0] if image.ndim == 3 + (channel_axis is not None) else None
-            if planes != psf.shape[0]:
-                raise CommandLineError(
-                    f"{args.psf.name} holds {psf.shape[0]} kernels but {path.name} has shape {image.shape}; "
-                    "pick one kernel with --psf-index, or give a stack with one plane per kernel"
-                )
-        try:
-            result = wiener_deconvolve(image, psf, snr_db=args.snr_db, channel_axis=channel_axis)
-        except (ValueError, TypeError) as exc:
-            raise CommandLineError(f"cannot deconvolve {str(path)!r}: {exc}") from exc
-        out = args.output_dir / f"{path.stem}_wiener.tif"
-        tifffile.imwrite(
-            out,
-            np.asarray(result, dtype=np.float32),
-            photometric="rgb" if channel_axis is not None else "minisblack",
-            metadata={"napari_deblur": f"wiener snr_db={args.snr_db:g} psf={args.psf.name}"},
-        )
-        log.info("wrote %s", out)
-        print(out)
-    return 0
+    failed = 0
+    try:
+        for out, path in outputs.items():
+            try:
+                image, channel_axis = open_lazy_image(path)
+                result = compute(image, channel_axis)
+                run_job(iter_save_lazy(result, out, channel_axis=None if args.method == "blur-map"
+                                       else channel_axis, at_once=at_once, description=description),
+                        _ProgressLine(path.name))
+            except (StackFileError, ValueError, TypeError, EngineError, OSError) as exc:
+                failed += 1
+                hint = " (pick one kernel with --psf-index N)" if "3D PSF" in str(exc) else ""
+                sys.stderr.write(f"{PROG}: error: {path}: {exc}{hint}\n".replace("\n", " ").rstrip() + "\n")
+                continue
+            log.info("wrote %s", out)
+            print(out)
+    except KeyboardInterrupt:
+        sys.stderr.write(f"\n{PROG}: interrupted; the unfinished output was removed\n")
+        return 130
+    finally:
+        if client is not None:
+            client.close()
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,5 +1,6 @@
 """Image stacks on disk, lazily: open TIFF, NumPy, PNG/JPEG or zarr as dask arrays, save lazy results.
 
+Imports only numpy at module level (the command line's ``--help`` stays fast).
 Used by ``napari-deblur run`` and by the widgets' "save whole stack" action.
 Inputs are opened one plane per chunk without reading the pixels; every chunk
 reopens its file when it is read, so the arrays can be sent to
@@ -14,10 +15,12 @@ import os
 import shutil
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
-from napari_deblur.engine.jobs import JobSteps
-from napari_deblur.engine.lazy import iter_compute_planes
+if TYPE_CHECKING:  # the engine (torch) is imported when a stack is saved, not for `--help`
+    from napari_deblur.engine.jobs import JobSteps
 
 #: Files (and zarr folders) that can be opened lazily.
 STACK_INPUT_SUFFIXES = (".tif", ".tiff", ".npy", ".png", ".jpg", ".jpeg", ".zarr")
@@ -128,6 +131,8 @@ def iter_save_lazy(lazy, path, *, channel_axis: int | None = None, at_once: int 
     pathlib.Path
         ``path``.
     """
+    from napari_deblur.engine.lazy import iter_compute_planes
+
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in STACK_OUTPUT_SUFFIXES:
