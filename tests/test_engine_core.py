@@ -361,3 +361,20 @@ def test_read_only_input_is_accepted_without_warnings(photo):
         warnings.simplefilter("error")
         restored = wiener_deconvolve(frozen, KERNEL)
     assert restored.shape == frozen.shape and restored.flags.writeable
+
+
+@pytest.mark.parametrize("length, tile, blend, align", [(2048, 1024, 16, 1), (4096, 2048, 64, 16),
+                                                        (3000, 1024, 130, 1), (100, 40, 8, 1),
+                                                        (1024, 1024, 16, 1)])
+def test_tiles_are_spread_evenly_cover_the_plane_and_keep_the_alignment(length, tile, blend, align):
+    from napari_deblur.engine.tiling import tile_layout
+
+    size, starts = tile_layout(length, tile, blend, align)
+    assert size <= tile and starts[0] == 0 and starts[-1] + size == length
+    gaps = np.diff(starts)
+    assert np.all(gaps <= size - min(blend, size // 2) + align)  # neighbours overlap by about blend
+    assert len(gaps) == 0 or np.ptp(gaps) <= align + 1  # evenly spread: no sliver tile at the end
+    if length % align == 0:
+        assert all(s % align == 0 for s in starts) and size % align == 0
+    # No fewer tiles would do: one tile less could not cover the plane with that overlap.
+    assert len(starts) == 1 or (len(starts) - 1) * (tile - blend) + blend < length

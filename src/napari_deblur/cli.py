@@ -291,7 +291,15 @@ def _run_method(args: argparse.Namespace) -> int:
     from napari_deblur.stack_files import StackFileError, iter_save_lazy, open_lazy_image
 
     client = _start_cluster(args)
-    at_once = sum(client.nthreads().values()) if client is not None else (os.cpu_count() or 1)
+    if client is not None:
+        at_once = sum(client.nthreads().values())
+    else:
+        # Planes in parallel, one per core, each single-threaded: torch's small operations scale
+        # poorly over threads, and threads x torch threads > cores makes every kernel wait.
+        import torch
+
+        at_once = os.cpu_count() or 1
+        torch.set_num_threads(1)
     args.output_dir.mkdir(parents=True, exist_ok=True)
     failed = 0
     try:

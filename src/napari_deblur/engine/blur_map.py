@@ -331,7 +331,7 @@ def _blur_map_plane_steps(model: nn.Module):
         with torch.inference_mode():
             target = yield from iter_tiled(
                 lambda tile: predict_log_level(model, tile), features,
-                tile_size=TILE_SIZE, halo=TILE_HALO, blend=TILE_BLEND,
+                tile_size=TILE_SIZE, halo=TILE_HALO, blend=TILE_BLEND, align=SIZE_MULTIPLE,
             )
         return target_to_level(target[..., :height, :width])  # (1, 1, H, W)
 

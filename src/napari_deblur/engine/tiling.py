@@ -13,6 +13,7 @@ tiles half as large.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 
 import torch
@@ -25,14 +26,24 @@ logger = logging.getLogger(__name__)
 MIN_TILE_SIZE = 32
 
 
-def tile_starts(length: int, tile: int, blend: int) -> list[int]:
-    """Start offsets of tiles of size ``tile`` covering ``length`` with ``blend`` overlap."""
+def tile_layout(length: int, tile: int, blend: int, align: int = 1) -> tuple[int, list[int]]:
+    """The fewest tiles of at most ``tile`` px covering ``length``, overlapping by about ``blend``.
+
+    Returns ``(size, starts)``: every tile is ``size`` px long (a multiple of
+    ``align`` when ``length`` is) and the tiles are spread evenly, so a plane
+    just over one tile long is not cut into a full tile and a sliver (2048 px
+    with 1024-px tiles: 3 tiles of 694 px, not 0/1008/1024 of 1024). Starts
+    are multiples of ``align`` when ``length`` is (networks that pool on a
+    grid see the same grid in every tile).
+    """
     if length <= tile:
-        return [0]
-    stride = tile - blend
-    starts = list(range(0, length - tile, stride))
-    starts.append(length - tile)
-    return starts
+        return length, [0]
+    count = math.ceil((length - blend) / (tile - blend))
+    size = min(tile, math.ceil((length + (count - 1) * blend) / count))
+    size = min(-(-size // align) * align, length)
+    step = (length - size) / (count - 1)
+    starts = [int(round(i * step)) // align * align for i in range(count - 1)]
+    return size, [*starts, length - size]
 
 
 def _edge_ramp(size: int, ramp_before: int, ramp_after: int, device, dtype) -> torch.Tensor:
@@ -54,6 +65,7 @@ def iter_tiled(
     tile_size: int,
     halo: int,
     blend: int = 16,
+    align: int = 1,
     retry_on_oom: bool = True,
 ) -> JobSteps[torch.Tensor]:
     """Apply ``fn`` tile by tile and blend the tiles back together.
@@ -70,6 +82,8 @@ def iter_tiled(
         Context pixels added on every inner side of a tile and discarded.
     blend : int
         Overlap of neighbouring cores, cross-faded linearly.
+    align : int
+        Tile starts and sizes are multiples of this (see :func:`tile_layout`).
     retry_on_oom : bool
         On an out-of-memory error, free the cache and restart with half the
         tile size (down to ``MIN_TILE_SIZE``).
@@ -80,7 +94,8 @@ def iter_tiled(
     """
     while True:
         try:
-            result = yield from _iter_tiles_once(fn, x, tile_size=tile_size, halo=halo, blend=blend)
+            result = yield from _iter_tiles_once(fn, x, tile_size=tile_size, halo=halo, blend=blend,
+                                                  align=align)
             return result
         except Exception as error:  # only memory errors are retried; others re-raised
             if not (retry_on_oom and is_out_of_memory(error)) or tile_size // 2 < MIN_TILE_SIZE:
@@ -91,12 +106,11 @@ def iter_tiled(
             yield JobProgress(0.0, f"out of memory: retrying with {tile_size} px tiles")
 
 
-def _iter_tiles_once(fn, x: torch.Tensor, *, tile_size: int, halo: int, blend: int):
+def _iter_tiles_once(fn, x: torch.Tensor, *, tile_size: int, halo: int, blend: int, align: int):
     height, width = x.shape[-2:]
-    tile_h, tile_w = min(tile_size, height), min(tile_size, width)
     blend = max(0, min(blend, tile_size // 2))
-    rows = tile_starts(height, tile_h, blend)
-    cols = tile_starts(width, tile_w, blend)
+    tile_h, rows = tile_layout(height, tile_size, blend, align)
+    tile_w, cols = tile_layout(width, tile_size, blend, align)
     output = None
     weight_sum = None
     total = len(rows) * len(cols)
