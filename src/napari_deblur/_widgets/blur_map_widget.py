@@ -1,9 +1,10 @@
 """Blur map: the blur level of every pixel as an image layer, and blur classes as a labels layer.
 
-The job (:func:`napari_deblur.engine.iter_estimate_blur_map`) runs through the
-shared :class:`~napari_deblur._widgets.job_runner.JobRunner`. The map layer is
-marked as a blur map (``metadata["napari_deblur_role"] == "blur_map"``), so
-the GWIS sharpener lists it first as its blur source.
+The job (:func:`napari_deblur.engine.iter_estimate_blur_map` in memory,
+:func:`napari_deblur.engine.estimate_blur_map` lazily) runs through the shared
+:class:`~napari_deblur._widgets.job_runner.JobRunner`. The map layer is marked
+as a blur map (``metadata["napari_deblur_role"] == "blur_map"``), so the GWIS
+sharpener lists it first as its blur source.
 
 Script use::
 
@@ -21,8 +22,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from magicgui.widgets import CheckBox, Label
 
-from napari_deblur._widgets.job_runner import OutputLayerSpec
-from napari_deblur._widgets.job_widget import EngineJobWidget
+from napari_deblur._widgets.job_runner import (
+    JobSelection,
+    OutputLayerSpec,
+    is_dask_array,
+)
+from napari_deblur._widgets.job_widget import EngineJob, EngineJobWidget
 from napari_deblur._widgets.layer_choices import image_input
 from napari_deblur.layer_roles import BLUR_MAP_ROLE, ROLE_KEY
 
@@ -106,38 +111,21 @@ class BlurMapWidget(EngineJobWidget):
             watched=[self.image],
         )
 
-    def run(self) -> Any:
-        """Start estimating the blur map of the chosen image.
-
-        Returns
-        -------
-        superqt.utils.GeneratorWorker
-            The running worker; ``self.runner.wait()`` returns the added
-            layers (the map, then the classes when ``add_classes`` is on).
-
-        Raises
-        ------
-        ValueError, TypeError
-            Invalid inputs (no image, not an Image layer) or a job is already
-            running.
-        """
-        reason = self.invalid_reason()
-        if reason is not None:
-            raise ValueError(reason)
-        layer = self.image.value
-        selection = self.runner.selection(layer)
+    def engine_job(self, selection: JobSelection) -> EngineJob:
+        """The blur map of ``selection``, and its classes when ``add_classes`` is on."""
         add_classes = bool(self.add_classes.value)
-        source_name = layer.name
+        source_name = selection.layer.name
 
-        def make_steps(data: np.ndarray, channel_axis: int | None) -> Any:
-            from napari_deblur.engine import iter_estimate_blur_map
+        def call_engine(data: Any, channel_axis: int | None, lazy: bool) -> Any:
+            from napari_deblur.engine import estimate_blur_map, iter_estimate_blur_map
 
-            return iter_estimate_blur_map(data, channel_axis=channel_axis)
+            method = estimate_blur_map if lazy else iter_estimate_blur_map
+            return method(data, channel_axis=channel_axis)
 
-        def make_outputs(blur_map: np.ndarray) -> list[OutputLayerSpec]:
+        def make_outputs(blur_map: Any) -> list[OutputLayerSpec]:
             return map_and_class_layers(blur_map, source_name, add_classes)
 
-        return self.runner.start(layer, make_steps, make_outputs, selection=selection)
+        return EngineJob(call_engine, make_outputs, MAP_SUFFIX)
 
 
 def map_and_class_layers(blur_map: np.ndarray, source_name: str,
@@ -146,16 +134,29 @@ def map_and_class_layers(blur_map: np.ndarray, source_name: str,
 
     Parameters
     ----------
-    blur_map : numpy.ndarray
-        Blur levels in pixels (the input's shape without channels).
+    blur_map : numpy.ndarray or dask.array.Array
+        Blur levels in pixels (the input's shape without channels). A lazy
+        (dask) map stays lazy: its classes are computed block by block as they
+        are shown, and its contrast covers every level the engine gives.
     source_name : str
         Name of the input layer (recorded in the metadata).
     add_classes : bool
         Add the labels layer of blur classes.
     """
     from napari_deblur.engine import blur_classes
+    from napari_deblur.engine.blur_map import MAX_LEVEL
 
-    top = float(np.max(blur_map)) if blur_map.size else 0.0
+    if is_dask_array(blur_map):
+        top = MAX_LEVEL
+        classes = blur_map.map_blocks(
+            blur_classes,
+            CLASS_EDGES_PX,
+            dtype=np.uint8,
+            meta=np.empty((0,) * blur_map.ndim, dtype=np.uint8),
+        )
+    else:
+        top = float(np.max(blur_map)) if blur_map.size else 0.0
+        classes = blur_classes(blur_map, CLASS_EDGES_PX)
     edges = [float(e) for e in CLASS_EDGES_PX]
     specs = [
         OutputLayerSpec(
@@ -181,7 +182,7 @@ def map_and_class_layers(blur_map: np.ndarray, source_name: str,
         colors.update({i + 1: c for i, c in enumerate(CLASS_COLORS)})
         specs.append(
             OutputLayerSpec(
-                data=blur_classes(blur_map, CLASS_EDGES_PX),
+                data=classes,
                 suffix=CLASSES_SUFFIX,
                 layer_type="labels",
                 kwargs={

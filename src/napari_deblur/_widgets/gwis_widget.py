@@ -1,7 +1,8 @@
 """GWIS sharpener: grid-warping edge sharpening driven by a blur level or a blur map.
 
-The job (:func:`napari_deblur.engine.iter_sharpen_gwis`) runs through the
-shared :class:`~napari_deblur._widgets.job_runner.JobRunner`.
+The job (:func:`napari_deblur.engine.iter_sharpen_gwis` in memory,
+:func:`napari_deblur.engine.sharpen_gwis` lazily) runs through the shared
+:class:`~napari_deblur._widgets.job_runner.JobRunner`.
 
 Script use::
 
@@ -20,7 +21,7 @@ import numpy as np
 from magicgui.widgets import ComboBox, FloatSlider
 
 from napari_deblur._widgets.job_runner import JobSelection, level0
-from napari_deblur._widgets.job_widget import EngineJobWidget
+from napari_deblur._widgets.job_widget import EngineJob, EngineJobWidget
 from napari_deblur._widgets.layer_choices import blur_map_choices, image_input
 
 if TYPE_CHECKING:
@@ -111,57 +112,56 @@ class GwisWidget(EngineJobWidget):
                 return "The blur map is the image itself: choose the layer that holds the map."
         return None
 
-    def _blur_map_for(self, selection: JobSelection) -> np.ndarray:
-        """The blur map matching the selected data (read on the GUI thread)."""
+    def _blur_map_for(self, selection: JobSelection) -> Any:
+        """The blur map matching the selected data.
+
+        A numpy array read on the GUI thread (only the selected plane of a
+        stack map); for a lazy selection the layer's own data (a dask map
+        stays lazy).
+        """
         layer = self.blur_map.value
         image = selection.layer
         image_shape = tuple(level0(image).shape)
         if image.rgb:
             image_shape = image_shape[:-1]
-        blur_map = np.asarray(level0(layer), dtype=np.float32)
-        if blur_map.shape == image_shape:
+        blur_map = level0(layer)
+        map_shape = tuple(blur_map.shape)
+        if map_shape == image_shape:
             if selection.index is not None:
                 blur_map = blur_map[selection.index]
-            return blur_map
-        if blur_map.shape == image_shape[-2:]:
-            return blur_map
-        raise ValueError(
-            f"Blur map {layer.name!r} has shape {blur_map.shape} but image {image.name!r} has "
-            f"{'pixel ' if image.rgb else ''}shape {image_shape}: use a map of the image's shape "
-            f"or of one plane {image_shape[-2:]}."
-        )
+        elif map_shape != image_shape[-2:]:
+            raise ValueError(
+                f"Blur map {layer.name!r} has shape {map_shape} but image {image.name!r} has "
+                f"{'pixel ' if image.rgb else ''}shape {image_shape}: use a map of the image's "
+                f"shape or of one plane {image_shape[-2:]}."
+            )
+        return blur_map if selection.lazy else np.asarray(blur_map, dtype=np.float32)
 
     # -------------------------------------------------------------------- run
-    def run(self) -> Any:
-        """Start sharpening the chosen image with the current settings.
-
-        Returns
-        -------
-        superqt.utils.GeneratorWorker
-            The running worker; ``self.runner.wait()`` returns the added layer.
+    def engine_job(self, selection: JobSelection) -> EngineJob:
+        """GWIS on ``selection`` with a constant level or the chosen blur map.
 
         Raises
         ------
-        ValueError, TypeError
-            Invalid inputs (no image, no map, a map of the wrong shape, not an
-            Image layer) or a job is already running.
+        ValueError
+            The blur map's shape is neither the image's nor one plane's.
         """
-        reason = self.invalid_reason()
-        if reason is not None:
-            raise ValueError(reason)
-        layer = self.image.value
-        selection = self.runner.selection(layer)
         if self.blur_source.value == BLUR_FROM_MAP:
-            blur: float | np.ndarray = self._blur_map_for(selection)
+            blur: Any = self._blur_map_for(selection)
             described = {"blur_map_layer": self.blur_map.value.name}
         else:
             blur = float(self.blur_level.value)
             described = {"blur_level_px": blur}
-        metadata = {"napari_deblur_method": "gwis", "source_layer": layer.name, **described}
+        metadata = {
+            "napari_deblur_method": "gwis",
+            "source_layer": selection.layer.name,
+            **described,
+        }
 
-        def make_steps(data: np.ndarray, channel_axis: int | None) -> Any:
-            from napari_deblur.engine import iter_sharpen_gwis
+        def call_engine(data: Any, channel_axis: int | None, lazy: bool) -> Any:
+            from napari_deblur.engine import iter_sharpen_gwis, sharpen_gwis
 
-            return iter_sharpen_gwis(data, blur, channel_axis=channel_axis)
+            method = sharpen_gwis if lazy else iter_sharpen_gwis
+            return method(data, blur, channel_axis=channel_axis)
 
-        return self._start_image_job(selection, make_steps, OUTPUT_SUFFIX, metadata)
+        return self.image_job(call_engine, OUTPUT_SUFFIX, metadata)

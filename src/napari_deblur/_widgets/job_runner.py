@@ -1,13 +1,17 @@
 """The one mechanism every napari-deblur widget uses to run an engine job.
 
 A widget embeds a :class:`JobRunner` (a magicgui ``Container`` with a scope
-choice, a "Side by side" checkbox, Run / Cancel buttons, a progress bar and a
-status line) and calls :meth:`JobRunner.start` with
+choice, a "Side by side" checkbox, Run / Cancel / "Save whole stack to file…"
+buttons, a progress bar and a status line) and calls :meth:`JobRunner.start`
+with
 
 * the input layer,
 * ``make_steps(data, channel_axis)``: returns an engine *job generator* that
   yields ``JobProgress`` and returns the result (e.g.
   ``iter_wiener_deconvolve``); it is called and driven in a worker thread,
+* ``make_lazy(data, channel_axis)``: the same method on a dask array, which
+  the engine answers at once with a lazy result (e.g. ``wiener_deconvolve``);
+  needed for the lazy scope and for :meth:`JobRunner.save_whole_stack`,
 * ``make_outputs(result)``: turns the result into :class:`OutputLayerSpec`
   entries; it is called on the GUI thread.
 
@@ -16,6 +20,13 @@ writing into the layer), runs the generator in a superqt generator worker,
 shows progress, cancels at the next yield, reports errors as napari
 notifications and adds the output layers just above the input with the input's
 geometry. Everything that touches Qt or layers happens on the GUI thread.
+
+A layer whose data is a dask array (a stack larger than memory) also gets the
+scope "Whole stack, lazily": the output layers then hold the engine's lazy
+result, and napari computes only the planes it shows. "Save whole stack to
+file…" computes the lazy result plane by plane into a ``.zarr`` or ``.tif``
+file (numpy layers are wrapped as dask arrays) and adds the saved file as
+lazy output layers.
 
 Scripts can do::
 
@@ -26,6 +37,7 @@ Scripts can do::
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import re
@@ -33,6 +45,7 @@ import sys
 import time
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -47,11 +60,17 @@ logger = logging.getLogger(__name__)
 
 SCOPE_CURRENT_SLICE = "Current slice"
 SCOPE_WHOLE_STACK = "Whole stack"
+SCOPE_LAZY = "Whole stack, lazily (computed as you scroll)"
 SCOPES = (SCOPE_CURRENT_SLICE, SCOPE_WHOLE_STACK)
+LAZY_SCOPES = (*SCOPES, SCOPE_LAZY)
+#: What "Save whole stack to file…" writes: ``stack_files.STACK_OUTPUT_SUFFIXES`` (not
+#: imported here, as that module imports the engine and torch).
+SAVE_SUFFIXES = (".zarr", ".tif", ".tiff")
 _PROGRESS_STEPS = 1000
 _DEFAULT_LABEL = re.compile(r"^-?\d+$")
 
 MakeSteps = Callable[[np.ndarray, "int | None"], Generator[Any, Any, Any]]
+MakeLazy = Callable[[Any, "int | None"], Any]
 MakeOutputs = Callable[[Any], Sequence["OutputLayerSpec"]]
 
 
@@ -102,12 +121,15 @@ class JobSelection:
         Axis of the selected data that holds RGB(A) channels, or ``None``.
     name_suffix : str
         ``""`` or a slice description such as ``" (slice z=4)"``.
+    lazy : bool
+        The whole layer as a dask array, for a lazy result (index is ``None``).
     """
 
     layer: Any
     index: tuple[int, ...] | None
     channel_axis: int | None
     name_suffix: str
+    lazy: bool = False
 
     @property
     def covered_axes(self) -> tuple[int, ...]:
@@ -116,14 +138,26 @@ class JobSelection:
         start = 0 if self.index is None else len(self.index)
         return tuple(range(start, ndim))
 
-    def read_data(self) -> np.ndarray:
-        """The selected data as a read-only numpy array (level 0 if multiscale).
+    def read_data(self) -> Any:
+        """The selected data (level 0 if multiscale), never writable into the layer.
 
-        Reading may be slow for lazy (dask, zarr) data: call it in the worker.
-        The array is a read-only view when possible, so a job can never write
-        into the layer.
+        Returns a read-only numpy array, read in full: slow for lazy (dask,
+        zarr) data, so call it in the worker. For a lazy selection, returns a
+        dask array without reading any pixel: the layer's own dask array, or
+        its data wrapped one plane per chunk.
         """
         data = level0(self.layer)
+        if self.lazy:
+            if is_dask_array(data):
+                return data
+            import dask.array as da
+
+            from napari_deblur.stack_files import plane_chunks
+
+            if isinstance(data, np.ndarray):
+                data = data.view()
+                data.flags.writeable = False
+            return da.from_array(data, chunks=plane_chunks(tuple(data.shape), self.channel_axis))
         if self.index is not None:
             data = data[self.index]
         array = np.asarray(data)
@@ -135,6 +169,30 @@ class JobSelection:
 def level0(layer: Any) -> Any:
     """A layer's full-resolution data (level 0 of a multiscale pyramid)."""
     return layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+
+
+def is_dask_array(data: Any) -> bool:
+    """Whether ``data`` is a dask array (without importing dask)."""
+    dask_array = sys.modules.get("dask.array")
+    return dask_array is not None and isinstance(data, dask_array.Array)
+
+
+def offers_lazy_scope(layer: Any) -> bool:
+    """Whether ``layer`` is a stack held as a dask array (so it can be processed lazily)."""
+    return layer is not None and layer.ndim > 2 and is_dask_array(level0(layer))
+
+
+def choose_save_path_with_dialog(suggested_name: str) -> str | None:
+    """Ask for the file to save a whole stack to (``None`` when the dialog is cancelled)."""
+    from qtpy.QtWidgets import QFileDialog
+
+    path, _ = QFileDialog.getSaveFileName(
+        None,
+        "Save whole stack to file",
+        suggested_name,
+        "Zarr folder (*.zarr);;TIFF file (*.tif)",
+    )
+    return path or None
 
 
 def _leading_axis_names(layer: Any, n_lead: int) -> list[str]:
@@ -189,6 +247,36 @@ def _job_generator(
     return result
 
 
+def _lazy_result_steps(make_lazy: MakeLazy, data: Any, channel_axis: int | None) -> Generator:
+    """Job steps of the lazy scope: the engine returns the lazy result at once."""
+    from napari_deblur.engine import JobProgress
+
+    lazy = make_lazy(data, channel_axis)
+    yield JobProgress(1.0, "Lazy result ready: planes are computed as they are shown.")
+    return lazy
+
+
+def _save_steps(
+    make_lazy: MakeLazy, path: str, description: str, data: Any, channel_axis: int | None
+) -> Generator:
+    """Job steps of a save: compute the lazy result into ``path``, return the file opened lazily."""
+    from napari_deblur.stack_files import iter_save_lazy, open_lazy_image
+
+    lazy = make_lazy(data, channel_axis)
+    # Outputs either keep the input's channel axis (sharpened images) or drop it (maps).
+    output_channel_axis = channel_axis if lazy.ndim == data.ndim else None
+    saved = yield from iter_save_lazy(
+        lazy, path, channel_axis=output_channel_axis, description=description
+    )
+    saved_data, _ = open_lazy_image(saved)
+    return saved_data
+
+
+def _drive(steps: Generator) -> Generator:
+    """Worker body that runs ``steps``; the runner keeps ``steps`` to close it on cancel."""
+    return (yield from steps)
+
+
 class JobRunner(Container):
     """Scope, side-by-side, Run / Cancel and progress for one widget's jobs.
 
@@ -200,6 +288,11 @@ class JobRunner(Container):
         Called (without arguments) when Run is clicked; usually the owning
         widget's ``run`` method, which calls :meth:`start`. ``ValueError`` and
         ``TypeError`` from it are shown as napari error notifications.
+    save_callback : callable, optional
+        Called (without arguments) when "Save whole stack to file…" is
+        clicked; usually the owning widget's ``save_whole_stack`` method,
+        which calls :meth:`save_whole_stack`. Errors are shown as for Run. The
+        button is hidden without it.
     run_text : str
         Text of the Run button.
     name : str
@@ -222,6 +315,10 @@ class JobRunner(Container):
         Layers added by the last successful job.
     last_error : Exception or None
         Error of the last job, if it failed.
+    choose_save_path : callable
+        ``choose_save_path(suggested_name)`` -> path or ``None`` (cancelled):
+        asks where to save a whole stack; a Qt file dialog by default, replace
+        it in scripts and tests.
     """
 
     job_started = Signal()
@@ -235,18 +332,23 @@ class JobRunner(Container):
         viewer: napari.viewer.Viewer,
         *,
         run_callback: Callable[[], Any] | None = None,
+        save_callback: Callable[[], Any] | None = None,
         run_text: str = "Run",
         name: str = "runner",
     ) -> None:
         self._viewer = viewer
         self._run_callback = run_callback
+        self._save_callback = save_callback
+        self._input_layer: Any = None
+        self.choose_save_path: Callable[[str], str | None] = choose_save_path_with_dialog
         self.scope = ComboBox(
             name="scope",
             label="Scope",
-            choices=list(SCOPES),
+            choices=self._scope_choices,
             value=SCOPE_WHOLE_STACK,
             tooltip="Current slice: only the plane on screen (fast preview). "
-            "Whole stack: every plane of the layer.",
+            "Whole stack: every plane of the layer, in memory. Whole stack, lazily (stacks "
+            "opened as dask arrays): each plane is computed when it is shown.",
         )
         self.side_by_side = CheckBox(
             name="side_by_side",
@@ -264,29 +366,44 @@ class JobRunner(Container):
         )
         buttons.margins = (0, 0, 0, 0)
         buttons.label = ""  # magicgui containers ignore a label= argument
+        self.save_button = PushButton(
+            name="save_button",
+            text="Save whole stack to file…",
+            visible=save_callback is not None,
+            tooltip="Compute every plane into a .zarr or .tif file, one plane at a time (for "
+            "stacks larger than memory), and open the file lazily as the output.",
+        )
         self.progress = ProgressBar(
             name="progress", min=0, max=_PROGRESS_STEPS, value=0, label="Progress"
         )
         self.status = Label(name="status", value="")
         super().__init__(
             name=name,
-            widgets=[self.scope, self.side_by_side, buttons, self.progress, self.status],
+            widgets=[
+                self.scope,
+                self.side_by_side,
+                buttons,
+                self.save_button,
+                self.progress,
+                self.status,
+            ],
         )
         self.margins = (0, 0, 0, 0)
         self.label = ""  # no "runner" caption when embedded in a widget
 
         self._worker: Any = None
+        self._steps: Generator | None = None
         self._running = False
         self._cancelling = False
         self._outcome: str | None = None
         self._pending_outputs: list[Any] = []
         self._blocked_reason: str | None = None
-        self._input_layer: Any = None
         self._closed = False
         self.last_outputs: list[Any] = []
         self.last_error: Exception | None = None
 
         self.run_button.changed.connect(self._on_run_clicked)
+        self.save_button.changed.connect(self._on_save_clicked)
         self.cancel_button.changed.connect(self.cancel)
         self.side_by_side.changed.connect(self._on_side_by_side)
         _grid(viewer).events.enabled.connect(self._on_grid_changed)
@@ -310,9 +427,26 @@ class JobRunner(Container):
         return self._worker
 
     def set_input_layer(self, layer: Any) -> None:
-        """Tell the runner which layer is the input (shows Scope only for stacks)."""
+        """Tell the runner which layer is the input.
+
+        Scope is shown only for stacks. A stack held as a dask array is also
+        offered the lazy scope, chosen by default when the layer becomes the
+        input; these automatic choices are not remembered as the user's.
+        """
+        is_new_input = layer is not self._input_layer
+        lazy_chosen = self.scope.value == SCOPE_LAZY
         self._input_layer = layer
         self.scope.visible = bool(layer is not None and getattr(layer, "ndim", 2) > 2)
+        lazy_offered = offers_lazy_scope(layer)
+        with self.scope.changed.blocked():
+            self.scope.reset_choices()
+            if lazy_offered and is_new_input:
+                self.scope.value = SCOPE_LAZY
+            elif lazy_chosen and not lazy_offered:
+                self.scope.value = SCOPE_WHOLE_STACK
+
+    def _scope_choices(self, *_: Any) -> list[str]:
+        return list(LAZY_SCOPES if offers_lazy_scope(self._input_layer) else SCOPES)
 
     def set_blocked_reason(self, reason: str | None) -> None:
         """Disable Run and show ``reason`` while the widget's inputs are invalid.
@@ -340,18 +474,22 @@ class JobRunner(Container):
         if self._closed:
             return
         self.run_button.enabled = not self._running and self._blocked_reason is None
+        self.save_button.enabled = self.run_button.enabled
         self.cancel_button.enabled = self._running and not self._cancelling
         if not self._running:
             self.status.value = self._blocked_reason or ""
 
     # -------------------------------------------------------------- selection
-    def selection(self, layer: Any) -> JobSelection:
+    def selection(self, layer: Any, scope: str | None = None) -> JobSelection:
         """Validate ``layer`` and describe the data the current scope selects.
 
         Parameters
         ----------
         layer : napari.layers.Image
             The input layer.
+        scope : str, optional
+            One of :data:`LAZY_SCOPES`; the Scope choice by default. The lazy
+            scope selects the whole layer as a dask array (of any layer).
 
         Returns
         -------
@@ -388,9 +526,10 @@ class JobRunner(Container):
                 f"Layer {layer.name!r} is {layer.ndim}D: napari-deblur needs images with at least "
                 "two spatial axes."
             )
+        scope = self.scope.value if scope is None else scope
         index = None
         suffix = ""
-        if n_lead > 0 and self.scope.value == SCOPE_CURRENT_SLICE:
+        if n_lead > 0 and scope == SCOPE_CURRENT_SLICE:
             position = np.asarray(layer.world_to_data(self._viewer.dims.point))[:n_lead]
             index = tuple(
                 int(np.clip(np.round(p), 0, n - 1)) for p, n in zip(position, shape[:n_lead])
@@ -400,7 +539,13 @@ class JobRunner(Container):
         channel_axis = None
         if layer.rgb:
             channel_axis = len(shape) - 1 - (0 if index is None else len(index))
-        return JobSelection(layer=layer, index=index, channel_axis=channel_axis, name_suffix=suffix)
+        return JobSelection(
+            layer=layer,
+            index=index,
+            channel_axis=channel_axis,
+            name_suffix=suffix,
+            lazy=scope == SCOPE_LAZY,
+        )
 
     # ------------------------------------------------------------------- jobs
     def start(
@@ -410,6 +555,7 @@ class JobRunner(Container):
         make_outputs: MakeOutputs,
         *,
         selection: JobSelection | None = None,
+        make_lazy: MakeLazy | None = None,
     ) -> Any:
         """Start a job on ``input_layer`` in a worker thread.
 
@@ -424,10 +570,15 @@ class JobRunner(Container):
             plane for a current-slice job, RGB channels last).
         make_outputs : callable
             ``make_outputs(result)`` -> list of :class:`OutputLayerSpec`;
-            called on the GUI thread.
+            called on the GUI thread. For the lazy scope ``result`` is a dask
+            array: the specs must not compute it.
         selection : JobSelection, optional
             A selection already computed with :meth:`selection` (so the
             widget can look at ``selection.index``); computed here otherwise.
+        make_lazy : callable, optional
+            ``make_lazy(data, channel_axis)`` -> the lazy result for a dask
+            array ``data`` (the whole layer); called in the worker thread
+            instead of ``make_steps`` when the selection is lazy.
 
         Returns
         -------
@@ -437,23 +588,108 @@ class JobRunner(Container):
         Raises
         ------
         ValueError, TypeError
-            Invalid input layer (see :meth:`selection`), or a job is running.
+            Invalid input layer (see :meth:`selection`), a lazy selection
+            without ``make_lazy``, or a job is running.
         """
-        if self._closed:
-            raise ValueError("This widget was closed: open it again to run a job.")
-        if self._running:
-            raise ValueError("A job is already running: wait for it to finish or cancel it.")
+        self._check_idle()
         if selection is None:
             selection = self.selection(input_layer)
         elif selection.layer is not input_layer:
             raise ValueError("The selection was made for another layer.")
+        if selection.lazy:
+            if make_lazy is None:
+                raise ValueError(
+                    "This job cannot make a lazy result: choose 'Whole stack' or 'Current slice'."
+                )
+            make_steps = functools.partial(_lazy_result_steps, make_lazy)
+        status = f"Running on {input_layer.name!r}{selection.name_suffix}…"
+        return self._start_worker(selection, make_steps, make_outputs, status)
 
+    def save_whole_stack(
+        self,
+        input_layer: Any,
+        make_lazy: MakeLazy,
+        make_outputs: MakeOutputs,
+        *,
+        suffix: str,
+        path: str | None = None,
+    ) -> Any:
+        """Compute the whole stack into a file in a worker thread, then add it lazily.
+
+        The lazy result of ``make_lazy`` is written plane by plane (memory
+        stays at about one plane) to ``<path>.partial``, renamed to ``path``
+        when complete; a cancel or an error leaves no file. The saved file is
+        then opened lazily and given to ``make_outputs``; its layers get the
+        usual names and the input's geometry.
+
+        Parameters
+        ----------
+        input_layer : napari.layers.Image
+            Input layer (numpy data is wrapped as a dask array, one plane per
+            chunk); its data is never modified.
+        make_lazy : callable
+            ``make_lazy(data, channel_axis)`` -> lazy result of the whole
+            stack; called in the worker thread.
+        make_outputs : callable
+            ``make_outputs(saved)`` -> list of :class:`OutputLayerSpec` for
+            the saved result (a dask array); called on the GUI thread.
+        suffix : str
+            Name of the result, for the suggested file name
+            ``f"{input name} {suffix}.zarr"``.
+        path : str, optional
+            ``.zarr`` folder or ``.tif`` file to write (replaced if it
+            exists); asked with :attr:`choose_save_path` when not given.
+
+        Returns
+        -------
+        superqt.utils.GeneratorWorker or None
+            The started worker; ``None`` when no path was chosen.
+
+        Raises
+        ------
+        ValueError, TypeError
+            Invalid input layer, a path that is neither ``.zarr`` nor
+            ``.tif``, or a job is running.
+        """
+        self._check_idle()
+        selection = self.selection(input_layer, scope=SCOPE_LAZY)
+        description = f"{input_layer.name} {suffix}"
+        if path is None:
+            path = self.choose_save_path(f"{description}.zarr")
+            if not path:
+                return None
+        path = str(path)
+        file_suffix = Path(path).suffix.lower()
+        if not file_suffix:
+            path += SAVE_SUFFIXES[0]
+        elif file_suffix not in SAVE_SUFFIXES:
+            raise ValueError(
+                f"Cannot save to {path!r}: choose a file name ending in "
+                f"{', '.join(SAVE_SUFFIXES[:-1])} or {SAVE_SUFFIXES[-1]}."
+            )
+        make_steps = functools.partial(_save_steps, make_lazy, path, description)
+        status = f"Saving {description!r} to {Path(path).name}…"
+        return self._start_worker(selection, make_steps, make_outputs, status)
+
+    def _check_idle(self) -> None:
+        if self._closed:
+            raise ValueError("This widget was closed: open it again to run a job.")
+        if self._running:
+            raise ValueError("A job is already running: wait for it to finish or cancel it.")
+
+    def _start_worker(
+        self,
+        selection: JobSelection,
+        make_steps: MakeSteps,
+        make_outputs: MakeOutputs,
+        status: str,
+    ) -> Any:
         from superqt.utils import GeneratorWorker, create_worker
 
+        self._steps = _job_generator(selection, make_steps)
         worker = create_worker(
-            _job_generator,
-            selection,
-            make_steps,
+            _drive,
+            self._steps,
             _start_thread=False,
             _worker_class=GeneratorWorker,
             _connect={"errored": self._on_errored},
@@ -471,7 +707,7 @@ class JobRunner(Container):
         self._pending_outputs = []
         self.last_error = None
         self.progress.value = 0
-        self.status.value = f"Running on {input_layer.name!r}{selection.name_suffix}…"
+        self.status.value = status
         self._refresh_buttons()
         self.job_started.emit()
         worker.start()
@@ -522,10 +758,17 @@ class JobRunner(Container):
 
     # --------------------------------------------------------- worker signals
     def _on_run_clicked(self, *_: Any) -> None:
-        if self._run_callback is None:
+        self._call_reporting_errors(self._run_callback)
+
+    def _on_save_clicked(self, *_: Any) -> None:
+        self._call_reporting_errors(self._save_callback)
+
+    @staticmethod
+    def _call_reporting_errors(callback: Callable[[], Any] | None) -> None:
+        if callback is None:
             return
         try:
-            self._run_callback()
+            callback()
         except (ValueError, TypeError) as exc:
             from napari.utils.notifications import show_error
 
@@ -559,7 +802,10 @@ class JobRunner(Container):
         show_error(f"{type(exc).__name__}: {exc}" if not isinstance(exc, ValueError) else str(exc))
 
     def _on_aborted(self) -> None:
+        """The worker stopped at a yield: close the steps so they clean up (partial files...)."""
         self._outcome = "aborted"
+        if self._steps is not None:
+            self._steps.close()
 
     def _on_returned(
         self, selection: JobSelection, make_outputs: MakeOutputs, result: Any
@@ -578,6 +824,7 @@ class JobRunner(Container):
         outcome = self._outcome or "aborted"
         layers = self._pending_outputs
         self._worker = None
+        self._steps = None
         self._pending_outputs = []
         self._running = False
         self._cancelling = False
@@ -647,7 +894,7 @@ class JobRunner(Container):
         name = self._unique_name(f"{source.name} {spec.suffix}{selection.name_suffix}")
         kwargs.pop("name", None)
         if spec.layer_type == "image":
-            data = np.asarray(spec.data)
+            data = _layer_array(spec.data)
             if "rgb" not in kwargs:
                 kwargs["rgb"] = bool(
                     source.rgb and data.ndim >= 3 and data.shape[-1] == level0(source).shape[-1]
@@ -661,7 +908,7 @@ class JobRunner(Container):
             kwargs.update(_output_geometry(source, selection.covered_axes, out_ndim))
             return Image(data, name=name, **kwargs)
         if spec.layer_type == "labels":
-            data = np.asarray(spec.data)
+            data = _layer_array(spec.data)
             kwargs.update(_output_geometry(source, selection.covered_axes, data.ndim))
             return Labels(data, name=name, **kwargs)
         if spec.layer_type == "shapes":
@@ -676,6 +923,11 @@ class JobRunner(Container):
         raise ValueError(
             f"Unknown output layer type {spec.layer_type!r}: use 'image', 'labels' or 'shapes'."
         )
+
+
+def _layer_array(data: Any) -> Any:
+    """Layer data as an array; dask arrays stay lazy (napari computes the planes it shows)."""
+    return data if is_dask_array(data) else np.asarray(data)
 
 
 def _output_geometry(source: Any, covered_axes: Sequence[int], out_ndim: int) -> dict[str, Any]:

@@ -2,23 +2,61 @@
 inputs, and the shared :class:`~napari_deblur._widgets.job_runner.JobRunner`.
 
 A subclass builds its input widgets, passes them to ``__init__`` and provides
-``run()``; it may extend :meth:`invalid_reason` and
-:meth:`_show_relevant_inputs`.
+:meth:`~EngineJobWidget.engine_job`: which engine call to make on the selected
+data and which layers its result becomes. The base class runs it in memory
+(Run), lazily (the lazy scope of dask stacks) or into a file ("Save whole
+stack to file…"), all through the runner. A subclass may extend
+:meth:`invalid_reason` and :meth:`_show_relevant_inputs`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import Container, Widget
 
-from napari_deblur._widgets.job_runner import JobRunner, JobSelection, OutputLayerSpec
+from napari_deblur._widgets.job_runner import (
+    SCOPE_LAZY,
+    JobRunner,
+    JobSelection,
+    MakeOutputs,
+    OutputLayerSpec,
+)
 from napari_deblur._widgets.layer_choices import select_active_layer
 from napari_deblur._widgets.settings import remember_values
 
 if TYPE_CHECKING:
     import napari
+
+
+@dataclass(frozen=True)
+class EngineJob:
+    """What a widget runs: one engine method and the layers its result becomes.
+
+    Attributes
+    ----------
+    call_engine : callable
+        ``call_engine(data, channel_axis, lazy)``, called in the worker
+        thread. ``lazy=False``: ``data`` is a numpy array and the call returns
+        the method's job generator (e.g. ``iter_sharpen_gwis``).
+        ``lazy=True``: ``data`` is a dask array of the whole stack and the
+        call returns the public function's lazy result (e.g.
+        ``sharpen_gwis``). Import the engine inside it (torch is heavy).
+    make_outputs : callable
+        ``make_outputs(result)`` -> list of
+        :class:`~napari_deblur._widgets.job_runner.OutputLayerSpec`; called
+        on the GUI thread with a numpy or (lazy, saved) dask result, which it
+        must not compute.
+    suffix : str
+        Name of the main result (``"GWIS"``...), for saved file names.
+    """
+
+    call_engine: Callable[[Any, int | None, bool], Any]
+    make_outputs: MakeOutputs
+    suffix: str
 
 
 class EngineJobWidget(Container):
@@ -55,7 +93,9 @@ class EngineJobWidget(Container):
         watched: Sequence[Widget],
     ) -> None:
         self._viewer = viewer
-        self.runner = JobRunner(viewer, run_callback=self.run, run_text=run_text)
+        self.runner = JobRunner(
+            viewer, run_callback=self.run, save_callback=self.save_whole_stack, run_text=run_text
+        )
         super().__init__(name=name, widgets=[*inputs, self.runner])
         select_active_layer(self.image, viewer)
         remember_values(self, settings_key, [*remembered, "scope"])
@@ -82,13 +122,83 @@ class EngineJobWidget(Container):
             return "No image layer: open an image (or a napari-deblur sample) to sharpen."
         return None
 
-    def run(self) -> Any:  # pragma: no cover - every subclass defines it
+    def engine_job(self, selection: JobSelection) -> EngineJob:  # pragma: no cover
+        """The job to run on ``selection`` with the current settings (every subclass defines it).
+
+        Raises
+        ------
+        ValueError
+            The inputs do not fit ``selection`` (e.g. a map of the wrong shape).
+        """
         raise NotImplementedError
 
-    def _start_image_job(
-        self, selection: JobSelection, make_steps: Any, suffix: str, metadata: dict[str, Any]
-    ) -> Any:
-        """Start ``make_steps`` on ``selection``; its result becomes one image layer like the input."""
+    def run(self) -> Any:
+        """Start the job on the chosen image for the current scope.
+
+        Returns
+        -------
+        superqt.utils.GeneratorWorker
+            The running worker; ``self.runner.wait()`` blocks until it is done
+            and returns the added layers.
+
+        Raises
+        ------
+        ValueError, TypeError
+            The inputs are invalid (see :meth:`invalid_reason`, the widget's
+            :meth:`engine_job`, :meth:`JobRunner.selection`) or a job is
+            already running.
+        """
+        selection = self.runner.selection(self._valid_image())
+        job = self.engine_job(selection)
+        return self.runner.start(
+            selection.layer,
+            functools.partial(job.call_engine, lazy=False),
+            job.make_outputs,
+            selection=selection,
+            make_lazy=functools.partial(job.call_engine, lazy=True),
+        )
+
+    def save_whole_stack(self, path: str | None = None) -> Any:
+        """Compute the job on the whole stack into a file and add the file lazily.
+
+        Parameters
+        ----------
+        path : str, optional
+            ``.zarr`` folder or ``.tif`` file; asked with
+            ``self.runner.choose_save_path`` when not given.
+
+        Returns
+        -------
+        superqt.utils.GeneratorWorker or None
+            The running worker (``self.runner.wait()`` returns the added
+            layers); ``None`` when no path was chosen.
+
+        Raises
+        ------
+        ValueError, TypeError
+            As :meth:`run`, or a path that is neither ``.zarr`` nor ``.tif``.
+        """
+        layer = self._valid_image()
+        job = self.engine_job(self.runner.selection(layer, scope=SCOPE_LAZY))
+        return self.runner.save_whole_stack(
+            layer,
+            functools.partial(job.call_engine, lazy=True),
+            job.make_outputs,
+            suffix=job.suffix,
+            path=path,
+        )
+
+    def _valid_image(self) -> Any:
+        reason = self.invalid_reason()
+        if reason is not None:
+            raise ValueError(reason)
+        return self.image.value
+
+    @staticmethod
+    def image_job(
+        call_engine: Callable[[Any, int | None, bool], Any], suffix: str, metadata: dict[str, Any]
+    ) -> EngineJob:
+        """A job whose result becomes one image layer like the input (its contrast and colormap)."""
 
         def make_outputs(result: Any) -> list[OutputLayerSpec]:
             return [
@@ -100,4 +210,4 @@ class EngineJobWidget(Container):
                 )
             ]
 
-        return self.runner.start(selection.layer, make_steps, make_outputs, selection=selection)
+        return EngineJob(call_engine, make_outputs, suffix)

@@ -1,10 +1,11 @@
 """Wiener-net sharpener: deconvolve an image layer with a known or parametric PSF.
 
 Two methods: the learned Wiener-net (default;
-:func:`napari_deblur.engine.iter_wiener_net_deconvolve`, no parameter to tune)
+:func:`napari_deblur.engine.wiener_net_deconvolve`, no parameter to tune)
 and classical Wiener deconvolution at a chosen SNR
-(:func:`napari_deblur.engine.iter_wiener_deconvolve`). The job runs through
-the shared :class:`~napari_deblur._widgets.job_runner.JobRunner`.
+(:func:`napari_deblur.engine.wiener_deconvolve`). The job runs through the
+shared :class:`~napari_deblur._widgets.job_runner.JobRunner` (their ``iter_*``
+twins in memory, the functions themselves lazily).
 
 Script use::
 
@@ -23,7 +24,7 @@ import numpy as np
 from magicgui.widgets import ComboBox, FloatSlider, FloatSpinBox
 
 from napari_deblur._widgets.job_runner import JobSelection, level0
-from napari_deblur._widgets.job_widget import EngineJobWidget
+from napari_deblur._widgets.job_widget import EngineJob, EngineJobWidget
 from napari_deblur._widgets.layer_choices import image_input, psf_choices
 
 if TYPE_CHECKING:
@@ -228,26 +229,14 @@ class WienerWidget(EngineJobWidget):
         }
 
     # -------------------------------------------------------------------- run
-    def run(self) -> Any:
-        """Start sharpening the chosen image with the current settings.
-
-        Returns
-        -------
-        superqt.utils.GeneratorWorker
-            The running worker; ``self.runner.wait()`` blocks until it is done
-            and returns the added layer.
+    def engine_job(self, selection: JobSelection) -> EngineJob:
+        """Wiener-net or classical Wiener on ``selection`` with the chosen PSF.
 
         Raises
         ------
-        ValueError, TypeError
-            The inputs are invalid (no image or PSF layer, mismatched PSF
-            stack, not an Image layer...) or a job is already running.
+        ValueError
+            A PSF layer that does not fit the image (see :meth:`_psf_from_layer`).
         """
-        reason = self.invalid_reason()
-        if reason is not None:
-            raise ValueError(reason)
-        layer = self.image.value
-        selection = self.runner.selection(layer)
         source = self.psf_source.value
         psf_array = self._psf_from_layer(selection) if source == PSF_FROM_LAYER else None
         sigma = float(self.gaussian_sigma.value)
@@ -261,11 +250,11 @@ class WienerWidget(EngineJobWidget):
         metadata = {
             "napari_deblur_method": "wiener-net" if learned else "wiener",
             **({} if learned else {"snr_db": snr_db}),
-            "source_layer": layer.name,
+            "source_layer": selection.layer.name,
             **self._psf_description(),
         }
 
-        def make_steps(data: np.ndarray, channel_axis: int | None) -> Any:
+        def call_engine(data: Any, channel_axis: int | None, lazy: bool) -> Any:
             from napari_deblur import engine
 
             if source == PSF_FROM_LAYER:
@@ -279,9 +268,11 @@ class WienerWidget(EngineJobWidget):
             else:
                 psf = engine.motion_psf(length, angle)
             if learned:
-                return engine.iter_wiener_net_deconvolve(data, psf, channel_axis=channel_axis)
-            return engine.iter_wiener_deconvolve(
-                data, psf, snr_db=snr_db, channel_axis=channel_axis
-            )
+                deconvolve = (
+                    engine.wiener_net_deconvolve if lazy else engine.iter_wiener_net_deconvolve
+                )
+                return deconvolve(data, psf, channel_axis=channel_axis)
+            deconvolve = engine.wiener_deconvolve if lazy else engine.iter_wiener_deconvolve
+            return deconvolve(data, psf, snr_db=snr_db, channel_axis=channel_axis)
 
-        return self._start_image_job(selection, make_steps, OUTPUT_SUFFIXES[method], metadata)
+        return self.image_job(call_engine, OUTPUT_SUFFIXES[method], metadata)
