@@ -7,6 +7,7 @@ for long jobs (see :mod:`napari_deblur.engine.jobs`). Work runs on CUDA, then
 Apple MPS, then the CPU (:func:`select_device`).
 """
 
+from .blind_psf import estimate_psf, iter_estimate_psf, kernel_similarity
 from .blur_map import (
     BLUR_CLASS_EDGES,
     BLUR_CLASS_NAMES,
@@ -51,13 +52,16 @@ __all__ = [
     "blur_classes",
     "disk_psf",
     "estimate_blur_map",
+    "estimate_psf",
     "gaussian_psf",
     "iter_blur",
     "iter_estimate_blur_map",
+    "iter_estimate_psf",
     "iter_sharpen_gwis",
     "iter_wiener_deconvolve",
     "iter_wiener_deconvolve_snr_stack",
     "iter_wiener_net_deconvolve",
+    "kernel_similarity",
     "motion_psf",
     "psf_blur_level",
     "random_motion_psf",
