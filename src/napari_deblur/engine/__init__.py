@@ -28,6 +28,7 @@ from .psf import (
     random_motion_psf,
     ring_psf,
 )
+from .region_selector import Region, iter_select_regions, select_regions
 from .validation import as_float_image, as_psf
 from .wiener import (
     WIENER_STACK_SNRS_DB,
@@ -46,6 +47,7 @@ __all__ = [
     "JobCancelled",
     "JobProgress",
     "PlaneLayout",
+    "Region",
     "as_float_image",
     "as_psf",
     "blur",
@@ -57,6 +59,7 @@ __all__ = [
     "iter_blur",
     "iter_estimate_blur_map",
     "iter_estimate_psf",
+    "iter_select_regions",
     "iter_sharpen_gwis",
     "iter_wiener_deconvolve",
     "iter_wiener_deconvolve_snr_stack",
@@ -68,6 +71,7 @@ __all__ = [
     "ring_psf",
     "run_job",
     "select_device",
+    "select_regions",
     "sharpen_gwis",
     "wiener_deconvolve",
     "wiener_deconvolve_snr_stack",

@@ -1,6 +1,7 @@
 """Retrain the engine's learned models: ``python -m napari_deblur.engine.train MODEL [options]``.
 
-Models: ``wiener-net``, ``blurmap`` (``--baseline``: the paper's network). Weights go
+Models: ``wiener-net``, ``blurmap`` (``--baseline``: the paper's network),
+``region-selector`` (labels cached under ``--cache``). Weights go
 to the package's ``models/`` folder by default (the files the engine loads), with a
 markdown training report beside them. Runs are seeded and reproducible on the same
 machine and versions.
@@ -23,7 +24,8 @@ def _default_weights_path(filename: str) -> Path:
 
 
 def _report(path: Path, title: str, command: str, config: dict, history: list[dict],
-            seconds: float, notes: str) -> None:
+            seconds: float, notes: str,
+            validation: str = "held-out crops of the train sources, other seed") -> None:
     import torch
 
     lines = [
@@ -31,9 +33,9 @@ def _report(path: Path, title: str, command: str, config: dict, history: list[di
         "",
         f"Command: `{command}`",
         "",
-        f"Python {platform.python_version()}, torch {torch.__version__}, {platform.machine()}, "
-        f"device {config.get('device')}, {torch.get_num_threads()} CPU threads; "
-        f"wall time {seconds / 60:.1f} min.",
+        (f"Python {platform.python_version()}, torch {torch.__version__}, {platform.machine()}, "
+         f"device {config.get('device')}, {torch.get_num_threads()} CPU threads; "
+         f"wall time {seconds / 60:.1f} min."),
         "",
         notes,
         "",
@@ -43,7 +45,7 @@ def _report(path: Path, title: str, command: str, config: dict, history: list[di
         "|---|---|",
     ]
     lines += [f"| {key} | {value} |" for key, value in config.items() if key != "history"]
-    lines += ["", "## Loss curve and validation (held-out crops of the train sources, other seed)", ""]
+    lines += ["", f"## Loss curve and validation ({validation})", ""]
     if history:
         keys = list(history[0].keys())
         lines.append("| " + " | ".join(keys) + " |")
@@ -113,6 +115,83 @@ def _train_blur_map(args) -> None:
             + sys.argv[1:]), asdict(config), config.history, time.perf_counter() - started, notes)
 
 
+def _region_selector_tables(config) -> str:
+    """Markdown: data counts, classification and the product comparison on held-out images."""
+    data, validation = config.data, config.validation
+    lines = [
+        "## Labels",
+        "",
+        "| quantity | value |",
+        "|---|---:|",
+    ]
+    lines += [f"| {key} | {value} |" for key, value in data.items()]
+    if validation:
+        product = validation["product"]
+        lines += [
+            "",
+            "## Validation (held-out images, all their grid windows, unbalanced)",
+            "",
+            "| accuracy | balanced accuracy | ROC AUC |",
+            "|---:|---:|---:|",
+            (f"| {validation['accuracy']:.3f} | {validation['balanced_accuracy']:.3f} | "
+             f"{validation['roc_auc']:.3f} |"),
+            "",
+            (f"Within-image ROC AUC (ranking the windows of one image, the selection task; mean "
+             f"over the {product['images_with_both_classes']} held-out images that have both good "
+             f"and bad windows): {product['within_image_roc_auc']:.3f}."),
+            "",
+            (f"Kernel similarity of the PSF estimated from each of the {product['images']} "
+             f"held-out images, by the window it was estimated from (success: similarity >= "
+             f"{config.threshold}; the random window's numbers are expectations over its grid):"),
+            "",
+            "| window | mean similarity | median similarity | success rate |",
+            "|---|---:|---:|---:|",
+        ]
+        lines += [f"| {name} | {values['mean_similarity']:.3f} | {values['median_similarity']:.3f} | "
+                  f"{values['success_rate']:.2f} |"
+                  for name, values in product.items() if isinstance(values, dict)]
+    return "\n".join(lines)
+
+
+def _train_region_selector(args) -> None:
+    from .region_selector import WEIGHTS_FILE
+    from .training.region_selector import (
+        RegionSelectorTrainingConfig,
+        cache_path,
+        train_region_selector,
+    )
+
+    config = RegionSelectorTrainingConfig(windows=args.windows, steps=args.steps, batch=args.batch,
+                                          seed=args.seed, device=args.device, threads=args.threads,
+                                          cache_dir=args.cache, log_every=args.log_every)
+    out = Path(args.out) if args.out else _default_weights_path(WEIGHTS_FILE)
+    started = time.perf_counter()
+    train_region_selector(config, out)
+    notes = (
+        "Network: RegionSelectorNet (napari_deblur.engine.region_selector): strided convolutions, "
+        "no pooling, global average, one logit; windows normalised by their own mean and standard "
+        "deviation. Labels: synthetic blurred images (`image_size` px) cut from the scikit-image "
+        "train split (grayscale) or procedural dead leaves, random turn/flip/contrast; one kernel "
+        "per image: camera shake (random_motion_psf), Gaussian or disk (defocus), up to 25 px, "
+        "valid convolution of a larger crop (real boundaries), white Gaussian noise (sigma in "
+        "`noise_sigma_range` of [0, 1]). The engine's blind estimator (estimate_psf, kernel size "
+        "= the true side + 0..4 px, at least 7) runs on each `window`-px window of a grid of step "
+        "`window_stride`; label = kernel similarity >= `threshold`. Whole images are held out for "
+        f"validation (every `validation_every`-th); labels cached in `{cache_path(config).name}` "
+        "(under `--cache`, default ~/.cache/napari-deblur). "
+        "Training: balanced classes (majority subsampled), BCE, AdamW with one-cycle schedule, "
+        "random 90-degree turns and flips (the kernel turns with the window; the label does not "
+        "change)."
+    )
+    settings = {key: value for key, value in asdict(config).items()
+                if key not in ("data", "validation")}
+    report = out.with_suffix(".md")
+    _report(report, "Region selector", " ".join(["python -m napari_deblur.engine.train"]
+            + sys.argv[1:]), settings, config.history, time.perf_counter() - started, notes,
+            validation="all grid windows of the held-out images, unbalanced")
+    report.write_text(report.read_text() + "\n" + _region_selector_tables(config) + "\n")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m napari_deblur.engine.train", description=__doc__)
     sub = parser.add_subparsers(dest="model", required=True)
@@ -136,6 +215,20 @@ def main(argv=None) -> None:
                          help="validate and save the weights every this many steps")
     blurmap.add_argument("--out", default=None, help="weights path (default: the shipped file)")
     blurmap.set_defaults(run=_train_blur_map)
+    selector = sub.add_parser("region-selector", help="label windows and train the region selector")
+    selector.add_argument("--windows", type=int, default=2000,
+                          help="labelled windows (the blind estimator runs once on each; cached)")
+    selector.add_argument("--steps", type=int, default=1500)
+    selector.add_argument("--batch", type=int, default=32)
+    selector.add_argument("--seed", type=int, default=0)
+    selector.add_argument("--device", default="cpu", help="cpu, cuda or mps")
+    selector.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
+    selector.add_argument("--log-every", type=int, default=250,
+                          help="validate every this many steps")
+    selector.add_argument("--cache", default=None,
+                          help="folder of the label cache (default: ~/.cache/napari-deblur)")
+    selector.add_argument("--out", default=None, help="weights path (default: the shipped file)")
+    selector.set_defaults(run=_train_region_selector)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     args.run(args)

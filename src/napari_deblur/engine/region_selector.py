@@ -1,0 +1,313 @@
+"""Region selection: where in a blurred image a blur kernel can be estimated well.
+
+Notes
+-----
+Not every part of a blurred image helps to estimate its kernel: flat areas
+carry no information, edges all along the motion direction hide it, and
+structures smaller than the kernel mislead the estimator. After Yang, Wu &
+Sun, selecting a good region is a binary classification: a small CNN
+(:class:`RegionSelectorNet`) scores a window with the probability that the
+PSF estimated from it (:func:`~napari_deblur.engine.estimate_psf`) has kernel
+similarity (:func:`~napari_deblur.engine.kernel_similarity`) of at least
+:data:`GOOD_SIMILARITY` to the true kernel. :func:`select_regions` scores
+windows on a grid and keeps the best non-overlapping ones.
+
+The network sees one grey window normalised by its own mean and standard
+deviation (:func:`window_features`: contrast does not matter, structure
+does). As the paper argues, it has no pooling layers (strided convolutions
+instead), since windows a few pixels apart can differ in how well the kernel
+can be estimated from them; one global average at the end turns the last
+feature map into one logit. It is trained on 128x128 windows; being fully
+convolutional it scores other window sizes at their native resolution.
+
+The weights in ``models/region_selector.pt`` are trained by
+``python -m napari_deblur.engine.train region-selector`` on labels made by
+the project's blind estimator on synthetic blurred images (report:
+``models/region_selector.md``).
+
+References
+----------
+F. Yang, Y. Wu, M. Sun, "Select good regions for deblurring based on
+convolutional neural networks".
+Z. Hu, M.-H. Yang, "Good regions to deblur", ECCV 2012.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from .devices import select_device
+from .gwis import luminance
+from .jobs import JobProgress, JobSteps, run_job
+from .planes import PlaneLayout
+from .shipped_weights import load_shipped_model
+from .validation import as_float_image
+
+WEIGHTS_FILE = "region_selector.pt"
+"""Shipped weights of :class:`RegionSelectorNet`, in ``napari_deblur/engine/models/``."""
+
+RETRAIN_COMMAND = "python -m napari_deblur.engine.train region-selector"
+
+GOOD_SIMILARITY = 0.75
+"""A window is good when the PSF estimated from it has at least this kernel similarity."""
+
+TRAINING_WINDOW = 128
+"""Side (px) of the windows the network is trained on; the default window size."""
+
+MIN_WINDOW = 32
+"""Smallest window side accepted (px): the network's output stride is 16."""
+
+WIDTHS = (24, 32, 48, 64)
+"""Channels of :class:`RegionSelectorNet` at 1/2, 1/4, 1/8 and 1/16 resolution."""
+
+INPUT_CLIP = 6.0
+"""Normalised window values are clipped to +-this."""
+
+BATCH = 64
+"""Windows scored per network call."""
+
+
+class Region(NamedTuple):
+    """A window of an image, in pixels of the plane, and its score.
+
+    Indexable as a sequence ``(y, x, height, width, score)``; ``region[:4]``
+    is what :func:`~napari_deblur.engine.estimate_psf` takes as ``region``.
+    """
+
+    y: int
+    x: int
+    height: int
+    width: int
+    score: float
+
+
+# --- network ----------------------------------------------------------------------------------
+
+
+def _block(in_channels: int, out_channels: int, kernel: int = 3, stride: int = 2) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, kernel, stride=stride, padding=kernel // 2, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    )
+
+
+class RegionSelectorNet(nn.Module):
+    """Binary CNN: normalised grey window ``(B, 1, H, W)`` -> logit ``(B,)`` of "good window".
+
+    A 5x5 stride-2 convolution, three 3x3 stride-2 convolutions (no pooling:
+    strided convolutions keep the network sensitive to where structures sit
+    in the window), a 3x3 convolution at 1/16 resolution, a global average
+    and a linear layer. About 86 000 parameters. ``H`` and ``W`` should be
+    multiples of 16 (:data:`TRAINING_WINDOW` = 128 in training).
+    """
+
+    def __init__(self, widths=WIDTHS):
+        super().__init__()
+        w0, w1, w2, w3 = widths
+        self.features = nn.Sequential(
+            _block(1, w0, kernel=5), _block(w0, w1), _block(w1, w2), _block(w2, w3),
+            _block(w3, w3, stride=1),
+        )
+        self.classifier = nn.Linear(w3, 1)
+
+    def forward(self, windows: torch.Tensor) -> torch.Tensor:
+        pooled = self.features(windows).mean(dim=(-2, -1))
+        return self.classifier(pooled)[:, 0]
+
+
+def window_features(windows: torch.Tensor) -> torch.Tensor:
+    """Each window minus its mean, over its standard deviation, clipped to +-:data:`INPUT_CLIP`.
+
+    Parameters
+    ----------
+    windows : Tensor, shape (B, 1, H, W), float
+        Grey windows in any intensity scale; any device.
+
+    Returns
+    -------
+    Tensor, same shape, device and dtype. A flat window becomes all zeros.
+    """
+    mean = windows.mean(dim=(-2, -1), keepdim=True)
+    std = windows.std(dim=(-2, -1), keepdim=True)
+    floor = 1e-6 * windows.abs().amax(dim=(-2, -1), keepdim=True) + torch.finfo(windows.dtype).tiny
+    return ((windows - mean) / torch.maximum(std, floor)).clamp(-INPUT_CLIP, INPUT_CLIP)
+
+
+def score_windows(model: nn.Module, windows: torch.Tensor) -> torch.Tensor:
+    """Probability ``(B,)`` that each grey window ``(B, 1, H, W)`` is good (no gradients)."""
+    with torch.inference_mode():
+        features = window_features(windows).contiguous(memory_format=torch.channels_last)
+        return torch.sigmoid(model(features).float())
+
+
+@lru_cache(maxsize=4)
+def load_region_selector_net(device: torch.device) -> RegionSelectorNet:
+    """The shipped :class:`RegionSelectorNet` on ``device``, in eval mode (loaded once per device)."""
+    return load_shipped_model(RegionSelectorNet(), WEIGHTS_FILE, device, RETRAIN_COMMAND)
+
+
+# --- input ------------------------------------------------------------------------------------
+
+
+def _check_positive_int(value, name: str, minimum: int, unit: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer >= {minimum}{unit}, not {value!r}.")
+    value = int(value)
+    if value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}{unit}, got {value}.")
+    return value
+
+
+def _grey_plane(image, channel_axis: int | None) -> np.ndarray:
+    """The one 2D plane to select on: grayscale, or the luminance of colour (float32 copy)."""
+    pixels = as_float_image(image)
+    if channel_axis is None and pixels.ndim == 3 and pixels.shape[-1] in (3, 4):
+        channel_axis = -1  # a trailing RGB/RGBA axis, as napari shows it
+    if channel_axis is None and pixels.ndim != 2:
+        raise ValueError(
+            f"select_regions works on one 2D plane, got shape {pixels.shape}. Pass a single plane "
+            f"(e.g. image[z]) or, for colour, set channel_axis (a trailing axis of 3 or 4 "
+            f"channels is taken as RGB/RGBA automatically)."
+        )
+    layout = PlaneLayout.of(pixels.shape, channel_axis)
+    if layout.n_planes != 1:
+        raise ValueError(
+            f"select_regions works on one plane, but shape {pixels.shape} with channel_axis="
+            f"{channel_axis} holds {layout.n_planes} planes; pass a single plane (e.g. image[z])."
+        )
+    planes = layout.to_planes(pixels)  # (1, C, H, W)
+    grey = luminance(torch.from_numpy(np.array(planes, dtype=np.float32)))
+    return grey[0, 0].numpy()
+
+
+def grid_positions(length: int, size: int, stride: int) -> list[int]:
+    """Window starts ``0, stride, ...`` along one axis, plus the last one (``length - size``)."""
+    starts = list(range(0, length - size + 1, stride))
+    if starts[-1] != length - size:
+        starts.append(length - size)
+    return starts
+
+
+def _overlaps(a: Region, b: Region) -> bool:
+    return (a.y < b.y + b.height and b.y < a.y + a.height
+            and a.x < b.x + b.width and b.x < a.x + a.width)
+
+
+def non_maximum_suppression(candidates: list[Region], count: int) -> list[Region]:
+    """Greedy: the best candidate, then the best that overlaps none taken, ... (``count`` at most)."""
+    chosen: list[Region] = []
+    for candidate in sorted(candidates, key=lambda region: -region.score):
+        if not any(_overlaps(candidate, taken) for taken in chosen):
+            chosen.append(candidate)
+            if len(chosen) == count:
+                break
+    return chosen
+
+
+# --- public API -------------------------------------------------------------------------------
+
+
+def iter_select_regions(image, *, size: int = TRAINING_WINDOW, count: int = 5,
+                        stride: int | None = None, channel_axis: int | None = None,
+                        device=None) -> JobSteps[list[Region]]:
+    """Generator twin of :func:`select_regions` (yields progress per batch of windows)."""
+    size = _check_positive_int(size, "size", MIN_WINDOW, " pixels")
+    count = _check_positive_int(count, "count", 1, "")
+    stride = max(1, size // 4) if stride is None else _check_positive_int(stride, "stride", 1,
+                                                                            " pixels")
+    plane = _grey_plane(image, channel_axis)
+    height, width = plane.shape
+    if height < size or width < size:
+        raise ValueError(
+            f"The image ({height}x{width} px) is smaller than one {size}x{size} window; use a "
+            f"smaller size (at least {MIN_WINDOW}) or a larger image."
+        )
+    target = select_device(device)
+    model = load_region_selector_net(target)
+    starts = [(y, x) for y in grid_positions(height, size, stride)
+              for x in grid_positions(width, size, stride)]
+    tensor = torch.from_numpy(plane).to(target)
+    scores = []
+    for first in range(0, len(starts), BATCH):
+        yield JobProgress(first / len(starts), f"region selection: {first}/{len(starts)} windows")
+        batch = torch.stack([tensor[y : y + size, x : x + size] for y, x in starts[first : first + BATCH]])
+        scores.append(score_windows(model, batch[:, None]).cpu())
+    values = torch.cat(scores).tolist()
+    candidates = [Region(y, x, size, size, float(score)) for (y, x), score in zip(starts, values)]
+    yield JobProgress(1.0, "region selection: done")
+    return non_maximum_suppression(candidates, count)
+
+
+def select_regions(image, *, size: int = TRAINING_WINDOW, count: int = 5, stride: int | None = None,
+                   channel_axis: int | None = None, device=None, progress=None,
+                   cancel=None) -> list[Region]:
+    """Find the windows of a blurred image from which its blur kernel can be estimated best.
+
+    Parameters
+    ----------
+    image : array_like, shape (H, W), or (H, W, 3|4) colour
+        One plane, any real dtype and intensity scale. Colour images are
+        scored on their luminance (Rec. 709 for RGB/RGBA, the channel mean
+        otherwise); a trailing axis of 3 or 4 channels is taken as colour
+        without ``channel_axis``.
+    size : int
+        Side of the square windows in pixels (>= 32; the network is trained
+        on 128). Pass the same windows to :func:`estimate_psf`, whose kernel
+        ``size`` must be at most half of it.
+    count : int
+        Most windows returned (>= 1). Fewer come back when no more fit
+        without overlapping.
+    stride : int, optional
+        Step of the window grid in pixels; default ``size // 4``. The last
+        row and column of windows touch the image's bottom and right edges.
+    channel_axis : int, optional
+        Axis of colour channels.
+    device : str or torch.device, optional
+        ``None``/"auto" (CUDA, then MPS, then CPU), "cpu", "cuda" or "mps".
+    progress, cancel
+        See :func:`~napari_deblur.engine.jobs.run_job`.
+
+    Returns
+    -------
+    list of Region
+        ``Region(y, x, height, width, score)`` in pixels of the plane, best
+        first, pairwise non-overlapping, inside the image. ``score`` in [0, 1]
+        is the network's probability that a PSF estimated from the window has
+        kernel similarity >= :data:`GOOD_SIMILARITY` to the true one (trained
+        on balanced classes: scores are for ranking, calibrated to a 50 %
+        prior, not to how often windows are good in a given image).
+
+    Raises
+    ------
+    ValueError
+        For an empty, complex or non-finite image, more than one plane, an
+        image smaller than one window, ``size`` < 32, ``count`` or ``stride``
+        < 1, or an unavailable device.
+    TypeError
+        For a non-numeric image, or a non-integer ``size``, ``count`` or
+        ``stride``.
+    FileNotFoundError
+        If the shipped weights are missing.
+
+    Notes
+    -----
+    Windows on a grid are scored in batches by :class:`RegionSelectorNet`
+    (each normalised by its own mean and standard deviation), then greedy
+    non-maximum suppression keeps the best window, the best window that
+    overlaps none kept, and so on. The input is never modified. About 5 ms
+    per 128x128 window on one CPU core (under 1 s for a 512x512 image with
+    the default 32-px grid).
+
+    Examples
+    --------
+    >>> best = select_regions(blurred)[0]                        # doctest: +SKIP
+    >>> psf = estimate_psf(blurred, size=25, region=best[:4])    # doctest: +SKIP
+    """
+    return run_job(iter_select_regions(image, size=size, count=count, stride=stride,
+                                       channel_axis=channel_axis, device=device), progress, cancel)

@@ -1,0 +1,266 @@
+"""Region selector: shipped weights, API contract, behaviour, bad input, training smoke run.
+
+Images come from the train split only (``TRAIN_SPLIT``). Nothing is trained
+here beyond a two-step smoke run on a tiny label set in a temporary folder.
+"""
+
+import inspect
+from importlib import resources
+
+import numpy as np
+import pytest
+import torch
+from scipy.signal import fftconvolve
+from skimage import data
+
+from napari_deblur.engine import Region, gaussian_psf, select_regions
+from napari_deblur.engine.region_selector import (
+    WEIGHTS_FILE,
+    RegionSelectorNet,
+    grid_positions,
+    load_region_selector_net,
+    non_maximum_suppression,
+    window_features,
+)
+from napari_deblur.engine.training import region_selector as training
+from napari_deblur.engine.training.sources import EVAL_SPLIT, TRAIN_SPLIT, grey_float
+
+SIZE = 64
+"""Window side in the contract tests (small images keep them fast)."""
+
+
+def train_image(name, colour=False):
+    assert name in TRAIN_SPLIT and name not in EVAL_SPLIT
+    image = getattr(data, name)()
+    return image if colour else grey_float(image)
+
+
+def blurred(sharp, sigma=1.5, noise=0.01, seed=0):
+    kernel = gaussian_psf(sigma)
+    out = fftconvolve(sharp, kernel, mode="valid")
+    return (out + np.random.default_rng(seed).normal(0, noise, out.shape)).astype(np.float32)
+
+
+@pytest.fixture(scope="session")
+def photo():
+    return blurred(train_image("astronaut")[40:264, 100:372])  # 208 x 256
+
+
+@pytest.fixture(scope="session")
+def half_flat():
+    """A scene flat on the left and textured (a train image) on the right, blurred, 1 % noise."""
+    texture = train_image("gravel")[:268, :204]
+    scene = np.concatenate([np.full_like(texture, 0.5), texture], axis=1)
+    return blurred(scene, seed=1)  # 256 x 396 (13-px kernel, valid convolution)
+
+
+# --- weights and network -----------------------------------------------------------------------
+
+
+def test_shipped_weights_load_and_are_small():
+    model = load_region_selector_net(torch.device("cpu"))
+    assert isinstance(model, RegionSelectorNet) and not model.training
+    assert sum(p.numel() for p in model.parameters()) < 200_000
+    weights = resources.files("napari_deblur.engine").joinpath("models", WEIGHTS_FILE)
+    with resources.as_file(weights) as path:
+        assert path.stat().st_size < 1_000_000
+
+
+def test_network_shapes_and_no_pooling():
+    model = RegionSelectorNet().eval()
+    with torch.no_grad():
+        assert model(torch.zeros(3, 1, 128, 128)).shape == (3,)
+        assert model(torch.zeros(2, 1, 64, 96)).shape == (2,)
+    pools = (torch.nn.MaxPool2d, torch.nn.AvgPool2d, torch.nn.AdaptiveAvgPool2d)
+    assert not any(isinstance(m, pools) for m in model.modules())
+
+
+def test_window_features_normalise_each_window():
+    rng = np.random.default_rng(0)
+    windows = torch.from_numpy(rng.normal(3.0, 2.0, (2, 1, 32, 32)).astype(np.float32))
+    windows[1] = windows[0] * 100 + 7  # contrast and offset do not matter
+    features = window_features(windows)
+    assert torch.allclose(features.mean(dim=(-2, -1)), torch.zeros(2, 1), atol=1e-5)
+    assert torch.allclose(features[0], features[1], atol=1e-4)
+    assert torch.count_nonzero(window_features(torch.full((1, 1, 32, 32), 5.0))) == 0
+
+
+# --- API contract --------------------------------------------------------------------------------
+
+
+def test_contract(photo):
+    regions = select_regions(photo, size=SIZE, count=4, device="cpu")
+    assert isinstance(regions, list) and 1 <= len(regions) <= 4
+    scores = [r.score for r in regions]
+    assert scores == sorted(scores, reverse=True)
+    height, width = photo.shape
+    for region in regions:
+        assert isinstance(region, Region)
+        y, x, h, w, score = region  # a sequence in this order
+        assert (y, x, h, w, score) == (region.y, region.x, region.height, region.width, region.score)
+        assert (h, w) == (SIZE, SIZE) and 0 <= score <= 1
+        assert 0 <= y and y + h <= height and 0 <= x and x + w <= width
+        assert isinstance(y, int) and isinstance(x, int) and isinstance(score, float)
+    for i, a in enumerate(regions):
+        for b in regions[i + 1 :]:
+            assert a.y + a.height <= b.y or b.y + b.height <= a.y or \
+                a.x + a.width <= b.x or b.x + b.width <= a.x
+
+
+def test_count_respected_and_limited_by_room(photo):
+    assert len(select_regions(photo, size=SIZE, count=1)) == 1
+    # 208 x 256 holds at most 3 x 4 disjoint 64-px windows
+    assert len(select_regions(photo, size=SIZE, count=50)) <= 12
+    only = select_regions(photo[:SIZE, :SIZE], size=SIZE, count=5)
+    assert len(only) == 1 and only[0][:4] == (0, 0, SIZE, SIZE)
+
+
+def test_grid_reaches_the_far_edges():
+    assert grid_positions(100, 64, 16) == [0, 16, 32, 36]
+    assert grid_positions(64, 64, 16) == [0]
+
+
+def test_non_maximum_suppression_is_greedy():
+    candidates = [Region(0, 0, 10, 10, 0.5), Region(5, 5, 10, 10, 0.9), Region(20, 0, 10, 10, 0.1),
+                  Region(0, 10, 10, 10, 0.3)]
+    kept = non_maximum_suppression(candidates, 5)
+    assert [r.score for r in kept] == [0.9, 0.1]  # 0.5 and 0.3 overlap the best one
+
+
+def test_best_window_is_in_the_textured_half(half_flat):
+    regions = select_regions(half_flat, count=3)  # the default 128-px windows
+    width = half_flat.shape[1]
+    best = regions[0]
+    assert best.x + best.width / 2 >= width / 2  # mostly in the textured half
+    flat_score = select_regions(half_flat[:, : width // 2 - 8], count=1)[0].score
+    assert best.score > flat_score + 0.3
+
+
+def test_rgb_equals_luminance():
+    rgb = train_image("astronaut", colour=True)[50:210, 120:300]
+    luminance = rgb.astype(np.float32) @ np.array([0.2126, 0.7152, 0.0722], np.float32)
+    colour = select_regions(rgb, size=SIZE, count=3)
+    grey = select_regions(luminance, size=SIZE, count=3)
+    assert [r[:4] for r in colour] == [r[:4] for r in grey]
+    assert np.allclose([r.score for r in colour], [r.score for r in grey], atol=1e-4)
+    channels_first = select_regions(np.moveaxis(rgb, -1, 0), size=SIZE, count=3, channel_axis=0)
+    assert [r[:4] for r in channels_first] == [r[:4] for r in colour]
+
+
+def test_any_dtype_and_scale(photo):
+    as_uint8 = np.clip(photo * 255, 0, 255).astype(np.uint8)
+    as_scaled = as_uint8.astype(np.float64) * 1000.0
+    assert [r[:4] for r in select_regions(as_uint8, size=SIZE)] == \
+        [r[:4] for r in select_regions(as_scaled, size=SIZE)]
+
+
+def test_input_is_not_modified(photo):
+    image = photo.copy()
+    select_regions(image, size=SIZE, count=2)
+    assert np.array_equal(image, photo)
+
+
+@pytest.mark.parametrize(
+    ("image", "kwargs", "error", "match"),
+    [
+        (np.zeros((100, 100)), {"size": 128}, ValueError, "smaller than one 128x128 window"),
+        (np.zeros((40, 300)), {"size": 64}, ValueError, "smaller than one"),
+        (np.zeros((100, 100)), {"size": 64, "count": 0}, ValueError, "count must be at least 1"),
+        (np.zeros((100, 100)), {"size": 64, "count": -2}, ValueError, "count"),
+        (np.zeros((100, 100)), {"size": 16}, ValueError, "size must be at least 32"),
+        (np.zeros((100, 100)), {"size": 64.0}, TypeError, "size must be an integer"),
+        (np.zeros((100, 100)), {"size": True}, TypeError, "size"),
+        (np.zeros((100, 100)), {"size": 64, "count": "5"}, TypeError, "count"),
+        (np.zeros((100, 100)), {"size": 64, "stride": 0}, ValueError, "stride"),
+        (np.full((100, 100), np.nan), {"size": 64}, ValueError, "NaN|finite"),
+        (np.zeros((100, 100), complex), {"size": 64}, ValueError, "complex"),
+        (np.zeros((0, 100)), {"size": 64}, ValueError, "empty"),
+        (np.zeros((2, 100, 100)), {"size": 64}, ValueError, "one 2D plane"),
+        (np.zeros((2, 3, 100, 100)), {"size": 64, "channel_axis": 1}, ValueError, "planes"),
+        ("not an image", {"size": 64}, TypeError, None),
+    ],
+)
+def test_bad_input(image, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        select_regions(image, **kwargs)
+
+
+def test_unavailable_device(photo):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(ValueError):
+        select_regions(photo, size=SIZE, device="cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_agrees_with_cpu(photo):
+    on_gpu = select_regions(photo, size=SIZE, count=3, device="cuda")
+    on_cpu = select_regions(photo, size=SIZE, count=3, device="cpu")
+    assert [r[:4] for r in on_gpu] == [r[:4] for r in on_cpu]
+    assert np.allclose([r.score for r in on_gpu], [r.score for r in on_cpu], atol=1e-3)
+
+
+# --- training code -----------------------------------------------------------------------------
+
+
+def test_training_sources_never_name_the_eval_split():
+    assert not set(TRAIN_SPLIT) & set(EVAL_SPLIT)
+    source = inspect.getsource(training)
+    assert "train_split_images" in source
+    for name in EVAL_SPLIT:
+        assert f'"{name}"' not in source and f"'{name}'" not in source
+        assert f"data.{name}" not in source
+
+
+def test_training_smoke_run(tmp_path, monkeypatch):
+    """Labels for 8 windows, 2 steps; the eval split is never loaded; nothing lands in the package."""
+    import skimage.data
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("an evaluation image was loaded by training code")
+
+    for name in EVAL_SPLIT:
+        monkeypatch.setattr(skimage.data, name, forbidden, raising=False)
+    models = resources.files("napari_deblur.engine").joinpath("models")
+    with resources.as_file(models) as folder:
+        before = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+    config = training.RegionSelectorTrainingConfig(
+        windows=8, steps=2, batch=4, window=64, image_size=96, window_stride=32,
+        motion_size_range=(7, 9), gaussian_sigma_range=(0.8, 1.2), disk_radius_range=(1.5, 3.0),
+        validation_every=2, cache_dir=str(tmp_path / "cache"), log_every=1)
+    out = tmp_path / "selector.pt"
+    model = training.train_region_selector(config, out)
+    assert isinstance(model, RegionSelectorNet) and out.is_file()
+    assert training.cache_path(config).is_file()
+    assert config.data["train_windows"] + config.data["validation_windows"] == 8
+    assert config.data["validation_images"] == 1 and len(config.history) == 2
+    assert {"selector's best window", "whole image"} <= set(config.validation["product"])
+    state = torch.load(out, weights_only=True)
+    RegionSelectorNet().load_state_dict(state, strict=True)
+    # a second run reuses the cached labels (no estimation: the estimator must not be called)
+    monkeypatch.setattr(training, "estimate_psf", forbidden)
+    again = training.make_labels(config)
+    assert len(again["blurred"]) == 2
+    with resources.as_file(models) as folder:
+        assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == before
+
+
+def test_balanced_indices_and_auc():
+    rng = np.random.default_rng(0)
+    labels = np.array([True] * 3 + [False] * 10)
+    chosen = training.balanced_indices(labels, rng)
+    assert labels[chosen].sum() == 3 and (~labels[chosen]).sum() == 3
+    assert training.roc_auc(np.array([0.1, 0.2, 0.8, 0.9]), np.array([0, 0, 1, 1])) == 1.0
+    assert training.roc_auc(np.array([0.5, 0.5]), np.array([0, 1])) == 0.5
+
+
+def test_training_command_is_registered(capsys):
+    from napari_deblur.engine.train import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["region-selector", "--help"])
+    assert stop.value.code == 0
+    help_text = capsys.readouterr().out
+    for option in ("--windows", "--steps", "--threads", "--out", "--cache"):
+        assert option in help_text
