@@ -37,7 +37,12 @@ PLUGIN_NAME = "napari-deblur"
 
 #: Display names (napari.yaml) of the widgets the demo docks, in order. Keep in
 #: step with the manifest's ``widgets`` (a test checks it).
-DEMO_WIDGETS: tuple[str, ...] = ("Wiener-net sharpener", "GWIS sharpener", "Blur map")
+DEMO_WIDGETS: tuple[str, ...] = (
+    "Wiener-net sharpener",
+    "GWIS sharpener",
+    "Blur map",
+    "Region selector",
+)
 
 #: Sample keys (napari.yaml ``sample_data``) the demo can open.
 DEMO_SAMPLES: tuple[str, ...] = ("camera_shake", "defocus_ramp")

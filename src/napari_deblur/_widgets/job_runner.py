@@ -82,7 +82,9 @@ class OutputLayerSpec:
     ----------
     data : array-like or list
         Layer data (for ``"shapes"``: a list of vertex arrays in data
-        coordinates of the output).
+        coordinates of the output; for a current-slice job, vertices with one
+        coordinate per input axis are in the input's own data coordinates,
+        so the shapes lie on that slice).
     suffix : str
         The layer is named ``f"{input name} {suffix}"`` (plus the slice
         description for a current-slice job, and `` [n]`` when that name is
@@ -480,7 +482,9 @@ class JobRunner(Container):
             self.status.value = self._blocked_reason or ""
 
     # -------------------------------------------------------------- selection
-    def selection(self, layer: Any, scope: str | None = None) -> JobSelection:
+    def selection(
+        self, layer: Any, scope: str | None = None, *, index: Sequence[int] | None = None
+    ) -> JobSelection:
         """Validate ``layer`` and describe the data the current scope selects.
 
         Parameters
@@ -490,6 +494,9 @@ class JobRunner(Container):
         scope : str, optional
             One of :data:`LAZY_SCOPES`; the Scope choice by default. The lazy
             scope selects the whole layer as a dask array (of any layer).
+        index : sequence of int, optional
+            For the current-slice scope of a stack: the data index along the
+            leading axes to take instead of the slice on screen.
 
         Returns
         -------
@@ -498,7 +505,8 @@ class JobRunner(Container):
         Raises
         ------
         ValueError
-            No layer, an empty layer, or a non-real dtype (complex, object...).
+            No layer, an empty layer, a non-real dtype (complex, object...),
+            or an ``index`` outside the stack.
         TypeError
             The layer is not an Image layer (Labels, Points...).
         """
@@ -527,13 +535,22 @@ class JobRunner(Container):
                 "two spatial axes."
             )
         scope = self.scope.value if scope is None else scope
-        index = None
+        chosen, index = index, None
         suffix = ""
         if n_lead > 0 and scope == SCOPE_CURRENT_SLICE:
-            position = np.asarray(layer.world_to_data(self._viewer.dims.point))[:n_lead]
-            index = tuple(
-                int(np.clip(np.round(p), 0, n - 1)) for p, n in zip(position, shape[:n_lead])
-            )
+            if chosen is None:
+                position = np.asarray(layer.world_to_data(self._viewer.dims.point))[:n_lead]
+                index = tuple(
+                    int(np.clip(np.round(p), 0, n - 1)) for p, n in zip(position, shape[:n_lead])
+                )
+            else:
+                index = tuple(int(i) for i in chosen)
+                if len(index) != n_lead or any(
+                    not 0 <= i < n for i, n in zip(index, shape[:n_lead])
+                ):
+                    raise ValueError(
+                        f"Slice {index} is not in layer {layer.name!r} of shape {shape}."
+                    )
             names = _leading_axis_names(layer, n_lead)
             suffix = " (slice " + ", ".join(f"{a}={i}" for a, i in zip(names, index)) + ")"
         channel_axis = None
@@ -758,13 +775,14 @@ class JobRunner(Container):
 
     # --------------------------------------------------------- worker signals
     def _on_run_clicked(self, *_: Any) -> None:
-        self._call_reporting_errors(self._run_callback)
+        self.call_reporting_errors(self._run_callback)
 
     def _on_save_clicked(self, *_: Any) -> None:
-        self._call_reporting_errors(self._save_callback)
+        self.call_reporting_errors(self._save_callback)
 
     @staticmethod
-    def _call_reporting_errors(callback: Callable[[], Any] | None) -> None:
+    def call_reporting_errors(callback: Callable[[], Any] | None) -> None:
+        """Call a button's action; show its ValueError/TypeError as a napari error."""
         if callback is None:
             return
         try:
@@ -918,7 +936,10 @@ class JobRunner(Container):
                 out_ndim = (
                     np.asarray(shapes[0]).shape[-1] if shapes else len(selection.covered_axes)
                 )
-            kwargs.update(_output_geometry(source, selection.covered_axes, int(out_ndim)))
+            axes = selection.covered_axes
+            if selection.index is not None and int(out_ndim) == source.ndim:
+                axes = tuple(range(source.ndim))  # shapes on one slice of the stack
+            kwargs.update(_output_geometry(source, axes, int(out_ndim)))
             return Shapes(shapes, ndim=int(out_ndim), name=name, **kwargs)
         raise ValueError(
             f"Unknown output layer type {spec.layer_type!r}: use 'image', 'labels' or 'shapes'."

@@ -6,7 +6,9 @@ A subclass builds its input widgets, passes them to ``__init__`` and provides
 data and which layers its result becomes. The base class runs it in memory
 (Run), lazily (the lazy scope of dask stacks) or into a file ("Save whole
 stack to file…"), all through the runner. A subclass may extend
-:meth:`invalid_reason` and :meth:`_show_relevant_inputs`.
+:meth:`invalid_reason` and :meth:`_show_relevant_inputs`, set
+:attr:`~EngineJobWidget.single_plane` for jobs on the plane on screen only, and
+start further jobs of its own with :meth:`~EngineJobWidget.start_job`.
 """
 
 from __future__ import annotations
@@ -14,11 +16,12 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from magicgui.widgets import Container, Widget
 
 from napari_deblur._widgets.job_runner import (
+    SCOPE_CURRENT_SLICE,
     SCOPE_LAZY,
     JobRunner,
     JobSelection,
@@ -76,10 +79,17 @@ class EngineJobWidget(Container):
         Key under which the remembered values are stored.
     remembered : sequence of str
         Names of the inputs whose values are remembered (the runner's scope
-        is always remembered).
+        is remembered too, unless the widget is :attr:`single_plane`).
     watched : sequence of magicgui widgets
         Inputs whose changes re-check whether the job can run.
+    after_runner : sequence of magicgui widgets
+        Widgets placed below the runner (e.g. a second action that works on
+        the job's result); they may be named in ``remembered``.
     """
+
+    #: The job works on the plane on screen only (a stack's current slice): the
+    #: runner shows no scope choice and no "Save whole stack to file…".
+    single_plane: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -91,14 +101,19 @@ class EngineJobWidget(Container):
         settings_key: str,
         remembered: Sequence[str],
         watched: Sequence[Widget],
+        after_runner: Sequence[Widget] = (),
     ) -> None:
         self._viewer = viewer
         self.runner = JobRunner(
-            viewer, run_callback=self.run, save_callback=self.save_whole_stack, run_text=run_text
+            viewer,
+            run_callback=self.run,
+            save_callback=None if self.single_plane else self.save_whole_stack,
+            run_text=run_text,
         )
-        super().__init__(name=name, widgets=[*inputs, self.runner])
+        super().__init__(name=name, widgets=[*inputs, self.runner, *after_runner])
         select_active_layer(self.image, viewer)
-        remember_values(self, settings_key, [*remembered, "scope"])
+        scope = [] if self.single_plane else ["scope"]
+        remember_values(self, settings_key, [*remembered, *scope])
         for widget in watched:
             widget.changed.connect(self._on_inputs_changed)
         self._on_inputs_changed()
@@ -111,6 +126,8 @@ class EngineJobWidget(Container):
     def _on_inputs_changed(self, *_: Any) -> None:
         self._show_relevant_inputs()
         self.runner.set_input_layer(self.image.value)
+        if self.single_plane:
+            self.runner.scope.visible = False
         self.runner.set_blocked_reason(self.invalid_reason())
 
     def _show_relevant_inputs(self) -> None:
@@ -148,8 +165,23 @@ class EngineJobWidget(Container):
             :meth:`engine_job`, :meth:`JobRunner.selection`) or a job is
             already running.
         """
-        selection = self.runner.selection(self._valid_image())
-        job = self.engine_job(selection)
+        scope = SCOPE_CURRENT_SLICE if self.single_plane else None
+        selection = self.runner.selection(self._valid_image(), scope=scope)
+        return self.start_job(selection, self.engine_job(selection))
+
+    def start_job(self, selection: JobSelection, job: EngineJob) -> Any:
+        """Run ``job`` on ``selection`` through the runner (for a widget's other actions too).
+
+        Returns
+        -------
+        superqt.utils.GeneratorWorker
+            The running worker.
+
+        Raises
+        ------
+        ValueError
+            A job is already running, or a lazy selection the job cannot make.
+        """
         return self.runner.start(
             selection.layer,
             functools.partial(job.call_engine, lazy=False),
@@ -176,8 +208,11 @@ class EngineJobWidget(Container):
         Raises
         ------
         ValueError, TypeError
-            As :meth:`run`, or a path that is neither ``.zarr`` nor ``.tif``.
+            As :meth:`run`, or a path that is neither ``.zarr`` nor ``.tif``,
+            or the widget works on one plane only.
         """
+        if self.single_plane:
+            raise ValueError("This widget works on the plane on screen: it cannot save a stack.")
         layer = self._valid_image()
         job = self.engine_job(self.runner.selection(layer, scope=SCOPE_LAZY))
         return self.runner.save_whole_stack(
