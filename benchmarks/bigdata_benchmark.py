@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import eval_data as ed  # noqa: E402
+import eval_data as ed
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bigdata.md"
 SOURCE_IMAGE = "retina"

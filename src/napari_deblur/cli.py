@@ -299,7 +299,11 @@ def _run_method(args: argparse.Namespace) -> int:
     compute, description = _method_call(args)
 
     from napari_deblur.engine import EngineError, run_job
-    from napari_deblur.stack_files import StackFileError, iter_save_lazy, open_lazy_image
+    from napari_deblur.stack_files import (
+        StackFileError,
+        iter_save_lazy,
+        open_lazy_image,
+    )
 
     client = _start_cluster(args)
     if client is not None:

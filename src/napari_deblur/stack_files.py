@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -156,13 +155,11 @@ def iter_save_lazy(lazy, path, *, channel_axis: int | None = None, at_once: int 
                                      photometric="rgb" if rgb else "minisblack",
                                      metadata={"napari_deblur": description} if description else None)
 
-        def write(index, values):
-            target[index] = values
-
+        write = target.__setitem__
         yield from iter_compute_planes(lazy, write, at_once=at_once, message=f"writing {path.name}")
         if suffix != ".zarr":
             target.flush()
-        del target
+        del write, target  # release the memory map before the rename
         _remove(path)
         os.replace(partial, path)
     except BaseException:
