@@ -67,9 +67,8 @@ from scipy.signal import fftconvolve
 
 from .devices import select_device
 from .fourier import fast_fft_length, kernel_to_otf, taper_pad
-from .gwis import luminance
 from .jobs import JobProgress, JobSteps, run_job
-from .planes import PlaneLayout
+from .planes import single_grey_plane
 from .validation import as_float_image
 
 logger = logging.getLogger(__name__)
@@ -137,25 +136,7 @@ def _check_size(size) -> int:
 
 
 def _grey_plane(image, channel_axis: int | None) -> np.ndarray:
-    """The one 2D plane the estimate is made on: grayscale, or the luminance of colour."""
-    pixels = as_float_image(image)
-    if channel_axis is None and pixels.ndim == 3 and pixels.shape[-1] in (3, 4):
-        channel_axis = -1  # a trailing RGB/RGBA axis, as napari shows it
-    if channel_axis is None and pixels.ndim != 2:
-        raise ValueError(
-            f"estimate_psf works on one 2D plane, got shape {pixels.shape}. Pass a single plane "
-            f"(e.g. image[z]) or, for colour, set channel_axis (a trailing axis of 3 or 4 "
-            f"channels is taken as RGB/RGBA automatically)."
-        )
-    layout = PlaneLayout.of(pixels.shape, channel_axis)
-    if layout.n_planes != 1:
-        raise ValueError(
-            f"estimate_psf works on one plane, but shape {pixels.shape} with channel_axis="
-            f"{channel_axis} holds {layout.n_planes} planes; pass a single plane (e.g. image[z])."
-        )
-    planes = layout.to_planes(pixels)  # (1, C, H, W)
-    grey = luminance(torch.from_numpy(np.array(planes, dtype=np.float32)))
-    return grey[0, 0].numpy()
+    return single_grey_plane(image, channel_axis, caller="estimate_psf")
 
 
 def _check_region(region, plane_shape: tuple[int, int], size: int) -> tuple[int, int, int, int]:

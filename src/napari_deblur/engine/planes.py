@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .jobs import JobProgress, JobSteps, scaled_steps
-from .validation import check_psf_fits
+from .validation import as_float_image, check_psf_fits
 
 MIN_PLANE_SIZE = 2
 
@@ -122,6 +122,35 @@ class PlaneLayout:
             f"{self.n_planes} plane(s) (leading axes {self.leading_shape}). Use a 2D PSF for all "
             f"planes, or pick the matching kernel."
         )
+
+
+def single_grey_plane(image, channel_axis: int | None, *, caller: str) -> np.ndarray:
+    """The one 2D plane a single-plane method works on: grayscale, or the luminance of colour.
+
+    A trailing axis of 3 or 4 channels is taken as RGB/RGBA when ``channel_axis``
+    is None (as napari shows it). Returns a float32 copy; raises ``ValueError``
+    naming ``caller`` for stacks and other shapes.
+    """
+    from .gwis import luminance  # gwis imports this module
+
+    pixels = as_float_image(image)
+    if channel_axis is None and pixels.ndim == 3 and pixels.shape[-1] in (3, 4):
+        channel_axis = -1
+    if channel_axis is None and pixels.ndim != 2:
+        raise ValueError(
+            f"{caller} works on one 2D plane, got shape {pixels.shape}. Pass a single plane "
+            f"(e.g. image[z]) or, for colour, set channel_axis (a trailing axis of 3 or 4 "
+            f"channels is taken as RGB/RGBA automatically)."
+        )
+    layout = PlaneLayout.of(pixels.shape, channel_axis)
+    if layout.n_planes != 1:
+        raise ValueError(
+            f"{caller} works on one plane, but shape {pixels.shape} with channel_axis="
+            f"{channel_axis} holds {layout.n_planes} planes; pass a single plane (e.g. image[z])."
+        )
+    planes = layout.to_planes(pixels)  # (1, C, H, W)
+    grey = luminance(torch.from_numpy(np.array(planes, dtype=np.float32)))
+    return grey[0, 0].numpy()
 
 
 PlaneStepsFn = Callable[[torch.Tensor, "torch.Tensor | None"], JobSteps[torch.Tensor]]
