@@ -39,12 +39,6 @@ def guess_channel_axis(shape: tuple[int, ...]) -> int | None:
     return None
 
 
-def plane_chunks(shape: tuple[int, ...], channel_axis: int | None) -> tuple[int, ...]:
-    """One plane per chunk: 1 along leading axes, whole rows, columns and channels."""
-    spatial = [a for a in range(len(shape)) if a != channel_axis][-2:]
-    return tuple(n if a in spatial or a == channel_axis else 1 for a, n in enumerate(shape))
-
-
 class _FileArray:
     """A read-only array view of a TIFF or ``.npy`` file that opens it on every read (picklable)."""
 
@@ -81,6 +75,8 @@ def open_lazy_image(path) -> tuple:
         Missing file, unsupported suffix, or unreadable content.
     """
     import dask.array as da
+
+    from napari_deblur.engine.lazy import plane_chunks
 
     path = Path(path)
     suffix = path.suffix.lower()
@@ -130,7 +126,7 @@ def iter_save_lazy(lazy, path, *, channel_axis: int | None = None, at_once: int 
     pathlib.Path
         ``path``.
     """
-    from napari_deblur.engine.lazy import iter_compute_planes
+    from napari_deblur.engine.lazy import iter_compute_planes, plane_chunks
 
     path = Path(path)
     suffix = path.suffix.lower()

@@ -52,6 +52,8 @@ import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, Label, ProgressBar, PushButton
 from psygnal import Signal
 
+from napari_deblur.stack_files import STACK_OUTPUT_SUFFIXES
+
 if TYPE_CHECKING:
     import napari
     import napari.layers
@@ -63,9 +65,6 @@ SCOPE_WHOLE_STACK = "Whole stack"
 SCOPE_LAZY = "Whole stack, lazily (computed as you scroll)"
 SCOPES = (SCOPE_CURRENT_SLICE, SCOPE_WHOLE_STACK)
 LAZY_SCOPES = (*SCOPES, SCOPE_LAZY)
-#: What "Save whole stack to file…" writes: ``stack_files.STACK_OUTPUT_SUFFIXES`` (not
-#: imported here, as that module imports the engine and torch).
-SAVE_SUFFIXES = (".zarr", ".tif", ".tiff")
 _PROGRESS_STEPS = 1000
 _DEFAULT_LABEL = re.compile(r"^-?\d+$")
 
@@ -154,7 +153,7 @@ class JobSelection:
                 return data
             import dask.array as da
 
-            from napari_deblur.stack_files import plane_chunks
+            from napari_deblur.engine.lazy import plane_chunks
 
             if isinstance(data, np.ndarray):
                 data = data.view()
@@ -678,11 +677,11 @@ class JobRunner(Container):
         path = str(path)
         file_suffix = Path(path).suffix.lower()
         if not file_suffix:
-            path += SAVE_SUFFIXES[0]
-        elif file_suffix not in SAVE_SUFFIXES:
+            path += STACK_OUTPUT_SUFFIXES[0]
+        elif file_suffix not in STACK_OUTPUT_SUFFIXES:
             raise ValueError(
                 f"Cannot save to {path!r}: choose a file name ending in "
-                f"{', '.join(SAVE_SUFFIXES[:-1])} or {SAVE_SUFFIXES[-1]}."
+                f"{', '.join(STACK_OUTPUT_SUFFIXES[:-1])} or {STACK_OUTPUT_SUFFIXES[-1]}."
             )
         make_steps = functools.partial(_save_steps, make_lazy, path, description)
         status = f"Saving {description!r} to {Path(path).name}…"

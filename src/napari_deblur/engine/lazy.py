@@ -84,18 +84,13 @@ def lazy_with_psf(method: BlockFn, image, psf, *, channel_axis: int | None = Non
     return lazy_planewise(compute_block, image, channel_axis=channel_axis)
 
 
-def _plane_chunks(layout: PlaneLayout) -> tuple[int, ...]:
-    """Chunk sizes putting one plane (all rows, columns, channels) in each block."""
-    chunks = []
-    leading = len(layout.leading_shape)
-    non_channel_axis = 0
-    for axis, length in enumerate(layout.shape):
-        if axis == layout.channel_axis:
-            chunks.append(length)
-            continue
-        chunks.append(1 if non_channel_axis < leading else length)
-        non_channel_axis += 1
-    return tuple(chunks)
+def plane_chunks(shape: tuple[int, ...], channel_axis: int | None) -> tuple[int, ...]:
+    """One plane per chunk: 1 along leading axes, whole rows, columns and channels.
+
+    ``channel_axis`` is non-negative or None.
+    """
+    spatial = [a for a in range(len(shape)) if a != channel_axis][-2:]
+    return tuple(n if a in spatial or a == channel_axis else 1 for a, n in enumerate(shape))
 
 
 def lazy_planewise(
@@ -133,8 +128,7 @@ def lazy_planewise(
     import dask.array as da
 
     layout = lazy_layout(image, channel_axis)
-    plane_chunks = _plane_chunks(layout)
-    blocks = image.rechunk(plane_chunks)
+    blocks = image.rechunk(plane_chunks(layout.shape, layout.channel_axis))
     leading_shape = layout.leading_shape
     n_leading = len(leading_shape)
     leading_axes = [a for a in range(image.ndim) if a != layout.channel_axis][:n_leading]
