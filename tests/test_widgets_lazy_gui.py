@@ -7,25 +7,15 @@ Run under an X server, e.g.::
 
 from __future__ import annotations
 
-import os
-import sys
 import time
 
 import numpy as np
 import pytest
 
-if sys.platform.startswith("linux") and not (
-    os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
-):
-    pytest.skip(
-        "GUI tests need a display: run them under xvfb-run (see module docstring)",
-        allow_module_level=True,
-    )
-pytest.importorskip("pytestqt")
-pytest.importorskip("napari")
 da = pytest.importorskip("dask.array")
 
-from test_widgets_gui import (  # after the display check, like that module
+# Importing the main GUI test module first skips this one too without a display, pytest-qt or napari.
+from test_widgets_gui import (
     BLUR_MAP_WIDGET,
     GWIS_WIDGET,
     JOB_TIMEOUT_MS,
