@@ -225,10 +225,7 @@ def test_training_smoke_run(tmp_path, monkeypatch):
     models = resources.files("napari_deblur.engine").joinpath("models")
     with resources.as_file(models) as folder:
         before = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
-    config = training.RegionSelectorTrainingConfig(
-        windows=8, steps=2, batch=4, window=64, image_size=96, window_stride=32,
-        motion_size_range=(7, 9), gaussian_sigma_range=(0.8, 1.2), disk_radius_range=(1.5, 3.0),
-        validation_every=2, cache_dir=str(tmp_path / "cache"), log_every=1)
+    config = _tiny_label_config(tmp_path / "cache")
     out = tmp_path / "selector.pt"
     model = training.train_region_selector(config, out)
     assert isinstance(model, RegionSelectorNet) and out.is_file()
@@ -244,6 +241,36 @@ def test_training_smoke_run(tmp_path, monkeypatch):
     assert len(again["blurred"]) == 2
     with resources.as_file(models) as folder:
         assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == before
+
+
+def _tiny_label_config(tmp_path, **kwargs):
+    return training.RegionSelectorTrainingConfig(
+        windows=8, steps=2, batch=4, window=64, image_size=96, window_stride=32,
+        motion_size_range=(7, 9), gaussian_sigma_range=(0.8, 1.2), disk_radius_range=(1.5, 3.0),
+        estimate_size_max=11, validation_every=2, cache_dir=str(tmp_path), log_every=1, **kwargs)
+
+
+def test_labels_do_not_depend_on_the_number_of_workers(tmp_path):
+    one = training.make_labels(_tiny_label_config(tmp_path / "one"))
+    two = training.make_labels(_tiny_label_config(tmp_path / "two", workers=2))
+    assert len(one["blurred"]) == len(two["blurred"]) == 2
+    for name in ("blurred", "kernel", "estimate_size", "similarity"):
+        np.testing.assert_array_equal(one[name], two[name])
+    assert np.all((one["estimate_size"] >= 7) & (one["estimate_size"] <= 11))
+
+
+def test_within_image_rank_loss_orders_windows_of_one_image():
+    labels = torch.tensor([1, 0, 0, 1, 1, 1, 1, 1], dtype=torch.bool)  # image 2: one class only
+    right = torch.tensor([3.0, -3.0, -3.0, 3.0, 0.0, 0.0, 0.0, 0.0])
+    wrong = torch.tensor([-3.0, 3.0, 3.0, -3.0, 0.0, 0.0, 0.0, 0.0])
+    low = training.within_image_rank_loss(right, labels, per_image=4)
+    high = training.within_image_rank_loss(wrong, labels, per_image=4)
+    assert float(low) < 0.01 and float(high) > 5.0
+    # the second image (all good) adds no pairs: changing its scores changes nothing
+    moved = right.clone()
+    moved[4:] = torch.tensor([5.0, -5.0, 1.0, 2.0])
+    assert float(training.within_image_rank_loss(moved, labels, per_image=4)) == float(low)
+    assert float(training.within_image_rank_loss(right, torch.ones(8, dtype=torch.bool), 4)) == 0.0
 
 
 def test_balanced_indices_and_auc():

@@ -163,7 +163,8 @@ def _train_region_selector(args) -> None:
 
     config = RegionSelectorTrainingConfig(windows=args.windows, steps=args.steps, batch=args.batch,
                                           seed=args.seed, device=args.device, threads=args.threads,
-                                          cache_dir=args.cache, log_every=args.log_every)
+                                          cache_dir=args.cache, log_every=args.log_every,
+                                          workers=args.workers)
     out = Path(args.out) if args.out else _default_weights_path(WEIGHTS_FILE)
     started = time.perf_counter()
     train_region_selector(config, out)
@@ -216,13 +217,15 @@ def main(argv=None) -> None:
     blurmap.add_argument("--out", default=None, help="weights path (default: the shipped file)")
     blurmap.set_defaults(run=_train_blur_map)
     selector = sub.add_parser("region-selector", help="label windows and train the region selector")
-    selector.add_argument("--windows", type=int, default=2000,
+    selector.add_argument("--windows", type=int, default=2400,
                           help="labelled windows (the blind estimator runs once on each; cached)")
     selector.add_argument("--steps", type=int, default=1500)
     selector.add_argument("--batch", type=int, default=32)
     selector.add_argument("--seed", type=int, default=0)
     selector.add_argument("--device", default="cpu", help="cpu, cuda or mps")
     selector.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
+    selector.add_argument("--workers", type=int, default=1,
+                          help="processes that make the labels (the slow part; one per core)")
     selector.add_argument("--log-every", type=int, default=250,
                           help="validate every this many steps")
     selector.add_argument("--cache", default=None,

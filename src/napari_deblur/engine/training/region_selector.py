@@ -12,7 +12,9 @@ dead-leaves image (random turn, flip and contrast), blurred by *valid*
 convolution of a larger crop (content from beyond the frame bleeds in, as in a
 camera) with one kernel -- camera shake (:func:`random_motion_psf`), Gaussian
 or defocus disk, up to :data:`MAX_KERNEL` px -- plus white Gaussian noise. The
-estimator is given an odd kernel size at least the true one (0 to 4 px more).
+estimator is given an odd kernel size between the true one and
+``estimate_size_max`` (31 px: what a user who does not know the blur would ask
+for), so the labels cover both a tight and a generous kernel size.
 
 Estimation is the slow part (about 0.3-1 s per window on one core), so the
 labelled images are cached in an ``.npz`` (resumed where a previous run
@@ -32,6 +34,7 @@ import hashlib
 import json
 import logging
 import math
+import multiprocessing
 import os
 import time
 from dataclasses import dataclass, field
@@ -54,7 +57,7 @@ logger = logging.getLogger(__name__)
 MAX_KERNEL = 25
 """Largest true kernel side (px); kernels are stored embedded in this square."""
 
-LABEL_VERSION = 1
+LABEL_VERSION = 2
 """Bumped when the label recipe changes (part of the cache name)."""
 
 KERNEL_KINDS = ("motion", "gaussian", "disk")
@@ -64,15 +67,21 @@ KERNEL_KINDS = ("motion", "gaussian", "disk")
 class RegionSelectorTrainingConfig:
     """Settings of one run (all recorded in the report)."""
 
-    windows: int = 2000
+    windows: int = 2400
     steps: int = 1500
     batch: int = 32
     learning_rate: float = 2e-3
     weight_decay: float = 1e-4
+    rank_weight: float = 1.0
+    """Weight of the within-image ranking loss beside the classification loss (0: off)."""
+    rank_images: int = 2
+    """Images per step whose windows (all of them) feed the ranking loss."""
     seed: int = 0
-    window: int = 128
-    image_size: int = 320
+    window: int = 192
+    image_size: int = 384
     window_stride: int = 64
+    estimate_size_max: int = 31
+    """The estimator is given an odd kernel size drawn between the true side and this."""
     threshold: float = 0.75
     kind_weights: tuple[float, float, float] = (0.5, 0.25, 0.25)
     motion_size_range: tuple[int, int] = (7, MAX_KERNEL)
@@ -84,6 +93,8 @@ class RegionSelectorTrainingConfig:
     """Image ``i`` is held out when ``i % validation_every == validation_every // 2`` (~14 %)."""
     log_every: int = 250
     threads: int = 0
+    workers: int = 1
+    """Processes that make labels (each estimates on one thread); 1 = in this process."""
     device: str = "cpu"
     cache_dir: str | None = None
     history: list = field(default_factory=list)
@@ -92,7 +103,8 @@ class RegionSelectorTrainingConfig:
 
     def data_settings(self) -> dict:
         """The settings that define the labels (the cache key)."""
-        keys = ("seed", "window", "image_size", "window_stride", "threshold", "kind_weights",
+        keys = ("seed", "window", "image_size", "window_stride", "estimate_size_max",
+                "threshold", "kind_weights",
                 "motion_size_range", "gaussian_sigma_range", "disk_radius_range",
                 "noise_sigma_range", "dead_leaves_fraction", "validation_every")
         settings = {key: getattr(self, key) for key in keys}
@@ -171,7 +183,8 @@ def labelled_image(index: int, natural: list[np.ndarray], config: RegionSelector
     blurred = fftconvolve(sharp, kernel, mode="valid").astype(np.float32)  # real boundaries
     noise = rng.uniform(*config.noise_sigma_range)
     blurred += (noise * rng.standard_normal(blurred.shape)).astype(np.float32)
-    estimate_size = max(side + 2 * int(rng.integers(0, 3)), 7)
+    smallest = max(side, 7)
+    estimate_size = smallest + 2 * int(rng.integers(0, max(config.estimate_size_max - smallest, 0) // 2 + 1))
     similarities = []
     for y in config.window_offsets:
         for x in config.window_offsets:
@@ -214,6 +227,39 @@ def _save_cache(path: Path, columns: dict[str, list], config: RegionSelectorTrai
     partial.replace(path)
 
 
+_worker_natural: list[np.ndarray] = []
+
+
+def _load_natural(config: RegionSelectorTrainingConfig) -> list[np.ndarray]:
+    return train_split_images(min_size=config.image_size + MAX_KERNEL - 1)
+
+
+def _start_worker(config: RegionSelectorTrainingConfig) -> None:
+    torch.set_num_threads(1)
+    _worker_natural[:] = _load_natural(config)
+
+
+def _label_in_worker(job: tuple[int, RegionSelectorTrainingConfig]) -> dict:
+    index, config = job
+    return labelled_image(index, _worker_natural, config)
+
+
+def _labelled_images(indices: range, config: RegionSelectorTrainingConfig):
+    """``labelled_image`` for each index, in order; in ``config.workers`` processes if > 1.
+
+    Every image is seeded by its index alone, so the labels do not depend on
+    the number of workers.
+    """
+    if config.workers <= 1:
+        natural = _load_natural(config)
+        for index in indices:
+            yield labelled_image(index, natural, config)
+        return
+    context = multiprocessing.get_context("spawn")  # no forked torch thread pools
+    with context.Pool(config.workers, initializer=_start_worker, initargs=(config,)) as pool:
+        yield from pool.imap(_label_in_worker, [(index, config) for index in indices])
+
+
 def make_labels(config: RegionSelectorTrainingConfig, path: Path | None = None,
                 *, save_every: int = 4) -> dict[str, np.ndarray]:
     """Labelled images for ``config.windows`` windows, from the cache where possible.
@@ -229,12 +275,10 @@ def make_labels(config: RegionSelectorTrainingConfig, path: Path | None = None,
     wanted = math.ceil(config.windows / config.windows_per_image)
     done = len(columns["blurred"])
     if done < wanted:
-        natural = train_split_images(min_size=config.image_size + MAX_KERNEL - 1)
-        logger.info("labelling images %d..%d (%d windows each) into %s", done, wanted - 1,
-                    config.windows_per_image, path)
+        logger.info("labelling images %d..%d (%d windows each, %d worker(s)) into %s", done,
+                    wanted - 1, config.windows_per_image, config.workers, path)
         started = time.perf_counter()
-        for index in range(done, wanted):
-            entry = labelled_image(index, natural, config)
+        for index, entry in enumerate(_labelled_images(range(done, wanted), config), start=done):
             for name in _FIELDS:
                 columns[name].append(entry[name])
             count = index + 1 - done
@@ -361,6 +405,27 @@ def product_validation(scores: np.ndarray, windows: np.ndarray, similarities: np
     return result
 
 
+def _mixed_images(labels: np.ndarray, per_image: int) -> list[np.ndarray]:
+    """Window indices of each image (``per_image`` consecutive windows) that has both classes."""
+    groups = np.arange(len(labels)).reshape(-1, per_image)
+    return [group for group in groups if 0 < labels[group].sum() < per_image]
+
+
+def within_image_rank_loss(logits: torch.Tensor, labels: torch.Tensor, per_image: int) -> torch.Tensor:
+    """Mean of ``softplus(s_bad - s_good)`` over the (good, bad) window pairs of each image.
+
+    ``logits`` and ``labels`` hold whole images, ``per_image`` consecutive
+    windows each; images with one class contribute no pairs.
+    """
+    scores = logits.reshape(-1, per_image)
+    good = labels.reshape(-1, per_image).bool()
+    margin = scores[:, None, :] - scores[:, :, None]  # [i, g, b] = s_b - s_g
+    pairs = good[:, :, None] & ~good[:, None, :]
+    if not pairs.any():
+        return logits.sum() * 0.0
+    return F.softplus(margin[pairs]).mean()
+
+
 def train_region_selector(config: RegionSelectorTrainingConfig, out_path: Path) -> RegionSelectorNet:
     """Make (or load) the labels, train from scratch, save the weights to ``out_path``.
 
@@ -395,6 +460,13 @@ def train_region_selector(config: RegionSelectorTrainingConfig, out_path: Path) 
     x_train = torch.from_numpy(train_windows[chosen]).to(device)
     y_train = torch.from_numpy(train_labels[chosen].astype(np.float32)).to(device)
     x_val = torch.from_numpy(val_windows).to(device)
+    # Images whose windows hold both classes: the ranking loss compares their good and bad
+    # windows with each other (what picking the best window needs; the kernel and the noise,
+    # shared by all windows of an image, make plain classification an easier, different task).
+    train_groups = _mixed_images(train_similarity >= config.threshold, config.windows_per_image)
+    config.data["train_images_with_both_classes"] = len(train_groups)
+    x_all = torch.from_numpy(train_windows).to(device)
+    y_all = torch.from_numpy(train_labels).to(device)
 
     model = RegionSelectorNet().to(device, memory_format=torch.channels_last)
     optimiser = torch.optim.AdamW(model.parameters(), lr=config.learning_rate,
@@ -406,10 +478,21 @@ def train_region_selector(config: RegionSelectorTrainingConfig, out_path: Path) 
     batch = min(config.batch, len(x_train))
     for step in range(1, config.steps + 1):
         pick = torch.from_numpy(rng.choice(len(x_train), size=batch, replace=False)).to(device)
-        windows = _dihedral(x_train[pick], rng)[:, None]
+        windows = x_train[pick]
+        ranked = None
+        if config.rank_weight > 0 and len(train_groups):
+            groups = rng.choice(len(train_groups), size=min(config.rank_images, len(train_groups)),
+                                replace=False)
+            ranked = np.concatenate([train_groups[g] for g in groups])
+            windows = torch.cat((windows, x_all[ranked]))
+        windows = _dihedral(windows, rng)[:, None]
         features = window_features(windows).contiguous(memory_format=torch.channels_last)
-        logits = model(features)
+        all_logits = model(features)
+        logits = all_logits[:batch]
         loss = F.binary_cross_entropy_with_logits(logits, y_train[pick])
+        if ranked is not None:
+            loss = loss + config.rank_weight * within_image_rank_loss(
+                all_logits[batch:], y_all[ranked], config.windows_per_image)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
