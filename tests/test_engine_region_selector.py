@@ -260,17 +260,24 @@ def test_labels_do_not_depend_on_the_number_of_workers(tmp_path):
 
 
 def test_within_image_rank_loss_orders_windows_of_one_image():
-    labels = torch.tensor([1, 0, 0, 1, 1, 1, 1, 1], dtype=torch.bool)  # image 2: one class only
+    labels = torch.tensor([1, 0, 0, 1, 1, 1, 1, 1], dtype=torch.float32)  # image 2: one class only
     right = torch.tensor([3.0, -3.0, -3.0, 3.0, 0.0, 0.0, 0.0, 0.0])
     wrong = torch.tensor([-3.0, 3.0, 3.0, -3.0, 0.0, 0.0, 0.0, 0.0])
-    low = training.within_image_rank_loss(right, labels, per_image=4)
-    high = training.within_image_rank_loss(wrong, labels, per_image=4)
+    low = training.within_image_rank_loss(right, labels, per_image=4, gap=0.5)
+    high = training.within_image_rank_loss(wrong, labels, per_image=4, gap=0.5)
     assert float(low) < 0.01 and float(high) > 5.0
     # the second image (all good) adds no pairs: changing its scores changes nothing
     moved = right.clone()
     moved[4:] = torch.tensor([5.0, -5.0, 1.0, 2.0])
-    assert float(training.within_image_rank_loss(moved, labels, per_image=4)) == float(low)
-    assert float(training.within_image_rank_loss(right, torch.ones(8, dtype=torch.bool), 4)) == 0.0
+    assert float(training.within_image_rank_loss(moved, labels, 4, 0.5)) == float(low)
+    assert float(training.within_image_rank_loss(right, torch.ones(8), 4, 0.5)) == 0.0
+    # similarities: only pairs further apart than the gap count
+    similarity = torch.tensor([0.90, 0.88, 0.60, 0.80])
+    scores = torch.tensor([6.0, 8.0, -6.0, 0.0])  # 0.88 above 0.90: within the gap, no penalty
+    assert float(training.within_image_rank_loss(scores, similarity, 4, gap=0.05)) < 0.01
+    assert float(training.within_image_rank_loss(scores, similarity, 4, gap=0.0)) > 0.3
+    groups = training._ranked_images(np.array([0.9, 0.88, 0.87, 0.86, 0.9, 0.5, 0.9, 0.9]), 4, 0.05)
+    assert [list(group) for group in groups] == [[4, 5, 6, 7]]
 
 
 def test_balanced_indices_and_auc():

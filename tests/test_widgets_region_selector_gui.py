@@ -118,7 +118,7 @@ def test_find_regions_adds_scored_rectangles_over_the_input(
     before = np.array(source.data, copy=True)
     widget = _dock(viewer)
     assert widget.image.value is source
-    assert widget.size.value == 128 and widget.count.value == 5 and widget.psf_size.value == 25
+    assert widget.size.value == 192 and widget.count.value == 5 and widget.psf_size.value == 25
     assert (widget.size.min, widget.size.max, widget.count.min, widget.count.max) == (64, 512, 1, 20)
     assert not _shown(widget.runner.scope) and not _shown(widget.runner.save_button)
     widget.size.value = 64

@@ -107,9 +107,11 @@ class RegionSelectorWidget(EngineJobWidget):
             napari_viewer,
             "Blurred image layer (PSF layers are not listed). Stacks: the plane on screen.",
         )
+        # the default is engine.region_selector.TRAINING_WINDOW (not imported: it loads torch)
         self.size = SpinBox(
-            name="size", label="Window size (px)", min=64, max=512, step=16, value=128,
-            tooltip="Side of the square windows to score, in pixels.",
+            name="size", label="Window size (px)", min=64, max=512, step=16, value=192,
+            tooltip="Side of the square windows to score, in pixels (the network is trained on "
+                    "192; about half the image side works well).",
         )
         self.count = SpinBox(
             name="count", label="Count", min=1, max=20, value=5,

@@ -17,7 +17,7 @@ deviation (:func:`window_features`: contrast does not matter, structure
 does). As the paper argues, it has no pooling layers (strided convolutions
 instead), since windows a few pixels apart can differ in how well the kernel
 can be estimated from them; one global average at the end turns the last
-feature map into one logit. It is trained on 128x128 windows; being fully
+feature map into one logit. It is trained on 192x192 windows; being fully
 convolutional it scores other window sizes at their native resolution.
 
 The weights in ``models/region_selector.pt`` are trained by
@@ -54,8 +54,11 @@ RETRAIN_COMMAND = "python -m napari_deblur.engine.train region-selector"
 GOOD_SIMILARITY = 0.75
 """A window is good when the PSF estimated from it has at least this kernel similarity."""
 
-TRAINING_WINDOW = 128
-"""Side (px) of the windows the network is trained on; the default window size."""
+TRAINING_WINDOW = 192
+"""Side (px) of the windows the network is trained on."""
+
+DEFAULT_WINDOW = 128
+"""Default window side of :func:`select_regions` (px)."""
 
 MIN_WINDOW = 32
 """Smallest window side accepted (px): the network's output stride is 16."""
@@ -102,7 +105,7 @@ class RegionSelectorNet(nn.Module):
     strided convolutions keep the network sensitive to where structures sit
     in the window), a 3x3 convolution at 1/16 resolution, a global average
     and a linear layer. About 86 000 parameters. ``H`` and ``W`` should be
-    multiples of 16 (:data:`TRAINING_WINDOW` = 128 in training).
+    multiples of 16 (:data:`TRAINING_WINDOW` = 192 in training).
     """
 
     def __init__(self, widths=WIDTHS):
@@ -193,7 +196,7 @@ def non_maximum_suppression(candidates: list[Region], count: int) -> list[Region
 # --- public API -------------------------------------------------------------------------------
 
 
-def iter_select_regions(image, *, size: int = TRAINING_WINDOW, count: int = 5,
+def iter_select_regions(image, *, size: int = DEFAULT_WINDOW, count: int = 5,
                         stride: int | None = None, channel_axis: int | None = None,
                         device=None) -> JobSteps[list[Region]]:
     """Generator twin of :func:`select_regions` (yields progress per batch of windows)."""
@@ -224,7 +227,7 @@ def iter_select_regions(image, *, size: int = TRAINING_WINDOW, count: int = 5,
     return non_maximum_suppression(candidates, count)
 
 
-def select_regions(image, *, size: int = TRAINING_WINDOW, count: int = 5, stride: int | None = None,
+def select_regions(image, *, size: int = DEFAULT_WINDOW, count: int = 5, stride: int | None = None,
                    channel_axis: int | None = None, device=None, progress=None,
                    cancel=None) -> list[Region]:
     """Find the windows of a blurred image from which its blur kernel can be estimated best.
@@ -238,7 +241,8 @@ def select_regions(image, *, size: int = TRAINING_WINDOW, count: int = 5, stride
         without ``channel_axis``.
     size : int
         Side of the square windows in pixels (>= 32; the network is trained
-        on 128). Pass the same windows to :func:`estimate_psf`, whose kernel
+        on 192, and larger windows give steadier kernels when the image is big
+        enough). Pass the same windows to :func:`estimate_psf`, whose kernel
         ``size`` must be at most half of it.
     count : int
         Most windows returned (>= 1). Fewer come back when no more fit

@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import scipy.ndimage as ndi
 import torch
 import torch.nn.functional as F
 from scipy.signal import fftconvolve
@@ -57,7 +58,7 @@ logger = logging.getLogger(__name__)
 MAX_KERNEL = 25
 """Largest true kernel side (px); kernels are stored embedded in this square."""
 
-LABEL_VERSION = 2
+LABEL_VERSION = 3
 """Bumped when the label recipe changes (part of the cache name)."""
 
 KERNEL_KINDS = ("motion", "gaussian", "disk")
@@ -76,6 +77,8 @@ class RegionSelectorTrainingConfig:
     """Weight of the within-image ranking loss beside the classification loss (0: off)."""
     rank_images: int = 2
     """Images per step whose windows (all of them) feed the ranking loss."""
+    rank_gap: float = 0.05
+    """Two windows of one image form a ranking pair when their similarities differ by more."""
     seed: int = 0
     window: int = 192
     image_size: int = 384
@@ -89,6 +92,8 @@ class RegionSelectorTrainingConfig:
     disk_radius_range: tuple[float, float] = (1.5, 10.0)
     noise_sigma_range: tuple[float, float] = (0.005, 0.02)
     dead_leaves_fraction: float = 0.35
+    composite_fraction: float = 0.5
+    """Images made of two parts (a second crop or a plain area) so their windows differ."""
     validation_every: int = 7
     """Image ``i`` is held out when ``i % validation_every == validation_every // 2`` (~14 %)."""
     log_every: int = 250
@@ -106,7 +111,8 @@ class RegionSelectorTrainingConfig:
         keys = ("seed", "window", "image_size", "window_stride", "estimate_size_max",
                 "threshold", "kind_weights",
                 "motion_size_range", "gaussian_sigma_range", "disk_radius_range",
-                "noise_sigma_range", "dead_leaves_fraction", "validation_every")
+                "noise_sigma_range", "dead_leaves_fraction", "composite_fraction",
+                "validation_every")
         settings = {key: getattr(self, key) for key in keys}
         settings["version"] = LABEL_VERSION
         return settings
@@ -156,8 +162,38 @@ def random_label_kernel(rng: np.random.Generator, config: RegionSelectorTraining
     return np.asarray(kernel, np.float32), kind
 
 
+def _plain_area(rng: np.random.Generator, side: int) -> np.ndarray:
+    """A faint low-frequency field: sky, background, a wall out of focus."""
+    field = ndi.gaussian_filter(rng.standard_normal((side, side)), sigma=side / 6, mode="wrap")
+    field = (field - field.mean()) / (field.std() + 1e-12)
+    return rng.uniform(0.05, 0.95) + rng.uniform(0.0, 0.04) * field
+
+
+def _part_mask(rng: np.random.Generator, side: int) -> np.ndarray:
+    """About 1 on a random part of the square and 0 on the rest, with softened borders."""
+    field = ndi.gaussian_filter(rng.standard_normal((side, side)), sigma=side / 5)
+    inside = field > np.quantile(field, rng.uniform(0.3, 0.7))
+    return ndi.gaussian_filter(inside.astype(np.float64), 1.5)
+
+
 def _sharp_crop(rng: np.random.Generator, side: int, natural: list[np.ndarray],
                 config: RegionSelectorTrainingConfig) -> tuple[np.ndarray, str]:
+    """A sharp square: one crop, or (``composite_fraction``) a crop merged with a second
+    crop or a plain area along a random smooth border, so that the windows of one image
+    differ in how much they show of the blur."""
+    image, source = _single_crop(rng, side, natural, config)
+    if rng.uniform() >= config.composite_fraction:
+        return image, source
+    if rng.uniform() < 0.5:
+        other, other_source = _plain_area(rng, side), "plain"
+    else:
+        other, other_source = _single_crop(rng, side, natural, config)
+    mask = _part_mask(rng, side)
+    return image * mask + other * (1.0 - mask), f"{source}+{other_source}"
+
+
+def _single_crop(rng: np.random.Generator, side: int, natural: list[np.ndarray],
+                 config: RegionSelectorTrainingConfig) -> tuple[np.ndarray, str]:
     if not natural or rng.uniform() < config.dead_leaves_fraction:
         image, source = dead_leaves(side, rng), "dead_leaves"
     else:
@@ -405,22 +441,25 @@ def product_validation(scores: np.ndarray, windows: np.ndarray, similarities: np
     return result
 
 
-def _mixed_images(labels: np.ndarray, per_image: int) -> list[np.ndarray]:
-    """Window indices of each image (``per_image`` consecutive windows) that has both classes."""
-    groups = np.arange(len(labels)).reshape(-1, per_image)
-    return [group for group in groups if 0 < labels[group].sum() < per_image]
+def _ranked_images(similarities: np.ndarray, per_image: int, gap: float) -> list[np.ndarray]:
+    """Window indices of each image (``per_image`` consecutive windows) whose values spread by > ``gap``."""
+    groups = np.arange(len(similarities)).reshape(-1, per_image)
+    return [group for group in groups if np.ptp(similarities[group]) > gap]
 
 
-def within_image_rank_loss(logits: torch.Tensor, labels: torch.Tensor, per_image: int) -> torch.Tensor:
-    """Mean of ``softplus(s_bad - s_good)`` over the (good, bad) window pairs of each image.
+def within_image_rank_loss(logits: torch.Tensor, similarities: torch.Tensor, per_image: int,
+                           gap: float = 0.0) -> torch.Tensor:
+    """Mean of ``softplus(s_worse - s_better)`` over the window pairs of each image.
 
-    ``logits`` and ``labels`` hold whole images, ``per_image`` consecutive
-    windows each; images with one class contribute no pairs.
+    ``logits`` and ``similarities`` hold whole images, ``per_image``
+    consecutive windows each; a pair is two windows of one image whose
+    similarities differ by more than ``gap`` (binary labels with ``gap`` 0.5
+    give the (good, bad) pairs).
     """
     scores = logits.reshape(-1, per_image)
-    good = labels.reshape(-1, per_image).bool()
-    margin = scores[:, None, :] - scores[:, :, None]  # [i, g, b] = s_b - s_g
-    pairs = good[:, :, None] & ~good[:, None, :]
+    values = similarities.reshape(-1, per_image).to(scores.dtype)
+    margin = scores[:, None, :] - scores[:, :, None]  # [i, a, b] = s_b - s_a
+    pairs = values[:, :, None] > values[:, None, :] + gap  # window a better than window b
     if not pairs.any():
         return logits.sum() * 0.0
     return F.softplus(margin[pairs]).mean()
@@ -455,18 +494,22 @@ def train_region_selector(config: RegionSelectorTrainingConfig, out_path: Path) 
             kind: float(np.mean(labels["similarity"][labels["kind"] == kind] >= config.threshold))
             for kind in KERNEL_KINDS if np.any(labels["kind"] == kind)},
         "dead_leaves_images": int(np.sum(labels["source"] == "dead_leaves")),
+        "composite_images": int(sum("+" in str(source) for source in labels["source"])),
     }
     logger.info("data: %s", config.data)
     x_train = torch.from_numpy(train_windows[chosen]).to(device)
     y_train = torch.from_numpy(train_labels[chosen].astype(np.float32)).to(device)
     x_val = torch.from_numpy(val_windows).to(device)
-    # Images whose windows hold both classes: the ranking loss compares their good and bad
-    # windows with each other (what picking the best window needs; the kernel and the noise,
-    # shared by all windows of an image, make plain classification an easier, different task).
-    train_groups = _mixed_images(train_similarity >= config.threshold, config.windows_per_image)
-    config.data["train_images_with_both_classes"] = len(train_groups)
+    # The ranking loss compares the windows of one image with each other (what picking the
+    # best window needs; the kernel and the noise, shared by all windows of an image, make
+    # plain classification an easier, different task): images whose window similarities
+    # spread by more than rank_gap.
+    train_groups = _ranked_images(train_similarity, config.windows_per_image, config.rank_gap)
+    config.data["train_images_with_both_classes"] = len(
+        _ranked_images(train_labels.astype(np.float32), config.windows_per_image, 0.5))
+    config.data["train_images_ranked"] = len(train_groups)
     x_all = torch.from_numpy(train_windows).to(device)
-    y_all = torch.from_numpy(train_labels).to(device)
+    similarity_all = torch.from_numpy(train_similarity).to(device)
 
     model = RegionSelectorNet().to(device, memory_format=torch.channels_last)
     optimiser = torch.optim.AdamW(model.parameters(), lr=config.learning_rate,
@@ -492,7 +535,8 @@ def train_region_selector(config: RegionSelectorTrainingConfig, out_path: Path) 
         loss = F.binary_cross_entropy_with_logits(logits, y_train[pick])
         if ranked is not None:
             loss = loss + config.rank_weight * within_image_rank_loss(
-                all_logits[batch:], y_all[ranked], config.windows_per_image)
+                all_logits[batch:], similarity_all[ranked], config.windows_per_image,
+                config.rank_gap)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
