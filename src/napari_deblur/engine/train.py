@@ -172,17 +172,21 @@ def _train_region_selector(args) -> None:
         "Network: RegionSelectorNet (napari_deblur.engine.region_selector): strided convolutions, "
         "no pooling, global average, one logit; windows normalised by their own mean and standard "
         "deviation. Labels: synthetic blurred images (`image_size` px) cut from the scikit-image "
-        "train split (grayscale) or procedural dead leaves, random turn/flip/contrast; one kernel "
-        "per image: camera shake (random_motion_psf), Gaussian or disk (defocus), up to 25 px, "
-        "valid convolution of a larger crop (real boundaries), white Gaussian noise (sigma in "
-        "`noise_sigma_range` of [0, 1]). The engine's blind estimator (estimate_psf, kernel size "
-        "= the true side + 0..4 px, at least 7) runs on each `window`-px window of a grid of step "
-        "`window_stride`; label = kernel similarity >= `threshold`. Whole images are held out for "
-        f"validation (every `validation_every`-th); labels cached in `{cache_path(config).name}` "
-        "(under `--cache`, default ~/.cache/napari-deblur). "
-        "Training: balanced classes (majority subsampled), BCE, AdamW with one-cycle schedule, "
-        "random 90-degree turns and flips (the kernel turns with the window; the label does not "
-        "change)."
+        "train split (grayscale) or procedural dead leaves, random turn/flip/contrast; a "
+        "`composite_fraction` of them merge that crop with a second crop or a faint plain area "
+        "along a random smooth border (so the windows of one image differ); one kernel per image: "
+        "camera shake (random_motion_psf), Gaussian or disk (defocus), up to 25 px, valid "
+        "convolution of a larger crop (real boundaries), white Gaussian noise (sigma in "
+        "`noise_sigma_range` of [0, 1]). The engine's blind estimator (estimate_psf, odd kernel "
+        "size drawn between the true side (at least 7) and `estimate_size_max`) runs on each "
+        "`window`-px window of a grid of step `window_stride`; label = kernel similarity >= "
+        "`threshold`. Whole images are held out for validation (every `validation_every`-th); "
+        f"labels cached in `{cache_path(config).name}` (under `--cache`, default "
+        "~/.cache/napari-deblur). Training: balanced classes (majority subsampled), BCE, plus "
+        "`rank_weight` x a within-image ranking loss (softplus of the score difference over pairs "
+        "of windows of one image whose similarities differ by more than `rank_gap`, "
+        "`rank_images` whole images per step), AdamW with one-cycle schedule, random 90-degree "
+        "turns and flips (the kernel turns with the window; the label does not change)."
     )
     settings = {key: value for key, value in asdict(config).items()
                 if key not in ("data", "validation")}
@@ -219,8 +223,8 @@ def main(argv=None) -> None:
     selector = sub.add_parser("region-selector", help="label windows and train the region selector")
     selector.add_argument("--windows", type=int, default=2400,
                           help="labelled windows (the blind estimator runs once on each; cached)")
-    selector.add_argument("--steps", type=int, default=1500)
-    selector.add_argument("--batch", type=int, default=32)
+    selector.add_argument("--steps", type=int, default=1200)
+    selector.add_argument("--batch", type=int, default=16)
     selector.add_argument("--seed", type=int, default=0)
     selector.add_argument("--device", default="cpu", help="cpu, cuda or mps")
     selector.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
