@@ -68,7 +68,7 @@ import torch.nn.functional as F
 from scipy.signal import fftconvolve
 
 from .devices import select_device
-from .fourier import fast_fft_length, kernel_to_otf, taper_pad
+from .fourier import fast_fft_length, kernel_to_otf, squared_frequency, taper_pad
 from .jobs import JobProgress, JobSteps, run_job
 from .planes import single_grey_plane
 from .validation import as_float_image
@@ -279,10 +279,7 @@ def latent_l0(spectrum: torch.Tensor, otf: torch.Tensor, dx: torch.Tensor, dy: t
 
 def _gaussian_transfer(shape: tuple[int, int], sigma: float, device, dtype) -> torch.Tensor:
     """``rfft2``-shaped transfer function of a Gaussian of ``sigma`` px (1 everywhere for 0)."""
-    fy = torch.fft.fftfreq(shape[0], device=device, dtype=dtype)
-    fx = torch.fft.rfftfreq(shape[1], device=device, dtype=dtype)
-    radius2 = fy[:, None].square() + fx[None, :].square()
-    return torch.exp(-2.0 * math.pi**2 * sigma**2 * radius2)
+    return torch.exp(-2.0 * math.pi**2 * sigma**2 * squared_frequency(shape, device, dtype))
 
 
 def kernel_least_squares(latent: torch.Tensor, blurred: torch.Tensor, window: torch.Tensor,

@@ -45,6 +45,13 @@ def fast_fft_length(n: int) -> int:
     return best
 
 
+def squared_frequency(shape: tuple[int, int], device, dtype) -> torch.Tensor:
+    """``fy**2 + fx**2`` (cycles per pixel) on the ``rfft2`` grid of ``shape``: (H, W // 2 + 1)."""
+    rows = torch.fft.fftfreq(shape[0], device=device, dtype=dtype)[:, None]
+    cols = torch.fft.rfftfreq(shape[1], device=device, dtype=dtype)[None, :]
+    return rows.square() + cols.square()
+
+
 def kernel_to_otf(kernel: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
     """Real-FFT transfer function of centred kernels for a ``shape`` grid.
 

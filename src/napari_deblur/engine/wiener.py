@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from .devices import is_out_of_memory, release_cached_memory, select_device
-from .fourier import fast_fft_length, kernel_to_otf, taper_pad
+from .fourier import fast_fft_length, kernel_to_otf, squared_frequency, taper_pad
 from .jobs import JobProgress, JobSteps, run_job
 from .lazy import is_dask_array, lazy_with_psf
 from .planes import PlaneLayout, iter_planewise
@@ -73,11 +73,9 @@ def signal_power_spectrum(
     -------
     Tensor, shape (H, W // 2 + 1), positive.
     """
-    rows = torch.fft.fftfreq(fft_shape[0], device=device, dtype=dtype)[:, None]
-    cols = torch.fft.rfftfreq(fft_shape[1], device=device, dtype=dtype)[None, :]
-    power = (rows.square() + cols.square() + SPECTRUM_KNEE**2) ** (-SPECTRUM_EXPONENT / 2)
+    power = (squared_frequency(fft_shape, device, dtype) + SPECTRUM_KNEE**2) ** (-SPECTRUM_EXPONENT / 2)
     # Mean over the full (two-sided) spectrum: columns 1..W/2-1 stand for two.
-    weights = torch.full_like(cols, 2.0)
+    weights = torch.full((1, power.shape[1]), 2.0, device=device, dtype=dtype)
     weights[0, 0] = 1.0
     if fft_shape[1] % 2 == 0:
         weights[0, -1] = 1.0
