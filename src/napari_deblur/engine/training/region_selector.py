@@ -69,8 +69,8 @@ class RegionSelectorTrainingConfig:
     """Settings of one run (all recorded in the report)."""
 
     windows: int = 2400
-    steps: int = 1500
-    batch: int = 32
+    steps: int = 1200
+    batch: int = 16
     learning_rate: float = 2e-3
     weight_decay: float = 1e-4
     rank_weight: float = 1.0
@@ -220,7 +220,8 @@ def labelled_image(index: int, natural: list[np.ndarray], config: RegionSelector
     noise = rng.uniform(*config.noise_sigma_range)
     blurred += (noise * rng.standard_normal(blurred.shape)).astype(np.float32)
     smallest = max(side, 7)
-    estimate_size = smallest + 2 * int(rng.integers(0, max(config.estimate_size_max - smallest, 0) // 2 + 1))
+    extra_steps = max(config.estimate_size_max - smallest, 0) // 2
+    estimate_size = smallest + 2 * int(rng.integers(0, extra_steps + 1))
     similarities = []
     for y in config.window_offsets:
         for x in config.window_offsets:
@@ -497,7 +498,8 @@ def train_region_selector(config: RegionSelectorTrainingConfig, out_path: Path) 
         "composite_images": int(sum("+" in str(source) for source in labels["source"])),
     }
     logger.info("data: %s", config.data)
-    x_train = torch.from_numpy(train_windows[chosen]).to(device)
+    x_all = torch.from_numpy(train_windows).to(device)
+    x_train = x_all[torch.from_numpy(chosen).to(device)]
     y_train = torch.from_numpy(train_labels[chosen].astype(np.float32)).to(device)
     x_val = torch.from_numpy(val_windows).to(device)
     # The ranking loss compares the windows of one image with each other (what picking the
@@ -508,7 +510,6 @@ def train_region_selector(config: RegionSelectorTrainingConfig, out_path: Path) 
     config.data["train_images_with_both_classes"] = len(
         _ranked_images(train_labels.astype(np.float32), config.windows_per_image, 0.5))
     config.data["train_images_ranked"] = len(train_groups)
-    x_all = torch.from_numpy(train_windows).to(device)
     similarity_all = torch.from_numpy(train_similarity).to(device)
 
     model = RegionSelectorNet().to(device, memory_format=torch.channels_last)
