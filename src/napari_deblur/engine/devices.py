@@ -9,6 +9,8 @@ import logging
 
 import torch
 
+from .cpu_memory import reuse_freed_memory
+
 logger = logging.getLogger(__name__)
 
 DeviceLike = "str | torch.device | None"
@@ -23,6 +25,9 @@ def mps_is_available() -> bool:
 
 def select_device(device: str | torch.device | None = None) -> torch.device:
     """Return the torch device to run on.
+
+    The first time it returns the CPU, it also lets glibc keep large freed
+    blocks for reuse (:func:`~napari_deblur.engine.cpu_memory.reuse_freed_memory`).
 
     Parameters
     ----------
@@ -40,6 +45,13 @@ def select_device(device: str | torch.device | None = None) -> torch.device:
         If the name is not a device type torch knows, or the requested
         accelerator is not available on this machine.
     """
+    chosen = _resolve_device(device)
+    if chosen.type == "cpu":
+        reuse_freed_memory()
+    return chosen
+
+
+def _resolve_device(device) -> torch.device:
     if device is None or (isinstance(device, str) and device.strip().lower() == "auto"):
         if torch.cuda.is_available():
             chosen = torch.device("cuda")

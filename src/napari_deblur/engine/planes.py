@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .cpu_memory import job_memory
 from .jobs import JobProgress, JobSteps, scaled_steps
 from .validation import as_float_image, check_psf_fits
 
@@ -192,17 +193,18 @@ def iter_planewise(
     kernels = None if psf is None else layout.psf_per_plane(psf)
     n_planes = layout.n_planes
     result = np.empty((outputs_per_plane,) + planes.shape, dtype=np.float32)
-    for index in range(n_planes):
-        # A private copy: callers may pass read-only views (napari layers); torch needs writable memory.
-        plane = torch.from_numpy(np.array(planes[index : index + 1], dtype=np.float32)).to(device)
-        kernel = None
-        if kernels is not None:
-            kernel = torch.from_numpy(np.array(kernels[index if len(kernels) > 1 else 0])).to(device)
-        output = yield from scaled_steps(
-            plane_steps(plane, kernel), index / n_planes, (index + 1) / n_planes
-        )
-        result[:, index] = output.detach().to("cpu", torch.float32).numpy()
-        label = f"{message}: plane {index + 1}/{n_planes}" if n_planes > 1 else message
-        yield JobProgress((index + 1) / n_planes, label)
+    with job_memory():  # free memory goes back to the system once jobs stop
+        for index in range(n_planes):
+            # A private copy: callers may pass read-only views (napari layers); torch needs writable memory.
+            plane = torch.from_numpy(np.array(planes[index : index + 1], dtype=np.float32)).to(device)
+            kernel = None
+            if kernels is not None:
+                kernel = torch.from_numpy(np.array(kernels[index if len(kernels) > 1 else 0])).to(device)
+            output = yield from scaled_steps(
+                plane_steps(plane, kernel), index / n_planes, (index + 1) / n_planes
+            )
+            result[:, index] = output.detach().to("cpu", torch.float32).numpy()
+            label = f"{message}: plane {index + 1}/{n_planes}" if n_planes > 1 else message
+            yield JobProgress((index + 1) / n_planes, label)
     restored = np.stack([layout.from_planes(result[e]) for e in range(outputs_per_plane)])
     return restored if outputs_per_plane > 1 else restored[0]

@@ -23,8 +23,10 @@ ways:
    planes), and a compact multi-scale network (:class:`WienerNet`): the input
    is folded 2x2 into channels (pixel unshuffle), then a four-level U-Net
    (32, 48, 64, 96 channels, 3x3 convolutions, ReLU) works at 1/2 to 1/16
-   resolution; about 36 000 multiply-adds per pixel against 2.5 million for
-   the seed's full-resolution residual network.
+   resolution; about 26 500 multiply-adds per pixel (the convolution after
+   each 2x upsampling runs at the coarse resolution,
+   :func:`~napari_deblur.engine.layers.upsample_nearest_then_conv`) against
+   2.5 million for the seed's full-resolution residual network.
 
 The weights in ``models/wiener_net.pt`` are trained by
 ``python -m napari_deblur.engine.train wiener-net`` on procedural dead-leaves
@@ -51,6 +53,7 @@ from torch import nn
 from .devices import select_device
 from .gwis import estimate_noise_std
 from .jobs import JobProgress, JobSteps, run_job
+from .layers import upsample_nearest_then_conv
 from .lazy import is_dask_array, lazy_with_psf
 from .planes import PlaneLayout, iter_planewise
 from .shipped_weights import load_shipped_model
@@ -127,7 +130,7 @@ class WienerNet(nn.Module):
             skips.append(x)
         x = skips.pop()
         for upsample, decoder in zip(self.upsamplers, self.decoders):
-            x = upsample(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+            x = upsample_nearest_then_conv(x, upsample)
             x = decoder(torch.cat([x, skips.pop()], dim=1))
         return F.pixel_shuffle(self.head(x), 2)
 

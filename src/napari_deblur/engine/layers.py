@@ -1,0 +1,62 @@
+"""Network building blocks shared by the engine's models."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def upsample_nearest_then_conv(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+    """``conv(interpolate(x, scale_factor=2, mode="nearest"))``, computed at ``x``'s resolution.
+
+    Parameters
+    ----------
+    x : Tensor, shape (B, C, H, W)
+    conv : nn.Conv2d
+        3x3, stride 1, zero padding 1, no dilation or groups.
+
+    Returns
+    -------
+    Tensor, shape (B, conv.out_channels, 2H, 2W)
+        Equal to the two-step form up to float rounding, for the same weights.
+
+    Notes
+    -----
+    After a nearest-neighbour 2x upsampling, the three taps of a 3x3 kernel
+    along an axis land on only two coarse samples: for an even output index
+    the first tap reads the previous coarse sample and the other two the
+    current one; for an odd index the first two read the current sample and
+    the third the next one. Each of the four output phases is therefore a
+    2x2 convolution of the coarse map, whose taps are sums of the 3x3 taps.
+    All four run as one 2x2 convolution with four times the output channels
+    over the coarse map padded by one zero (the zero row the 3x3 kernel sees
+    past the fine edge is the zero past the coarse edge), then the phases are
+    interleaved. That is 16 instead of 36 multiply-adds per coarse pixel and
+    channel pair, and the fine-resolution input is never made. The result is
+    channels-last (the layout the CPU convolutions are fastest in).
+    """
+    if conv.kernel_size != (3, 3) or conv.stride != (1, 1) or conv.padding != (1, 1) \
+            or conv.dilation != (1, 1) or conv.groups != 1:
+        raise ValueError("upsample_nearest_then_conv needs a 3x3 convolution with padding 1.")
+    weight = conv.weight  # (O, I, 3, 3)
+    # Tap sums along one axis, per output phase: phase 0 reads (previous, current) coarse
+    # samples with (w0, w1 + w2), phase 1 reads (current, next) with (w0 + w1, w2).
+    def phase_taps(w: torch.Tensor, axis: int) -> tuple[torch.Tensor, torch.Tensor]:
+        first, middle, last = w.unbind(axis)
+        return (torch.stack([first, middle + last], axis), torch.stack([first + middle, last], axis))
+
+    phase_weights = [by_column for by_row in phase_taps(weight, 2)
+                     for by_column in phase_taps(by_row, 3)]  # phase 2p + q: (O, I, 2, 2)
+    bias = None if conv.bias is None else conv.bias.repeat(4)
+    batch, _, height, width = x.shape
+    out_channels = weight.shape[0]
+    out = F.conv2d(F.pad(x, (1, 1, 1, 1)), torch.cat(phase_weights), bias)  # (B, 4 O, H+1, W+1)
+    # Interleave with four strided copies into a channels-last result (a stack and
+    # pixel_shuffle of channels-last tensors copied five times slower on the CPU).
+    by_phase = out.permute(0, 2, 3, 1).unflatten(3, (4, out_channels))  # (B, H+1, W+1, 4, O)
+    fine = out.new_empty((batch, height, 2, width, 2, out_channels))
+    for p in (0, 1):
+        for q in (0, 1):
+            fine[:, :, p, :, q] = by_phase[:, p : p + height, q : q + width, 2 * p + q]
+    return fine.view(batch, 2 * height, 2 * width, out_channels).permute(0, 3, 1, 2)
