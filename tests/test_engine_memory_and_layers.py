@@ -120,10 +120,17 @@ def _wait_for(condition, seconds=5.0):
     return condition()
 
 
-def test_free_memory_goes_back_once_jobs_stop(monkeypatch):
+@pytest.fixture
+def recording_libc(monkeypatch):
+    """Malloc counted as tuned, with a stand-in libc that records ``malloc_trim`` calls."""
     libc = _RecordingLibc()
     monkeypatch.setattr(cpu_memory, "_state", {"done": True, "libc": libc})
     monkeypatch.setattr(cpu_memory, "_jobs", {"running": 0, "started": 0, "trims": 0})
+    return libc
+
+
+def test_free_memory_goes_back_once_jobs_stop(monkeypatch, recording_libc):
+    libc = recording_libc
     monkeypatch.setattr(cpu_memory, "IDLE_SECONDS", 0.2)
     with cpu_memory.job_memory():
         with cpu_memory.job_memory():  # nested jobs: nothing is given back while one runs
@@ -132,10 +139,8 @@ def test_free_memory_goes_back_once_jobs_stop(monkeypatch):
     assert _wait_for(lambda: libc.trims == 1)
 
 
-def test_a_new_job_keeps_the_memory(monkeypatch):
-    libc = _RecordingLibc()
-    monkeypatch.setattr(cpu_memory, "_state", {"done": True, "libc": libc})
-    monkeypatch.setattr(cpu_memory, "_jobs", {"running": 0, "started": 0, "trims": 0})
+def test_a_new_job_keeps_the_memory(monkeypatch, recording_libc):
+    libc = recording_libc
     monkeypatch.setattr(cpu_memory, "IDLE_SECONDS", 0.3)
     with cpu_memory.job_memory():
         pass
@@ -144,10 +149,8 @@ def test_a_new_job_keeps_the_memory(monkeypatch):
     assert _wait_for(lambda: libc.trims == 1)  # only the second job's timer trims
 
 
-def test_a_failed_job_also_gives_memory_back(monkeypatch):
-    libc = _RecordingLibc()
-    monkeypatch.setattr(cpu_memory, "_state", {"done": True, "libc": libc})
-    monkeypatch.setattr(cpu_memory, "_jobs", {"running": 0, "started": 0, "trims": 0})
+def test_a_failed_job_also_gives_memory_back(monkeypatch, recording_libc):
+    libc = recording_libc
     monkeypatch.setattr(cpu_memory, "IDLE_SECONDS", 0.05)
     with pytest.raises(ZeroDivisionError):
         with cpu_memory.job_memory():
