@@ -142,3 +142,25 @@ def test_noise_estimate_picks_a_lower_snr_for_a_noisier_plane(case, shake):
     snrs = torch.tensor(wn.WIENER_STACK_SNRS_DB)
     picks = [int(wn.nearest_snr_index(*wn.plane_statistics(p)[1:], snrs)) for p in (y, noisy)]
     assert picks[1] < picks[0]
+
+
+def test_smoothed_training_sources_are_smoother_and_leave_other_draws_alone():
+    from napari_deblur.engine.training.sources import PatchSampler
+
+    def crops(smooth_fraction, seed=3):
+        sampler = PatchSampler(64, np.random.default_rng(seed), n_dead_leaves=2,
+                               smooth_fraction=smooth_fraction)
+        return sampler.sample(12)
+
+    def roughness(batch):
+        return float(np.mean(np.abs(np.diff(batch, axis=-1))))
+
+    plain, smoothed = crops(0.0), crops(1.0)
+    assert smoothed.shape == plain.shape and smoothed.min() >= 0.0 and smoothed.max() <= 1.0
+    assert roughness(smoothed) < 0.6 * roughness(plain)
+    # The default is no smoothing, and then no random number is drawn for it (any nonzero
+    # fraction draws one per crop and shifts the stream), so the blur-map and region-selector
+    # data, which do not smooth, stay as they were.
+    default = PatchSampler(64, np.random.default_rng(3), n_dead_leaves=2).sample(12)
+    np.testing.assert_array_equal(plain, default)
+    assert not np.array_equal(plain, crops(1e-12))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 
 import numpy as np
+from scipy import ndimage
 
 logger = logging.getLogger(__name__)
 
@@ -104,12 +105,20 @@ class PatchSampler:
         Procedural images added to the train-split images.
     dead_leaves_fraction : float
         Probability that a crop comes from a dead-leaves image.
+    smooth_fraction : float
+        Probability that a crop is smoothed by a Gaussian of standard deviation
+        ``smooth_sigma_range`` px (uniform) before use, so that the "sharp"
+        sources include smooth scenes such as fluorescence images, where a
+        restoration must add nothing.
     """
 
     def __init__(self, crop: int, rng: np.random.Generator, *, n_dead_leaves: int = 200,
-                 dead_leaves_size: int = 384, dead_leaves_fraction: float = 0.3):
+                 dead_leaves_size: int = 384, dead_leaves_fraction: float = 0.3,
+                 smooth_fraction: float = 0.0, smooth_sigma_range: tuple[float, float] = (1.0, 4.0)):
         self.crop = crop
         self.rng = rng
+        self.smooth_fraction = smooth_fraction
+        self.smooth_sigma_range = smooth_sigma_range
         self.natural = train_split_images(min_size=crop)
         self.procedural = [dead_leaves(dead_leaves_size, rng) for _ in range(n_dead_leaves)]
         self.dead_leaves_fraction = dead_leaves_fraction
@@ -128,6 +137,9 @@ class PatchSampler:
             patch = np.rot90(patch, self.rng.integers(4))
             if self.rng.uniform() < 0.5:
                 patch = patch[:, ::-1]
+            if self.smooth_fraction and self.rng.uniform() < self.smooth_fraction:
+                patch = ndimage.gaussian_filter(patch, self.rng.uniform(*self.smooth_sigma_range),
+                                                mode="reflect")
             contrast = self.rng.uniform(0.5, 1.0)
             crops[i] = patch * contrast + self.rng.uniform(0, 1 - contrast)
         return crops
