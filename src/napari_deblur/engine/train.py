@@ -67,7 +67,9 @@ def _train_wiener_net(args) -> None:
     train_wiener_net(config, out)
     notes = (
         "Data: crops of the scikit-image train split (grayscale) and procedural dead-leaves "
-        "images (30 %), random flips/turns and contrast; PSFs: 40 % camera shake (random "
+        "images (30 %), random flips/turns and contrast; in `smooth_fraction` of the crops the sharp "
+        "source is first smoothed by a Gaussian of 1-4 px (smooth scenes such as fluorescence "
+        "images, where the network must add nothing); PSFs: 40 % camera shake (random "
         "trajectories), 20 % isotropic and 20 % anisotropic Gaussian, 10 % disk, 10 % ring, up to "
         "31 px; valid convolution (real boundaries); Gaussian noise sigma log-uniform in the range "
         "below, Poisson-Gaussian in `poisson_fraction` of the crops. Loss: L1 + 0.2 (1 - SSIM). "
@@ -201,7 +203,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m napari_deblur.engine.train", description=__doc__)
     sub = parser.add_subparsers(dest="model", required=True)
     wiener = sub.add_parser("wiener-net", help="train Wiener-net")
-    wiener.add_argument("--steps", type=int, default=1600)
+    wiener.add_argument("--steps", type=int, default=4000)
     wiener.add_argument("--batch", type=int, default=16)
     wiener.add_argument("--seed", type=int, default=0)
     wiener.add_argument("--device", default="cpu", help="cpu, cuda or mps")

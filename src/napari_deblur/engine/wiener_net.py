@@ -30,7 +30,8 @@ ways:
 
 The weights in ``models/wiener_net.pt`` are trained by
 ``python -m napari_deblur.engine.train wiener-net`` on procedural dead-leaves
-images and the train split of scikit-image's images, with camera-shake,
+images and the train split of scikit-image's images (15 % of them smoothed
+first, as smooth scenes such as fluorescence images), with camera-shake,
 Gaussian (isotropic and anisotropic), disk and ring PSFs up to 31 px and
 Gaussian or Poisson-Gaussian noise (``models/wiener_net.md`` is the report).
 

@@ -35,18 +35,19 @@ SSIM_WEIGHT = 0.2
 class WienerNetTrainingConfig:
     """Settings of one training run (all recorded in the report)."""
 
-    steps: int = 1600
+    steps: int = 4000
     batch: int = 16
     patch: int = 112
     learning_rate: float = 1.5e-3
     seed: int = 0
     kernel_pool_size: int = 3000
     n_dead_leaves: int = 200
+    smooth_fraction: float = 0.15
     noise_sigma_range: tuple[float, float] = (0.005, 0.05)
     poisson_fraction: float = 0.25
     poisson_peak_range: tuple[float, float] = (30.0, 3000.0)
     validation_batches: int = 8
-    log_every: int = 250
+    log_every: int = 500
     threads: int = 0
     device: str = "cpu"
     history: list = field(default_factory=list)
@@ -60,7 +61,8 @@ class BlurredBatches:
         self.device = device
         self.rng = np.random.default_rng(seed)
         self.sampler = PatchSampler(config.patch + KERNEL_SIZE - 1, self.rng,
-                                    n_dead_leaves=config.n_dead_leaves)
+                                    n_dead_leaves=config.n_dead_leaves,
+                                    smooth_fraction=config.smooth_fraction)
         self.kernels = torch.from_numpy(kernel_pool(config.kernel_pool_size, self.rng, KERNEL_SIZE))
 
     def draw(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
