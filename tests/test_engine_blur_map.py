@@ -183,7 +183,7 @@ def test_calibrated_kernels_measure_their_level(kind):
 
 
 def test_training_batches_are_seeded_and_labelled_within_range():
-    config = tbm.BlurMapTrainingConfig(batch=3, patch=32, n_dead_leaves=1)
+    config = tbm.BlurMapTrainingConfig(batch=3, patch=32, n_dead_leaves=1, n_textures=2)
     first = tbm.BlurMapBatches(config, 5, torch.device("cpu")).draw()
     again = tbm.BlurMapBatches(config, 5, torch.device("cpu")).draw()
     features, levels, _ = first
@@ -210,3 +210,38 @@ def test_level_maps_cover_every_kind_within_range():
         level_map = maps.draw(kind)
         assert level_map.shape == (48, 48)
         assert level_map.min() >= -1e-6 and level_map.max() <= tbm.MAX_TRAIN_LEVEL + 1e-6
+
+
+def test_procedural_textures_are_seeded_sharp_and_of_every_kind():
+    from napari_deblur.engine.training.sources import TEXTURE_KINDS, procedural_texture
+
+    def detail(x):
+        return np.abs(np.diff(x, axis=0)).mean() + np.abs(np.diff(x, axis=1)).mean()
+
+    images = [procedural_texture(96, np.random.default_rng(seed)) for seed in range(8)]
+    images += [procedural_texture(96, np.random.default_rng(0), kind) for kind in TEXTURE_KINDS]
+    for image in images:
+        assert image.shape == (96, 96) and image.dtype == np.float32
+        assert image.min() >= 0.0 and image.max() <= 1.0 and image.std() > 0.05
+        # Sharp down to the pixel: a 1 px Gaussian removes a good part of the detail.
+        assert detail(gaussian_filter(image, 1.0)) < 0.8 * detail(image)
+    np.testing.assert_array_equal(procedural_texture(96, np.random.default_rng(3)), images[3])
+    assert not np.array_equal(images[0], images[1])
+    with pytest.raises(ValueError, match="unknown texture kind"):
+        procedural_texture(32, np.random.default_rng(0), "marble")
+
+
+def test_texture_crops_come_only_from_textures_when_asked():
+    from napari_deblur.engine.training.sources import PatchSampler
+
+    sampler = PatchSampler(48, np.random.default_rng(0), n_dead_leaves=1, n_textures=2,
+                           texture_fraction=1.0)
+    assert len(sampler.textures) == 2
+    sampler.natural, sampler.procedural = [], []  # drawing from either would now fail
+    crops = sampler.sample(6)
+    assert crops.shape == (6, 48, 48) and 0.0 <= crops.min() and crops.max() <= 1.0
+    # Without textures no random number is drawn for them: the crops are the old ones.
+    plain = PatchSampler(48, np.random.default_rng(0), n_dead_leaves=1).sample(6)
+    unused = PatchSampler(48, np.random.default_rng(0), n_dead_leaves=1,
+                          texture_fraction=0.5).sample(6)
+    np.testing.assert_array_equal(plain, unused)

@@ -96,8 +96,9 @@ def _train_blur_map(args) -> None:
                if args.baseline else "BlurMapNet (napari_deblur.engine.blur_map)")
     notes = (
         f"Network: {network}. Data: crops of the scikit-image train split (grayscale; images at "
-        "least twice the patch size at half resolution) and procedural dead-leaves images, random "
-        "flips/turns and contrast. Blur: one kind per crop (Gaussian, disk, ring), a level map per "
+        "least twice the patch size at half resolution), procedural dead-leaves images and, in "
+        "`texture_fraction` of the crops, procedural stationary textures (fractal noise, flat-level "
+        "blobs, Voronoi cells, gratings; `n_textures` images), random flips/turns and contrast. Blur: one kind per crop (Gaussian, disk, ring), a level map per "
         "crop (uniform, ramp, sinusoid, Voronoi regions, smooth random field; levels in [0, 6] px, "
         "half of the draws in [0, 3]), made from a level stack at "
         f"{', '.join(f'{v:g}' for v in STACK_LEVELS)} px (batched FFT) mixed per pixel with "

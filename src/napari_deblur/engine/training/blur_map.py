@@ -6,7 +6,10 @@ Data (all seeded)
   procedural dead leaves and the train split of scikit-image's images (never
   the eval split). Natural images of at least twice the crop size are used at
   half resolution (2x2 means), which makes their own residual blur small
-  against the labels.
+  against the labels; and, in ``texture_fraction`` of the crops, stationary
+  procedural textures (fractal noise, flat-level blobs, Voronoi cells,
+  gratings; :func:`~napari_deblur.engine.training.sources.procedural_texture`),
+  where blur shows only in how the spectrum falls off.
 - **Blur**: Gaussian, disk or ring (one kind per crop, the models of Nasonov
   et al.) with a blur-level map over the crop: uniform, a ramp, a sinusoid,
   piecewise-constant Voronoi regions or a smooth random field, levels in
@@ -115,6 +118,8 @@ class BlurMapTrainingConfig:
     seed: int = 0
     n_dead_leaves: int = 120
     dead_leaves_fraction: float = 0.3
+    n_textures: int = 120
+    texture_fraction: float = 0.25
     noise_variance_range: tuple[float, float] = (0.0, 10.0)  # on a 0..255 scale
     poisson_fraction: float = 0.2
     poisson_peak_range: tuple[float, float] = (20.0, 2000.0)
@@ -186,15 +191,17 @@ class BlurMapBatches:
     """Seeded generator of (features, target level, sharp-structure weight) training batches."""
 
     def __init__(self, config: BlurMapTrainingConfig, seed: int, device: torch.device,
-                 n_dead_leaves: int | None = None):
+                 n_dead_leaves: int | None = None, n_textures: int | None = None):
         self.config = config
         self.device = device
         self.rng = np.random.default_rng(seed)
         big = config.patch + 2 * MARGIN
         self.big = big
         n_dead_leaves = config.n_dead_leaves if n_dead_leaves is None else n_dead_leaves
+        n_textures = config.n_textures if n_textures is None else n_textures
         self.sampler = PatchSampler(big, self.rng, n_dead_leaves=n_dead_leaves,
-                                    dead_leaves_fraction=config.dead_leaves_fraction)
+                                    dead_leaves_fraction=config.dead_leaves_fraction,
+                                    n_textures=n_textures, texture_fraction=config.texture_fraction)
         natural = []
         for image in train_split_images():
             half = _half_resolution(image)
@@ -291,7 +298,8 @@ def train_blur_map(config: BlurMapTrainingConfig, out_path: Path) -> torch.nn.Mo
     device = torch.device(config.device)
     batches = BlurMapBatches(config, config.seed, device)
     validation_source = BlurMapBatches(config, config.seed + 1000, device,
-                                       n_dead_leaves=max(1, config.n_dead_leaves // 4))
+                                       n_dead_leaves=max(1, config.n_dead_leaves // 4),
+                                       n_textures=config.n_textures // 4)
     validation = [validation_source.draw() for _ in range(config.validation_batches)]
     crop_rng = np.random.default_rng(config.seed + 7)
     model = (PaperBlurNet() if config.baseline else BlurMapNet()).to(

@@ -1,4 +1,4 @@
-"""Sharp training images: the train split of scikit-image's data and dead leaves.
+"""Sharp training images: the train split of scikit-image's data, dead leaves and textures.
 
 The evaluation split (camera, text, cell, hubble_deep_field, retina, rocket,
 brick) is never used here; :data:`EVAL_SPLIT` lists it so tests can check that.
@@ -93,6 +93,94 @@ def dead_leaves(size: int, rng: np.random.Generator, *, min_radius: float = 1.0,
     return canvas
 
 
+TEXTURE_KINDS = ("fractal", "levels", "cells", "weave")
+"""The families of :func:`procedural_texture`."""
+
+
+def _fractal_noise(size: int, rng: np.random.Generator, exponent: float,
+                   anisotropy: float = 1.0) -> np.ndarray:
+    """Gaussian noise whose power spectrum falls as ``f^-exponent``, zero mean, unit variance.
+
+    ``anisotropy > 1`` stretches the spectrum along a random direction, so the
+    texture has a grain (wood, fabric, brushed metal).
+    """
+    fy = np.fft.fftfreq(size)[:, None]
+    fx = np.fft.rfftfreq(size)[None, :]
+    angle = rng.uniform(0, np.pi)
+    along = fy * np.cos(angle) + fx * np.sin(angle)
+    across = -fy * np.sin(angle) + fx * np.cos(angle)
+    radius = np.hypot(along * anisotropy, across / anisotropy)
+    radius[0, 0] = 1.0
+    amplitude = radius ** (-exponent / 2)
+    amplitude[0, 0] = 0.0
+    spectrum = np.fft.rfft2(rng.normal(size=(size, size))) * amplitude
+    field = np.fft.irfft2(spectrum, s=(size, size))
+    return ((field - field.mean()) / max(float(field.std()), 1e-12)).astype(np.float32)
+
+
+def procedural_texture(size: int, rng: np.random.Generator, kind: str | None = None) -> np.ndarray:
+    """A stationary texture that is sharp down to the pixel, float32 in [0, 1].
+
+    One of :data:`TEXTURE_KINDS`, drawn at random unless ``kind`` names it:
+
+    - ``fractal``: noise with a power-law spectrum (exponent 1.2..2.4, the
+      range of natural textures), isotropic or with a grain;
+    - ``levels``: smoother fractal noise cut into 2..5 flat grey levels, so
+      blobs with hard, ragged borders;
+    - ``cells``: Voronoi cells of 6..40 px with their own grey, half of them
+      with dark or bright joints 1..3 px wide (stones, tiles, cells);
+    - ``weave``: 2..4 square gratings (periods 3..30 px, random duty cycle) at
+      random angles, multiplied or added (on a sine, blur only lowers the
+      contrast, which cannot be told from a fainter sine).
+
+    All but ``fractal`` get a fine fractal grain of random strength on top.
+    Blur on a texture shows only in how its spectrum falls off, not in the
+    shape of isolated edges, which dead leaves and photos mostly teach.
+    """
+    if kind is None:
+        kind = TEXTURE_KINDS[rng.integers(len(TEXTURE_KINDS))]
+    elif kind not in TEXTURE_KINDS:
+        raise ValueError(f"unknown texture kind {kind!r}; expected one of {TEXTURE_KINDS}")
+    rows, cols = np.mgrid[0:size, 0:size].astype(np.float32)
+    if kind == "fractal":
+        anisotropy = 1.0 if rng.uniform() < 0.5 else rng.uniform(1.5, 4.0)
+        texture = _fractal_noise(size, rng, rng.uniform(1.2, 2.4), anisotropy)
+    elif kind == "levels":
+        field = _fractal_noise(size, rng, rng.uniform(2.0, 3.0))
+        cuts = np.sort(rng.normal(0, 0.8, int(rng.integers(1, 5))))
+        greys = rng.uniform(0, 1, cuts.size + 1).astype(np.float32)
+        texture = greys[np.searchsorted(cuts, field)]
+    elif kind == "cells":
+        from scipy.spatial import cKDTree
+
+        cell = rng.uniform(6, 40)
+        count = max(4, int(size * size / cell**2))
+        seeds = rng.uniform(-cell, size + cell, (count, 2))
+        points = np.stack([rows.ravel(), cols.ravel()], axis=1)
+        distance, nearest = cKDTree(seeds).query(points, k=2)
+        greys = rng.uniform(0, 1, count).astype(np.float32)
+        texture = greys[nearest[:, 0]].reshape(size, size)
+        if rng.uniform() < 0.5:
+            joint = (distance[:, 1] - distance[:, 0]).reshape(size, size) < rng.uniform(1, 3)
+            texture = np.where(joint, np.float32(rng.choice([0.0, 1.0])), texture)
+    else:
+        texture = np.ones((size, size), np.float32) if rng.uniform() < 0.5 else np.zeros(
+            (size, size), np.float32)
+        multiply = bool(texture[0, 0])
+        for _ in range(int(rng.integers(2, 5))):
+            angle = rng.uniform(0, np.pi)
+            phase = 2 * np.pi * (rows * np.cos(angle) + cols * np.sin(angle)) / rng.uniform(3, 30)
+            # Square waves: a sine's blur is only a loss of contrast, which cannot be read.
+            duty = rng.uniform(-0.6, 0.6)
+            wave = (np.sin(phase + rng.uniform(0, 2 * np.pi)) > duty).astype(np.float32)
+            texture = texture * wave if multiply else texture + wave
+    if kind != "fractal":
+        texture = texture + rng.uniform(0.03, 0.3) * float(np.std(texture) + 0.05) * _fractal_noise(
+            size, rng, rng.uniform(1.0, 2.0))
+    low, high = np.percentile(texture, [1, 99])
+    return np.clip((texture - low) / max(float(high - low), 1e-6), 0, 1).astype(np.float32)
+
+
 class PatchSampler:
     """Random crops (with flips, 90-degree turns and contrast changes) of a source pool.
 
@@ -110,11 +198,17 @@ class PatchSampler:
         ``smooth_sigma_range`` px (uniform) before use, so that the "sharp"
         sources include smooth scenes such as fluorescence images, where a
         restoration must add nothing.
+    n_textures, texture_fraction : int, float
+        Stationary procedural textures (:func:`procedural_texture`) and the
+        probability that a crop comes from one. Both default to 0, and then
+        no random number is drawn for them, so samplers that do not use
+        textures give the same crops as before they existed.
     """
 
     def __init__(self, crop: int, rng: np.random.Generator, *, n_dead_leaves: int = 200,
                  dead_leaves_size: int = 384, dead_leaves_fraction: float = 0.3,
-                 smooth_fraction: float = 0.0, smooth_sigma_range: tuple[float, float] = (1.0, 4.0)):
+                 smooth_fraction: float = 0.0, smooth_sigma_range: tuple[float, float] = (1.0, 4.0),
+                 n_textures: int = 0, texture_fraction: float = 0.0):
         self.crop = crop
         self.rng = rng
         self.smooth_fraction = smooth_fraction
@@ -122,6 +216,8 @@ class PatchSampler:
         self.natural = train_split_images(min_size=crop)
         self.procedural = [dead_leaves(dead_leaves_size, rng) for _ in range(n_dead_leaves)]
         self.dead_leaves_fraction = dead_leaves_fraction
+        self.textures = [procedural_texture(dead_leaves_size, rng) for _ in range(n_textures)]
+        self.texture_fraction = texture_fraction if self.textures else 0.0
         if not self.natural:
             raise RuntimeError("no train-split image is available; cannot train")
 
@@ -129,7 +225,12 @@ class PatchSampler:
         """``(count, crop, crop)`` float32 crops in [0, 1]."""
         crops = np.empty((count, self.crop, self.crop), dtype=np.float32)
         for i in range(count):
-            pool = self.procedural if self.rng.uniform() < self.dead_leaves_fraction else self.natural
+            if self.texture_fraction and self.rng.uniform() < self.texture_fraction:
+                pool = self.textures
+            elif self.rng.uniform() < self.dead_leaves_fraction:
+                pool = self.procedural
+            else:
+                pool = self.natural
             image = pool[self.rng.integers(len(pool))]
             y = self.rng.integers(image.shape[0] - self.crop + 1)
             x = self.rng.integers(image.shape[1] - self.crop + 1)
