@@ -212,14 +212,15 @@ def main(argv=None) -> None:
     wiener.add_argument("--out", default=None, help="weights path (default: the shipped file)")
     wiener.set_defaults(run=_train_wiener_net)
     blurmap = sub.add_parser("blurmap", help="train the blur-map estimator")
-    blurmap.add_argument("--steps", type=int, default=3000)
+    blurmap.add_argument("--steps", type=int, default=3600,
+                         help="optimisation steps (the paper's network was trained with 400)")
     blurmap.add_argument("--batch", type=int, default=16)
     blurmap.add_argument("--seed", type=int, default=0)
     blurmap.add_argument("--device", default="cpu", help="cpu, cuda or mps")
     blurmap.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
     blurmap.add_argument("--baseline", action="store_true",
                          help="train the paper's network instead (weights blur_map_paper.pt)")
-    blurmap.add_argument("--log-every", type=int, default=200,
+    blurmap.add_argument("--log-every", type=int, default=300,
                          help="validate and save the weights every this many steps")
     blurmap.add_argument("--out", default=None, help="weights path (default: the shipped file)")
     blurmap.set_defaults(run=_train_blur_map)

@@ -109,7 +109,7 @@ def calibrated_psf(kind: str, level: float) -> tuple[np.ndarray, float]:
 class BlurMapTrainingConfig:
     """Settings of one training run (all recorded in the report)."""
 
-    steps: int = 3000
+    steps: int = 3600
     batch: int = 16
     patch: int = 160
     baseline: bool = False
@@ -124,7 +124,7 @@ class BlurMapTrainingConfig:
     poisson_fraction: float = 0.2
     poisson_peak_range: tuple[float, float] = (20.0, 2000.0)
     validation_batches: int = 6
-    log_every: int = 200
+    log_every: int = 300
     threads: int = 0
     device: str = "cpu"
     stopped_at: int | None = None
