@@ -35,8 +35,9 @@ would be better"). This estimator differs from the paper's network
    about 90 000 for the paper's network run densely.
 4. **Spatially varying training data.** Ramps, sinusoids, Voronoi regions
    and smooth random fields of Gaussian, disk and ring blur (levels 0..6 px)
-   so the network sees the level change within its window
-   (:mod:`napari_deblur.engine.training.blur_map`).
+   so the network sees the level change within its window, on photos, dead
+   leaves and stationary procedural textures, where blur shows only in how
+   the spectrum falls off (:mod:`napari_deblur.engine.training.blur_map`).
 
 Colour images are estimated on their luminance; leading axes (z, t) plane
 by plane; large planes in tiles.
