@@ -24,6 +24,7 @@ def main(path: str) -> None:
 
     from napari_deblur import engine
     from napari_deblur._widgets.wiener_widget import METHOD_WIENER_NET, PSF_FROM_LAYER
+    from napari_deblur.demo import process_events
     from napari_deblur.layer_roles import is_psf_metadata
     from napari_deblur.sample_data import camera_shake_arrays
 
@@ -63,7 +64,7 @@ def main(path: str) -> None:
     viewer.grid.enabled = True
     viewer.grid.shape = (1, 2)
     viewer.reset_view()
-    _settle(viewer)
+    process_events(1.0)
     viewer.screenshot(path, canvas_only=False)
     print(f"saved {path}")
     viewer.close()
@@ -73,17 +74,6 @@ def _psnr(estimate: np.ndarray, reference: np.ndarray) -> float:
     """PSNR for images in [0, 1] (the estimate clipped to that range)."""
     mse = float(np.mean((np.clip(estimate, 0.0, 1.0) - reference) ** 2))
     return 10 * np.log10(1.0 / mse)
-
-
-def _settle(viewer, seconds: float = 1.0) -> None:
-    import time
-
-    from qtpy.QtWidgets import QApplication
-
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        QApplication.processEvents()
-        time.sleep(0.02)
 
 
 if __name__ == "__main__":

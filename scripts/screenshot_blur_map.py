@@ -24,6 +24,7 @@ def main(path: str) -> None:
     import napari
     from skimage import data
 
+    from napari_deblur.demo import process_events
     from napari_deblur.layer_roles import BLUR_MAP_ROLE, ROLE_KEY
 
     viewer = napari.Viewer(title="napari-deblur: blur map", show=True)
@@ -64,21 +65,10 @@ def main(path: str) -> None:
     viewer.grid.enabled = True
     viewer.grid.shape = (3, 2)
     viewer.reset_view()
-    _settle(viewer)
+    process_events(1.0)
     viewer.screenshot(path, canvas_only=False)
     print(f"saved {path}")
     viewer.close()
-
-
-def _settle(viewer, seconds: float = 1.0) -> None:
-    import time
-
-    from qtpy.QtWidgets import QApplication
-
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        QApplication.processEvents()
-        time.sleep(0.02)
 
 
 if __name__ == "__main__":

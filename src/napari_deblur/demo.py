@@ -380,16 +380,17 @@ def run_gui_demo(sample: str, screenshot: str | os.PathLike[str] | None = None) 
                 if is_psf_metadata(layer.metadata):
                     layer.visible = False
             viewer.grid.enabled = True
-            _process_events(0.3)
+            process_events(0.3)
             viewer.reset_view()
-            _process_events(0.5)
+            process_events(0.5)
             viewer.screenshot(str(path), canvas_only=False)
         finally:
             viewer.close()
         return path
 
 
-def _process_events(seconds: float) -> None:
+def process_events(seconds: float) -> None:
+    """Let Qt handle events for ``seconds`` (layers draw, docks settle) before a screenshot."""
     from qtpy.QtWidgets import QApplication
 
     end = time.monotonic() + seconds
