@@ -164,9 +164,8 @@ def procedural_texture(size: int, rng: np.random.Generator, kind: str | None = N
             joint = (distance[:, 1] - distance[:, 0]).reshape(size, size) < rng.uniform(1, 3)
             texture = np.where(joint, np.float32(rng.choice([0.0, 1.0])), texture)
     else:
-        texture = np.ones((size, size), np.float32) if rng.uniform() < 0.5 else np.zeros(
-            (size, size), np.float32)
-        multiply = bool(texture[0, 0])
+        multiply = rng.uniform() < 0.5
+        texture = np.full((size, size), 1.0 if multiply else 0.0, np.float32)
         for _ in range(int(rng.integers(2, 5))):
             angle = rng.uniform(0, np.pi)
             phase = 2 * np.pi * (rows * np.cos(angle) + cols * np.sin(angle)) / rng.uniform(3, 30)
