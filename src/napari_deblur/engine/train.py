@@ -1,6 +1,7 @@
 """Retrain the engine's learned models: ``python -m napari_deblur.engine.train MODEL [options]``.
 
 Models: ``wiener-net``, ``blurmap`` (``--baseline``: the paper's network),
+``gwis-level`` (the blur map fine-tuned on GWIS labels; run after ``blurmap``),
 ``region-selector`` (labels cached under ``--cache``). Weights go
 to the package's ``models/`` folder by default (the files the engine loads), with a
 markdown training report beside them. Runs are seeded and reproducible on the same
@@ -118,6 +119,42 @@ def _train_blur_map(args) -> None:
             + sys.argv[1:]), asdict(config), config.history, time.perf_counter() - started, notes)
 
 
+def _train_gwis_level(args) -> None:
+    from .blur_map import GWIS_WEIGHTS_FILE
+    from .training.gwis_level import (GWIS_LEVEL_GRID, LABEL_TOLERANCE, GwisLevelTrainingConfig,
+                                        train_gwis_level)
+
+    config = GwisLevelTrainingConfig(steps=args.steps, label_batches=args.label_batches,
+                                     seed=args.seed, device=args.device, threads=args.threads,
+                                     log_every=args.log_every)
+    out = Path(args.out) if args.out else _default_weights_path(GWIS_WEIGHTS_FILE)
+    started = time.perf_counter()
+    train_gwis_level(config, out)
+    notes = (
+        "Network: BlurMapNet (napari_deblur.engine.blur_map), started from the shipped blur-map "
+        "weights (`blur_map.pt`) and fine-tuned. Labels (napari_deblur.engine.training.gwis_level): "
+        "`label_batches` batches of the blur map's own training crops (train split and procedural "
+        "images; Gaussian, disk and ring blur, uniform and spatially varying levels 0..6 px; "
+        "Gaussian and Poisson-Gaussian noise), each sharpened by GWIS at the levels "
+        f"{', '.join(f'{v:g}' for v in GWIS_LEVEL_GRID)} px; the label of a pixel is the lowest level "
+        "whose result has a local SSIM (11x11 Gaussian window, against the sharp crop) within "
+        f"{LABEL_TOLERANCE:g} of the best, its weight the SSIM spread over the levels; the "
+        "`drop_fraction` of crops with the lowest mean spread are not kept. Loss: spread-weighted "
+        "L1 on log(1 + level / 0.5); random flips and transpositions. Validation (never the eval "
+        "split): crops like the training ones drawn with seed + 1000, and (`photo_` columns) "
+        "`photo_patch` crops of the train-split photos only with one uniform level each (the "
+        "benchmark's use case), drawn with seed + 2000; "
+        "`ssim_*` is the mean local SSIM of GWIS driven by: nothing (`blurred`), the best single "
+        "grid level per crop (`oracle_constant`), the per-pixel labels themselves (`labels`), the "
+        "blur map it started from (`start_map`), this network (`tuned_map`); `share_*` is the "
+        "fraction of the oracle constant's SSIM gain a map recovers. `label_minutes` is the time "
+        "spent making the labels."
+    )
+    _report(out.with_suffix(".md"), "GWIS-tuned blur map", " ".join(
+        ["python -m napari_deblur.engine.train"] + sys.argv[1:]), asdict(config), config.history,
+        time.perf_counter() - started, notes)
+
+
 def _region_selector_tables(config) -> str:
     """Markdown: data counts, classification and the product comparison on held-out images."""
     data, validation = config.data, config.validation
@@ -224,6 +261,18 @@ def main(argv=None) -> None:
                          help="validate and save the weights every this many steps")
     blurmap.add_argument("--out", default=None, help="weights path (default: the shipped file)")
     blurmap.set_defaults(run=_train_blur_map)
+    gwis_level = sub.add_parser(
+        "gwis-level", help="fine-tune the blur map on GWIS labels (the map for sharpening)")
+    gwis_level.add_argument("--steps", type=int, default=1500)
+    gwis_level.add_argument("--label-batches", type=int, default=64,
+                            help="batches of 16 crops labelled by GWIS at every grid level")
+    gwis_level.add_argument("--seed", type=int, default=0)
+    gwis_level.add_argument("--device", default="cpu", help="cpu, cuda or mps")
+    gwis_level.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
+    gwis_level.add_argument("--log-every", type=int, default=500,
+                            help="validate every this many steps")
+    gwis_level.add_argument("--out", default=None, help="weights path (default: the shipped file)")
+    gwis_level.set_defaults(run=_train_gwis_level)
     selector = sub.add_parser("region-selector", help="label windows and train the region selector")
     selector.add_argument("--windows", type=int, default=2400,
                           help="labelled windows (the blind estimator runs once on each; cached)")

@@ -191,8 +191,10 @@ class BlurMapBatches:
     """Seeded generator of (features, target level, sharp-structure weight) training batches."""
 
     def __init__(self, config: BlurMapTrainingConfig, seed: int, device: torch.device,
-                 n_dead_leaves: int | None = None, n_textures: int | None = None):
+                 n_dead_leaves: int | None = None, n_textures: int | None = None,
+                 map_kinds: tuple[str, ...] = MAP_KINDS, native_resolution: bool = False):
         self.config = config
+        self.map_kinds = map_kinds
         self.device = device
         self.rng = np.random.default_rng(seed)
         big = config.patch + 2 * MARGIN
@@ -205,7 +207,7 @@ class BlurMapBatches:
         natural = []
         for image in train_split_images():
             half = _half_resolution(image)
-            if min(half.shape) >= big:
+            if min(half.shape) >= big and not native_resolution:
                 natural.append(half)
             elif min(image.shape) >= big:
                 natural.append(image)
@@ -233,7 +235,8 @@ class BlurMapBatches:
         s, m = c.patch, MARGIN
         sharp = torch.from_numpy(self.sampler.sample(c.batch)).to(device)
         blur_kinds = rng.integers(len(BLUR_KINDS), size=c.batch)
-        map_kinds = rng.integers(len(MAP_KINDS), size=c.batch)
+        map_kinds = np.array([MAP_KINDS.index(self.map_kinds[k])
+                              for k in rng.integers(len(self.map_kinds), size=c.batch)])
         level_map = torch.from_numpy(np.stack([self.maps.draw(MAP_KINDS[k]) for k in map_kinds]))
         level_map = level_map.to(device).clamp(0, MAX_TRAIN_LEVEL)
         kinds = torch.from_numpy(blur_kinds).to(device)
@@ -253,7 +256,8 @@ class BlurMapBatches:
         blurred = ((1 - weight) * y_lo + weight * y_hi)[:, None]
         blurred = self._add_noise(blurred)
         features = blur_map_features(blurred)
-        description = {"map_kinds": map_kinds, "blur_kinds": blur_kinds, "blurred": blurred}
+        description = {"map_kinds": map_kinds, "blur_kinds": blur_kinds, "blurred": blurred,
+                       "sharp": sharp[:, None, m : m + s, m : m + s]}
         return features, level_map[:, None], description
 
     def _add_noise(self, blurred: torch.Tensor) -> torch.Tensor:
