@@ -196,6 +196,16 @@ def test_training_batches_are_seeded_and_labelled_within_range():
     torch.testing.assert_close(levels, again[1])
 
 
+def test_batches_can_be_limited_to_uniform_levels():
+    config = tbm.BlurMapTrainingConfig(batch=4, patch=32, n_dead_leaves=1, n_textures=0)
+    _, levels, description = tbm.BlurMapBatches(config, 3, torch.device("cpu"),
+                                                map_kinds=("uniform",)).draw()
+    assert (description["map_kinds"] == tbm.MAP_KINDS.index("uniform")).all()
+    flat = levels.flatten(1)
+    torch.testing.assert_close(flat.amax(dim=1), flat.amin(dim=1))
+    assert description["sharp"].shape == description["blurred"].shape == (4, 1, 32, 32)
+
+
 def test_level_stack_mixture_has_the_exact_level():
     """Mixing the kernels of two grid levels with the squared-level weight gives the target level."""
     lo_psf, lo = tbm.calibrated_psf("disk", 2.0)
@@ -248,3 +258,53 @@ def test_texture_crops_come_only_from_textures_when_asked():
     unused = PatchSampler(48, np.random.default_rng(0), n_dead_leaves=1,
                           texture_fraction=0.5).sample(6)
     np.testing.assert_array_equal(plain, unused)
+
+
+# --- GWIS-tuned map (for_gwis=True, sharpen_gwis(image, "auto")) ----------------------------
+
+
+def test_auto_sharpening_estimates_the_map_itself(photo):
+    image = blurred(photo, 2.0)
+    auto = sharpen_gwis(image, "auto")
+    np.testing.assert_allclose(auto, sharpen_gwis(image, estimate_blur_map(image)), atol=1e-6)
+    gy, gx = np.gradient(auto[16:-16, 16:-16].astype(np.float64))
+    hy, hx = np.gradient(image[16:-16, 16:-16].astype(np.float64))
+    assert np.mean(gx**2 + gy**2) > np.mean(hx**2 + hy**2)
+
+
+def test_the_gwis_tuned_map_is_shipped_in_the_blur_map_units(photo):
+    image = blurred(photo, 2.0)
+    tuned = estimate_blur_map(image, for_gwis=True)
+    assert tuned.shape == image.shape and tuned.dtype == np.float32
+    assert 0 <= tuned.min() and tuned.max() <= bm.MAX_LEVEL
+    assert np.abs(tuned - estimate_blur_map(image)).max() > 0.05  # another network, not a copy
+    assert sharpen_gwis(image, tuned).shape == image.shape
+
+
+def test_auto_sharpening_keeps_the_layout_of_colour_and_stacks(photo):
+    image = blurred(photo[:96, :96], 1.5)
+    rgb = np.stack([image, 0.5 * image, image], axis=-1)
+    assert sharpen_gwis(rgb, "auto", channel_axis=-1).shape == rgb.shape
+    stack = np.stack([image, image[::-1]])
+    out = sharpen_gwis(stack, "auto")
+    np.testing.assert_allclose(out[1], sharpen_gwis(image[::-1], "auto"), atol=1e-6)
+
+
+def test_an_unknown_blur_word_is_refused():
+    with pytest.raises(TypeError, match="'auto'"):
+        sharpen_gwis(np.ones((16, 16), np.float32), "automatic")
+
+
+def test_gwis_labels_choose_no_sharpening_on_a_sharp_crop_and_some_on_a_blurred_one(photo):
+    from napari_deblur.engine.training import gwis_level as tgl
+
+    sharp = torch.from_numpy(photo[:96, :96].copy())[None, None]
+    labels, spread, scores = tgl.gwis_level_labels(sharp, sharp)
+    assert scores.shape == (1, len(tgl.GWIS_LEVEL_GRID), 96, 96)
+    assert set(np.unique(labels.numpy())) <= set(np.float32(tgl.GWIS_LEVEL_GRID))
+    assert float(scores[:, 0].min()) == pytest.approx(1.0, abs=1e-4)  # level 0 returns the crop
+    matters = spread > 1e-3
+    assert bool(matters.any()) and float(labels[matters].max()) == 0.0
+    soft = torch.from_numpy(blurred(photo[:96, :96], 2.5, noise=0.0))[None, None]
+    labels, spread, _ = tgl.gwis_level_labels(soft, sharp)
+    assert float(labels[spread > 0.02].median()) >= 1.0

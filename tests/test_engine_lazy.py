@@ -29,6 +29,7 @@ METHODS = {
     "blur map": lambda x: engine.estimate_blur_map(x),
     "gwis constant": lambda x: engine.sharpen_gwis(x, 1.5),
     "gwis by map": lambda x: engine.sharpen_gwis(x, engine.estimate_blur_map(x)),
+    "gwis auto": lambda x: engine.sharpen_gwis(x, "auto"),
 }
 
 

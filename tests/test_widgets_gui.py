@@ -401,6 +401,25 @@ def test_gwis_rejects_a_map_of_the_wrong_shape(make_napari_viewer, qtbot):
     assert _names(viewer) == ["img", "small map"]
 
 
+def test_gwis_automatic_source_estimates_its_own_map(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer(show=True)
+    viewer.open_sample(PLUGIN, "defocus_ramp")
+    source = viewer.layers["Defocus ramp (blurred)"]
+    before = np.array(source.data, copy=True)
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, GWIS_WIDGET)
+    widget.reset_choices()
+    widget.image.value = source
+    widget.blur_source.value = "Automatic (learned map)"
+    assert not widget.blur_level.visible and not widget.blur_map.visible
+    _run_and_wait(qtbot, widget)
+    (output,) = widget.runner.last_outputs
+    assert output.name == "Defocus ramp (blurred) GWIS"
+    assert output.metadata["blur_levels"] == "estimate_blur_map"
+    assert np.array_equal(source.data, before)
+    bottom = slice(-120, -20)
+    assert _gradient_energy(np.asarray(output.data)[bottom]) > 1.1 * _gradient_energy(before[bottom])
+
+
 # --- Blur map (same runner; two output layers) -----------------------------------------------
 
 BLUR_MAP_WIDGET = "Blur map"

@@ -219,9 +219,9 @@ def _method_call(args: argparse.Namespace):
             image, channel_axis=channel_axis, device=device), "blur map (px)")
     level = _parse_blur(args.blur)
 
+    blur = level if level is not None else "auto"
+
     def gwis(image, channel_axis):
-        blur = level if level is not None else engine.estimate_blur_map(
-            image, channel_axis=channel_axis, device=device)
         return engine.sharpen_gwis(image, blur, channel_axis=channel_axis, device=device)
 
     return gwis, f"gwis blur={'auto' if level is None else f'{level:g}'}"

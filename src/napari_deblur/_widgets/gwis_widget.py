@@ -29,7 +29,8 @@ if TYPE_CHECKING:
 
 BLUR_CONSTANT = "Constant"
 BLUR_FROM_MAP = "Blur-map layer"
-BLUR_SOURCES = (BLUR_CONSTANT, BLUR_FROM_MAP)
+BLUR_AUTOMATIC = "Automatic (learned map)"
+BLUR_SOURCES = (BLUR_CONSTANT, BLUR_FROM_MAP, BLUR_AUTOMATIC)
 
 SETTINGS_KEY = "gwis"
 OUTPUT_SUFFIX = "GWIS"
@@ -62,8 +63,9 @@ class GwisWidget(EngineJobWidget):
             label="Blur level",
             choices=list(BLUR_SOURCES),
             value=BLUR_CONSTANT,
-            tooltip="One blur level for the whole image, or a per-pixel blur map layer "
-            "(e.g. from the Blur map widget).",
+            tooltip="One blur level for the whole image; a per-pixel blur map layer "
+            "(e.g. from the Blur map widget); or automatic: the blur map is estimated as part "
+            "of the job (the same map as the Blur map widget's).",
         )
         self.blur_level = FloatSlider(
             name="blur_level",
@@ -94,9 +96,9 @@ class GwisWidget(EngineJobWidget):
 
     # ------------------------------------------------------------- validation
     def _show_relevant_inputs(self) -> None:
-        from_map = self.blur_source.value == BLUR_FROM_MAP
-        self.blur_level.visible = not from_map
-        self.blur_map.visible = from_map
+        source = self.blur_source.value
+        self.blur_level.visible = source == BLUR_CONSTANT
+        self.blur_map.visible = source == BLUR_FROM_MAP
 
     def invalid_reason(self) -> str | None:
         """Why the inputs cannot run now (``None`` when they can)."""
@@ -139,7 +141,7 @@ class GwisWidget(EngineJobWidget):
 
     # -------------------------------------------------------------------- run
     def engine_job(self, selection: JobSelection) -> EngineJob:
-        """GWIS on ``selection`` with a constant level or the chosen blur map.
+        """GWIS on ``selection`` with a constant level, the chosen blur map, or "auto".
 
         Raises
         ------
@@ -149,6 +151,9 @@ class GwisWidget(EngineJobWidget):
         if self.blur_source.value == BLUR_FROM_MAP:
             blur: Any = self._blur_map_for(selection)
             described = {"blur_map_layer": self.blur_map.value.name}
+        elif self.blur_source.value == BLUR_AUTOMATIC:
+            blur = "auto"
+            described = {"blur_levels": "estimate_blur_map"}
         else:
             blur = float(self.blur_level.value)
             described = {"blur_level_px": blur}

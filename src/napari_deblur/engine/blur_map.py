@@ -80,7 +80,11 @@ WEIGHTS_FILE = "blur_map.pt"
 BASELINE_WEIGHTS_FILE = "blur_map_paper.pt"
 """Weights of :class:`PaperBlurNet` trained on the same data (for the benchmark)."""
 
+GWIS_WEIGHTS_FILE = "gwis_level.pt"
+"""Weights of :class:`BlurMapNet` fine-tuned on GWIS labels (the map for sharpening)."""
+
 RETRAIN_COMMAND = "python -m napari_deblur.engine.train blurmap"
+GWIS_RETRAIN_COMMAND = "python -m napari_deblur.engine.train gwis-level"
 
 LEVEL_OFFSET = 0.5
 """The network predicts ``log(1 + level / LEVEL_OFFSET)``."""
@@ -342,19 +346,28 @@ def _blur_map_plane_steps(model: nn.Module):
     return plane_steps
 
 
+@lru_cache(maxsize=4)
+def load_gwis_level_net(device: torch.device) -> BlurMapNet:
+    """:class:`BlurMapNet` fine-tuned on GWIS labels (``for_gwis=True``), in eval mode."""
+    return load_shipped_model(BlurMapNet(), GWIS_WEIGHTS_FILE, device, GWIS_RETRAIN_COMMAND)
+
+
+MODELS = {"blurmapnet": load_blur_map_net, "gwis": load_gwis_level_net, "paper": load_paper_blur_net}
+"""Networks :func:`iter_estimate_blur_map` can run, by name."""
+
+
 def _model_for(model: str, device: torch.device) -> nn.Module:
-    if model == "blurmapnet":
-        return load_blur_map_net(device)
-    if model == "paper":
-        return load_paper_blur_net(device)
-    raise ValueError(f"model must be 'blurmapnet' or 'paper', got {model!r}.")
+    if model not in MODELS:
+        raise ValueError(f"model must be one of {', '.join(map(repr, MODELS))}, got {model!r}.")
+    return MODELS[model](device)
 
 
 def iter_estimate_blur_map(image, *, channel_axis: int | None = None, device=None,
                            model: str = "blurmapnet") -> JobSteps[np.ndarray]:
     """Generator twin of :func:`estimate_blur_map` (yields progress per plane and tile).
 
-    ``model`` is ``"blurmapnet"`` (the shipped estimator) or ``"paper"`` (the
+    ``model`` is ``"blurmapnet"`` (the shipped estimator), ``"gwis"`` (the same
+    network fine-tuned on GWIS labels, ``for_gwis=True``) or ``"paper"`` (the
     paper's network trained on the same data, for comparison).
     """
     pixels = as_float_image(image)
@@ -391,7 +404,7 @@ def _luminance_planes(pixels: np.ndarray, layout: PlaneLayout) -> JobSteps[np.nd
 
 
 def estimate_blur_map(image, *, channel_axis: int | None = None, device=None,
-                      progress=None, cancel=None) -> np.ndarray:
+                      for_gwis: bool = False, progress=None, cancel=None) -> np.ndarray:
     """Estimate the blur level of every pixel with the shipped network.
 
     Parameters
@@ -404,6 +417,15 @@ def estimate_blur_map(image, *, channel_axis: int | None = None, device=None,
         Axis of colour channels (e.g. -1 for RGB).
     device : str or torch.device, optional
         ``None``/"auto" (CUDA, then MPS, then CPU), "cpu", "cuda" or "mps".
+    for_gwis : bool
+        ``False`` (default): the physical blur level. ``True`` (experimental):
+        the level at which :func:`~napari_deblur.engine.sharpen_gwis` should
+        sharpen each pixel best, from the same network fine-tuned on
+        SSIM-best GWIS levels (Nasonov, Krylov & Lyukov's labels;
+        ``models/gwis_level.md``). Same units and range. It beats the
+        physical map on held-out crops of the training sources but not on
+        the evaluation images (README, Benchmarks), so GWIS's automatic
+        path (``sharpen_gwis(image, "auto")``) uses the physical map.
     progress, cancel
         See :func:`~napari_deblur.engine.jobs.run_job`.
 
@@ -437,9 +459,11 @@ def estimate_blur_map(image, *, channel_axis: int | None = None, device=None,
     """
     if is_dask_array(image):
         return lazy_planewise(
-            lambda block, _plane: estimate_blur_map(block, channel_axis=channel_axis, device=device),
+            lambda block, _plane: estimate_blur_map(block, channel_axis=channel_axis, device=device,
+                                                    for_gwis=for_gwis),
             image, channel_axis=channel_axis, drop_channels=True)
-    return run_job(iter_estimate_blur_map(image, channel_axis=channel_axis, device=device),
+    model = "gwis" if for_gwis else "blurmapnet"
+    return run_job(iter_estimate_blur_map(image, channel_axis=channel_axis, device=device, model=model),
                    progress, cancel)
 
 

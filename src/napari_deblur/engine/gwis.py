@@ -1000,10 +1000,21 @@ def gwis_sharpen(
 # --- numpy facade -------------------------------------------------------------------------
 
 
+AUTO_BLUR = "auto"
+"""``sharpen_gwis(image, "auto")``: each plane's levels from :func:`estimate_blur_map`, estimated here."""
+
+
+def _is_auto(blur) -> bool:
+    return isinstance(blur, str) and blur == AUTO_BLUR
+
+
 def _check_blur(blur, layout: PlaneLayout):
     """A float level, or a float32 map of shape (H, W) or (N, H, W). Raises ValueError."""
     if isinstance(blur, (bool, np.bool_)):
         raise TypeError("blur must be a number of pixels or an array of blur levels, not a bool.")
+    if isinstance(blur, str):
+        raise TypeError(f"blur must be a number of pixels, an array of blur levels or "
+                        f"{AUTO_BLUR!r}, not {blur!r}.")
     if np.ndim(blur) == 0:
         try:
             level = float(blur)
@@ -1076,6 +1087,10 @@ def iter_sharpen_gwis(image, blur, *, channel_axis: int | None = None, device=No
     """Generator twin of :func:`sharpen_gwis` (yields progress per plane and tile)."""
     pixels = as_float_image(image)
     layout = PlaneLayout.of(pixels.shape, channel_axis)
+    if _is_auto(blur):
+        from .blur_map import iter_estimate_blur_map  # blur_map imports this module
+
+        blur = yield from iter_estimate_blur_map(pixels, channel_axis=channel_axis, device=device)
     levels = _check_blur(blur, layout)
     target = select_device(device)
     scalar = isinstance(levels, float)
@@ -1107,11 +1122,13 @@ def sharpen_gwis(
     ----------
     image : array_like, shape (..., H, W) or with a channel axis
         Any real dtype; leading axes (z, t) are processed plane by plane.
-    blur : float or array_like
+    blur : float, array_like or "auto"
         Blur level in pixels (PSF standard deviation, as :func:`psf_blur_level`;
         >= 0): one number, a map of shape ``(H, W)`` for every plane, or a map
         of the image's full non-channel shape (leading axes + ``(H, W)``).
-        Level 0 leaves pixels as they are.
+        Level 0 leaves pixels as they are. ``"auto"``: the levels come from
+        :func:`estimate_blur_map` (the same as ``sharpen_gwis(image,
+        estimate_blur_map(image))``, in one call, with one progress report).
     channel_axis : int, optional
         Axis of colour channels; the warp is computed on the luminance and
         applied to every channel alike (no colour fringes).
@@ -1165,7 +1182,7 @@ def _lazy_sharpen_gwis(image, blur, *, channel_axis, device):
             lambda block, _plane, levels: sharpen_gwis(block, levels, channel_axis=channel_axis,
                                                        device=device),
             image, channel_axis=channel_axis, per_plane=blur)
-    level = _check_blur(blur, layout)
+    level = blur if _is_auto(blur) else _check_blur(blur, layout)
     return lazy_planewise(
         lambda block, _plane: sharpen_gwis(block, level, channel_axis=channel_axis, device=device),
         image, channel_axis=channel_axis)
