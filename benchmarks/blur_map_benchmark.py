@@ -37,11 +37,12 @@ What it does (``shared/eval/README.md``, protocols 2, 1 and 5), on the EVAL spli
    ring blur with a level U[0, 6] px and a noise variance U[0, 10] on
    0..255; GWIS with the oracle constant (best SSIM on the grid of
    ``gwis_benchmark.GWIS_GRID``), with the true level, with our map, with
-   the paper network's map. Bar: our map recovers >= 90 % of the oracle
-   constant's mean SSIM gain (the paper's CNN: 83 %).
+   the paper network's map, with our GWIS-tuned map (``for_gwis=True``,
+   experimental). Bar: our map recovers >= 90 % of the oracle constant's
+   mean SSIM gain (the paper's CNN: 83 %).
 4. **Defocus sample** (``sample_data.defocus_ramp_arrays``: ``camera``,
    Gaussian sigma 0 at the top to 6 px at the bottom): GWIS with the best
-   constant level vs with our map vs the true map. Bar: our map beats the
+   constant level vs with our maps vs the true map. Bar: our map beats the
    best constant.
 5. **Speed.** 1024 x 1024 (retina luminance), CPU: ``estimate_blur_map`` vs
    ``skimage.restoration.richardson_lucy(num_iter=30)`` with a 27 x 27
@@ -93,7 +94,7 @@ rows_csv: list[dict] = []
 def estimate(method: str, image: np.ndarray) -> np.ndarray:
     from napari_deblur.engine import iter_estimate_blur_map, run_job
 
-    model = "blurmapnet" if method == "ours" else "paper"
+    model = {"ours": "blurmapnet", "tuned": "gwis", "paper": "paper"}[method]
     return run_job(iter_estimate_blur_map(image.astype(np.float32), model=model, device="cpu"))
 
 
@@ -301,6 +302,7 @@ def gwis_section(images, max_size, draws) -> tuple[str, dict]:
                 true_level = engine.psf_blur_level(psf)
                 ours = estimate("ours", observed)
                 paper = estimate("paper", observed)
+                tuned = estimate("tuned", observed)
                 case = {
                     "blurred": score(observed, sharp, border),
                     "oracle": best_by_ssim(((f"{v:g}", sharpen_gwis(observed, v)) for v in GWIS_GRID),
@@ -309,6 +311,7 @@ def gwis_section(images, max_size, draws) -> tuple[str, dict]:
                     "ours": score(sharpen_gwis(observed, ours), sharp, border),
                     "ours_median": score(sharpen_gwis(observed, float(np.median(ours))), sharp, border),
                     "paper": score(sharpen_gwis(observed, paper), sharp, border),
+                    "tuned": score(sharpen_gwis(observed, tuned), sharp, border),
                 }
                 for method, (psnr, ssim) in case.items():
                     rows[method].append((psnr, ssim))
@@ -324,6 +327,7 @@ def gwis_section(images, max_size, draws) -> tuple[str, dict]:
         "ours": "GWIS, our map",
         "ours_median": "GWIS, median of our map (one number)",
         "paper": "GWIS, paper network's map",
+        "tuned": "GWIS, our GWIS-tuned map (`for_gwis=True`, experimental)",
     }
     base = np.array(rows["blurred"])
     oracle_gain = np.array(rows["oracle"]) - base
@@ -343,7 +347,10 @@ def gwis_section(images, max_size, draws) -> tuple[str, dict]:
         summary[method] = share
         lines.append(f"| {label} | {values[:, 0].mean():.2f} | {values[:, 1].mean():.4f} | "
                      f"{gain[:, 0].mean():+.2f} | {gain[:, 1].mean():+.4f} | {share:.0%} |")
-    lines += ["", "Bar: our map >= 90 % of the oracle constant's SSIM gain (paper's CNN: 83 %).", ""]
+    lines += ["", "Bar: our map >= 90 % of the oracle constant's SSIM gain (paper's CNN: 83 %). "
+              "\"Our map\" is `estimate_blur_map(image)`, what `sharpen_gwis(image, \"auto\")` "
+              "uses; the GWIS-tuned map is the same network fine-tuned on SSIM-best GWIS levels "
+              "(`estimate_blur_map(image, for_gwis=True)`).", ""]
     return "\n".join(lines), summary
 
 
@@ -357,6 +364,7 @@ def defocus_section() -> tuple[str, dict]:
     border = 24
     ours = estimate("ours", blurred)
     paper = estimate("paper", blurred)
+    tuned = estimate("tuned", blurred)
     best = best_by_ssim(((f"{v:g}", sharpen_gwis(blurred, v)) for v in GWIS_GRID), sharp, border)
     cases = {
         "Blurred (noise-free)": score(blurred, sharp, border),
@@ -364,6 +372,8 @@ def defocus_section() -> tuple[str, dict]:
         "GWIS, true map": score(sharpen_gwis(blurred, true_map), sharp, border),
         "GWIS, our map": score(sharpen_gwis(blurred, ours), sharp, border),
         "GWIS, paper network's map": score(sharpen_gwis(blurred, paper), sharp, border),
+        "GWIS, our GWIS-tuned map (for_gwis=True)": score(sharpen_gwis(blurred, tuned), sharp,
+                                                          border),
     }
     map_mae = float(np.mean(np.abs(ours - true_map)))
     paper_mae = float(np.mean(np.abs(paper - true_map)))
@@ -378,7 +388,9 @@ def defocus_section() -> tuple[str, dict]:
         rows_csv.append(dict(section="defocus_sample", image="camera", case="defocus ramp",
                              method=label, psnr=psnr, ssim=ssim))
     lines += ["", f"Map error over all pixels: ours MAE {map_mae:.3f} px, paper's network "
-              f"{paper_mae:.3f} px. Bar: GWIS with our map beats the best constant.", ""]
+              f"{paper_mae:.3f} px (the GWIS-tuned map is not a level estimate: its MAE "
+              f"{float(np.mean(np.abs(tuned - true_map))):.3f} px is not a score). "
+              "Bar: GWIS with our map beats the best constant.", ""]
     ours_ssim = cases["GWIS, our map"][1]
     return "\n".join(lines), {"beats_constant": ours_ssim > best[1], "ours": ours_ssim,
                               "best_constant": best[1]}
