@@ -59,6 +59,7 @@ from ..blur_map import (
 )
 from ..fourier import kernel_to_otf
 from ..psf import disk_psf, gaussian_psf, psf_blur_level, ring_psf
+from .optimisation import take_step
 from .sources import PatchSampler, train_split_images
 
 logger = logging.getLogger(__name__)
@@ -344,12 +345,7 @@ def _train_step(config, model, optimiser, schedule, batches, crop_rng, validatio
     data_seconds += time.perf_counter() - t0
     prediction = predict_log_level(model, features)
     loss = (prediction - level_to_target(levels)).abs().mean()
-    optimiser.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-    optimiser.step()
-    schedule.step()
-    running += float(loss.detach())
+    running += take_step(loss, model, optimiser, schedule)
     if step % config.log_every == 0 or step == config.steps:
         n = config.log_every if step % config.log_every == 0 else step % config.log_every
         entry = {"step": step, "train_loss": running / n}

@@ -57,6 +57,7 @@ from ..gwis import estimate_noise_std, gradient_scale_for_level, gwis_sharpen, w
 from ..shipped_weights import load_shipped_model
 from .blur_map import BlurMapBatches, BlurMapTrainingConfig
 from .losses import ssim_map
+from .optimisation import take_step
 
 logger = logging.getLogger(__name__)
 
@@ -296,12 +297,7 @@ def train_gwis_level(config: GwisLevelTrainingConfig, out_path: Path) -> BlurMap
         features, labels, spread = _dihedral([d["features"][pick], d["labels"][pick], d["spread"][pick]],
                                              int(rng.integers(8)))
         loss = _weighted_l1(predict_log_level(model, features), labels, spread)
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimiser.step()
-        schedule.step()
-        running += float(loss.detach())
+        running += take_step(loss, model, optimiser, schedule)
         if step % config.log_every == 0 or step == config.steps:
             n = config.log_every if step % config.log_every == 0 else step % config.log_every
             entry = {"step": step, "train_loss": running / n}

@@ -23,6 +23,7 @@ from ..wiener import WIENER_STACK_SNRS_DB
 from ..wiener_net import WienerNet, apply_network, wiener_net_features
 from .kernels import kernel_pool
 from .losses import ssim
+from .optimisation import take_step
 from .sources import PatchSampler
 
 logger = logging.getLogger(__name__)
@@ -122,12 +123,7 @@ def train_wiener_net(config: WienerNetTrainingConfig, out_path: Path) -> WienerN
         sharp, blurred, kernels = batches.draw()
         restored, _ = restore_batch(model, blurred, kernels, snrs)
         loss = (restored - sharp).abs().mean() + SSIM_WEIGHT * (1 - ssim(restored, sharp))
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimiser.step()
-        schedule.step()
-        running += float(loss.detach())
+        running += take_step(loss, model, optimiser, schedule)
         if step % config.log_every == 0 or step == config.steps:
             entry = evaluate(model, validation, snrs)
             entry.update(step=step, train_loss=running / (step - logged_step),
