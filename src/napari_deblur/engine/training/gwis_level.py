@@ -52,7 +52,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..blur_map import BlurMapNet, level_to_target, predict_log_level, target_to_level
+from ..blur_map import (
+    RETRAIN_COMMAND,
+    WEIGHTS_FILE,
+    BlurMapNet,
+    level_to_target,
+    predict_log_level,
+    target_to_level,
+)
 from ..gwis import estimate_noise_std, gradient_scale_for_level, gwis_sharpen, warp_scale_for_level
 from ..shipped_weights import load_shipped_model
 from .blur_map import BlurMapBatches, BlurMapTrainingConfig
@@ -278,8 +285,6 @@ def train_gwis_level(config: GwisLevelTrainingConfig, out_path: Path) -> BlurMap
                                 photos_uniform=True),
     }
     config.label_minutes = (time.perf_counter() - started) / 60
-    from ..blur_map import RETRAIN_COMMAND, WEIGHTS_FILE
-
     start = load_shipped_model(BlurMapNet(), WEIGHTS_FILE, device, RETRAIN_COMMAND)
     model = load_shipped_model(BlurMapNet(), WEIGHTS_FILE, device, RETRAIN_COMMAND).train()
     optimiser = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
