@@ -57,10 +57,11 @@ from ..blur_map import (
     WEIGHTS_FILE,
     BlurMapNet,
     level_to_target,
+    plane_noise_and_range,
     predict_log_level,
     target_to_level,
 )
-from ..gwis import estimate_noise_std, gradient_scale_for_level, gwis_sharpen, warp_scale_for_level
+from ..gwis import gradient_scale_for_level, gwis_sharpen, warp_scale_for_level
 from ..shipped_weights import load_shipped_model
 from .blur_map import BlurMapBatches, BlurMapTrainingConfig
 from .losses import ssim_map
@@ -101,22 +102,18 @@ class GwisLevelTrainingConfig:
 
 
 def _plane_constants(blurred: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Noise standard deviation and intensity range per crop, each ``(B,)`` (as sharpen_gwis does)."""
-    flat = blurred.flatten(1)
-    return estimate_noise_std(blurred), flat.max(dim=1).values - flat.min(dim=1).values
+    """Noise standard deviation and intensity range per crop, each ``(B,)`` (as sharpen_gwis has them)."""
+    noise, value_range = plane_noise_and_range(blurred)
+    return noise.flatten(), value_range.flatten()
 
 
-def sharpen_with_levels(blurred: torch.Tensor, levels: torch.Tensor | float) -> torch.Tensor:
-    """GWIS of ``(B, 1, H, W)`` crops at a constant level or a ``(B, 1, H, W)`` level map.
+def sharpen_with_levels(blurred: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+    """GWIS of ``(B, 1, H, W)`` crops driven by ``(B, 1, H, W)`` level maps, one crop at a time.
 
     The same warp scale and edge-detection scale as
     :func:`~napari_deblur.engine.sharpen_gwis` (the latter from the median level
     of each crop's map).
     """
-    if not isinstance(levels, torch.Tensor):
-        if levels <= 0:
-            return blurred.clone()
-        levels = torch.full_like(blurred, float(levels))
     noise, value_range = _plane_constants(blurred)
     out = torch.empty_like(blurred)
     for i in range(blurred.shape[0]):
@@ -129,15 +126,6 @@ def sharpen_with_levels(blurred: torch.Tensor, levels: torch.Tensor | float) -> 
             blurred[i : i + 1], scale, gradient_scale=gradient_scale_for_level(float(level_map.median())),
             noise_std=noise[i : i + 1], intensity_range=value_range[i : i + 1])
     return out
-
-
-def _sharpen_at_level(blurred: torch.Tensor, level: float) -> torch.Tensor:
-    """GWIS of a whole batch at one constant level (one call, the labels' hot loop)."""
-    if level <= 0:
-        return blurred.clone()
-    noise, value_range = _plane_constants(blurred)
-    return gwis_sharpen(blurred, warp_scale_for_level(level), gradient_scale=gradient_scale_for_level(level),
-                        noise_std=noise, intensity_range=value_range)
 
 
 def _local_ssim(restored: torch.Tensor, sharp: torch.Tensor) -> torch.Tensor:
@@ -163,7 +151,16 @@ def gwis_level_labels(blurred: torch.Tensor, sharp: torch.Tensor,
     scores : Tensor, (B, len(grid), H, W)
         The local SSIM of every grid level.
     """
-    scores = torch.cat([_local_ssim(_sharpen_at_level(blurred, level), sharp) for level in grid], dim=1)
+    noise, value_range = _plane_constants(blurred)
+
+    def sharpened(level: float) -> torch.Tensor:  # the whole batch at one level, in one call
+        if level <= 0:
+            return blurred
+        return gwis_sharpen(blurred, warp_scale_for_level(level),
+                            gradient_scale=gradient_scale_for_level(level), noise_std=noise,
+                            intensity_range=value_range)
+
+    scores = torch.cat([_local_ssim(sharpened(level), sharp) for level in grid], dim=1)
     good_enough = scores >= scores.amax(dim=1, keepdim=True) - LABEL_TOLERANCE
     best = good_enough.to(torch.uint8).argmax(dim=1, keepdim=True)  # the first such level
     labels = torch.tensor(grid, dtype=blurred.dtype, device=blurred.device)[best]
