@@ -164,3 +164,54 @@ def test_smoothed_training_sources_are_smoother_and_leave_other_draws_alone():
     default = PatchSampler(64, np.random.default_rng(3), n_dead_leaves=2).sample(12)
     np.testing.assert_array_equal(plain, default)
     assert not np.array_equal(plain, crops(1e-12))
+
+
+def test_the_network_blends_its_candidates_per_pixel_and_adds_a_residual():
+    torch.manual_seed(0)
+    model = wn.WienerNet().eval()
+    features = torch.randn(1, model.n_snrs + 2, 32, 48)
+    candidates = features[:, : model.n_snrs + 1]
+    with torch.no_grad():
+        model.blend_head.weight.zero_()
+        model.blend_head.bias.zero_()
+        model.head.weight.zero_()
+        model.head.bias.zero_()
+        np.testing.assert_allclose(model(features), candidates.mean(dim=1, keepdim=True), atol=1e-5)
+        # A large bias on one candidate picks it at every pixel (the 4 output pixels of each
+        # half-resolution position share the bias: one per pixel-shuffle phase).
+        model.blend_head.bias.view(model.n_snrs + 1, 4)[3] = 50.0
+        np.testing.assert_allclose(model(features), candidates[:, 3:4], atol=1e-5)
+        model.head.bias.fill_(0.25)
+        np.testing.assert_allclose(model(features), candidates[:, 3:4] + 0.25, atol=1e-5)
+
+
+def test_training_loss_asks_the_same_decibels_of_clean_and_noisy_crops(monkeypatch):
+    from napari_deblur.engine.training import wiener_net as training
+
+    monkeypatch.setattr(training, "SSIM_WEIGHT", 0.0)
+    sharp = torch.zeros(2, 1, 16, 16)
+    error = torch.randn(2, 1, 16, 16, generator=torch.Generator().manual_seed(1))
+    error[0] *= 0.01  # a clean crop, 40 dB
+    error[1] *= 0.1  # a noisy one, 20 dB
+    before = training.restoration_loss(sharp + error, sharp)
+    gains = []
+    for crop in range(2):
+        better = error.clone()
+        better[crop] /= 2
+        gains.append(float(before - training.restoration_loss(sharp + better, sharp)))
+    assert gains[0] > 0 and gains[1] > 0
+    assert gains[0] == pytest.approx(gains[1], rel=0.05)
+
+
+def test_validation_scores_the_network_against_wiener_with_the_best_snr():
+    from napari_deblur.engine.training import wiener_net as training
+
+    config = training.WienerNetTrainingConfig(batch=4, patch=48, kernel_pool_size=8,
+                                              n_dead_leaves=2, validation_batches=1)
+    validation = training.validation_batches(config, torch.device("cpu"))
+    scores = training.evaluate(wn.load_wiener_net(torch.device("cpu")), validation,
+                               torch.tensor(wn.WIENER_STACK_SNRS_DB))
+    # The oracle picks per crop among the stack, which holds the base candidate.
+    assert scores["psnr_oracle"] >= scores["psnr_base"]
+    assert scores["psnr_oracle"] > scores["psnr_blurred"]
+    assert 0.0 <= scores["lost_to_oracle"] <= 1.0
