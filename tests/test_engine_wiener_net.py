@@ -136,11 +136,13 @@ def test_training_sources_keep_out_the_evaluation_split():
 
 
 def test_noise_estimate_picks_a_lower_snr_for_a_noisier_plane(case, shake):
+    from napari_deblur.engine.training.wiener_net import nearest_snr_index
+
     _, blurred = case
     y = torch.from_numpy(blurred)[None, None]
     noisy = y + 0.05 * torch.randn(y.shape, generator=torch.Generator().manual_seed(0))
     snrs = torch.tensor(wn.WIENER_STACK_SNRS_DB)
-    picks = [int(wn.nearest_snr_index(*wn.plane_statistics(p)[1:], snrs)) for p in (y, noisy)]
+    picks = [int(nearest_snr_index(*wn.plane_statistics(p)[1:], snrs)) for p in (y, noisy)]
     assert picks[1] < picks[0]
 
 
@@ -211,7 +213,7 @@ def test_validation_scores_the_network_against_wiener_with_the_best_snr():
     validation = training.validation_batches(config, torch.device("cpu"))
     scores = training.evaluate(wn.load_wiener_net(torch.device("cpu")), validation,
                                torch.tensor(wn.WIENER_STACK_SNRS_DB))
-    # The oracle picks per crop among the stack, which holds the base candidate.
+    # The oracle picks per crop among the stack, which holds the member at the estimated SNR.
     assert scores["psnr_oracle"] >= scores["psnr_base"]
     assert scores["psnr_oracle"] > scores["psnr_blurred"]
     assert 0.0 <= scores["lost_to_oracle"] <= 1.0

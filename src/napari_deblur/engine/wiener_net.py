@@ -23,8 +23,9 @@ ways:
    one, where a single Wiener filter must use one SNR for the whole plane;
    the residual adds what no member has. (The previous design predicted a
    residual over the one member nearest the estimated SNR of ``y``; on
-   smooth, low-noise crops it fell about 1.3 dB short of Wiener with the
-   best SNR, having to subtract the member's amplified noise.)
+   smooth crops at noise 0.01 it fell about 1.4 dB short of Wiener with
+   the best SNR per crop, where this one is 1.4 dB above it;
+   ``models/wiener_net.md``.)
 4. **One grayscale network for every channel** (RGB channels are separate
    planes), and a compact multi-scale network (:class:`WienerNet`): the input
    is folded 2x2 into channels (pixel unshuffle), then a four-level U-Net
@@ -181,17 +182,9 @@ def plane_statistics(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch
     return mean, scale, noise
 
 
-def nearest_snr_index(scale: torch.Tensor, noise: torch.Tensor, snrs_db: torch.Tensor) -> torch.Tensor:
-    """Index of the stack SNR nearest to ``10 log10(signal var / noise var)``, shape ``(B,)``."""
-    noise_var = noise.flatten().square().clamp_min(1e-12)
-    signal_var = (scale.flatten().square() - noise_var).clamp_min(1e-3 * scale.flatten().square())
-    snr = 10.0 * torch.log10(signal_var / noise_var)
-    return (snr[:, None] - snrs_db[None, :].to(snr)).abs().argmin(dim=1)
-
-
 def wiener_net_features(
     y: torch.Tensor, kernel: torch.Tensor, snrs_db: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Normalised network input for grayscale planes.
 
     Parameters
@@ -205,21 +198,16 @@ def wiener_net_features(
     Returns
     -------
     features : Tensor, shape (B, S + 2, H, W)
-    base : Tensor, shape (B, 1, H, W)
-        The normalised stack member at the estimated SNR (the automatic classical
-        reference that training reports beside the network).
     mean, scale : Tensor, shape (B, 1, 1, 1)
         To map the normalised output back: ``x = out * scale + mean``.
     """
     mean, scale, noise = plane_statistics(y)
     stack = wiener_filter(y, kernel, snrs_db)[:, :, 0]  # (B, S, H, W)
     stack = (stack - mean) / scale
-    pick = nearest_snr_index(scale, noise, snrs_db)
-    base = stack[torch.arange(len(pick), device=y.device), pick][:, None]
     blurred = (y - mean) / scale
     noise_map = (NOISE_FEATURE_GAIN * noise / scale).expand_as(y)
     features = torch.cat([stack, blurred, noise_map], dim=1).clamp(-INPUT_CLIP, INPUT_CLIP)
-    return features, base, mean, scale
+    return features, mean, scale
 
 
 def apply_network(model: WienerNet, features: torch.Tensor) -> torch.Tensor:
@@ -244,7 +232,7 @@ def _wiener_net_plane_steps(model: WienerNet, snrs: torch.Tensor):
     def plane_steps(plane: torch.Tensor, kernel: torch.Tensor) -> JobSteps[torch.Tensor]:
         yield JobProgress(0.0, "Wiener stack")
         grey = plane.transpose(0, 1)  # (C, 1, H, W): every channel is a grayscale plane
-        features, _, mean, scale = wiener_net_features(grey, kernel[None], snrs)
+        features, mean, scale = wiener_net_features(grey, kernel[None], snrs)
         yield JobProgress(0.2, "Wiener-net")
         with torch.inference_mode():
             normalised = yield from iter_tiled(
