@@ -3,8 +3,9 @@
 Each step draws sharp crops (train split and dead leaves), blurs them with
 *valid* convolution (so, as in a camera, content from beyond the frame bleeds
 in), adds Gaussian or Poisson-Gaussian noise, and trains the network on
-the log of each restored crop's MSE plus an SSIM term (:func:`restoration_loss`). Everything is seeded: the same
-command gives the same weights on the same machine and library versions.
+the log of each restored crop's MSE plus an SSIM term
+(:func:`restoration_loss`). Everything is seeded: the same command gives the
+same weights on the same machine and library versions.
 """
 
 from __future__ import annotations
