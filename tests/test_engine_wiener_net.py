@@ -205,6 +205,40 @@ def test_training_loss_asks_the_same_decibels_of_clean_and_noisy_crops(monkeypat
     assert gains[0] == pytest.approx(gains[1], rel=0.05)
 
 
+def test_interior_masks_leave_out_a_border_as_wide_as_the_kernel_support():
+    from napari_deblur.engine.training import wiener_net as training
+
+    kernels = torch.zeros(2, 31, 31)
+    kernels[0, 15, 15] = 1.0  # a delta: support 1 px wide
+    kernels[1, 10:21, 13:18] = 1.0 / 55  # 11 rows x 5 columns: the wider extent counts
+    masks = training.interior_masks(kernels, (50, 60))
+    assert masks.shape == (2, 1, 50, 60)
+    assert masks[0].sum() == (50 - 2) * (60 - 2)
+    inside = masks[1, 0].nonzero()
+    assert inside[:, 0].min() == 11 and inside[:, 0].max() == 50 - 12
+    assert inside[:, 1].min() == 11 and inside[:, 1].max() == 60 - 12
+    # On a crop too small for the kernel, the border stops at a quarter of the side.
+    small = training.interior_masks(kernels, (24, 24))
+    assert small[1].sum() == (24 - 2 * 6) ** 2
+
+
+def test_interior_weight_moves_the_loss_toward_the_interior_error(monkeypatch):
+    from napari_deblur.engine.training import wiener_net as training
+
+    monkeypatch.setattr(training, "SSIM_WEIGHT", 0.0)
+    sharp = torch.zeros(1, 1, 32, 32)
+    interior = torch.zeros(1, 1, 32, 32)
+    interior[..., 8:-8, 8:-8] = 1
+    frame_error = sharp.clone()
+    frame_error[..., :4, :] = 0.5  # large errors in the frame only
+    full_only = training.restoration_loss(frame_error, sharp)
+    weighted = training.restoration_loss(frame_error, sharp, interior, interior_weight=0.75)
+    # The interior is exact, so its log-MSE is at the floor and the weighted loss is far lower.
+    assert float(weighted) < float(full_only) - 0.5
+    assert float(training.restoration_loss(frame_error, sharp, interior, 0.0)) == pytest.approx(
+        float(full_only))
+
+
 def test_validation_scores_the_network_against_wiener_with_the_best_snr():
     from napari_deblur.engine.training import wiener_net as training
 
@@ -217,3 +251,44 @@ def test_validation_scores_the_network_against_wiener_with_the_best_snr():
     assert scores["psnr_oracle"] >= scores["psnr_base"]
     assert scores["psnr_oracle"] > scores["psnr_blurred"]
     assert 0.0 <= scores["lost_to_oracle"] <= 1.0
+    # Without the frame band, where blur from beyond the crop cannot be undone, scores are higher.
+    assert scores["psnr_oracle_interior"] > scores["psnr_oracle"]
+    assert 0.0 <= scores["lost_interior"] <= 1.0
+
+
+def test_training_command_fine_tunes_the_first_stage_weights(tmp_path, monkeypatch):
+    """The default command runs two stages; the second starts from the first's weights."""
+    from napari_deblur.engine import train
+    from napari_deblur.engine.training import wiener_net as training
+
+    runs = []
+
+    def fake_training(config, out_path):
+        runs.append((config, out_path))
+        config.history.append({"step": config.steps, "psnr_net": 30.0 + len(runs)})
+        torch.save({"run": torch.tensor(len(runs))}, out_path)
+
+    monkeypatch.setattr(training, "train_wiener_net", fake_training)
+    out = tmp_path / "wn.pt"
+    train.main(["wiener-net", "--steps", "7", "--out", str(out)])
+    (first, first_out), (second, second_out) = runs
+    assert first.steps == 7 and first.init is None and first.interior_weight == 0.0
+    assert second.init == str(first_out) and second_out == out
+    for key, value in training.FINE_TUNING.items():
+        assert getattr(second, key) == value
+    report = out.with_suffix(".md").read_text()
+    assert "## Stage 1 (from scratch)" in report and "| 7 | 31.0000 |" in report
+    assert "| 1200 | 32.0000 |" in report
+
+    # --init skips the first stage and appends the starting weights' report.
+    runs.clear()
+    out.with_suffix(".md").write_text("# Earlier: training report\n\n## Settings\n")
+    tuned = tmp_path / "tuned.pt"
+    train.main(["wiener-net", "--init", str(out), "--out", str(tuned)])
+    (only, _), = runs
+    assert only.init == str(out)
+    report = tuned.with_suffix(".md").read_text()
+    assert "Stage 1 (from scratch)" not in report
+    assert f"## Report of the starting weights (`{out}`)" in report and "### Earlier" in report
+    with pytest.raises(SystemExit):
+        train.main(["wiener-net", "--stage", "base", "--init", str(out)])

@@ -46,45 +46,88 @@ def _report(path: Path, title: str, command: str, config: dict, history: list[di
         "|---|---|",
     ]
     lines += [f"| {key} | {value} |" for key, value in config.items() if key != "history"]
-    lines += ["", f"## Loss curve and validation ({validation})", ""]
-    if history:
-        keys = list(history[0].keys())
-        lines.append("| " + " | ".join(keys) + " |")
-        lines.append("|" + "---:|" * len(keys))
-        for entry in history:
-            lines.append("| " + " | ".join(
-                f"{entry[k]:.4f}" if isinstance(entry[k], float) else str(entry[k]) for k in keys) + " |")
+    lines += ["", f"## Loss curve and validation ({validation})", "", _history_table(history)]
     path.write_text("\n".join(lines) + "\n")
 
 
+def _history_table(history: list[dict]) -> str:
+    """Markdown table of the logged validation entries (one row per entry)."""
+    if not history:
+        return ""
+    keys = list(history[0].keys())
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---:|" * len(keys)]
+    for entry in history:
+        lines.append("| " + " | ".join(
+            f"{entry[k]:.4f}" if isinstance(entry[k], float) else str(entry[k]) for k in keys) + " |")
+    return "\n".join(lines)
+
+
 def _train_wiener_net(args) -> None:
-    from .training.wiener_net import WienerNetTrainingConfig, train_wiener_net
+    import tempfile
+
+    from .training.wiener_net import WienerNetTrainingConfig, fine_tuning_config, train_wiener_net
     from .wiener_net import WEIGHTS_FILE
 
-    config = WienerNetTrainingConfig(steps=args.steps, batch=args.batch, seed=args.seed,
-                                     device=args.device, threads=args.threads)
+    base = WienerNetTrainingConfig(steps=args.steps, batch=args.batch, seed=args.seed,
+                                   device=args.device, threads=args.threads)
     out = Path(args.out) if args.out else _default_weights_path(WEIGHTS_FILE)
+    command = args.command
+    if args.stage == "base" and args.init:
+        raise SystemExit("--init fine-tunes given weights; it does not go with --stage base")
     started = time.perf_counter()
-    train_wiener_net(config, out)
+    if args.stage == "base":
+        train_wiener_net(base, out)
+        stages = [("Stage 1 (from scratch)", base)]
+        appendix = ""
+    else:
+        with tempfile.TemporaryDirectory() as scratch:
+            init = args.init
+            if init is None:
+                init = str(Path(scratch) / "wiener_net_stage1.pt")
+                train_wiener_net(base, Path(init))
+            tuned = fine_tuning_config(base, init)
+            train_wiener_net(tuned, out)
+        stages = ([("Stage 1 (from scratch)", base)] if args.init is None else []) + [
+            ("Stage 2 (fine-tuning)", tuned)]
+        earlier = Path(args.init).with_suffix(".md") if args.init else None
+        appendix = ("" if earlier is None or not earlier.exists() else
+                    f"\n## Report of the starting weights (`{args.init}`)\n\n"
+                    + ("\n" + earlier.read_text()).replace("\n# ", "\n### ").replace("\n## ", "\n### "))
     notes = (
         "Data: crops of the scikit-image train split (grayscale) and procedural dead-leaves "
         "images (30 %), random flips/turns and contrast; in `smooth_fraction` of the crops the sharp "
         "source is first smoothed by a Gaussian of 1-4 px (smooth scenes such as fluorescence "
-        "images, where the network must add nothing); PSFs: 40 % camera shake (random "
-        "trajectories), 20 % isotropic and 20 % anisotropic Gaussian, 10 % disk, 10 % ring, up to "
-        "31 px; valid convolution (real boundaries); Gaussian noise sigma log-uniform in the range "
+        "images, where the network must add nothing); PSFs: `shake_fraction` camera shake (random "
+        "trajectories), the rest 2:2:1:1 isotropic Gaussian, anisotropic Gaussian, disk and ring, up "
+        "to 31 px; valid convolution (real boundaries); Gaussian noise sigma log-uniform in the range "
         "below, Poisson-Gaussian in `poisson_fraction` of the crops. Model: per-pixel softmax "
         "weights over the 15 Wiener candidates and the blurred plane, plus a residual. Loss: "
-        "0.1 ln(MSE) per crop, averaged, + 0.2 (1 - SSIM) (`training.wiener_net.restoration_loss`). "
-        "Validation columns (held-out crops of the train sources, never the "
-        "eval split): mean PSNR (peak 1) of the network, of the Wiener filter with the best of the "
+        "0.1 ln(MSE) per crop, averaged, + 0.2 (1 - SSIM); with `interior_weight` w > 0 the log "
+        "term is (1 - w) ln(MSE) + w ln(MSE without a kernel-wide border) "
+        "(`training.wiener_net.restoration_loss`). Two stages: from scratch on 112 px crops, then "
+        "fine-tuning on 192 px crops with w = 0.75 and more camera shake "
+        "(`training.wiener_net.FINE_TUNING`). Validation columns (held-out crops of the train "
+        "sources at the stage's crop size, the stage-1 kernel mixture, never the eval split): mean "
+        "PSNR (peak 1) of the network, of the Wiener filter with the best of the "
         "15 SNRs for each crop (`psnr_oracle`, the benchmark's classical reference), of the Wiener "
         "filter at the estimated SNR (`psnr_base`) and of the blurred input; `lost_to_oracle` is "
-        "the share of crops where the network scores below the oracle; the `smooth_` columns are "
-        "the same measures on a second held-out set in which every sharp source is smoothed first."
+        "the share of crops where the network scores below the oracle; the `_interior` columns "
+        "leave out a border as wide as the kernel's support, as the benchmark does (the oracle "
+        "then picks its SNR on the interior too); the `smooth_` columns are "
+        "the same measures on a second held-out set in which every sharp source is smoothed first. "
+        "A stage that starts from weights has a step-0 row: those weights, before the stage."
     )
-    _report(out.with_suffix(".md"), "Wiener-net", " ".join(["python -m napari_deblur.engine.train"]
-            + sys.argv[1:]), asdict(config), config.history, time.perf_counter() - started, notes)
+    title, last = stages[-1]
+    report = out.with_suffix(".md")
+    _report(report, "Wiener-net", command, asdict(last), last.history,
+            time.perf_counter() - started, notes + f" The settings and curve below are the last "
+            f"stage's ({title.lower()}).")
+    text = report.read_text()
+    for title, config in stages[:-1]:
+        text += f"\n## {title}\n\n| setting | value |\n|---|---|\n" + "".join(
+            f"| {key} | {value} |\n" for key, value in asdict(config).items() if key != "history")
+        text += "\n" + _history_table(config.history) + "\n"
+    report.write_text(text + appendix)
 
 
 def _train_blur_map(args) -> None:
@@ -121,8 +164,8 @@ def _train_blur_map(args) -> None:
                   "the learning-rate schedule did not run to its end; the last row is the state "
                   "that was saved.")
     title = "Blur map (paper's network, baseline)" if args.baseline else "Blur map"
-    _report(out.with_suffix(".md"), title, " ".join(["python -m napari_deblur.engine.train"]
-            + sys.argv[1:]), asdict(config), config.history, time.perf_counter() - started, notes)
+    _report(out.with_suffix(".md"), title, args.command, asdict(config), config.history,
+            time.perf_counter() - started, notes)
 
 
 def _train_gwis_level(args) -> None:
@@ -156,9 +199,8 @@ def _train_gwis_level(args) -> None:
         "fraction of the oracle constant's SSIM gain a map recovers. `label_minutes` is the time "
         "spent making the labels."
     )
-    _report(out.with_suffix(".md"), "GWIS-tuned blur map", " ".join(
-        ["python -m napari_deblur.engine.train"] + sys.argv[1:]), asdict(config), config.history,
-        time.perf_counter() - started, notes)
+    _report(out.with_suffix(".md"), "GWIS-tuned blur map", args.command, asdict(config),
+            config.history, time.perf_counter() - started, notes)
 
 
 def _region_selector_tables(config) -> str:
@@ -237,8 +279,8 @@ def _train_region_selector(args) -> None:
     settings = {key: value for key, value in asdict(config).items()
                 if key not in ("data", "validation")}
     report = out.with_suffix(".md")
-    _report(report, "Region selector", " ".join(["python -m napari_deblur.engine.train"]
-            + sys.argv[1:]), settings, config.history, time.perf_counter() - started, notes,
+    _report(report, "Region selector", args.command, settings, config.history,
+            time.perf_counter() - started, notes,
             validation="all grid windows of the held-out images, unbalanced")
     report.write_text(report.read_text() + "\n" + _region_selector_tables(config) + "\n")
 
@@ -247,12 +289,18 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m napari_deblur.engine.train", description=__doc__)
     sub = parser.add_subparsers(dest="model", required=True)
     wiener = sub.add_parser("wiener-net", help="train Wiener-net")
-    wiener.add_argument("--steps", type=int, default=4000)
+    wiener.add_argument("--steps", type=int, default=4000, help="steps of the first stage")
     wiener.add_argument("--batch", type=int, default=16)
     wiener.add_argument("--seed", type=int, default=0)
     wiener.add_argument("--device", default="cpu", help="cpu, cuda or mps")
     wiener.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
     wiener.add_argument("--out", default=None, help="weights path (default: the shipped file)")
+    wiener.add_argument("--stage", choices=("both", "base"), default="both",
+                        help="both: from scratch, then the fine-tuning stage (the shipped weights); "
+                             "base: the first stage only")
+    wiener.add_argument("--init", default=None,
+                        help="skip the first stage: fine-tune these weights (e.g. an earlier "
+                             "--stage base run; its .md report is appended)")
     wiener.set_defaults(run=_train_wiener_net)
     blurmap = sub.add_parser("blurmap", help="train the blur-map estimator")
     blurmap.add_argument("--steps", type=int, default=3600,
@@ -296,6 +344,8 @@ def main(argv=None) -> None:
     selector.add_argument("--out", default=None, help="weights path (default: the shipped file)")
     selector.set_defaults(run=_train_region_selector)
     args = parser.parse_args(argv)
+    args.command = " ".join(["python -m napari_deblur.engine.train"]
+                            + list(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     args.run(args)
 

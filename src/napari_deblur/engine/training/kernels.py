@@ -27,29 +27,33 @@ def embed(kernel: np.ndarray, size: int) -> np.ndarray:
     return out
 
 
-def random_training_psf(rng: np.random.Generator, size: int = 31) -> np.ndarray:
+def random_training_psf(rng: np.random.Generator, size: int = 31,
+                        shake_fraction: float = 0.4) -> np.ndarray:
     """One PSF from the Wiener-net training mixture, embedded in ``(size, size)``.
 
-    40 % camera shake (trajectory box 7..size px), 20 % isotropic Gaussian
-    (sigma 0.3..5 px), 20 % anisotropic Gaussian (sigmas 0.3..5 px, any
-    angle), 10 % disk and 10 % ring (radius 1..size/3 px).
+    ``shake_fraction`` camera shake (trajectory box 7..size px); the rest is
+    split 2:2:1:1 between isotropic Gaussian (sigma 0.3..5 px), anisotropic
+    Gaussian (sigmas 0.3..5 px, any angle), disk and ring (radius 1..size/3
+    px). The default, 0.4, gives 40/20/20/10/10 %.
     """
     kind = rng.uniform()
-    if kind < 0.4:
+    rest = (kind - shake_fraction) / (1.0 - shake_fraction) if shake_fraction < 1 else 0.0
+    if kind < shake_fraction:
         box = int(rng.integers(3, size // 2 + 1)) * 2 + 1
         kernel = random_motion_psf(box, rng=rng)
-    elif kind < 0.6:
+    elif rest < 1 / 3:
         kernel = gaussian_psf(rng.uniform(0.3, 5.0), size=size)
-    elif kind < 0.8:
+    elif rest < 2 / 3:
         sigmas = np.sort(rng.uniform(0.3, 5.0, 2))
         kernel = anisotropic_gaussian_psf(sigmas[1], sigmas[0], rng.uniform(0, np.pi), size)
-    elif kind < 0.9:
+    elif rest < 5 / 6:
         kernel = disk_psf(rng.uniform(1.0, size / 3), size=size)
     else:
         kernel = ring_psf(rng.uniform(1.0, size / 3), size=size)
     return embed(kernel, size)
 
 
-def kernel_pool(count: int, rng: np.random.Generator, size: int = 31) -> np.ndarray:
-    """``(count, size, size)`` float32 random training PSFs."""
-    return np.stack([random_training_psf(rng, size) for _ in range(count)])
+def kernel_pool(count: int, rng: np.random.Generator, size: int = 31,
+                shake_fraction: float = 0.4) -> np.ndarray:
+    """``(count, size, size)`` float32 random training PSFs (:func:`random_training_psf`)."""
+    return np.stack([random_training_psf(rng, size, shake_fraction) for _ in range(count)])
