@@ -120,8 +120,8 @@ def _train_wiener_net(args) -> None:
     title, last = stages[-1]
     report = out.with_suffix(".md")
     _report(report, "Wiener-net", command, asdict(last), last.history,
-            time.perf_counter() - started, notes + f" The settings and curve below are the last "
-            f"stage's ({title.lower()}).")
+            time.perf_counter() - started, notes + " The settings and curve below are those of the last "
+            f"stage, {title.lower()}.")
     text = report.read_text()
     for title, config in stages[:-1]:
         text += f"\n## {title}\n\n| setting | value |\n|---|---|\n" + "".join(

@@ -41,7 +41,10 @@ The weights in ``models/wiener_net.pt`` are trained by
 images and the train split of scikit-image's images (15 % of them smoothed
 first, as smooth scenes such as fluorescence images), with camera-shake,
 Gaussian (isotropic and anisotropic), disk and ring PSFs up to 31 px and
-Gaussian or Poisson-Gaussian noise (``models/wiener_net.md`` is the report).
+Gaussian or Poisson-Gaussian noise, in two stages: from scratch on 112 px
+crops, then fine-tuned on 192 px crops with a loss that weights the interior
+(a kernel-wide frame band left out) and more camera shake
+(``models/wiener_net.md`` is the report).
 
 References
 ----------
