@@ -15,7 +15,6 @@ import sys
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 KERNEL_SIZE = 31
 CROPS = 16
@@ -28,8 +27,8 @@ def heldout_sets():
     from napari_deblur.engine.psf import random_motion_psf
     from napari_deblur.engine.training.kernels import embed
     from napari_deblur.engine.training.sources import PatchSampler
+    from napari_deblur.engine.training.wiener_net import blur_valid
 
-    margin = KERNEL_SIZE // 2
     for smooth in (0.0, 1.0):
         for label, (low, high) in BOX_HALF_WIDTHS.items():
             rng = np.random.default_rng(2000)
@@ -39,17 +38,17 @@ def heldout_sets():
             kernels = torch.from_numpy(np.stack([
                 embed(random_motion_psf(int(rng.integers(low, high)) * 2 + 1, rng=rng), KERNEL_SIZE)
                 for _ in range(CROPS)]))
-            sharp = big[:, None, margin:-margin, margin:-margin]
-            blurred = F.conv2d(big[None], kernels.flip(-2, -1)[:, None], groups=CROPS)[0][:, None]
+            sharp, blurred = blur_valid(big, kernels)
             noise = torch.randn(blurred.shape, generator=torch.Generator().manual_seed(1))
             name = f"{'smoothed' if smooth else 'as they are'}, shake box {label} px"
             yield name, sharp, blurred + NOISE * noise, kernels
 
 
 def interior_psnr(x: torch.Tensor, sharp: torch.Tensor) -> torch.Tensor:
+    from napari_deblur.engine.training.wiener_net import crop_psnr
+
     b = KERNEL_SIZE
-    error = (x.clamp(0, 1) - sharp)[..., b:-b, b:-b]
-    return 10 * torch.log10(1 / error.square().flatten(1).mean(1))
+    return crop_psnr(x[..., b:-b, b:-b], sharp[..., b:-b, b:-b])
 
 
 def main(paths: list[str]) -> None:

@@ -93,10 +93,7 @@ class BlurredBatches:
         c = self.config
         big = torch.from_numpy(self.sampler.sample(c.batch)).to(self.device)
         kernels = self.kernels[self.rng.integers(len(self.kernels), size=c.batch)].to(self.device)
-        margin = KERNEL_SIZE // 2
-        sharp = big[:, None, margin:-margin, margin:-margin]
-        # Valid convolution, one kernel per crop (groups), flipped for convolution.
-        blurred = F.conv2d(big[None], kernels.flip(-2, -1)[:, None], groups=c.batch)[0][:, None]
+        sharp, blurred = blur_valid(big, kernels)
         sigma = torch.from_numpy(np.exp(self.rng.uniform(
             math.log(c.noise_sigma_range[0]), math.log(c.noise_sigma_range[1]), c.batch))).float()
         sigma = sigma.to(self.device).view(-1, 1, 1, 1)
@@ -110,6 +107,19 @@ class BlurredBatches:
             blurred = torch.where(mask, counts / peak, blurred)
         noise = torch.randn(blurred.shape, generator=generator).to(self.device)
         return sharp, blurred + sigma * noise, kernels
+
+
+def blur_valid(big: torch.Tensor, kernels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Blur ``(B, H + k - 1, W + k - 1)`` crops by *valid* convolution, one ``k x k`` kernel each.
+
+    Returns the sharp centres and their blurred versions, each ``(B, 1, H, W)``:
+    as in a camera, content from beyond the frame bleeds in.
+    """
+    margin = kernels.shape[-1] // 2
+    sharp = big[:, None, margin:-margin, margin:-margin]
+    # One kernel per crop (groups), flipped for convolution.
+    blurred = F.conv2d(big[None], kernels.flip(-2, -1)[:, None], groups=len(big))[0][:, None]
+    return sharp, blurred
 
 
 def interior_masks(kernels: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
