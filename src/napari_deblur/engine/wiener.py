@@ -129,9 +129,12 @@ def wiener_filter(
     otf = kernel_to_otf(kernel.to(x.dtype), fft_shape)[:, None, None]  # (K, 1, 1, Hf, Wf)
     noise_to_signal = torch.pow(10.0, -snrs_db.to(x.dtype) / 10.0).view(1, -1, 1, 1, 1)
     regulariser = noise_to_signal / signal_power_spectrum(fft_shape, x.device, x.dtype)
-    gain = otf.conj() / (otf.abs().square() + regulariser)  # (K, S, 1, Hf, Wf)
-    gain[..., 0, 0] = 1.0 / otf[..., 0, 0]
-    restored = torch.fft.irfft2(spectrum * gain, s=fft_shape)
+    # Gain conj(H) / (|H|^2 + r): the complex numerator once for every SNR, and a real
+    # reciprocal per SNR (cheaper than a complex division on the CPU).
+    inverse_denominator = (otf.abs().square() + regulariser).reciprocal_()  # (K, S, 1, Hf, Wf)
+    inverse_denominator[..., 0, 0] = otf[..., 0, 0].abs().square().reciprocal()  # DC gain 1/H(0)
+    numerator = spectrum * otf.conj()
+    restored = torch.fft.irfft2(numerator * inverse_denominator, s=fft_shape)
     return restored[..., margin_h : margin_h + height, margin_w : margin_w + width]
 
 
