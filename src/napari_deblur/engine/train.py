@@ -45,9 +45,14 @@ def _report(path: Path, title: str, command: str, config: dict, history: list[di
         "| setting | value |",
         "|---|---|",
     ]
-    lines += [f"| {key} | {value} |" for key, value in config.items() if key != "history"]
+    lines += [_settings_table(config)]
     lines += ["", f"## Loss curve and validation ({validation})", "", _history_table(history)]
     path.write_text("\n".join(lines) + "\n")
+
+
+def _settings_table(config: dict) -> str:
+    """Markdown rows ``| setting | value |`` of a run's settings (without its history)."""
+    return "\n".join(f"| {key} | {value} |" for key, value in config.items() if key != "history")
 
 
 def _history_table(history: list[dict]) -> str:
@@ -71,7 +76,6 @@ def _train_wiener_net(args) -> None:
     base = WienerNetTrainingConfig(steps=args.steps, batch=args.batch, seed=args.seed,
                                    device=args.device, threads=args.threads)
     out = Path(args.out) if args.out else _default_weights_path(WEIGHTS_FILE)
-    command = args.command
     if args.stage == "base" and args.init:
         raise SystemExit("--init fine-tunes given weights; it does not go with --stage base")
     started = time.perf_counter()
@@ -119,14 +123,13 @@ def _train_wiener_net(args) -> None:
     )
     title, last = stages[-1]
     report = out.with_suffix(".md")
-    _report(report, "Wiener-net", command, asdict(last), last.history,
+    _report(report, "Wiener-net", args.command, asdict(last), last.history,
             time.perf_counter() - started, notes + " The settings and curve below are those of the last "
             f"stage, {title.lower()}.")
     text = report.read_text()
     for title, config in stages[:-1]:
-        text += f"\n## {title}\n\n| setting | value |\n|---|---|\n" + "".join(
-            f"| {key} | {value} |\n" for key, value in asdict(config).items() if key != "history")
-        text += "\n" + _history_table(config.history) + "\n"
+        text += (f"\n## {title}\n\n| setting | value |\n|---|---|\n{_settings_table(asdict(config))}\n"
+                 f"\n{_history_table(config.history)}\n")
     report.write_text(text + appendix)
 
 

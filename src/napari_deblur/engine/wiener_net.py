@@ -207,7 +207,7 @@ def wiener_net_features(
     mean, scale, noise = plane_statistics(y)
     n = len(snrs_db)
     # Assembled in place, channels-last (the layout the network runs in, so
-    # apply_network copies nothing): a third less time than cat + normalise.
+    # apply_network copies nothing) instead of cat + normalise + a layout copy.
     features = torch.empty((y.shape[0], n + 2) + y.shape[-2:], dtype=y.dtype, device=y.device,
                            memory_format=torch.channels_last)
     features[:, :n] = wiener_filter(y, kernel, snrs_db)[:, :, 0]
