@@ -1,8 +1,10 @@
 """Compare Wiener-net weight files on held-out crops of the train sources, scored like the benchmark.
 
 Crops of the train split and dead leaves (seed 2000, never the eval split), 256 px, blurred by
-valid convolution with camera-shake kernels from two size ranges, Gaussian noise 0.01, sources as
-they are or all smoothed first. Each crop is scored without a border of 31 px (the largest kernel),
+valid convolution with camera-shake kernels from two size ranges, Gaussian noise 0.01; sources as
+they are, all smoothed first (Gaussian of 1-4 px, as in training, or 4-8 px: very smooth scenes
+such as fluorescence images, scored at 45 dB and more), or procedural stationary textures; and the
+first two with the small kernels moved off the centre of their box. Each crop is scored without a border of 31 px (the largest kernel),
 as the benchmark leaves out a kernel-wide border, against the Wiener filter with the best of the
 stack's SNRs for that crop (chosen on the same interior). Prints a markdown table.
 
@@ -21,6 +23,9 @@ CROPS = 16
 PATCH = 256
 NOISE = 0.01
 BOX_HALF_WIDTHS = {"7-13": (3, 7), "23-31": (11, 16)}
+OFF_CENTRE = (2, 5)
+"""Off-centre rows: the 7-13 px kernels moved by 2-4 px along each axis inside the 31 px box
+(their centre of mass then lies off the box centre, as with many measured PSFs and Levin's)."""
 
 
 def heldout_sets():
@@ -29,19 +34,36 @@ def heldout_sets():
     from napari_deblur.engine.training.sources import PatchSampler
     from napari_deblur.engine.training.wiener_net import blur_valid
 
-    for smooth in (0.0, 1.0):
+    source_sets = {
+        "as they are": {},
+        "smoothed": {"smooth_fraction": 1.0},
+        "smoothed 4-8 px": {"smooth_fraction": 1.0, "smooth_sigma_range": (4.0, 8.0)},
+        "textures": {"n_textures": 16, "texture_fraction": 1.0},
+    }
+    for sources, options in source_sets.items():
         for label, (low, high) in BOX_HALF_WIDTHS.items():
             rng = np.random.default_rng(2000)
-            sampler = PatchSampler(PATCH + KERNEL_SIZE - 1, rng, n_dead_leaves=20,
-                                   smooth_fraction=smooth)
+            sampler = PatchSampler(PATCH + KERNEL_SIZE - 1, rng, n_dead_leaves=20, **options)
             big = torch.from_numpy(sampler.sample(CROPS))
             kernels = torch.from_numpy(np.stack([
                 embed(random_motion_psf(int(rng.integers(low, high)) * 2 + 1, rng=rng), KERNEL_SIZE)
                 for _ in range(CROPS)]))
             sharp, blurred = blur_valid(big, kernels)
             noise = torch.randn(blurred.shape, generator=torch.Generator().manual_seed(1))
-            name = f"{'smoothed' if smooth else 'as they are'}, shake box {label} px"
+            name = f"{sources}, shake box {label} px"
             yield name, sharp, blurred + NOISE * noise, kernels
+    for sources, options in list(source_sets.items())[:2]:
+        rng = np.random.default_rng(2000)
+        sampler = PatchSampler(PATCH + KERNEL_SIZE - 1, rng, n_dead_leaves=20, **options)
+        big = torch.from_numpy(sampler.sample(CROPS))
+        low, high = BOX_HALF_WIDTHS["7-13"]
+        kernels = torch.from_numpy(np.stack([
+            np.roll(embed(random_motion_psf(int(rng.integers(low, high)) * 2 + 1, rng=rng), KERNEL_SIZE),
+                    tuple(rng.integers(*OFF_CENTRE, size=2) * rng.choice([-1, 1], size=2)), axis=(0, 1))
+            for _ in range(CROPS)]))
+        sharp, blurred = blur_valid(big, kernels)
+        noise = torch.randn(blurred.shape, generator=torch.Generator().manual_seed(1))
+        yield f"{sources}, shake box 7-13 px moved 2-4 px off centre", sharp, blurred + NOISE * noise, kernels
 
 
 def interior_psnr(x: torch.Tensor, sharp: torch.Tensor) -> torch.Tensor:

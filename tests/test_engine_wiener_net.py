@@ -292,3 +292,47 @@ def test_training_command_fine_tunes_the_first_stage_weights(tmp_path, monkeypat
     assert f"## Report of the starting weights (`{out}`)" in report and "### Earlier" in report
     with pytest.raises(SystemExit):
         train.main(["wiener-net", "--stage", "base", "--init", str(out)])
+
+
+def test_texture_share_reaches_the_training_crops_but_not_the_validation_crops():
+    from dataclasses import replace
+
+    from napari_deblur.engine.training import wiener_net as training
+
+    cpu = torch.device("cpu")
+    config = training.WienerNetTrainingConfig(batch=4, patch=48, kernel_pool_size=8,
+                                              n_dead_leaves=2, validation_batches=1)
+    textured = replace(config, n_textures=2, texture_fraction=1.0)
+    assert training.BlurredBatches(textured, 0, cpu).sampler.texture_fraction == 1.0
+    assert training.BlurredBatches(config, 0, cpu).sampler.texture_fraction == 0.0
+    # The validation crops are the same whatever the run's texture share ...
+    (sharp, blurred, kernels), = training.validation_batches(config, cpu)
+    (sharp_t, blurred_t, kernels_t), = training.validation_batches(textured, cpu)
+    assert torch.equal(sharp, sharp_t) and torch.equal(blurred, blurred_t)
+    # ... and the texture set is another set of crops, drawn only from textures.
+    (sharp_x, _, _), = training.validation_batches(config, cpu, textures=True)
+    assert not torch.equal(sharp, sharp_x)
+
+
+def test_the_blurred_plane_is_lined_up_with_an_off_centre_kernel():
+    """A kernel whose mass is off its centre shifts the blurred plane; the network gets it moved back."""
+    image = data.camera().astype(np.float32)[100:164, 100:164] / 255.0
+    x = torch.from_numpy(image)[None, None]
+    delta = torch.zeros(1, 11, 11)
+    delta[0, 5 + 2, 5 - 3] = 1.0  # all its mass 2 px down and 3 px left of the centre
+    assert wn.kernel_centroid_offsets(delta).tolist() == [[2.0, -3.0]]
+    blurred = torch.from_numpy(fftconvolve(np.pad(image, 5, mode="edge"), delta[0].numpy(), mode="valid"))
+    assert not torch.allclose(blurred[8:-8, 8:-8], x[0, 0, 8:-8, 8:-8])  # moved by (2, -3)
+    aligned = wn.align_with_kernel_centroid(blurred[None, None], delta)
+    assert torch.allclose(aligned[0, 0, 8:-8, 8:-8], x[0, 0, 8:-8, 8:-8], atol=1e-5)
+    # Centred kernels (all training kernels) leave the plane exactly as it is, per kernel of a batch.
+    centred = torch.stack([random_motion_psf_tensor(seed) for seed in (1, 2)])
+    batch = torch.rand(2, 1, 32, 32)
+    assert torch.equal(wn.align_with_kernel_centroid(batch, centred), batch)
+    mixed = torch.stack([centred[0], torch.roll(centred[1], (3, 0), dims=(0, 1))])
+    moved = wn.align_with_kernel_centroid(batch, mixed)
+    assert torch.equal(moved[0], batch[0]) and not torch.equal(moved[1], batch[1])
+
+
+def random_motion_psf_tensor(seed):
+    return torch.from_numpy(np.pad(random_motion_psf(15, rng=seed), 8).astype(np.float32))

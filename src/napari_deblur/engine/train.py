@@ -118,7 +118,8 @@ def _train_wiener_net(args) -> None:
         "the share of crops where the network scores below the oracle; the `_interior` columns "
         "leave out a border as wide as the kernel's support, as the benchmark does (the oracle "
         "then picks its SNR on the interior too); the `smooth_` columns are "
-        "the same measures on a second held-out set in which every sharp source is smoothed first. "
+        "the same measures on a second held-out set in which every sharp source is smoothed first, "
+        "the `texture_` columns on a third made only of procedural textures (24, held-out seed). "
         "A stage that starts from weights has a step-0 row: those weights, before the stage."
     )
     title, last = stages[-1]

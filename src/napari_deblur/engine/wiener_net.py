@@ -89,6 +89,10 @@ WIDTHS = (32, 48, 64, 96)
 SIZE_MULTIPLE = 16
 """Network inputs are padded to a multiple of this (pixel unshuffle x 3 strides)."""
 
+CENTROID_TOLERANCE = 0.05
+"""Kernels whose centre of mass is within this many px of their centre count as centred
+(:func:`align_with_kernel_centroid`)."""
+
 TILE_SIZE = 1024
 TILE_HALO = 64
 """Tiles for the network on large planes; the halo covers its receptive field."""
@@ -185,6 +189,47 @@ def plane_statistics(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch
     return mean, scale, noise
 
 
+def kernel_centroid_offsets(kernel: torch.Tensor) -> torch.Tensor:
+    """Centre of mass of each ``(K, h, w)`` kernel minus its centre ``((h - 1) / 2, (w - 1) / 2)``.
+
+    Shape ``(K, 2)``, (rows, columns) in pixels.
+    """
+    h, w = kernel.shape[-2:]
+    weights = kernel.sum(dim=(-2, -1)).clamp_min(1e-12)
+    rows = torch.arange(h, dtype=kernel.dtype, device=kernel.device) - (h - 1) / 2
+    cols = torch.arange(w, dtype=kernel.dtype, device=kernel.device) - (w - 1) / 2
+    return torch.stack([(kernel.sum(dim=-1) * rows).sum(dim=-1) / weights,
+                        (kernel.sum(dim=-2) * cols).sum(dim=-1) / weights], dim=-1)
+
+
+def align_with_kernel_centroid(y: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """``y`` moved back by its kernel's centroid offset, so that it lines up with the sharp plane.
+
+    A kernel whose mass is off its centre shifts the blurred plane by that
+    offset, while the Wiener members (which use the kernel's phase) line up
+    with the sharp plane. The training kernels are centred, so the network
+    learned its blend and residual from a blurred plane that lines up with
+    the members; off-centre kernels (measured PSFs, Levin's, blind estimates)
+    get the same here. Bilinear, with the border replicated; kernels offset by
+    less than :data:`CENTROID_TOLERANCE` px leave their plane as it is.
+    """
+    offsets = kernel_centroid_offsets(kernel).to(y.dtype)
+    if offsets.shape[0] == 1:
+        offsets = offsets.expand(y.shape[0], 2)
+    moved = offsets.abs().amax(dim=-1) >= CENTROID_TOLERANCE
+    if not bool(moved.any()):
+        return y
+    height, width = y.shape[-2:]
+    rows = torch.arange(height, dtype=y.dtype, device=y.device)
+    cols = torch.arange(width, dtype=y.dtype, device=y.device)
+    # Sample y at p + offset (grid_sample's normalised coordinates, pixel centres at -1..1).
+    sample_rows = (rows[None, :] + offsets[:, :1]) * (2.0 / max(height - 1, 1)) - 1.0
+    sample_cols = (cols[None, :] + offsets[:, 1:]) * (2.0 / max(width - 1, 1)) - 1.0
+    grid = torch.stack(torch.broadcast_tensors(sample_cols[:, None, :], sample_rows[:, :, None]), dim=-1)
+    aligned = F.grid_sample(y, grid, mode="bilinear", padding_mode="border", align_corners=True)
+    return torch.where(moved.view(-1, 1, 1, 1), aligned, y)
+
+
 def wiener_net_features(
     y: torch.Tensor, kernel: torch.Tensor, snrs_db: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -211,7 +256,7 @@ def wiener_net_features(
     features = torch.empty((y.shape[0], n + 2) + y.shape[-2:], dtype=y.dtype, device=y.device,
                            memory_format=torch.channels_last)
     features[:, :n] = wiener_filter(y, kernel, snrs_db)[:, :, 0]
-    features[:, n:n + 1] = y
+    features[:, n:n + 1] = align_with_kernel_centroid(y, kernel)
     features[:, :n + 1].sub_(mean).mul_(scale.reciprocal())
     features[:, n + 1:] = NOISE_FEATURE_GAIN * noise / scale
     return features.clamp_(-INPUT_CLIP, INPUT_CLIP), mean, scale

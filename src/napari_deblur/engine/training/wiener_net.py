@@ -51,6 +51,8 @@ class WienerNetTrainingConfig:
     shake_fraction: float = 0.4
     n_dead_leaves: int = 200
     smooth_fraction: float = 0.15
+    n_textures: int = 0
+    texture_fraction: float = 0.0
     interior_weight: float = 0.0
     init: str | None = None
     noise_sigma_range: tuple[float, float] = (0.005, 0.05)
@@ -62,6 +64,9 @@ class WienerNetTrainingConfig:
     device: str = "cpu"
     history: list = field(default_factory=list)
 
+
+VALIDATION_TEXTURES = 24
+"""Procedural textures in the texture validation set (:func:`validation_batches`)."""
 
 FINE_TUNING = {"steps": 1200, "patch": 192, "batch": 8, "learning_rate": 3e-4,
                "interior_weight": 0.75, "shake_fraction": 0.7, "log_every": 300}
@@ -85,7 +90,9 @@ class BlurredBatches:
         self.rng = np.random.default_rng(seed)
         self.sampler = PatchSampler(config.patch + KERNEL_SIZE - 1, self.rng,
                                     n_dead_leaves=config.n_dead_leaves,
-                                    smooth_fraction=config.smooth_fraction)
+                                    smooth_fraction=config.smooth_fraction,
+                                    n_textures=config.n_textures,
+                                    texture_fraction=config.texture_fraction)
         self.kernels = torch.from_numpy(kernel_pool(config.kernel_pool_size, self.rng, KERNEL_SIZE,
                                                     config.shake_fraction))
 
@@ -181,14 +188,20 @@ def restoration_loss(restored: torch.Tensor, sharp: torch.Tensor, interior: torc
     return LOG_MSE_WEIGHT * log_mse.mean() + SSIM_WEIGHT * (1 - ssim(restored, sharp))
 
 
-def validation_batches(config: WienerNetTrainingConfig, device: torch.device) -> list:
+def validation_batches(config: WienerNetTrainingConfig, device: torch.device,
+                       textures: bool = False) -> list:
     """Held-out batches of the train sources (seed ``config.seed + 1000``), the same for every run.
 
     Always with the default kernel mixture, so that runs with another
-    ``shake_fraction`` are scored on the same crops.
+    ``shake_fraction`` are scored on the same crops; without textures, or with
+    ``textures`` only textures (:data:`VALIDATION_TEXTURES` of them, drawn
+    with the held-out seed), whatever the run's ``texture_fraction``.
     """
-    default_mix = WienerNetTrainingConfig.shake_fraction
-    source = BlurredBatches(replace(config, shake_fraction=default_mix), config.seed + 1000, device)
+    default = WienerNetTrainingConfig()
+    mix = replace(config, shake_fraction=default.shake_fraction,
+                  n_textures=VALIDATION_TEXTURES if textures else 0,
+                  texture_fraction=1.0 if textures else 0.0)
+    source = BlurredBatches(mix, config.seed + 1000, device)
     return [source.draw() for _ in range(config.validation_batches)]
 
 
@@ -247,7 +260,8 @@ def train_wiener_net(config: WienerNetTrainingConfig, out_path: Path) -> WienerN
     snrs = torch.tensor(WIENER_STACK_SNRS_DB, dtype=torch.float32, device=device)
     batches = BlurredBatches(config, config.seed, device)
     validation = validation_batches(config, device)
-    smooth_validation = validation_batches(replace(config, smooth_fraction=1.0), device)
+    extra_validation = {"smooth_": validation_batches(replace(config, smooth_fraction=1.0), device),
+                        "texture_": validation_batches(config, device, textures=True)}
     model = WienerNet()
     if config.init:
         model.load_state_dict(torch.load(config.init, map_location="cpu", weights_only=True))
@@ -260,19 +274,22 @@ def train_wiener_net(config: WienerNetTrainingConfig, out_path: Path) -> WienerN
 
     def log_validation(step: int, train_loss: float) -> None:
         entry = evaluate(model, validation, snrs)
-        smooth = evaluate(model, smooth_validation, snrs)
-        entry.update({f"smooth_{k}": smooth[k] for k in (
-            "psnr_net", "psnr_oracle", "lost_to_oracle", "psnr_net_interior",
-            "psnr_oracle_interior", "lost_interior")})
+        for prefix, batches_of_set in extra_validation.items():
+            scores = evaluate(model, batches_of_set, snrs)
+            entry.update({prefix + k: scores[k] for k in (
+                "psnr_net", "psnr_oracle", "lost_to_oracle", "psnr_net_interior",
+                "psnr_oracle_interior", "lost_interior")})
         entry.update(step=step, train_loss=train_loss, minutes=(time.perf_counter() - started) / 60)
         config.history.append(entry)
         logger.info("step %d: train loss %.4f, val PSNR net %.2f / oracle Wiener %.2f / base %.2f"
                     " / blurred %.2f, interior net %.2f / oracle %.2f; smooth sources: net %.2f /"
-                    " oracle %.2f, interior net %.2f / oracle %.2f",
+                    " oracle %.2f, interior net %.2f / oracle %.2f; textures: interior net %.2f /"
+                    " oracle %.2f",
                     step, train_loss, entry["psnr_net"], entry["psnr_oracle"], entry["psnr_base"],
                     entry["psnr_blurred"], entry["psnr_net_interior"], entry["psnr_oracle_interior"],
                     entry["smooth_psnr_net"], entry["smooth_psnr_oracle"],
-                    entry["smooth_psnr_net_interior"], entry["smooth_psnr_oracle_interior"])
+                    entry["smooth_psnr_net_interior"], entry["smooth_psnr_oracle_interior"],
+                    entry["texture_psnr_net_interior"], entry["texture_psnr_oracle_interior"])
 
     if config.init:  # the starting point, for comparison
         log_validation(0, float("nan"))
