@@ -321,6 +321,8 @@ def test_the_blurred_plane_is_lined_up_with_an_off_centre_kernel():
     delta = torch.zeros(1, 11, 11)
     delta[0, 5 + 2, 5 - 3] = 1.0  # all its mass 2 px down and 3 px left of the centre
     assert wn.kernel_centroid_offsets(delta).tolist() == [[2.0, -3.0]]
+    # The centre is the Wiener filter's origin, (h // 2, w // 2): an even box is half a pixel off it.
+    assert wn.kernel_centroid_offsets(torch.ones(1, 4, 4) / 16).tolist() == [[-0.5, -0.5]]
     blurred = torch.from_numpy(fftconvolve(np.pad(image, 5, mode="edge"), delta[0].numpy(), mode="valid"))
     assert not torch.allclose(blurred[8:-8, 8:-8], x[0, 0, 8:-8, 8:-8])  # moved by (2, -3)
     aligned = wn.align_with_kernel_centroid(blurred[None, None], delta)

@@ -190,14 +190,16 @@ def plane_statistics(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch
 
 
 def kernel_centroid_offsets(kernel: torch.Tensor) -> torch.Tensor:
-    """Centre of mass of each ``(K, h, w)`` kernel minus its centre ``((h - 1) / 2, (w - 1) / 2)``.
+    """Centre of mass of each ``(K, h, w)`` kernel minus its centre ``(h // 2, w // 2)``.
 
-    Shape ``(K, 2)``, (rows, columns) in pixels.
+    Shape ``(K, 2)``, (rows, columns) in pixels. The centre is the one the
+    Wiener filter puts at the origin (:func:`~napari_deblur.engine.fourier.kernel_to_otf`
+    convention), so an even-sized symmetric kernel is half a pixel off it.
     """
     h, w = kernel.shape[-2:]
     weights = kernel.sum(dim=(-2, -1)).clamp_min(1e-12)
-    rows = torch.arange(h, dtype=kernel.dtype, device=kernel.device) - (h - 1) / 2
-    cols = torch.arange(w, dtype=kernel.dtype, device=kernel.device) - (w - 1) / 2
+    rows = torch.arange(h, dtype=kernel.dtype, device=kernel.device) - h // 2
+    cols = torch.arange(w, dtype=kernel.dtype, device=kernel.device) - w // 2
     return torch.stack([(kernel.sum(dim=-1) * rows).sum(dim=-1) / weights,
                         (kernel.sum(dim=-2) * cols).sum(dim=-1) / weights], dim=-1)
 
