@@ -24,8 +24,8 @@ pixels): a blind estimate is only defined up to a shift, and a restoration
 that is right but moved by half a pixel must not count as wrong. Reported: the
 success rate at ER <= 3, the median ER, the mean kernel similarity (Hu & Yang),
 the mean PSNR of the restoration with each estimate (up to the same shift; the
-CSV keeps both errors behind every ER), the cumulative histogram of ER over [1, 5] (plot), and the similarity of the
-whole-image estimate per Levin kernel.
+CSV keeps both errors behind every ER), the cumulative histogram of ER over
+[1, 5] (plot), and the similarity of the whole-image estimate per Levin kernel.
 
 Writes ``benchmarks/results/region_selection.{md,csv}`` and
 ``docs/images/region-selection-er.png``.

@@ -4,9 +4,10 @@ Crops of the train split and dead leaves (seed 2000, never the eval split), 256 
 valid convolution with camera-shake kernels from two size ranges, Gaussian noise 0.01; sources as
 they are, all smoothed first (Gaussian of 1-4 px, as in training, or 4-8 px: very smooth scenes
 such as fluorescence images, scored at 45 dB and more), or procedural stationary textures; and the
-first two with the small kernels moved off the centre of their box. Each crop is scored without a border of 31 px (the largest kernel),
-as the benchmark leaves out a kernel-wide border, against the Wiener filter with the best of the
-stack's SNRs for that crop (chosen on the same interior). Prints a markdown table.
+first two with the small kernels moved off the centre of their box. Each crop is scored without a
+border of 31 px (the largest kernel), as the benchmark leaves out a kernel-wide border, against the
+Wiener filter with the best of the stack's SNRs for that crop (chosen on the same interior). Prints
+a markdown table.
 
     python scripts/wiener_net_heldout_check.py OLD.pt NEW.pt
 """
@@ -29,11 +30,6 @@ OFF_CENTRE = (2, 5)
 
 
 def heldout_sets():
-    from napari_deblur.engine.psf import random_motion_psf
-    from napari_deblur.engine.training.kernels import embed
-    from napari_deblur.engine.training.sources import PatchSampler
-    from napari_deblur.engine.training.wiener_net import blur_valid
-
     source_sets = {
         "as they are": {},
         "smoothed": {"smooth_fraction": 1.0},
@@ -41,29 +37,35 @@ def heldout_sets():
         "textures": {"n_textures": 16, "texture_fraction": 1.0},
     }
     for sources, options in source_sets.items():
-        for label, (low, high) in BOX_HALF_WIDTHS.items():
-            rng = np.random.default_rng(2000)
-            sampler = PatchSampler(PATCH + KERNEL_SIZE - 1, rng, n_dead_leaves=20, **options)
-            big = torch.from_numpy(sampler.sample(CROPS))
-            kernels = torch.from_numpy(np.stack([
-                embed(random_motion_psf(int(rng.integers(low, high)) * 2 + 1, rng=rng), KERNEL_SIZE)
-                for _ in range(CROPS)]))
-            sharp, blurred = blur_valid(big, kernels)
-            noise = torch.randn(blurred.shape, generator=torch.Generator().manual_seed(1))
-            name = f"{sources}, shake box {label} px"
-            yield name, sharp, blurred + NOISE * noise, kernels
+        for label, half_widths in BOX_HALF_WIDTHS.items():
+            yield heldout_set(f"{sources}, shake box {label} px", options, half_widths)
     for sources, options in list(source_sets.items())[:2]:
-        rng = np.random.default_rng(2000)
-        sampler = PatchSampler(PATCH + KERNEL_SIZE - 1, rng, n_dead_leaves=20, **options)
-        big = torch.from_numpy(sampler.sample(CROPS))
-        low, high = BOX_HALF_WIDTHS["7-13"]
-        kernels = torch.from_numpy(np.stack([
-            np.roll(embed(random_motion_psf(int(rng.integers(low, high)) * 2 + 1, rng=rng), KERNEL_SIZE),
-                    tuple(rng.integers(*OFF_CENTRE, size=2) * rng.choice([-1, 1], size=2)), axis=(0, 1))
-            for _ in range(CROPS)]))
-        sharp, blurred = blur_valid(big, kernels)
-        noise = torch.randn(blurred.shape, generator=torch.Generator().manual_seed(1))
-        yield f"{sources}, shake box 7-13 px moved 2-4 px off centre", sharp, blurred + NOISE * noise, kernels
+        yield heldout_set(f"{sources}, shake box 7-13 px moved 2-4 px off centre", options,
+                          BOX_HALF_WIDTHS["7-13"], off_centre=True)
+
+
+def heldout_set(name: str, sampler_options: dict, half_widths: tuple[int, int], off_centre: bool = False):
+    """``(name, sharp, blurred + noise, kernels)`` for one row, from seed 2000."""
+    from napari_deblur.engine.psf import random_motion_psf
+    from napari_deblur.engine.training.kernels import embed
+    from napari_deblur.engine.training.sources import PatchSampler
+    from napari_deblur.engine.training.wiener_net import blur_valid
+
+    rng = np.random.default_rng(2000)
+    sampler = PatchSampler(PATCH + KERNEL_SIZE - 1, rng, n_dead_leaves=20, **sampler_options)
+    big = torch.from_numpy(sampler.sample(CROPS))
+
+    def kernel() -> np.ndarray:
+        k = embed(random_motion_psf(int(rng.integers(*half_widths)) * 2 + 1, rng=rng), KERNEL_SIZE)
+        if off_centre:
+            shift = rng.integers(*OFF_CENTRE, size=2) * rng.choice([-1, 1], size=2)
+            k = np.roll(k, tuple(shift), axis=(0, 1))
+        return k
+
+    kernels = torch.from_numpy(np.stack([kernel() for _ in range(CROPS)]))
+    sharp, blurred = blur_valid(big, kernels)
+    noise = torch.randn(blurred.shape, generator=torch.Generator().manual_seed(1))
+    return name, sharp, blurred + NOISE * noise, kernels
 
 
 def interior_psnr(x: torch.Tensor, sharp: torch.Tensor) -> torch.Tensor:
