@@ -25,7 +25,10 @@ ways:
    residual over the one member nearest the estimated SNR of ``y``; on
    smooth crops at noise 0.01 it fell about 1.4 dB short of Wiener with
    the best SNR per crop, where this one is 1.4 dB above it;
-   ``models/wiener_net.md``.)
+   ``models/wiener_net.md``.) The blurred plane is first moved back by its
+   kernel's centre-of-mass offset (:func:`align_with_kernel_centroid`), so
+   that it lines up with the members for off-centre PSFs as it does for the
+   centred training kernels.
 4. **One grayscale network for every channel** (RGB channels are separate
    planes), and a compact multi-scale network (:class:`WienerNet`): the input
    is folded 2x2 into channels (pixel unshuffle), then a four-level U-Net
