@@ -8,7 +8,7 @@ back in pixels within a generous tolerance, on a train-split photo.
 import numpy as np
 import pytest
 import torch
-from scipy.ndimage import gaussian_filter
+from scipy.ndimage import gaussian_filter, label
 from skimage import data
 
 from napari_deblur.engine import (
@@ -244,20 +244,55 @@ def test_procedural_textures_are_seeded_sharp_and_of_every_kind():
         procedural_texture(32, np.random.default_rng(0), "marble")
 
 
-def test_texture_crops_come_only_from_textures_when_asked():
+@pytest.mark.parametrize("pool, options", [
+    ("textures", {"n_textures": 2, "texture_fraction": 1.0}),
+    ("point_fields", {"n_point_fields": 2, "point_field_fraction": 1.0}),
+    ("text_pages", {"n_text_pages": 2, "text_fraction": 1.0}),
+])
+def test_procedural_crops_come_only_from_their_pool_when_asked(pool, options):
     from napari_deblur.engine.training.sources import PatchSampler
 
-    sampler = PatchSampler(48, np.random.default_rng(0), n_dead_leaves=1, n_textures=2,
-                           texture_fraction=1.0)
-    assert len(sampler.textures) == 2
+    sampler = PatchSampler(48, np.random.default_rng(0), n_dead_leaves=1, **options)
+    assert len(getattr(sampler, pool)) == 2
     sampler.natural, sampler.procedural = [], []  # drawing from either would now fail
     crops = sampler.sample(6)
     assert crops.shape == (6, 48, 48) and 0.0 <= crops.min() and crops.max() <= 1.0
-    # Without textures no random number is drawn for them: the crops are the old ones.
+    # Without images in the pool no random number is drawn for it: the crops are the old ones.
     plain = PatchSampler(48, np.random.default_rng(0), n_dead_leaves=1).sample(6)
-    unused = PatchSampler(48, np.random.default_rng(0), n_dead_leaves=1,
-                          texture_fraction=0.5).sample(6)
+    fraction = next(key for key in options if key.endswith("_fraction"))
+    unused = PatchSampler(48, np.random.default_rng(0), n_dead_leaves=1, **{fraction: 0.5}).sample(6)
     np.testing.assert_array_equal(plain, unused)
+
+
+def test_point_sources_are_sparse_bright_spots_on_a_dark_background():
+    from napari_deblur.engine.training.sources import point_sources
+
+    field = point_sources(128, np.random.default_rng(5))
+    assert field.shape == (128, 128) and field.dtype == np.float32
+    assert 0.0 <= field.min() and field.max() == 1.0
+    # Dark almost everywhere (background at most 8 % of the range) ...
+    assert np.median(field) < 0.1
+    # ... with many separate spots, some of them a pixel or two wide.
+    spots, count = label(field > 0.3)
+    assert count >= 5
+    sizes = np.bincount(spots.ravel())[1:]
+    assert sizes.min() <= 4
+    np.testing.assert_array_equal(point_sources(128, np.random.default_rng(5)), field)
+
+
+def test_printed_text_has_thin_strokes_on_a_flat_page():
+    from napari_deblur.engine.training.sources import printed_text
+
+    page = printed_text(160, np.random.default_rng(2))
+    assert page.shape == (160, 160) and page.dtype == np.float32
+    paper = np.median(page)
+    assert paper in (0.0, 1.0)  # most of a page is paper, flat
+    ink = np.abs(page - paper) > 0.5
+    assert 0.02 < ink.mean() < 0.5
+    # Strokes are thin: eroding the ink by a 5x5 square removes most of it.
+    from scipy.ndimage import binary_erosion
+    assert binary_erosion(ink, np.ones((5, 5))).sum() < 0.5 * ink.sum()
+    np.testing.assert_array_equal(printed_text(160, np.random.default_rng(2)), page)
 
 
 # --- GWIS-tuned map (for_gwis=True, sharpen_gwis(image, "auto")) ----------------------------

@@ -294,7 +294,11 @@ def test_training_command_fine_tunes_the_first_stage_weights(tmp_path, monkeypat
         train.main(["wiener-net", "--stage", "base", "--init", str(out)])
 
 
-def test_texture_share_reaches_the_training_crops_but_not_the_validation_crops():
+@pytest.mark.parametrize("only, share", [
+    ("textures", {"n_textures": 2, "texture_fraction": 1.0}),
+    ("point_fields", {"n_point_fields": 2, "point_field_fraction": 1.0}),
+])
+def test_a_procedural_share_reaches_the_training_crops_but_not_the_validation_crops(only, share):
     from dataclasses import replace
 
     from napari_deblur.engine.training import wiener_net as training
@@ -302,15 +306,16 @@ def test_texture_share_reaches_the_training_crops_but_not_the_validation_crops()
     cpu = torch.device("cpu")
     config = training.WienerNetTrainingConfig(batch=4, patch=48, kernel_pool_size=8,
                                               n_dead_leaves=2, validation_batches=1)
-    textured = replace(config, n_textures=2, texture_fraction=1.0)
-    assert training.BlurredBatches(textured, 0, cpu).sampler.texture_fraction == 1.0
-    assert training.BlurredBatches(config, 0, cpu).sampler.texture_fraction == 0.0
-    # The validation crops are the same whatever the run's texture share ...
+    fraction = next(key for key in share if key.endswith("_fraction"))
+    mixed = replace(config, **share)
+    assert getattr(training.BlurredBatches(mixed, 0, cpu).sampler, fraction) == 1.0
+    assert getattr(training.BlurredBatches(config, 0, cpu).sampler, fraction) == 0.0
+    # The validation crops are the same whatever the run's share ...
     (sharp, blurred, kernels), = training.validation_batches(config, cpu)
-    (sharp_t, blurred_t, kernels_t), = training.validation_batches(textured, cpu)
+    (sharp_t, blurred_t, kernels_t), = training.validation_batches(mixed, cpu)
     assert torch.equal(sharp, sharp_t) and torch.equal(blurred, blurred_t)
-    # ... and the texture set is another set of crops, drawn only from textures.
-    (sharp_x, _, _), = training.validation_batches(config, cpu, textures=True)
+    # ... and the set of that pool is another set of crops, drawn only from it.
+    (sharp_x, _, _), = training.validation_batches(config, cpu, only=only)
     assert not torch.equal(sharp, sharp_x)
 
 

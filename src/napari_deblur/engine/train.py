@@ -119,7 +119,9 @@ def _train_wiener_net(args) -> None:
         "leave out a border as wide as the kernel's support, as the benchmark does (the oracle "
         "then picks its SNR on the interior too); the `smooth_` columns are "
         "the same measures on a second held-out set in which every sharp source is smoothed first, "
-        "the `texture_` columns on a third made only of procedural textures (24, held-out seed). "
+        "the `texture_` columns on a third made only of procedural textures (24, held-out seed), "
+        "the `points_` columns on a fourth made only of point-source fields (star fields, "
+        "fluorescent beads; 24, held-out seed). "
         "A stage that starts from weights has a step-0 row: those weights, before the stage."
     )
     title, last = stages[-1]

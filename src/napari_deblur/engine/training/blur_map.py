@@ -121,6 +121,8 @@ class BlurMapTrainingConfig:
     dead_leaves_fraction: float = 0.3
     n_textures: int = 120
     texture_fraction: float = 0.25
+    n_text_pages: int = 0
+    text_fraction: float = 0.0
     noise_variance_range: tuple[float, float] = (0.0, 10.0)  # on a 0..255 scale
     poisson_fraction: float = 0.2
     poisson_peak_range: tuple[float, float] = (20.0, 2000.0)
@@ -193,7 +195,8 @@ class BlurMapBatches:
 
     def __init__(self, config: BlurMapTrainingConfig, seed: int, device: torch.device,
                  n_dead_leaves: int | None = None, n_textures: int | None = None,
-                 map_kinds: tuple[str, ...] = MAP_KINDS, native_resolution: bool = False):
+                 map_kinds: tuple[str, ...] = MAP_KINDS, native_resolution: bool = False,
+                 n_text_pages: int | None = None):
         self.config = config
         self.map_kinds = map_kinds
         self.device = device
@@ -202,9 +205,11 @@ class BlurMapBatches:
         self.big = big
         n_dead_leaves = config.n_dead_leaves if n_dead_leaves is None else n_dead_leaves
         n_textures = config.n_textures if n_textures is None else n_textures
+        n_text_pages = config.n_text_pages if n_text_pages is None else n_text_pages
         self.sampler = PatchSampler(big, self.rng, n_dead_leaves=n_dead_leaves,
                                     dead_leaves_fraction=config.dead_leaves_fraction,
-                                    n_textures=n_textures, texture_fraction=config.texture_fraction)
+                                    n_textures=n_textures, texture_fraction=config.texture_fraction,
+                                    n_text_pages=n_text_pages, text_fraction=config.text_fraction)
         natural = []
         for image in train_split_images():
             half = _half_resolution(image)
@@ -304,7 +309,8 @@ def train_blur_map(config: BlurMapTrainingConfig, out_path: Path) -> torch.nn.Mo
     batches = BlurMapBatches(config, config.seed, device)
     validation_source = BlurMapBatches(config, config.seed + 1000, device,
                                        n_dead_leaves=max(1, config.n_dead_leaves // 4),
-                                       n_textures=config.n_textures // 4)
+                                       n_textures=config.n_textures // 4,
+                                       n_text_pages=config.n_text_pages // 4)
     validation = [validation_source.draw() for _ in range(config.validation_batches)]
     crop_rng = np.random.default_rng(config.seed + 7)
     model = (PaperBlurNet() if config.baseline else BlurMapNet()).to(

@@ -180,6 +180,92 @@ def procedural_texture(size: int, rng: np.random.Generator, kind: str | None = N
     return np.clip((texture - low) / max(float(high - low), 1e-6), 0, 1).astype(np.float32)
 
 
+def point_sources(size: int, rng: np.random.Generator) -> np.ndarray:
+    """Sparse bright spots on a dark, faint background, float32 in [0, 1].
+
+    Star fields and fluorescent beads or puncta: where a Wiener filter's
+    ringing and noise show most, and where Richardson-Lucy, whose positivity
+    keeps the dark background dark, is the classical method to beat.
+
+    - 0.0005 to 0.015 spots per pixel (log-uniform), at sub-pixel positions;
+    - heavy-tailed brightness (Pareto), so a few bright spots and many faint
+      ones, the brightest clipped as saturated stars are;
+    - 80 % points (a Gaussian of 0.3-1.2 px integrated over each pixel, so the
+      narrowest fall on one or two pixels), 20 % extended elliptical blobs of
+      1.5-6 px (galaxies, cells);
+    - a smooth background (fractal noise) at up to 8 % of the range.
+    """
+    from scipy.special import erf
+
+    background = _fractal_noise(size, rng, rng.uniform(2.5, 3.5))
+    background = (background - background.min()) / max(float(np.ptp(background)), 1e-6)
+    canvas = rng.uniform(0.0, 0.08) * background
+    count = int(size * size * 10 ** rng.uniform(np.log10(0.0005), np.log10(0.015)))
+    centres = rng.uniform(0, size, (count, 2))
+    brightness = rng.pareto(rng.uniform(1.0, 2.0), count) + 1.0
+    extended = rng.uniform(size=count) < 0.2
+    for (cy, cx), amplitude, is_blob in zip(centres, brightness, extended):
+        if is_blob:
+            sigma_a, sigma_b = rng.uniform(1.5, 6.0, 2)
+            angle = rng.uniform(0, np.pi)
+            radius = int(np.ceil(4 * max(sigma_a, sigma_b)))
+        else:
+            sigma = rng.uniform(0.3, 1.2)
+            radius = int(np.ceil(4 * sigma)) + 1
+        y0, y1 = max(int(cy) - radius, 0), min(int(cy) + radius + 1, size)
+        x0, x1 = max(int(cx) - radius, 0), min(int(cx) + radius + 1, size)
+        dy = np.arange(y0, y1, dtype=np.float32)[:, None] + 0.5 - cy
+        dx = np.arange(x0, x1, dtype=np.float32)[None, :] + 0.5 - cx
+        if is_blob:
+            along = dy * np.cos(angle) + dx * np.sin(angle)
+            across = -dy * np.sin(angle) + dx * np.cos(angle)
+            spot = np.exp(-0.5 * ((along / sigma_a) ** 2 + (across / sigma_b) ** 2))
+        else:  # the Gaussian integrated over each pixel's square
+            scale = sigma * np.sqrt(2.0)
+            spot = (0.5 * (erf((dy + 0.5) / scale) - erf((dy - 0.5) / scale))
+                    * 0.5 * (erf((dx + 0.5) / scale) - erf((dx - 0.5) / scale)))
+            spot = spot / spot.max()
+        canvas[y0:y1, x0:x1] += amplitude * spot
+    peak = max(float(np.percentile(canvas, 99.9)), 1e-6)
+    return np.clip(canvas / peak, 0, 1).astype(np.float32)
+
+
+GLYPHS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789.,;:-+=()/%"
+"""The characters of :func:`printed_text`."""
+
+
+def printed_text(size: int, rng: np.random.Generator) -> np.ndarray:
+    """Lines of random characters as a printer or a screen renders them, float32 in [0, 1].
+
+    Documents, labels and line art: strokes one to a few pixels wide, where a
+    little blur already merges neighbouring strokes. Font sizes 6-36 px
+    (log-uniform), sans-serif, serif or monospace, normal or bold, a few
+    lines slightly rotated; dark ink on light paper in 70 % of the pages,
+    light on dark in the rest. Rendered by matplotlib's Agg backend with its
+    bundled fonts (anti-aliased: edges sharp to about half a pixel).
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(size / 100, size / 100), dpi=100)
+    canvas = FigureCanvasAgg(figure)
+    ink, paper = (0.0, 1.0) if rng.uniform() < 0.7 else (1.0, 0.0)
+    figure.patch.set_facecolor(str(paper))
+    characters = list(GLYPHS + " " * 12)
+    baseline = rng.uniform(0, 0.1)
+    while baseline < 1.05:
+        height_px = float(np.exp(rng.uniform(np.log(6), np.log(36))))
+        line = "".join(rng.choice(characters, int(rng.integers(4, 60))))
+        figure.text(rng.uniform(-0.2, 0.3), baseline, line, fontsize=height_px * 72 / 100,
+                    color=str(ink), weight=str(rng.choice(["normal", "bold"])),
+                    family=str(rng.choice(["sans-serif", "serif", "monospace"])),
+                    rotation=float(rng.normal(0, 2)) if rng.uniform() < 0.3 else 0.0,
+                    va="baseline")
+        baseline += height_px * rng.uniform(1.1, 2.0) / size
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[:size, :size, 0].astype(np.float32) / 255.0
+
+
 class PatchSampler:
     """Random crops (with flips, 90-degree turns and contrast changes) of a source pool.
 
@@ -202,12 +288,20 @@ class PatchSampler:
         probability that a crop comes from one. Both default to 0, and then
         no random number is drawn for them, so samplers that do not use
         textures give the same crops as before they existed.
+    n_point_fields, point_field_fraction : int, float
+        The same for sparse point sources (:func:`point_sources`: star fields,
+        fluorescent beads), made after the textures and tried before them.
+    n_text_pages, text_fraction : int, float
+        The same for printed text (:func:`printed_text`), made last and tried
+        first. All default to 0, with no random number drawn.
     """
 
     def __init__(self, crop: int, rng: np.random.Generator, *, n_dead_leaves: int = 200,
                  dead_leaves_size: int = 384, dead_leaves_fraction: float = 0.3,
                  smooth_fraction: float = 0.0, smooth_sigma_range: tuple[float, float] = (1.0, 4.0),
-                 n_textures: int = 0, texture_fraction: float = 0.0):
+                 n_textures: int = 0, texture_fraction: float = 0.0,
+                 n_point_fields: int = 0, point_field_fraction: float = 0.0,
+                 n_text_pages: int = 0, text_fraction: float = 0.0):
         self.crop = crop
         self.rng = rng
         self.smooth_fraction = smooth_fraction
@@ -217,6 +311,10 @@ class PatchSampler:
         self.dead_leaves_fraction = dead_leaves_fraction
         self.textures = [procedural_texture(dead_leaves_size, rng) for _ in range(n_textures)]
         self.texture_fraction = texture_fraction if self.textures else 0.0
+        self.point_fields = [point_sources(dead_leaves_size, rng) for _ in range(n_point_fields)]
+        self.point_field_fraction = point_field_fraction if self.point_fields else 0.0
+        self.text_pages = [printed_text(dead_leaves_size, rng) for _ in range(n_text_pages)]
+        self.text_fraction = text_fraction if self.text_pages else 0.0
         if not self.natural:
             raise RuntimeError("no train-split image is available; cannot train")
 
@@ -224,12 +322,14 @@ class PatchSampler:
         """``(count, crop, crop)`` float32 crops in [0, 1]."""
         crops = np.empty((count, self.crop, self.crop), dtype=np.float32)
         for i in range(count):
-            if self.texture_fraction and self.rng.uniform() < self.texture_fraction:
-                pool = self.textures
-            elif self.rng.uniform() < self.dead_leaves_fraction:
-                pool = self.procedural
+            procedural_pools = ((self.text_pages, self.text_fraction),
+                                (self.point_fields, self.point_field_fraction),
+                                (self.textures, self.texture_fraction))
+            for pool, fraction in procedural_pools:  # a pool with no share draws no number
+                if fraction and self.rng.uniform() < fraction:
+                    break
             else:
-                pool = self.natural
+                pool = self.procedural if self.rng.uniform() < self.dead_leaves_fraction else self.natural
             image = pool[self.rng.integers(len(pool))]
             y = self.rng.integers(image.shape[0] - self.crop + 1)
             x = self.rng.integers(image.shape[1] - self.crop + 1)

@@ -53,6 +53,8 @@ class WienerNetTrainingConfig:
     smooth_fraction: float = 0.15
     n_textures: int = 0
     texture_fraction: float = 0.0
+    n_point_fields: int = 0
+    point_field_fraction: float = 0.0
     interior_weight: float = 0.0
     init: str | None = None
     noise_sigma_range: tuple[float, float] = (0.005, 0.05)
@@ -68,12 +70,16 @@ class WienerNetTrainingConfig:
 VALIDATION_TEXTURES = 24
 """Procedural textures in the texture validation set (:func:`validation_batches`)."""
 
+VALIDATION_POINT_FIELDS = 24
+"""Point-source fields in the point-source validation set (:func:`validation_batches`)."""
+
 FINE_TUNING = {"steps": 1200, "patch": 192, "batch": 8, "learning_rate": 3e-4,
                "interior_weight": 0.75, "shake_fraction": 0.7, "log_every": 300}
 """The second stage of the default training command: larger crops (more
 context for kernels up to 31 px), a loss that looks past the frame band
 (``interior_weight``, :func:`restoration_loss`) and more camera shake, at a
-lower learning rate, starting from the first stage's weights."""
+lower learning rate, starting from the first stage's weights. (Point-source
+fields in a fifth of its crops were tried and not shipped: README.)"""
 
 
 def fine_tuning_config(config: WienerNetTrainingConfig, init: str) -> WienerNetTrainingConfig:
@@ -92,7 +98,9 @@ class BlurredBatches:
                                     n_dead_leaves=config.n_dead_leaves,
                                     smooth_fraction=config.smooth_fraction,
                                     n_textures=config.n_textures,
-                                    texture_fraction=config.texture_fraction)
+                                    texture_fraction=config.texture_fraction,
+                                    n_point_fields=config.n_point_fields,
+                                    point_field_fraction=config.point_field_fraction)
         self.kernels = torch.from_numpy(kernel_pool(config.kernel_pool_size, self.rng, KERNEL_SIZE,
                                                     config.shake_fraction))
 
@@ -188,19 +196,29 @@ def restoration_loss(restored: torch.Tensor, sharp: torch.Tensor, interior: torc
     return LOG_MSE_WEIGHT * log_mse.mean() + SSIM_WEIGHT * (1 - ssim(restored, sharp))
 
 
+VALIDATION_SOURCES = {
+    None: {"n_textures": 0, "texture_fraction": 0.0, "n_point_fields": 0, "point_field_fraction": 0.0},
+    "textures": {"n_textures": VALIDATION_TEXTURES, "texture_fraction": 1.0,
+                 "n_point_fields": 0, "point_field_fraction": 0.0},
+    "point_fields": {"n_textures": 0, "texture_fraction": 0.0,
+                     "n_point_fields": VALIDATION_POINT_FIELDS, "point_field_fraction": 1.0},
+}
+"""The sources of each validation set (:func:`validation_batches`)."""
+
+
 def validation_batches(config: WienerNetTrainingConfig, device: torch.device,
-                       textures: bool = False) -> list:
+                       only: str | None = None) -> list:
     """Held-out batches of the train sources (seed ``config.seed + 1000``), the same for every run.
 
     Always with the default kernel mixture, so that runs with another
-    ``shake_fraction`` are scored on the same crops; without textures, or with
-    ``textures`` only textures (:data:`VALIDATION_TEXTURES` of them, drawn
-    with the held-out seed), whatever the run's ``texture_fraction``.
+    ``shake_fraction`` are scored on the same crops; whatever the run's
+    source mix, the crops come from photos and dead leaves, or ``only`` from
+    procedural textures (``"textures"``, :data:`VALIDATION_TEXTURES` of them)
+    or from point-source fields (``"point_fields"``,
+    :data:`VALIDATION_POINT_FIELDS`), drawn with the held-out seed.
     """
     default = WienerNetTrainingConfig()
-    mix = replace(config, shake_fraction=default.shake_fraction,
-                  n_textures=VALIDATION_TEXTURES if textures else 0,
-                  texture_fraction=1.0 if textures else 0.0)
+    mix = replace(config, shake_fraction=default.shake_fraction, **VALIDATION_SOURCES[only])
     source = BlurredBatches(mix, config.seed + 1000, device)
     return [source.draw() for _ in range(config.validation_batches)]
 
@@ -261,7 +279,8 @@ def train_wiener_net(config: WienerNetTrainingConfig, out_path: Path) -> WienerN
     batches = BlurredBatches(config, config.seed, device)
     validation = validation_batches(config, device)
     extra_validation = {"smooth_": validation_batches(replace(config, smooth_fraction=1.0), device),
-                        "texture_": validation_batches(config, device, textures=True)}
+                        "texture_": validation_batches(config, device, only="textures"),
+                        "points_": validation_batches(config, device, only="point_fields")}
     model = WienerNet()
     if config.init:
         model.load_state_dict(torch.load(config.init, map_location="cpu", weights_only=True))
@@ -284,12 +303,13 @@ def train_wiener_net(config: WienerNetTrainingConfig, out_path: Path) -> WienerN
         logger.info("step %d: train loss %.4f, val PSNR net %.2f / oracle Wiener %.2f / base %.2f"
                     " / blurred %.2f, interior net %.2f / oracle %.2f; smooth sources: net %.2f /"
                     " oracle %.2f, interior net %.2f / oracle %.2f; textures: interior net %.2f /"
-                    " oracle %.2f",
+                    " oracle %.2f; point sources: interior net %.2f / oracle %.2f",
                     step, train_loss, entry["psnr_net"], entry["psnr_oracle"], entry["psnr_base"],
                     entry["psnr_blurred"], entry["psnr_net_interior"], entry["psnr_oracle_interior"],
                     entry["smooth_psnr_net"], entry["smooth_psnr_oracle"],
                     entry["smooth_psnr_net_interior"], entry["smooth_psnr_oracle_interior"],
-                    entry["texture_psnr_net_interior"], entry["texture_psnr_oracle_interior"])
+                    entry["texture_psnr_net_interior"], entry["texture_psnr_oracle_interior"],
+                    entry["points_psnr_net_interior"], entry["points_psnr_oracle_interior"])
 
     if config.init:  # the starting point, for comparison
         log_validation(0, float("nan"))
