@@ -1,0 +1,102 @@
+"""Compare blur-map weight files on held-out data of the train sources (never the eval split).
+
+Rows:
+- validation crops as the training command makes them (seed 1000), of three source mixes:
+  photos and dead leaves with 25 % procedural textures (the shipped training mix), textures only,
+  and printed text only (procedural pages);
+- ``page``, the one train-split image the blur-map training never sees (it is smaller than a
+  training crop at either resolution), blurred by the ramp and sinusoid of the benchmark's
+  protocol 2 (Gaussian sigma 0.3 -> 3.0 px, noise 1/255, real boundaries).
+
+Errors of the level in px: MAE and RMSE over all pixels, RMSE over the textured half. Prints a
+markdown table.
+
+    python scripts/blur_map_heldout_check.py OLD.pt NEW.pt
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+VALIDATION_SEED = 1000
+VALIDATION_BATCHES = 6
+
+
+def validation_sets():
+    from napari_deblur.engine.training.blur_map import BlurMapBatches, BlurMapTrainingConfig
+
+    shipped_mix = BlurMapTrainingConfig(n_text_pages=0, text_fraction=0.0)
+    mixes = {
+        "training mix (photos, dead leaves, 25 % textures)": (shipped_mix, {}),
+        "textures only": (replace(shipped_mix, texture_fraction=1.0), {}),
+        "printed text only": (replace(shipped_mix, text_fraction=1.0), {"n_text_pages": 30}),
+    }
+    for name, (config, options) in mixes.items():
+        source = BlurMapBatches(config, VALIDATION_SEED, torch.device("cpu"), n_dead_leaves=30,
+                                n_textures=30, **options)
+        yield name, [source.draw() for _ in range(VALIDATION_BATCHES)]
+
+
+def page_cases():
+    """``(name, observed, truth, textured)`` for the page image, ramp and sinusoid."""
+    import blur_map_benchmark as bench
+    import eval_data as ed
+    import skimage.data
+
+    from napari_deblur.engine.training.sources import grey_float
+
+    source = grey_float(skimage.data.page()).astype(np.float64)
+    margin = int(np.ceil(4 * bench.PATRO_SIGMAS[-1])) + 1
+    out_shape = (source.shape[0] - 2 * margin, source.shape[1] - 2 * margin)
+    width = out_shape[1]
+    x = np.arange(width)
+    profiles = {"ramp": 0.3 + 2.7 * x / (width - 1),
+                "sinusoid": 1.65 + 1.35 * np.sin(2 * np.pi * x / (width / 2))}
+    for protocol, sigma_of_column in profiles.items():
+        blurred, sharp = bench.mixed_columns(source, out_shape, sigma_of_column)
+        observed = ed.add_gaussian_noise(blurred, bench.PATRO_NOISE, np.random.default_rng(7))
+        yield (f"page ({out_shape[0]}x{out_shape[1]}), {protocol}", observed.astype(np.float32),
+               np.broadcast_to(sigma_of_column, out_shape), bench.textured_mask(sharp))
+
+
+def main(paths: list[str]) -> None:
+    from napari_deblur.engine import blur_map as bm
+    from napari_deblur.engine.training.blur_map import evaluate
+
+    models = []
+    for path in paths:
+        model = bm.BlurMapNet()
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        models.append(model.eval())
+    header = ["held-out data"] + [f"{path}: MAE / RMSE / RMSE textured (px)" for path in paths]
+    print("| " + " | ".join(header) + " |")
+    print("|---|" + "---:|" * len(paths))
+    for name, batches in validation_sets():
+        cells = []
+        for model in models:
+            scores = evaluate(model, batches)
+            cells.append(f"{scores['val_mae_px']:.3f} / {scores['val_rmse_px']:.3f} / "
+                         f"{scores['val_rmse_textured_px']:.3f}")
+        print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
+    for name, observed, truth, textured in page_cases():
+        lum = torch.from_numpy(observed)[None, None]
+        cells = []
+        with torch.no_grad():
+            for model in models:
+                levels = bm.target_to_level(bm.predict_log_level(model, bm.blur_map_features(lum)))
+                error = levels[0, 0].numpy() - truth
+                cells.append(f"{np.abs(error).mean():.3f} / {np.sqrt((error**2).mean()):.3f} / "
+                             f"{np.sqrt((error[textured]**2).mean()):.3f}")
+        print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(2)
+    main(sys.argv[1:])
