@@ -68,7 +68,8 @@ import torch.nn.functional as F
 from scipy.signal import fftconvolve
 
 from .devices import select_device
-from .fourier import fast_fft_length, kernel_to_otf, squared_frequency, taper_pad
+from .fourier import (fast_fft_length, kernel_centroid_offsets, kernel_to_otf, squared_frequency,
+                      taper_pad)
 from .jobs import JobProgress, JobSteps, run_job
 from .planes import single_grey_plane
 from .validation import as_float_image
@@ -346,9 +347,8 @@ def _delta(shape: tuple[int, int]) -> np.ndarray:
 
 def _centred(kernel: np.ndarray) -> np.ndarray:
     """Shift by whole pixels so that the centre of mass is nearest the middle pixel."""
-    rows, cols = np.indices(kernel.shape, dtype=np.float64)
-    shift_r = round(kernel.shape[0] // 2 - float((kernel * rows).sum()))
-    shift_c = round(kernel.shape[1] // 2 - float((kernel * cols).sum()))
+    offset = kernel_centroid_offsets(torch.from_numpy(np.asarray(kernel, np.float64))[None])[0]
+    shift_r, shift_c = (round(-float(value)) for value in offset)
     if shift_r == 0 and shift_c == 0:
         return kernel
     moved = ndi.shift(kernel, (shift_r, shift_c), order=0, mode="constant", cval=0.0)

@@ -74,6 +74,21 @@ def kernel_to_otf(kernel: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
     return torch.fft.rfft2(padded)
 
 
+def kernel_centroid_offsets(kernel: torch.Tensor) -> torch.Tensor:
+    """Centre of mass of each ``(K, h, w)`` kernel minus its centre ``(h // 2, w // 2)``.
+
+    Shape ``(K, 2)``, (rows, columns) in pixels. The centre is the one
+    :func:`kernel_to_otf` puts at the origin, so an even-sized symmetric
+    kernel is half a pixel off it.
+    """
+    h, w = kernel.shape[-2:]
+    weights = kernel.sum(dim=(-2, -1)).clamp_min(1e-12)
+    rows = torch.arange(h, dtype=kernel.dtype, device=kernel.device) - h // 2
+    cols = torch.arange(w, dtype=kernel.dtype, device=kernel.device) - w // 2
+    return torch.stack([(kernel.sum(dim=-1) * rows).sum(dim=-1) / weights,
+                        (kernel.sum(dim=-2) * cols).sum(dim=-1) / weights], dim=-1)
+
+
 def taper_pad(x: torch.Tensor, margin_h: int, margin_w: int, fft_shape: tuple[int, int]) -> torch.Tensor:
     """Extend planes so that their periodic continuation is smooth.
 

@@ -66,6 +66,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .devices import select_device
+from .fourier import kernel_centroid_offsets
 from .gwis import estimate_noise_std
 from .jobs import JobProgress, JobSteps, run_job
 from .layers import upsample_nearest_then_conv
@@ -190,21 +191,6 @@ def plane_statistics(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch
     scale = torch.maximum(std, floor)
     noise = estimate_noise_std(y).view(-1, 1, 1, 1)
     return mean, scale, noise
-
-
-def kernel_centroid_offsets(kernel: torch.Tensor) -> torch.Tensor:
-    """Centre of mass of each ``(K, h, w)`` kernel minus its centre ``(h // 2, w // 2)``.
-
-    Shape ``(K, 2)``, (rows, columns) in pixels. The centre is the one the
-    Wiener filter puts at the origin (:func:`~napari_deblur.engine.fourier.kernel_to_otf`
-    convention), so an even-sized symmetric kernel is half a pixel off it.
-    """
-    h, w = kernel.shape[-2:]
-    weights = kernel.sum(dim=(-2, -1)).clamp_min(1e-12)
-    rows = torch.arange(h, dtype=kernel.dtype, device=kernel.device) - h // 2
-    cols = torch.arange(w, dtype=kernel.dtype, device=kernel.device) - w // 2
-    return torch.stack([(kernel.sum(dim=-1) * rows).sum(dim=-1) / weights,
-                        (kernel.sum(dim=-2) * cols).sum(dim=-1) / weights], dim=-1)
 
 
 def align_with_kernel_centroid(y: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
