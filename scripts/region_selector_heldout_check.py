@@ -14,6 +14,7 @@ similarity of the PSF estimated from the window each strategy picks (training/re
 from __future__ import annotations
 
 import argparse
+
 import numpy as np
 import torch
 
