@@ -333,6 +333,41 @@ def test_estimate_psf_from_a_selected_or_drawn_rectangle(
     np.testing.assert_allclose(source.translate, (5.0, 7.0))
 
 
+def test_estimate_psf_from_the_whole_plane_needs_no_regions_layer(
+    make_napari_viewer, qtbot, blurred_and_psf
+):
+    from napari_deblur._widgets.region_selector_widget import PSF_FROM_REGION, PSF_FROM_WHOLE_IMAGE
+    from napari_deblur.engine import kernel_similarity
+
+    blurred, true_psf = blurred_and_psf
+    stack = np.stack([np.zeros_like(blurred), blurred, np.ones_like(blurred)])
+    viewer, source = _viewer_with_image(make_napari_viewer, stack, scale=(3.0, 0.5, 0.5))
+    viewer.dims.set_point(0, 3.0)  # slice 1 on screen: the blurred plane
+    before = np.array(source.data, copy=True)
+    widget = _dock(viewer)
+    widget.reset_choices()
+    widget.image.value = source
+    assert widget.regions.value is None and widget.regions.enabled
+    widget.psf_from.value = PSF_FROM_WHOLE_IMAGE
+    assert not widget.regions.enabled
+
+    _estimate_and_wait(qtbot, widget)
+
+    (psf,) = widget.runner.last_outputs
+    assert psf.data.shape == (PSF_SIZE, PSF_SIZE)
+    assert float(psf.data.sum()) == pytest.approx(1.0, abs=1e-4)
+    assert psf.metadata["region"] == "whole image"
+    assert psf.metadata["slice"] == [1]
+    assert "regions_layer" not in psf.metadata and "region_score" not in psf.metadata
+    assert kernel_similarity(psf.data, true_psf) > 0.6
+    np.testing.assert_array_equal(source.data, before)
+
+    widget.psf_from.value = PSF_FROM_REGION  # back to rectangles: a regions layer is needed again
+    assert widget.regions.enabled
+    with pytest.raises(ValueError, match="No regions layer"):
+        widget.estimate_psf()
+
+
 def test_bad_rectangles_give_clear_errors_and_no_layer(
     make_napari_viewer, qtbot, blurred_and_psf, fake_select_regions, notifications  # noqa: F811
 ):
@@ -410,20 +445,26 @@ def test_without_an_image_find_regions_is_disabled_and_labels_are_not_offered(
 
 
 def test_settings_are_remembered(make_napari_viewer, _isolated_widget_settings):
-    from napari_deblur._widgets.region_selector_widget import RegionSelectorWidget
+    from napari_deblur._widgets.region_selector_widget import (
+        PSF_FROM_WHOLE_IMAGE,
+        RegionSelectorWidget,
+    )
 
     viewer = make_napari_viewer()
     widget = _dock(viewer)
     widget.size.value = 96
     widget.count.value = 7
     widget.psf_size.value = 31
+    widget.psf_from.value = PSF_FROM_WHOLE_IMAGE
 
     saved = json.loads((_isolated_widget_settings / "widgets.json").read_text())
-    assert saved["region_selector"] == {"size": 96, "count": 7, "psf_size": 31}
+    assert saved["region_selector"] == {"size": 96, "count": 7, "psf_size": 31,
+                                        "psf_from": PSF_FROM_WHOLE_IMAGE}
 
     again = RegionSelectorWidget(viewer)
     try:
         assert (again.size.value, again.count.value, again.psf_size.value) == (96, 7, 31)
+        assert again.psf_from.value == PSF_FROM_WHOLE_IMAGE and not again.regions.enabled
     finally:
         again.close()
         again.native.deleteLater()

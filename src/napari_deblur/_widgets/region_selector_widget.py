@@ -5,7 +5,8 @@ generator twin of ``select_regions``) on the image plane on screen and adds a sh
 with each window's ``score`` and ``rank`` as features, its score as text and
 an edge colour by score. The user may move, resize or draw rectangles.
 "Estimate PSF" runs :func:`napari_deblur.engine.iter_estimate_psf` on the
-selected rectangle (the best-scoring one when none is selected) and adds the
+selected rectangle (the best-scoring one when none is selected), or on the
+whole plane when "PSF from" says so, and adds the
 kernel as an image layer marked as a PSF (``<input> PSF``), which the
 Wiener-net sharpener lists first. Both jobs run through the shared
 :class:`~napari_deblur._widgets.job_runner.JobRunner`.
@@ -48,6 +49,9 @@ REGIONS_SUFFIX = "regions"
 PSF_SUFFIX = "PSF"
 #: ``metadata["napari_deblur_method"]`` of the regions layers this widget makes.
 REGIONS_METHOD = "region_selector"
+#: The "PSF from" choices: a rectangle of the regions layer, or the whole plane on screen.
+PSF_FROM_REGION = "Best or selected region"
+PSF_FROM_WHOLE_IMAGE = "Whole image"
 SCORE_COLORMAP = "plasma"
 PSF_COLORMAP = "magma"  # as the PSF reader and the samples
 #: Features of a rectangle the user draws (it has no score).
@@ -90,7 +94,7 @@ class RegionSelectorWidget(EngineJobWidget):
 
     Attributes
     ----------
-    image, size, count, regions, psf_size : magicgui widgets
+    image, size, count, psf_from, regions, psf_size : magicgui widgets
         The inputs; set their ``value`` from scripts.
     estimate_button : magicgui PushButton
         Runs :meth:`estimate_psf`.
@@ -117,6 +121,16 @@ class RegionSelectorWidget(EngineJobWidget):
             name="count", label="Count", min=1, max=20, value=5,
             tooltip="How many windows to propose (best first, not overlapping).",
         )
+        self.psf_from = ComboBox(
+            name="psf_from",
+            label="PSF from",
+            choices=[PSF_FROM_REGION, PSF_FROM_WHOLE_IMAGE],
+            value=PSF_FROM_REGION,
+            tooltip="Where 'Estimate PSF' looks: a rectangle of the regions layer (the selected "
+            "one, else the best-scoring), or the whole plane on screen. When the blur is the same "
+            "everywhere, the whole image often gives as good a kernel (README, region selection), "
+            "at a higher cost on large images.",
+        )
         self.regions = ComboBox(
             name="regions",
             label="Regions layer",
@@ -142,13 +156,15 @@ class RegionSelectorWidget(EngineJobWidget):
             inputs=[self.image, self.size, self.count],
             run_text="Find regions",
             settings_key=SETTINGS_KEY,
-            remembered=["size", "count", "psf_size"],
+            remembered=["size", "count", "psf_from", "psf_size"],
             watched=[self.image],
-            after_runner=[self.regions, self.psf_size, self.estimate_button],
+            after_runner=[self.psf_from, self.regions, self.psf_size, self.estimate_button],
         )
         self.estimate_button.changed.connect(
             lambda *_: self.runner.call_reporting_errors(self.estimate_psf)
         )
+        self.psf_from.changed.connect(self._refresh_regions_choice)
+        self._refresh_regions_choice()
         self.runner.job_started.connect(self._refresh_estimate_button)
         self.runner.job_finished.connect(self._on_job_finished)
         self.runner.job_failed.connect(self._refresh_estimate_button)
@@ -222,18 +238,23 @@ class RegionSelectorWidget(EngineJobWidget):
             self.regions.value = shapes[-1]
         self._refresh_estimate_button()
 
+    def _refresh_regions_choice(self, *_: Any) -> None:
+        """The regions layer matters only when the PSF comes from one of its rectangles."""
+        self.regions.enabled = self.psf_from.value == PSF_FROM_REGION
+
     def _refresh_estimate_button(self, *_: Any) -> None:
         self.estimate_button.enabled = not self.runner.is_running
 
     # ---------------------------------------------------------- estimate PSF
     def estimate_psf(self) -> Any:
-        """Estimate the PSF from the chosen rectangle of the regions layer.
+        """Estimate the PSF from the chosen rectangle of the regions layer, or from the whole plane.
 
-        The rectangle is the selected one; with none selected, the best-scoring
-        one (or the only shape). Its corners are mapped through world
-        coordinates onto the image, so a shapes layer drawn by hand works
-        too; on a stack, the rectangle's slice (or, for a 2D shapes layer, the
-        slice on screen) is used.
+        With "PSF from" set to the whole image, the plane on screen is used and
+        no regions layer is needed. Otherwise the rectangle is the selected
+        one; with none selected, the best-scoring one (or the only shape). Its
+        corners are mapped through world coordinates onto the image, so a
+        shapes layer drawn by hand works too; on a stack, the rectangle's slice
+        (or, for a 2D shapes layer, the slice on screen) is used.
 
         Returns
         -------
@@ -251,6 +272,9 @@ class RegionSelectorWidget(EngineJobWidget):
             The image is not an Image layer.
         """
         image = self._valid_image()
+        if self.psf_from.value == PSF_FROM_WHOLE_IMAGE:
+            selection = self.runner.selection(image, scope=SCOPE_CURRENT_SLICE)
+            return self.start_job(selection, self._psf_job(selection, None, None, None))
         regions = self.regions.value
         if regions is None:
             raise ValueError(
@@ -346,17 +370,20 @@ class RegionSelectorWidget(EngineJobWidget):
         return leading, (top, left, bottom - top, right - left)
 
     def _psf_job(
-        self, selection: JobSelection, region: tuple[int, int, int, int], regions: Any, index: int
+        self, selection: JobSelection, region: tuple[int, int, int, int] | None,
+        regions: Any | None, index: int | None,
     ) -> EngineJob:
+        """The blind estimation job on ``region`` of the plane (``None``: the whole plane)."""
         size = int(self.psf_size.value)
+        where = ({"region": "whole image"} if region is None else
+                 {"region": list(region), "regions_layer": regions.name})
         metadata = psf_metadata(
             napari_deblur_method="blind_psf",
             source_layer=selection.layer.name,
-            region=list(region),
-            regions_layer=regions.name,
+            **where,
             **({"slice": list(selection.index)} if selection.index is not None else {}),
         )
-        if "score" in regions.features.columns:
+        if regions is not None and "score" in regions.features.columns:
             metadata["region_score"] = float(regions.features["score"].iloc[index])
 
         def call_engine(data: Any, channel_axis: int | None, lazy: bool) -> Any:
