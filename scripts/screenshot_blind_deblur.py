@@ -5,9 +5,11 @@ sharpener, clicks "Find regions" and "Estimate PSF" (best window), deconvolves
 the image with the estimated PSF, lays the input and the result side by side,
 and saves the window. Prints the estimate's kernel similarity to the sample's
 true PSF and the PSNR of the input and of the result against the sharp image.
+With a second path, it first saves the window as it is after "Estimate PSF"
+(the Region selector alone, the regions layer on the image).
 
     xvfb-run -a -s "-screen 0 1280x1024x24" python scripts/screenshot_blind_deblur.py \
-        docs/images/blind-deblur.png
+        docs/images/blind-deblur.png docs/images/region-selector.png
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import numpy as np
 PLUGIN = "napari-deblur"
 
 
-def main(path: str) -> None:
+def main(path: str, selector_path: str | None = None) -> None:
     import napari
 
     from napari_deblur import engine
@@ -42,6 +44,16 @@ def main(path: str) -> None:
     selector.runner.wait()
     selector.estimate_psf()
     (estimated_psf_layer,) = selector.runner.wait()
+    if selector_path:
+        for layer in viewer.layers:
+            layer.visible = layer is image_layer or layer.name.endswith(" regions")
+        viewer.layers.selection.active = viewer.layers[-2]  # the regions layer, under the PSF
+        viewer.reset_view()
+        process_events(1.0)
+        viewer.screenshot(selector_path, canvas_only=False)
+        print(f"saved {selector_path}")
+        for layer in viewer.layers:
+            layer.visible = True
 
     _dock, wiener = viewer.window.add_plugin_dock_widget(PLUGIN, "Wiener-net sharpener")
     wiener.reset_choices()
@@ -77,4 +89,5 @@ def _psnr(estimate: np.ndarray, reference: np.ndarray) -> float:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "blind-deblur.png")
+    main(sys.argv[1] if len(sys.argv) > 1 else "blind-deblur.png",
+         sys.argv[2] if len(sys.argv) > 2 else None)
