@@ -309,7 +309,7 @@ def main(argv=None) -> None:
                              "--stage base run; its .md report is appended)")
     wiener.set_defaults(run=_train_wiener_net)
     blurmap = sub.add_parser("blurmap", help="train the blur-map estimator")
-    blurmap.add_argument("--steps", type=int, default=3600,
+    blurmap.add_argument("--steps", type=int, default=7200,
                          help="optimisation steps (the paper's network was trained with 400)")
     blurmap.add_argument("--batch", type=int, default=16)
     blurmap.add_argument("--seed", type=int, default=0)

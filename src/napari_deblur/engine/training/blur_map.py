@@ -110,7 +110,7 @@ def calibrated_psf(kind: str, level: float) -> tuple[np.ndarray, float]:
 class BlurMapTrainingConfig:
     """Settings of one training run (all recorded in the report)."""
 
-    steps: int = 3600
+    steps: int = 7200
     batch: int = 16
     patch: int = 160
     baseline: bool = False
