@@ -8,7 +8,7 @@ back in pixels within a generous tolerance, on a train-split photo.
 import numpy as np
 import pytest
 import torch
-from scipy.ndimage import gaussian_filter, label
+from scipy.ndimage import binary_erosion, gaussian_filter, label
 from skimage import data
 
 from napari_deblur.engine import (
@@ -290,7 +290,6 @@ def test_printed_text_has_thin_strokes_on_a_flat_page():
     ink = np.abs(page - paper) > 0.5
     assert 0.02 < ink.mean() < 0.5
     # Strokes are thin: eroding the ink by a 5x5 square removes most of it.
-    from scipy.ndimage import binary_erosion
     assert binary_erosion(ink, np.ones((5, 5))).sum() < 0.5 * ink.sum()
     np.testing.assert_array_equal(printed_text(160, np.random.default_rng(2)), page)
 

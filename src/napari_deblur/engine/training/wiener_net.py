@@ -196,14 +196,17 @@ def restoration_loss(restored: torch.Tensor, sharp: torch.Tensor, interior: torc
     return LOG_MSE_WEIGHT * log_mse.mean() + SSIM_WEIGHT * (1 - ssim(restored, sharp))
 
 
+NO_PROCEDURAL_POOLS = {"n_textures": 0, "texture_fraction": 0.0,
+                       "n_point_fields": 0, "point_field_fraction": 0.0}
+"""Photos and dead leaves only: the validation mix whatever a run's own shares."""
+
 VALIDATION_SOURCES = {
-    None: {"n_textures": 0, "texture_fraction": 0.0, "n_point_fields": 0, "point_field_fraction": 0.0},
-    "textures": {"n_textures": VALIDATION_TEXTURES, "texture_fraction": 1.0,
-                 "n_point_fields": 0, "point_field_fraction": 0.0},
-    "point_fields": {"n_textures": 0, "texture_fraction": 0.0,
-                     "n_point_fields": VALIDATION_POINT_FIELDS, "point_field_fraction": 1.0},
+    None: {},
+    "textures": {"n_textures": VALIDATION_TEXTURES, "texture_fraction": 1.0},
+    "point_fields": {"n_point_fields": VALIDATION_POINT_FIELDS, "point_field_fraction": 1.0},
 }
-"""The sources of each validation set (:func:`validation_batches`)."""
+"""What each validation set draws from, on top of :data:`NO_PROCEDURAL_POOLS`
+(:func:`validation_batches`)."""
 
 
 def validation_batches(config: WienerNetTrainingConfig, device: torch.device,
@@ -218,7 +221,8 @@ def validation_batches(config: WienerNetTrainingConfig, device: torch.device,
     :data:`VALIDATION_POINT_FIELDS`), drawn with the held-out seed.
     """
     default = WienerNetTrainingConfig()
-    mix = replace(config, shake_fraction=default.shake_fraction, **VALIDATION_SOURCES[only])
+    sources = {**NO_PROCEDURAL_POOLS, **VALIDATION_SOURCES[only]}
+    mix = replace(config, shake_fraction=default.shake_fraction, **sources)
     source = BlurredBatches(mix, config.seed + 1000, device)
     return [source.draw() for _ in range(config.validation_batches)]
 
