@@ -137,6 +137,32 @@ def test_estimate_recovers_shake_and_gaussian_blur(image_name, y, x, kernel_name
     assert score > kernel_similarity(WRONG_DIRECTION, truth) + 0.15
 
 
+def test_final_sharpening_moves_a_thickened_path_back_onto_the_path():
+    """A thin path blurred into a band (what the alternation returns) comes closer to the path."""
+    from napari_deblur.engine.blind_psf import KERNEL_SHARPENING_POWER, sharpen_kernel
+
+    path = TRUE_KERNELS["line"].astype(np.float64)
+    band = fftconvolve(path, gaussian_psf(1.2, 7), mode="same")
+    sharpened = sharpen_kernel(band, KERNEL_SHARPENING_POWER)
+    assert KERNEL_SHARPENING_POWER > 1.0
+    assert kernel_similarity(sharpened, path) > kernel_similarity(band, path) + 0.01
+    assert sharpened.sum() == pytest.approx(1.0)
+    assert sharpened.min() >= 0.0
+    rows, cols = np.indices(sharpened.shape)
+    assert abs((sharpened * rows).sum() - SIZE // 2) <= 0.5 + 1e-9
+    assert abs((sharpened * cols).sum() - SIZE // 2) <= 0.5 + 1e-9
+
+
+def test_sharpening_with_power_one_is_the_identity_and_bad_powers_are_refused():
+    from napari_deblur.engine.blind_psf import sharpen_kernel
+
+    band = fftconvolve(TRUE_KERNELS["shake"], gaussian_psf(1.0, 5), mode="same")
+    np.testing.assert_array_equal(sharpen_kernel(band, 1.0), band)
+    for power in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="power must be positive"):
+            sharpen_kernel(band, power)
+
+
 # --- output contract ------------------------------------------------------------------
 
 

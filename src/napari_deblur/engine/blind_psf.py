@@ -36,6 +36,10 @@ sparse prior is what lets this avoid the trivial "no blur" answer: a sharp
 image with few strong edges explains a blurred image better with the true
 kernel than with a delta.
 
+The finished kernel is raised to a power (:data:`KERNEL_SHARPENING_POWER`)
+and normalised again: the alternation returns camera paths as bands a few
+pixels wide, and the power moves their mass back onto the path.
+
 Real images are not periodic: before any FFT the plane is mirrored outward by
 the kernel size and faded to its mean
 (:func:`~napari_deblur.engine.fourier.taper_pad`), and the kernel step only
@@ -130,6 +134,23 @@ CPU_THREADS = 1
 
 KERNEL_MIN_PART = 0.1
 """Connected parts of the kernel with less than this fraction of its mass are removed."""
+
+KERNEL_SHARPENING_POWER = 1.25
+"""The finished estimate is raised to this power (then normalised and centred).
+
+The alternation returns kernels thicker than the true ones: the L0 latent image
+has step edges where the scene's edges are soft, the kernel step is
+regularised, and both sides are smoothed, so a thin camera path comes back
+as a band a few pixels wide. A power above 1 concentrates the mass on the
+band's ridge. It is applied once, to the finished kernel: applied at every
+alternation it compounds and the estimate collapses to a point. Chosen on
+train-split images (``scripts/blind_psf_heldout_check.py``, never the eval
+images), 96 cases per kernel kind, 1 % noise. For camera shake (13-27 px) it
+raises the mean kernel similarity from 0.821 to 0.837 and the deconvolutions
+within 3x the true kernel's error from 77 % to 86 %; 1.5 did more for shake
+(0.841, 91 %) but made Gaussian and disk estimates too narrow (similarity
+-0.008 and -0.013), while 1.25 leaves them as they were (+0.001, -0.004) and
+still lowers their failures (ER > 3: 8 -> 3 % and 9 -> 6 %)."""
 
 
 # --- input ----------------------------------------------------------------------------
@@ -435,7 +456,33 @@ def iter_estimate_psf(image, *, size: int = 25, region=None, channel_axis: int |
     finally:
         torch.set_num_threads(threads)
     yield JobProgress(1.0, "PSF estimation: done")
-    return kernel.astype(np.float32)
+    return sharpen_kernel(kernel, KERNEL_SHARPENING_POWER).astype(np.float32)
+
+
+def sharpen_kernel(kernel: np.ndarray, power: float) -> np.ndarray:
+    """``kernel ** power``, normalised to sum 1 and centred (:data:`KERNEL_SHARPENING_POWER`).
+
+    Parameters
+    ----------
+    kernel : numpy.ndarray, shape (h, w)
+        Non-negative kernel with some mass.
+    power : float
+        Exponent, > 0; 1 returns the kernel unchanged.
+
+    Returns
+    -------
+    numpy.ndarray, float64, same shape.
+    """
+    if not power > 0:
+        raise ValueError(f"power must be positive, got {power!r}.")
+    kernel = np.asarray(kernel, np.float64)
+    if power == 1.0:
+        return kernel
+    raised = np.clip(kernel, 0.0, None) ** power
+    total = raised.sum()
+    if not total > 0:
+        return kernel
+    return _centred(raised / total)
 
 
 def _coarse_to_fine(full: torch.Tensor, levels: list[tuple[float, int]],

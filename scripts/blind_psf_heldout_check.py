@@ -1,0 +1,118 @@
+"""Blind PSF estimation on train-split images: kernel similarity and deconvolution error ratio.
+
+Sharp images: the train split (``TRAIN_SPLIT``, at least crop + 40 px a side; never the eval
+split). Each gets 12 kernels of one kind (camera shake 13-27 px, Gaussian sigma 1-4 px or disk),
+a real-boundary blur ('valid' convolution) and 1 % Gaussian noise, all from one seed. The kernel
+is estimated blindly from the whole crop with ``estimate_psf(size=31)`` and its final sharpening
+step switched off; each power in ``--powers`` is then applied to that raw estimate
+(``blind_psf.sharpen_kernel``; power 1 is the estimator without sharpening). Printed per power:
+kernel similarity to the true kernel, and the error ratio ER = squared error of the Wiener-net
+deconvolution with the estimate / with the true kernel, each up to a shift of the restored image
+(as in ``benchmarks/region_selection_benchmark.py``).
+
+    python scripts/blind_psf_heldout_check.py                          # shake, 256 px, ~45 s
+    python scripts/blind_psf_heldout_check.py --kind gaussian
+    python scripts/blind_psf_heldout_check.py --crop 384 --seed 7
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from scipy.signal import fftconvolve
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+SHAKE_SIZES = (13, 15, 17, 19, 21, 23, 25, 27)
+KERNELS_PER_IMAGE = 12
+ESTIMATE_SIZE = 31
+NOISE = 0.01
+ER_BORDER = 16
+
+
+def random_kernel(kind: str, rng: np.random.Generator) -> np.ndarray:
+    from napari_deblur.engine import disk_psf, gaussian_psf, random_motion_psf
+
+    size = int(rng.choice(SHAKE_SIZES))
+    if kind == "shake":
+        kernel = random_motion_psf(size, rng=rng)
+    elif kind == "gaussian":
+        kernel = gaussian_psf(rng.uniform(1.0, 4.0), size=size)
+    else:
+        kernel = disk_psf(rng.uniform(2.0, size / 2 - 1), size=size)
+    return kernel.astype(np.float64)
+
+
+def make_cases(kind: str, crop: int, seed: int) -> list[tuple]:
+    """(image index, blurred crop, true kernel, sharp crop aligned with the blurred one)."""
+    from napari_deblur.engine.training.sources import train_split_images
+
+    rng = np.random.default_rng(seed)
+    cases = []
+    for index, image in enumerate(train_split_images(min_size=crop + 40)):
+        for _ in range(KERNELS_PER_IMAGE):
+            kernel = random_kernel(kind, rng)
+            size = kernel.shape[0]
+            top = int(rng.integers(0, image.shape[0] - crop - ESTIMATE_SIZE))
+            left = int(rng.integers(0, image.shape[1] - crop - ESTIMATE_SIZE))
+            source = image[top : top + crop + size - 1, left : left + crop + size - 1]
+            blurred = fftconvolve(source, kernel, mode="valid")
+            blurred = blurred + rng.normal(0.0, NOISE, blurred.shape)
+            half = size // 2
+            cases.append((index, blurred, kernel, source[half : half + crop, half : half + crop]))
+    return cases
+
+
+def score_case(case: tuple, powers: tuple[float, ...]) -> list[float]:
+    """[image index, seconds, then similarity and ER per power]."""
+    import torch
+
+    from napari_deblur.engine import kernel_similarity, wiener_net_deconvolve
+    from napari_deblur.engine import blind_psf
+    from region_selection_benchmark import error_upto_shift
+
+    torch.set_num_threads(1)
+    blind_psf.KERNEL_SHARPENING_POWER = 1.0  # the raw estimate; powers applied below
+    index, blurred, kernel, sharp = case
+    start = time.perf_counter()
+    raw = blind_psf.estimate_psf(blurred, size=ESTIMATE_SIZE, device="cpu")
+    row = [index, time.perf_counter() - start]
+    reference = error_upto_shift(wiener_net_deconvolve(blurred, kernel.astype(np.float32)), sharp,
+                                 ER_BORDER)[0]
+    for power in powers:
+        estimate = blind_psf.sharpen_kernel(raw, power).astype(np.float32)
+        error = error_upto_shift(wiener_net_deconvolve(blurred, estimate), sharp, ER_BORDER)[0]
+        row += [kernel_similarity(estimate, kernel), error / reference]
+    return row
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--kind", choices=("shake", "gaussian", "disk"), default="shake")
+    parser.add_argument("--crop", type=int, default=256)
+    parser.add_argument("--seed", type=int, default=20261127)
+    parser.add_argument("--powers", type=float, nargs="+", default=(1.0, 1.25, 1.5, 2.0))
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args(argv)
+    powers = tuple(args.powers)
+    cases = make_cases(args.kind, args.crop, args.seed)
+    with ProcessPoolExecutor(args.workers) as pool:
+        rows = np.array(list(pool.map(score_case, cases, [powers] * len(cases))))
+    print(f"{args.kind} kernels, {args.crop} px crops, seed {args.seed}: {len(rows)} cases, "
+          f"{len(np.unique(rows[:, 0]))} images; median estimate time {np.median(rows[:, 1]):.2f} s")
+    print("| power | mean similarity | similarity >= 0.75 | median ER | mean ER | ER <= 2 | ER <= 3 |")
+    print("|---:|---:|---:|---:|---:|---:|---:|")
+    for n, power in enumerate(powers):
+        similarity, ratio = rows[:, 2 + 2 * n], rows[:, 3 + 2 * n]
+        print(f"| {power:g} | {similarity.mean():.3f} | {np.mean(similarity >= 0.75):.0%} | "
+              f"{np.median(ratio):.2f} | {ratio.mean():.2f} | {np.mean(ratio <= 2):.0%} | "
+              f"{np.mean(ratio <= 3):.0%} |")
+
+
+if __name__ == "__main__":
+    main()
