@@ -13,6 +13,7 @@ deconvolution with the estimate / with the true kernel, each up to a shift of th
     python scripts/blind_psf_heldout_check.py                          # shake, 256 px, ~45 s
     python scripts/blind_psf_heldout_check.py --kind gaussian
     python scripts/blind_psf_heldout_check.py --crop 384 --seed 7
+    python scripts/blind_psf_heldout_check.py --set LAMBDA_FLOOR=0.002   # try a setting of blind_psf
 """
 
 from __future__ import annotations
@@ -68,8 +69,8 @@ def make_cases(kind: str, crop: int, seed: int) -> list[tuple]:
     return cases
 
 
-def score_case(case: tuple, powers: tuple[float, ...]) -> list[float]:
-    """[image index, seconds, then similarity and ER per power]."""
+def score_case(case: tuple, powers: tuple[float, ...], settings: dict[str, float]) -> list[float]:
+    """[image index, seconds, then similarity and ER per power]; ``settings`` override blind_psf's."""
     import torch
 
     from napari_deblur.engine import kernel_similarity, wiener_net_deconvolve
@@ -77,6 +78,8 @@ def score_case(case: tuple, powers: tuple[float, ...]) -> list[float]:
     from region_selection_benchmark import error_upto_shift
 
     torch.set_num_threads(1)
+    for name, value in settings.items():
+        setattr(blind_psf, name, value)
     blind_psf.KERNEL_SHARPENING_POWER = 1.0  # the raw estimate; powers applied below
     index, blurred, kernel, sharp = case
     start = time.perf_counter()
@@ -98,12 +101,24 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=20261127)
     parser.add_argument("--powers", type=float, nargs="+", default=(1.0, 1.25, 1.5, 2.0))
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE",
+                        help="override constants of napari_deblur.engine.blind_psf (experiments)")
     args = parser.parse_args(argv)
     powers = tuple(args.powers)
+    settings = {}
+    for item in args.set:
+        name, _, value = item.partition("=")
+        from napari_deblur.engine import blind_psf
+
+        if not hasattr(blind_psf, name) or not name.isupper():
+            raise SystemExit(f"blind_psf has no setting {name!r}")
+        settings[name] = type(getattr(blind_psf, name))(value)
     cases = make_cases(args.kind, args.crop, args.seed)
     with ProcessPoolExecutor(args.workers) as pool:
-        rows = np.array(list(pool.map(score_case, cases, [powers] * len(cases))))
-    print(f"{args.kind} kernels, {args.crop} px crops, seed {args.seed}: {len(rows)} cases, "
+        rows = np.array(list(pool.map(score_case, cases, [powers] * len(cases),
+                                      [settings] * len(cases))))
+    print(f"{args.kind} kernels, {args.crop} px crops, seed {args.seed}, settings {settings or 'shipped'}: "
+          f"{len(rows)} cases, "
           f"{len(np.unique(rows[:, 0]))} images; median estimate time {np.median(rows[:, 1]):.2f} s")
     print("| power | mean similarity | similarity >= 0.75 | median ER | mean ER | ER <= 2 | ER <= 3 |")
     print("|---:|---:|---:|---:|---:|---:|---:|")

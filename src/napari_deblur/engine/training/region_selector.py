@@ -58,7 +58,7 @@ logger = logging.getLogger(__name__)
 MAX_KERNEL = 25
 """Largest true kernel side (px); kernels are stored embedded in this square."""
 
-LABEL_VERSION = 3
+LABEL_VERSION = 4
 """Bumped when the label recipe changes (part of the cache name)."""
 
 KERNEL_KINDS = ("motion", "gaussian", "disk")
