@@ -62,6 +62,8 @@ def make_cases(kind: str, crop: int, seed: int) -> list[tuple]:
             top = int(rng.integers(0, image.shape[0] - crop - ESTIMATE_SIZE))
             left = int(rng.integers(0, image.shape[1] - crop - ESTIMATE_SIZE))
             source = image[top : top + crop + size - 1, left : left + crop + size - 1]
+            # The images are float32 and so is this blur. benchmarks/eval_data.blur_real_boundary
+            # does the same in float64, which moves the README's figures in the third decimal.
             blurred = fftconvolve(source, kernel, mode="valid")
             blurred = blurred + rng.normal(0.0, NOISE, blurred.shape)
             half = size // 2
