@@ -18,13 +18,16 @@ from napari_deblur.engine import (
     JobCancelled,
     blur,
     disk_psf,
+    estimate_blur_map,
     gaussian_psf,
     iter_wiener_deconvolve,
     motion_psf,
     run_job,
     select_device,
+    sharpen_gwis,
     wiener_deconvolve,
     wiener_deconvolve_snr_stack,
+    wiener_net_deconvolve,
 )
 from napari_deblur.engine.tiling import iter_tiled
 from napari_deblur.engine.wiener import signal_power_spectrum
@@ -242,6 +245,43 @@ def test_every_real_dtype_is_accepted(dtype):
 
 
 # --- devices -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "method",
+    [
+        lambda x: wiener_deconvolve(x, KERNEL),
+        lambda x: wiener_net_deconvolve(x, KERNEL),
+        lambda x: sharpen_gwis(x, 1.5),
+        lambda x: sharpen_gwis(x, "auto"),
+        lambda x: blur(x, KERNEL),
+    ],
+    ids=["wiener", "wiener-net", "gwis", "gwis-auto", "blur"],
+)
+def test_huge_intensities_give_the_scaled_result_not_overflow(photo, method):
+    """Values near the top of uint64 or float32 are valid input; squaring them overflows float32."""
+    factor = 2.0**120  # the plane reaches 1.3e36: its Fourier sums and squares are beyond float32
+    plain = method(photo)
+    huge = method(photo * np.float32(factor))
+    assert np.isfinite(huge).all()
+    np.testing.assert_allclose(huge / factor, plain, rtol=1e-4, atol=1e-4)
+
+
+def test_a_huge_uint64_image_gives_a_finite_blur_map_equal_to_the_scaled_one(photo):
+    as_uint64 = (photo.astype(np.float64) * 0.999 * 2.0**64).astype(np.uint64)  # up to 1.8e19
+    levels = estimate_blur_map(as_uint64)
+    assert np.isfinite(levels).all()
+    np.testing.assert_allclose(levels, estimate_blur_map(photo), atol=1e-3)
+
+
+def test_images_within_32_bit_magnitudes_run_unscaled(photo):
+    """uint16 data (and anything up to 2**32) takes exactly the old path: no rescaling round trip."""
+    as_uint16 = (photo * 65535).astype(np.uint16)
+    from napari_deblur.engine.planes import magnitude_exponent
+
+    assert magnitude_exponent(as_uint16.astype(np.float32)) == 0
+    assert magnitude_exponent(np.float32([2.0**32])) == 0
+    assert magnitude_exponent(np.float32([2.0**33])) == 34
 
 
 def test_automatic_device_prefers_accelerators():

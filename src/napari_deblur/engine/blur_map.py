@@ -388,9 +388,9 @@ def _planewise_levels(pixels: np.ndarray, layout: PlaneLayout, network: nn.Modul
         lum = yield from _luminance_planes(pixels, layout)
         grey_layout = PlaneLayout.of(lum.shape)
         return (yield from iter_planewise(lum, grey_layout, _blur_map_plane_steps(network),
-                                          device=device, message="Blur map"))
+                                          device=device, message="Blur map", intensity_output=False))
     return (yield from iter_planewise(pixels, layout, _blur_map_plane_steps(network),
-                                      device=device, message="Blur map"))
+                                      device=device, message="Blur map", intensity_output=False))
 
 
 def _luminance_planes(pixels: np.ndarray, layout: PlaneLayout) -> JobSteps[np.ndarray]:

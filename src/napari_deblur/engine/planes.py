@@ -7,6 +7,7 @@ job works on ``(N, C, H, W)`` tensors: ``N`` planes of ``C`` channels.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 
@@ -18,6 +19,18 @@ from .jobs import JobProgress, JobSteps, scaled_steps
 from .validation import as_float_image, check_psf_fits
 
 MIN_PLANE_SIZE = 2
+
+LARGEST_PLAIN_MAGNITUDE = 2.0**32
+"""Planes whose largest magnitude exceeds this are processed scaled down by a power of two.
+
+float32 holds values up to 3.4e38, but the methods square intensities (plane
+statistics, local contrast, Fourier sums), which overflows from about 1e19
+(a uint64 image near its top, or float data in odd units). Dividing by a power
+of two is exact, so such a plane gives the same result as its scaled-down
+copy; intensity outputs are scaled back. Planes at or below this magnitude
+(every 8-, 16- and 32-bit integer image) run unscaled, bit for bit as before."""
+
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclass(frozen=True)
@@ -154,6 +167,13 @@ def single_grey_plane(image, channel_axis: int | None, *, caller: str) -> np.nda
     return grey[0, 0].numpy()
 
 
+def magnitude_exponent(pixels: np.ndarray) -> int:
+    """0, or ``e`` such that ``pixels / 2**e`` has magnitudes below 1 when they exceed
+    :data:`LARGEST_PLAIN_MAGNITUDE`."""
+    peak = float(np.abs(pixels).max()) if pixels.size else 0.0
+    return math.frexp(peak)[1] if peak > LARGEST_PLAIN_MAGNITUDE else 0
+
+
 PlaneStepsFn = Callable[[torch.Tensor, "torch.Tensor | None"], JobSteps[torch.Tensor]]
 
 
@@ -166,6 +186,7 @@ def iter_planewise(
     psf: np.ndarray | None = None,
     outputs_per_plane: int = 1,
     message: str = "",
+    intensity_output: bool = True,
 ) -> Generator[JobProgress, None, np.ndarray]:
     """Run a per-plane job over every plane of ``image``.
 
@@ -183,6 +204,11 @@ def iter_planewise(
         Normalised 2D PSF or per-plane 3D stack.
     outputs_per_plane : int
         ``E``; above 1 the result gets a new leading axis of that length.
+    intensity_output : bool
+        Whether the outputs are in the image's intensity units (restored
+        images; scaled back after a huge plane was scaled down, see
+        :data:`LARGEST_PLAIN_MAGNITUDE`, and kept within the float32 range) or
+        not (a blur map in pixels).
 
     Returns
     -------
@@ -196,14 +222,19 @@ def iter_planewise(
     with job_memory():  # free memory goes back to the system once jobs stop
         for index in range(n_planes):
             # A private copy: callers may pass read-only views (napari layers); torch needs writable memory.
-            plane = torch.from_numpy(np.array(planes[index : index + 1], dtype=np.float32)).to(device)
+            pixels = np.array(planes[index : index + 1], dtype=np.float32)
+            exponent = magnitude_exponent(pixels)
+            plane = torch.from_numpy(np.ldexp(pixels, -exponent)).to(device)
             kernel = None
             if kernels is not None:
                 kernel = torch.from_numpy(np.array(kernels[index if len(kernels) > 1 else 0])).to(device)
             output = yield from scaled_steps(
                 plane_steps(plane, kernel), index / n_planes, (index + 1) / n_planes
             )
-            result[:, index] = output.detach().to("cpu", torch.float32).numpy()
+            values = output.detach().to("cpu", torch.float32).numpy()
+            if exponent and intensity_output:
+                values = np.clip(np.ldexp(values.astype(np.float64), exponent), -_FLOAT32_MAX, _FLOAT32_MAX)
+            result[:, index] = values
             label = f"{message}: plane {index + 1}/{n_planes}" if n_planes > 1 else message
             yield JobProgress((index + 1) / n_planes, label)
     restored = np.stack([layout.from_planes(result[e]) for e in range(outputs_per_plane)])
