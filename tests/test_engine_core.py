@@ -274,6 +274,15 @@ def test_a_huge_uint64_image_gives_a_finite_blur_map_equal_to_the_scaled_one(pho
     np.testing.assert_allclose(levels, estimate_blur_map(photo), atol=1e-3)
 
 
+def test_single_plane_methods_give_the_same_answer_for_a_huge_copy():
+    from napari_deblur.engine import estimate_psf, select_regions
+
+    plane = data.camera()[:256, :256].astype(np.float32) / 255.0
+    huge = plane * np.float32(2.0**120)
+    assert select_regions(huge, size=64, count=3) == select_regions(plane, size=64, count=3)
+    np.testing.assert_allclose(estimate_psf(huge, size=9), estimate_psf(plane, size=9), atol=1e-6)
+
+
 def test_images_within_32_bit_magnitudes_run_unscaled(photo):
     """uint16 data (and anything up to 2**32) takes exactly the old path: no rescaling round trip."""
     as_uint16 = (photo * 65535).astype(np.uint16)

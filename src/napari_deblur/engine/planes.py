@@ -16,7 +16,7 @@ import torch
 
 from .cpu_memory import job_memory
 from .jobs import JobProgress, JobSteps, scaled_steps
-from .validation import as_float_image, check_psf_fits
+from .validation import FLOAT32_MAX, as_float_image, check_psf_fits
 
 MIN_PLANE_SIZE = 2
 
@@ -29,8 +29,6 @@ statistics, local contrast, Fourier sums), which overflows from about 1e19
 of two is exact, so such a plane gives the same result as its scaled-down
 copy; intensity outputs are scaled back. Planes at or below this magnitude
 (every 8-, 16- and 32-bit integer image) run unscaled, bit for bit as before."""
-
-_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclass(frozen=True)
@@ -142,8 +140,11 @@ def single_grey_plane(image, channel_axis: int | None, *, caller: str) -> np.nda
     """The one 2D plane a single-plane method works on: grayscale, or the luminance of colour.
 
     A trailing axis of 3 or 4 channels is taken as RGB/RGBA when ``channel_axis``
-    is None (as napari shows it). Returns a float32 copy; raises ``ValueError``
-    naming ``caller`` for stacks and other shapes.
+    is None (as napari shows it). Returns a float32 copy, in the image's own
+    scale up to a power of two: a plane beyond :data:`LARGEST_PLAIN_MAGNITUDE`
+    comes back divided by one (both callers are blind to the intensity scale,
+    and their window statistics would overflow). Raises ``ValueError`` naming
+    ``caller`` for stacks and other shapes.
     """
     from .gwis import luminance  # gwis imports this module
 
@@ -162,8 +163,8 @@ def single_grey_plane(image, channel_axis: int | None, *, caller: str) -> np.nda
             f"{caller} works on one plane, but shape {pixels.shape} with channel_axis="
             f"{channel_axis} holds {layout.n_planes} planes; pass a single plane (e.g. image[z])."
         )
-    planes = layout.to_planes(pixels)  # (1, C, H, W)
-    grey = luminance(torch.from_numpy(np.array(planes, dtype=np.float32)))
+    planes = np.array(layout.to_planes(pixels), dtype=np.float32)  # (1, C, H, W)
+    grey = luminance(torch.from_numpy(np.ldexp(planes, -magnitude_exponent(planes))))
     return grey[0, 0].numpy()
 
 
@@ -233,7 +234,7 @@ def iter_planewise(
             )
             values = output.detach().to("cpu", torch.float32).numpy()
             if exponent and intensity_output:
-                values = np.clip(np.ldexp(values.astype(np.float64), exponent), -_FLOAT32_MAX, _FLOAT32_MAX)
+                values = np.clip(np.ldexp(values.astype(np.float64), exponent), -FLOAT32_MAX, FLOAT32_MAX)
             result[:, index] = values
             label = f"{message}: plane {index + 1}/{n_planes}" if n_planes > 1 else message
             yield JobProgress((index + 1) / n_planes, label)

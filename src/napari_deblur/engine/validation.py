@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-_FLOAT32_MAX = float(np.finfo(np.float32).max)
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+"""Largest float32 value; the engine works in float32."""
 
 
 def as_float_image(image, *, name: str = "image", min_ndim: int = 2) -> np.ndarray:
@@ -67,9 +68,9 @@ def as_float_image(image, *, name: str = "image", min_ndim: int = 2) -> np.ndarr
                 f"{name} contains {bad} NaN or infinite value(s); replace them first "
                 f"(e.g. np.nan_to_num) or crop them away."
             )
-        if array.dtype.itemsize > 4 and np.abs(array).max() > _FLOAT32_MAX:
+        if array.dtype.itemsize > 4 and np.abs(array).max() > FLOAT32_MAX:
             raise ValueError(
-                f"{name} has values beyond the float32 range (|x| > {_FLOAT32_MAX:.3g}); "
+                f"{name} has values beyond the float32 range (|x| > {FLOAT32_MAX:.3g}); "
                 f"rescale it first."
             )
     return np.ascontiguousarray(array, dtype=np.float32)
