@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import subprocess
@@ -309,24 +308,6 @@ def test_run_on_local_worker_processes(tmp_path, edge_stack):
     assert main(["run", "gwis", "--blur", "2", "--workers", "2", str(source), "-o", str(tmp_path)]) == 0
     np.testing.assert_allclose(tifffile.imread(tmp_path / "s_gwis.tif"), sharpen_gwis(edge_stack, 2.0),
                                atol=1e-5)
-
-
-def test_run_gwis_with_a_blur_shape_equals_the_engine_and_lists_every_engine_shape(tmp_path, edge_stack):
-    from napari_deblur.cli import build_parser
-    from napari_deblur.engine import sharpen_gwis
-    from napari_deblur.engine.gwis import BLUR_SHAPES
-
-    run_parser = next(action for action in build_parser()._actions
-                      if isinstance(action, argparse._SubParsersAction)).choices["run"]
-    shape_option = next(action for action in run_parser._actions if action.dest == "blur_shape")
-    assert tuple(shape_option.choices) == BLUR_SHAPES  # the CLI spells them without importing the engine
-    source = tmp_path / "s.tif"
-    tifffile.imwrite(source, edge_stack, photometric="minisblack")
-    assert main(["run", "gwis", "--blur", "2", "--blur-shape", "gaussian", str(source), "-o",
-                 str(tmp_path)]) == 0
-    expected = sharpen_gwis(edge_stack, 2.0, blur_shape="gaussian")
-    np.testing.assert_allclose(tifffile.imread(tmp_path / "s_gwis.tif"), expected, atol=1e-5)
-    assert not np.allclose(expected, sharpen_gwis(edge_stack, 2.0), atol=1e-3)
 
 
 def _run_expecting_error(argv, capsys) -> str:

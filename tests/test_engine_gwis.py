@@ -196,32 +196,6 @@ def test_more_blur_more_warp():
     assert warp_scale_for_level(1000.0) == gwis.MAX_WARP_SCALE
 
 
-def test_blur_shape_sets_the_study_line_and_any_is_the_default():
-    for shape, (slope, offset) in gwis.WARP_SCALE_LINES.items():
-        assert warp_scale_for_level(2.0, shape) == pytest.approx(slope * 2.0 + offset)
-    assert warp_scale_for_level(2.0) == warp_scale_for_level(2.0, "any")
-    # Gaussian blur takes the smallest warp for a level, a ring the largest.
-    scales = [warp_scale_for_level(3.0, shape) for shape in ("gaussian", "any", "disk", "ring")]
-    assert scales == sorted(scales) and scales[0] < 0.8 * scales[2]
-    assert warp_scale_for_level(torch.tensor([0.0, 3.0]), "gaussian")[1] == pytest.approx(scales[0])
-
-
-def test_blur_shape_changes_the_result_and_any_equals_the_default(shapes):
-    default = sharpen_gwis(shapes, 2.0)
-    assert np.array_equal(sharpen_gwis(shapes, 2.0, blur_shape="any"), default)
-    gentle = sharpen_gwis(shapes, 2.0, blur_shape="gaussian")
-    strong = sharpen_gwis(shapes, 2.0, blur_shape="ring")
-    # A smaller warp moves pixels less: the Gaussian line changes the image least.
-    assert 0 < np.abs(gentle - shapes).mean() < np.abs(default - shapes).mean()
-    assert np.abs(default - shapes).mean() < np.abs(strong - shapes).mean()
-
-
-@pytest.mark.parametrize("blur_shape", ["Gaussian", "box", None, 2])
-def test_unknown_blur_shape_is_refused(shapes, blur_shape):
-    with pytest.raises(ValueError, match="blur_shape must be one of"):
-        sharpen_gwis(shapes, 2.0, blur_shape=blur_shape)
-
-
 # --- API ----------------------------------------------------------------------------------
 
 

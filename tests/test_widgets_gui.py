@@ -387,29 +387,6 @@ def test_gwis_sharpens_the_defocus_ramp_with_its_true_map(make_napari_viewer, qt
     assert result.min() >= before.min() - 1e-5 and result.max() <= before.max() + 1e-5
 
 
-def test_gwis_blur_shape_reaches_the_engine_and_is_named_in_the_metadata(make_napari_viewer, qtbot):
-    from napari_deblur._widgets.gwis_widget import BLUR_SHAPE_CHOICES
-    from napari_deblur.engine import sharpen_gwis
-    from napari_deblur.engine.gwis import BLUR_SHAPES
-
-    assert tuple(BLUR_SHAPE_CHOICES.values()) == BLUR_SHAPES
-    viewer = make_napari_viewer(show=True)
-    viewer.open_sample(PLUGIN, "defocus_ramp")
-    source = viewer.layers["Defocus ramp (blurred)"]
-    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, GWIS_WIDGET)
-    widget.reset_choices()
-    widget.image.value = source
-    widget.blur_source.value = "Constant"
-    widget.blur_level.value = 3.0
-    widget.blur_shape.value = "Gaussian (microscope, soft focus)"
-    _run_and_wait(qtbot, widget)
-    (output,) = widget.runner.last_outputs
-    assert output.metadata["blur_shape"] == "gaussian"
-    expected = sharpen_gwis(np.asarray(source.data), 3.0, blur_shape="gaussian")
-    np.testing.assert_allclose(np.asarray(output.data), expected, atol=1e-5)
-    assert not np.allclose(expected, sharpen_gwis(np.asarray(source.data), 3.0), atol=1e-3)
-
-
 def test_gwis_rejects_a_map_of_the_wrong_shape(make_napari_viewer, qtbot):
     viewer = make_napari_viewer(show=True)
     image = viewer.add_image(np.random.default_rng(0).random((64, 64)).astype(np.float32), name="img")

@@ -92,9 +92,6 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--blur", default="auto", metavar="LEVEL|auto",
                      help="gwis: blur level in pixels (PSF standard deviation), or 'auto' to estimate "
                           "a blur map per plane first (default: %(default)s)")
-    run.add_argument("--blur-shape", default="any", choices=("any", "gaussian", "disk", "ring"),
-                     help="gwis: the blur's shape when known; sets how far pixels move for a level "
-                          "(default: %(default)s)")
     run.add_argument("--snr-db", type=float, default=30.0,
                      help="wiener: assumed signal-to-noise ratio in dB (default: %(default)s)")
     run.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
@@ -225,11 +222,9 @@ def _method_call(args: argparse.Namespace):
     blur = level if level is not None else "auto"
 
     def gwis(image, channel_axis):
-        return engine.sharpen_gwis(image, blur, blur_shape=args.blur_shape, channel_axis=channel_axis,
-                                   device=device)
+        return engine.sharpen_gwis(image, blur, channel_axis=channel_axis, device=device)
 
-    return gwis, (f"gwis blur={'auto' if level is None else f'{level:g}'} "
-                  f"blur_shape={args.blur_shape}")
+    return gwis, f"gwis blur={'auto' if level is None else f'{level:g}'}"
 
 
 def _output_path(args: argparse.Namespace, path: Path) -> Path:

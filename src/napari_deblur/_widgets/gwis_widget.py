@@ -31,14 +31,6 @@ BLUR_CONSTANT = "Constant"
 BLUR_FROM_MAP = "Blur-map layer"
 BLUR_AUTOMATIC = "Automatic (learned map)"
 BLUR_SOURCES = (BLUR_CONSTANT, BLUR_FROM_MAP, BLUR_AUTOMATIC)
-#: Shown name -> the engine's ``blur_shape`` (``napari_deblur.engine.gwis.BLUR_SHAPES``; the
-#: engine is not imported here, so that docking stays quick).
-BLUR_SHAPE_CHOICES = {
-    "Any (not known)": "any",
-    "Gaussian (microscope, soft focus)": "gaussian",
-    "Disk (lens defocus)": "disk",
-    "Ring (mirror lens)": "ring",
-}
 
 SETTINGS_KEY = "gwis"
 OUTPUT_SUFFIX = "GWIS"
@@ -54,7 +46,7 @@ class GwisWidget(EngineJobWidget):
 
     Attributes
     ----------
-    image, blur_source, blur_level, blur_map, blur_shape : magicgui widgets
+    image, blur_source, blur_level, blur_map : magicgui widgets
         The inputs; set their ``value`` from scripts.
     runner : JobRunner
         Scope, side by side, Run / Cancel, progress; ``runner.wait()`` waits
@@ -92,22 +84,13 @@ class GwisWidget(EngineJobWidget):
             tooltip="Image layer with the blur level of each pixel in pixels, the image's "
             "shape (or one plane of it). Blur-map layers are listed first.",
         )
-        self.blur_shape = ComboBox(
-            name="blur_shape",
-            label="Blur shape",
-            choices=list(BLUR_SHAPE_CHOICES),
-            value=next(iter(BLUR_SHAPE_CHOICES)),
-            tooltip="The shape of the blur, if you know it: it sets how far pixels move for a "
-            "given level. Gaussian blur takes about two thirds of the warp a lens's disk of the "
-            "same level takes; 'Any' is the compromise between them.",
-        )
         super().__init__(
             napari_viewer,
             name="gwis_widget",
-            inputs=[self.image, self.blur_source, self.blur_level, self.blur_map, self.blur_shape],
+            inputs=[self.image, self.blur_source, self.blur_level, self.blur_map],
             run_text="Sharpen",
             settings_key=SETTINGS_KEY,
-            remembered=["blur_source", "blur_level", "blur_shape"],
+            remembered=["blur_source", "blur_level"],
             watched=[self.image, self.blur_source, self.blur_map],
         )
 
@@ -174,18 +157,16 @@ class GwisWidget(EngineJobWidget):
         else:
             blur = float(self.blur_level.value)
             described = {"blur_level_px": blur}
-        blur_shape = BLUR_SHAPE_CHOICES[self.blur_shape.value]
         metadata = {
             "napari_deblur_method": "gwis",
             "source_layer": selection.layer.name,
             **described,
-            "blur_shape": blur_shape,
         }
 
         def call_engine(data: Any, channel_axis: int | None, lazy: bool) -> Any:
             from napari_deblur.engine import iter_sharpen_gwis, sharpen_gwis
 
             method = sharpen_gwis if lazy else iter_sharpen_gwis
-            return method(data, blur, blur_shape=blur_shape, channel_axis=channel_axis)
+            return method(data, blur, channel_axis=channel_axis)
 
         return self.image_job(call_engine, OUTPUT_SUFFIX, metadata)

@@ -131,24 +131,10 @@ logger = logging.getLogger(__name__)
 # 0..10 on a 0..255 scale, best warp scale by SSIM per case, least-squares line through the picks
 # on relative errors, 283 cases), re-run with the coarse-grid field: benchmarks/gwis_oracle_study.py ->
 # benchmarks/results/gwis_oracle_study.md, "warp scale = 2.720 * level + -0.642 px" (before the
-# coarse grid: 2.739, -0.651). Per type the slopes differ (see that file); that line serves
-# every blur shape, and the per-type lines serve users who know theirs (``blur_shape``).
+# coarse grid: 2.739, -0.651). Per type the slopes differ (see that file); one line serves all.
 # Levels below ~0.24 px give no warp.
 WARP_SCALE_SLOPE = 2.72
 WARP_SCALE_OFFSET = -0.64
-#: ``blur_shape`` -> (slope, offset) of the warp-scale line. "any" is the line through all 283
-#: training cases; the others are the same study's fits per blur type (gaussian: 1.964 * level
-#: - 0.296; disk: 3.034 * level - 0.868; ring: 3.116 * level - 0.731). Gaussian blur wants a
-#: much smaller warp than disk or ring blur of the same standard deviation, so a user who knows
-#: the blur's shape (a Gaussian-like microscope or atmospheric PSF, a lens's disk) gets the
-#: study's warp for it rather than the compromise.
-WARP_SCALE_LINES = {
-    "any": (WARP_SCALE_SLOPE, WARP_SCALE_OFFSET),
-    "gaussian": (1.964, -0.296),
-    "disk": (3.034, -0.868),
-    "ring": (3.116, -0.731),
-}
-BLUR_SHAPES = tuple(WARP_SCALE_LINES)
 #: Warp scales are clipped to this many pixels (the window grows with the square of the scale).
 MAX_WARP_SCALE = 16.0
 #: Edge points with a smaller warp scale do not warp (blur level ~0: nothing to sharpen).
@@ -194,35 +180,24 @@ TILE_SIZE = 1024
 _REC709 = (0.2125, 0.7154, 0.0721)  # as skimage.color.rgb2gray
 
 
-def check_blur_shape(blur_shape) -> str:
-    """``blur_shape`` if it is one of :data:`BLUR_SHAPES`, else a ``ValueError`` listing them."""
-    if not isinstance(blur_shape, str) or blur_shape not in WARP_SCALE_LINES:
-        raise ValueError(f"blur_shape must be one of {', '.join(map(repr, BLUR_SHAPES))} "
-                         f"('any' when unknown), got {blur_shape!r}.")
-    return blur_shape
-
-
-def warp_scale_for_level(level, blur_shape: str = "any"):
+def warp_scale_for_level(level):
     """Warp scale ``sigma_p`` (px) for blur levels (px): the study's linear mapping.
 
     Parameters
     ----------
     level : float, numpy.ndarray or torch.Tensor
         Blur levels (PSF standard deviation in pixels, >= 0).
-    blur_shape : str
-        One of :data:`BLUR_SHAPES`: the line of :data:`WARP_SCALE_LINES` to use.
 
     Returns
     -------
-    Same type as ``level``: ``slope * level + offset``, clipped to
-    ``MAX_WARP_SCALE``, and 0 where the level is 0.
+    Same type as ``level``: ``WARP_SCALE_SLOPE * level + WARP_SCALE_OFFSET``,
+    clipped to ``MAX_WARP_SCALE``, and 0 where the level is 0.
     """
-    slope, offset = WARP_SCALE_LINES[check_blur_shape(blur_shape)]
     if isinstance(level, torch.Tensor):
-        scale = (slope * level + offset).clamp(0.0, MAX_WARP_SCALE)
+        scale = (WARP_SCALE_SLOPE * level + WARP_SCALE_OFFSET).clamp(0.0, MAX_WARP_SCALE)
         return torch.where(level > 0, scale, torch.zeros_like(scale))
     array = np.asarray(level, dtype=np.float64)
-    scale = np.clip(slope * array + offset, 0.0, MAX_WARP_SCALE)
+    scale = np.clip(WARP_SCALE_SLOPE * array + WARP_SCALE_OFFSET, 0.0, MAX_WARP_SCALE)
     scale = np.where(array > 0, scale, 0.0)
     return float(scale) if scale.ndim == 0 else scale
 
@@ -1069,14 +1044,14 @@ def _check_blur(blur, layout: PlaneLayout):
     return levels
 
 
-def _gwis_plane_steps(message: str, scalar_level: float | None, blur_shape: str):
+def _gwis_plane_steps(message: str, scalar_level: float | None):
     def plane_steps(plane: torch.Tensor, level_map: torch.Tensor | None) -> JobSteps[torch.Tensor]:
         yield JobProgress(0.0, message)
         _, channels, height, width = plane.shape
         if level_map is None:
             level_map = plane.new_full((height, width), float(scalar_level))
         level_map = level_map.to(plane.dtype).view(1, 1, height, width)
-        scale_map = warp_scale_for_level(level_map, blur_shape)
+        scale_map = warp_scale_for_level(level_map)
         max_scale = float(scale_map.max())
         if max_scale >= MAX_WARP_SCALE:
             logger.warning("blur levels up to %.3g px: warp scales clipped to %g px",
@@ -1108,10 +1083,8 @@ def _gwis_plane_steps(message: str, scalar_level: float | None, blur_shape: str)
     return plane_steps
 
 
-def iter_sharpen_gwis(image, blur, *, blur_shape: str = "any", channel_axis: int | None = None,
-                      device=None) -> JobSteps[np.ndarray]:
+def iter_sharpen_gwis(image, blur, *, channel_axis: int | None = None, device=None) -> JobSteps[np.ndarray]:
     """Generator twin of :func:`sharpen_gwis` (yields progress per plane and tile)."""
-    check_blur_shape(blur_shape)
     pixels = as_float_image(image)
     layout = PlaneLayout.of(pixels.shape, channel_axis)
     if _is_auto(blur):
@@ -1123,7 +1096,7 @@ def iter_sharpen_gwis(image, blur, *, blur_shape: str = "any", channel_axis: int
     scalar = isinstance(levels, float)
     if (levels == 0) if scalar else not levels.any():
         return pixels.copy()
-    steps = _gwis_plane_steps("GWIS sharpening", levels if scalar else None, blur_shape)
+    steps = _gwis_plane_steps("GWIS sharpening", levels if scalar else None)
     # iter_planewise hands each plane its own 2D array from a per-plane stack (its PSF
     # mechanism); here that array is the plane's blur map.
     return (yield from iter_planewise(pixels, layout, steps, device=target,
@@ -1134,7 +1107,6 @@ def sharpen_gwis(
     image,
     blur,
     *,
-    blur_shape: str = "any",
     channel_axis: int | None = None,
     device=None,
     progress=None,
@@ -1157,12 +1129,6 @@ def sharpen_gwis(
         Level 0 leaves pixels as they are. ``"auto"``: the levels come from
         :func:`estimate_blur_map` (the same as ``sharpen_gwis(image,
         estimate_blur_map(image))``, in one call, with one progress report).
-    blur_shape : {"any", "gaussian", "disk", "ring"}
-        The shape of the blur, when known: it sets how far pixels move for a
-        given level (:data:`WARP_SCALE_LINES`). Gaussian blur (microscopes,
-        atmosphere, most soft focus) takes about two thirds of the warp that
-        suits a disk (a lens's defocus) or a ring (a mirror lens). "any", the
-        default, is the compromise fitted to all three.
     channel_axis : int, optional
         Axis of colour channels; the warp is computed on the luminance and
         applied to every channel alike (no colour fringes).
@@ -1188,45 +1154,41 @@ def sharpen_gwis(
         For empty, complex or non-finite images; a blur map with NaN or
         infinite values, negative levels, or a shape that is neither the
         plane's nor the image's non-channel shape; a negative or non-finite
-        level; an unknown ``blur_shape``; an unavailable device.
+        level; an unavailable device.
     TypeError
         For a non-numeric image or blur.
 
     Notes
     -----
-    The warp scale is ``sigma_p = slope * level + offset`` (clipped to
-    ``MAX_WARP_SCALE`` px), the line of ``blur_shape`` found by an oracle
-    study on the training images; see the module docstring for the algorithm.
+    The warp scale is ``sigma_p = WARP_SCALE_SLOPE * level + WARP_SCALE_OFFSET``
+    (clipped to ``MAX_WARP_SCALE`` px), found by an oracle study on the
+    training images; see the module docstring for the algorithm.
 
     References
     ----------
     Nasonov, Krylov & Lyukov (2019), sections 2.1-2.2; Nasonova & Krylov (2015).
     """
     if is_dask_array(image):
-        return _lazy_sharpen_gwis(image, blur, blur_shape=check_blur_shape(blur_shape),
-                                  channel_axis=channel_axis, device=device)
+        return _lazy_sharpen_gwis(image, blur, channel_axis=channel_axis, device=device)
     return run_job(
-        iter_sharpen_gwis(image, blur, blur_shape=blur_shape, channel_axis=channel_axis,
-                          device=device), progress, cancel
+        iter_sharpen_gwis(image, blur, channel_axis=channel_axis, device=device), progress, cancel
     )
 
 
-def _lazy_sharpen_gwis(image, blur, *, blur_shape, channel_axis, device):
+def _lazy_sharpen_gwis(image, blur, *, channel_axis, device):
     layout = lazy_layout(image, channel_axis)
     if is_dask_array(blur) or np.ndim(blur) > 0:
         return lazy_planewise(
-            lambda block, _plane, levels: sharpen_gwis(block, levels, blur_shape=blur_shape,
-                                                       channel_axis=channel_axis, device=device),
+            lambda block, _plane, levels: sharpen_gwis(block, levels, channel_axis=channel_axis,
+                                                       device=device),
             image, channel_axis=channel_axis, per_plane=blur)
     level = blur if _is_auto(blur) else _check_blur(blur, layout)
     return lazy_planewise(
-        lambda block, _plane: sharpen_gwis(block, level, blur_shape=blur_shape,
-                                           channel_axis=channel_axis, device=device),
+        lambda block, _plane: sharpen_gwis(block, level, channel_axis=channel_axis, device=device),
         image, channel_axis=channel_axis)
 
 
-def gwis_field_of(image, blur, *, blur_shape: str = "any", channel_axis: int | None = None,
-                  device=None) -> GwisField:
+def gwis_field_of(image, blur, *, channel_axis: int | None = None, device=None) -> GwisField:
     """The GWIS warp of one plane (for inspection and tests).
 
     Parameters
@@ -1235,8 +1197,6 @@ def gwis_field_of(image, blur, *, blur_shape: str = "any", channel_axis: int | N
         One plane (no leading axes).
     blur : float or array_like of shape (H, W)
         Blur level(s) in pixels, as in :func:`sharpen_gwis`.
-    blur_shape : str
-        As in :func:`sharpen_gwis`.
 
     Returns
     -------
@@ -1255,6 +1215,6 @@ def gwis_field_of(image, blur, *, blur_shape: str = "any", channel_axis: int | N
     level_map = (plane.new_full((1, 1, height, width), levels) if isinstance(levels, float)
                  else torch.from_numpy(levels).to(target).view(1, 1, height, width))
     lum = luminance(plane)
-    return gwis_field(lum, warp_scale_for_level(level_map, blur_shape),
+    return gwis_field(lum, warp_scale_for_level(level_map),
                       gradient_scale=gradient_scale_for_level(float(level_map.median())),
                       with_forward=True)
