@@ -107,11 +107,11 @@ def main(argv=None) -> None:
                         help="override constants of napari_deblur.engine.blind_psf (experiments)")
     args = parser.parse_args(argv)
     powers = tuple(args.powers)
+    from napari_deblur.engine import blind_psf
+
     settings = {}
     for item in args.set:
         name, _, value = item.partition("=")
-        from napari_deblur.engine import blind_psf
-
         if not hasattr(blind_psf, name) or not name.isupper():
             raise SystemExit(f"blind_psf has no setting {name!r}")
         settings[name] = type(getattr(blind_psf, name))(value)

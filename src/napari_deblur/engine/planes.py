@@ -164,15 +164,22 @@ def single_grey_plane(image, channel_axis: int | None, *, caller: str) -> np.nda
             f"{channel_axis} holds {layout.n_planes} planes; pass a single plane (e.g. image[z])."
         )
     planes = np.array(layout.to_planes(pixels), dtype=np.float32)  # (1, C, H, W)
-    grey = luminance(torch.from_numpy(np.ldexp(planes, -magnitude_exponent(planes))))
+    grey = luminance(torch.from_numpy(scaled_down(planes, magnitude_exponent(planes))))
     return grey[0, 0].numpy()
 
 
 def magnitude_exponent(pixels: np.ndarray) -> int:
     """0, or ``e`` such that ``pixels / 2**e`` has magnitudes below 1 when they exceed
     :data:`LARGEST_PLAIN_MAGNITUDE`."""
-    peak = float(np.abs(pixels).max()) if pixels.size else 0.0
+    if not pixels.size:
+        return 0
+    peak = max(float(pixels.max()), -float(pixels.min()))  # no |pixels| temporary
     return math.frexp(peak)[1] if peak > LARGEST_PLAIN_MAGNITUDE else 0
+
+
+def scaled_down(pixels: np.ndarray, exponent: int) -> np.ndarray:
+    """``pixels / 2**exponent`` (exact), or ``pixels`` itself for 0 (no copy on the usual path)."""
+    return np.ldexp(pixels, -exponent) if exponent else pixels
 
 
 PlaneStepsFn = Callable[[torch.Tensor, "torch.Tensor | None"], JobSteps[torch.Tensor]]
@@ -225,7 +232,7 @@ def iter_planewise(
             # A private copy: callers may pass read-only views (napari layers); torch needs writable memory.
             pixels = np.array(planes[index : index + 1], dtype=np.float32)
             exponent = magnitude_exponent(pixels)
-            plane = torch.from_numpy(np.ldexp(pixels, -exponent)).to(device)
+            plane = torch.from_numpy(scaled_down(pixels, exponent)).to(device)
             kernel = None
             if kernels is not None:
                 kernel = torch.from_numpy(np.array(kernels[index if len(kernels) > 1 else 0])).to(device)
