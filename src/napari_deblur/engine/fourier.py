@@ -115,10 +115,17 @@ def taper_pad(x: torch.Tensor, margin_h: int, margin_w: int, fft_shape: tuple[in
     extra_w = fft_shape[1] - width - margin_w
     padded = symmetric_pad(x, margin_h, extra_h, margin_w, extra_w)
     mean = x.mean(dim=(-2, -1), keepdim=True)
-    weight_rows = _frame_weights(height, margin_h, extra_h, x.device, x.dtype)
-    weight_cols = _frame_weights(width, margin_w, extra_w, x.device, x.dtype)
-    weight = weight_rows[:, None] * weight_cols[None, :]
+    weight = taper_weights((height, width), margin_h, margin_w, fft_shape, x.device, x.dtype)
     return mean + (padded - mean) * weight
+
+
+def taper_weights(shape: tuple[int, int], margin_h: int, margin_w: int, fft_shape: tuple[int, int],
+                  device, dtype) -> torch.Tensor:
+    """The ``(Hp, Wp)`` weight :func:`taper_pad` gives a plane of ``shape``: 1 on it, 0 mid-band."""
+    height, width = shape
+    weight_rows = _frame_weights(height, margin_h, fft_shape[0] - height - margin_h, device, dtype)
+    weight_cols = _frame_weights(width, margin_w, fft_shape[1] - width - margin_w, device, dtype)
+    return weight_rows[:, None] * weight_cols[None, :]
 
 
 def _frame_weights(length: int, before: int, after: int, device, dtype) -> torch.Tensor:
