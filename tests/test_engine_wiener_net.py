@@ -256,8 +256,8 @@ def test_validation_scores_the_network_against_wiener_with_the_best_snr():
     assert 0.0 <= scores["lost_interior"] <= 1.0
 
 
-def test_training_command_fine_tunes_the_first_stage_weights(tmp_path, monkeypatch):
-    """The default command runs two stages; the second starts from the first's weights."""
+def test_training_command_chains_three_stages(tmp_path, monkeypatch):
+    """The default command runs three stages, each starting from the weights of the one before."""
     from napari_deblur.engine import train
     from napari_deblur.engine.training import wiener_net as training
 
@@ -270,28 +270,53 @@ def test_training_command_fine_tunes_the_first_stage_weights(tmp_path, monkeypat
 
     monkeypatch.setattr(training, "train_wiener_net", fake_training)
     out = tmp_path / "wn.pt"
-    train.main(["wiener-net", "--steps", "7", "--out", str(out)])
-    (first, first_out), (second, second_out) = runs
+    train.main(["wiener-net", "--steps", "7", "--seed", "5", "--out", str(out)])
+    (first, first_out), (second, second_out), (third, third_out) = runs
     assert first.steps == 7 and first.init is None and first.interior_weight == 0.0
-    assert second.init == str(first_out) and second_out == out
-    for key, value in training.FINE_TUNING.items():
-        assert getattr(second, key) == value
+    assert second.init == str(first_out) and third.init == str(second_out) and third_out == out
+    for stage in (second, third):
+        for key, value in training.FINE_TUNING.items():
+            assert getattr(stage, key) == value
+    assert not first.residual_correction and not second.residual_correction
+    assert third.residual_correction
+    assert (first.seed, second.seed, third.seed) == (5, 5, 5 + training.CORRECTION_TUNING_SEED_OFFSET)
     report = out.with_suffix(".md").read_text()
     assert "## Stage 1 (from scratch)" in report and "| 7 | 31.0000 |" in report
-    assert "| 1200 | 32.0000 |" in report
+    assert "## Stage 2 (fine-tuning)" in report and "| 1200 | 33.0000 |" in report
 
-    # --init skips the first stage and appends the starting weights' report.
-    runs.clear()
+    # --init skips the first stage (--init-stage 2: the second too) and appends the starting report.
     out.with_suffix(".md").write_text("# Earlier: training report\n\n## Settings\n")
-    tuned = tmp_path / "tuned.pt"
-    train.main(["wiener-net", "--init", str(out), "--out", str(tuned)])
-    (only, _), = runs
-    assert only.init == str(out)
-    report = tuned.with_suffix(".md").read_text()
-    assert "Stage 1 (from scratch)" not in report
-    assert f"## Report of the starting weights (`{out}`)" in report and "### Earlier" in report
+    for init_stage, expected in ((1, [False, True]), (2, [True])):
+        runs.clear()
+        tuned = tmp_path / f"tuned{init_stage}.pt"
+        train.main(["wiener-net", "--init", str(out), "--init-stage", str(init_stage), "--out", str(tuned)])
+        assert [config.residual_correction for config, _ in runs] == expected
+        assert runs[0][0].init == str(out) and runs[-1][1] == tuned
+        report = tuned.with_suffix(".md").read_text()
+        assert "Stage 1 (from scratch)" not in report
+        assert f"## Report of the starting weights (`{out}`)" in report and "### Earlier" in report
     with pytest.raises(SystemExit):
         train.main(["wiener-net", "--stage", "base", "--init", str(out)])
+    with pytest.raises(SystemExit):
+        train.main(["wiener-net", "--init-stage", "2"])
+
+
+def test_the_training_loss_can_be_taken_after_the_residual_correction():
+    """With ``residual_correction`` the restored batch is the engine's: network, then the correction."""
+    from napari_deblur.engine.training import wiener_net as training
+
+    sharp, blurred, kernel = point_field_case(seed=3)
+    model = wn.load_wiener_net(torch.device("cpu"))
+    snrs = torch.tensor(wn.WIENER_STACK_SNRS_DB)
+    plain = training.restore_batch(model, blurred, kernel, snrs)
+    corrected = training.restore_batch(model, blurred, kernel, snrs, residual_correction=True)
+    assert torch.allclose(corrected, wn.correct_by_residual(blurred, plain, kernel), atol=1e-6)
+    assert not torch.allclose(corrected, plain, atol=1e-4)
+    # Gradients reach the network through the correction.
+    model_copy = wn.WienerNet()
+    model_copy.load_state_dict(model.state_dict())
+    training.restore_batch(model_copy, blurred, kernel, snrs, residual_correction=True).square().mean().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model_copy.parameters())
 
 
 @pytest.mark.parametrize("only, share", [

@@ -70,7 +70,9 @@ def _history_table(history: list[dict]) -> str:
 def _train_wiener_net(args) -> None:
     import tempfile
 
-    from .training.wiener_net import WienerNetTrainingConfig, fine_tuning_config, train_wiener_net
+    from .training.wiener_net import (
+        WienerNetTrainingConfig, correction_tuning_config, fine_tuning_config, train_wiener_net,
+    )
     from .wiener_net import WEIGHTS_FILE
 
     base = WienerNetTrainingConfig(steps=args.steps, batch=args.batch, seed=args.seed,
@@ -78,21 +80,29 @@ def _train_wiener_net(args) -> None:
     out = Path(args.out) if args.out else _default_weights_path(WEIGHTS_FILE)
     if args.stage == "base" and args.init:
         raise SystemExit("--init fine-tunes given weights; it does not go with --stage base")
+    if args.init_stage != 1 and not args.init:
+        raise SystemExit("--init-stage says which stage made the --init weights; give --init too")
     started = time.perf_counter()
     if args.stage == "base":
         train_wiener_net(base, out)
         stages = [("Stage 1 (from scratch)", base)]
         appendix = ""
     else:
+        stages = []
         with tempfile.TemporaryDirectory() as scratch:
             init = args.init
             if init is None:
                 init = str(Path(scratch) / "wiener_net_stage1.pt")
                 train_wiener_net(base, Path(init))
-            tuned = fine_tuning_config(base, init)
-            train_wiener_net(tuned, out)
-        stages = ([("Stage 1 (from scratch)", base)] if args.init is None else []) + [
-            ("Stage 2 (fine-tuning)", tuned)]
+                stages.append(("Stage 1 (from scratch)", base))
+            if args.init is None or args.init_stage == 1:
+                tuned = fine_tuning_config(base, init)
+                init = str(Path(scratch) / "wiener_net_stage2.pt")
+                train_wiener_net(tuned, Path(init))
+                stages.append(("Stage 2 (fine-tuning)", tuned))
+            corrected = correction_tuning_config(base, init)
+            train_wiener_net(corrected, out)
+            stages.append(("Stage 3 (fine-tuning through the residual correction)", corrected))
         earlier = Path(args.init).with_suffix(".md") if args.init else None
         appendix = ("" if earlier is None or not earlier.exists() else
                     f"\n## Report of the starting weights (`{args.init}`)\n\n"
@@ -108,9 +118,11 @@ def _train_wiener_net(args) -> None:
         "weights over the 15 Wiener candidates and the blurred plane, plus a residual. Loss: "
         "0.1 ln(MSE) per crop, averaged, + 0.2 (1 - SSIM); with `interior_weight` w > 0 the log "
         "term is (1 - w) ln(MSE) + w ln(MSE without a kernel-wide border) "
-        "(`training.wiener_net.restoration_loss`). Two stages: from scratch on 112 px crops, then "
+        "(`training.wiener_net.restoration_loss`). Three stages: from scratch on 112 px crops, then "
         "fine-tuning on 192 px crops with w = 0.75 and more camera shake "
-        "(`training.wiener_net.FINE_TUNING`). Validation columns (held-out crops of the train "
+        "(`training.wiener_net.FINE_TUNING`), then the same on fresh crops with the loss taken after "
+        "the engine's residual correction (`training.wiener_net.correction_tuning_config`; the "
+        "validation columns of that stage are also after the correction). Validation columns (held-out crops of the train "
         "sources at the stage's crop size, the stage-1 kernel mixture, never the eval split): mean "
         "PSNR (peak 1) of the network, of the Wiener filter with the best of the "
         "15 SNRs for each crop (`psnr_oracle`, the benchmark's classical reference), of the Wiener "
@@ -301,12 +313,15 @@ def main(argv=None) -> None:
     wiener.add_argument("--device", default="cpu", help="cpu, cuda or mps")
     wiener.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
     wiener.add_argument("--out", default=None, help="weights path (default: the shipped file)")
-    wiener.add_argument("--stage", choices=("both", "base"), default="both",
-                        help="both: from scratch, then the fine-tuning stage (the shipped weights); "
-                             "base: the first stage only")
+    wiener.add_argument("--stage", choices=("all", "base"), default="all",
+                        help="all: from scratch, then the two fine-tuning stages (the shipped "
+                             "weights); base: the first stage only")
     wiener.add_argument("--init", default=None,
                         help="skip the first stage: fine-tune these weights (e.g. an earlier "
                              "--stage base run; its .md report is appended)")
+    wiener.add_argument("--init-stage", type=int, choices=(1, 2), default=1,
+                        help="the stage that made the --init weights: 1 runs stages 2 and 3 from "
+                             "them, 2 only stage 3")
     wiener.set_defaults(run=_train_wiener_net)
     blurmap = sub.add_parser("blurmap", help="train the blur-map estimator")
     blurmap.add_argument("--steps", type=int, default=7200,

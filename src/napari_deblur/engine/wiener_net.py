@@ -50,9 +50,10 @@ The weights in ``models/wiener_net.pt`` are trained by
 images and the train split of scikit-image's images (15 % of them smoothed
 first, as smooth scenes such as fluorescence images), with camera-shake,
 Gaussian (isotropic and anisotropic), disk and ring PSFs up to 31 px and
-Gaussian or Poisson-Gaussian noise, in two stages: from scratch on 112 px
+Gaussian or Poisson-Gaussian noise, in three stages: from scratch on 112 px
 crops, then fine-tuned on 192 px crops with a loss that weights the interior
-(a kernel-wide frame band left out) and more camera shake
+(a kernel-wide frame band left out) and more camera shake, then the same on
+fresh crops with the loss taken after :func:`correct_by_residual`
 (``models/wiener_net.md`` is the report).
 
 References

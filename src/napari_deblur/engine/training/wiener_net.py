@@ -4,7 +4,9 @@ Each step draws sharp crops (train split and dead leaves), blurs them with
 *valid* convolution (so, as in a camera, content from beyond the frame bleeds
 in), adds Gaussian or Poisson-Gaussian noise, and trains the network on
 the log of each restored crop's MSE plus an SSIM term
-(:func:`restoration_loss`). Everything is seeded: the same command gives the
+(:func:`restoration_loss`). Three stages: from scratch on small crops, then
+fine-tuning on larger ones (:data:`FINE_TUNING`), then the same through the
+engine's residual correction (:func:`correction_tuning_config`). Everything is seeded: the same command gives the
 same weights on the same machine and library versions.
 """
 
@@ -21,7 +23,9 @@ import torch
 import torch.nn.functional as F
 
 from ..wiener import WIENER_STACK_SNRS_DB, wiener_filter
-from ..wiener_net import WienerNet, apply_network, plane_statistics, wiener_net_features
+from ..wiener_net import (
+    WienerNet, apply_network, correct_by_residual, plane_statistics, wiener_net_features,
+)
 from .kernels import kernel_pool
 from .losses import ssim
 from .optimisation import take_step
@@ -56,6 +60,7 @@ class WienerNetTrainingConfig:
     n_point_fields: int = 0
     point_field_fraction: float = 0.0
     interior_weight: float = 0.0
+    residual_correction: bool = False
     init: str | None = None
     noise_sigma_range: tuple[float, float] = (0.005, 0.05)
     poisson_fraction: float = 0.25
@@ -85,6 +90,22 @@ fields in a fifth of its crops were tried and not shipped: README.)"""
 def fine_tuning_config(config: WienerNetTrainingConfig, init: str) -> WienerNetTrainingConfig:
     """The second-stage settings (:data:`FINE_TUNING`) on top of ``config``, starting from ``init``."""
     return replace(config, **FINE_TUNING, init=str(init), history=[])
+
+
+CORRECTION_TUNING_SEED_OFFSET = 3
+"""The third stage draws its crops from ``seed + 3`` (the second stage's draws were seen already)."""
+
+
+def correction_tuning_config(config: WienerNetTrainingConfig, init: str) -> WienerNetTrainingConfig:
+    """The third stage: the second stage's settings with the loss taken after the residual correction.
+
+    The engine follows the network with
+    :func:`~napari_deblur.engine.wiener_net.correct_by_residual`; this stage
+    trains the network for that pipeline (the correction is differentiable),
+    on fresh crops, starting from ``init`` (the second stage's weights).
+    """
+    return replace(config, **FINE_TUNING, residual_correction=True,
+                   seed=config.seed + CORRECTION_TUNING_SEED_OFFSET, init=str(init), history=[])
 
 
 class BlurredBatches:
@@ -228,11 +249,12 @@ def validation_batches(config: WienerNetTrainingConfig, device: torch.device,
 
 
 def restore_batch(model: WienerNet, blurred: torch.Tensor, kernels: torch.Tensor,
-                  snrs: torch.Tensor) -> torch.Tensor:
-    """The network's output, in the input's intensity scale."""
+                  snrs: torch.Tensor, residual_correction: bool = False) -> torch.Tensor:
+    """The network's output, in the input's intensity scale (then corrected, as the engine does, if asked)."""
     with torch.no_grad():
         features, mean, scale = wiener_net_features(blurred, kernels, snrs)
-    return apply_network(model, features) * scale + mean
+    restored = apply_network(model, features) * scale + mean
+    return correct_by_residual(blurred, restored, kernels) if residual_correction else restored
 
 
 def nearest_snr_index(scale: torch.Tensor, noise: torch.Tensor, snrs_db: torch.Tensor) -> torch.Tensor:
@@ -296,9 +318,9 @@ def train_wiener_net(config: WienerNetTrainingConfig, out_path: Path) -> WienerN
     running, logged_step = 0.0, 0
 
     def log_validation(step: int, train_loss: float) -> None:
-        entry = evaluate(model, validation, snrs)
+        entry = evaluate(model, validation, snrs, config.residual_correction)
         for prefix, batches_of_set in extra_validation.items():
-            scores = evaluate(model, batches_of_set, snrs)
+            scores = evaluate(model, batches_of_set, snrs, config.residual_correction)
             entry.update({prefix + k: scores[k] for k in (
                 "psnr_net", "psnr_oracle", "lost_to_oracle", "psnr_net_interior",
                 "psnr_oracle_interior", "lost_interior")})
@@ -319,7 +341,7 @@ def train_wiener_net(config: WienerNetTrainingConfig, out_path: Path) -> WienerN
         log_validation(0, float("nan"))
     for step in range(1, config.steps + 1):
         sharp, blurred, kernels = batches.draw()
-        restored = restore_batch(model, blurred, kernels, snrs)
+        restored = restore_batch(model, blurred, kernels, snrs, config.residual_correction)
         interior = interior_masks(kernels, sharp.shape[-2:]) if config.interior_weight else None
         loss = restoration_loss(restored, sharp, interior, config.interior_weight)
         running += take_step(loss, model, optimiser, schedule)
@@ -332,7 +354,7 @@ def train_wiener_net(config: WienerNetTrainingConfig, out_path: Path) -> WienerN
     return model
 
 
-def evaluate(model: WienerNet, validation, snrs) -> dict:
+def evaluate(model: WienerNet, validation, snrs, residual_correction: bool = False) -> dict:
     """Validation PSNRs (means over crops) of the network and of the references.
 
     ``psnr_oracle`` is the Wiener filter with the best of the stack's SNRs for
@@ -347,7 +369,7 @@ def evaluate(model: WienerNet, validation, snrs) -> dict:
     with torch.no_grad():
         for sharp, blurred, kernels in validation:
             classical = classical_psnrs(blurred, kernels, sharp, snrs)
-            restored = restore_batch(model, blurred, kernels, snrs)
+            restored = restore_batch(model, blurred, kernels, snrs, residual_correction)
             interior = interior_masks(kernels, sharp.shape[-2:])
             scores["psnr_net"].append(crop_psnr(restored, sharp))
             scores["psnr_oracle"].append(classical["oracle"])
