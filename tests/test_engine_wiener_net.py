@@ -315,7 +315,8 @@ def test_the_training_loss_can_be_taken_after_the_residual_correction():
     # Gradients reach the network through the correction.
     model_copy = wn.WienerNet()
     model_copy.load_state_dict(model.state_dict())
-    training.restore_batch(model_copy, blurred, kernel, snrs, residual_correction=True).square().mean().backward()
+    restored = training.restore_batch(model_copy, blurred, kernel, snrs, residual_correction=True)
+    restored.square().mean().backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model_copy.parameters())
 
 

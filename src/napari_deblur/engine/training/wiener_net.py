@@ -6,8 +6,9 @@ in), adds Gaussian or Poisson-Gaussian noise, and trains the network on
 the log of each restored crop's MSE plus an SSIM term
 (:func:`restoration_loss`). Three stages: from scratch on small crops, then
 fine-tuning on larger ones (:data:`FINE_TUNING`), then the same through the
-engine's residual correction (:func:`correction_tuning_config`). Everything is seeded: the same command gives the
-same weights on the same machine and library versions.
+engine's residual correction (:func:`correction_tuning_config`). Everything
+is seeded: the same command gives the same weights on the same machine and
+library versions.
 """
 
 from __future__ import annotations
