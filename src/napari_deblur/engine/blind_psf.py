@@ -72,7 +72,7 @@ import torch.nn.functional as F
 from scipy.signal import fftconvolve
 
 from .devices import select_device
-from .fourier import (fast_fft_length, kernel_centroid_offsets, kernel_to_otf, squared_frequency,
+from .fourier import (kernel_centroid_offsets, kernel_to_otf, squared_frequency, taper_fft_shape,
                       taper_pad)
 from .jobs import JobProgress, JobSteps, run_job
 from .planes import single_grey_plane
@@ -414,7 +414,7 @@ def _estimate_level(blurred: torch.Tensor, kernel: np.ndarray, steps: int,
     height, width = blurred.shape
     size = kernel.shape[0]
     margin = size
-    fft_shape = (fast_fft_length(height + 2 * margin), fast_fft_length(width + 2 * margin))
+    fft_shape = taper_fft_shape((height, width), margin, margin)
     padded = taper_pad(blurred[None, None], margin, margin, fft_shape)[0, 0]
     spectrum = torch.fft.rfft2(padded)
     dx, dy = _difference_otfs(fft_shape, blurred.device, blurred.dtype)

@@ -89,6 +89,11 @@ def kernel_centroid_offsets(kernel: torch.Tensor) -> torch.Tensor:
                         (kernel.sum(dim=-2) * cols).sum(dim=-1) / weights], dim=-1)
 
 
+def taper_fft_shape(shape: tuple[int, int], margin_h: int, margin_w: int) -> tuple[int, int]:
+    """The fast FFT grid for :func:`taper_pad`: at least the plane plus its margins on both sides."""
+    return fast_fft_length(shape[0] + 2 * margin_h), fast_fft_length(shape[1] + 2 * margin_w)
+
+
 def taper_pad(x: torch.Tensor, margin_h: int, margin_w: int, fft_shape: tuple[int, int]) -> torch.Tensor:
     """Extend planes so that their periodic continuation is smooth.
 

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from .devices import is_out_of_memory, release_cached_memory, select_device
-from .fourier import fast_fft_length, kernel_to_otf, squared_frequency, taper_pad
+from .fourier import kernel_to_otf, squared_frequency, taper_fft_shape, taper_pad
 from .jobs import JobProgress, JobSteps, run_job
 from .lazy import is_dask_array, lazy_with_psf
 from .planes import PlaneLayout, iter_planewise
@@ -123,7 +123,7 @@ def wiener_filter(
         padded = x
     else:
         margin_h, margin_w = kh, kw
-        fft_shape = (fast_fft_length(height + 2 * kh), fast_fft_length(width + 2 * kw))
+        fft_shape = taper_fft_shape((height, width), kh, kw)
         padded = taper_pad(x, margin_h, margin_w, fft_shape)
     spectrum = torch.fft.rfft2(padded)[:, None]  # (B, 1, C, Hf, Wf)
     otf = kernel_to_otf(kernel.to(x.dtype), fft_shape)[:, None, None]  # (K, 1, 1, Hf, Wf)

@@ -74,7 +74,7 @@ from torch import nn
 
 from .convolution import convolve_planes
 from .devices import select_device
-from .fourier import fast_fft_length, kernel_centroid_offsets, kernel_to_otf, taper_pad, taper_weights
+from .fourier import kernel_centroid_offsets, kernel_to_otf, taper_fft_shape, taper_pad, taper_weights
 from .gwis import estimate_noise_std
 from .jobs import JobProgress, JobSteps, run_job
 from .layers import upsample_nearest_then_conv
@@ -308,7 +308,7 @@ def correct_by_residual(y: torch.Tensor, restored: torch.Tensor, kernel: torch.T
     kh, kw = kernel.shape[-2:]
     residual = y - convolve_planes(restored, kernel)
     sigma = estimate_noise_std(residual).view(-1, 1, 1, 1)
-    fft_shape = (fast_fft_length(height + 2 * kh), fast_fft_length(width + 2 * kw))
+    fft_shape = taper_fft_shape((height, width), kh, kw)
     spectrum = torch.fft.rfft2(taper_pad(residual, kh, kw, fft_shape))
     # White noise of variance sigma^2, tapered like the plane, has E|R(f)|^2 = sigma^2 sum(w^2).
     noise_power = sigma.square() * taper_weights((height, width), kh, kw, fft_shape, y.device,
