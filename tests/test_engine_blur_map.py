@@ -21,6 +21,7 @@ from napari_deblur.engine import (
     sharpen_gwis,
 )
 from napari_deblur.engine import blur_map as bm
+from napari_deblur.engine import tiling
 from napari_deblur.engine.training import blur_map as tbm
 
 
@@ -103,6 +104,7 @@ def test_tiles_join_without_seams(monkeypatch):
     image = blurred(sharp, 2.0)
     whole = estimate_blur_map(image)
     monkeypatch.setattr(bm, "TILE_SIZE", 96)
+    monkeypatch.setattr(tiling, "GPU_TILE_SIZE", 96)  # on a GPU the engine's tiles are at least this
     monkeypatch.setattr(bm, "TILE_BLEND", 32)
     assert 96 + 2 * bm.TILE_HALO < 384
     tiled = estimate_blur_map(image)
@@ -300,7 +302,7 @@ def test_printed_text_has_thin_strokes_on_a_flat_page():
 def test_auto_sharpening_estimates_the_map_itself(photo):
     image = blurred(photo, 2.0)
     auto = sharpen_gwis(image, "auto")
-    np.testing.assert_allclose(auto, sharpen_gwis(image, estimate_blur_map(image)), atol=1e-6)
+    np.testing.assert_allclose(auto, sharpen_gwis(image, estimate_blur_map(image)), atol=1e-5)
     gy, gx = np.gradient(auto[16:-16, 16:-16].astype(np.float64))
     hy, hx = np.gradient(image[16:-16, 16:-16].astype(np.float64))
     assert np.mean(gx**2 + gy**2) > np.mean(hx**2 + hy**2)

@@ -412,6 +412,15 @@ def test_read_only_input_is_accepted_without_warnings(photo):
     assert restored.shape == frozen.shape and restored.flags.writeable
 
 
+def test_gpu_tiles_are_larger_and_cpu_tiles_unchanged():
+    from napari_deblur.engine.tiling import GPU_TILE_SIZE, device_tile_size
+
+    assert device_tile_size(1024, "cpu") == 1024 and device_tile_size(1024, torch.device("cpu")) == 1024
+    assert device_tile_size(1024, "cuda") == GPU_TILE_SIZE > 1024
+    assert device_tile_size(2 * GPU_TILE_SIZE, "cuda:0") == 2 * GPU_TILE_SIZE
+    assert device_tile_size(1024, "mps") == 1024  # shared memory with the CPU: kept as on the CPU
+
+
 @pytest.mark.parametrize("length, tile, blend, align", [(2048, 1024, 16, 1), (4096, 2048, 64, 16),
                                                         (3000, 1024, 130, 1), (100, 40, 8, 1),
                                                         (1024, 1024, 16, 1)])

@@ -19,6 +19,7 @@ from napari_deblur.engine import (
     wiener_deconvolve,
     wiener_net_deconvolve,
 )
+from napari_deblur.engine import tiling
 from napari_deblur.engine import wiener_net as wn
 from napari_deblur.engine.training.sources import EVAL_SPLIT, TRAIN_SPLIT
 
@@ -73,7 +74,8 @@ def test_colour_channels_are_restored_one_by_one(case, shake):
     restored = wiener_net_deconvolve(rgb, shake, channel_axis=-1)
     assert restored.shape == rgb.shape
     for c in range(3):
-        np.testing.assert_allclose(restored[..., c], wiener_net_deconvolve(rgb[..., c], shake), atol=1e-4)
+        # 5e-4: on a GPU the convolutions run in TF32 and batch size changes their rounding.
+        np.testing.assert_allclose(restored[..., c], wiener_net_deconvolve(rgb[..., c], shake), atol=5e-4)
 
 
 def test_a_psf_stack_applies_plane_by_plane(case, shake):
@@ -89,6 +91,7 @@ def test_tiles_join_without_seams(case, shake, monkeypatch):
     _, blurred = case
     whole = wiener_net_deconvolve(blurred, shake)
     monkeypatch.setattr(wn, "TILE_SIZE", 48)
+    monkeypatch.setattr(tiling, "GPU_TILE_SIZE", 48)  # on a GPU the engine's tiles are at least this
     tiled = wiener_net_deconvolve(blurred, shake)
     assert np.abs(tiled - whole).max() < 2e-3 * (blurred.max() - blurred.min())
 

@@ -71,7 +71,7 @@ from .layers import upsample_nearest_then_conv
 from .lazy import is_dask_array, lazy_planewise
 from .planes import PlaneLayout, iter_planewise
 from .shipped_weights import load_shipped_model
-from .tiling import iter_tiled
+from .tiling import device_tile_size, iter_tiled
 from .validation import as_float_image
 
 WEIGHTS_FILE = "blur_map.pt"
@@ -339,7 +339,8 @@ def _blur_map_plane_steps(model: nn.Module):
         with torch.inference_mode():
             target = yield from iter_tiled(
                 lambda tile: predict_log_level(model, tile), features,
-                tile_size=TILE_SIZE, halo=TILE_HALO, blend=TILE_BLEND, align=SIZE_MULTIPLE,
+                tile_size=device_tile_size(TILE_SIZE, features.device), halo=TILE_HALO,
+                blend=TILE_BLEND, align=SIZE_MULTIPLE,
             )
         return target_to_level(target[..., :height, :width])  # (1, 1, H, W)
 

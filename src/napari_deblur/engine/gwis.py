@@ -121,7 +121,7 @@ from .devices import select_device
 from .jobs import JobProgress, JobSteps, run_job
 from .lazy import is_dask_array, lazy_layout, lazy_planewise
 from .planes import PlaneLayout, iter_planewise
-from .tiling import iter_tiled
+from .tiling import device_tile_size, iter_tiled
 from .validation import as_float_image
 
 logger = logging.getLogger(__name__)
@@ -1077,7 +1077,8 @@ def _gwis_plane_steps(message: str, scalar_level: float | None):
         cols = torch.arange(width, device=plane.device, dtype=plane.dtype).view(1, 1, 1, -1)
         stacked = torch.cat((plane, scale_map, rows.expand(1, 1, height, width),
                              cols.expand(1, 1, height, width)), dim=1)
-        return (yield from iter_tiled(tile_fn, stacked, tile_size=TILE_SIZE, halo=halo,
+        tile_size = device_tile_size(TILE_SIZE, stacked.device)
+        return (yield from iter_tiled(tile_fn, stacked, tile_size=tile_size, halo=halo,
                                       blend=min(16, halo)))
 
     return plane_steps

@@ -25,6 +25,21 @@ logger = logging.getLogger(__name__)
 
 MIN_TILE_SIZE = 32
 
+GPU_TILE_SIZE = 4096
+"""Smallest tile side on a CUDA GPU (:func:`device_tile_size`)."""
+
+
+def device_tile_size(tile_size: int, device) -> int:
+    """The tile side to use on ``device``: ``tile_size``, or at least :data:`GPU_TILE_SIZE` on CUDA.
+
+    The engines' tile sizes suit CPU memory. On a GPU the per-tile work is
+    launch-bound: a 4-megapixel plane in 1024 px tiles made GWIS four times
+    slower than one tile on an H200 (``benchmarks/gpu_speed_benchmark.py``).
+    A card too small for the larger tile still works: an out-of-memory error
+    halves the tiles (:func:`iter_tiled`).
+    """
+    return max(tile_size, GPU_TILE_SIZE) if torch.device(device).type == "cuda" else tile_size
+
 
 def tile_layout(length: int, tile: int, blend: int, align: int = 1) -> tuple[int, list[int]]:
     """The fewest tiles of at most ``tile`` px covering ``length``, overlapping by about ``blend``.

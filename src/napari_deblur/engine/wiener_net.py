@@ -81,7 +81,7 @@ from .layers import upsample_nearest_then_conv
 from .lazy import is_dask_array, lazy_with_psf
 from .planes import PlaneLayout, iter_planewise
 from .shipped_weights import load_shipped_model
-from .tiling import iter_tiled
+from .tiling import device_tile_size, iter_tiled
 from .validation import as_float_image, as_psf
 from .wiener import WIENER_STACK_SNRS_DB, wiener_filter
 
@@ -340,7 +340,7 @@ def _wiener_net_plane_steps(model: WienerNet, snrs: torch.Tensor):
         with torch.inference_mode():
             normalised = yield from iter_tiled(
                 lambda tile: apply_network(model, tile), features,
-                tile_size=TILE_SIZE, halo=TILE_HALO, blend=TILE_HALO,
+                tile_size=device_tile_size(TILE_SIZE, features.device), halo=TILE_HALO, blend=TILE_HALO,
             )
         yield JobProgress(0.9, "Residual correction")
         restored = correct_by_residual(grey, normalised * scale + mean, kernel[None])
