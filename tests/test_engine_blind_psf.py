@@ -180,7 +180,7 @@ def test_output_is_a_centred_float32_kernel_summing_to_one(estimate_line):
 def test_input_is_not_modified_and_read_only_input_works(blurred_line, estimate_line):
     image = blurred_line.copy()
     image.setflags(write=False)
-    again = estimate_psf(image, size=SIZE, device="cpu")
+    again = estimate_psf(image, size=SIZE)  # the fixture's device: on a GPU machine, the GPU
     np.testing.assert_array_equal(image, blurred_line)
     np.testing.assert_allclose(again, estimate_line, atol=1e-6)  # deterministic
 
