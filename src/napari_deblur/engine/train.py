@@ -15,7 +15,7 @@ import logging
 import platform
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from importlib import resources
 from pathlib import Path
 
@@ -76,7 +76,8 @@ def _train_wiener_net(args) -> None:
     from .wiener_net import WEIGHTS_FILE
 
     base = WienerNetTrainingConfig(steps=args.steps, batch=args.batch, seed=args.seed,
-                                   device=args.device, threads=args.threads)
+                                   device=args.device, threads=args.threads, log_every=args.log_every)
+    tuning_steps = {} if args.tuning_steps is None else {"steps": args.tuning_steps}
     out = Path(args.out) if args.out else _default_weights_path(WEIGHTS_FILE)
     if args.stage == "base" and args.init:
         raise SystemExit("--init fine-tunes given weights; it does not go with --stage base")
@@ -96,11 +97,11 @@ def _train_wiener_net(args) -> None:
                 train_wiener_net(base, Path(init))
                 stages.append(("Stage 1 (from scratch)", base))
             if args.init is None or args.init_stage == 1:
-                tuned = fine_tuning_config(base, init)
+                tuned = replace(fine_tuning_config(base, init), **tuning_steps)
                 init = str(Path(scratch) / "wiener_net_stage2.pt")
                 train_wiener_net(tuned, Path(init))
                 stages.append(("Stage 2 (fine-tuning)", tuned))
-            corrected = correction_tuning_config(base, init)
+            corrected = replace(correction_tuning_config(base, init), **tuning_steps)
             train_wiener_net(corrected, out)
             stages.append(("Stage 3 (fine-tuning through the residual correction)", corrected))
         earlier = Path(args.init).with_suffix(".md") if args.init else None
@@ -312,6 +313,10 @@ def main(argv=None) -> None:
     wiener.add_argument("--batch", type=int, default=16)
     wiener.add_argument("--seed", type=int, default=0)
     wiener.add_argument("--device", default="cpu", help="cpu, cuda or mps")
+    wiener.add_argument("--log-every", type=int, default=500,
+                        help="validate every this many steps of the first stage")
+    wiener.add_argument("--tuning-steps", type=int, default=None,
+                        help="steps of each fine-tuning stage (default 1200, FINE_TUNING)")
     wiener.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
     wiener.add_argument("--out", default=None, help="weights path (default: the shipped file)")
     wiener.add_argument("--stage", choices=("all", "base"), default="all",
