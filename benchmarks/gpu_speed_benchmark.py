@@ -110,7 +110,7 @@ def main(argv=None) -> int:
         median = statistics.median(times)
         module = tiled.get(name)
         default_tile = getattr(module, "TILE_SIZE", None)
-        used = tiling.device_tile_size(default_tile, args.device) if default_tile else None
+        used = tiling.device_tile_size(default_tile, device) if default_tile else None
         rows.append((name, f"{used} (the engine's)" if used else "-", median, min(times)))
         if args.profile:
             profiles.append(f"#### {name}\n\n```\n{_profile(fn)}\n```\n")
