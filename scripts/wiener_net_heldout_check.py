@@ -83,7 +83,7 @@ def interior_psnr(x: torch.Tensor, sharp: torch.Tensor) -> torch.Tensor:
 def main(argv=None) -> None:
     from napari_deblur.engine.wiener import WIENER_STACK_SNRS_DB, wiener_filter
     from napari_deblur.engine.wiener_net import (
-        WienerNet, apply_network, correct_by_residual, wiener_net_features,
+        apply_network, correct_by_residual, wiener_net_features, wiener_net_from_weights,
     )
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -95,9 +95,8 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     models = []
     for path in args.weights:
-        model = WienerNet()
-        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-        models.append(model.eval())
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        models.append(wiener_net_from_weights(state).eval())
     snrs = torch.tensor(WIENER_STACK_SNRS_DB)
     variants = [(path, False) for path in args.weights]
     if args.residual_correction:

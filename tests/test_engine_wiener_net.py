@@ -304,6 +304,78 @@ def test_training_command_chains_three_stages(tmp_path, monkeypatch):
         train.main(["wiener-net", "--init-stage", "2"])
 
 
+def test_the_tuning_batch_and_widths_options_reach_the_stages(tmp_path, monkeypatch):
+    from napari_deblur.engine import train
+    from napari_deblur.engine.training import wiener_net as training
+
+    runs = []
+
+    def fake_training(config, out_path):
+        runs.append(config)
+        torch.save({}, out_path)
+
+    monkeypatch.setattr(training, "train_wiener_net", fake_training)
+    train.main(["wiener-net", "--batch", "48", "--tuning-batch", "24", "--tuning-steps", "30",
+                "--widths", "48,64,96,128", "--out", str(tmp_path / "wn.pt")])
+    assert [(c.batch, c.steps) for c in runs] == [(48, 4000), (24, 30), (24, 30)]
+    assert all(c.widths == (48, 64, 96, 128) for c in runs)
+    runs.clear()
+    train.main(["wiener-net", "--out", str(tmp_path / "plain.pt")])
+    assert [c.batch for c in runs] == [16, training.FINE_TUNING["batch"], training.FINE_TUNING["batch"]]
+    assert all(c.widths == wn.WIDTHS for c in runs)
+
+
+def test_weights_of_other_widths_load_into_a_network_of_those_widths():
+    wider = wn.WienerNet(widths=(8, 12, 16, 24))
+    loaded = wn.wiener_net_from_weights(wider.state_dict())
+    assert [m[0].out_channels for m in loaded.encoders] == [8, 12, 16, 24]
+    features = torch.randn(1, len(wn.WIENER_STACK_SNRS_DB) + 2, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded.eval()(features), wider.eval()(features))
+    shipped = wn.load_wiener_net(torch.device("cpu")).state_dict()
+    assert [m[0].out_channels for m in wn.wiener_net_from_weights(shipped).encoders] == list(wn.WIDTHS)
+
+
+def test_training_pools_are_built_once_and_replayed_with_the_same_draws(monkeypatch):
+    """A pool asked for again from the same generator state is replayed, and the stream goes on as built."""
+    from napari_deblur.engine.training import kernels, replay
+    from napari_deblur.engine.training import sources
+    from napari_deblur.engine.training.sources import PatchSampler
+
+    monkeypatch.setattr(replay, "_replays", type(replay._replays)())
+    built = []
+    real_dead_leaves = sources.dead_leaves
+
+    def counted_dead_leaves(size, rng):
+        built.append(size)
+        return real_dead_leaves(size, rng)
+
+    counted_dead_leaves.__name__ = "dead_leaves"
+    monkeypatch.setattr(sources, "dead_leaves", counted_dead_leaves)
+
+    def draw(seed):
+        rng = np.random.default_rng(seed)
+        sampler = PatchSampler(40, rng, n_dead_leaves=3, dead_leaves_size=64)
+        pool = kernels.kernel_pool(5, rng, 15)
+        return sampler.sample(4), pool, rng.integers(1 << 30, size=3)
+
+    first = draw(7)
+    assert len(built) == 3
+    again = draw(7)
+    assert len(built) == 3  # replayed, not built again
+    for a, b in zip(first, again):
+        np.testing.assert_array_equal(a, b)
+    assert not again[1].flags.writeable
+    # The same numbers as a build from scratch: the replay moved the generator as the build did.
+    monkeypatch.setattr(replay, "_replays", type(replay._replays)())
+    fresh = draw(7)
+    assert len(built) == 6
+    for a, b in zip(first, fresh):
+        np.testing.assert_array_equal(a, b)
+    other = draw(8)
+    assert len(built) == 9 and not np.array_equal(other[1], first[1])
+
+
 def test_the_training_loss_can_be_taken_after_the_residual_correction():
     """With ``residual_correction`` the restored batch is the engine's: network, then the correction."""
     from napari_deblur.engine.training import wiener_net as training

@@ -77,7 +77,11 @@ def _train_wiener_net(args) -> None:
 
     base = WienerNetTrainingConfig(steps=args.steps, batch=args.batch, seed=args.seed,
                                    device=args.device, threads=args.threads, log_every=args.log_every)
+    if args.widths:
+        base = replace(base, widths=tuple(int(w) for w in args.widths.split(",")))
     tuning_steps = {} if args.tuning_steps is None else {"steps": args.tuning_steps}
+    if args.tuning_batch is not None:
+        tuning_steps["batch"] = args.tuning_batch
     out = Path(args.out) if args.out else _default_weights_path(WEIGHTS_FILE)
     if args.stage == "base" and args.init:
         raise SystemExit("--init fine-tunes given weights; it does not go with --stage base")
@@ -317,6 +321,12 @@ def main(argv=None) -> None:
                         help="validate every this many steps of the first stage")
     wiener.add_argument("--tuning-steps", type=int, default=None,
                         help="steps of each fine-tuning stage (default 1200, FINE_TUNING)")
+    wiener.add_argument("--tuning-batch", type=int, default=None,
+                        help="crops per step of each fine-tuning stage (default: training.wiener_net."
+                             "FINE_TUNING, 8)")
+    wiener.add_argument("--widths", default=None,
+                        help="channels of the four network levels, e.g. 48,64,96,128 (default: "
+                             "wiener_net.WIDTHS); the engine runs only weights of its own widths")
     wiener.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
     wiener.add_argument("--out", default=None, help="weights path (default: the shipped file)")
     wiener.add_argument("--stage", choices=("all", "base"), default="all",

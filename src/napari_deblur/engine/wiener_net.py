@@ -201,6 +201,21 @@ class WienerNet(nn.Module):
         return blended.permute(0, 3, 1, 2)
 
 
+def wiener_net_from_weights(state: dict) -> WienerNet:
+    """A :class:`WienerNet` with the level widths of a saved ``state_dict``, loaded from it.
+
+    For weight files trained with other widths than :data:`WIDTHS` (candidates
+    compared by the training scripts); the engine runs the shipped file.
+    """
+    widths, level = [], 0
+    while f"encoders.{level}.0.weight" in state:
+        widths.append(int(state[f"encoders.{level}.0.weight"].shape[0]))
+        level += 1
+    model = WienerNet(widths=tuple(widths))
+    model.load_state_dict(state)
+    return model
+
+
 def plane_statistics(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Mean, scale and noise standard deviation of ``(B, 1, H, W)`` planes, each ``(B, 1, 1, 1)``."""
     mean = y.mean(dim=(-2, -1), keepdim=True)

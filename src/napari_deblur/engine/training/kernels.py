@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..psf import disk_psf, gaussian_psf, random_motion_psf, ring_psf
+from .replay import replay_or_build
 
 
 def anisotropic_gaussian_psf(sigma_major: float, sigma_minor: float, angle: float,
@@ -55,5 +56,9 @@ def random_training_psf(rng: np.random.Generator, size: int = 31,
 
 def kernel_pool(count: int, rng: np.random.Generator, size: int = 31,
                 shake_fraction: float = 0.4) -> np.ndarray:
-    """``(count, size, size)`` float32 random training PSFs (:func:`random_training_psf`)."""
-    return np.stack([random_training_psf(rng, size, shake_fraction) for _ in range(count)])
+    """``(count, size, size)`` float32 random training PSFs (:func:`random_training_psf`), read-only.
+
+    Built once per generator state and then replayed (:mod:`.replay`).
+    """
+    return replay_or_build("kernel_pool", (count, size, shake_fraction), rng, lambda: np.stack(
+        [random_training_psf(rng, size, shake_fraction) for _ in range(count)]))

@@ -11,6 +11,8 @@ import logging
 import numpy as np
 from scipy import ndimage
 
+from .replay import replay_or_build
+
 logger = logging.getLogger(__name__)
 
 TRAIN_SPLIT = (
@@ -266,6 +268,12 @@ def printed_text(size: int, rng: np.random.Generator) -> np.ndarray:
     return np.asarray(canvas.buffer_rgba())[:size, :size, 0].astype(np.float32) / 255.0
 
 
+def _image_pool(make, count: int, size: int, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+    """``count`` read-only images ``make(size, rng)``, built once per generator state (:mod:`.replay`)."""
+    return replay_or_build(make.__name__, (count, size), rng,
+                           lambda: tuple(make(size, rng) for _ in range(count)))
+
+
 class PatchSampler:
     """Random crops (with flips, 90-degree turns and contrast changes) of a source pool.
 
@@ -307,13 +315,13 @@ class PatchSampler:
         self.smooth_fraction = smooth_fraction
         self.smooth_sigma_range = smooth_sigma_range
         self.natural = train_split_images(min_size=crop)
-        self.procedural = [dead_leaves(dead_leaves_size, rng) for _ in range(n_dead_leaves)]
+        self.procedural = _image_pool(dead_leaves, n_dead_leaves, dead_leaves_size, rng)
         self.dead_leaves_fraction = dead_leaves_fraction
-        self.textures = [procedural_texture(dead_leaves_size, rng) for _ in range(n_textures)]
+        self.textures = _image_pool(procedural_texture, n_textures, dead_leaves_size, rng)
         self.texture_fraction = texture_fraction if self.textures else 0.0
-        self.point_fields = [point_sources(dead_leaves_size, rng) for _ in range(n_point_fields)]
+        self.point_fields = _image_pool(point_sources, n_point_fields, dead_leaves_size, rng)
         self.point_field_fraction = point_field_fraction if self.point_fields else 0.0
-        self.text_pages = [printed_text(dead_leaves_size, rng) for _ in range(n_text_pages)]
+        self.text_pages = _image_pool(printed_text, n_text_pages, dead_leaves_size, rng)
         self.text_fraction = text_fraction if self.text_pages else 0.0
         if not self.natural:
             raise RuntimeError("no train-split image is available; cannot train")

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from ..wiener import WIENER_STACK_SNRS_DB, wiener_filter
 from ..wiener_net import (
-    WienerNet, apply_network, correct_by_residual, plane_statistics, wiener_net_features,
+    WIDTHS, WienerNet, apply_network, correct_by_residual, plane_statistics, wiener_net_features,
 )
 from .kernels import kernel_pool
 from .losses import ssim
@@ -66,6 +66,7 @@ class WienerNetTrainingConfig:
     noise_sigma_range: tuple[float, float] = (0.005, 0.05)
     poisson_fraction: float = 0.25
     poisson_peak_range: tuple[float, float] = (30.0, 3000.0)
+    widths: tuple[int, ...] = WIDTHS
     validation_batches: int = 8
     log_every: int = 500
     threads: int = 0
@@ -123,8 +124,8 @@ class BlurredBatches:
                                     texture_fraction=config.texture_fraction,
                                     n_point_fields=config.n_point_fields,
                                     point_field_fraction=config.point_field_fraction)
-        self.kernels = torch.from_numpy(kernel_pool(config.kernel_pool_size, self.rng, KERNEL_SIZE,
-                                                    config.shake_fraction))
+        self.kernels = torch.tensor(kernel_pool(config.kernel_pool_size, self.rng, KERNEL_SIZE,
+                                                config.shake_fraction))
 
     def draw(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         c = self.config
@@ -308,7 +309,7 @@ def train_wiener_net(config: WienerNetTrainingConfig, out_path: Path) -> WienerN
     extra_validation = {"smooth_": validation_batches(replace(config, smooth_fraction=1.0), device),
                         "texture_": validation_batches(config, device, only="textures"),
                         "points_": validation_batches(config, device, only="point_fields")}
-    model = WienerNet()
+    model = WienerNet(widths=tuple(config.widths))
     if config.init:
         model.load_state_dict(torch.load(config.init, map_location="cpu", weights_only=True))
     model = model.to(device, memory_format=torch.channels_last)
