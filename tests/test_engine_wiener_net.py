@@ -304,7 +304,7 @@ def test_training_command_chains_three_stages(tmp_path, monkeypatch):
         train.main(["wiener-net", "--init-stage", "2"])
 
 
-def test_the_tuning_batch_and_widths_options_reach_the_stages(tmp_path, monkeypatch):
+def test_the_tuning_batch_widths_and_noise_options_reach_the_stages(tmp_path, monkeypatch):
     from napari_deblur.engine import train
     from napari_deblur.engine.training import wiener_net as training
 
@@ -316,13 +316,17 @@ def test_the_tuning_batch_and_widths_options_reach_the_stages(tmp_path, monkeypa
 
     monkeypatch.setattr(training, "train_wiener_net", fake_training)
     train.main(["wiener-net", "--batch", "48", "--tuning-batch", "24", "--tuning-steps", "30",
-                "--widths", "48,64,96,128", "--out", str(tmp_path / "wn.pt")])
+                "--widths", "48,64,96,128", "--noise-range", "0.004", "0.035",
+                "--out", str(tmp_path / "wn.pt")])
     assert [(c.batch, c.steps) for c in runs] == [(48, 4000), (24, 30), (24, 30)]
     assert all(c.widths == (48, 64, 96, 128) for c in runs)
+    assert all(c.noise_sigma_range == (0.004, 0.035) for c in runs)
     runs.clear()
     train.main(["wiener-net", "--out", str(tmp_path / "plain.pt")])
     assert [c.batch for c in runs] == [16, training.FINE_TUNING["batch"], training.FINE_TUNING["batch"]]
     assert all(c.widths == wn.WIDTHS for c in runs)
+    default_noise = training.WienerNetTrainingConfig().noise_sigma_range
+    assert all(c.noise_sigma_range == default_noise for c in runs)
 
 
 def test_weights_of_other_widths_load_into_a_network_of_those_widths():

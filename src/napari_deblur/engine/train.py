@@ -79,6 +79,8 @@ def _train_wiener_net(args) -> None:
                                    device=args.device, threads=args.threads, log_every=args.log_every)
     if args.widths:
         base = replace(base, widths=tuple(int(w) for w in args.widths.split(",")))
+    if args.noise_range:
+        base = replace(base, noise_sigma_range=tuple(args.noise_range))
     tuning_steps = {} if args.tuning_steps is None else {"steps": args.tuning_steps}
     if args.tuning_batch is not None:
         tuning_steps["batch"] = args.tuning_batch
@@ -327,6 +329,8 @@ def main(argv=None) -> None:
     wiener.add_argument("--widths", default=None,
                         help="channels of the four network levels, e.g. 48,64,96,128 (default: "
                              "wiener_net.WIDTHS); the engine runs only weights of its own widths")
+    wiener.add_argument("--noise-range", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
+                        help="Gaussian noise sigma of every stage, log-uniform (default 0.005 0.05)")
     wiener.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
     wiener.add_argument("--out", default=None, help="weights path (default: the shipped file)")
     wiener.add_argument("--stage", choices=("all", "base"), default="all",
