@@ -8,13 +8,14 @@ batches than on the CPU (48 crops a step in stage 1, 24 in stages 2 and 3).
 First both time a few steps of stage 1 and of stage 3 at the same time (so
 the timing includes their sharing of the GPU; the second half of 60 steps, after the
 warm-up: in the first session that ran it, 30 steps with the warm-up read 0.12-0.17 s a
-step where the runs then took 0.08 s, and the runs came out at 1200 steps, not 2000); the slower candidate's times
-then set the steps of both, so that the two runs take the same schedule and
+step where the runs then took 0.08 s, and the runs came out at 1200 steps, not 2000);
+the slower candidate's times then set the steps of both, so that the two runs take the same schedule and
 end within ``--budget-seconds`` of stepping (stage 2 and 3 each get 0.3 x
 the steps of stage 1, as 1200 / 4000 in the CPU command). The exact commands
 are printed and written to ``OUT_DIR/commands.txt``: they reproduce the
 weights on their own. Last, the time of ``wiener_net_deconvolve`` on a
-4 MP plane is measured with each candidate's weights (the bar: 100 ms).
+4 MP plane is measured with each candidate's weights (the bar: 100 ms), on the scene and
+with the timing of ``benchmarks/gpu_speed_benchmark.py``.
 ``--dry-run`` shrinks everything to run in a minute on a CPU.
 """
 
@@ -99,16 +100,14 @@ def main(argv=None) -> int:
 
 
 SPEED_SNIPPET = r"""
-import statistics, sys, time, numpy as np, torch
+import statistics, sys, torch
 from pathlib import Path
+sys.path.insert(0, str(Path.cwd() / "benchmarks"))
+from gpu_speed_benchmark import _scene, _timed
 import napari_deblur.engine.wiener_net as wn
-from napari_deblur.engine import random_motion_psf
-from napari_deblur.engine.training.sources import dead_leaves
 out, device, side = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
-sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 name_of_device = torch.cuda.get_device_name() if device == "cuda" else "cpu"
-image = dead_leaves(side, np.random.default_rng(0)).astype(np.float32)
-psf = random_motion_psf(31, np.random.default_rng(1)).astype(np.float32)
+image, psf = _scene(side)
 for name in ("L", "W"):
     path = out / f"wiener_net_{name}.pt"
     if not path.exists():
@@ -116,17 +115,10 @@ for name in ("L", "W"):
     model = wn.wiener_net_from_weights(torch.load(path, map_location="cpu", weights_only=True))
     model = model.to(device, memory_format=torch.channels_last).eval()
     wn.load_wiener_net = lambda device, model=model: model
-    for _ in range(2):
-        wn.wiener_net_deconvolve(image, psf, device=device)
-    times = []
-    for _ in range(7):
-        sync(); start = time.perf_counter()
-        wn.wiener_net_deconvolve(image, psf, device=device)
-        sync(); times.append(time.perf_counter() - start)
+    times = _timed(lambda: wn.wiener_net_deconvolve(image, psf, device=device), 7)
     print(f"{name}: wiener_net_deconvolve {side} x {side} on {name_of_device}: median "
           f"{1000 * statistics.median(times):.0f} ms, fastest {1000 * min(times):.0f} ms", flush=True)
 """
-
 
 if __name__ == "__main__":
     sys.exit(main())
