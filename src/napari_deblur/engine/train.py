@@ -81,9 +81,9 @@ def _train_wiener_net(args) -> None:
         base = replace(base, widths=tuple(int(w) for w in args.widths.split(",")))
     if args.noise_range:
         base = replace(base, noise_sigma_range=tuple(args.noise_range))
-    tuning_steps = {} if args.tuning_steps is None else {"steps": args.tuning_steps}
+    tuning_overrides = {} if args.tuning_steps is None else {"steps": args.tuning_steps}
     if args.tuning_batch is not None:
-        tuning_steps["batch"] = args.tuning_batch
+        tuning_overrides["batch"] = args.tuning_batch
     out = Path(args.out) if args.out else _default_weights_path(WEIGHTS_FILE)
     if args.stage == "base" and args.init:
         raise SystemExit("--init fine-tunes given weights; it does not go with --stage base")
@@ -103,11 +103,11 @@ def _train_wiener_net(args) -> None:
                 train_wiener_net(base, Path(init))
                 stages.append(("Stage 1 (from scratch)", base))
             if args.init is None or args.init_stage == 1:
-                tuned = replace(fine_tuning_config(base, init), **tuning_steps)
+                tuned = replace(fine_tuning_config(base, init), **tuning_overrides)
                 init = str(Path(scratch) / "wiener_net_stage2.pt")
                 train_wiener_net(tuned, Path(init))
                 stages.append(("Stage 2 (fine-tuning)", tuned))
-            corrected = replace(correction_tuning_config(base, init), **tuning_steps)
+            corrected = replace(correction_tuning_config(base, init), **tuning_overrides)
             train_wiener_net(corrected, out)
             stages.append(("Stage 3 (fine-tuning through the residual correction)", corrected))
         earlier = Path(args.init).with_suffix(".md") if args.init else None
