@@ -25,6 +25,7 @@ def main(path: str, selector_path: str | None = None) -> None:
     import napari
 
     from napari_deblur import engine
+    from napari_deblur._widgets.job_runner import viewer_grid
     from napari_deblur._widgets.wiener_widget import METHOD_WIENER_NET, PSF_FROM_LAYER
     from napari_deblur.demo import process_events
     from napari_deblur.layer_roles import is_psf_metadata
@@ -73,8 +74,8 @@ def main(path: str, selector_path: str | None = None) -> None:
 
     for layer in viewer.layers:
         layer.visible = layer in (image_layer, restored_layer)
-    viewer.grid.enabled = True
-    viewer.grid.shape = (1, 2)
+    viewer_grid(viewer).enabled = True
+    viewer_grid(viewer).shape = (1, 2)
     viewer.reset_view()
     process_events(1.0)
     viewer.screenshot(path, canvas_only=False)

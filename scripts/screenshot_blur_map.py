@@ -24,6 +24,7 @@ def main(path: str) -> None:
     import napari
     from skimage import data
 
+    from napari_deblur._widgets.job_runner import viewer_grid
     from napari_deblur.demo import process_events
     from napari_deblur.layer_roles import BLUR_MAP_ROLE, ROLE_KEY
 
@@ -62,8 +63,8 @@ def main(path: str) -> None:
     # The grid's first cell takes the last visible layer of the list: order the list backwards.
     for index, layer in enumerate(shown):
         viewer.layers.move(viewer.layers.index(layer), index)
-    viewer.grid.enabled = True
-    viewer.grid.shape = (3, 2)
+    viewer_grid(viewer).enabled = True
+    viewer_grid(viewer).shape = (3, 2)
     viewer.reset_view()
     process_events(1.0)
     viewer.screenshot(path, canvas_only=False)

@@ -24,6 +24,8 @@ if sys.platform.startswith("linux") and not (
 pytest.importorskip("pytestqt")
 pytest.importorskip("napari")
 
+from napari_deblur._widgets.job_runner import viewer_grid  # noqa: E402
+
 pytestmark = pytest.mark.gui
 
 PLUGIN = "napari-deblur"
@@ -46,10 +48,6 @@ def _shown(widget):
     """Whether a sub-widget is set to show (``visible`` is False in a hidden window)."""
     return not widget.native.isHidden()
 
-
-def _grid(viewer):
-    canvas = getattr(viewer, "canvas", None)
-    return canvas.grid if hasattr(canvas, "grid") else viewer.grid
 
 
 def _names(viewer):
@@ -300,11 +298,11 @@ def test_side_by_side_turns_grid_mode_on_and_off(make_napari_viewer):
     layer.visible = False
     widget = _dock(viewer)
     widget.runner.side_by_side.value = True
-    assert _grid(viewer).enabled
+    assert viewer_grid(viewer).enabled
     assert layer.visible
     widget.runner.side_by_side.value = False
-    assert not _grid(viewer).enabled
-    _grid(viewer).enabled = True  # changed elsewhere: the checkbox follows
+    assert not viewer_grid(viewer).enabled
+    viewer_grid(viewer).enabled = True  # changed elsewhere: the checkbox follows
     assert widget.runner.side_by_side.value
 
 

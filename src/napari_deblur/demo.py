@@ -365,6 +365,7 @@ def run_gui_demo(sample: str, screenshot: str | os.PathLike[str] | None = None) 
         The demo job did not finish within :data:`JOB_TIMEOUT_S`.
     """
     import napari
+    from napari_deblur._widgets.job_runner import viewer_grid
 
     with _demo_settings():
         viewer, widgets = open_demo_viewer(sample, show=True)
@@ -379,7 +380,7 @@ def run_gui_demo(sample: str, screenshot: str | os.PathLike[str] | None = None) 
             for layer in viewer.layers:  # a 25 px PSF is only a dot in a grid cell
                 if is_psf_metadata(layer.metadata):
                     layer.visible = False
-            viewer.grid.enabled = True
+            viewer_grid(viewer).enabled = True
             process_events(0.3)
             viewer.reset_view()
             process_events(0.5)

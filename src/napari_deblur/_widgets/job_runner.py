@@ -206,7 +206,7 @@ def _leading_axis_names(layer: Any, n_lead: int) -> list[str]:
     return names
 
 
-def _grid(viewer: Any) -> Any:
+def viewer_grid(viewer: Any) -> Any:
     """The viewer's grid settings (``viewer.canvas.grid`` since napari 0.9)."""
     canvas = getattr(viewer, "canvas", None)
     grid = getattr(canvas, "grid", None)
@@ -354,7 +354,7 @@ class JobRunner(Container):
         self.side_by_side = CheckBox(
             name="side_by_side",
             text="Side by side",
-            value=bool(_grid(viewer).enabled),
+            value=bool(viewer_grid(viewer).enabled),
             tooltip="Show the input and its results next to each other (napari grid mode).",
         )
         self.run_button = PushButton(name="run_button", text=run_text)
@@ -407,7 +407,7 @@ class JobRunner(Container):
         self.save_button.changed.connect(self._on_save_clicked)
         self.cancel_button.changed.connect(self.cancel)
         self.side_by_side.changed.connect(self._on_side_by_side)
-        _grid(viewer).events.enabled.connect(self._on_grid_changed)
+        viewer_grid(viewer).events.enabled.connect(self._on_grid_changed)
         self.native.destroyed.connect(self._on_destroyed)
         self._refresh_buttons()
 
@@ -867,14 +867,14 @@ class JobRunner(Container):
 
     # ------------------------------------------------------------- side by side
     def _on_side_by_side(self, value: bool) -> None:
-        _grid(self._viewer).enabled = bool(value)
+        viewer_grid(self._viewer).enabled = bool(value)
         if value and self._input_layer is not None:
             self._input_layer.visible = True
 
     def _on_grid_changed(self, event: Any = None) -> None:
         if self._closed:
             return
-        enabled = bool(_grid(self._viewer).enabled)
+        enabled = bool(viewer_grid(self._viewer).enabled)
         if self.side_by_side.value != enabled:
             with self.side_by_side.changed.blocked():
                 self.side_by_side.value = enabled
