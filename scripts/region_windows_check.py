@@ -1,0 +1,141 @@
+"""Where to estimate a blur kernel from, on train-split images: windows against the whole image.
+
+Protocol 4's setting on the train split (never the eval split): 384 px crops of the train images
+with camera-shake kernels of 13-27 px, real-boundary blur and 1 % noise
+(``blind_psf_heldout_check.make_cases``), 192 px windows, ``estimate_psf(size=31)``, and the
+error ratio ER of the Wiener-net deconvolution of the whole crop, up to a shift
+(``benchmarks/region_selection_benchmark.py``). Kernel sources:
+
+- the selector's best window, and its next best ones (greedy, each overlapping every window
+  taken by at most a quarter of their union: on a 384 px crop no two 192 px windows are disjoint
+  but for the corners, so ``select_regions``' non-overlapping list has one window);
+- the whole crop, 3 random windows, the window with the most gradient energy;
+- "agreement of the top K": of the estimates from the K best windows, the one most similar on
+  average to the others (a kernel several windows agree on is less likely to be an artefact of
+  one window); also with the whole-crop estimate among the K;
+- "best of the top K (oracle)": the smallest ER among the K windows, which needs the true kernel;
+  an upper bound for any way of choosing among them.
+
+    python scripts/region_windows_check.py                  # 60 cases, about 5 min on 2 cores
+    python scripts/region_windows_check.py --seed 11
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+CROP = 384
+WINDOW = 192
+ESTIMATE_SIZE = 31
+TOP = 5
+MAX_OVERLAP = 0.25
+SUCCESS_ER = 3.0
+
+
+def overlap(a: tuple, b: tuple) -> float:
+    """Intersection over union of two ``(y, x, height, width)`` windows."""
+    dy = max(0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
+    dx = max(0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
+    inter = dy * dx
+    return inter / (a[2] * a[3] + b[2] * b[3] - inter)
+
+
+def top_windows(blurred: np.ndarray) -> list[tuple]:
+    """The selector's best windows, best first, each overlapping those before by <= MAX_OVERLAP."""
+    import torch
+
+    from napari_deblur.engine import region_selector as rs
+
+    model = rs.load_region_selector_net(torch.device("cpu"))
+    starts = [(y, x) for y in rs.grid_positions(blurred.shape[0], WINDOW, WINDOW // 4)
+              for x in rs.grid_positions(blurred.shape[1], WINDOW, WINDOW // 4)]
+    plane = torch.from_numpy(np.ascontiguousarray(blurred, dtype=np.float32))
+    with torch.inference_mode():
+        scores = rs.score_windows(model, torch.stack(
+            [plane[y : y + WINDOW, x : x + WINDOW] for y, x in starts])[:, None]).tolist()
+    chosen: list[tuple] = []
+    for i in np.argsort(scores)[::-1]:
+        window = (*starts[i], WINDOW, WINDOW)
+        if all(overlap(window, taken) <= MAX_OVERLAP for taken in chosen):
+            chosen.append(window)
+            if len(chosen) == TOP:
+                break
+    return chosen
+
+
+def most_agreed(names: list[str], similarity: dict) -> str:
+    """The name whose kernel has the highest mean similarity to the others' kernels."""
+    if len(names) == 1:
+        return names[0]
+    means = [np.mean([similarity[frozenset((a, b))] for b in names if b != a]) for a in names]
+    return names[int(np.argmax(means))]
+
+
+def score_case(numbered: tuple[int, tuple]) -> dict[str, float]:
+    """ER of every kernel source for one case (``name -> ER``)."""
+    import torch
+
+    from napari_deblur.engine import estimate_psf, kernel_similarity, wiener_net_deconvolve
+    from region_selection_benchmark import error_upto_shift, gradient_energy_window, random_windows
+
+    torch.set_num_threads(1)
+    number, (_, blurred, kernel, sharp) = numbered
+    blurred = blurred.astype(np.float32)
+    border = kernel.shape[0]
+    reference = error_upto_shift(wiener_net_deconvolve(blurred, kernel.astype(np.float32)),
+                                 sharp, border)[0]
+    tops = top_windows(blurred)
+    rng = np.random.default_rng(number)
+    regions = {f"top{i}": window for i, window in enumerate(tops)}
+    regions["whole"] = None
+    regions.update({f"random{i}": w for i, w in enumerate(random_windows(blurred.shape, WINDOW, 3, rng))})
+    regions["gradient"] = gradient_energy_window(blurred, WINDOW)
+    estimates, ratio = {}, {}
+    for name, region in regions.items():
+        estimates[name] = estimate_psf(blurred, size=ESTIMATE_SIZE, region=region, device="cpu")
+        error = error_upto_shift(wiener_net_deconvolve(blurred, estimates[name]), sharp, border)[0]
+        ratio[name] = error / reference
+    names = list(estimates)
+    similarity = {frozenset((a, b)): kernel_similarity(estimates[a], estimates[b])
+                  for i, a in enumerate(names) for b in names[i + 1 :]}
+    row = {"selector's best window": ratio["top0"], "whole image": ratio["whole"],
+           "random window (3 per case)": [ratio[f"random{i}"] for i in range(3)],
+           "most gradient energy": ratio["gradient"]}
+    for k in (3, TOP):
+        first = [f"top{i}" for i in range(min(k, len(tops)))]
+        row[f"agreement of the top {k}"] = ratio[most_agreed(first, similarity)]
+        row[f"agreement of the top {k} and the whole image"] = ratio[most_agreed(first + ["whole"],
+                                                                                 similarity)]
+        row[f"best of the top {k} (oracle)"] = min(ratio[name] for name in first)
+    return row
+
+
+def main(argv=None) -> None:
+    from blind_psf_heldout_check import make_cases
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seed", type=int, default=20261128)
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args(argv)
+    cases = make_cases("shake", CROP, args.seed)
+    with ProcessPoolExecutor(args.workers) as pool:
+        rows = list(pool.map(score_case, enumerate(cases)))
+    print(f"{len(rows)} cases (train split, {CROP} px crops, shake kernels, seed {args.seed}), "
+          f"{WINDOW} px windows\n")
+    print(f"| kernel source | ER <= {SUCCESS_ER:g} | median ER |")
+    print("|---|---:|---:|")
+    for name in rows[0]:
+        ratios = np.array([r[name] for r in rows], dtype=float)
+        print(f"| {name} | {np.mean(ratios <= SUCCESS_ER):.0%} | {np.median(ratios):.2f} |")
+
+
+if __name__ == "__main__":
+    main()
