@@ -40,35 +40,16 @@ MAX_OVERLAP = 0.25
 SUCCESS_ER = 3.0
 
 
-def overlap(a: tuple, b: tuple) -> float:
-    """Intersection over union of two ``(y, x, height, width)`` windows."""
-    dy = max(0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
-    dx = max(0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
-    inter = dy * dx
-    return inter / (a[2] * a[3] + b[2] * b[3] - inter)
-
-
 def top_windows(blurred: np.ndarray) -> list[tuple]:
     """The selector's best windows, best first, each overlapping those before by <= MAX_OVERLAP."""
     import torch
 
     from napari_deblur.engine import region_selector as rs
+    from napari_deblur.engine.jobs import run_job
 
-    model = rs.load_region_selector_net(torch.device("cpu"))
-    starts = [(y, x) for y in rs.grid_positions(blurred.shape[0], WINDOW, WINDOW // 4)
-              for x in rs.grid_positions(blurred.shape[1], WINDOW, WINDOW // 4)]
-    plane = torch.from_numpy(np.ascontiguousarray(blurred, dtype=np.float32))
-    with torch.inference_mode():
-        scores = rs.score_windows(model, torch.stack(
-            [plane[y : y + WINDOW, x : x + WINDOW] for y, x in starts])[:, None]).tolist()
-    chosen: list[tuple] = []
-    for i in np.argsort(scores)[::-1]:
-        window = (*starts[i], WINDOW, WINDOW)
-        if all(overlap(window, taken) <= MAX_OVERLAP for taken in chosen):
-            chosen.append(window)
-            if len(chosen) == TOP:
-                break
-    return chosen
+    plane = np.ascontiguousarray(blurred, dtype=np.float32)
+    candidates = run_job(rs.iter_score_grid(plane, WINDOW, WINDOW // 4, torch.device("cpu")))
+    return [tuple(region[:4]) for region in rs.non_maximum_suppression(candidates, TOP, MAX_OVERLAP)]
 
 
 def most_agreed(names: list[str], similarity: dict) -> str:

@@ -20,6 +20,7 @@ from napari_deblur.engine.region_selector import (
     grid_positions,
     load_region_selector_net,
     non_maximum_suppression,
+    overlap_fraction,
     window_features,
 )
 from napari_deblur.engine.training import region_selector as training
@@ -125,6 +126,24 @@ def test_non_maximum_suppression_is_greedy():
                   Region(0, 10, 10, 10, 0.3)]
     kept = non_maximum_suppression(candidates, 5)
     assert [r.score for r in kept] == [0.9, 0.1]  # 0.5 and 0.3 overlap the best one
+
+
+def test_overlap_fraction_is_intersection_over_union():
+    a = Region(0, 0, 10, 10, 0.0)
+    assert overlap_fraction(a, Region(0, 10, 10, 10, 0.0)) == 0.0  # touching
+    assert overlap_fraction(a, Region(5, 0, 10, 10, 0.0)) == pytest.approx(50 / 150)
+    assert overlap_fraction(a, a) == 1.0
+
+
+def test_non_maximum_suppression_allows_the_overlap_asked_for():
+    # a 2x2 grid of 192 px windows on 384 px and the centre one, best first: the centre overlaps
+    # each corner by 96 x 96 px, an intersection over union of 1/7
+    centre = Region(96, 96, 192, 192, 0.9)
+    corners = [Region(y, x, 192, 192, 0.5 - 0.1 * i) for i, (y, x) in
+               enumerate([(0, 0), (0, 192), (192, 0), (192, 192)])]
+    assert non_maximum_suppression([centre, *corners], 5) == [centre]
+    assert non_maximum_suppression([centre, *corners], 5, max_overlap=0.25) == [centre, *corners]
+    assert non_maximum_suppression([centre, *corners], 5, max_overlap=0.1) == [centre]
 
 
 def test_best_window_is_in_the_textured_half(half_flat):

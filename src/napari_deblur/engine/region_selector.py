@@ -177,20 +177,43 @@ def grid_positions(length: int, size: int, stride: int) -> list[int]:
     return starts
 
 
-def _overlaps(a: Region, b: Region) -> bool:
-    return (a.y < b.y + b.height and b.y < a.y + a.height
-            and a.x < b.x + b.width and b.x < a.x + a.width)
+def overlap_fraction(a: Region, b: Region) -> float:
+    """Intersection over union of two windows (0 when they only touch or are apart)."""
+    rows = max(0, min(a.y + a.height, b.y + b.height) - max(a.y, b.y))
+    cols = max(0, min(a.x + a.width, b.x + b.width) - max(a.x, b.x))
+    shared = rows * cols
+    return shared / (a.height * a.width + b.height * b.width - shared)
 
 
-def non_maximum_suppression(candidates: list[Region], count: int) -> list[Region]:
-    """Greedy: the best candidate, then the best that overlaps none taken, ... (``count`` at most)."""
+def non_maximum_suppression(candidates: list[Region], count: int,
+                            max_overlap: float = 0.0) -> list[Region]:
+    """Greedy: the best candidate, then the best whose :func:`overlap_fraction` with every one
+    taken is at most ``max_overlap`` (0: no overlap at all), ... (``count`` at most)."""
     chosen: list[Region] = []
     for candidate in sorted(candidates, key=lambda region: -region.score):
-        if not any(_overlaps(candidate, taken) for taken in chosen):
+        if all(overlap_fraction(candidate, taken) <= max_overlap for taken in chosen):
             chosen.append(candidate)
             if len(chosen) == count:
                 break
     return chosen
+
+
+def iter_score_grid(plane: np.ndarray, size: int, stride: int,
+                    device: torch.device) -> JobSteps[list[Region]]:
+    """Every ``size`` window of a grey plane on a grid of ``stride`` (:func:`grid_positions`),
+    scored by the shipped network; yields progress per batch of windows."""
+    model = load_region_selector_net(device)
+    starts = [(y, x) for y in grid_positions(plane.shape[0], size, stride)
+              for x in grid_positions(plane.shape[1], size, stride)]
+    tensor = torch.from_numpy(plane).to(device)
+    scores = []
+    for first in range(0, len(starts), BATCH):
+        yield JobProgress(first / len(starts), f"region selection: {first}/{len(starts)} windows")
+        batch = torch.stack([tensor[y : y + size, x : x + size] for y, x in starts[first : first + BATCH]])
+        scores.append(score_windows(model, batch[:, None]).cpu())
+    values = torch.cat(scores).tolist()
+    yield JobProgress(1.0, "region selection: done")
+    return [Region(y, x, size, size, float(score)) for (y, x), score in zip(starts, values)]
 
 
 # --- public API -------------------------------------------------------------------------------
@@ -211,19 +234,7 @@ def iter_select_regions(image, *, size: int = DEFAULT_WINDOW, count: int = 5,
             f"The image ({height}x{width} px) is smaller than one {size}x{size} window; use a "
             f"smaller size (at least {MIN_WINDOW}) or a larger image."
         )
-    target = select_device(device)
-    model = load_region_selector_net(target)
-    starts = [(y, x) for y in grid_positions(height, size, stride)
-              for x in grid_positions(width, size, stride)]
-    tensor = torch.from_numpy(plane).to(target)
-    scores = []
-    for first in range(0, len(starts), BATCH):
-        yield JobProgress(first / len(starts), f"region selection: {first}/{len(starts)} windows")
-        batch = torch.stack([tensor[y : y + size, x : x + size] for y, x in starts[first : first + BATCH]])
-        scores.append(score_windows(model, batch[:, None]).cpu())
-    values = torch.cat(scores).tolist()
-    candidates = [Region(y, x, size, size, float(score)) for (y, x), score in zip(starts, values)]
-    yield JobProgress(1.0, "region selection: done")
+    candidates = yield from iter_score_grid(plane, size, stride, select_device(device))
     return non_maximum_suppression(candidates, count)
 
 
