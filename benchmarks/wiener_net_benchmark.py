@@ -153,7 +153,7 @@ def speed_section(engine, repeats: int) -> str:
     import torch
     from skimage.restoration import richardson_lucy
 
-    from napari_deblur.engine import cpu_memory
+    from napari_deblur.engine import cpu_memory, devices
 
     kernels = ed.load_levin_kernels()
     k_index = int(np.argmax([k.shape[0] for k in kernels]))
@@ -179,9 +179,24 @@ def speed_section(engine, repeats: int) -> str:
         rows.append(f"| `wiener_net_deconvolve`, torch threads {threads} / `richardson_lucy(num_iter=30)` "
                     f"| {np.median(t_net):.2f} | {np.median(t_rl):.2f} | {ratio:.2f} "
                     f"| <= 1.0 ({'met' if ratio <= 1.0 else 'NOT met'}) |")
+    # One thread with float32 convolutions, where the engine would use bfloat16: what the CPU's
+    # native bfloat16 buys (the same RL(30) median as the one-thread row).
+    torch.set_num_threads(1)
+    bfloat16 = devices.cpu_bfloat16_is_fast(torch.device("cpu"))
+    if bfloat16:
+        os.environ[devices.CPU_BFLOAT16_OPT_OUT] = "1"
+        t_float32 = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            engine.wiener_net_deconvolve(observed, kernel)
+            t_float32.append(time.perf_counter() - t0)
+        del os.environ[devices.CPU_BFLOAT16_OPT_OUT]
+        rows.append(f"| the same, torch threads 1, float32 convolutions "
+                    f"(`{devices.CPU_BFLOAT16_OPT_OUT}=1`) / RL(30) median above "
+                    f"| {np.median(t_float32):.2f} | {rl_medians[0]:.2f} "
+                    f"| {np.median(t_float32) / rl_medians[0]:.2f} | (not the bar's measure) |")
     # One call after the session idled long enough for the engine to give its free memory
     # back to the system: it faults its whole working set in again.
-    torch.set_num_threads(1)
     time.sleep(cpu_memory.IDLE_SECONDS + 1.0)
     t0 = time.perf_counter()
     engine.wiener_net_deconvolve(observed, kernel)
@@ -200,7 +215,10 @@ def speed_section(engine, repeats: int) -> str:
         "measure. Load average before timing: "
         f"{', '.join(f'{v:.1f}' for v in load)} on {os.cpu_count()} CPUs. The last row is one "
         "call after the engine has given its free memory back to the system (it does so "
-        f"{cpu_memory.IDLE_SECONDS:.0f} s after the last job; `napari_deblur/engine/cpu_memory.py`).",
+        f"{cpu_memory.IDLE_SECONDS:.0f} s after the last job; `napari_deblur/engine/cpu_memory.py`). "
+        + ("This CPU has native bfloat16, so the network's convolutions ran in bfloat16 "
+           "(`devices.cpu_bfloat16_is_fast`); the float32 row is the same call with it turned off."
+           if bfloat16 else "This CPU lacks native bfloat16: the network ran in float32."),
         "",
         "| comparison | Wiener-net (s) | RL(30) (s) | time ratio | bar |",
         "|---|---:|---:|---:|---:|",

@@ -8,9 +8,11 @@ point sources (star fields, fluorescent beads); and the first two with the small
 the centre of their box. Each crop is scored without a border of 31 px (the largest kernel), as
 the benchmark leaves out a kernel-wide border, against the Wiener filter with the best of the
 stack's SNRs for that crop (chosen on the same interior). Prints a markdown table.
-``--residual-correction`` adds, per weight file, the network followed by the engine's
-``correct_by_residual`` (as ``wiener_net_deconvolve`` runs it); ``--seed`` draws other crops,
-kernels and noise; ``--noise`` sets its standard deviation.
+The network runs as the engine runs it on this machine: its convolutions in bfloat16 on CPUs
+with native bfloat16 unless ``NAPARI_DEBLUR_CPU_FLOAT32=1``. ``--residual-correction`` adds, per
+weight file, the network followed by the engine's ``correct_by_residual`` (as
+``wiener_net_deconvolve`` runs it); ``--seed`` draws other crops, kernels and noise; ``--noise``
+sets its standard deviation.
 
     python scripts/wiener_net_heldout_check.py OLD.pt NEW.pt [--residual-correction] [--seed S]
 """
@@ -81,6 +83,7 @@ def interior_psnr(x: torch.Tensor, sharp: torch.Tensor) -> torch.Tensor:
 
 
 def main(argv=None) -> None:
+    from napari_deblur.engine.devices import cpu_bfloat16_is_fast
     from napari_deblur.engine.wiener import WIENER_STACK_SNRS_DB, wiener_filter
     from napari_deblur.engine.wiener_net import (
         apply_network, correct_by_residual, wiener_net_features, wiener_net_from_weights,
@@ -98,6 +101,7 @@ def main(argv=None) -> None:
         state = torch.load(path, map_location="cpu", weights_only=True)
         models.append(wiener_net_from_weights(state).eval())
     snrs = torch.tensor(WIENER_STACK_SNRS_DB)
+    bfloat16 = cpu_bfloat16_is_fast(torch.device("cpu"))  # as the engine runs the network here
     variants = [(path, False) for path in args.weights]
     if args.residual_correction:
         variants = [(path, corrected) for path in args.weights for corrected in (False, True)]
@@ -116,7 +120,7 @@ def main(argv=None) -> None:
             features, mean, scale = wiener_net_features(blurred, kernels, snrs)
             row = [name, f"{oracle.mean():.2f}"]
             for model in models:
-                restored = apply_network(model, features) * scale + mean
+                restored = apply_network(model, features, bfloat16=bfloat16) * scale + mean
                 outputs = [restored]
                 if args.residual_correction:
                     outputs.append(correct_by_residual(blurred, restored, kernels))

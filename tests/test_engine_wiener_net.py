@@ -19,7 +19,7 @@ from napari_deblur.engine import (
     wiener_deconvolve,
     wiener_net_deconvolve,
 )
-from napari_deblur.engine import tiling
+from napari_deblur.engine import devices, tiling
 from napari_deblur.engine import wiener_net as wn
 from napari_deblur.engine.training.sources import EVAL_SPLIT, TRAIN_SPLIT
 
@@ -60,7 +60,9 @@ def test_restores_a_known_blur_better_than_the_input_and_a_poorly_tuned_wiener(c
     assert psnr(sharp, restored) > psnr(sharp, wiener_deconvolve(blurred, shake, snr_db=50.0))
 
 
-def test_intensity_scale_and_dtype_follow_the_input(case, shake):
+def test_intensity_scale_and_dtype_follow_the_input(case, shake, monkeypatch):
+    # float32 convolutions: bfloat16 rounds the two scales differently (up to about 2e-3).
+    monkeypatch.setenv(devices.CPU_BFLOAT16_OPT_OUT, "1")
     _, blurred = case
     as_uint16 = np.clip(blurred * 4000, 0, None).astype(np.uint16)
     scaled = wiener_net_deconvolve(as_uint16, shake)
@@ -68,7 +70,9 @@ def test_intensity_scale_and_dtype_follow_the_input(case, shake):
     np.testing.assert_allclose(scaled / 4000, unit, atol=2e-4)
 
 
-def test_colour_channels_are_restored_one_by_one(case, shake):
+def test_colour_channels_are_restored_one_by_one(case, shake, monkeypatch):
+    # float32 convolutions: bfloat16's rounding, like TF32's, changes with the batch size.
+    monkeypatch.setenv(devices.CPU_BFLOAT16_OPT_OUT, "1")
     _, blurred = case
     rgb = np.stack([blurred, blurred[::-1], blurred.T], axis=-1)
     restored = wiener_net_deconvolve(rgb, shake, channel_axis=-1)
@@ -489,3 +493,47 @@ def test_the_residual_correction_scales_with_the_intensities():
     corrected = wn.correct_by_residual(blurred, partial, kernel)
     scaled = wn.correct_by_residual(1000.0 * blurred, 1000.0 * partial, kernel)
     assert torch.allclose(scaled, 1000.0 * corrected, rtol=1e-4, atol=1e-2)
+
+
+def test_bfloat16_convolutions_are_only_for_cpus_that_run_them_natively(monkeypatch):
+    monkeypatch.delenv(devices.CPU_BFLOAT16_OPT_OUT, raising=False)
+    monkeypatch.setattr(devices, "_cpu_has_native_bfloat16", lambda: True)
+    assert devices.cpu_bfloat16_is_fast(torch.device("cpu"))
+    assert not devices.cpu_bfloat16_is_fast(torch.device("cuda"))
+    monkeypatch.setenv(devices.CPU_BFLOAT16_OPT_OUT, "1")
+    assert not devices.cpu_bfloat16_is_fast(torch.device("cpu"))
+    monkeypatch.delenv(devices.CPU_BFLOAT16_OPT_OUT)
+    monkeypatch.setattr(devices, "_cpu_has_native_bfloat16", lambda: False)
+    assert not devices.cpu_bfloat16_is_fast(torch.device("cpu"))
+
+
+def test_bfloat16_convolutions_keep_the_restoration_within_float32_rounding_of_the_image(
+        case, shake, monkeypatch):
+    sharp, blurred = case
+    monkeypatch.delenv(devices.CPU_BFLOAT16_OPT_OUT, raising=False)
+    precise, reduced = {}, {}
+    for native, results in ((False, precise), (True, reduced)):
+        monkeypatch.setattr(devices, "_cpu_has_native_bfloat16", lambda native=native: native)
+        # Emulated where the CPU lacks bfloat16: slower, the same numbers.
+        results["image"] = wiener_net_deconvolve(blurred, shake)
+    assert reduced["image"].dtype == np.float32
+    difference = np.abs(reduced["image"] - precise["image"])
+    assert difference.max() > 0  # the bfloat16 path ran
+    assert difference.mean() < 2e-3 and difference.max() < 2e-2  # intensities 0..1
+    assert abs(psnr(sharp, reduced["image"]) - psnr(sharp, precise["image"])) < 0.05
+
+
+def test_training_runs_the_network_in_float32_whatever_the_cpu(case, shake, monkeypatch):
+    from napari_deblur.engine.training.wiener_net import restore_batch
+
+    _, blurred = case
+    model = wn.load_wiener_net(torch.device("cpu"))
+    y = torch.from_numpy(blurred)[None, None]
+    kernel = torch.from_numpy(shake / shake.sum())[None].float()
+    snrs = torch.tensor(wn.WIENER_STACK_SNRS_DB)
+    results = []
+    for native in (False, True):
+        monkeypatch.setattr(devices, "_cpu_has_native_bfloat16", lambda native=native: native)
+        with torch.no_grad():
+            results.append(restore_batch(model, y, kernel, snrs))
+    torch.testing.assert_close(results[0], results[1], rtol=0, atol=0)

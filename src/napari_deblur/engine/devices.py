@@ -6,6 +6,7 @@ This is the only module that decides where engine work runs.
 from __future__ import annotations
 
 import logging
+import os
 
 import torch
 
@@ -15,6 +16,9 @@ logger = logging.getLogger(__name__)
 
 DeviceLike = "str | torch.device | None"
 _KNOWN_TYPES = ("cpu", "cuda", "mps")
+
+CPU_BFLOAT16_OPT_OUT = "NAPARI_DEBLUR_CPU_FLOAT32"
+"""Set to ``1`` to keep every CPU convolution in float32 (:func:`cpu_bfloat16_is_fast`)."""
 
 
 def mps_is_available() -> bool:
@@ -111,3 +115,23 @@ def release_cached_memory(device: torch.device) -> None:
         torch.cuda.empty_cache()
     elif device.type == "mps" and hasattr(torch, "mps"):
         torch.mps.empty_cache()
+
+
+def cpu_bfloat16_is_fast(device: torch.device) -> bool:
+    """True where the networks' convolutions run in bfloat16: CPUs with native bfloat16 dot products.
+
+    Those are x86 CPUs with AVX512-BF16 or AMX tiles. On them oneDNN runs a
+    bfloat16 convolution in about two thirds of the float32 time; elsewhere it
+    would emulate bfloat16 and be slower, so float32 stays. Accelerators keep
+    float32 too (their time is not the limit). ``NAPARI_DEBLUR_CPU_FLOAT32=1``
+    turns bfloat16 off. Only the convolutions change precision; the callers
+    keep their inputs, blends and outputs in float32.
+    """
+    if device.type != "cpu" or os.environ.get(CPU_BFLOAT16_OPT_OUT, "").strip() not in ("", "0"):
+        return False
+    return _cpu_has_native_bfloat16()
+
+
+def _cpu_has_native_bfloat16() -> bool:
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private, so looked up softly
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)

@@ -73,7 +73,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .convolution import convolve_planes
-from .devices import select_device
+from .devices import cpu_bfloat16_is_fast, select_device
 from .fourier import kernel_centroid_offsets, kernel_to_otf, taper_fft_shape, taper_pad, taper_weights
 from .gwis import estimate_noise_std
 from .jobs import JobProgress, JobSteps, run_job
@@ -178,7 +178,9 @@ class WienerNet(nn.Module):
         for upsample, decoder in zip(self.upsamplers, self.decoders):
             x = upsample_nearest_then_conv(x, upsample)
             x = decoder(torch.cat([x, skips.pop()], dim=1))
-        return F.pixel_shuffle(self._blend(folded, self.blend_head(x)) + self.head(x), 2)
+        # float() undoes a bfloat16 autocast (apply_network): the blend and its residual stay float32.
+        blended = self._blend(folded, self.blend_head(x).float())
+        return F.pixel_shuffle(blended + self.head(x).float(), 2)
 
     def _blend(self, folded: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         """Softmax-weighted sum of the candidates, at half resolution.
@@ -286,15 +288,22 @@ def wiener_net_features(
     return features.clamp_(-INPUT_CLIP, INPUT_CLIP), mean, scale
 
 
-def apply_network(model: WienerNet, features: torch.Tensor) -> torch.Tensor:
-    """Run ``model`` on features of any size (padded to :data:`SIZE_MULTIPLE`, cropped back)."""
+def apply_network(model: WienerNet, features: torch.Tensor, *, bfloat16: bool = False) -> torch.Tensor:
+    """Run ``model`` on features of any size (padded to :data:`SIZE_MULTIPLE`, cropped back).
+
+    ``bfloat16=True`` (CPU only) runs the convolutions in bfloat16, with the input, the
+    blend and the output in float32: the engine asks for it on CPUs with native bfloat16
+    (:func:`~napari_deblur.engine.devices.cpu_bfloat16_is_fast`); training keeps float32.
+    """
     height, width = features.shape[-2:]
     pad_h = -height % SIZE_MULTIPLE
     pad_w = -width % SIZE_MULTIPLE
     padded = F.pad(features, (0, pad_w, 0, pad_h), mode="replicate") if pad_h or pad_w else features
     # Channels-last runs the CPU convolutions several times faster than NCHW (oneDNN).
     padded = padded.contiguous(memory_format=torch.channels_last)
-    return model(padded)[..., :height, :width].contiguous()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bfloat16):
+        restored = model(padded)
+    return restored[..., :height, :width].contiguous()
 
 
 def correct_by_residual(y: torch.Tensor, restored: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
@@ -352,9 +361,10 @@ def _wiener_net_plane_steps(model: WienerNet, snrs: torch.Tensor):
         grey = plane.transpose(0, 1)  # (C, 1, H, W): every channel is a grayscale plane
         features, mean, scale = wiener_net_features(grey, kernel[None], snrs)
         yield JobProgress(0.2, "Wiener-net")
+        bfloat16 = cpu_bfloat16_is_fast(features.device)
         with torch.inference_mode():
             normalised = yield from iter_tiled(
-                lambda tile: apply_network(model, tile), features,
+                lambda tile: apply_network(model, tile, bfloat16=bfloat16), features,
                 tile_size=device_tile_size(TILE_SIZE, features.device), halo=TILE_HALO, blend=TILE_HALO,
             )
         yield JobProgress(0.9, "Residual correction")
