@@ -18,6 +18,7 @@ error ratio ER of the Wiener-net deconvolution of the whole crop, up to a shift
 
     python scripts/region_windows_check.py                  # 60 cases, about 5 min on 2 cores
     python scripts/region_windows_check.py --seed 11
+    python scripts/region_windows_check.py --selector NEW.pt  # other selector weights
 """
 
 from __future__ import annotations
@@ -39,6 +40,10 @@ MAX_OVERLAP = 0.25
 SUCCESS_ER = 3.0
 
 
+SELECTOR_WEIGHTS: str | None = None
+"""``--selector``: a weight file scored instead of the shipped one (set before the workers fork)."""
+
+
 def top_windows(blurred: np.ndarray) -> list[tuple]:
     """The selector's best windows, best first, each overlapping those before by <= MAX_OVERLAP."""
     import torch
@@ -46,6 +51,10 @@ def top_windows(blurred: np.ndarray) -> list[tuple]:
     from napari_deblur.engine import region_selector as rs
     from napari_deblur.engine.jobs import run_job
 
+    if SELECTOR_WEIGHTS is not None:
+        model = rs.RegionSelectorNet()
+        model.load_state_dict(torch.load(SELECTOR_WEIGHTS, map_location="cpu", weights_only=True))
+        rs.load_region_selector_net = lambda device: model.to(device).eval()
     plane = np.ascontiguousarray(blurred, dtype=np.float32)
     candidates = run_job(rs.iter_score_grid(plane, WINDOW, WINDOW // 4, torch.device("cpu")))
     return [tuple(region[:4]) for region in rs.non_maximum_suppression(candidates, TOP, MAX_OVERLAP)]
@@ -104,12 +113,15 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=20261128)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--selector", help="region-selector weights (default: the shipped ones)")
     args = parser.parse_args(argv)
+    global SELECTOR_WEIGHTS
+    SELECTOR_WEIGHTS = args.selector
     cases = make_cases("shake", CROP, args.seed)
     with ProcessPoolExecutor(args.workers) as pool:
         rows = list(pool.map(score_case, enumerate(cases)))
     print(f"{len(rows)} cases (train split, {CROP} px crops, shake kernels, seed {args.seed}), "
-          f"{WINDOW} px windows\n")
+          f"{WINDOW} px windows, selector {args.selector or 'shipped'}\n")
     print(f"| kernel source | ER <= {SUCCESS_ER:g} | median ER |")
     print("|---|---:|---:|")
     for name in rows[0]:
