@@ -118,14 +118,15 @@ def release_cached_memory(device: torch.device) -> None:
 
 
 def cpu_bfloat16_is_fast(device: torch.device) -> bool:
-    """True where the networks' convolutions run in bfloat16: CPUs with native bfloat16 dot products.
+    """True where Wiener-net's convolutions run in bfloat16: CPUs with native bfloat16 dot products.
 
-    Those are x86 CPUs with AVX512-BF16 or AMX tiles. On them oneDNN runs a
-    bfloat16 convolution in about two thirds of the float32 time; elsewhere it
-    would emulate bfloat16 and be slower, so float32 stays. Accelerators keep
-    float32 too (their time is not the limit). ``NAPARI_DEBLUR_CPU_FLOAT32=1``
-    turns bfloat16 off. Only the convolutions change precision; the callers
-    keep their inputs, blends and outputs in float32.
+    Those are x86 CPUs with AVX512-BF16 or AMX tiles, in a torch built with
+    oneDNN, which runs a bfloat16 convolution there in about two thirds of the
+    float32 time. Elsewhere bfloat16 would be emulated and slower, so float32
+    stays; accelerators keep float32 too (their time is not the limit).
+    ``NAPARI_DEBLUR_CPU_FLOAT32=1`` turns bfloat16 off. Only the convolutions
+    change precision; the caller keeps its input, blend and output in float32
+    (:func:`~napari_deblur.engine.wiener_net.apply_network`).
     """
     if device.type != "cpu" or os.environ.get(CPU_BFLOAT16_OPT_OUT, "").strip() not in ("", "0"):
         return False
@@ -133,5 +134,7 @@ def cpu_bfloat16_is_fast(device: torch.device) -> bool:
 
 
 def _cpu_has_native_bfloat16() -> bool:
+    if not torch.backends.mkldnn.is_available():  # without oneDNN, bfloat16 convolutions are slow
+        return False
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private, so looked up softly
     return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
