@@ -40,8 +40,17 @@ MAX_OVERLAP = 0.25
 SUCCESS_ER = 3.0
 
 
-SELECTOR_WEIGHTS: str | None = None
-"""``--selector``: a weight file scored instead of the shipped one (set before the workers fork)."""
+def use_selector_weights(path: str | None) -> None:
+    """Worker set-up for ``--selector``: the engine scores windows with these weights (None: shipped)."""
+    import torch
+
+    from napari_deblur.engine import region_selector as rs
+
+    if path is not None:
+        model = rs.RegionSelectorNet()
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        model.eval()
+        rs.load_region_selector_net = lambda device: model.to(device)
 
 
 def top_windows(blurred: np.ndarray) -> list[tuple]:
@@ -51,10 +60,6 @@ def top_windows(blurred: np.ndarray) -> list[tuple]:
     from napari_deblur.engine import region_selector as rs
     from napari_deblur.engine.jobs import run_job
 
-    if SELECTOR_WEIGHTS is not None:
-        model = rs.RegionSelectorNet()
-        model.load_state_dict(torch.load(SELECTOR_WEIGHTS, map_location="cpu", weights_only=True))
-        rs.load_region_selector_net = lambda device: model.to(device).eval()
     plane = np.ascontiguousarray(blurred, dtype=np.float32)
     candidates = run_job(rs.iter_score_grid(plane, WINDOW, WINDOW // 4, torch.device("cpu")))
     return [tuple(region[:4]) for region in rs.non_maximum_suppression(candidates, TOP, MAX_OVERLAP)]
@@ -115,10 +120,9 @@ def main(argv=None) -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--selector", help="region-selector weights (default: the shipped ones)")
     args = parser.parse_args(argv)
-    global SELECTOR_WEIGHTS
-    SELECTOR_WEIGHTS = args.selector
     cases = make_cases("shake", CROP, args.seed)
-    with ProcessPoolExecutor(args.workers) as pool:
+    with ProcessPoolExecutor(args.workers, initializer=use_selector_weights,
+                             initargs=(args.selector,)) as pool:
         rows = list(pool.map(score_case, enumerate(cases)))
     print(f"{len(rows)} cases (train split, {CROP} px crops, shake kernels, seed {args.seed}), "
           f"{WINDOW} px windows, selector {args.selector or 'shipped'}\n")
