@@ -321,16 +321,19 @@ def test_the_tuning_batch_widths_and_noise_options_reach_the_stages(tmp_path, mo
     monkeypatch.setattr(training, "train_wiener_net", fake_training)
     train.main(["wiener-net", "--batch", "48", "--tuning-batch", "24", "--tuning-steps", "30",
                 "--widths", "48,64,96,128", "--noise-range", "0.004", "0.035",
-                "--out", str(tmp_path / "wn.pt")])
+                "--procedural-share", "0.15", "0.1", "--out", str(tmp_path / "wn.pt")])
     assert [(c.batch, c.steps) for c in runs] == [(48, 4000), (24, 30), (24, 30)]
     assert all(c.widths == (48, 64, 96, 128) for c in runs)
     assert all(c.noise_sigma_range == (0.004, 0.035) for c in runs)
+    assert all((c.texture_fraction, c.point_field_fraction) == (0.15, 0.1) for c in runs)
+    assert all(c.n_textures == c.n_point_fields == train.PROCEDURAL_POOL for c in runs)
     runs.clear()
     train.main(["wiener-net", "--out", str(tmp_path / "plain.pt")])
     assert [c.batch for c in runs] == [16, training.FINE_TUNING["batch"], training.FINE_TUNING["batch"]]
     assert all(c.widths == wn.WIDTHS for c in runs)
     default_noise = training.WienerNetTrainingConfig().noise_sigma_range
     assert all(c.noise_sigma_range == default_noise for c in runs)
+    assert all(c.n_textures == c.n_point_fields == 0 for c in runs)
 
 
 def test_weights_of_other_widths_load_into_a_network_of_those_widths():

@@ -67,6 +67,10 @@ def _history_table(history: list[dict]) -> str:
     return "\n".join(lines)
 
 
+PROCEDURAL_POOL = 64
+"""Images in each pool of procedural textures or point-source fields (``--procedural-share``)."""
+
+
 def _train_wiener_net(args) -> None:
     import tempfile
 
@@ -81,6 +85,10 @@ def _train_wiener_net(args) -> None:
         base = replace(base, widths=tuple(int(w) for w in args.widths.split(",")))
     if args.noise_range:
         base = replace(base, noise_sigma_range=tuple(args.noise_range))
+    if args.procedural_share:
+        textures, points = args.procedural_share
+        base = replace(base, n_textures=PROCEDURAL_POOL if textures else 0, texture_fraction=textures,
+                       n_point_fields=PROCEDURAL_POOL if points else 0, point_field_fraction=points)
     tuning_overrides = {} if args.tuning_steps is None else {"steps": args.tuning_steps}
     if args.tuning_batch is not None:
         tuning_overrides["batch"] = args.tuning_batch
@@ -118,7 +126,10 @@ def _train_wiener_net(args) -> None:
         "Data: crops of the scikit-image train split (grayscale) and procedural dead-leaves "
         "images (30 %), random flips/turns and contrast; in `smooth_fraction` of the crops the sharp "
         "source is first smoothed by a Gaussian of 1-4 px (smooth scenes such as fluorescence "
-        "images, where the network must add nothing); PSFs: `shake_fraction` camera shake (random "
+        "images, where the network must add nothing); `texture_fraction` and `point_field_fraction` "
+        "of the crops (0 unless `--procedural-share`) from procedural stationary textures and "
+        "point-source fields (pools of `n_textures` and `n_point_fields`); PSFs: `shake_fraction` "
+        "camera shake (random "
         "trajectories), the rest 2:2:1:1 isotropic Gaussian, anisotropic Gaussian, disk and ring, up "
         "to 31 px; valid convolution (real boundaries); Gaussian noise sigma log-uniform in the range "
         "below, Poisson-Gaussian in `poisson_fraction` of the crops. Model: per-pixel softmax "
@@ -331,6 +342,10 @@ def main(argv=None) -> None:
                              "wiener_net.WIDTHS); the engine runs only weights of its own widths")
     wiener.add_argument("--noise-range", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
                         help="Gaussian noise sigma of every stage, log-uniform (default 0.005 0.05)")
+    wiener.add_argument("--procedural-share", type=float, nargs=2, default=None,
+                        metavar=("TEXTURES", "POINTS"),
+                        help="fractions of the crops of every stage drawn from procedural stationary "
+                             "textures and from point-source fields (default 0 0)")
     wiener.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
     wiener.add_argument("--out", default=None, help="weights path (default: the shipped file)")
     wiener.add_argument("--stage", choices=("all", "base"), default="all",
