@@ -355,13 +355,12 @@ def load_wiener_net(device: torch.device) -> WienerNet:
                               "python -m napari_deblur.engine.train wiener-net")
 
 
-def _wiener_net_plane_steps(model: WienerNet, snrs: torch.Tensor):
+def _wiener_net_plane_steps(model: WienerNet, snrs: torch.Tensor, bfloat16: bool):
     def plane_steps(plane: torch.Tensor, kernel: torch.Tensor) -> JobSteps[torch.Tensor]:
         yield JobProgress(0.0, "Wiener stack")
         grey = plane.transpose(0, 1)  # (C, 1, H, W): every channel is a grayscale plane
         features, mean, scale = wiener_net_features(grey, kernel[None], snrs)
         yield JobProgress(0.2, "Wiener-net")
-        bfloat16 = cpu_bfloat16_is_fast(features.device)
         with torch.inference_mode():
             normalised = yield from iter_tiled(
                 lambda tile: apply_network(model, tile, bfloat16=bfloat16), features,
@@ -385,8 +384,8 @@ def iter_wiener_net_deconvolve(image, psf, *, channel_axis: int | None = None,
     snrs = torch.tensor(WIENER_STACK_SNRS_DB, dtype=torch.float32, device=target)
     with torch.inference_mode():
         restored = yield from iter_planewise(
-            pixels, layout, _wiener_net_plane_steps(model, snrs), device=target, psf=kernel,
-            message="Wiener-net",
+            pixels, layout, _wiener_net_plane_steps(model, snrs, cpu_bfloat16_is_fast(target)),
+            device=target, psf=kernel, message="Wiener-net",
         )
     return restored
 
