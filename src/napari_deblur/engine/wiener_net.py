@@ -53,8 +53,10 @@ Gaussian (isotropic and anisotropic), disk and ring PSFs up to 31 px and
 Gaussian or Poisson-Gaussian noise, in three stages: from scratch on 112 px
 crops, then fine-tuned on 192 px crops with a loss that weights the interior
 (a kernel-wide frame band left out) and more camera shake, then the same on
-fresh crops with the loss taken after :func:`correct_by_residual`
-(``models/wiener_net.md`` is the report).
+fresh crops with the loss taken after :func:`correct_by_residual`, that
+last stage repeated from its own result, lately with procedural textures
+and point-source fields among the crops (``models/wiener_net.md`` is the
+report).
 
 References
 ----------
