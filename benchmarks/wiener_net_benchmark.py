@@ -218,7 +218,8 @@ def speed_section(engine, repeats: int) -> str:
         f"{cpu_memory.IDLE_SECONDS:.0f} s after the last job; `napari_deblur/engine/cpu_memory.py`). "
         + ("This CPU has native bfloat16, so the network's convolutions ran in bfloat16 "
            "(`devices.cpu_bfloat16_is_fast`); the float32 row is the same call with it turned off."
-           if bfloat16 else "This CPU lacks native bfloat16: the network ran in float32."),
+           if bfloat16 else "The network ran in float32 (this CPU lacks native bfloat16, or "
+           f"`{devices.CPU_BFLOAT16_OPT_OUT}` is set)."),
         "",
         "| comparison | Wiener-net (s) | RL(30) (s) | time ratio | bar |",
         "|---|---:|---:|---:|---:|",
