@@ -15,9 +15,15 @@ The network runs as the engine runs it on this machine: its convolutions in bflo
 with native bfloat16 unless ``NAPARI_DEBLUR_CPU_FLOAT32=1``. ``--residual-correction`` adds, per
 weight file, the network followed by the engine's ``correct_by_residual`` (as
 ``wiener_net_deconvolve`` runs it); ``--seed`` draws other crops, kernels and noise; ``--noise``
-sets its standard deviation.
+sets its standard deviation. ``--kernel-error`` hands the Wiener filters and the network a wrong
+kernel (the crops stay blurred by the true one), as a user's parametric or blindly estimated PSF
+is wrong: ``wide`` is the true kernel blurred by a Gaussian of 0.8 px, ``tails-cut`` drops its
+values under a fifth of its peak (blind estimates miss faint parts of a trajectory). The Wiener
+reference still picks its SNR with the answer, so it backs off from a wrong kernel; the network
+has to see the error for itself.
 
     python scripts/wiener_net_heldout_check.py OLD.pt NEW.pt [--residual-correction] [--seed S]
+        [--noise N] [--kernel-error {wide,tails-cut}]
 """
 
 from __future__ import annotations
@@ -79,6 +85,30 @@ def heldout_set(name: str, sampler_options: dict, half_widths: tuple[int, int], 
     return name, sharp, blurred + noise_std * noise, kernels
 
 
+KERNEL_ERRORS = ("wide", "tails-cut")
+WIDE_KERNEL_SIGMA = 0.8
+TAIL_FRACTION = 0.2
+
+
+def wrong_kernels(kernels: torch.Tensor, error: str | None) -> torch.Tensor:
+    """``(N, k, k)`` kernels as a user might get them wrong (``KERNEL_ERRORS``), each summing to 1."""
+    if error is None:
+        return kernels
+    if error == "wide":
+        from napari_deblur.engine.psf import gaussian_psf
+        from napari_deblur.engine.training.wiener_net import blur_valid
+
+        gaussian = torch.from_numpy(gaussian_psf(WIDE_KERNEL_SIGMA, size=7)).to(kernels.dtype)
+        padded = torch.nn.functional.pad(kernels, (3, 3, 3, 3))
+        wrong = blur_valid(padded, gaussian.expand(len(kernels), 7, 7))[1][:, 0]
+    elif error == "tails-cut":
+        peak = kernels.amax(dim=(-2, -1), keepdim=True)
+        wrong = torch.where(kernels >= TAIL_FRACTION * peak, kernels, torch.zeros_like(kernels))
+    else:
+        raise ValueError(f"kernel error must be one of {KERNEL_ERRORS}, got {error!r}")
+    return wrong / wrong.sum(dim=(-2, -1), keepdim=True)
+
+
 def interior_psnr(x: torch.Tensor, sharp: torch.Tensor) -> torch.Tensor:
     from napari_deblur.engine.training.wiener_net import crop_psnr
 
@@ -99,6 +129,8 @@ def main(argv=None) -> None:
                         help="also score each network followed by correct_by_residual")
     parser.add_argument("--seed", type=int, default=2000, help="draw of crops, kernels and noise")
     parser.add_argument("--noise", type=float, default=NOISE, help="noise standard deviation")
+    parser.add_argument("--kernel-error", choices=KERNEL_ERRORS,
+                        help="deconvolve with a wrong kernel (the blur stays the true one)")
     args = parser.parse_args(argv)
     models = []
     for path in args.weights:
@@ -109,7 +141,8 @@ def main(argv=None) -> None:
     variants = [(path, False) for path in args.weights]
     if args.residual_correction:
         variants = [(path, corrected) for path in args.weights for corrected in (False, True)]
-    header = [f"held-out crops ({CROPS}, noise {args.noise:g}, seed {args.seed}, interior)",
+    given = f", kernel {args.kernel_error}" if args.kernel_error else ""
+    header = [f"held-out crops ({CROPS}, noise {args.noise:g}, seed {args.seed}{given}, interior)",
               "Wiener, best SNR"]
     for path, corrected in variants:
         label = f"{path} + residual correction" if corrected else path
@@ -117,7 +150,8 @@ def main(argv=None) -> None:
     print("| " + " | ".join(header) + " |")
     print("|---|" + "---:|" * (len(header) - 1))
     with torch.no_grad():
-        for name, sharp, blurred, kernels in heldout_sets(args.seed, args.noise):
+        for name, sharp, blurred, true_kernels in heldout_sets(args.seed, args.noise):
+            kernels = wrong_kernels(true_kernels, args.kernel_error)
             stack = wiener_filter(blurred, kernels, snrs)[:, :, 0]
             oracle = torch.stack([interior_psnr(stack[:, i:i + 1], sharp)
                                   for i in range(stack.shape[1])], 1).amax(1)
