@@ -95,13 +95,10 @@ def wrong_kernels(kernels: torch.Tensor, error: str | None) -> torch.Tensor:
     if error is None:
         return kernels
     if error == "wide":
-        from napari_deblur.engine.psf import gaussian_psf
-        from napari_deblur.engine.training.wiener_net import blur_valid
+        from napari_deblur.engine.training.kernels import widen_kernels
 
-        gaussian = torch.from_numpy(gaussian_psf(WIDE_KERNEL_SIGMA, size=7)).to(kernels.dtype)
-        padded = torch.nn.functional.pad(kernels, (3, 3, 3, 3))
-        wrong = blur_valid(padded, gaussian.expand(len(kernels), 7, 7))[1][:, 0]
-    elif error == "tails-cut":
+        return widen_kernels(kernels, WIDE_KERNEL_SIGMA)
+    if error == "tails-cut":
         peak = kernels.amax(dim=(-2, -1), keepdim=True)
         wrong = torch.where(kernels >= TAIL_FRACTION * peak, kernels, torch.zeros_like(kernels))
     else:

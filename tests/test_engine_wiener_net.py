@@ -13,6 +13,7 @@ from skimage import data
 from skimage.metrics import peak_signal_noise_ratio
 
 from napari_deblur.engine import (
+    gaussian_psf,
     iter_wiener_net_deconvolve,
     random_motion_psf,
     run_job,
@@ -321,12 +322,14 @@ def test_the_tuning_batch_widths_and_noise_options_reach_the_stages(tmp_path, mo
     monkeypatch.setattr(training, "train_wiener_net", fake_training)
     train.main(["wiener-net", "--batch", "48", "--tuning-batch", "24", "--tuning-steps", "30",
                 "--widths", "48,64,96,128", "--noise-range", "0.004", "0.035",
-                "--procedural-share", "0.15", "0.1", "--out", str(tmp_path / "wn.pt")])
+                "--procedural-share", "0.15", "0.1", "--kernel-error-share", "0.25",
+                "--out", str(tmp_path / "wn.pt")])
     assert [(c.batch, c.steps) for c in runs] == [(48, 4000), (24, 30), (24, 30)]
     assert all(c.widths == (48, 64, 96, 128) for c in runs)
     assert all(c.noise_sigma_range == (0.004, 0.035) for c in runs)
     assert all((c.texture_fraction, c.point_field_fraction) == (0.15, 0.1) for c in runs)
     assert all(c.n_textures == c.n_point_fields == train.PROCEDURAL_POOL for c in runs)
+    assert all(c.kernel_error_share == 0.25 for c in runs)
     runs.clear()
     train.main(["wiener-net", "--out", str(tmp_path / "plain.pt")])
     assert [c.batch for c in runs] == [16, training.FINE_TUNING["batch"], training.FINE_TUNING["batch"]]
@@ -334,6 +337,9 @@ def test_the_tuning_batch_widths_and_noise_options_reach_the_stages(tmp_path, mo
     default_noise = training.WienerNetTrainingConfig().noise_sigma_range
     assert all(c.noise_sigma_range == default_noise for c in runs)
     assert all(c.n_textures == c.n_point_fields == 0 for c in runs)
+    assert all(c.kernel_error_share == 0 for c in runs)
+    with pytest.raises(SystemExit, match="share of the crops"):
+        train.main(["wiener-net", "--kernel-error-share", "1.5", "--out", str(tmp_path / "bad.pt")])
 
 
 def test_weights_of_other_widths_load_into_a_network_of_those_widths():
@@ -429,6 +435,61 @@ def test_a_procedural_share_reaches_the_training_crops_but_not_the_validation_cr
     # ... and the set of that pool is another set of crops, drawn only from it.
     (sharp_x, _, _), = training.validation_batches(config, cpu, only=only)
     assert not torch.equal(sharp, sharp_x)
+
+
+def test_a_kernel_error_share_widens_the_kernels_handed_over_but_not_the_blur():
+    """Crops with a kernel error are blurred as before; only the kernel the network gets is wider."""
+    from dataclasses import replace
+
+    from napari_deblur.engine.training import wiener_net as training
+    from napari_deblur.engine.training.kernels import widen_kernels
+
+    cpu = torch.device("cpu")
+    config = training.WienerNetTrainingConfig(batch=6, patch=48, kernel_pool_size=8,
+                                              n_dead_leaves=2, validation_batches=1)
+    sharp, blurred, kernels = training.BlurredBatches(config, 0, cpu).draw()
+    every = replace(config, kernel_error_share=1.0, kernel_error_sigma_range=(0.8, 0.8))
+    sharp_w, blurred_w, kernels_w = training.BlurredBatches(every, 0, cpu).draw()
+    assert torch.equal(sharp, sharp_w) and torch.equal(blurred, blurred_w)
+    torch.testing.assert_close(kernels_w, widen_kernels(kernels, 0.8), rtol=0, atol=0)
+    assert not torch.allclose(kernels_w, kernels)
+    # A share of 0.5 hands some crops their true kernel and the others a widened one.
+    half = training.BlurredBatches(replace(config, kernel_error_share=0.5), 0, cpu)
+    given = torch.cat([half.draw()[2] for _ in range(4)])
+    true = torch.cat([b.draw()[2] for b in [training.BlurredBatches(config, 0, cpu)] for _ in range(4)])
+    unchanged = (given == true).flatten(1).all(1)
+    assert 0 < int(unchanged.sum()) < len(unchanged)
+    # The validation crops keep the true kernels whatever the run's share.
+    (_, _, validation_kernels), = training.validation_batches(every, cpu)
+    (_, _, plain_kernels), = training.validation_batches(config, cpu)
+    assert torch.equal(validation_kernels, plain_kernels)
+
+
+@pytest.mark.parametrize("sigma", [0.4, 1.0])
+def test_widened_kernels_gain_the_variance_of_their_own_gaussian(sigma):
+    from napari_deblur.engine.training.kernels import widen_kernels
+
+    kernels = torch.zeros(2, 15, 15)
+    kernels[0, 7, 7] = 1.0
+    kernels[1, 7, 5:10] = 0.2
+    sigmas = [sigma, sigma / 2]  # one each
+    wide = widen_kernels(kernels, sigmas)
+    torch.testing.assert_close(wide.sum(dim=(-2, -1)), torch.ones(2))
+    coords = torch.arange(15.0)
+
+    def variance(k, axis):
+        marginal = k.sum(dim=axis)
+        mean = (marginal * coords).sum()
+        return float((marginal * (coords - mean) ** 2).sum())
+
+    for before, after, s in zip(kernels, wide, sigmas):
+        # Convolution adds variances: that of the Gaussian as sampled on the 7 px grid (below s^2
+        # for narrow ones) along each axis.
+        gaussian = torch.from_numpy(gaussian_psf(s, size=7)).sum(0)
+        added = float((gaussian * (torch.arange(7.0) - 3) ** 2).sum())
+        assert 0 < added <= s ** 2 + 1e-6
+        for axis in (0, 1):
+            assert abs(variance(after, axis) - variance(before, axis) - added) < 1e-4
 
 
 def test_the_blurred_plane_is_lined_up_with_an_off_centre_kernel():

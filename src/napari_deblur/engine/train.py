@@ -89,6 +89,10 @@ def _train_wiener_net(args) -> None:
         textures, points = args.procedural_share
         base = replace(base, n_textures=PROCEDURAL_POOL if textures else 0, texture_fraction=textures,
                        n_point_fields=PROCEDURAL_POOL if points else 0, point_field_fraction=points)
+    if args.kernel_error_share is not None and not 0 <= args.kernel_error_share <= 1:
+        raise SystemExit(f"--kernel-error-share is a share of the crops, 0..1; got {args.kernel_error_share}")
+    if args.kernel_error_share:
+        base = replace(base, kernel_error_share=args.kernel_error_share)
     tuning_overrides = {} if args.tuning_steps is None else {"steps": args.tuning_steps}
     if args.tuning_batch is not None:
         tuning_overrides["batch"] = args.tuning_batch
@@ -128,8 +132,11 @@ def _train_wiener_net(args) -> None:
         "source is first smoothed by a Gaussian of 1-4 px (smooth scenes such as fluorescence "
         "images, where the network must add nothing); `texture_fraction` and `point_field_fraction` "
         "of the crops (0 unless `--procedural-share`) from procedural stationary textures and "
-        "point-source fields (pools of `n_textures` and `n_point_fields`); PSFs: `shake_fraction` "
-        "camera shake (random "
+        "point-source fields (pools of `n_textures` and `n_point_fields`); in `kernel_error_share` of "
+        "the crops (0 unless `--kernel-error-share`) the network is handed the true PSF blurred by "
+        "a Gaussian of sigma in `kernel_error_sigma_range` px, as a measured or guessed PSF often "
+        "is too wide, while the blur stays the true one (validation: always the true PSF); PSFs: "
+        "`shake_fraction` camera shake (random "
         "trajectories), the rest 2:2:1:1 isotropic Gaussian, anisotropic Gaussian, disk and ring, up "
         "to 31 px; valid convolution (real boundaries); Gaussian noise sigma log-uniform in the range "
         "below, Poisson-Gaussian in `poisson_fraction` of the crops. Model: per-pixel softmax "
@@ -346,6 +353,9 @@ def main(argv=None) -> None:
                         metavar=("TEXTURES", "POINTS"),
                         help="fractions of the crops of every stage drawn from procedural stationary "
                              "textures and from point-source fields (default 0 0)")
+    wiener.add_argument("--kernel-error-share", type=float, default=None, metavar="SHARE",
+                        help="share of the crops whose network input gets a PSF widened by a Gaussian "
+                             "of 0.4-1 px (the blur stays true), all stages")
     wiener.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
     wiener.add_argument("--out", default=None, help="weights path (default: the shipped file)")
     wiener.add_argument("--stage", choices=("all", "base"), default="all",

@@ -27,7 +27,7 @@ from ..wiener import WIENER_STACK_SNRS_DB, wiener_filter
 from ..wiener_net import (
     WIDTHS, WienerNet, apply_network, correct_by_residual, plane_statistics, wiener_net_features,
 )
-from .kernels import kernel_pool
+from .kernels import kernel_pool, widen_kernels
 from .losses import ssim
 from .optimisation import take_step
 from .sources import PatchSampler
@@ -61,6 +61,8 @@ class WienerNetTrainingConfig:
     n_point_fields: int = 0
     point_field_fraction: float = 0.0
     interior_weight: float = 0.0
+    kernel_error_share: float = 0.0
+    kernel_error_sigma_range: tuple[float, float] = (0.4, 1.0)
     residual_correction: bool = False
     init: str | None = None
     noise_sigma_range: tuple[float, float] = (0.005, 0.05)
@@ -144,7 +146,20 @@ class BlurredBatches:
             mask = torch.from_numpy(poisson).view(-1, 1, 1, 1).to(self.device)
             blurred = torch.where(mask, counts / peak, blurred)
         noise = torch.randn(blurred.shape, generator=generator).to(self.device)
-        return sharp, blurred + sigma * noise, kernels
+        return sharp, blurred + sigma * noise, self.kernels_given(kernels)
+
+    def kernels_given(self, kernels: torch.Tensor) -> torch.Tensor:
+        """The kernels the network is handed: the true ones, or in ``kernel_error_share`` of the crops
+        the true one widened (:func:`~.kernels.widen_kernels`, sigma uniform in
+        ``kernel_error_sigma_range``), as a measured or guessed PSF often is. The blur stays true.
+        Draws nothing from the generator when the share is 0, so such runs repeat older ones."""
+        c = self.config
+        if c.kernel_error_share <= 0:
+            return kernels
+        wrong = self.rng.uniform(size=len(kernels)) < c.kernel_error_share
+        sigmas = self.rng.uniform(*c.kernel_error_sigma_range, size=len(kernels))
+        widened = widen_kernels(kernels, sigmas)
+        return torch.where(torch.from_numpy(wrong).view(-1, 1, 1).to(kernels.device), widened, kernels)
 
 
 def blur_valid(big: torch.Tensor, kernels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -220,8 +235,8 @@ def restoration_loss(restored: torch.Tensor, sharp: torch.Tensor, interior: torc
 
 
 NO_PROCEDURAL_POOLS = {"n_textures": 0, "texture_fraction": 0.0,
-                       "n_point_fields": 0, "point_field_fraction": 0.0}
-"""Photos and dead leaves only: the validation mix whatever a run's own shares."""
+                       "n_point_fields": 0, "point_field_fraction": 0.0, "kernel_error_share": 0.0}
+"""Photos and dead leaves with true kernels only: the validation mix whatever a run's own shares."""
 
 VALIDATION_SOURCES = {
     None: {},
@@ -241,7 +256,8 @@ def validation_batches(config: WienerNetTrainingConfig, device: torch.device,
     source mix, the crops come from photos and dead leaves, or ``only`` from
     procedural textures (``"textures"``, :data:`VALIDATION_TEXTURES` of them)
     or from point-source fields (``"point_fields"``,
-    :data:`VALIDATION_POINT_FIELDS`), drawn with the held-out seed.
+    :data:`VALIDATION_POINT_FIELDS`), drawn with the held-out seed; the
+    network is always handed the true kernels (``kernel_error_share`` 0).
     """
     default = WienerNetTrainingConfig()
     sources = {**NO_PROCEDURAL_POOLS, **VALIDATION_SOURCES[only]}
