@@ -323,6 +323,7 @@ def test_the_tuning_batch_widths_and_noise_options_reach_the_stages(tmp_path, mo
     train.main(["wiener-net", "--batch", "48", "--tuning-batch", "24", "--tuning-steps", "30",
                 "--widths", "48,64,96,128", "--noise-range", "0.004", "0.035",
                 "--procedural-share", "0.15", "0.1", "--kernel-error-share", "0.25",
+                "--kernel-error-sigma", "0.6", "1.0",
                 "--out", str(tmp_path / "wn.pt")])
     assert [(c.batch, c.steps) for c in runs] == [(48, 4000), (24, 30), (24, 30)]
     assert all(c.widths == (48, 64, 96, 128) for c in runs)
@@ -330,6 +331,7 @@ def test_the_tuning_batch_widths_and_noise_options_reach_the_stages(tmp_path, mo
     assert all((c.texture_fraction, c.point_field_fraction) == (0.15, 0.1) for c in runs)
     assert all(c.n_textures == c.n_point_fields == train.PROCEDURAL_POOL for c in runs)
     assert all(c.kernel_error_share == 0.25 for c in runs)
+    assert all(c.kernel_error_sigma_range == (0.6, 1.0) for c in runs)
     runs.clear()
     train.main(["wiener-net", "--out", str(tmp_path / "plain.pt")])
     assert [c.batch for c in runs] == [16, training.FINE_TUNING["batch"], training.FINE_TUNING["batch"]]
@@ -338,6 +340,10 @@ def test_the_tuning_batch_widths_and_noise_options_reach_the_stages(tmp_path, mo
     assert all(c.noise_sigma_range == default_noise for c in runs)
     assert all(c.n_textures == c.n_point_fields == 0 for c in runs)
     assert all(c.kernel_error_share == 0 for c in runs)
+    assert all(c.kernel_error_sigma_range == training.WienerNetTrainingConfig().kernel_error_sigma_range
+               for c in runs)
+    with pytest.raises(SystemExit, match="LOW <= HIGH"):
+        train.main(["wiener-net", "--kernel-error-sigma", "1.0", "0.5", "--out", str(tmp_path / "bad.pt")])
     with pytest.raises(SystemExit, match="share of the crops"):
         train.main(["wiener-net", "--kernel-error-share", "1.5", "--out", str(tmp_path / "bad.pt")])
 

@@ -93,6 +93,11 @@ def _train_wiener_net(args) -> None:
         raise SystemExit(f"--kernel-error-share is a share of the crops, 0..1; got {args.kernel_error_share}")
     if args.kernel_error_share:
         base = replace(base, kernel_error_share=args.kernel_error_share)
+    if args.kernel_error_sigma is not None:
+        low, high = args.kernel_error_sigma
+        if not 0 < low <= high:
+            raise SystemExit(f"--kernel-error-sigma needs 0 < LOW <= HIGH (px); got {low} {high}")
+        base = replace(base, kernel_error_sigma_range=(low, high))
     tuning_overrides = {} if args.tuning_steps is None else {"steps": args.tuning_steps}
     if args.tuning_batch is not None:
         tuning_overrides["batch"] = args.tuning_batch
@@ -356,6 +361,8 @@ def main(argv=None) -> None:
     wiener.add_argument("--kernel-error-share", type=float, default=None, metavar="SHARE",
                         help="share of the crops whose network input gets a PSF widened by a Gaussian "
                              "of 0.4-1 px (the blur stays true), all stages")
+    wiener.add_argument("--kernel-error-sigma", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
+                        help="range of that Gaussian's sigma in px, uniform (default 0.4 1.0)")
     wiener.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
     wiener.add_argument("--out", default=None, help="weights path (default: the shipped file)")
     wiener.add_argument("--stage", choices=("all", "base"), default="all",
