@@ -323,7 +323,7 @@ def test_the_tuning_batch_widths_and_noise_options_reach_the_stages(tmp_path, mo
     train.main(["wiener-net", "--batch", "48", "--tuning-batch", "24", "--tuning-steps", "30",
                 "--widths", "48,64,96,128", "--noise-range", "0.004", "0.035",
                 "--procedural-share", "0.15", "0.1", "--kernel-error-share", "0.25",
-                "--kernel-error-sigma", "0.6", "1.0",
+                "--kernel-error-sigma", "0.6", "1.0", "--text-share", "0.05",
                 "--out", str(tmp_path / "wn.pt")])
     assert [(c.batch, c.steps) for c in runs] == [(48, 4000), (24, 30), (24, 30)]
     assert all(c.widths == (48, 64, 96, 128) for c in runs)
@@ -332,13 +332,14 @@ def test_the_tuning_batch_widths_and_noise_options_reach_the_stages(tmp_path, mo
     assert all(c.n_textures == c.n_point_fields == train.PROCEDURAL_POOL for c in runs)
     assert all(c.kernel_error_share == 0.25 for c in runs)
     assert all(c.kernel_error_sigma_range == (0.6, 1.0) for c in runs)
+    assert all((c.text_fraction, c.n_text_pages) == (0.05, train.PROCEDURAL_POOL) for c in runs)
     runs.clear()
     train.main(["wiener-net", "--out", str(tmp_path / "plain.pt")])
     assert [c.batch for c in runs] == [16, training.FINE_TUNING["batch"], training.FINE_TUNING["batch"]]
     assert all(c.widths == wn.WIDTHS for c in runs)
     default_noise = training.WienerNetTrainingConfig().noise_sigma_range
     assert all(c.noise_sigma_range == default_noise for c in runs)
-    assert all(c.n_textures == c.n_point_fields == 0 for c in runs)
+    assert all(c.n_textures == c.n_point_fields == c.n_text_pages == 0 for c in runs)
     assert all(c.kernel_error_share == 0 for c in runs)
     assert all(c.kernel_error_sigma_range == training.WienerNetTrainingConfig().kernel_error_sigma_range
                for c in runs)
@@ -346,6 +347,8 @@ def test_the_tuning_batch_widths_and_noise_options_reach_the_stages(tmp_path, mo
         train.main(["wiener-net", "--kernel-error-sigma", "1.0", "0.5", "--out", str(tmp_path / "bad.pt")])
     with pytest.raises(SystemExit, match="share of the crops"):
         train.main(["wiener-net", "--kernel-error-share", "1.5", "--out", str(tmp_path / "bad.pt")])
+    with pytest.raises(SystemExit, match="share of the crops"):
+        train.main(["wiener-net", "--text-share", "-0.1", "--out", str(tmp_path / "bad.pt")])
 
 
 def test_weights_of_other_widths_load_into_a_network_of_those_widths():
@@ -441,6 +444,25 @@ def test_a_procedural_share_reaches_the_training_crops_but_not_the_validation_cr
     # ... and the set of that pool is another set of crops, drawn only from it.
     (sharp_x, _, _), = training.validation_batches(config, cpu, only=only)
     assert not torch.equal(sharp, sharp_x)
+
+
+def test_a_text_share_draws_training_crops_from_printed_text_but_not_the_validation_crops():
+    from dataclasses import replace
+
+    from napari_deblur.engine.training import wiener_net as training
+
+    cpu = torch.device("cpu")
+    config = training.WienerNetTrainingConfig(batch=4, patch=48, kernel_pool_size=8,
+                                              n_dead_leaves=2, validation_batches=1)
+    text = replace(config, n_text_pages=2, text_fraction=1.0)
+    sampler = training.BlurredBatches(text, 0, cpu).sampler
+    assert sampler.text_fraction == 1.0 and len(sampler.text_pages) == 2
+    assert training.BlurredBatches(config, 0, cpu).sampler.text_fraction == 0.0
+    sharp_text = training.BlurredBatches(text, 0, cpu).draw()[0]
+    assert not torch.equal(sharp_text, training.BlurredBatches(config, 0, cpu).draw()[0])
+    (sharp, blurred, _), = training.validation_batches(config, cpu)
+    (sharp_t, blurred_t, _), = training.validation_batches(text, cpu)
+    assert torch.equal(sharp, sharp_t) and torch.equal(blurred, blurred_t)
 
 
 def test_a_kernel_error_share_widens_the_kernels_handed_over_but_not_the_blur():

@@ -68,7 +68,8 @@ def _history_table(history: list[dict]) -> str:
 
 
 PROCEDURAL_POOL = 64
-"""Images in each pool of procedural textures or point-source fields (``--procedural-share``)."""
+"""Images in each pool of procedural textures, point-source fields or printed-text pages
+(``--procedural-share``, ``--text-share``)."""
 
 
 def _train_wiener_net(args) -> None:
@@ -89,6 +90,10 @@ def _train_wiener_net(args) -> None:
         textures, points = args.procedural_share
         base = replace(base, n_textures=PROCEDURAL_POOL if textures else 0, texture_fraction=textures,
                        n_point_fields=PROCEDURAL_POOL if points else 0, point_field_fraction=points)
+    if args.text_share is not None and not 0 <= args.text_share <= 1:
+        raise SystemExit(f"--text-share is a share of the crops, 0..1; got {args.text_share}")
+    if args.text_share:
+        base = replace(base, n_text_pages=PROCEDURAL_POOL, text_fraction=args.text_share)
     if args.kernel_error_share is not None and not 0 <= args.kernel_error_share <= 1:
         raise SystemExit(f"--kernel-error-share is a share of the crops, 0..1; got {args.kernel_error_share}")
     if args.kernel_error_share:
@@ -137,7 +142,9 @@ def _train_wiener_net(args) -> None:
         "source is first smoothed by a Gaussian of 1-4 px (smooth scenes such as fluorescence "
         "images, where the network must add nothing); `texture_fraction` and `point_field_fraction` "
         "of the crops (0 unless `--procedural-share`) from procedural stationary textures and "
-        "point-source fields (pools of `n_textures` and `n_point_fields`); in `kernel_error_share` of "
+        "point-source fields (pools of `n_textures` and `n_point_fields`); `text_fraction` of the "
+        "crops (0 unless `--text-share`) from procedural printed text (`n_text_pages` pages); in "
+        "`kernel_error_share` of "
         "the crops (0 unless `--kernel-error-share`) the network is handed the true PSF blurred by "
         "a Gaussian of sigma in `kernel_error_sigma_range` px, as a measured or guessed PSF often "
         "is too wide, while the blur stays the true one (validation: always the true PSF); PSFs: "
@@ -358,6 +365,9 @@ def main(argv=None) -> None:
                         metavar=("TEXTURES", "POINTS"),
                         help="fractions of the crops of every stage drawn from procedural stationary "
                              "textures and from point-source fields (default 0 0)")
+    wiener.add_argument("--text-share", type=float, default=None, metavar="SHARE",
+                        help="fraction of the crops of every stage drawn from procedural printed text "
+                             "(default 0)")
     wiener.add_argument("--kernel-error-share", type=float, default=None, metavar="SHARE",
                         help="share of the crops whose network input gets a PSF widened by a Gaussian "
                              "of 0.4-1 px (the blur stays true), all stages")

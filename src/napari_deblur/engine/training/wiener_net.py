@@ -60,6 +60,8 @@ class WienerNetTrainingConfig:
     texture_fraction: float = 0.0
     n_point_fields: int = 0
     point_field_fraction: float = 0.0
+    n_text_pages: int = 0
+    text_fraction: float = 0.0
     interior_weight: float = 0.0
     kernel_error_share: float = 0.0
     kernel_error_sigma_range: tuple[float, float] = (0.4, 1.0)
@@ -125,7 +127,9 @@ class BlurredBatches:
                                     n_textures=config.n_textures,
                                     texture_fraction=config.texture_fraction,
                                     n_point_fields=config.n_point_fields,
-                                    point_field_fraction=config.point_field_fraction)
+                                    point_field_fraction=config.point_field_fraction,
+                                    n_text_pages=config.n_text_pages,
+                                    text_fraction=config.text_fraction)
         self.kernels = torch.tensor(kernel_pool(config.kernel_pool_size, self.rng, KERNEL_SIZE,
                                                 config.shake_fraction))
 
@@ -235,7 +239,8 @@ def restoration_loss(restored: torch.Tensor, sharp: torch.Tensor, interior: torc
 
 
 NO_PROCEDURAL_POOLS = {"n_textures": 0, "texture_fraction": 0.0,
-                       "n_point_fields": 0, "point_field_fraction": 0.0, "kernel_error_share": 0.0}
+                       "n_point_fields": 0, "point_field_fraction": 0.0,
+                       "n_text_pages": 0, "text_fraction": 0.0, "kernel_error_share": 0.0}
 """Photos and dead leaves with true kernels only: the validation mix whatever a run's own shares."""
 
 VALIDATION_SOURCES = {
