@@ -7,6 +7,7 @@ Run from the repository root, after the classical benchmark of both kernel sets:
     python benchmarks/wiener_net_benchmark.py                        # this script
     python benchmarks/wiener_net_benchmark.py --quick                # 2 images x 2 kernels
     python benchmarks/wiener_net_benchmark.py --kernel-sets          # speed only (wiener_net_speed.md)
+    python benchmarks/wiener_net_benchmark.py --ensemble 8           # 8 network passes (*_ensemble8.*)
 
 The cases (eval-split images, centre crops of at most 512 px, real-boundary
 blur, Gaussian noise sigma 2.55/255 and 7.65/255, seeds per case) are those of
@@ -77,6 +78,11 @@ def read_classical(path: Path) -> dict[tuple[str, int, int], dict[str, float]]:
     return cases
 
 
+def ensemble_option(args) -> dict:
+    """``{"ensemble": N}`` when ``--ensemble`` was given, else nothing (the engine's default)."""
+    return {} if args.ensemble is None else {"ensemble": args.ensemble}
+
+
 def run_set(engine, set_name: str, args) -> tuple[list[dict], str]:
     load_kernels, label, suffix = wc.KERNEL_SETS[set_name]
     kernels = load_kernels()
@@ -103,7 +109,8 @@ def run_set(engine, set_name: str, args) -> tuple[list[dict], str]:
                         f"case {image_name} k{k_index + 1} noise {n_index}: blurred PSNR {check:.4f} "
                         f"here but {known['blurred']:.4f} in the classical CSV; rerun "
                         "wiener_classical.py with the same --max-size")
-                restored = engine.wiener_net_deconvolve(observed, kernel.astype(np.float32))
+                restored = engine.wiener_net_deconvolve(observed, kernel.astype(np.float32),
+                                                        **ensemble_option(args))
                 net_psnr, net_ssim = wc.score(restored, sharp, border)[:2]
                 row = {"kernels": set_name, "image": image_name, "kernel": k_index + 1,
                        "noise_index": n_index, "noise_sigma": sigma,
@@ -149,7 +156,7 @@ def tables(rows: list[dict], label: str) -> str:
     return "\n".join(lines)
 
 
-def speed_section(engine, repeats: int) -> str:
+def speed_section(engine, repeats: int, options: dict) -> str:
     import torch
     from skimage.restoration import richardson_lucy
 
@@ -161,7 +168,7 @@ def speed_section(engine, repeats: int) -> str:
     blurred, _ = ed.blur_real_boundary(ed.load_eval_image("retina"), kernels[k_index], (1024, 1024))
     observed = ed.add_gaussian_noise(blurred, 2.55 / 255, ed.case_rng("speed")).astype(np.float32)
     default_threads = torch.get_num_threads()
-    engine.wiener_net_deconvolve(observed, kernel)  # warm-up: weights, torch start
+    engine.wiener_net_deconvolve(observed, kernel, **options)  # warm-up: weights, torch start
     load = os.getloadavg()
     rows, rl_medians = [], []
     for threads in sorted({1, default_threads}):
@@ -169,7 +176,7 @@ def speed_section(engine, repeats: int) -> str:
         t_net, t_rl = [], []
         for _ in range(repeats):  # interleaved, so load changes hit both alike
             t0 = time.perf_counter()
-            engine.wiener_net_deconvolve(observed, kernel)
+            engine.wiener_net_deconvolve(observed, kernel, **options)
             t_net.append(time.perf_counter() - t0)
             t0 = time.perf_counter()
             richardson_lucy(observed.clip(0, None), kernel, num_iter=30, clip=False)
@@ -188,7 +195,7 @@ def speed_section(engine, repeats: int) -> str:
         t_float32 = []
         for _ in range(repeats):
             t0 = time.perf_counter()
-            engine.wiener_net_deconvolve(observed, kernel)
+            engine.wiener_net_deconvolve(observed, kernel, **options)
             t_float32.append(time.perf_counter() - t0)
         del os.environ[devices.CPU_BFLOAT16_OPT_OUT]
         rows.append(f"| the same, torch threads 1, float32 convolutions "
@@ -199,7 +206,7 @@ def speed_section(engine, repeats: int) -> str:
     # back to the system: it faults its whole working set in again.
     time.sleep(cpu_memory.IDLE_SECONDS + 1.0)
     t0 = time.perf_counter()
-    engine.wiener_net_deconvolve(observed, kernel)
+    engine.wiener_net_deconvolve(observed, kernel, **options)
     t_idle = time.perf_counter() - t0
     torch.set_num_threads(default_threads)
     rows.append(f"| the same, torch threads 1, one call after {cpu_memory.IDLE_SECONDS + 1.0:.0f} s idle "
@@ -237,10 +244,14 @@ def main(argv=None) -> int:
     parser.add_argument("--kernel-sets", nargs="*", default=["levin", "usrnet"],
                         choices=sorted(wc.KERNEL_SETS))
     parser.add_argument("--no-speed", action="store_true")
+    parser.add_argument("--ensemble", type=int, metavar="N",
+                        help="network passes (views) for wiener_net_deconvolve (default: the engine's)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     from napari_deblur import engine
+    from napari_deblur.engine.wiener_net import DEFAULT_ENSEMBLE
 
+    passes = DEFAULT_ENSEMBLE if args.ensemble is None else args.ensemble
     command = ed.command_line("benchmarks/wiener_net_benchmark.py", argv)
     header = [
         f"Command: `{command}`",
@@ -251,7 +262,9 @@ def main(argv=None) -> int:
         f"retina, rocket, brick (grayscale [0, 1], centre crops of at most {args.max_size} px), "
         "real-boundary blur, Gaussian noise (not clipped), seeds per case. Classical scores from "
         "`wiener_classical.py`'s per-case CSVs (the same cases, checked case by case); Wiener-net run "
-        "here with the shipped weights. Outputs clipped to [0, 1]; PSNR/SSIM exclude a border as "
+        f"here with the shipped weights and {passes} network pass{'es' if passes > 1 else ''} "
+        f"(`ensemble={passes}`{', the default' if args.ensemble is None else ''}). "
+        "Outputs clipped to [0, 1]; PSNR/SSIM exclude a border as "
         "wide as the kernel. The oracles pick their parameter per image by PSNR against the "
         "sharp image; Wiener-net has no parameter.",
         "",
@@ -264,12 +277,14 @@ def main(argv=None) -> int:
         sections.append(tables(rows, label))
         print(sections[-1], flush=True)
     if not args.no_speed:
-        sections.append(speed_section(engine, 1 if args.quick else 3))
+        sections.append(speed_section(engine, 1 if args.quick else 3, ensemble_option(args)))
         print(sections[-1], flush=True)
     args.results_dir.mkdir(parents=True, exist_ok=True)
     stem = "wiener_net_quick" if args.quick else "wiener_net"
     if not args.kernel_sets:  # `--kernel-sets` with no set: a speed-only run
         stem = "wiener_net_speed"
+    if args.ensemble is not None:
+        stem += f"_ensemble{args.ensemble}"
     md_path = args.results_dir / f"{stem}.md"
     md_path.write_text("# Wiener-net vs tuned classical deconvolution (protocol 3)\n\n"
                        + "\n".join(header) + "\n" + "\n".join(sections))

@@ -373,3 +373,22 @@ def test_demo_screenshot_in_a_window(tmp_path):
     assert done.stdout.strip().splitlines()[-1] == str(out.resolve())
     _assert_png_not_blank(out)
 
+
+
+def test_run_wiener_net_takes_the_ensemble_size_and_refuses_others(tmp_path, psf_file, blurred_pair, capsys):
+    from napari_deblur.cli import WIENER_NET_ENSEMBLES
+    from napari_deblur.engine import wiener_net, wiener_net_deconvolve
+
+    assert WIENER_NET_ENSEMBLES == wiener_net.ENSEMBLE_SIZES
+    _, blurred = blurred_pair
+    tif = tmp_path / "a.tif"
+    tifffile.imwrite(tif, blurred.astype(np.float32))
+    assert main(["run", "wiener-net", "--psf", str(psf_file), "--ensemble", "8", str(tif),
+                 "-o", str(tmp_path / "o")]) == 0
+    written = tifffile.imread(tmp_path / "o" / "a_wiener-net.tif")
+    psf = np.load(psf_file)
+    np.testing.assert_allclose(written, wiener_net_deconvolve(blurred, psf, ensemble=8), atol=1e-5)
+    assert np.abs(written - wiener_net_deconvolve(blurred, psf, ensemble=1)).max() > 1e-4
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "wiener-net", "--psf", str(psf_file), "--ensemble", "3", str(tif), "-o", str(tmp_path)])
+    assert exc.value.code == 2 and "--ensemble" in capsys.readouterr().err

@@ -628,3 +628,67 @@ def test_training_runs_the_network_in_float32_whatever_the_cpu(case, shake, monk
         with torch.no_grad():
             results.append(restore_batch(model, y, kernel, snrs))
     torch.testing.assert_close(results[0], results[1], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 5, 7), (1, 1, 6, 6)])
+def test_every_ensemble_view_is_undone_by_its_inverse_and_the_views_differ(shape):
+    features = torch.randn(shape)
+    views = wn._dihedral_views()
+    assert len(views) == max(wn.ENSEMBLE_SIZES)
+    seen = []
+    for forward, inverse in views:
+        np.testing.assert_array_equal(inverse(forward(features)).numpy(), features.numpy())
+        seen.append(forward(torch.arange(36.0).view(6, 6)))
+    assert len({tuple(view.flatten().tolist()) for view in seen}) == len(views)
+
+
+def test_an_ensemble_of_one_is_the_single_network_pass(case, shake):
+    _, blurred = case
+    model = wn.load_wiener_net(torch.device("cpu"))
+    features, _, _ = wn.wiener_net_features(torch.from_numpy(blurred)[None, None],
+                                            torch.from_numpy(shake)[None].float(),
+                                            torch.tensor(wn.WIENER_STACK_SNRS_DB))
+    with torch.inference_mode():
+        single = wn.apply_network(model, features)
+        np.testing.assert_array_equal(wn.apply_network_ensemble(model, features, 1).numpy(), single.numpy())
+        two = wn.apply_network_ensemble(model, features, 2)
+        turned = wn.apply_network(model, features.flip((-2, -1))).flip((-2, -1))
+    np.testing.assert_allclose(two.numpy(), ((single + turned) / 2).numpy(), atol=1e-5)
+    assert np.abs(two - single).max() > 1e-3  # the turned view is a different pass
+
+
+@pytest.mark.parametrize(("ensemble", "view"), [
+    (2, lambda t: t.flip((-2, -1))),
+    (4, lambda t: t.flip(-1)),
+    (4, lambda t: t.flip(-2)),
+    (8, lambda t: t.transpose(-1, -2)),
+    (8, lambda t: t.rot90(1, (-2, -1))),
+])
+def test_an_ensemble_gives_each_of_its_own_views_of_the_input_that_view_of_its_output(
+        case, shake, ensemble, view):
+    # The first 1, 2, 4 and 8 views are groups: turning the input only reorders the passes.
+    _, blurred = case
+    model = wn.load_wiener_net(torch.device("cpu"))
+    features, _, _ = wn.wiener_net_features(torch.from_numpy(blurred)[None, None],
+                                            torch.from_numpy(shake)[None].float(),
+                                            torch.tensor(wn.WIENER_STACK_SNRS_DB))
+    with torch.inference_mode():
+        restored = wn.apply_network_ensemble(model, features, ensemble)
+        of_view = wn.apply_network_ensemble(model, view(features), ensemble)
+        single_change = (wn.apply_network(model, view(features)) - view(wn.apply_network(model, features)))
+    np.testing.assert_allclose(of_view.numpy(), view(restored).numpy(), atol=1e-5)
+    assert single_change.abs().max() > 1e-2  # a single pass is not equivariant: the test could fail
+
+
+def test_more_views_restore_a_known_blur_at_least_as_well(case, shake):
+    sharp, blurred = case
+    single = psnr(sharp, wiener_net_deconvolve(blurred, shake, ensemble=1))
+    eight = psnr(sharp, wiener_net_deconvolve(blurred, shake, ensemble=8))
+    assert eight > single
+
+
+@pytest.mark.parametrize("ensemble", [0, 3, 16, True, 2.5])
+def test_an_ensemble_size_outside_one_two_four_eight_is_refused(case, shake, ensemble):
+    _, blurred = case
+    with pytest.raises(ValueError, match="ensemble"):
+        wiener_net_deconvolve(blurred, shake, ensemble=ensemble)

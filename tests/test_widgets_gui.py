@@ -92,6 +92,7 @@ def test_sharpens_camera_shake_sample_above_input_with_its_geometry(make_napari_
 
     widget.method.value = "Wiener (classical)"
     assert _shown(widget.snr_db)
+    assert not _shown(widget.network_passes)  # only the learned method has a network
     widget.snr_db.value = 30.0
     _run_and_wait(qtbot, widget)
 
@@ -127,9 +128,13 @@ def test_wiener_net_is_the_default_and_beats_classical_wiener_on_the_sample(
 ):
     from skimage.metrics import peak_signal_noise_ratio
 
+    from napari_deblur._widgets.wiener_widget import DEFAULT_NETWORK_PASSES, NETWORK_PASSES
     from napari_deblur.demo import DEMO_SNR_DB
-    from napari_deblur.engine import wiener_deconvolve
+    from napari_deblur.engine import wiener_deconvolve, wiener_net, wiener_net_deconvolve
     from napari_deblur.sample_data import camera_shake_arrays
+
+    assert NETWORK_PASSES == wiener_net.ENSEMBLE_SIZES
+    assert DEFAULT_NETWORK_PASSES == wiener_net.DEFAULT_ENSEMBLE
 
     viewer = make_napari_viewer()
     viewer.open_sample(PLUGIN, "camera_shake")
@@ -137,14 +142,17 @@ def test_wiener_net_is_the_default_and_beats_classical_wiener_on_the_sample(
     widget = _dock(viewer)
     assert widget.method.value == "Wiener-net (learned)"
     assert not _shown(widget.snr_db)  # the learned method has no SNR to set
+    assert _shown(widget.network_passes) and widget.network_passes.value == DEFAULT_NETWORK_PASSES
     _run_and_wait(qtbot, widget)
 
     (output,) = widget.runner.last_outputs
     assert output.name == f"{source.name} Wiener-net"
     assert output.metadata["napari_deblur_method"] == "wiener-net"
     assert "snr_db" not in output.metadata
+    assert output.metadata["network_passes"] == DEFAULT_NETWORK_PASSES
     blurred, psf, sharp = camera_shake_arrays()
     np.testing.assert_array_equal(source.data, blurred)
+    np.testing.assert_allclose(output.data, wiener_net_deconvolve(blurred, psf), atol=1e-5)
 
     def psnr(image):
         return peak_signal_noise_ratio(sharp, np.clip(image, 0, 1), data_range=1.0)
@@ -339,9 +347,11 @@ def test_settings_are_remembered_in_the_test_config_folder(
     widget.snr_db.value = 12.5
     widget.psf_source.value = "Disk"
     widget.disk_radius.value = 4.5
+    widget.network_passes.value = 8
 
     saved = json.loads((_isolated_widget_settings / "widgets.json").read_text())
     assert saved["wiener"]["snr_db"] == 12.5
+    assert saved["wiener"]["network_passes"] == 8
     assert saved["wiener"]["psf_source"] == "Disk"
 
     again = WienerWidget(viewer)
@@ -349,6 +359,7 @@ def test_settings_are_remembered_in_the_test_config_folder(
         assert again.snr_db.value == 12.5
         assert again.psf_source.value == "Disk"
         assert again.disk_radius.value == 4.5
+        assert again.network_passes.value == 8
         assert _shown(again.disk_radius)
     finally:
         again.close()

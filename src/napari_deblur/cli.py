@@ -24,6 +24,8 @@ from napari_deblur.stack_files import STACK_INPUT_SUFFIXES
 PROG = "napari-deblur"
 #: Methods of ``run``.
 RUN_METHODS = ("gwis", "blur-map", "wiener", "wiener-net")
+WIENER_NET_ENSEMBLES = (1, 2, 4, 8)
+"""``--ensemble`` choices: ``engine.wiener_net.ENSEMBLE_SIZES``, written out (``--help`` needs no torch)."""
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "a blur map per plane first (default: %(default)s)")
     run.add_argument("--snr-db", type=float, default=30.0,
                      help="wiener: assumed signal-to-noise ratio in dB (default: %(default)s)")
+    run.add_argument("--ensemble", type=int, choices=WIENER_NET_ENSEMBLES, metavar="N",
+                     help="wiener-net: average the network over N flipped or turned views of each plane "
+                          "(1, 2, 4 or 8; each view is a network pass; default: the engine's)")
     run.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
                      help="where the engine runs (default: %(default)s: CUDA, then MPS, then CPU)")
     run.add_argument("--format", choices=("tif", "zarr"),
@@ -212,8 +217,10 @@ def _method_call(args: argparse.Namespace):
             return (lambda image, channel_axis: engine.wiener_deconvolve(
                 image, psf, snr_db=args.snr_db, channel_axis=channel_axis, device=device),
                 f"wiener snr_db={args.snr_db:g} psf={args.psf.name}")
+        ensemble = {} if args.ensemble is None else {"ensemble": args.ensemble}
         return (lambda image, channel_axis: engine.wiener_net_deconvolve(
-            image, psf, channel_axis=channel_axis, device=device), f"wiener-net psf={args.psf.name}")
+            image, psf, channel_axis=channel_axis, device=device, **ensemble),
+            f"wiener-net psf={args.psf.name}" + (f" ensemble={args.ensemble}" if ensemble else ""))
     if args.method == "blur-map":
         return (lambda image, channel_axis: engine.estimate_blur_map(
             image, channel_axis=channel_axis, device=device), "blur map (px)")

@@ -42,6 +42,11 @@ PSF_RING = "Ring"
 PSF_MOTION = "Linear motion"
 PSF_SOURCES = (PSF_FROM_LAYER, PSF_GAUSSIAN, PSF_DISK, PSF_RING, PSF_MOTION)
 
+NETWORK_PASSES = (1, 2, 4, 8)
+"""Choices of "Network passes": ``engine.wiener_net.ENSEMBLE_SIZES`` (written out: no torch at import)."""
+DEFAULT_NETWORK_PASSES = 1
+"""``engine.wiener_net.DEFAULT_ENSEMBLE``."""
+
 SETTINGS_KEY = "wiener"
 
 
@@ -55,8 +60,8 @@ class WienerWidget(EngineJobWidget):
 
     Attributes
     ----------
-    image, method, snr_db, psf_source, psf_layer, gaussian_sigma, disk_radius,
-    ring_radius, motion_length, motion_angle : magicgui widgets
+    image, method, network_passes, snr_db, psf_source, psf_layer, gaussian_sigma,
+    disk_radius, ring_radius, motion_length, motion_angle : magicgui widgets
         The inputs; set their ``value`` from scripts.
     runner : JobRunner
         Scope, side by side, Run / Cancel, progress; ``runner.wait()`` waits
@@ -76,6 +81,15 @@ class WienerWidget(EngineJobWidget):
             tooltip="Wiener-net: a stack of Wiener filters fused by a trained network (no "
             "parameter to tune; estimates the noise itself). Classical: one Wiener filter at the "
             "SNR you set.",
+        )
+        self.network_passes = ComboBox(
+            name="network_passes",
+            label="Network passes",
+            choices=list(NETWORK_PASSES),
+            value=DEFAULT_NETWORK_PASSES,
+            tooltip="Wiener-net runs its network on this many flipped or turned views of each "
+            "plane and averages them: more passes are a little sharper and take proportionally "
+            "longer.",
         )
         self.snr_db = FloatSlider(
             name="snr_db",
@@ -127,6 +141,7 @@ class WienerWidget(EngineJobWidget):
             inputs=[
                 self.image,
                 self.method,
+                self.network_passes,
                 self.snr_db,
                 self.psf_source,
                 self.psf_layer,
@@ -140,6 +155,7 @@ class WienerWidget(EngineJobWidget):
             settings_key=SETTINGS_KEY,
             remembered=[
                 "method",
+                "network_passes",
                 "snr_db",
                 "psf_source",
                 "gaussian_sigma",
@@ -158,6 +174,7 @@ class WienerWidget(EngineJobWidget):
     # ------------------------------------------------------------- validation
     def _show_relevant_inputs(self) -> None:
         self.snr_db.visible = self.method.value == METHOD_WIENER
+        self.network_passes.visible = self.method.value == METHOD_WIENER_NET
         source = self.psf_source.value
         self.psf_layer.visible = source == PSF_FROM_LAYER
         self.gaussian_sigma.visible = source == PSF_GAUSSIAN
@@ -245,11 +262,12 @@ class WienerWidget(EngineJobWidget):
         length = float(self.motion_length.value)
         angle = float(self.motion_angle.value)
         snr_db = float(self.snr_db.value)
+        passes = int(self.network_passes.value)
         method = self.method.value
         learned = method == METHOD_WIENER_NET
         metadata = {
             "napari_deblur_method": "wiener-net" if learned else "wiener",
-            **({} if learned else {"snr_db": snr_db}),
+            **({"network_passes": passes} if learned else {"snr_db": snr_db}),
             "source_layer": selection.layer.name,
             **self._psf_description(),
         }
@@ -271,7 +289,7 @@ class WienerWidget(EngineJobWidget):
                 deconvolve = (
                     engine.wiener_net_deconvolve if lazy else engine.iter_wiener_net_deconvolve
                 )
-                return deconvolve(data, psf, channel_axis=channel_axis)
+                return deconvolve(data, psf, channel_axis=channel_axis, ensemble=passes)
             deconvolve = engine.wiener_deconvolve if lazy else engine.iter_wiener_deconvolve
             return deconvolve(data, psf, snr_db=snr_db, channel_axis=channel_axis)
 
