@@ -20,10 +20,12 @@ kernel (the crops stay blurred by the true one), as a user's parametric or blind
 is wrong: ``wide`` is the true kernel blurred by a Gaussian of 0.8 px, ``tails-cut`` drops its
 values under a fifth of its peak (blind estimates miss faint parts of a trajectory). The Wiener
 reference still picks its SNR with the answer, so it backs off from a wrong kernel; the network
-has to see the error for itself.
+has to see the error for itself. ``--ensemble N`` runs every network on N flipped or turned views
+of its input and averages them (``wiener_net.apply_network_ensemble``; default 1, one pass, as every
+table before the ensemble came was made; the engine's default is ``wiener_net.DEFAULT_ENSEMBLE``).
 
     python scripts/wiener_net_heldout_check.py OLD.pt NEW.pt [--residual-correction] [--seed S]
-        [--noise N] [--kernel-error {wide,tails-cut}]
+        [--noise N] [--kernel-error {wide,tails-cut}] [--ensemble N]
 """
 
 from __future__ import annotations
@@ -117,7 +119,8 @@ def main(argv=None) -> None:
     from napari_deblur.engine.devices import cpu_bfloat16_is_fast
     from napari_deblur.engine.wiener import WIENER_STACK_SNRS_DB, wiener_filter
     from napari_deblur.engine.wiener_net import (
-        apply_network, correct_by_residual, wiener_net_features, wiener_net_from_weights,
+        ENSEMBLE_SIZES, apply_network_ensemble, correct_by_residual, wiener_net_features,
+        wiener_net_from_weights,
     )
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -128,6 +131,8 @@ def main(argv=None) -> None:
     parser.add_argument("--noise", type=float, default=NOISE, help="noise standard deviation")
     parser.add_argument("--kernel-error", choices=KERNEL_ERRORS,
                         help="deconvolve with a wrong kernel (the blur stays the true one)")
+    parser.add_argument("--ensemble", type=int, default=1, choices=ENSEMBLE_SIZES,
+                        help="network passes over flipped or turned views, averaged (default: 1)")
     args = parser.parse_args(argv)
     models = []
     for path in args.weights:
@@ -139,6 +144,7 @@ def main(argv=None) -> None:
     if args.residual_correction:
         variants = [(path, corrected) for path in args.weights for corrected in (False, True)]
     given = f", kernel {args.kernel_error}" if args.kernel_error else ""
+    given += f", {args.ensemble} network passes" if args.ensemble > 1 else ""
     header = [f"held-out crops ({CROPS}, noise {args.noise:g}, seed {args.seed}{given}, interior)",
               "Wiener, best SNR"]
     for path, corrected in variants:
@@ -155,7 +161,8 @@ def main(argv=None) -> None:
             features, mean, scale = wiener_net_features(blurred, kernels, snrs)
             row = [name, f"{oracle.mean():.2f}"]
             for model in models:
-                restored = apply_network(model, features, bfloat16=bfloat16) * scale + mean
+                restored = apply_network_ensemble(model, features, args.ensemble,
+                                                  bfloat16=bfloat16) * scale + mean
                 outputs = [restored]
                 if args.residual_correction:
                     outputs.append(correct_by_residual(blurred, restored, kernels))
