@@ -44,7 +44,7 @@ PSF_SOURCES = (PSF_FROM_LAYER, PSF_GAUSSIAN, PSF_DISK, PSF_RING, PSF_MOTION)
 
 NETWORK_PASSES = (1, 2, 4, 8)
 """Choices of "Network passes": ``engine.wiener_net.ENSEMBLE_SIZES`` (written out: no torch at import)."""
-DEFAULT_NETWORK_PASSES = 1
+DEFAULT_NETWORK_PASSES = 2
 """``engine.wiener_net.DEFAULT_ENSEMBLE``."""
 
 SETTINGS_KEY = "wiener"

@@ -120,8 +120,10 @@ TILE_HALO = 64
 ENSEMBLE_SIZES = (1, 2, 4, 8)
 """Allowed numbers of views in :func:`apply_network_ensemble`."""
 
-DEFAULT_ENSEMBLE = 1
-"""Views the engine averages by default."""
+DEFAULT_ENSEMBLE = 2
+"""Views the engine averages by default: the plane and the plane turned by 180 degrees. Two
+passes keep a megapixel within the CPU speed bar with two threads (four do not;
+``benchmarks/wiener_net_benchmark.py``); ``docs/benchmark-history.md`` has the rule that chose it."""
 
 RESIDUAL_NOISE_MARGIN = 1.5
 """:func:`correct_by_residual` keeps a frequency of the residual only where its
@@ -364,8 +366,9 @@ def apply_network_ensemble(model: WienerNet, features: torch.Tensor, ensemble: i
     The Wiener stack of a flipped plane and kernel is the flipped stack, and the
     training kernels come in every orientation, so each view is an equally good
     input; the network's errors differ from view to view, and their mean is
-    closer to the sharp plane (on held-out crops of the training sources, 0.1 to
-    0.3 dB with two views, up to 0.5 dB with eight; ``docs/benchmark-history.md``).
+    closer to the sharp plane (on held-out draws of the training sources, after the
+    residual correction, the mean rose by 0.11 to 0.19 dB with two views and by 0.19
+    to 0.32 dB with eight, and no row fell; ``docs/benchmark-history.md``, rule 17).
     Costs ``ensemble`` network passes.
     """
     check_ensemble_size(ensemble)
