@@ -65,3 +65,49 @@ def test_tails_cut_drops_faint_values(check, kernels):
 def test_unknown_error_is_refused(check, kernels):
     with pytest.raises(ValueError, match="kernel error"):
         check.wrong_kernels(kernels, "shifted")
+
+
+@pytest.fixture(scope="module")
+def judge():
+    path = SCRIPT.with_name("wiener_net_candidate_judge.py")
+    spec = importlib.util.spec_from_file_location("wiener_net_candidate_judge", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _table(rows):
+    """A check-script table with the given (old gap, old lost, new gap, new lost) per row."""
+    lines = ["| held-out crops (16, noise 0.01, seed 2000, interior) | Wiener, best SNR |"
+             + " x | lost | worst |" * 4, "|---|" + "---:|" * 13]
+    for i, (old, old_lost, new, new_lost) in enumerate(rows):
+        cells = [f"row {i}", "30.00", "+9.99", "9/16", "-9.99", f"{old:+.2f}", f"{old_lost}/16", "-1.00",
+                 "+9.99", "9/16", "-9.99", f"{new:+.2f}", f"{new_lost}/16", "-1.00"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _tables(judge, change):
+    """Every draw of the rule: 14 rows of gap 2.0 dB, 2 crops lost, changed by ``change(group, row)``."""
+    return {name: _table([(2.0, 2, *change(name.rsplit("_", 1)[0], i)) for i in range(14)])
+            for name, _ in judge.DRAWS}
+
+
+def test_the_judge_ships_a_candidate_that_gains_with_wide_kernels_and_keeps_the_rest(judge):
+    tables = _tables(judge, lambda group, row: (2.4, 2) if group == "W" else (2.0, 2))
+    lines, ship = judge.verdict(tables)
+    assert ship and lines[-1] == "SHIP"
+    assert "| W | 5 | +2.00 (140) | +2.40 (140) | +0.40 |" in lines
+
+
+@pytest.mark.parametrize(("change", "failed"), [
+    (lambda group, row: (2.1, 2), "(a)"),                                      # too little wide-kernel gain
+    (lambda group, row: (1.9, 2) if group == "T0.03" else (2.5, 2), "(b)"),    # true-kernel mean falls 0.1
+    (lambda group, row: (1.7, 2) if row == 3 else (2.5, 2), "(c)"),            # one row falls 0.3
+    (lambda group, row: (1.8, 2) if group == "C" else (2.5, 2), "(d)"),        # tails-cut mean falls 0.2
+    (lambda group, row: (2.5, 3) if row < 3 else (2.5, 2), "(e)"),             # lost 112 -> 136
+])
+def test_the_judge_refuses_a_candidate_that_breaks_one_criterion(judge, change, failed):
+    lines, ship = judge.verdict(_tables(judge, change))
+    assert not ship and lines[-1] == "DO NOT SHIP"
+    assert [line.split()[1] for line in lines if line.startswith("FAILED")] == [failed]
