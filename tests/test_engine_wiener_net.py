@@ -642,12 +642,19 @@ def test_every_ensemble_view_is_undone_by_its_inverse_and_the_views_differ(shape
     assert len({tuple(view.flatten().tolist()) for view in seen}) == len(views)
 
 
-def test_an_ensemble_of_one_is_the_single_network_pass(case, shake):
+@pytest.fixture(scope="module")
+def case_features(case, shake):
+    """The shipped network and its normalised input for the test crop."""
     _, blurred = case
     model = wn.load_wiener_net(torch.device("cpu"))
     features, _, _ = wn.wiener_net_features(torch.from_numpy(blurred)[None, None],
                                             torch.from_numpy(shake)[None].float(),
                                             torch.tensor(wn.WIENER_STACK_SNRS_DB))
+    return model, features
+
+
+def test_an_ensemble_of_one_is_the_single_network_pass(case_features):
+    model, features = case_features
     with torch.inference_mode():
         single = wn.apply_network(model, features)
         np.testing.assert_array_equal(wn.apply_network_ensemble(model, features, 1).numpy(), single.numpy())
@@ -665,13 +672,9 @@ def test_an_ensemble_of_one_is_the_single_network_pass(case, shake):
     (8, lambda t: t.rot90(1, (-2, -1))),
 ])
 def test_an_ensemble_gives_each_of_its_own_views_of_the_input_that_view_of_its_output(
-        case, shake, ensemble, view):
+        case_features, ensemble, view):
     # The first 1, 2, 4 and 8 views are groups: turning the input only reorders the passes.
-    _, blurred = case
-    model = wn.load_wiener_net(torch.device("cpu"))
-    features, _, _ = wn.wiener_net_features(torch.from_numpy(blurred)[None, None],
-                                            torch.from_numpy(shake)[None].float(),
-                                            torch.tensor(wn.WIENER_STACK_SNRS_DB))
+    model, features = case_features
     with torch.inference_mode():
         restored = wn.apply_network_ensemble(model, features, ensemble)
         of_view = wn.apply_network_ensemble(model, view(features), ensemble)
