@@ -349,6 +349,8 @@ def test_the_tuning_batch_widths_and_noise_options_reach_the_stages(tmp_path, mo
         train.main(["wiener-net", "--kernel-error-share", "1.5", "--out", str(tmp_path / "bad.pt")])
     with pytest.raises(SystemExit, match="share of the crops"):
         train.main(["wiener-net", "--text-share", "-0.1", "--out", str(tmp_path / "bad.pt")])
+    with pytest.raises(SystemExit, match="--procedural-share is a share of the crops"):
+        train.main(["wiener-net", "--procedural-share", "0.2", "1.2", "--out", str(tmp_path / "bad.pt")])
 
 
 def test_weights_of_other_widths_load_into_a_network_of_those_widths():

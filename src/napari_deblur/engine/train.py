@@ -86,16 +86,18 @@ def _train_wiener_net(args) -> None:
         base = replace(base, widths=tuple(int(w) for w in args.widths.split(",")))
     if args.noise_range:
         base = replace(base, noise_sigma_range=tuple(args.noise_range))
+    share_options = {"--procedural-share": args.procedural_share or (), "--text-share": [args.text_share],
+                     "--kernel-error-share": [args.kernel_error_share]}
+    for option, shares in share_options.items():
+        for share in shares:
+            if share is not None and not 0 <= share <= 1:
+                raise SystemExit(f"{option} is a share of the crops, 0..1; got {share}")
     if args.procedural_share:
         textures, points = args.procedural_share
         base = replace(base, n_textures=PROCEDURAL_POOL if textures else 0, texture_fraction=textures,
                        n_point_fields=PROCEDURAL_POOL if points else 0, point_field_fraction=points)
-    if args.text_share is not None and not 0 <= args.text_share <= 1:
-        raise SystemExit(f"--text-share is a share of the crops, 0..1; got {args.text_share}")
     if args.text_share:
         base = replace(base, n_text_pages=PROCEDURAL_POOL, text_fraction=args.text_share)
-    if args.kernel_error_share is not None and not 0 <= args.kernel_error_share <= 1:
-        raise SystemExit(f"--kernel-error-share is a share of the crops, 0..1; got {args.kernel_error_share}")
     if args.kernel_error_share:
         base = replace(base, kernel_error_share=args.kernel_error_share)
     if args.kernel_error_sigma is not None:
