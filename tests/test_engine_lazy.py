@@ -150,3 +150,9 @@ def test_local_cluster_of_worker_processes_gives_the_same_result_and_loads_the_m
     assert len(loads) == 2
     assert all(count <= 1 for count in loads.values()) and sum(loads.values()) >= 1
     assert dask.config.get("scheduler", None) is None
+
+
+def test_a_lazy_wiener_net_refuses_a_bad_ensemble_size_at_once():
+    stack = da.zeros((2, 32, 32), chunks=(1, 32, 32), dtype=np.float32)
+    with pytest.raises(ValueError, match="ensemble"):
+        engine.wiener_net_deconvolve(stack, engine.gaussian_psf(1.0), ensemble=3)

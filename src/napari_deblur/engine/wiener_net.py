@@ -506,8 +506,8 @@ def wiener_net_deconvolve(image, psf, *, channel_axis: int | None = None, device
     plane with this same function (:mod:`napari_deblur.engine.lazy`); each
     worker process loads the network once per device.
     """
-    check_ensemble_size(ensemble)
     if is_dask_array(image):
+        check_ensemble_size(ensemble)  # now, not when the first plane is computed
         return lazy_with_psf(wiener_net_deconvolve, image, psf, channel_axis=channel_axis,
                              device=device, ensemble=ensemble)
     return run_job(
