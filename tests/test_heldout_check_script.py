@@ -1,4 +1,4 @@
-"""The wrong kernels of scripts/wiener_net_heldout_check.py (a measurement tool the notes rely on)."""
+"""Wrong kernels, low-contrast crops and the candidate judge of the Wiener-net held-out scripts."""
 
 import importlib.util
 from pathlib import Path
@@ -65,6 +65,15 @@ def test_tails_cut_drops_faint_values(check, kernels):
 def test_unknown_error_is_refused(check, kernels):
     with pytest.raises(ValueError, match="kernel error"):
         check.wrong_kernels(kernels, "shifted")
+
+
+def test_contrast_scales_each_crop_about_its_own_mean(check):
+    offsets = torch.arange(3.0).view(3, 1, 1, 1)
+    crops = torch.rand(3, 1, 20, 24, generator=torch.Generator().manual_seed(0)) + offsets
+    assert check.with_contrast(crops, 1.0) is crops
+    low = check.with_contrast(crops, 0.15)
+    torch.testing.assert_close(low.mean(dim=(-2, -1)), crops.mean(dim=(-2, -1)))
+    torch.testing.assert_close(low.std(dim=(-2, -1)), 0.15 * crops.std(dim=(-2, -1)))
 
 
 @pytest.fixture(scope="module")
