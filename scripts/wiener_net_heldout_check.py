@@ -8,9 +8,10 @@ point sources (star fields, fluorescent beads), or procedural printed text (blac
 Wiener-net never trains on it); and the first two with the small kernels moved off the centre of
 their box. (The text rows came in release (7) of docs/benchmark-history.md's Wiener-net section:
 earlier tables have 12 rows, not 14, and their means are over those 12; the other rows' crops are
-the same.) Each crop is scored without a border of 31 px (the largest kernel), as
-the benchmark leaves out a kernel-wide border, against the Wiener filter with the best of the
-stack's SNRs for that crop (chosen on the same interior). Prints a markdown table.
+the same.) Each crop is scored without a border of 31 px (the largest kernel), as the benchmark
+leaves out a kernel-wide border, against the Wiener filter with the best of the stack's SNRs for
+that crop (chosen on the same interior). Prints a markdown table, then how many crops that filter
+took from each SNR of the stack (the lowest, 9 dB, is the most regularised member the network gets).
 The network runs as the engine runs it on this machine: its convolutions in bfloat16 on CPUs
 with native bfloat16 unless ``NAPARI_DEBLUR_CPU_FLOAT32=1``. ``--residual-correction`` adds, per
 weight file, the network followed by the engine's ``correct_by_residual`` (as
@@ -170,12 +171,15 @@ def main(argv=None) -> None:
         header += [f"{label}: net - Wiener", "lost", "worst"]
     print("| " + " | ".join(header) + " |")
     print("|---|" + "---:|" * (len(header) - 1))
+    picks = torch.zeros(len(snrs), dtype=torch.long)
     with torch.no_grad():
         for name, sharp, blurred, true_kernels in heldout_sets(args.seed, args.noise, args.contrast):
             kernels = wrong_kernels(true_kernels, args.kernel_error)
             stack = wiener_filter(blurred, kernels, snrs)[:, :, 0]
-            oracle = torch.stack([interior_psnr(stack[:, i:i + 1], sharp)
-                                  for i in range(stack.shape[1])], 1).amax(1)
+            member_psnrs = torch.stack([interior_psnr(stack[:, i:i + 1], sharp)
+                                        for i in range(stack.shape[1])], 1)
+            oracle = member_psnrs.amax(1)
+            picks += member_psnrs.argmax(1).bincount(minlength=len(snrs))
             features, mean, scale = wiener_net_features(blurred, kernels, snrs)
             row = [name, f"{oracle.mean():.2f}"]
             for model in models:
@@ -188,6 +192,13 @@ def main(argv=None) -> None:
                     gap = interior_psnr(output, sharp) - oracle
                     row += [f"{gap.mean():+.2f}", f"{int((gap < 0).sum())}/{CROPS}", f"{gap.min():+.2f}"]
             print("| " + " | ".join(row) + " |", flush=True)
+    print("\n" + snr_pick_line(picks, snrs))
+
+
+def snr_pick_line(picks: torch.Tensor, snrs: torch.Tensor) -> str:
+    """How many crops the best-SNR Wiener filter took from each stack member (``picks[i]``: member ``i``)."""
+    counts = ", ".join(f"{snr:g} dB: {int(n)}" for snr, n in zip(snrs.tolist(), picks) if n)
+    return f"Crops per SNR picked by the best-SNR Wiener filter ({int(picks.sum())} crops): {counts}"
 
 
 if __name__ == "__main__":

@@ -120,3 +120,9 @@ def test_the_judge_refuses_a_candidate_that_breaks_one_criterion(judge, change, 
     lines, ship = judge.verdict(_tables(judge, change))
     assert not ship and lines[-1] == "DO NOT SHIP"
     assert [line.split()[1] for line in lines if line.startswith("FAILED")] == [failed]
+
+
+def test_snr_pick_line_counts_the_members_taken(check):
+    snrs = torch.tensor([9.0, 13.0, 17.0])
+    line = check.snr_pick_line(torch.tensor([5, 0, 2]), snrs)
+    assert line.endswith("(7 crops): 9 dB: 5, 17 dB: 2")
