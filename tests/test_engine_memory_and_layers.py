@@ -14,7 +14,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from napari_deblur.engine import cpu_memory
-from napari_deblur.engine.layers import upsample_nearest_then_conv
+from napari_deblur.engine.layers import (
+    ENSEMBLE_SIZES,
+    dihedral_views,
+    mean_over_views,
+    upsample_nearest_then_conv,
+)
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
@@ -52,6 +57,39 @@ def test_upsample_then_conv_without_bias():
 def test_upsample_then_conv_refuses_other_convolutions(conv):
     with pytest.raises(ValueError, match="3x3 convolution with padding 1"):
         upsample_nearest_then_conv(torch.zeros(1, conv.in_channels, 4, 4), conv)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 5, 7), (1, 1, 6, 6)])
+def test_every_ensemble_view_is_undone_by_its_inverse_and_the_views_differ(shape):
+    features = torch.randn(shape)
+    views = dihedral_views()
+    assert len(views) == max(ENSEMBLE_SIZES)
+    seen = []
+    for forward, inverse in views:
+        assert torch.equal(inverse(forward(features)), features)
+        seen.append(forward(torch.arange(36.0).view(6, 6)))
+    assert len({tuple(view.flatten().tolist()) for view in seen}) == len(views)
+
+
+def test_the_mean_over_views_of_an_equivariant_map_is_that_map():
+    x = torch.randn(2, 3, 8, 8)
+    for ensemble in ENSEMBLE_SIZES:
+        torch.testing.assert_close(mean_over_views(lambda t: 2 * t + 1, x, ensemble), 2 * x + 1)
+
+
+def test_the_mean_over_views_of_a_position_dependent_map_averages_its_views():
+    # Adding the row index is not equivariant: the half turn adds (H - 1 - row) instead,
+    # so the mean of the two views adds (H - 1) / 2 everywhere.
+    x = torch.zeros(1, 1, 5, 4)
+    rows = torch.arange(5.0).view(1, 1, 5, 1)
+    torch.testing.assert_close(mean_over_views(lambda t: t + rows, x, 1), x + rows)
+    torch.testing.assert_close(mean_over_views(lambda t: t + rows, x, 2), x + 2.0)
+
+
+@pytest.mark.parametrize("ensemble", [0, 3, 16, True])
+def test_only_the_listed_ensemble_sizes_are_accepted(ensemble):
+    with pytest.raises(ValueError, match="ensemble must be one of"):
+        mean_over_views(lambda t: t, torch.zeros(1, 1, 4, 4), ensemble)
 
 
 @pytest.mark.parametrize("variable, value", [

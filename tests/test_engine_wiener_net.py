@@ -632,18 +632,6 @@ def test_training_runs_the_network_in_float32_whatever_the_cpu(case, shake, monk
     torch.testing.assert_close(results[0], results[1], rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("shape", [(2, 3, 5, 7), (1, 1, 6, 6)])
-def test_every_ensemble_view_is_undone_by_its_inverse_and_the_views_differ(shape):
-    features = torch.randn(shape)
-    views = wn._dihedral_views()
-    assert len(views) == max(wn.ENSEMBLE_SIZES)
-    seen = []
-    for forward, inverse in views:
-        np.testing.assert_array_equal(inverse(forward(features)).numpy(), features.numpy())
-        seen.append(forward(torch.arange(36.0).view(6, 6)))
-    assert len({tuple(view.flatten().tolist()) for view in seen}) == len(views)
-
-
 @pytest.fixture(scope="module")
 def case_features(case, shake):
     """The shipped network and its normalised input for the test crop."""

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+ENSEMBLE_SIZES = (1, 2, 4, 8)
+"""Allowed numbers of views in :func:`mean_over_views`."""
 
 
 def upsample_nearest_then_conv(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
@@ -60,3 +65,57 @@ def upsample_nearest_then_conv(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor
         for q in (0, 1):
             fine[:, :, p, :, q] = by_phase[:, p : p + height, q : q + width, 2 * p + q]
     return fine.view(batch, 2 * height, 2 * width, out_channels).permute(0, 3, 1, 2)
+
+
+def dihedral_views() -> list[tuple]:
+    """The eight symmetries of the square as ``(forward, inverse)`` maps of ``(..., H, W)`` tensors.
+
+    In the order :func:`mean_over_views` takes them: the first 1, 2 and 4 are
+    each a group of their own (identity; + a half turn; + the two mirror flips), so an
+    ensemble of that many views is exactly equivariant under its own views.
+    """
+    def flip(*dims):
+        return lambda t: t.flip(dims)
+
+    def turn(quarters):
+        return lambda t: t.rot90(quarters, (-2, -1))
+
+    def transpose(t):
+        return t.transpose(-1, -2)
+
+    def anti_transpose(t):
+        return t.flip((-2, -1)).transpose(-1, -2)
+
+    return [
+        (lambda t: t, lambda t: t),
+        (flip(-2, -1), flip(-2, -1)),
+        (flip(-1), flip(-1)),
+        (flip(-2), flip(-2)),
+        (transpose, transpose),
+        (turn(1), turn(-1)),
+        (turn(-1), turn(1)),
+        (anti_transpose, anti_transpose),
+    ]
+
+
+def check_ensemble_size(ensemble) -> None:
+    """Raise ``ValueError`` unless ``ensemble`` is one of :data:`ENSEMBLE_SIZES`."""
+    if isinstance(ensemble, bool) or ensemble not in ENSEMBLE_SIZES:
+        raise ValueError(f"ensemble must be one of {ENSEMBLE_SIZES}, got {ensemble!r}")
+
+
+def mean_over_views(apply: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
+                    ensemble: int) -> torch.Tensor:
+    """The mean of ``inverse(apply(forward(x)))`` over the first ``ensemble`` :func:`dihedral_views`.
+
+    ``apply`` maps ``(B, C, H, W)`` to ``(B, C', H, W)`` (same plane size), e.g. a
+    network pass: its output for each flipped or turned view is turned back before
+    the mean. A test-time ensemble for networks trained on inputs in every
+    orientation; ``ensemble`` passes of ``apply``.
+    """
+    check_ensemble_size(ensemble)
+    total = None
+    for forward, inverse in dihedral_views()[:ensemble]:
+        result = inverse(apply(forward(x)))
+        total = result if total is None else total.add_(result)
+    return total.div_(ensemble) if ensemble > 1 else total

@@ -85,7 +85,7 @@ from .devices import cpu_bfloat16_is_fast, select_device
 from .fourier import kernel_centroid_offsets, kernel_to_otf, taper_fft_shape, taper_pad, taper_weights
 from .gwis import estimate_noise_std
 from .jobs import JobProgress, JobSteps, run_job
-from .layers import upsample_nearest_then_conv
+from .layers import ENSEMBLE_SIZES, check_ensemble_size, mean_over_views, upsample_nearest_then_conv
 from .lazy import is_dask_array, lazy_with_psf
 from .planes import PlaneLayout, iter_planewise
 from .shipped_weights import load_shipped_model
@@ -116,9 +116,6 @@ CENTROID_TOLERANCE = 0.05
 TILE_SIZE = 1024
 TILE_HALO = 64
 """Tiles for the network on large planes; the halo covers its receptive field."""
-
-ENSEMBLE_SIZES = (1, 2, 4, 8)
-"""Allowed numbers of views in :func:`apply_network_ensemble`."""
 
 DEFAULT_ENSEMBLE = 2
 """Views the engine averages by default: the plane and the plane turned by 180 degrees. Two
@@ -322,43 +319,6 @@ def apply_network(model: WienerNet, features: torch.Tensor, *, bfloat16: bool = 
     return restored[..., :height, :width].contiguous()
 
 
-def _dihedral_views() -> list[tuple]:
-    """The eight symmetries of the square as ``(forward, inverse)`` maps of ``(..., H, W)`` tensors.
-
-    In the order :func:`apply_network_ensemble` takes them: the first 1, 2 and 4 are
-    each a group of their own (identity; + a half turn; + the two mirror flips), so an
-    ensemble of that many views is exactly equivariant under its own views.
-    """
-    def flip(*dims):
-        return lambda t: t.flip(dims)
-
-    def turn(quarters):
-        return lambda t: t.rot90(quarters, (-2, -1))
-
-    def transpose(t):
-        return t.transpose(-1, -2)
-
-    def anti_transpose(t):
-        return t.flip((-2, -1)).transpose(-1, -2)
-
-    return [
-        (lambda t: t, lambda t: t),
-        (flip(-2, -1), flip(-2, -1)),
-        (flip(-1), flip(-1)),
-        (flip(-2), flip(-2)),
-        (transpose, transpose),
-        (turn(1), turn(-1)),
-        (turn(-1), turn(1)),
-        (anti_transpose, anti_transpose),
-    ]
-
-
-def check_ensemble_size(ensemble) -> None:
-    """Raise ``ValueError`` unless ``ensemble`` is one of :data:`ENSEMBLE_SIZES`."""
-    if isinstance(ensemble, bool) or ensemble not in ENSEMBLE_SIZES:
-        raise ValueError(f"ensemble must be one of {ENSEMBLE_SIZES}, got {ensemble!r}")
-
-
 def apply_network_ensemble(model: WienerNet, features: torch.Tensor, ensemble: int = DEFAULT_ENSEMBLE,
                            *, bfloat16: bool = False) -> torch.Tensor:
     """The mean of :func:`apply_network` over ``ensemble`` flipped or turned views of ``features``.
@@ -371,12 +331,7 @@ def apply_network_ensemble(model: WienerNet, features: torch.Tensor, ensemble: i
     to 0.32 dB with eight, and no row fell; ``docs/benchmark-history.md``, rule 17).
     Costs ``ensemble`` network passes.
     """
-    check_ensemble_size(ensemble)
-    total = None
-    for forward, inverse in _dihedral_views()[:ensemble]:
-        restored = inverse(apply_network(model, forward(features), bfloat16=bfloat16))
-        total = restored if total is None else total.add_(restored)
-    return total.div_(ensemble) if ensemble > 1 else total
+    return mean_over_views(lambda view: apply_network(model, view, bfloat16=bfloat16), features, ensemble)
 
 
 def correct_by_residual(y: torch.Tensor, restored: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
