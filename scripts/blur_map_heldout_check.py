@@ -12,6 +12,7 @@ Errors of the level in px: MAE and RMSE over all pixels, RMSE over the textured 
 markdown table.
 
     python scripts/blur_map_heldout_check.py OLD.pt NEW.pt
+    python scripts/blur_map_heldout_check.py blur_map.pt --ensemble 1 2 4 8   # one file, test-time views
 """
 
 from __future__ import annotations
@@ -66,22 +67,29 @@ def page_cases():
                np.broadcast_to(sigma_of_column, out_shape), bench.textured_mask(sharp))
 
 
-def main(paths: list[str]) -> None:
+def main(argv=None) -> None:
+    import argparse
+
     from napari_deblur.engine import blur_map as bm
     from napari_deblur.engine.training.blur_map import evaluate
 
-    models = []
-    for path in paths:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("weights", nargs="+", help="BlurMapNet weight files")
+    parser.add_argument("--ensemble", type=int, nargs="+", default=[1],
+                        help="test-time views per file (1, 2, 4 or 8; several: one column each)")
+    args = parser.parse_args(argv)
+    columns = []
+    for path in args.weights:
         model = bm.BlurMapNet()
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-        models.append(model.eval())
-    header = ["held-out data"] + [f"{path}: MAE / RMSE / RMSE textured (px)" for path in paths]
+        columns += [(f"{path}, {n} view{'s' if n > 1 else ''}", model.eval(), n) for n in args.ensemble]
+    header = ["held-out data"] + [f"{name}: MAE / RMSE / RMSE textured (px)" for name, _, _ in columns]
     print("| " + " | ".join(header) + " |")
-    print("|---|" + "---:|" * len(paths))
+    print("|---|" + "---:|" * len(columns))
     for name, batches in validation_sets():
         cells = []
-        for model in models:
-            scores = evaluate(model, batches)
+        for _, model, ensemble in columns:
+            scores = evaluate(model, batches, ensemble)
             cells.append(f"{scores['val_mae_px']:.3f} / {scores['val_rmse_px']:.3f} / "
                          f"{scores['val_rmse_textured_px']:.3f}")
         print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
@@ -89,8 +97,9 @@ def main(paths: list[str]) -> None:
         lum = torch.from_numpy(observed)[None, None]
         cells = []
         with torch.no_grad():
-            for model in models:
-                levels = bm.target_to_level(bm.predict_log_level(model, bm.blur_map_features(lum)))
+            for _, model, ensemble in columns:
+                features = bm.blur_map_features(lum)
+                levels = bm.target_to_level(bm.predict_log_level(model, features, ensemble))
                 error = levels[0, 0].numpy() - truth
                 cells.append(f"{np.abs(error).mean():.3f} / {np.sqrt((error**2).mean()):.3f} / "
                              f"{np.sqrt((error[textured]**2).mean()):.3f}")
@@ -99,4 +108,4 @@ def main(paths: list[str]) -> None:
 
 if __name__ == "__main__":
     torch.set_num_threads(2)
-    main(sys.argv[1:])
+    main()

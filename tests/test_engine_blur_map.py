@@ -112,6 +112,23 @@ def test_tiles_join_without_seams(monkeypatch):
     assert np.abs(tiled - whole).mean() < 0.005
 
 
+def test_test_time_views_of_the_map_are_averaged_and_turn_with_the_input(photo):
+    # The map's network is not equivariant by itself; the mean over its own group of views is.
+    model = bm.load_blur_map_net(torch.device("cpu"))
+    features = bm.blur_map_features(torch.from_numpy(blurred(photo[:96, :128], 2.0))[None, None])
+    turn = (lambda t: t.flip((-2, -1)))
+    with torch.inference_mode():
+        single = bm.predict_log_level(model, features)
+        two = bm.predict_log_level(model, features, 2)
+        of_turned = bm.predict_log_level(model, turn(features), 2)
+        turned_single = turn(bm.predict_log_level(model, turn(features)))
+    torch.testing.assert_close(two, (single + turned_single) / 2)
+    torch.testing.assert_close(of_turned, turn(two))
+    assert (turned_single - single).abs().max() > 1e-3  # one pass differs from its turned view
+    with pytest.raises(ValueError, match="ensemble must be one of"):
+        bm.predict_log_level(model, features, 3)
+
+
 def test_odd_and_tiny_sizes():
     rng = np.random.default_rng(1)
     for shape in [(37, 53), (2, 2), (5, 300)]:

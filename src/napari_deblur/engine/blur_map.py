@@ -67,7 +67,7 @@ from torch import nn
 from .devices import select_device
 from .gwis import estimate_noise_std, luminance
 from .jobs import JobProgress, JobSteps, run_job
-from .layers import upsample_nearest_then_conv
+from .layers import mean_over_views, upsample_nearest_then_conv
 from .lazy import is_dask_array, lazy_planewise
 from .planes import PlaneLayout, iter_planewise
 from .shipped_weights import load_shipped_model
@@ -293,21 +293,29 @@ def blur_map_features(lum: torch.Tensor, noise: torch.Tensor | None = None,
     return torch.cat([normalised, snr], dim=1)
 
 
-def predict_log_level(model: nn.Module, features: torch.Tensor) -> torch.Tensor:
+def predict_log_level(model: nn.Module, features: torch.Tensor, ensemble: int = 1) -> torch.Tensor:
     """Run a blur-map network on features of any size; ``(B, 1, H, W)`` target at full resolution.
 
     The features are padded to :data:`SIZE_MULTIPLE` (replicated border) and
     the network's coarse output is bilinearly upsampled and cropped back.
+    ``ensemble`` > 1 averages the target over that many flipped or turned views
+    of the padded features, each turned back
+    (:func:`~napari_deblur.engine.layers.mean_over_views`): blur has no preferred
+    orientation and the training crops come in every one, so each view is an
+    equally good input and the network's errors differ from view to view.
     """
     height, width = features.shape[-2:]
     pad_h = -height % SIZE_MULTIPLE
     pad_w = -width % SIZE_MULTIPLE
     padded = F.pad(features, (0, pad_w, 0, pad_h), mode="replicate") if pad_h or pad_w else features
-    # Channels-last runs the CPU convolutions several times faster than NCHW (oneDNN).
-    padded = padded.contiguous(memory_format=torch.channels_last)
-    coarse = model(padded)
-    full = F.interpolate(coarse, scale_factor=float(output_stride(model)), mode="bilinear",
-                         align_corners=False)
+    stride = float(output_stride(model))
+
+    def full_resolution_target(view: torch.Tensor) -> torch.Tensor:
+        # Channels-last runs the CPU convolutions several times faster than NCHW (oneDNN).
+        coarse = model(view.contiguous(memory_format=torch.channels_last))
+        return F.interpolate(coarse, scale_factor=stride, mode="bilinear", align_corners=False)
+
+    full = mean_over_views(full_resolution_target, padded, ensemble)
     return full[..., :height, :width].contiguous()
 
 
