@@ -300,9 +300,11 @@ def predict_log_level(model: nn.Module, features: torch.Tensor, ensemble: int = 
     the network's coarse output is bilinearly upsampled and cropped back.
     ``ensemble`` > 1 averages the target over that many flipped or turned views
     of the padded features, each turned back
-    (:func:`~napari_deblur.engine.layers.mean_over_views`): blur has no preferred
-    orientation and the training crops come in every one, so each view is an
-    equally good input and the network's errors differ from view to view.
+    (:func:`~napari_deblur.engine.layers.mean_over_views`), for measurements
+    only: the engine runs one view. The shipped network is worse on views that
+    reverse an axis (they move its stride-2 grid against the features' 4-px
+    pooling grid, which in training always start together), and no number of
+    views gained enough on held-out data (``docs/benchmark-history.md``).
     """
     height, width = features.shape[-2:]
     pad_h = -height % SIZE_MULTIPLE
