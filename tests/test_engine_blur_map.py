@@ -129,6 +129,21 @@ def test_test_time_views_of_the_map_are_averaged_and_turn_with_the_input(photo):
         bm.predict_log_level(model, features, 3)
 
 
+def test_the_engine_map_is_the_mean_of_its_views_and_the_papers_network_runs_once(photo):
+    image = blurred(photo[:96, :128], 2.0)
+    lum = torch.from_numpy(image)[None, None]
+    features = bm.blur_map_features(lum)
+    with torch.inference_mode():
+        ours = bm.target_to_level(bm.predict_log_level(bm.load_blur_map_net(torch.device("cpu")),
+                                                       features, bm.MAP_VIEWS))
+        paper = bm.target_to_level(bm.predict_log_level(bm.load_paper_blur_net(torch.device("cpu")),
+                                                        features))
+    assert bm.MAP_VIEWS == 4
+    np.testing.assert_allclose(estimate_blur_map(image), ours[0, 0].numpy(), atol=1e-4)
+    np.testing.assert_allclose(run_job(iter_estimate_blur_map(image, model="paper")),
+                               paper[0, 0].numpy(), atol=1e-4)
+
+
 def test_odd_and_tiny_sizes():
     rng = np.random.default_rng(1)
     for shape in [(37, 53), (2, 2), (5, 300)]:
