@@ -19,6 +19,7 @@ error ratio ER of the Wiener-net deconvolution of the whole crop, up to a shift
     python scripts/region_windows_check.py                  # 60 cases, about 5 min on 2 cores
     python scripts/region_windows_check.py --seed 11
     python scripts/region_windows_check.py --selector NEW.pt  # other selector weights
+    python scripts/region_windows_check.py --views 1 4 8      # + best window by scores over 4 / 8 views
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from __future__ import annotations
 import argparse
 import sys
 from concurrent.futures import ProcessPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -53,16 +55,17 @@ def use_selector_weights(path: str | None) -> None:
         rs.load_region_selector_net = lambda device: model.to(device)
 
 
-def top_windows(blurred: np.ndarray) -> list[tuple]:
-    """The selector's best windows, best first, each overlapping those before by <= MAX_OVERLAP."""
+def top_windows(blurred: np.ndarray, views: int = 1, top: int = TOP) -> list[tuple]:
+    """The selector's best windows (scores over ``views`` views of each window, best first), each
+    overlapping those before by <= MAX_OVERLAP."""
     import torch
 
     from napari_deblur.engine import region_selector as rs
     from napari_deblur.engine.jobs import run_job
 
     plane = np.ascontiguousarray(blurred, dtype=np.float32)
-    candidates = run_job(rs.iter_score_grid(plane, WINDOW, WINDOW // 4, torch.device("cpu")))
-    return [tuple(region[:4]) for region in rs.non_maximum_suppression(candidates, TOP, MAX_OVERLAP)]
+    candidates = run_job(rs.iter_score_grid(plane, WINDOW, WINDOW // 4, torch.device("cpu"), views))
+    return [tuple(region[:4]) for region in rs.non_maximum_suppression(candidates, top, MAX_OVERLAP)]
 
 
 def most_agreed(names: list[str], similarity: dict) -> str:
@@ -73,8 +76,9 @@ def most_agreed(names: list[str], similarity: dict) -> str:
     return names[int(np.argmax(means))]
 
 
-def score_case(numbered: tuple[int, tuple]) -> dict[str, float]:
-    """ER of every kernel source for one case (``name -> ER``)."""
+def score_case(numbered: tuple[int, tuple], views: tuple[int, ...] = (1,)) -> dict[str, float]:
+    """ER of every kernel source for one case (``name -> ER``); the selector's windows are ranked
+    by scores over ``views[0]`` views, and its best window also by each further entry of ``views``."""
     import torch
 
     from napari_deblur.engine import estimate_psf, kernel_similarity, wiener_net_deconvolve
@@ -86,12 +90,13 @@ def score_case(numbered: tuple[int, tuple]) -> dict[str, float]:
     border = kernel.shape[0]
     reference = error_upto_shift(wiener_net_deconvolve(blurred, kernel.astype(np.float32)),
                                  sharp, border)[0]
-    tops = top_windows(blurred)
+    tops = top_windows(blurred, views[0])
     rng = np.random.default_rng(number)
     regions = {f"top{i}": window for i, window in enumerate(tops)}
     regions["whole"] = None
     regions.update({f"random{i}": w for i, w in enumerate(random_windows(blurred.shape, WINDOW, 3, rng))})
     regions["gradient"] = gradient_energy_window(blurred, WINDOW)
+    regions.update({f"best by {n} views": top_windows(blurred, n, top=1)[0] for n in views[1:]})
     estimates, ratio = {}, {}
     for name, region in regions.items():
         estimates[name] = estimate_psf(blurred, size=ESTIMATE_SIZE, region=region, device="cpu")
@@ -100,7 +105,10 @@ def score_case(numbered: tuple[int, tuple]) -> dict[str, float]:
     names = list(estimates)
     similarity = {frozenset((a, b)): kernel_similarity(estimates[a], estimates[b])
                   for i, a in enumerate(names) for b in names[i + 1 :]}
-    row = {"selector's best window": ratio["top0"], "whole image": ratio["whole"],
+    row = {"selector's best window": ratio["top0"],
+           **{f"selector's best window, scores over {n} views": ratio[f"best by {n} views"]
+              for n in views[1:]},
+           "whole image": ratio["whole"],
            "random window (3 per case)": [ratio[f"random{i}"] for i in range(3)],
            "most gradient energy": ratio["gradient"]}
     for k in (3, TOP):
@@ -119,13 +127,17 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=20261128)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--selector", help="region-selector weights (default: the shipped ones)")
+    parser.add_argument("--views", type=int, nargs="+", default=[1], choices=(1, 2, 4, 8),
+                        help="views each window's score is averaged over (the first ranks every "
+                             "selector row; each further one adds a row for its best window)")
     args = parser.parse_args(argv)
     cases = make_cases("shake", CROP, args.seed)
     with ProcessPoolExecutor(args.workers, initializer=use_selector_weights,
                              initargs=(args.selector,)) as pool:
-        rows = list(pool.map(score_case, enumerate(cases)))
+        rows = list(pool.map(partial(score_case, views=tuple(args.views)), enumerate(cases)))
     print(f"{len(rows)} cases (train split, {CROP} px crops, shake kernels, seed {args.seed}), "
-          f"{WINDOW} px windows, selector {args.selector or 'shipped'}\n")
+          f"{WINDOW} px windows, selector {args.selector or 'shipped'}, scores over {args.views[0]} "
+          "view(s)\n")
     print(f"| kernel source | ER <= {SUCCESS_ER:g} | median ER |")
     print("|---|---:|---:|")
     for name in rows[0]:

@@ -21,6 +21,7 @@ from napari_deblur.engine.region_selector import (
     load_region_selector_net,
     non_maximum_suppression,
     overlap_fraction,
+    score_windows,
     window_features,
 )
 from napari_deblur.engine.training import region_selector as training
@@ -87,6 +88,18 @@ def test_window_features_normalise_each_window():
 
 
 # --- API contract --------------------------------------------------------------------------------
+
+
+def test_window_scores_over_views_are_the_mean_of_each_views_probability():
+    model = load_region_selector_net(torch.device("cpu"))
+    windows = torch.rand(3, 1, SIZE, SIZE)
+    one = score_windows(model, windows)
+    turned = score_windows(model, windows.flip((-2, -1)))
+    assert one.shape == (3,) and bool(((one > 0) & (one < 1)).all())
+    torch.testing.assert_close(score_windows(model, windows, 2), (one + turned) / 2)
+    assert (one - turned).abs().max() > 1e-4  # the network is not invariant: the views differ
+    with pytest.raises(ValueError, match="ensemble must be one of"):
+        score_windows(model, windows, 3)
 
 
 def test_contract(photo):

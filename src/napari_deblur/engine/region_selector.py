@@ -43,6 +43,7 @@ from torch import nn
 
 from .devices import select_device
 from .jobs import JobProgress, JobSteps, run_job
+from .layers import mean_over_views
 from .planes import single_grey_plane
 from .shipped_weights import load_shipped_model
 
@@ -140,11 +141,18 @@ def window_features(windows: torch.Tensor) -> torch.Tensor:
     return ((windows - mean) / torch.maximum(std, floor)).clamp(-INPUT_CLIP, INPUT_CLIP)
 
 
-def score_windows(model: nn.Module, windows: torch.Tensor) -> torch.Tensor:
-    """Probability ``(B,)`` that each grey window ``(B, 1, H, W)`` is good (no gradients)."""
+def score_windows(model: nn.Module, windows: torch.Tensor, views: int = 1) -> torch.Tensor:
+    """Probability ``(B,)`` that each grey window ``(B, 1, H, W)`` is good (no gradients).
+
+    ``views`` > 1 averages the probability over that many flipped or turned views of each
+    window (:func:`~napari_deblur.engine.layers.mean_over_views`).
+    """
+    def probability(view: torch.Tensor) -> torch.Tensor:  # (B, 1, 1, 1): turning it is a no-op
+        view = view.contiguous(memory_format=torch.channels_last)
+        return torch.sigmoid(model(view).float()).view(-1, 1, 1, 1)
+
     with torch.inference_mode():
-        features = window_features(windows).contiguous(memory_format=torch.channels_last)
-        return torch.sigmoid(model(features).float())
+        return mean_over_views(probability, window_features(windows), views).view(-1)
 
 
 @lru_cache(maxsize=4)
@@ -198,10 +206,11 @@ def non_maximum_suppression(candidates: list[Region], count: int,
     return chosen
 
 
-def iter_score_grid(plane: np.ndarray, size: int, stride: int,
-                    device: torch.device) -> JobSteps[list[Region]]:
+def iter_score_grid(plane: np.ndarray, size: int, stride: int, device: torch.device,
+                    views: int = 1) -> JobSteps[list[Region]]:
     """Every ``size`` window of a grey plane on a grid of ``stride`` (:func:`grid_positions`),
-    scored by the shipped network; yields progress per batch of windows."""
+    scored by the shipped network (on ``views`` views, :func:`score_windows`); yields progress
+    per batch of windows."""
     model = load_region_selector_net(device)
     starts = [(y, x) for y in grid_positions(plane.shape[0], size, stride)
               for x in grid_positions(plane.shape[1], size, stride)]
@@ -210,7 +219,7 @@ def iter_score_grid(plane: np.ndarray, size: int, stride: int,
     for first in range(0, len(starts), BATCH):
         yield JobProgress(first / len(starts), f"region selection: {first}/{len(starts)} windows")
         batch = torch.stack([tensor[y : y + size, x : x + size] for y, x in starts[first : first + BATCH]])
-        scores.append(score_windows(model, batch[:, None]).cpu())
+        scores.append(score_windows(model, batch[:, None], views).cpu())
     values = torch.cat(scores).tolist()
     yield JobProgress(1.0, "region selection: done")
     return [Region(y, x, size, size, float(score)) for (y, x), score in zip(starts, values)]
