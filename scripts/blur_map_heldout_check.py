@@ -86,6 +86,8 @@ def main(argv=None) -> None:
     parser.add_argument("weights", nargs="+", help="BlurMapNet weight files")
     parser.add_argument("--ensemble", type=int, nargs="+", default=[1],
                         help="test-time views per file (1, 2, 4 or 8; several: one column each)")
+    parser.add_argument("--bfloat16", action="store_true",
+                        help="add a column per file and view count with bfloat16 convolutions")
     parser.add_argument("--seeds", type=int, nargs="+", default=[VALIDATION_SEED],
                         help="draws of the validation crops (several: a row each and their mean)")
     args = parser.parse_args(argv)
@@ -93,16 +95,18 @@ def main(argv=None) -> None:
     for path in args.weights:
         model = bm.BlurMapNet()
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-        columns += [(f"{path}, {n} view{'s' if n > 1 else ''}", model.eval(), n) for n in args.ensemble]
-    header = ["held-out data"] + [f"{name}: MAE / RMSE / RMSE textured (px)" for name, _, _ in columns]
+        for precision in ((False, True) if args.bfloat16 else (False,)):
+            columns += [(f"{path}, {n} view{'s' if n > 1 else ''}{', bfloat16' if precision else ''}",
+                         model.eval(), n, precision) for n in args.ensemble]
+    header = ["held-out data"] + [f"{name}: MAE / RMSE / RMSE textured (px)" for name, *_ in columns]
     print("| " + " | ".join(header) + " |")
     print("|---|" + "---:|" * len(columns))
     keys = ("val_mae_px", "val_rmse_px", "val_rmse_textured_px")
     by_mix: dict[str, list] = {}
     for seed in args.seeds:
         for name, batches in validation_sets(seed):
-            scores = [[evaluate(model, batches, ensemble)[key] for key in keys]
-                      for _, model, ensemble in columns]
+            scores = [[evaluate(model, batches, ensemble, bfloat16=bfloat16)[key] for key in keys]
+                      for _, model, ensemble, bfloat16 in columns]
             by_mix.setdefault(name, []).append(scores)
             print(f"| {name}, seed {seed} | " + " | ".join(_cell(*row) for row in scores) + " |",
                   flush=True)
@@ -115,9 +119,10 @@ def main(argv=None) -> None:
         lum = torch.from_numpy(observed)[None, None]
         cells = []
         with torch.no_grad():
-            for _, model, ensemble in columns:
+            for _, model, ensemble, bfloat16 in columns:
                 features = bm.blur_map_features(lum)
-                levels = bm.target_to_level(bm.predict_log_level(model, features, ensemble))
+                levels = bm.target_to_level(bm.predict_log_level(model, features, ensemble,
+                                                                 bfloat16=bfloat16))
                 error = levels[0, 0].numpy() - truth
                 cells.append(_cell(np.abs(error).mean(), np.sqrt((error**2).mean()),
                                    np.sqrt((error[textured] ** 2).mean())))

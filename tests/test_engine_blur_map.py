@@ -21,6 +21,7 @@ from napari_deblur.engine import (
     sharpen_gwis,
 )
 from napari_deblur.engine import blur_map as bm
+from napari_deblur.engine import devices
 from napari_deblur.engine import tiling
 from napari_deblur.engine.training import blur_map as tbm
 
@@ -81,7 +82,9 @@ def test_intensity_scale_and_dtype_do_not_change_the_map(photo):
                                estimate_blur_map(as_uint16.astype(np.float32) / 4000), atol=0.05)
 
 
-def test_colour_uses_the_luminance_and_stacks_go_plane_by_plane(photo):
+def test_colour_uses_the_luminance_and_stacks_go_plane_by_plane(photo, monkeypatch):
+    # float32 convolutions: bfloat16 rounds the luminance's last bits into up to 0.04 px.
+    monkeypatch.setenv(devices.CPU_BFLOAT16_OPT_OUT, "1")
     image = blurred(photo, 1.5)
     rgb = np.stack([image, image, image], axis=-1)
     np.testing.assert_allclose(estimate_blur_map(rgb, channel_axis=-1), estimate_blur_map(image),
@@ -129,7 +132,8 @@ def test_test_time_views_of_the_map_are_averaged_and_turn_with_the_input(photo):
         bm.predict_log_level(model, features, 3)
 
 
-def test_the_engine_map_is_the_mean_of_its_views_and_the_papers_network_runs_once(photo):
+def test_the_engine_map_is_the_mean_of_its_views_and_the_papers_network_runs_once(photo, monkeypatch):
+    monkeypatch.setenv(devices.CPU_BFLOAT16_OPT_OUT, "1")  # float32, as predict_log_level by default
     image = blurred(photo[:96, :128], 2.0)
     lum = torch.from_numpy(image)[None, None]
     features = bm.blur_map_features(lum)
@@ -142,6 +146,19 @@ def test_the_engine_map_is_the_mean_of_its_views_and_the_papers_network_runs_onc
     np.testing.assert_allclose(estimate_blur_map(image), ours[0, 0].numpy(), atol=1e-4)
     np.testing.assert_allclose(run_job(iter_estimate_blur_map(image, model="paper")),
                                paper[0, 0].numpy(), atol=1e-4)
+
+
+def test_bfloat16_convolutions_move_the_map_by_a_hair(photo, monkeypatch):
+    # Forced on (emulated where the CPU lacks it): the engine asks for it on CPUs with native bfloat16.
+    image = blurred(photo, 2.0)
+    monkeypatch.setenv(devices.CPU_BFLOAT16_OPT_OUT, "1")
+    float32 = estimate_blur_map(image)
+    monkeypatch.delenv(devices.CPU_BFLOAT16_OPT_OUT)
+    monkeypatch.setattr(devices, "_cpu_has_native_bfloat16", lambda: True)
+    bfloat16 = estimate_blur_map(image)
+    assert bfloat16.dtype == np.float32
+    difference = np.abs(bfloat16 - float32)
+    assert 0 < difference.max() < 0.15 and difference.mean() < 0.02
 
 
 def test_odd_and_tiny_sizes():

@@ -69,7 +69,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .devices import select_device
+from .devices import cpu_bfloat16_is_fast, select_device
 from .gwis import estimate_noise_std, luminance
 from .jobs import JobProgress, JobSteps, run_job
 from .layers import mean_over_views, upsample_nearest_then_conv
@@ -305,7 +305,8 @@ def blur_map_features(lum: torch.Tensor, noise: torch.Tensor | None = None,
     return torch.cat([normalised, snr], dim=1)
 
 
-def predict_log_level(model: nn.Module, features: torch.Tensor, ensemble: int = 1) -> torch.Tensor:
+def predict_log_level(model: nn.Module, features: torch.Tensor, ensemble: int = 1, *,
+                      bfloat16: bool = False) -> torch.Tensor:
     """Run a blur-map network on features of any size; ``(B, 1, H, W)`` target at full resolution.
 
     The features are padded to :data:`SIZE_MULTIPLE` (replicated border) and
@@ -315,6 +316,9 @@ def predict_log_level(model: nn.Module, features: torch.Tensor, ensemble: int = 
     (:func:`~napari_deblur.engine.layers.mean_over_views`): the training crops
     come in every orientation, so each view is an equally good input, and the
     network's errors differ from view to view (:data:`MAP_VIEWS`).
+    ``bfloat16=True`` (CPU only) runs the convolutions in bfloat16 and returns
+    float32, as Wiener-net does on CPUs with native bfloat16
+    (:func:`~napari_deblur.engine.devices.cpu_bfloat16_is_fast`).
     """
     height, width = features.shape[-2:]
     pad_h = -height % SIZE_MULTIPLE
@@ -324,8 +328,9 @@ def predict_log_level(model: nn.Module, features: torch.Tensor, ensemble: int = 
 
     def full_resolution_target(view: torch.Tensor) -> torch.Tensor:
         # Channels-last runs the CPU convolutions several times faster than NCHW (oneDNN).
-        coarse = model(view.contiguous(memory_format=torch.channels_last))
-        return F.interpolate(coarse, scale_factor=stride, mode="bilinear", align_corners=False)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bfloat16):
+            coarse = model(view.contiguous(memory_format=torch.channels_last))
+        return F.interpolate(coarse.float(), scale_factor=stride, mode="bilinear", align_corners=False)
 
     full = mean_over_views(full_resolution_target, padded, ensemble)
     return full[..., :height, :width].contiguous()
@@ -345,9 +350,11 @@ def load_paper_blur_net(device: torch.device) -> PaperBlurNet:
 
 
 def _blur_map_plane_steps(model: nn.Module):
-    views = 1 if isinstance(model, PaperBlurNet) else MAP_VIEWS
+    ours = not isinstance(model, PaperBlurNet)  # the paper's network: one float32 pass, as measured
+    views = MAP_VIEWS if ours else 1
 
     def plane_steps(plane: torch.Tensor, _unused: torch.Tensor | None) -> JobSteps[torch.Tensor]:
+        bfloat16 = ours and cpu_bfloat16_is_fast(plane.device)
         yield JobProgress(0.0, "blur map: features")
         lum = luminance(plane)
         noise, value_range = plane_noise_and_range(lum)
@@ -360,7 +367,7 @@ def _blur_map_plane_steps(model: nn.Module):
             features = F.pad(features, (0, pad_w, 0, pad_h), mode="replicate")
         with torch.inference_mode():
             target = yield from iter_tiled(
-                lambda tile: predict_log_level(model, tile, views), features,
+                lambda tile: predict_log_level(model, tile, views, bfloat16=bfloat16), features,
                 tile_size=device_tile_size(TILE_SIZE, features.device), halo=TILE_HALO,
                 blend=TILE_BLEND, align=SIZE_MULTIPLE,
             )

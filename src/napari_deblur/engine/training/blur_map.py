@@ -376,21 +376,21 @@ def _textured(blurred: torch.Tensor) -> torch.Tensor:
     return magnitude >= magnitude.flatten(1).median(dim=1).values.view(-1, 1, 1, 1)
 
 
-def evaluate(model: torch.nn.Module, validation, ensemble: int = 1) -> dict:
+def evaluate(model: torch.nn.Module, validation, ensemble: int = 1, *, bfloat16: bool = False) -> dict:
     """Validation metrics on fixed batches of held-out crops of the train sources.
 
     ``val_l1_log``: the loss; ``val_mae_px``, ``val_rmse_px``: errors of the
     level in px over all pixels; ``val_rmse_textured_px``: over the half of
     the pixels with the largest gradient magnitude of the blurred crop (per
     crop); ``val_mae_uniform_px`` / ``val_mae_varying_px``: by map kind.
-    ``ensemble``: test-time views (:func:`~napari_deblur.engine.blur_map.predict_log_level`).
+    ``ensemble``, ``bfloat16``: as in :func:`~napari_deblur.engine.blur_map.predict_log_level`.
     """
     model.eval()
     sums = {"l1": 0.0, "abs": 0.0, "sq": 0.0, "n": 0, "sq_tex": 0.0, "n_tex": 0,
             "abs_u": 0.0, "n_u": 0, "abs_v": 0.0, "n_v": 0}
     with torch.no_grad():
         for features, levels, description in validation:
-            prediction = predict_log_level(model, features, ensemble)
+            prediction = predict_log_level(model, features, ensemble, bfloat16=bfloat16)
             sums["l1"] += float((prediction - level_to_target(levels)).abs().mean()) * levels.numel()
             error = target_to_level(prediction) - levels
             sums["abs"] += float(error.abs().sum())
