@@ -118,7 +118,8 @@ def release_cached_memory(device: torch.device) -> None:
 
 
 def cpu_bfloat16_is_fast(device: torch.device) -> bool:
-    """True where Wiener-net's convolutions run in bfloat16: CPUs with native bfloat16 dot products.
+    """True where Wiener-net's and the blur map's convolutions run in bfloat16: CPUs with native
+    bfloat16 dot products.
 
     Those are x86 CPUs with AVX512-BF16 or AMX tiles, in a torch built with
     oneDNN, which runs a bfloat16 convolution there in about two thirds of the
@@ -126,7 +127,8 @@ def cpu_bfloat16_is_fast(device: torch.device) -> bool:
     stays; accelerators keep float32 too (their time is not the limit).
     ``NAPARI_DEBLUR_CPU_FLOAT32=1`` turns bfloat16 off. Only the convolutions
     change precision; the caller keeps its input, blend and output in float32
-    (:func:`~napari_deblur.engine.wiener_net.apply_network`).
+    (:func:`~napari_deblur.engine.wiener_net.apply_network`,
+    :func:`~napari_deblur.engine.blur_map.predict_log_level`).
     """
     if device.type != "cpu" or os.environ.get(CPU_BFLOAT16_OPT_OUT, "").strip() not in ("", "0"):
         return False
