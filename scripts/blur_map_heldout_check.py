@@ -116,11 +116,10 @@ def main(argv=None) -> None:
             print(f"| {name}, mean of {len(draws)} draws | " + " | ".join(_cell(*row) for row in mean)
                   + " |", flush=True)
     for name, observed, truth, textured in page_cases():
-        lum = torch.from_numpy(observed)[None, None]
+        features = bm.blur_map_features(torch.from_numpy(observed)[None, None])
         cells = []
         with torch.no_grad():
             for _, model, ensemble, bfloat16 in columns:
-                features = bm.blur_map_features(lum)
                 levels = bm.target_to_level(bm.predict_log_level(model, features, ensemble,
                                                                  bfloat16=bfloat16))
                 error = levels[0, 0].numpy() - truth
