@@ -127,7 +127,7 @@ def main(argv=None) -> None:
     for n, power in enumerate(powers):
         similarity, ratio = rows[:, 2 + 2 * n], rows[:, 3 + 2 * n]
         print(f"| {power:g} | {similarity.mean():.3f} | {np.mean(similarity >= 0.75):.0%} | "
-              f"{np.median(ratio):.2f} | {ratio.mean():.2f} | {np.mean(ratio <= 2):.0%} | "
+              f"{np.median(ratio):.3f} | {ratio.mean():.3f} | {np.mean(ratio <= 2):.0%} | "
               f"{np.mean(ratio <= 3):.0%} |")
 
 
