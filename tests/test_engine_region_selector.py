@@ -291,6 +291,35 @@ def test_labels_do_not_depend_on_the_number_of_workers(tmp_path):
     assert np.all((one["estimate_size"] >= 7) & (one["estimate_size"] <= 11))
 
 
+def test_labels_are_made_with_the_label_estimator_constants(tmp_path, monkeypatch):
+    """Every estimate of a labelled image sees ``label_estimator``; blind_psf is restored after."""
+    from napari_deblur.engine import blind_psf
+
+    shipped = (blind_psf.KERNEL_FAINT, blind_psf.LAMBDA_FLOOR)
+    seen = []
+
+    def recording_estimate(blurred, size, **kwargs):
+        seen.append((blind_psf.KERNEL_FAINT, blind_psf.LAMBDA_FLOOR))
+        return gaussian_psf(1.0, size=size)
+
+    monkeypatch.setattr(training, "estimate_psf", recording_estimate)
+    config = _tiny_label_config(tmp_path, label_estimator={"KERNEL_FAINT": 0.3, "LAMBDA_FLOOR": 0.01})
+    natural = training._load_natural(config)
+    training.labelled_image(1, natural, config)  # image 1 is held out: windows and the whole image
+    assert seen == [(0.3, 0.01)] * (config.windows_per_image + 1)
+    assert (blind_psf.KERNEL_FAINT, blind_psf.LAMBDA_FLOOR) == shipped
+
+
+def test_label_estimator_defaults_and_cache_key(tmp_path):
+    default = _tiny_label_config(tmp_path)
+    assert default.label_estimator == training.LABEL_ESTIMATOR
+    as_shipped = _tiny_label_config(tmp_path, label_estimator={})
+    assert training.cache_path(default) != training.cache_path(as_shipped)
+    with pytest.raises(ValueError, match="NO_SUCH_CONSTANT"):
+        with training._blind_psf_constants({"NO_SUCH_CONSTANT": 1.0}):
+            pass
+
+
 def test_within_image_rank_loss_orders_windows_of_one_image():
     labels = torch.tensor([1, 0, 0, 1, 1, 1, 1, 1], dtype=torch.float32)  # image 2: one class only
     right = torch.tensor([3.0, -3.0, -3.0, 3.0, 0.0, 0.0, 0.0, 0.0])
