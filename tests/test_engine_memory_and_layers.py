@@ -8,6 +8,7 @@ import platform
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -86,10 +87,15 @@ def test_the_mean_over_views_of_a_position_dependent_map_averages_its_views():
     torch.testing.assert_close(mean_over_views(lambda t: t + rows, x, 2), x + 2.0)
 
 
-@pytest.mark.parametrize("ensemble", [0, 3, 16, True])
+@pytest.mark.parametrize("ensemble", [0, 3, 16, True, 2.0, "2", None])
 def test_only_the_listed_ensemble_sizes_are_accepted(ensemble):
     with pytest.raises(ValueError, match="ensemble must be one of"):
         mean_over_views(lambda t: t, torch.zeros(1, 1, 4, 4), ensemble)
+
+
+def test_numpy_integer_ensemble_sizes_are_accepted():
+    x = torch.arange(16.0).view(1, 1, 4, 4)
+    torch.testing.assert_close(mean_over_views(lambda t: t * 2, x, np.int64(4)), x * 2)
 
 
 @pytest.mark.parametrize("variable, value", [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 
 import torch
@@ -99,8 +100,12 @@ def dihedral_views() -> list[tuple]:
 
 
 def check_ensemble_size(ensemble) -> None:
-    """Raise ``ValueError`` unless ``ensemble`` is one of :data:`ENSEMBLE_SIZES`."""
-    if isinstance(ensemble, bool) or ensemble not in ENSEMBLE_SIZES:
+    """Raise ``ValueError`` unless ``ensemble`` is one of :data:`ENSEMBLE_SIZES`, as an integer.
+
+    ``True`` and ``2.0`` compare equal to 1 and 2 but are refused: a view count is a count.
+    """
+    if isinstance(ensemble, bool) or not isinstance(ensemble, numbers.Integral) \
+            or ensemble not in ENSEMBLE_SIZES:
         raise ValueError(f"ensemble must be one of {ENSEMBLE_SIZES}, got {ensemble!r}")
 
 
