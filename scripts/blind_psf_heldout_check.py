@@ -80,12 +80,11 @@ def score_case(case: tuple, powers: tuple[float, ...], settings: dict[str, float
     from region_selection_benchmark import error_upto_shift
 
     torch.set_num_threads(1)
-    for name, value in settings.items():
-        setattr(blind_psf, name, value)
-    blind_psf.KERNEL_SHARPENING_POWER = 1.0  # the raw estimate; powers applied below
     index, blurred, kernel, sharp = case
     start = time.perf_counter()
-    raw = blind_psf.estimate_psf(blurred, size=ESTIMATE_SIZE, device="cpu")
+    # the raw estimate (sharpening power 1); the powers are applied below
+    with blind_psf.constants_overridden({**settings, "KERNEL_SHARPENING_POWER": 1.0}):
+        raw = blind_psf.estimate_psf(blurred, size=ESTIMATE_SIZE, device="cpu")
     row = [index, time.perf_counter() - start]
     reference = error_upto_shift(wiener_net_deconvolve(blurred, kernel.astype(np.float32)), sharp,
                                  ER_BORDER)[0]

@@ -295,3 +295,14 @@ def test_flat_image_gives_a_valid_kernel():
 def test_cuda_agrees_with_cpu(blurred_line, estimate_line):
     on_gpu = estimate_psf(blurred_line, size=SIZE, device="cuda")
     assert kernel_similarity(on_gpu, estimate_line) > 0.95
+
+
+def test_constants_overridden_restores_them_even_after_an_error():
+    from napari_deblur.engine import blind_psf
+
+    before = blind_psf.KERNEL_FAINT
+    with pytest.raises(RuntimeError, match="inside"):
+        with blind_psf.constants_overridden({"KERNEL_FAINT": 0.5}):
+            assert blind_psf.KERNEL_FAINT == 0.5
+            raise RuntimeError("inside")
+    assert blind_psf.KERNEL_FAINT == before

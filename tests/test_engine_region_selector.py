@@ -311,12 +311,14 @@ def test_labels_are_made_with_the_label_estimator_constants(tmp_path, monkeypatc
 
 
 def test_label_estimator_defaults_and_cache_key(tmp_path):
+    from napari_deblur.engine import blind_psf
+
     default = _tiny_label_config(tmp_path)
     assert default.label_estimator == training.LABEL_ESTIMATOR
     as_shipped = _tiny_label_config(tmp_path, label_estimator={})
     assert training.cache_path(default) != training.cache_path(as_shipped)
     with pytest.raises(ValueError, match="NO_SUCH_CONSTANT"):
-        with training._blind_psf_constants({"NO_SUCH_CONSTANT": 1.0}):
+        with blind_psf.constants_overridden({"NO_SUCH_CONSTANT": 1.0}):
             pass
 
 

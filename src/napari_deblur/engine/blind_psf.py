@@ -63,7 +63,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 import scipy.ndimage as ndi
@@ -167,6 +168,26 @@ still lowers their failures (ER > 3: 8 -> 3 % and 9 -> 6 %)."""
 
 
 # --- input ----------------------------------------------------------------------------
+
+
+@contextmanager
+def constants_overridden(values: Mapping[str, float]):
+    """Inside the block, this module's constants named in ``values`` have those values.
+
+    For experiments and for training labels made with an earlier estimator
+    (:data:`napari_deblur.engine.training.region_selector.LABEL_ESTIMATOR`); the
+    constants are module globals read at call time, so this is not thread-safe.
+    Raises ``ValueError`` for a name that is not an upper-case constant here.
+    """
+    unknown = [name for name in values if not (name.isupper() and name in globals())]
+    if unknown:
+        raise ValueError(f"blind_psf has no constants {unknown}")
+    saved = {name: globals()[name] for name in values}
+    try:
+        globals().update(values)
+        yield
+    finally:
+        globals().update(saved)
 
 
 def _check_size(size) -> int:

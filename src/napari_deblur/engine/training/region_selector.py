@@ -37,7 +37,6 @@ import math
 import multiprocessing
 import os
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,8 +47,7 @@ import torch.nn.functional as F
 from scipy.signal import fftconvolve
 from scipy.stats import rankdata
 
-from .. import blind_psf
-from ..blind_psf import estimate_psf, kernel_similarity
+from ..blind_psf import constants_overridden, estimate_psf, kernel_similarity
 from ..psf import disk_psf, gaussian_psf, random_motion_psf
 from ..region_selector import RegionSelectorNet, score_windows, window_features
 from .kernels import embed
@@ -224,22 +222,6 @@ def _single_crop(rng: np.random.Generator, side: int, natural: list[np.ndarray],
     return image * contrast + rng.uniform(0, 1 - contrast), source
 
 
-@contextmanager
-def _blind_psf_constants(values: dict):
-    """Inside the block, :mod:`blind_psf`'s module constants named in ``values`` have those values."""
-    unknown = [name for name in values if not (name.isupper() and hasattr(blind_psf, name))]
-    if unknown:
-        raise ValueError(f"blind_psf has no constants {unknown}")
-    saved = {name: getattr(blind_psf, name) for name in values}
-    try:
-        for name, value in values.items():
-            setattr(blind_psf, name, value)
-        yield
-    finally:
-        for name, value in saved.items():
-            setattr(blind_psf, name, value)
-
-
 def labelled_image(index: int, natural: list[np.ndarray], config: RegionSelectorTrainingConfig
                    ) -> dict:
     """Blur image ``index``, estimate the PSF on each grid window (and, if held out, the whole)."""
@@ -255,7 +237,7 @@ def labelled_image(index: int, natural: list[np.ndarray], config: RegionSelector
     estimate_size = smallest + 2 * int(rng.integers(0, extra_steps + 1))
     similarities = []
     whole = math.nan
-    with _blind_psf_constants(config.label_estimator):
+    with constants_overridden(config.label_estimator):
         for y in config.window_offsets:
             for x in config.window_offsets:
                 estimate = estimate_psf(blurred, size=estimate_size,
