@@ -36,7 +36,8 @@ def _report(path: Path, title: str, command: str, config: dict, history: list[di
         "",
         (f"Python {platform.python_version()}, torch {torch.__version__}, {platform.machine()}, "
          f"device {config.get('device')}, {torch.get_num_threads()} CPU threads; "
-         f"wall time {seconds / 60:.1f} min."),
+         f"wall time {seconds / 60:.1f} min. Processor: {_processor_description()}; the same "
+         "bytes need the same torch, thread count and CPU kernels (their rounding differs)."),
         "",
         notes,
         "",
@@ -48,6 +49,25 @@ def _report(path: Path, title: str, command: str, config: dict, history: list[di
     lines += [_settings_table(config)]
     lines += ["", f"## Loss curve and validation ({validation})", "", _history_table(history)]
     path.write_text("\n".join(lines) + "\n")
+
+
+def _processor_description() -> str:
+    """The CPU's model name and the instruction set torch's CPU kernels were built for.
+
+    Float rounding in torch's convolutions depends on that instruction set, so a
+    training command can give other bytes on another processor.
+    """
+    import torch
+
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:  # not Linux
+        pass
+    return f"{name}, torch CPU kernels {torch.backends.cpu.get_cpu_capability()}"
 
 
 def _settings_table(config: dict) -> str:
