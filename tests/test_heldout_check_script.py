@@ -1,4 +1,4 @@
-"""Wrong kernels, low-contrast crops and the candidate judge of the Wiener-net held-out scripts."""
+"""Wrong kernels, low-contrast crops and the candidate judge of the Wiener-net held-out scripts; the weight comparison script."""
 
 import importlib.util
 from pathlib import Path
@@ -126,3 +126,24 @@ def test_snr_pick_line_counts_the_members_taken(check):
     snrs = torch.tensor([9.0, 13.0, 17.0])
     line = check.snr_pick_line(torch.tensor([5, 0, 2]), snrs)
     assert line.endswith("(7 crops): 9 dB: 5, 17 dB: 2")
+
+
+def test_same_weights_compares_tensors_not_file_bytes(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location(
+        "same_weights", SCRIPT.parent / "same_weights.py")
+    same_weights = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(same_weights)
+    weights = {"conv.weight": torch.arange(6.0).reshape(2, 3), "conv.bias": torch.zeros(2)}
+    torch.save(weights, tmp_path / "shipped.pt")
+    torch.save(weights, tmp_path / "remade.pt")
+    assert (tmp_path / "shipped.pt").read_bytes() != (tmp_path / "remade.pt").read_bytes()
+    assert same_weights.main([str(tmp_path / "shipped.pt"), str(tmp_path / "remade.pt")]) == 0
+    assert "the same 2 tensors" in capsys.readouterr().out
+
+    changed = dict(weights, **{"conv.weight": weights["conv.weight"] + 0.5})
+    torch.save(changed, tmp_path / "changed.pt")
+    assert same_weights.main([str(tmp_path / "shipped.pt"), str(tmp_path / "changed.pt")]) == 1
+    assert "conv.weight: largest difference 0.5" in capsys.readouterr().out
+    torch.save({"conv.weight": weights["conv.weight"]}, tmp_path / "fewer.pt")
+    assert same_weights.main([str(tmp_path / "shipped.pt"), str(tmp_path / "fewer.pt")]) == 1
+    assert "only in the first file: conv.bias" in capsys.readouterr().out
