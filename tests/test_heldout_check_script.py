@@ -1,4 +1,5 @@
-"""Wrong kernels, low-contrast crops and the candidate judge of the Wiener-net held-out scripts; the weight comparison script."""
+"""Wrong kernels, low-contrast crops and the candidate judge of the Wiener-net held-out scripts;
+the weight comparison script."""
 
 import importlib.util
 from pathlib import Path
