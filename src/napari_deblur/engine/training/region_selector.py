@@ -222,9 +222,10 @@ def _single_crop(rng: np.random.Generator, side: int, natural: list[np.ndarray],
     return image * contrast + rng.uniform(0, 1 - contrast), source
 
 
-def labelled_image(index: int, natural: list[np.ndarray], config: RegionSelectorTrainingConfig
-                   ) -> dict:
-    """Blur image ``index``, estimate the PSF on each grid window (and, if held out, the whole)."""
+def blurred_image(index: int, natural: list[np.ndarray], config: RegionSelectorTrainingConfig
+                  ) -> dict:
+    """What image ``index`` of the labels draws: its blurred, noisy pixels (real boundaries), the
+    true kernel and its kind, the sharp source, the noise level and the size the estimator is given."""
     rng = np.random.default_rng([config.seed, index])
     kernel, kind = random_label_kernel(rng, config)
     side = kernel.shape[0]
@@ -235,6 +236,15 @@ def labelled_image(index: int, natural: list[np.ndarray], config: RegionSelector
     smallest = max(side, 7)
     extra_steps = max(config.estimate_size_max - smallest, 0) // 2
     estimate_size = smallest + 2 * int(rng.integers(0, extra_steps + 1))
+    return {"blurred": blurred, "kernel": kernel, "kind": kind, "source": source, "noise": noise,
+            "estimate_size": estimate_size}
+
+
+def labelled_image(index: int, natural: list[np.ndarray], config: RegionSelectorTrainingConfig
+                   ) -> dict:
+    """Blur image ``index``, estimate the PSF on each grid window (and, if held out, the whole)."""
+    drawn = blurred_image(index, natural, config)
+    blurred, kernel, estimate_size = drawn["blurred"], drawn["kernel"], drawn["estimate_size"]
     similarities = []
     whole = math.nan
     with constants_overridden(config.label_estimator):
@@ -245,8 +255,7 @@ def labelled_image(index: int, natural: list[np.ndarray], config: RegionSelector
                 similarities.append(kernel_similarity(estimate, kernel))
         if config.is_validation(index):
             whole = kernel_similarity(estimate_psf(blurred, size=estimate_size, device="cpu"), kernel)
-    return {"blurred": blurred, "kernel": embed(kernel, MAX_KERNEL), "kind": kind,
-            "source": source, "noise": noise, "estimate_size": estimate_size,
+    return {**drawn, "kernel": embed(kernel, MAX_KERNEL),
             "similarity": np.asarray(similarities, np.float32), "whole_similarity": whole}
 
 
