@@ -37,7 +37,7 @@ def _report(path: Path, title: str, command: str, config: dict, history: list[di
         (f"Python {platform.python_version()}, torch {torch.__version__}, {platform.machine()}, "
          f"device {config.get('device')}, {torch.get_num_threads()} CPU threads; "
          f"wall time {seconds / 60:.1f} min. Processor: {_processor_description()}; the same "
-         "bytes need the same torch, thread count and CPU kernels (their rounding differs)."),
+         "tensors need the same torch, thread count and CPU kernels (their rounding differs)."),
         "",
         notes,
         "",
