@@ -18,7 +18,9 @@ from napari_deblur.engine import cpu_memory
 from napari_deblur.engine.layers import (
     ENSEMBLE_SIZES,
     dihedral_views,
+    fold_phase_major,
     mean_over_views,
+    unshuffle_order_of_phase_major,
     upsample_nearest_then_conv,
 )
 
@@ -42,6 +44,26 @@ def test_upsample_then_conv_equals_the_two_step_form(shape, channels_last):
     grads_fast = torch.autograd.grad((fast * weights).sum(), [x, conv.weight, conv.bias])
     for fast_grad, reference_grad in zip(grads_fast, grads_reference):
         torch.testing.assert_close(fast_grad, reference_grad, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("shape", [(2, 3, 4, 6), (1, 17, 8, 2), (1, 1, 2, 2)])
+def test_phase_major_fold_holds_pixel_unshuffles_values_in_its_own_order(shape, channels_last):
+    x = torch.randn(shape)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    folded = fold_phase_major(x)
+    unshuffled = F.pixel_unshuffle(x, 2)
+    assert folded.shape == unshuffled.shape
+    assert torch.equal(folded, unshuffled[:, unshuffle_order_of_phase_major(shape[1])])
+    # Channel p C + c is channel c at phase p = 2 dy + dx of each 2x2 block.
+    channels = shape[1]
+    for dy in (0, 1):
+        for dx in (0, 1):
+            phase = 2 * dy + dx
+            assert torch.equal(folded[:, phase * channels:(phase + 1) * channels], x[..., dy::2, dx::2])
+    if channels_last:  # the copy the CPU convolutions want, made by the fold itself
+        assert folded.is_contiguous(memory_format=torch.channels_last)
 
 
 def test_upsample_then_conv_without_bias():

@@ -195,6 +195,41 @@ def test_the_network_blends_its_candidates_per_pixel_and_adds_a_residual():
         np.testing.assert_allclose(model(features), candidates[:, 3:4] + 0.25, atol=1e-5)
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_the_network_reads_its_weights_in_the_order_they_were_trained_in(channels_last):
+    """The forward pass folds phase first; the files hold weights for pixel_unshuffle's order.
+
+    Reference: the network as it ran before the phase-major fold, written out here with
+    pixel_unshuffle, the weights as stored and the blend over the 4 c + p channel order.
+    """
+    from napari_deblur.engine.layers import upsample_nearest_then_conv
+
+    torch.manual_seed(1)
+    model = wn.WienerNet().eval()
+    features = torch.randn(2, model.n_snrs + 2, 32, 48)
+    if channels_last:
+        features = features.contiguous(memory_format=torch.channels_last)
+    n = model.n_snrs + 1
+    with torch.no_grad():
+        model.blend_head.bias.normal_(std=2.0)  # weights that differ from candidate to candidate
+        folded = torch.nn.functional.pixel_unshuffle(features, 2)
+        x, skips = folded, []
+        for encoder in model.encoders:
+            x = encoder(x)
+            skips.append(x)
+        x = skips.pop()
+        for upsample, decoder in zip(model.upsamplers, model.decoders):
+            x = decoder(torch.cat([upsample_nearest_then_conv(x, upsample), skips.pop()], dim=1))
+        batch, _, height, width = folded.shape
+        weights = model.blend_head(x).view(batch, n, 4, height, width).softmax(dim=1)
+        candidates = folded.view(batch, n + 1, 4, height, width)[:, :n]
+        blended = (weights * candidates).sum(dim=1) + model.head(x)
+        expected = torch.nn.functional.pixel_shuffle(blended, 2)
+        torch.testing.assert_close(model(features), expected, rtol=1e-5, atol=1e-5)
+    # Files keep the stored order: nothing of the forward pass's reordering is saved.
+    assert set(model.state_dict()) == {name for name, _ in model.named_parameters()}
+
+
 def test_training_loss_asks_the_same_decibels_of_clean_and_noisy_crops(monkeypatch):
     from napari_deblur.engine.training import wiener_net as training
 

@@ -31,8 +31,9 @@ ways:
    centred training kernels.
 4. **One grayscale network for every channel** (RGB channels are separate
    planes), and a compact multi-scale network (:class:`WienerNet`): the input
-   is folded 2x2 into channels (pixel unshuffle), then a four-level U-Net
-   (32, 48, 64, 96 channels, 3x3 convolutions, ReLU) works at 1/2 to 1/16
+   is folded 2x2 into channels
+   (:func:`~napari_deblur.engine.layers.fold_phase_major`), then a four-level
+   U-Net (32, 48, 64, 96 channels, 3x3 convolutions, ReLU) works at 1/2 to 1/16
    resolution; about 27 000 multiply-adds per pixel, 550 of them for the
    blend weights (the convolution after each 2x upsampling runs at the
    coarse resolution,
@@ -85,7 +86,8 @@ from .devices import cpu_bfloat16_is_fast, select_device
 from .fourier import kernel_centroid_offsets, kernel_to_otf, taper_fft_shape, taper_pad, taper_weights
 from .gwis import estimate_noise_std
 from .jobs import JobProgress, JobSteps, run_job
-from .layers import ENSEMBLE_SIZES, check_ensemble_size, mean_over_views, upsample_nearest_then_conv
+from .layers import (ENSEMBLE_SIZES, check_ensemble_size, fold_phase_major, mean_over_views,
+                     unshuffle_order_of_phase_major, upsample_nearest_then_conv)
 from .lazy import is_dask_array, lazy_with_psf
 from .planes import PlaneLayout, iter_planewise
 from .shipped_weights import load_shipped_model
@@ -179,40 +181,50 @@ class WienerNet(nn.Module):
         self.head = _conv(widths[0], 4)
         # 1x1 at half resolution, 4 output pixels per position (pixel shuffle).
         self.blend_head = nn.Conv2d(widths[0], 4 * (n_snrs + 1), 1)
+        # The weights keep pixel_unshuffle's channel order (4 c + p) in files; the forward
+        # pass folds phase first (p C + c) and reads the first layer's inputs and the blend
+        # weights in that order.
+        self.register_buffer("input_order", unshuffle_order_of_phase_major(n_snrs + 2), persistent=False)
+        self.register_buffer("blend_order", unshuffle_order_of_phase_major(n_snrs + 1), persistent=False)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        folded = F.pixel_unshuffle(features, 2)
-        x = folded
-        skips = []
-        for encoder in self.encoders:
+        folded = fold_phase_major(features)
+        first = self.encoders[0]
+        x = first[1:](F.conv2d(folded, first[0].weight[:, self.input_order], first[0].bias, padding=1))
+        skips = [x]
+        for encoder in self.encoders[1:]:
             x = encoder(x)
             skips.append(x)
         x = skips.pop()
         for upsample, decoder in zip(self.upsamplers, self.decoders):
             x = upsample_nearest_then_conv(x, upsample)
             x = decoder(torch.cat([x, skips.pop()], dim=1))
+        logits = F.conv2d(x, self.blend_head.weight[self.blend_order], self.blend_head.bias[self.blend_order])
         # float() undoes a bfloat16 autocast (apply_network): the blend and its residual stay float32.
-        blended = self._blend(folded, self.blend_head(x).float())
+        blended = self._blend(folded, logits.float())
         return F.pixel_shuffle(blended + self.head(x).float(), 2)
 
     def _blend(self, folded: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         """Softmax-weighted sum of the candidates, at half resolution.
 
-        Channel ``4 c + p`` of a folded map (``folded``, ``logits``) is
-        channel ``c`` at output phase ``p`` (the pixel-shuffle order), so the
-        blend of the full-resolution planes is done on the folded maps and
-        shuffled once with the residual: the same numbers as shuffling the
-        weights first, in a third of the time on the CPU (the softmax runs
-        over a contiguous last axis).
+        ``folded`` and ``logits`` are phase-major (:func:`fold_phase_major`):
+        channel ``p C + c`` is candidate ``c`` at output phase ``p``, so a
+        channels-last map is already ``(B, h, w, 4, C)`` in memory; the softmax
+        runs over its contiguous last axis and the weighted sum is one batched
+        product, with no copy. The blend of the full-resolution planes is done
+        on the folded maps and shuffled once with the residual: the same
+        numbers as shuffling the weights first.
         """
         batch, _, height, width = folded.shape
         n = self.n_snrs + 1
 
-        def by_phase(maps: torch.Tensor) -> torch.Tensor:  # (B, 4 C, h, w) -> (B, h, w, 4, C)
-            return maps.permute(0, 2, 3, 1).reshape(batch, height, width, -1, 4).transpose(3, 4)
+        def by_phase(maps: torch.Tensor, channels: int) -> torch.Tensor:  # (B, 4 C, h, w) -> (B, h, w, 4, C)
+            return maps.permute(0, 2, 3, 1).reshape(batch, height, width, 4, channels)
 
-        weights = by_phase(logits).contiguous().softmax(dim=-1)
-        blended = (weights * by_phase(folded)[..., :n]).sum(dim=-1)  # (B, h, w, 4)
+        weights = by_phase(logits, n).softmax(dim=-1)
+        candidates = by_phase(folded, n + 1)[..., :n]
+        with torch.autocast(folded.device.type, enabled=False):  # einsum would run in bfloat16
+            blended = torch.einsum("bhwpc,bhwpc->bhwp", weights, candidates)  # (B, h, w, 4)
         return blended.permute(0, 3, 1, 2)
 
 
