@@ -211,9 +211,10 @@ class WienerNet(nn.Module):
         channel ``p C + c`` is candidate ``c`` at output phase ``p``, so a
         channels-last map is already ``(B, h, w, 4, C)`` in memory; the softmax
         runs over its contiguous last axis and the weighted sum is one batched
-        product, without the transposed copies of the former channel order. The blend of the full-resolution planes is done
-        on the folded maps and shuffled once with the residual: the same
-        numbers as shuffling the weights first.
+        product, without the transposed copies of the former channel order.
+        The blend of the full-resolution planes is done on the folded maps and
+        shuffled once with the residual: the same numbers as shuffling the
+        weights first.
         """
         batch, _, height, width = folded.shape
         n = self.n_snrs + 1
