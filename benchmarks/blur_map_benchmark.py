@@ -141,19 +141,22 @@ def mixed_columns(source: np.ndarray, out_shape, sigma_of_column: np.ndarray) ->
     return mixed, sharp
 
 
+def patro_profiles(width: int) -> dict[str, np.ndarray]:
+    """Gaussian sigma of each column: a ramp 0.3 -> 3.0 px and a sinusoid between those levels."""
+    x = np.arange(width)
+    return {
+        "ramp": 0.3 + 2.7 * x / (width - 1),
+        "sinusoid": 1.65 + 1.35 * np.sin(2 * np.pi * x / (width / 2)),
+    }
+
+
 def patro_section(images, max_size) -> tuple[str, dict]:
     margin = int(np.ceil(4 * PATRO_SIGMAS[-1])) + 1
     results = defaultdict(dict)
     for name in images:
         source = ed.load_eval_image(name)
         out_shape = ed.eval_crop_shape(source.shape, max_size, margin)
-        width = out_shape[1]
-        x = np.arange(width)
-        profiles = {
-            "ramp": 0.3 + 2.7 * x / (width - 1),
-            "sinusoid": 1.65 + 1.35 * np.sin(2 * np.pi * x / (width / 2)),
-        }
-        for protocol, sigma_of_column in profiles.items():
+        for protocol, sigma_of_column in patro_profiles(out_shape[1]).items():
             blurred, sharp = mixed_columns(source, out_shape, sigma_of_column)
             rng = ed.case_rng("blur-map-patro", name, protocol)
             observed = ed.add_gaussian_noise(blurred, PATRO_NOISE, rng)

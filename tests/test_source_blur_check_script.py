@@ -42,7 +42,7 @@ def test_protocol_blur_of_a_blurred_source_is_the_total_blur_of_the_sharp_source
 
 
 def test_faithful_estimator_error_is_zero_without_own_blur_and_grows_with_it(check):
-    profiles = check.protocol_profiles(384)
+    profiles = check.bench.patro_profiles(384)
     for sigma_of_column in profiles.values():
         assert check.faithful_rmse(0.0, sigma_of_column) == pytest.approx(0.0, abs=1e-12)
         errors = [check.faithful_rmse(own, sigma_of_column) for own in check.OWN_BLURS]
