@@ -13,11 +13,15 @@ import torch
 from scipy.signal import fftconvolve
 from skimage import data
 
-from napari_deblur.engine import Region, gaussian_psf, select_regions
+from napari_deblur.engine import Region, gaussian_psf, run_job, select_regions
 from napari_deblur.engine.region_selector import (
+    MAX_CONSENSUS_WINDOWS,
     WEIGHTS_FILE,
     RegionSelectorNet,
+    consensus_scores,
+    consensus_stride,
     grid_positions,
+    iter_consensus_grid,
     load_region_selector_net,
     non_maximum_suppression,
     overlap_fraction,
@@ -102,8 +106,9 @@ def test_window_scores_over_views_are_the_mean_of_each_views_probability():
         score_windows(model, windows, 3)
 
 
-def test_contract(photo):
-    regions = select_regions(photo, size=SIZE, count=4, device="cpu")
+@pytest.mark.parametrize("ranking", ["consensus", "network"])
+def test_contract(photo, ranking):
+    regions = select_regions(photo, size=SIZE, count=4, device="cpu", ranking=ranking, psf_size=15)
     assert isinstance(regions, list) and 1 <= len(regions) <= 4
     scores = [r.score for r in regions]
     assert scores == sorted(scores, reverse=True)
@@ -122,10 +127,10 @@ def test_contract(photo):
 
 
 def test_count_respected_and_limited_by_room(photo):
-    assert len(select_regions(photo, size=SIZE, count=1)) == 1
+    assert len(select_regions(photo, size=SIZE, count=1, ranking="network")) == 1
     # 208 x 256 holds at most 3 x 4 disjoint 64-px windows
-    assert len(select_regions(photo, size=SIZE, count=50)) <= 12
-    only = select_regions(photo[:SIZE, :SIZE], size=SIZE, count=5)
+    assert len(select_regions(photo, size=SIZE, count=50, ranking="network")) <= 12
+    only = select_regions(photo[:SIZE, :SIZE], size=SIZE, count=5, ranking="consensus")  # one window
     assert len(only) == 1 and only[0][:4] == (0, 0, SIZE, SIZE)
 
 
@@ -159,36 +164,77 @@ def test_non_maximum_suppression_allows_the_overlap_asked_for():
     assert non_maximum_suppression([centre, *corners], 5, max_overlap=0.1) == [centre]
 
 
-def test_best_window_is_in_the_textured_half(half_flat):
-    regions = select_regions(half_flat, count=3)  # the default 128-px windows
+def test_networks_best_window_is_in_the_textured_half(half_flat):
+    regions = select_regions(half_flat, count=3, ranking="network")  # the default 128-px windows
     width = half_flat.shape[1]
     best = regions[0]
     assert best.x + best.width / 2 >= width / 2  # mostly in the textured half
-    flat_score = select_regions(half_flat[:, : width // 2 - 8], count=1)[0].score
+    flat_score = select_regions(half_flat[:, : width // 2 - 8], count=1, ranking="network")[0].score
     assert best.score > flat_score + 0.3
+
+
+def test_consensus_best_window_is_in_the_textured_half(half_flat):
+    best = select_regions(half_flat, count=1, ranking="consensus", psf_size=15)[0]  # 128-px windows
+    assert best.x + best.width / 2 >= half_flat.shape[1] / 2
+
+
+def test_consensus_gives_windows_of_one_constant_value_no_say():
+    # Left: one constant value (no noise), whose windows would all give the same point kernel and
+    # agree with each other; right: a blurred, noisy texture.
+    texture = blurred(train_image("gravel")[:140, :140], sigma=1.5, seed=3)  # 128 x 128
+    scene = np.concatenate([np.full((128, 192), 0.5, np.float32), texture], axis=1)
+    grid = run_job(iter_consensus_grid(scene, SIZE, 32, 11, torch.device("cpu")))
+    flat = [r for r in grid if r.x + r.width <= 192]
+    assert len(flat) == 3 * 5 and all(r.score == 0.0 for r in flat)
+    assert min(r.score for r in grid if r.x >= 192) > 0.2
+    assert select_regions(scene, size=SIZE, stride=32, ranking="consensus", psf_size=11,
+                          count=1)[0].x >= 192
+
+
+def test_consensus_scores_favour_the_kernel_most_others_agree_with():
+    near = [gaussian_psf(s, size=15) for s in (1.0, 1.1, 1.2)]
+    odd = np.zeros((15, 15), np.float32)
+    odd[7, 2:13] = 1.0  # a horizontal line: unlike the others
+    scores = consensus_scores([*near, odd, None])
+    assert scores[4] == 0.0  # no kernel (a flat window)
+    assert scores[3] == min(scores[:4]) and scores[1] == max(scores)
+    assert all(0.0 <= v <= 1.0 for v in scores)
+    assert consensus_scores([odd]).tolist() == [1.0]
+
+
+def test_consensus_grid_is_thinned_to_its_limit():
+    assert consensus_stride((384, 384), 192, 48) == 48  # 5 x 5 windows
+    for shape in [(1024, 1024), (600, 3000), (5000, 400)]:
+        stride = consensus_stride(shape, 192, 48)
+        windows = len(grid_positions(shape[0], 192, stride)) * len(grid_positions(shape[1], 192, stride))
+        fewer = len(grid_positions(shape[0], 192, stride - 1)) * \
+            len(grid_positions(shape[1], 192, stride - 1))
+        assert windows <= MAX_CONSENSUS_WINDOWS < fewer
 
 
 def test_rgb_equals_luminance():
     rgb = train_image("astronaut", colour=True)[50:210, 120:300]
     luminance = rgb.astype(np.float32) @ np.array([0.2126, 0.7152, 0.0722], np.float32)
-    colour = select_regions(rgb, size=SIZE, count=3)
-    grey = select_regions(luminance, size=SIZE, count=3)
+    colour = select_regions(rgb, size=SIZE, count=3, ranking="network")
+    grey = select_regions(luminance, size=SIZE, count=3, ranking="network")
     assert [r[:4] for r in colour] == [r[:4] for r in grey]
     assert np.allclose([r.score for r in colour], [r.score for r in grey], atol=1e-4)
-    channels_first = select_regions(np.moveaxis(rgb, -1, 0), size=SIZE, count=3, channel_axis=0)
+    channels_first = select_regions(np.moveaxis(rgb, -1, 0), size=SIZE, count=3, channel_axis=0,
+                                    ranking="network")
     assert [r[:4] for r in channels_first] == [r[:4] for r in colour]
 
 
 def test_any_dtype_and_scale(photo):
     as_uint8 = np.clip(photo * 255, 0, 255).astype(np.uint8)
     as_scaled = as_uint8.astype(np.float64) * 1000.0
-    assert [r[:4] for r in select_regions(as_uint8, size=SIZE)] == \
-        [r[:4] for r in select_regions(as_scaled, size=SIZE)]
+    for ranking in ("consensus", "network"):
+        assert [r[:4] for r in select_regions(as_uint8, size=SIZE, ranking=ranking, psf_size=15)] == \
+            [r[:4] for r in select_regions(as_scaled, size=SIZE, ranking=ranking, psf_size=15)]
 
 
 def test_input_is_not_modified(photo):
     image = photo.copy()
-    select_regions(image, size=SIZE, count=2)
+    select_regions(image, size=SIZE, count=2, ranking="consensus", psf_size=15)
     assert np.array_equal(image, photo)
 
 
@@ -204,6 +250,13 @@ def test_input_is_not_modified(photo):
         (np.zeros((100, 100)), {"size": True}, TypeError, "size"),
         (np.zeros((100, 100)), {"size": 64, "count": "5"}, TypeError, "count"),
         (np.zeros((100, 100)), {"size": 64, "stride": 0}, ValueError, "stride"),
+        (np.zeros((100, 100)), {"size": 64, "ranking": "best"}, ValueError, "ranking must be one of"),
+        (np.zeros((100, 100)), {"size": 64, "ranking": "consensus", "psf_size": 10}, ValueError,
+         "psf_size must be an odd"),
+        (np.zeros((100, 100)), {"size": 64, "ranking": "consensus", "psf_size": 33}, ValueError,
+         "at least 66 px"),
+        (np.zeros((100, 100)), {"size": 64, "ranking": "consensus", "psf_size": 3.0}, TypeError,
+         "psf_size"),
         (np.full((100, 100), np.nan), {"size": 64}, ValueError, "NaN|finite"),
         (np.zeros((100, 100), complex), {"size": 64}, ValueError, "complex"),
         (np.zeros((0, 100)), {"size": 64}, ValueError, "empty"),
@@ -227,8 +280,8 @@ def test_unavailable_device(photo):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_agrees_with_cpu(photo):
-    on_gpu = select_regions(photo, size=SIZE, count=3, device="cuda")
-    on_cpu = select_regions(photo, size=SIZE, count=3, device="cpu")
+    on_gpu = select_regions(photo, size=SIZE, count=3, device="cuda", ranking="network")
+    on_cpu = select_regions(photo, size=SIZE, count=3, device="cpu", ranking="network")
     assert [r[:4] for r in on_gpu] == [r[:4] for r in on_cpu]
     assert np.allclose([r.score for r in on_gpu], [r.score for r in on_cpu], atol=1e-3)
 

@@ -54,6 +54,10 @@ PSF_FROM_REGION = "Best or selected region"
 PSF_FROM_WHOLE_IMAGE = "Whole image"
 SCORE_COLORMAP = "plasma"
 PSF_COLORMAP = "magma"  # as the PSF reader and the samples
+#: The "Ranking" choices, each with the engine's ``ranking`` value.
+RANKING_NETWORK = "Network score"
+RANKING_CONSENSUS = "Consensus of window kernels (slower)"
+RANKINGS = {RANKING_NETWORK: "network", RANKING_CONSENSUS: "consensus"}
 #: Features of a rectangle the user draws (it has no score).
 DRAWN_FEATURES = {"score": 0.0, "rank": 0, "label": "drawn"}
 _TOLERANCE = 1e-3
@@ -94,7 +98,7 @@ class RegionSelectorWidget(EngineJobWidget):
 
     Attributes
     ----------
-    image, size, count, psf_from, regions, psf_size : magicgui widgets
+    image, size, count, ranking, psf_from, regions, psf_size : magicgui widgets
         The inputs; set their ``value`` from scripts.
     estimate_button : magicgui PushButton
         Runs :meth:`estimate_psf`.
@@ -121,6 +125,18 @@ class RegionSelectorWidget(EngineJobWidget):
             name="count", label="Count", min=1, max=20, value=5,
             tooltip="How many windows to propose (best first, not overlapping).",
         )
+        self.ranking = ComboBox(
+            name="ranking",
+            label="Ranking",
+            choices=list(RANKINGS),
+            value=RANKING_NETWORK,
+            tooltip="How windows are ranked. Network: a small trained network scores each window "
+            "at once (on the benchmark's images it ranks the windows of one image no better than "
+            "chance). Consensus: a kernel is estimated from every window (up to 36, about half a "
+            "second each on a CPU) and a window scores the mean similarity of its kernel to the "
+            "others'; a window most others agree with is likely a good one (better than the "
+            "network on training-split tests; README, region selection).",
+        )
         self.psf_from = ComboBox(
             name="psf_from",
             label="PSF from",
@@ -141,7 +157,8 @@ class RegionSelectorWidget(EngineJobWidget):
         self.psf_size = SpinBox(
             name="psf_size", label="PSF size (px)", min=3, max=101, step=2, value=25,
             tooltip="Side of the estimated kernel in pixels (odd), a little larger than the "
-            "blur. A rectangle must be at least twice as large on each side.",
+            "blur. A rectangle must be at least twice as large on each side. The consensus "
+            "ranking of Find regions estimates kernels of this size too.",
         )
         self.estimate_button = PushButton(
             name="estimate_button",
@@ -153,10 +170,10 @@ class RegionSelectorWidget(EngineJobWidget):
         super().__init__(
             napari_viewer,
             name="region_selector_widget",
-            inputs=[self.image, self.size, self.count],
+            inputs=[self.image, self.size, self.count, self.ranking],
             run_text="Find regions",
             settings_key=SETTINGS_KEY,
-            remembered=["size", "count", "psf_from", "psf_size"],
+            remembered=["size", "count", "ranking", "psf_from", "psf_size"],
             watched=[self.image],
             after_runner=[self.psf_from, self.regions, self.psf_size, self.estimate_button],
         )
@@ -175,22 +192,25 @@ class RegionSelectorWidget(EngineJobWidget):
         """Score windows of the selected plane; the result becomes a regions layer."""
         size = int(self.size.value)
         count = int(self.count.value)
+        ranking = RANKINGS[self.ranking.value]
+        psf_size = int(self.psf_size.value)
         leading = tuple(selection.index or ())
 
         def call_engine(data: Any, channel_axis: int | None, lazy: bool) -> Any:
             from napari_deblur.engine import iter_select_regions
 
-            return iter_select_regions(data, size=size, count=count, channel_axis=channel_axis)
+            return iter_select_regions(data, size=size, count=count, channel_axis=channel_axis,
+                                       ranking=ranking, psf_size=psf_size)
 
         def make_outputs(regions: Any) -> list[OutputLayerSpec]:
-            return [self._regions_layer(regions, selection, leading, size)]
+            return [self._regions_layer(regions, selection, leading, size, ranking)]
 
         return EngineJob(call_engine, make_outputs, REGIONS_SUFFIX)
 
     @staticmethod
     def _regions_layer(
         regions: Sequence[Sequence[float]], selection: JobSelection, leading: tuple[int, ...],
-        size: int,
+        size: int, ranking: str,
     ) -> OutputLayerSpec:
         if not regions:
             raise ValueError(
@@ -224,6 +244,7 @@ class RegionSelectorWidget(EngineJobWidget):
                     "source_layer": selection.layer.name,
                     "slice": list(leading),
                     "window_size_px": size,
+                    "ranking": ranking,
                     "regions": [[int(v) for v in region[:4]] for region in regions],
                 },
             },

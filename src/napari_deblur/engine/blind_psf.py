@@ -190,14 +190,15 @@ def constants_overridden(values: Mapping[str, float]):
         globals().update(saved)
 
 
-def _check_size(size) -> int:
+def check_kernel_size(size, name: str = "size") -> int:
+    """``size`` as an int if it is an odd kernel side >= :data:`MIN_KERNEL_SIZE`; else a clear error."""
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)):
-        raise TypeError(f"size must be an odd integer >= {MIN_KERNEL_SIZE} (pixels), not {size!r}.")
+        raise TypeError(f"{name} must be an odd integer >= {MIN_KERNEL_SIZE} (pixels), not {size!r}.")
     size = int(size)
     if size < MIN_KERNEL_SIZE or size % 2 == 0:
         suggestion = size + 1 if size > MIN_KERNEL_SIZE else MIN_KERNEL_SIZE
         raise ValueError(
-            f"size must be an odd integer >= {MIN_KERNEL_SIZE} pixels (the kernel has a centre "
+            f"{name} must be an odd integer >= {MIN_KERNEL_SIZE} pixels (the kernel has a centre "
             f"pixel), got {size}; use e.g. {suggestion}."
         )
     return size
@@ -467,7 +468,7 @@ def _estimate_level(blurred: torch.Tensor, kernel: np.ndarray, steps: int,
 def iter_estimate_psf(image, *, size: int = 25, region=None, channel_axis: int | None = None,
                       device=None) -> JobSteps[np.ndarray]:
     """Generator twin of :func:`estimate_psf` (yields progress per pyramid level)."""
-    size = _check_size(size)
+    size = check_kernel_size(size)
     plane = _grey_plane(image, channel_axis)
     top, left, height, width = _check_region(region, plane.shape, size)
     window = _normalised_intensity(plane[top : top + height, left : left + width])

@@ -12,6 +12,21 @@ similarity (:func:`~napari_deblur.engine.kernel_similarity`) of at least
 :data:`GOOD_SIMILARITY` to the true kernel. :func:`select_regions` scores
 windows on a grid and keeps the best non-overlapping ones.
 
+That network ranks the windows of one image no better than chance on the
+evaluation images (``scripts/region_grid_oracle_check.py``).
+``ranking="consensus"`` ranks another way: it estimates a kernel from every
+window of the grid and scores each window by the mean kernel similarity of
+its estimate to the other windows' estimates (:func:`consensus_scores`).
+With the blur the same everywhere, good windows give kernels close to the
+true one and so to each other, while each bad window goes wrong in its own
+way; a window that agrees with most others is likely a good one. On two
+draws of train-split cases its best window succeeded 7 and 15 points more
+often than the network's, but not as often as the whole image in one of
+them, so it is an option, not the default (``docs/benchmark-history.md``,
+region selection). It costs one blind estimate per window (about half a
+second for a 192 px window on a CPU core), so the grid is thinned to at most
+:data:`MAX_CONSENSUS_WINDOWS` windows.
+
 The network sees one grey window normalised by its own mean and standard
 deviation (:func:`window_features`: contrast does not matter, structure
 does). As the paper argues, it has no pooling layers (strided convolutions
@@ -35,12 +50,14 @@ Z. Hu, M.-H. Yang, "Good regions to deblur", ECCV 2012.
 from __future__ import annotations
 
 from functools import lru_cache
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch import nn
 
+from .blind_psf import REGION_SIZE_FACTOR, check_kernel_size, estimate_psf, kernel_similarity
 from .devices import select_device
 from .jobs import JobProgress, JobSteps, run_job
 from .layers import mean_over_views
@@ -72,6 +89,18 @@ INPUT_CLIP = 6.0
 
 BATCH = 64
 """Windows scored per network call."""
+
+RANKINGS = ("network", "consensus")
+"""How :func:`select_regions` ranks windows: :class:`RegionSelectorNet`'s score, or the agreement
+of the kernels estimated from them (:func:`consensus_scores`)."""
+
+MAX_CONSENSUS_WINDOWS = 36
+"""Most windows the consensus ranking estimates a kernel from; a finer grid is thinned
+(:func:`consensus_stride`)."""
+
+DEFAULT_CONSENSUS_PSF_SIZE = 25
+"""Kernel size (px) of the consensus ranking's estimates (:func:`~napari_deblur.engine.estimate_psf`'s
+default)."""
 
 
 class Region(NamedTuple):
@@ -225,17 +254,66 @@ def iter_score_grid(plane: np.ndarray, size: int, stride: int, device: torch.dev
     return [Region(y, x, size, size, float(score)) for (y, x), score in zip(starts, values)]
 
 
+def consensus_stride(shape: tuple[int, int], size: int, stride: int) -> int:
+    """``stride``, or the smallest larger step whose grid (:func:`grid_positions`) has at most
+    :data:`MAX_CONSENSUS_WINDOWS` windows of ``size`` on a plane of ``shape``."""
+    def windows(step: int) -> int:
+        return len(grid_positions(shape[0], size, step)) * len(grid_positions(shape[1], size, step))
+
+    while windows(stride) > MAX_CONSENSUS_WINDOWS:
+        stride += 1
+    return stride
+
+
+def consensus_scores(kernels: Sequence[np.ndarray | None]) -> np.ndarray:
+    """Each kernel's mean :func:`~napari_deblur.engine.kernel_similarity` to the other kernels, in
+    [0, 1]; ``None`` (a flat window: no kernel) scores 0 and takes no part. A kernel with no other
+    to compare with scores 1."""
+    present = [i for i, kernel in enumerate(kernels) if kernel is not None]
+    scores = np.zeros(len(kernels))
+    if len(present) == 1:
+        scores[present] = 1.0
+    for i in present:
+        others = [kernel_similarity(kernels[i], kernels[j]) for j in present if j != i]
+        if others:
+            scores[i] = float(np.mean(others))
+    return scores
+
+
+def iter_consensus_grid(plane: np.ndarray, size: int, stride: int, psf_size: int,
+                        device: torch.device) -> JobSteps[list[Region]]:
+    """Every ``size`` window of a grey plane on a grid of ``stride``, scored by
+    :func:`consensus_scores` of the ``psf_size`` kernels blindly estimated from each; yields
+    progress per window. Windows of one constant value (they would all give the same point
+    kernel and agree) get no kernel and score 0."""
+    starts = [(y, x) for y in grid_positions(plane.shape[0], size, stride)
+              for x in grid_positions(plane.shape[1], size, stride)]
+    kernels = []
+    for index, (y, x) in enumerate(starts):
+        yield JobProgress(index / len(starts), f"region selection: kernel {index + 1}/{len(starts)}")
+        window = plane[y : y + size, x : x + size]
+        flat = window.max() == window.min()
+        kernels.append(None if flat else
+                       estimate_psf(plane, size=psf_size, region=(y, x, size, size), device=device))
+    scores = consensus_scores(kernels)
+    yield JobProgress(1.0, "region selection: done")
+    return [Region(y, x, size, size, float(score)) for (y, x), score in zip(starts, scores)]
+
+
 # --- public API -------------------------------------------------------------------------------
 
 
 def iter_select_regions(image, *, size: int = DEFAULT_WINDOW, count: int = 5,
                         stride: int | None = None, channel_axis: int | None = None,
-                        device=None) -> JobSteps[list[Region]]:
-    """Generator twin of :func:`select_regions` (yields progress per batch of windows)."""
+                        device=None, ranking: str = "network",
+                        psf_size: int = DEFAULT_CONSENSUS_PSF_SIZE) -> JobSteps[list[Region]]:
+    """Generator twin of :func:`select_regions` (yields progress per window or batch of windows)."""
     size = _check_positive_int(size, "size", MIN_WINDOW, " pixels")
     count = _check_positive_int(count, "count", 1, "")
     stride = max(1, size // 4) if stride is None else _check_positive_int(stride, "stride", 1,
                                                                             " pixels")
+    if ranking not in RANKINGS:
+        raise ValueError(f"ranking must be one of {RANKINGS}, got {ranking!r}.")
     plane = _grey_plane(image, channel_axis)
     height, width = plane.shape
     if height < size or width < size:
@@ -243,12 +321,25 @@ def iter_select_regions(image, *, size: int = DEFAULT_WINDOW, count: int = 5,
             f"The image ({height}x{width} px) is smaller than one {size}x{size} window; use a "
             f"smaller size (at least {MIN_WINDOW}) or a larger image."
         )
-    candidates = yield from iter_score_grid(plane, size, stride, select_device(device))
+    target = select_device(device)
+    if ranking == "network":
+        candidates = yield from iter_score_grid(plane, size, stride, target)
+    else:
+        psf_size = check_kernel_size(psf_size, "psf_size")
+        if size < REGION_SIZE_FACTOR * psf_size:
+            raise ValueError(
+                f"The consensus ranking estimates a {psf_size}x{psf_size} kernel from each window, "
+                f"which needs windows of at least {REGION_SIZE_FACTOR * psf_size} px (size={size}); "
+                f"use a larger size, a smaller psf_size, or ranking='network'."
+            )
+        stride = consensus_stride((height, width), size, stride)
+        candidates = yield from iter_consensus_grid(plane, size, stride, psf_size, target)
     return non_maximum_suppression(candidates, count)
 
 
 def select_regions(image, *, size: int = DEFAULT_WINDOW, count: int = 5, stride: int | None = None,
-                   channel_axis: int | None = None, device=None, progress=None,
+                   channel_axis: int | None = None, device=None, ranking: str = "network",
+                   psf_size: int = DEFAULT_CONSENSUS_PSF_SIZE, progress=None,
                    cancel=None) -> list[Region]:
     """Find the windows of a blurred image from which its blur kernel can be estimated best.
 
@@ -270,10 +361,22 @@ def select_regions(image, *, size: int = DEFAULT_WINDOW, count: int = 5, stride:
     stride : int, optional
         Step of the window grid in pixels; default ``size // 4``. The last
         row and column of windows touch the image's bottom and right edges.
+        The consensus ranking widens it until the grid has at most
+        :data:`MAX_CONSENSUS_WINDOWS` windows (:func:`consensus_stride`).
     channel_axis : int, optional
         Axis of colour channels.
     device : str or torch.device, optional
         ``None``/"auto" (CUDA, then MPS, then CPU), "cpu", "cuda" or "mps".
+    ranking : {"network", "consensus"}
+        "network" (default): the score of :class:`RegionSelectorNet`.
+        "consensus": a kernel is estimated from every window and each window
+        scores the mean kernel similarity of its kernel to the other windows'
+        (:func:`consensus_scores`); slower, and on train-split cases better
+        than the network (module notes).
+    psf_size : int
+        Odd side of the consensus ranking's kernels (px; at most half of
+        ``size``); ignored by the network ranking. Use the size you will
+        pass to :func:`~napari_deblur.engine.estimate_psf`.
     progress, cancel
         See :func:`~napari_deblur.engine.jobs.run_job`.
 
@@ -281,32 +384,40 @@ def select_regions(image, *, size: int = DEFAULT_WINDOW, count: int = 5, stride:
     -------
     list of Region
         ``Region(y, x, height, width, score)`` in pixels of the plane, best
-        first, pairwise non-overlapping, inside the image. ``score`` in [0, 1]
-        is the network's probability that a PSF estimated from the window has
-        kernel similarity >= :data:`GOOD_SIMILARITY` to the true one (trained
-        on balanced classes: scores are for ranking, calibrated to a 50 %
-        prior, not to how often windows are good in a given image).
+        first, pairwise non-overlapping, inside the image. ``score`` is in
+        [0, 1]. Consensus: the mean kernel similarity (Hu & Yang) of the
+        window's estimate to the others' (0 for a window of one constant
+        value). Network: its probability that a PSF estimated from the
+        window has kernel similarity >= :data:`GOOD_SIMILARITY` to the true
+        one (trained on balanced classes: scores are for ranking, calibrated
+        to a 50 % prior, not to how often windows are good in a given image).
 
     Raises
     ------
     ValueError
         For an empty, complex or non-finite image, more than one plane, an
         image smaller than one window, ``size`` < 32, ``count`` or ``stride``
-        < 1, or an unavailable device.
+        < 1, an unknown ``ranking``, an even or too small ``psf_size``, or
+        one larger than half of ``size`` (consensus), or an unavailable device.
     TypeError
-        For a non-numeric image, or a non-integer ``size``, ``count`` or
-        ``stride``.
+        For a non-numeric image, or a non-integer ``size``, ``count``,
+        ``stride`` or ``psf_size``.
     FileNotFoundError
-        If the shipped weights are missing.
+        If the shipped weights are missing (network ranking).
 
     Notes
     -----
-    Windows on a grid are scored in batches by :class:`RegionSelectorNet`
-    (each normalised by its own mean and standard deviation), then greedy
-    non-maximum suppression keeps the best window, the best window that
-    overlaps none kept, and so on. The input is never modified. About 5 ms
-    per 128x128 window on one CPU core (under 1 s for a 512x512 image with
-    the default 32-px grid).
+    Windows on the grid are scored (``ranking``), then greedy non-maximum
+    suppression keeps the best window, the best window that overlaps none
+    kept, and so on. The input is never modified.
+    The network scores windows in batches (each normalised by its own mean
+    and standard deviation): about 5 ms per 128x128 window on one CPU core,
+    under 1 s for a 512x512 image. The consensus costs one blind estimate per
+    window, about 0.3-0.6 s each for 128-192 px windows on a CPU core, so up
+    to 36 of them take 10-20 s. On the eval split (protocol 4) the network
+    ranks the windows of one image at chance (``scripts/region_grid_oracle_check.py``);
+    ``docs/benchmark-history.md`` (region selection) has the measurements
+    of both rankings.
 
     Examples
     --------
@@ -314,4 +425,5 @@ def select_regions(image, *, size: int = DEFAULT_WINDOW, count: int = 5, stride:
     >>> psf = estimate_psf(blurred, size=25, region=best[:4])    # doctest: +SKIP
     """
     return run_job(iter_select_regions(image, size=size, count=count, stride=stride,
-                                       channel_axis=channel_axis, device=device), progress, cancel)
+                                       channel_axis=channel_axis, device=device, ranking=ranking,
+                                       psf_size=psf_size), progress, cancel)
