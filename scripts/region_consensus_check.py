@@ -1,0 +1,148 @@
+"""Ways to choose a window on train-split images, judged with every candidate window estimated.
+
+Protocol 4's setting on the train split (never the eval split), as ``region_windows_check.py``
+makes it: 384 px crops of the train images with camera-shake kernels of 13-27 px, real-boundary
+blur, 1 % noise (``blind_psf_heldout_check.make_cases``), 192 px windows on the selector's grid
+(stride 48: 25 windows), ``estimate_psf(size=31)``, and the error ratio ER of the Wiener-net
+deconvolution of the whole crop, up to a shift. A kernel is estimated from every grid window and
+from the whole crop, so any rule for choosing among the windows can be scored:
+
+- the selector network's top window (``select_regions``' default ranking);
+- the consensus ranking (``ranking="consensus"``): the window whose kernel has the highest mean
+  kernel similarity to the other windows' kernels (``region_selector.consensus_scores``);
+- the same with the whole-crop estimate among the others; the window closest to the whole-crop
+  estimate; the consensus among the network's top K windows; network score times consensus;
+- the consensus over a coarser grid (3 x 3, stride 96);
+- the whole crop, and the best window with the true kernel (oracle).
+
+Also the within-case ROC AUC of the network's and the consensus' scores (cases with good and bad
+windows). About 16 min on two cores.
+
+    python scripts/region_consensus_check.py --seed 35
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+WINDOW = 192
+STRIDE = 48
+ESTIMATE_SIZE = 31
+SUCCESS_ER = 3.0
+TOP_K = (5, 8, 12)
+
+
+def case_estimates(numbered: tuple[int, tuple]) -> dict:
+    """Every grid window's (and the whole crop's) estimate for one case: ER, network score,
+    pairwise kernel similarities. Index 0 is the whole crop."""
+    import torch
+
+    from napari_deblur.engine import estimate_psf, kernel_similarity, wiener_net_deconvolve
+    from napari_deblur.engine import region_selector as rs
+    from napari_deblur.engine.jobs import run_job
+    from region_selection_benchmark import error_upto_shift
+
+    torch.set_num_threads(1)
+    _, (_, blurred, kernel, sharp) = numbered
+    blurred = blurred.astype(np.float32)
+    border = kernel.shape[0]
+    reference = error_upto_shift(wiener_net_deconvolve(blurred, kernel.astype(np.float32)), sharp,
+                                 border)[0]
+    grid = run_job(rs.iter_score_grid(blurred, WINDOW, STRIDE, torch.device("cpu")))
+    regions = [None] + [tuple(region[:4]) for region in grid]
+    estimates, ratios = [], []
+    for region in regions:
+        estimate = estimate_psf(blurred, size=ESTIMATE_SIZE, region=region, device="cpu")
+        estimates.append(estimate)
+        ratios.append(error_upto_shift(wiener_net_deconvolve(blurred, estimate), sharp, border)[0]
+                      / reference)
+    count = len(estimates)
+    similarity = np.eye(count)
+    for i in range(count):
+        for j in range(i + 1, count):
+            similarity[i, j] = similarity[j, i] = kernel_similarity(estimates[i], estimates[j])
+    return {"regions": regions, "scores": np.array([np.nan] + [r.score for r in grid]),
+            "ratios": np.array(ratios), "similarity": similarity}
+
+
+def mean_agreement(similarity: np.ndarray, members: list[int], among: list[int]) -> np.ndarray:
+    """For each of ``members``, its mean similarity to the others of ``among``."""
+    return np.array([np.mean([similarity[i, j] for j in among if j != i]) for i in members])
+
+
+def within_case_auc(scores: np.ndarray, good: np.ndarray) -> float | None:
+    if good.all() or not good.any():
+        return None
+    pairs = scores[good][:, None] - scores[~good][None, :]
+    return float((pairs > 0).mean() + 0.5 * (pairs == 0).mean())
+
+
+def choices(case: dict) -> dict[str, float]:
+    """ER of each way of choosing a kernel source for one case."""
+    ratios, similarity, scores = case["ratios"], case["similarity"], case["scores"]
+    windows = list(range(1, len(ratios)))
+    consensus = mean_agreement(similarity, windows, windows)
+    with_whole = mean_agreement(similarity, windows, [0, *windows])
+    by_network = sorted(windows, key=lambda i: -scores[i])
+    coarse = [i for i in windows if case["regions"][i][0] % 96 == 0 and case["regions"][i][1] % 96 == 0]
+    row = {
+        "whole crop": ratios[0],
+        "network's top window (select_regions default)": ratios[by_network[0]],
+        "consensus of all grid windows (ranking='consensus')": ratios[windows[int(np.argmax(consensus))]],
+        "consensus, the whole-crop estimate among the others": ratios[windows[int(np.argmax(with_whole))]],
+        "window closest to the whole-crop estimate": ratios[windows[int(np.argmax(similarity[0, 1:]))]],
+    }
+    for k in TOP_K:
+        top = by_network[:k]
+        row[f"consensus of the network's top {k}"] = ratios[top[int(np.argmax(
+            mean_agreement(similarity, top, top)))]]
+    row["network score x consensus"] = ratios[windows[int(np.argmax(scores[1:] * consensus))]]
+    row["consensus of a 3 x 3 grid (stride 96)"] = ratios[coarse[int(np.argmax(
+        mean_agreement(similarity, coarse, coarse)))]]
+    row["best window (oracle)"] = float(ratios[1:].min())
+    return row
+
+
+def main(argv=None) -> None:
+    from blind_psf_heldout_check import make_cases
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seed", type=int, default=35)
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args(argv)
+    cases = make_cases("shake", 384, args.seed)
+    with ProcessPoolExecutor(args.workers) as pool:
+        estimated = list(pool.map(case_estimates, enumerate(cases)))
+    rows = [choices(case) for case in estimated]
+    good_share, network_auc, consensus_auc = [], [], []
+    for case in estimated:
+        good = case["ratios"][1:] <= SUCCESS_ER
+        good_share.append(good.mean())
+        windows = list(range(1, len(case["ratios"])))
+        for scores, into in ((case["scores"][1:], network_auc),
+                             (mean_agreement(case["similarity"], windows, windows), consensus_auc)):
+            auc = within_case_auc(scores, good)
+            if auc is not None:
+                into.append(auc)
+    print(f"{len(rows)} cases (train split, 384 px crops, shake kernels, seed {args.seed}), {WINDOW} px "
+          f"windows every {STRIDE} px; good windows (ER <= {SUCCESS_ER:g}) per case: "
+          f"{np.mean(good_share):.0%} on average\n")
+    print(f"| kernel source | ER <= {SUCCESS_ER:g} | median ER |")
+    print("|---|---:|---:|")
+    for name in rows[0]:
+        ratios = np.array([row[name] for row in rows])
+        print(f"| {name} | {np.mean(ratios <= SUCCESS_ER):.0%} | {np.median(ratios):.2f} |")
+    print(f"\nWithin-case ROC AUC ({len(network_auc)} cases with good and bad windows): network "
+          f"{np.mean(network_auc):.2f}, consensus {np.mean(consensus_auc):.2f}")
+
+
+if __name__ == "__main__":
+    main()
