@@ -78,13 +78,6 @@ def mean_agreement(similarity: np.ndarray, members: list[int], among: list[int])
     return np.array([np.mean([similarity[i, j] for j in among if j != i]) for i in members])
 
 
-def within_case_auc(scores: np.ndarray, good: np.ndarray) -> float | None:
-    if good.all() or not good.any():
-        return None
-    pairs = scores[good][:, None] - scores[~good][None, :]
-    return float((pairs > 0).mean() + 0.5 * (pairs == 0).mean())
-
-
 def choices(case: dict) -> dict[str, float]:
     """ER of each way of choosing a kernel source for one case."""
     ratios, similarity, scores = case["ratios"], case["similarity"], case["scores"]
@@ -113,6 +106,7 @@ def choices(case: dict) -> dict[str, float]:
 
 def main(argv=None) -> None:
     from blind_psf_heldout_check import make_cases
+    from region_grid_oracle_check import within_case_auc
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=35)
