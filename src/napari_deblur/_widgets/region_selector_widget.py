@@ -135,7 +135,7 @@ class RegionSelectorWidget(EngineJobWidget):
             "chance). Consensus: a kernel is estimated from every window (up to 36, about half a "
             "second each on a CPU) and a window scores the mean similarity of its kernel to the "
             "others'; a window most others agree with is likely a good one (better than the "
-            "network on training-split tests; README, region selection).",
+            "network on training-split tests and on the benchmark; README, region selection).",
         )
         self.psf_from = ComboBox(
             name="psf_from",

@@ -49,8 +49,8 @@ Z. Hu, M.-H. Yang, "Good regions to deblur", ECCV 2012.
 
 from __future__ import annotations
 
-from functools import lru_cache
 from collections.abc import Sequence
+from functools import lru_cache
 from typing import NamedTuple
 
 import numpy as np
@@ -214,6 +214,12 @@ def grid_positions(length: int, size: int, stride: int) -> list[int]:
     return starts
 
 
+def grid_starts(shape: tuple[int, int], size: int, stride: int) -> list[tuple[int, int]]:
+    """Top-left corners ``(y, x)`` of the ``size`` windows on a grid of ``stride`` (row by row)."""
+    return [(y, x) for y in grid_positions(shape[0], size, stride)
+            for x in grid_positions(shape[1], size, stride)]
+
+
 def overlap_fraction(a: Region, b: Region) -> float:
     """Intersection over union of two windows (0 when they only touch or are apart)."""
     rows = max(0, min(a.y + a.height, b.y + b.height) - max(a.y, b.y))
@@ -241,8 +247,7 @@ def iter_score_grid(plane: np.ndarray, size: int, stride: int, device: torch.dev
     scored by the shipped network (on ``views`` views, :func:`score_windows`); yields progress
     per batch of windows."""
     model = load_region_selector_net(device)
-    starts = [(y, x) for y in grid_positions(plane.shape[0], size, stride)
-              for x in grid_positions(plane.shape[1], size, stride)]
+    starts = grid_starts(plane.shape, size, stride)
     tensor = torch.from_numpy(plane).to(device)
     scores = []
     for first in range(0, len(starts), BATCH):
@@ -257,10 +262,7 @@ def iter_score_grid(plane: np.ndarray, size: int, stride: int, device: torch.dev
 def consensus_stride(shape: tuple[int, int], size: int, stride: int) -> int:
     """``stride``, or the smallest larger step whose grid (:func:`grid_positions`) has at most
     :data:`MAX_CONSENSUS_WINDOWS` windows of ``size`` on a plane of ``shape``."""
-    def windows(step: int) -> int:
-        return len(grid_positions(shape[0], size, step)) * len(grid_positions(shape[1], size, step))
-
-    while windows(stride) > MAX_CONSENSUS_WINDOWS:
+    while len(grid_starts(shape, size, stride)) > MAX_CONSENSUS_WINDOWS:
         stride += 1
     return stride
 
@@ -273,10 +275,13 @@ def consensus_scores(kernels: Sequence[np.ndarray | None]) -> np.ndarray:
     scores = np.zeros(len(kernels))
     if len(present) == 1:
         scores[present] = 1.0
-    for i in present:
-        others = [kernel_similarity(kernels[i], kernels[j]) for j in present if j != i]
-        if others:
-            scores[i] = float(np.mean(others))
+    elif present:
+        similarity = np.zeros((len(present), len(present)))
+        for a in range(len(present)):
+            for b in range(a + 1, len(present)):
+                similarity[a, b] = similarity[b, a] = kernel_similarity(kernels[present[a]],
+                                                                        kernels[present[b]])
+        scores[present] = similarity.sum(axis=1) / (len(present) - 1)
     return scores
 
 
@@ -286,8 +291,7 @@ def iter_consensus_grid(plane: np.ndarray, size: int, stride: int, psf_size: int
     :func:`consensus_scores` of the ``psf_size`` kernels blindly estimated from each; yields
     progress per window. Windows of one constant value (they would all give the same point
     kernel and agree) get no kernel and score 0."""
-    starts = [(y, x) for y in grid_positions(plane.shape[0], size, stride)
-              for x in grid_positions(plane.shape[1], size, stride)]
+    starts = grid_starts(plane.shape, size, stride)
     kernels = []
     for index, (y, x) in enumerate(starts):
         yield JobProgress(index / len(starts), f"region selection: kernel {index + 1}/{len(starts)}")
