@@ -224,32 +224,51 @@ def voronoi_map(shape, rng) -> tuple[np.ndarray, np.ndarray]:
     return region, near_boundary
 
 
-def voronoi_section(images, max_size) -> tuple[str, dict]:
+def voronoi_margin() -> int:
+    """Crop margin (px) that the largest Voronoi kernel needs for real-boundary blur."""
+    from napari_deblur import engine
+
+    return max(make_psf(engine, t, VORONOI_LEVELS[1]).shape[0] for t in BLUR_TYPES) // 2 + 1
+
+
+def voronoi_case(source: np.ndarray, out_shape, blur_type: str, rng) -> tuple:
+    """One piecewise-constant case: ``(observed, truth, edges)``.
+
+    :data:`VORONOI_REGIONS` regions of ``blur_type`` blur at levels drawn from
+    :data:`VORONOI_LEVELS` (real boundaries), noise 1/255; ``truth`` is each pixel's level and
+    ``edges`` the Canny (sigma 2) edges of ``observed`` at least :data:`EDGE_GAP` px from region
+    boundaries and the frame.
+    """
     from skimage.feature import canny
 
     from napari_deblur import engine
 
-    margin = max(make_psf(engine, t, VORONOI_LEVELS[1]).shape[0] for t in BLUR_TYPES) // 2 + 1
+    region, near_boundary = voronoi_map(out_shape, rng)
+    levels = rng.uniform(*VORONOI_LEVELS, VORONOI_REGIONS)
+    observed = np.zeros(out_shape)
+    truth = np.zeros(out_shape)
+    for k in range(VORONOI_REGIONS):
+        psf = make_psf(engine, blur_type, float(levels[k])).astype(np.float64)
+        blurred, _ = ed.blur_real_boundary(source, psf, out_shape)
+        inside = region == k
+        observed[inside] = blurred[inside]
+        truth[inside] = engine.psf_blur_level(psf)
+    observed = ed.add_gaussian_noise(observed, PATRO_NOISE, rng)
+    edges = canny(observed, sigma=2.0) & ~near_boundary
+    edges[:EDGE_GAP] = edges[-EDGE_GAP:] = False
+    edges[:, :EDGE_GAP] = edges[:, -EDGE_GAP:] = False
+    return observed, truth, edges
+
+
+def voronoi_section(images, max_size) -> tuple[str, dict]:
+    margin = voronoi_margin()
     errors = defaultdict(list)  # (blur_type, method) -> per-case MAE
     for name in images:
         source = ed.load_eval_image(name)
         out_shape = ed.eval_crop_shape(source.shape, max_size, margin)
         for blur_type in BLUR_TYPES:
             rng = ed.case_rng("blur-map-voronoi", name, blur_type)
-            region, near_boundary = voronoi_map(out_shape, rng)
-            levels = rng.uniform(*VORONOI_LEVELS, VORONOI_REGIONS)
-            observed = np.zeros(out_shape)
-            truth = np.zeros(out_shape)
-            for k in range(VORONOI_REGIONS):
-                psf = make_psf(engine, blur_type, float(levels[k])).astype(np.float64)
-                blurred, _ = ed.blur_real_boundary(source, psf, out_shape)
-                inside = region == k
-                observed[inside] = blurred[inside]
-                truth[inside] = engine.psf_blur_level(psf)
-            observed = ed.add_gaussian_noise(observed, PATRO_NOISE, rng)
-            edges = canny(observed, sigma=2.0) & ~near_boundary
-            edges[:EDGE_GAP] = edges[-EDGE_GAP:] = False
-            edges[:, :EDGE_GAP] = edges[:, -EDGE_GAP:] = False
+            observed, truth, edges = voronoi_case(source, out_shape, blur_type, rng)
             estimates = {"ours": estimate("ours", observed), "paper": estimate("paper", observed),
                          "zhuo_sim": zhuo_sim(observed, edges)}
             if not edges.any():  # e.g. a dark, starry crop: no edge away from region boundaries

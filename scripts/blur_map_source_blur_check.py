@@ -140,32 +140,18 @@ def composition_section(sharp: np.ndarray) -> list[str]:
 
 
 def voronoi_train_section() -> list[str]:
-    from napari_deblur import engine
     from napari_deblur.engine.training.sources import grey_float
-    from gwis_oracle_study import BLUR_TYPES, make_psf
-    from skimage.feature import canny
+    from gwis_oracle_study import BLUR_TYPES
     import skimage.data
 
-    margin = max(make_psf(engine, t, bench.VORONOI_LEVELS[1]).shape[0] for t in BLUR_TYPES) // 2 + 1
+    margin = bench.voronoi_margin()
     errors = {method: [] for method in ("ours", "paper", "zhuo_sim")}
     for name in TRAIN_PHOTOS:
         source = grey_float(getattr(skimage.data, name)())
         out_shape = ed.eval_crop_shape(source.shape, 256, margin)
         for blur_type in BLUR_TYPES:
             rng = ed.case_rng("source-blur-check-voronoi", name, blur_type)
-            region, near_boundary = bench.voronoi_map(out_shape, rng)
-            levels = rng.uniform(*bench.VORONOI_LEVELS, bench.VORONOI_REGIONS)
-            observed, truth = np.zeros(out_shape), np.zeros(out_shape)
-            for k in range(bench.VORONOI_REGIONS):
-                psf = make_psf(engine, blur_type, float(levels[k])).astype(np.float64)
-                blurred, _ = ed.blur_real_boundary(source, psf, out_shape)
-                observed[region == k] = blurred[region == k]
-                truth[region == k] = engine.psf_blur_level(psf)
-            observed = ed.add_gaussian_noise(observed, bench.PATRO_NOISE, rng)
-            edges = canny(observed, sigma=2.0) & ~near_boundary
-            g = bench.EDGE_GAP
-            edges[:g] = edges[-g:] = False
-            edges[:, :g] = edges[:, -g:] = False
+            observed, truth, edges = bench.voronoi_case(source, out_shape, blur_type, rng)
             if not edges.any():
                 continue
             reads = {"ours": bench.estimate("ours", observed), "paper": bench.estimate("paper", observed),
