@@ -19,6 +19,7 @@ Also the within-case ROC AUC of the network's and the consensus' scores (cases w
 windows). About 16 min on two cores.
 
     python scripts/region_consensus_check.py --seed 35
+    python scripts/region_consensus_check.py --seed 36 --kind gaussian
 """
 
 from __future__ import annotations
@@ -110,9 +111,11 @@ def main(argv=None) -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=35)
+    parser.add_argument("--kind", choices=("shake", "gaussian", "disk"), default="shake",
+                        help="blur kernels of the cases (default: camera shake, as protocol 4)")
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args(argv)
-    cases = make_cases("shake", 384, args.seed)
+    cases = make_cases(args.kind, 384, args.seed)
     with ProcessPoolExecutor(args.workers) as pool:
         estimated = list(pool.map(case_estimates, enumerate(cases)))
     rows = [choices(case) for case in estimated]
@@ -126,8 +129,8 @@ def main(argv=None) -> None:
             auc = within_case_auc(scores, good)
             if auc is not None:
                 into.append(auc)
-    print(f"{len(rows)} cases (train split, 384 px crops, shake kernels, seed {args.seed}), {WINDOW} px "
-          f"windows every {STRIDE} px; good windows (ER <= {SUCCESS_ER:g}) per case: "
+    print(f"{len(rows)} cases (train split, 384 px crops, {args.kind} kernels, seed {args.seed}), "
+          f"{WINDOW} px windows every {STRIDE} px; good windows (ER <= {SUCCESS_ER:g}) per case: "
           f"{np.mean(good_share):.0%} on average\n")
     print(f"| kernel source | ER <= {SUCCESS_ER:g} | median ER |")
     print("|---|---:|---:|")
