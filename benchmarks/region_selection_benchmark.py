@@ -109,6 +109,15 @@ def error_upto_shift(restored: np.ndarray, sharp: np.ndarray, border: int,
     return best, float(10 * np.log10(target.size / max(best, 1e-12)))
 
 
+def blurred_case(source: np.ndarray, truth: np.ndarray, shape: tuple[int, int], name: str,
+                 kernel_index: int) -> tuple[np.ndarray, np.ndarray, np.random.Generator]:
+    """One case: ``(observed float32, sharp, rng)``, ``source`` blurred by ``truth`` with real
+    boundaries plus noise from the case's own generator, which goes on to draw its random windows."""
+    blurred, sharp = ed.blur_real_boundary(source, truth, shape)
+    rng = ed.case_rng("region-selection", name, kernel_index)
+    return ed.add_gaussian_noise(blurred, NOISE_SIGMA, rng).astype(np.float32), sharp, rng
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="2 images, 2 kernels")
@@ -143,9 +152,7 @@ def main(argv=None) -> int:
         window = min(args.window, min(shape))  # the largest square up to --window that fits
         for k in kernel_ids:
             truth = kernels[k]
-            blurred, sharp = ed.blur_real_boundary(source, truth, shape)
-            rng = ed.case_rng("region-selection", name, k)
-            observed = ed.add_gaussian_noise(blurred, NOISE_SIGMA, rng).astype(np.float32)
+            observed, sharp, rng = blurred_case(source, truth, shape, name, k)
             border = truth.shape[0]
             reference_error, reference_psnr = error_upto_shift(
                 wiener_net_deconvolve(observed, truth), sharp, border)

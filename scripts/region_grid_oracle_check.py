@@ -48,13 +48,10 @@ def image_cases(name: str) -> list[dict]:
     window = min(bench.WINDOW, min(shape))
     rows = []
     for k, truth in enumerate(kernels):
-        blurred, sharp = ed.blur_real_boundary(source, truth, shape)
-        rng = ed.case_rng("region-selection", name, k)
-        observed = ed.add_gaussian_noise(blurred, bench.NOISE_SIGMA, rng).astype(np.float32)
+        observed, sharp, _ = bench.blurred_case(source, truth, shape, name, k)
         border = truth.shape[0]
         reference_error, _ = bench.error_upto_shift(wiener_net_deconvolve(observed, truth), sharp, border)
-        grid = run_job(iter_score_grid(observed.astype(np.float32), window, max(1, window // 4),
-                                       torch.device("cpu")))
+        grid = run_job(iter_score_grid(observed, window, max(1, window // 4), torch.device("cpu")))
         candidates = [("whole image", None, float("nan"))]
         candidates += [("window", tuple(region[:4]), region.score) for region in grid]
         for kind, region, score in candidates:
