@@ -10,11 +10,11 @@ noise. The kernel is then estimated blindly (:func:`napari_deblur.engine.estimat
 ``size`` 31 for every kernel: a user does not know the true size) from
 
 (a) the region selector's best window (:func:`napari_deblur.engine.select_regions`, its default
-    network ranking),
+    consensus ranking, with kernels of the same size 31),
 (b) the whole image,
 (c) ``--random-windows`` random windows (each counted as one case),
 (d) the window with the most gradient energy (on a grid of stride size/4),
-(e) the selector's best window with ``ranking="consensus"`` (kernels of the same size 31),
+(e) the selector's best window with ``ranking="network"`` (the trained network's scores),
 
 windows of ``--window`` px (default 192: half the side of a 384 px crop, the
 proportion of the paper's 228 px windows in 450 px images). The whole image is
@@ -54,8 +54,8 @@ WINDOW = 192
 SHIFT_REACH = 4
 ESTIMATE_SIZE = 31
 SUCCESS_ER = 3.0
-STRATEGIES = ("selector", "whole image", "random window", "most gradient energy",
-              "selector, consensus ranking")
+STRATEGIES = ("selector (consensus ranking, the default)", "whole image", "random window",
+              "most gradient energy", "selector, network ranking")
 
 log = logging.getLogger("region_selection")
 
@@ -156,13 +156,12 @@ def main(argv=None) -> int:
             border = truth.shape[0]
             reference_error, reference_psnr = error_upto_shift(
                 wiener_net_deconvolve(observed, truth), sharp, border)
-            best = select_regions(observed, size=window, count=1)[0]
-            by_consensus = select_regions(observed, size=window, count=1, ranking="consensus",
-                                          psf_size=ESTIMATE_SIZE)[0]
-            windows = [("selector", tuple(best[:4])), ("whole image", None),
+            best = select_regions(observed, size=window, count=1, psf_size=ESTIMATE_SIZE)[0]
+            by_network = select_regions(observed, size=window, count=1, ranking="network")[0]
+            windows = [(STRATEGIES[0], tuple(best[:4])), ("whole image", None),
                        *[("random window", w) for w in random_windows(shape, window, args.random_windows, rng)],
                        ("most gradient energy", gradient_energy_window(observed, window)),
-                       ("selector, consensus ranking", tuple(by_consensus[:4]))]
+                       (STRATEGIES[-1], tuple(by_network[:4]))]
             for strategy, region in windows:
                 kernel = estimate_psf(observed, size=ESTIMATE_SIZE, region=region)
                 error, psnr = error_upto_shift(wiener_net_deconvolve(observed, kernel), sharp, border)

@@ -126,6 +126,13 @@ def test_contract(photo, ranking):
                 a.x + a.width <= b.x or b.x + b.width <= a.x
 
 
+def test_consensus_is_the_default_ranking(photo):
+    by_default = select_regions(photo, size=SIZE, count=2, psf_size=15)
+    assert by_default == select_regions(photo, size=SIZE, count=2, ranking="consensus", psf_size=15)
+    assert [r[:4] for r in by_default] != \
+        [r[:4] for r in select_regions(photo, size=SIZE, count=2, ranking="network")]
+
+
 def test_count_respected_and_limited_by_room(photo):
     assert len(select_regions(photo, size=SIZE, count=1, ranking="network")) == 1
     # 208 x 256 holds at most 3 x 4 disjoint 64-px windows

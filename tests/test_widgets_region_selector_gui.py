@@ -71,7 +71,7 @@ def fake_select_regions(monkeypatch):
     calls = []
 
     def iter_select_regions(image, *, size=128, count=5, device=None, channel_axis=None,
-                            ranking="network", psf_size=25):
+                            ranking="consensus", psf_size=25):
         calls.append({"shape": np.shape(image), "size": size, "count": count,
                       "channel_axis": channel_axis, "ranking": ranking, "psf_size": psf_size})
         yield JobProgress(0.5, "scoring windows")
@@ -128,8 +128,8 @@ def test_find_regions_adds_scored_rectangles_over_the_input(
     _run_and_wait(qtbot, widget)
 
     assert fake_select_regions == [
-        {"shape": (200, 200), "size": 64, "count": 3, "channel_axis": None, "ranking": "network",
-         "psf_size": 25}
+        {"shape": (200, 200), "size": 64, "count": 3, "channel_axis": None,
+         "ranking": "consensus", "psf_size": 25}
     ]
     (regions,) = widget.runner.last_outputs
     assert regions.name == "blurred regions"
@@ -148,11 +148,11 @@ def test_find_regions_adds_scored_rectangles_over_the_input(
     assert not np.allclose(regions.edge_color[0], regions.edge_color[2])  # coloured by score
     np.testing.assert_allclose(regions.face_color[:, 3], 0.0)  # transparent
     assert regions.metadata["regions"] == [list(r[:4]) for r in FAKE_REGIONS]
-    assert regions.metadata["ranking"] == "network"
+    assert regions.metadata["ranking"] == "consensus"
     np.testing.assert_array_equal(source.data, before)
 
 
-def test_consensus_ranking_and_psf_size_reach_the_engine(
+def test_network_ranking_and_psf_size_reach_the_engine(
     make_napari_viewer, qtbot, blurred_and_psf, fake_select_regions
 ):
     from napari_deblur._widgets.region_selector_widget import RANKING_CONSENSUS, RANKING_NETWORK
@@ -160,14 +160,15 @@ def test_consensus_ranking_and_psf_size_reach_the_engine(
     blurred, _ = blurred_and_psf
     viewer, _ = _viewer_with_image(make_napari_viewer, blurred)
     widget = _dock(viewer)
-    assert widget.ranking.value == RANKING_NETWORK
-    widget.ranking.value = RANKING_CONSENSUS
+    assert widget.ranking.value == RANKING_CONSENSUS
+    assert widget.ranking.choices == (RANKING_CONSENSUS, RANKING_NETWORK)
+    widget.ranking.value = RANKING_NETWORK
     widget.psf_size.value = 15
     _run_and_wait(qtbot, widget)
-    assert fake_select_regions[-1]["ranking"] == "consensus"
+    assert fake_select_regions[-1]["ranking"] == "network"
     assert fake_select_regions[-1]["psf_size"] == 15
     (regions,) = widget.runner.last_outputs
-    assert regions.metadata["ranking"] == "consensus"
+    assert regions.metadata["ranking"] == "network"
 
 
 def test_find_regions_on_a_stack_puts_rectangles_on_the_slice_on_screen(
@@ -468,7 +469,7 @@ def test_without_an_image_find_regions_is_disabled_and_labels_are_not_offered(
 def test_settings_are_remembered(make_napari_viewer, _isolated_widget_settings):
     from napari_deblur._widgets.region_selector_widget import (
         PSF_FROM_WHOLE_IMAGE,
-        RANKING_CONSENSUS,
+        RANKING_NETWORK,
         RegionSelectorWidget,
     )
 
@@ -476,18 +477,18 @@ def test_settings_are_remembered(make_napari_viewer, _isolated_widget_settings):
     widget = _dock(viewer)
     widget.size.value = 96
     widget.count.value = 7
-    widget.ranking.value = RANKING_CONSENSUS
+    widget.ranking.value = RANKING_NETWORK
     widget.psf_size.value = 31
     widget.psf_from.value = PSF_FROM_WHOLE_IMAGE
 
     saved = json.loads((_isolated_widget_settings / "widgets.json").read_text())
-    assert saved["region_selector"] == {"size": 96, "count": 7, "ranking": RANKING_CONSENSUS,
+    assert saved["region_selector"] == {"size": 96, "count": 7, "ranking": RANKING_NETWORK,
                                         "psf_size": 31, "psf_from": PSF_FROM_WHOLE_IMAGE}
 
     again = RegionSelectorWidget(viewer)
     try:
         assert (again.size.value, again.count.value, again.psf_size.value) == (96, 7, 31)
-        assert again.ranking.value == RANKING_CONSENSUS
+        assert again.ranking.value == RANKING_NETWORK
         assert again.psf_from.value == PSF_FROM_WHOLE_IMAGE and not again.regions.enabled
     finally:
         again.close()

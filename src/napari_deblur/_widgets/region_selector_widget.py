@@ -55,9 +55,9 @@ PSF_FROM_WHOLE_IMAGE = "Whole image"
 SCORE_COLORMAP = "plasma"
 PSF_COLORMAP = "magma"  # as the PSF reader and the samples
 #: The "Ranking" choices, each with the engine's ``ranking`` value.
-RANKING_NETWORK = "Network score"
-RANKING_CONSENSUS = "Consensus of window kernels (slower)"
-RANKINGS = {RANKING_NETWORK: "network", RANKING_CONSENSUS: "consensus"}
+RANKING_CONSENSUS = "Consensus of window kernels"
+RANKING_NETWORK = "Network score (fast)"
+RANKINGS = {RANKING_CONSENSUS: "consensus", RANKING_NETWORK: "network"}
 #: Features of a rectangle the user draws (it has no score).
 DRAWN_FEATURES = {"score": 0.0, "rank": 0, "label": "drawn"}
 _TOLERANCE = 1e-3
@@ -129,13 +129,13 @@ class RegionSelectorWidget(EngineJobWidget):
             name="ranking",
             label="Ranking",
             choices=list(RANKINGS),
-            value=RANKING_NETWORK,
-            tooltip="How windows are ranked. Network: a small trained network scores each window "
-            "at once (on the benchmark's images it ranks the windows of one image no better than "
-            "chance). Consensus: a kernel is estimated from every window (up to 36, about half a "
-            "second each on a CPU) and a window scores the mean similarity of its kernel to the "
-            "others'; a window most others agree with is likely a good one (better than the "
-            "network on training-split tests and on the benchmark; README, region selection).",
+            value=RANKING_CONSENSUS,
+            tooltip="How windows are ranked. Consensus: a kernel is estimated from every window "
+            "(up to 36, about half a second each on a CPU) and a window scores the mean similarity "
+            "of its kernel to the others'; a window most others agree with is likely a good one. "
+            "Network: a small trained network scores all windows in under a second, but on the "
+            "benchmark's images it ranks the windows of one image no better than chance "
+            "(README, region selection).",
         )
         self.psf_from = ComboBox(
             name="psf_from",

@@ -13,19 +13,20 @@ similarity (:func:`~napari_deblur.engine.kernel_similarity`) of at least
 windows on a grid and keeps the best non-overlapping ones.
 
 That network ranks the windows of one image no better than chance on the
-evaluation images (``scripts/region_grid_oracle_check.py``).
+evaluation images (``scripts/region_grid_oracle_check.py``), so the default
 ``ranking="consensus"`` ranks another way: it estimates a kernel from every
 window of the grid and scores each window by the mean kernel similarity of
 its estimate to the other windows' estimates (:func:`consensus_scores`).
 With the blur the same everywhere, good windows give kernels close to the
 true one and so to each other, while each bad window goes wrong in its own
-way; a window that agrees with most others is likely a good one. On two
-draws of train-split cases its best window succeeded 7 and 15 points more
-often than the network's, but not as often as the whole image in one of
-them, so it is an option, not the default (``docs/benchmark-history.md``,
-region selection). It costs one blind estimate per window (about half a
-second for a 192 px window on a CPU core), so the grid is thinned to at most
-:data:`MAX_CONSENSUS_WINDOWS` windows.
+way; a window that agrees with most others is likely a good one. On three
+draws of train-split cases with camera shake its best window succeeded 7 to
+15 points more often than the network's (and 3 points less often to 5 more
+often than the whole image); ``docs/benchmark-history.md``, region selection.
+It costs one blind estimate per window (about half a second for a 192 px
+window on a CPU core), so the grid is thinned to at most
+:data:`MAX_CONSENSUS_WINDOWS` windows; ``ranking="network"`` is the fast
+choice (well under a second).
 
 The network sees one grey window normalised by its own mean and standard
 deviation (:func:`window_features`: contrast does not matter, structure
@@ -90,9 +91,9 @@ INPUT_CLIP = 6.0
 BATCH = 64
 """Windows scored per network call."""
 
-RANKINGS = ("network", "consensus")
-"""How :func:`select_regions` ranks windows: :class:`RegionSelectorNet`'s score, or the agreement
-of the kernels estimated from them (:func:`consensus_scores`)."""
+RANKINGS = ("consensus", "network")
+"""How :func:`select_regions` ranks windows: the agreement of the kernels estimated from them
+(:func:`consensus_scores`; the default), or :class:`RegionSelectorNet`'s score."""
 
 MAX_CONSENSUS_WINDOWS = 36
 """Most windows the consensus ranking estimates a kernel from; a finer grid is thinned
@@ -309,7 +310,7 @@ def iter_consensus_grid(plane: np.ndarray, size: int, stride: int, psf_size: int
 
 def iter_select_regions(image, *, size: int = DEFAULT_WINDOW, count: int = 5,
                         stride: int | None = None, channel_axis: int | None = None,
-                        device=None, ranking: str = "network",
+                        device=None, ranking: str = "consensus",
                         psf_size: int = DEFAULT_CONSENSUS_PSF_SIZE) -> JobSteps[list[Region]]:
     """Generator twin of :func:`select_regions` (yields progress per window or batch of windows)."""
     size = _check_positive_int(size, "size", MIN_WINDOW, " pixels")
@@ -342,7 +343,7 @@ def iter_select_regions(image, *, size: int = DEFAULT_WINDOW, count: int = 5,
 
 
 def select_regions(image, *, size: int = DEFAULT_WINDOW, count: int = 5, stride: int | None = None,
-                   channel_axis: int | None = None, device=None, ranking: str = "network",
+                   channel_axis: int | None = None, device=None, ranking: str = "consensus",
                    psf_size: int = DEFAULT_CONSENSUS_PSF_SIZE, progress=None,
                    cancel=None) -> list[Region]:
     """Find the windows of a blurred image from which its blur kernel can be estimated best.
@@ -371,12 +372,13 @@ def select_regions(image, *, size: int = DEFAULT_WINDOW, count: int = 5, stride:
         Axis of colour channels.
     device : str or torch.device, optional
         ``None``/"auto" (CUDA, then MPS, then CPU), "cpu", "cuda" or "mps".
-    ranking : {"network", "consensus"}
-        "network" (default): the score of :class:`RegionSelectorNet`.
-        "consensus": a kernel is estimated from every window and each window
-        scores the mean kernel similarity of its kernel to the other windows'
-        (:func:`consensus_scores`); slower, and on train-split cases better
-        than the network (module notes).
+    ranking : {"consensus", "network"}
+        "consensus" (default): a kernel is estimated from every window and
+        each window scores the mean kernel similarity of its kernel to the
+        other windows' (:func:`consensus_scores`); on train-split cases and
+        on the eval split it picks better windows than the network (module
+        notes), at one blind estimate per window. "network": the score of
+        :class:`RegionSelectorNet`, well under a second.
     psf_size : int
         Odd side of the consensus ranking's kernels (px; at most half of
         ``size``); ignored by the network ranking. Use the size you will
