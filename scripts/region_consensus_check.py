@@ -7,9 +7,9 @@ blur, 1 % noise (``blind_psf_heldout_check.make_cases``), 192 px windows on the 
 deconvolution of the whole crop, up to a shift. A kernel is estimated from every grid window and
 from the whole crop, so any rule for choosing among the windows can be scored:
 
-- the selector network's top window (``select_regions``' default ranking);
-- the consensus ranking (``ranking="consensus"``): the window whose kernel has the highest mean
-  kernel similarity to the other windows' kernels (``region_selector.consensus_scores``);
+- the selector network's top window (``ranking="network"``);
+- the consensus ranking (``select_regions``' default since rule C2): the window whose kernel has the
+  highest mean kernel similarity to the other windows' kernels (``region_selector.consensus_scores``);
 - the same with the whole-crop estimate among the others; the window closest to the whole-crop
   estimate; the consensus among the network's top K windows; network score times consensus;
 - the consensus over a coarser grid (3 x 3, stride 96);
@@ -89,8 +89,8 @@ def choices(case: dict) -> dict[str, float]:
     coarse = [i for i in windows if case["regions"][i][0] % 96 == 0 and case["regions"][i][1] % 96 == 0]
     row = {
         "whole crop": ratios[0],
-        "network's top window (select_regions default)": ratios[by_network[0]],
-        "consensus of all grid windows (ranking='consensus')": ratios[windows[int(np.argmax(consensus))]],
+        "network's top window (ranking='network')": ratios[by_network[0]],
+        "consensus of all grid windows (select_regions default)": ratios[windows[int(np.argmax(consensus))]],
         "consensus, the whole-crop estimate among the others": ratios[windows[int(np.argmax(with_whole))]],
         "window closest to the whole-crop estimate": ratios[windows[int(np.argmax(similarity[0, 1:]))]],
     }
