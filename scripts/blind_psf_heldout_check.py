@@ -49,14 +49,18 @@ def random_kernel(kind: str, rng: np.random.Generator) -> np.ndarray:
     return kernel.astype(np.float64)
 
 
-def make_cases(kind: str, crop: int, seed: int) -> list[tuple]:
-    """(image index, blurred crop, true kernel, sharp crop aligned with the blurred one)."""
-    from napari_deblur.engine.training.sources import train_split_images
+def make_cases(kind: str, crop: int, seed: int, *, images: tuple[str, ...] | None = None,
+               per_image: int = KERNELS_PER_IMAGE) -> list[tuple]:
+    """(image index, blurred crop, true kernel, sharp crop aligned with the blurred one).
+
+    ``images``: train-split names to draw from (default: the whole split), ``per_image`` kernels each.
+    """
+    from napari_deblur.engine.training.sources import TRAIN_SPLIT, train_split_images
 
     rng = np.random.default_rng(seed)
     cases = []
-    for index, image in enumerate(train_split_images(min_size=crop + 40)):
-        for _ in range(KERNELS_PER_IMAGE):
+    for index, image in enumerate(train_split_images(min_size=crop + 40, names=images or TRAIN_SPLIT)):
+        for _ in range(per_image):
             kernel = random_kernel(kind, rng)
             size = kernel.shape[0]
             top = int(rng.integers(0, image.shape[0] - crop - ESTIMATE_SIZE))

@@ -13,13 +13,19 @@ from the whole crop, so any rule for choosing among the windows can be scored:
 - the same with the whole-crop estimate among the others; the window closest to the whole-crop
   estimate; the consensus among the network's top K windows; network score times consensus;
 - the consensus over a coarser grid (3 x 3, stride 96);
+- the window whose kernel gives the whole crop the highest Gaussian-prior marginal likelihood
+  (:func:`negative_log_likelihood`), and the consensus among the 5 windows best by it (rule L1 of
+  stop 38: a candidate, not in the engine);
 - the whole crop, and the best window with the true kernel (oracle).
 
-Also the within-case ROC AUC of the network's and the consensus' scores (cases with good and bad
-windows). About 16 min on two cores.
+Also the within-case ROC AUC of the network's, the consensus' and the likelihood's scores (cases
+with good and bad windows). ``--textures`` draws the cases from the train split's two textures
+only (grass and gravel, 30 kernels each), where whole-crop estimates fail more often. About 16 min
+on two cores.
 
     python scripts/region_consensus_check.py --seed 35
     python scripts/region_consensus_check.py --seed 36 --kind gaussian
+    python scripts/region_consensus_check.py --seed 39 --textures
 """
 
 from __future__ import annotations
@@ -39,6 +45,50 @@ STRIDE = 48
 ESTIMATE_SIZE = 31
 SUCCESS_ER = 3.0
 TOP_K = (5, 8, 12)
+TEXTURES = ("grass", "gravel")
+TEXTURE_KERNELS = 30
+PRIOR_EXPONENT = 1.2
+"""Gradient prior of :func:`negative_log_likelihood`: image power ~ 1 / |D(f)|^(2 * this)."""
+LIKELIHOOD_TOP = 5
+
+
+def negative_log_likelihood(blurred: np.ndarray, kernels: np.ndarray) -> np.ndarray:
+    """Per kernel, the mean negative log-likelihood of the whole blurred crop under y = k * x + n
+    with x Gaussian, its power spectrum ``A / |D(f)|^(2 * PRIOR_EXPONENT)`` (``|D|^2`` the squared
+    gradient transfer function), ``A`` profiled per kernel on a log grid, and white noise of the
+    Donoho estimate's variance; lower explains the crop better. Phase-blind (only |K(f)| counts)."""
+    import torch
+
+    from napari_deblur.engine.fourier import kernel_to_otf, taper_fft_shape, taper_pad, taper_weights
+    from napari_deblur.engine.gwis import estimate_noise_std
+
+    plane = torch.from_numpy(np.asarray(blurred, np.float64))[None, None]
+    plane = plane - plane.mean()
+    height, width = plane.shape[-2:]
+    margin = ESTIMATE_SIZE
+    shape = taper_fft_shape((height, width), margin, margin)
+    weights = taper_weights((height, width), margin, margin, shape, plane.device, plane.dtype)
+    power = torch.fft.rfft2(taper_pad(plane, margin, margin, shape)).abs().square()[0, 0]
+    power = power / weights.square().sum()
+    noise = float(estimate_noise_std(plane.float())[0]) ** 2
+    fy = torch.fft.fftfreq(shape[0], dtype=torch.float64)[:, None]
+    fx = torch.fft.rfftfreq(shape[1], dtype=torch.float64)[None, :]
+    gradient = (2 - 2 * torch.cos(2 * np.pi * fy)) + (2 - 2 * torch.cos(2 * np.pi * fx))
+    used = gradient > 0
+    power, gradient = power[used], gradient[used]
+
+    def mean_nll(model: torch.Tensor) -> float:
+        return float((power / model + torch.log(model)).mean())
+
+    values = []
+    for kernel in kernels:
+        otf = kernel_to_otf(torch.from_numpy(np.asarray(kernel, np.float64))[None], shape)[0]
+        shape_term = otf.abs().square()[used] / gradient**PRIOR_EXPONENT
+        coarse = np.arange(-14, 2, 0.5)
+        start = coarse[int(np.argmin([mean_nll(shape_term * np.exp(a) + noise) for a in coarse]))]
+        values.append(min(mean_nll(shape_term * np.exp(a) + noise)
+                          for a in np.arange(start - 0.5, start + 0.51, 0.1)))
+    return np.array(values)
 
 
 def case_estimates(numbered: tuple[int, tuple]) -> dict:
@@ -71,7 +121,8 @@ def case_estimates(numbered: tuple[int, tuple]) -> dict:
         for j in range(i + 1, count):
             similarity[i, j] = similarity[j, i] = kernel_similarity(estimates[i], estimates[j])
     return {"regions": regions, "scores": np.array([np.nan] + [r.score for r in grid]),
-            "ratios": np.array(ratios), "similarity": similarity}
+            "ratios": np.array(ratios), "similarity": similarity,
+            "nll": negative_log_likelihood(blurred, np.stack(estimates))}
 
 
 def mean_agreement(similarity: np.ndarray, members: list[int], among: list[int]) -> np.ndarray:
@@ -101,6 +152,11 @@ def choices(case: dict) -> dict[str, float]:
     row["network score x consensus"] = ratios[windows[int(np.argmax(scores[1:] * consensus))]]
     row["consensus of a 3 x 3 grid (stride 96)"] = ratios[coarse[int(np.argmax(
         mean_agreement(similarity, coarse, coarse)))]]
+    nll = case["nll"][1:]
+    row["highest whole-crop likelihood"] = ratios[windows[int(np.argmin(nll))]]
+    top = np.argsort(nll)[:LIKELIHOOD_TOP]
+    row[f"consensus among the likelihood's top {LIKELIHOOD_TOP} (rule L1)"] = ratios[
+        windows[int(top[np.argmax(consensus[top])])]]
     row["best window (oracle)"] = float(ratios[1:].min())
     return row
 
@@ -113,23 +169,30 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=35)
     parser.add_argument("--kind", choices=("shake", "gaussian", "disk"), default="shake",
                         help="blur kernels of the cases (default: camera shake, as protocol 4)")
+    parser.add_argument("--textures", action="store_true",
+                        help=f"cases from {' and '.join(TEXTURES)} only, {TEXTURE_KERNELS} kernels each")
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args(argv)
-    cases = make_cases(args.kind, 384, args.seed)
+    if args.textures:
+        cases = make_cases(args.kind, 384, args.seed, images=TEXTURES, per_image=TEXTURE_KERNELS)
+    else:
+        cases = make_cases(args.kind, 384, args.seed)
     with ProcessPoolExecutor(args.workers) as pool:
         estimated = list(pool.map(case_estimates, enumerate(cases)))
     rows = [choices(case) for case in estimated]
-    good_share, network_auc, consensus_auc = [], [], []
+    good_share, network_auc, consensus_auc, likelihood_auc = [], [], [], []
     for case in estimated:
         good = case["ratios"][1:] <= SUCCESS_ER
         good_share.append(good.mean())
         windows = list(range(1, len(case["ratios"])))
         for scores, into in ((case["scores"][1:], network_auc),
-                             (mean_agreement(case["similarity"], windows, windows), consensus_auc)):
+                             (mean_agreement(case["similarity"], windows, windows), consensus_auc),
+                             (-case["nll"][1:], likelihood_auc)):
             auc = within_case_auc(scores, good)
             if auc is not None:
                 into.append(auc)
-    print(f"{len(rows)} cases (train split, 384 px crops, {args.kind} kernels, seed {args.seed}), "
+    sources = f"{' and '.join(TEXTURES)} only" if args.textures else "train split"
+    print(f"{len(rows)} cases ({sources}, 384 px crops, {args.kind} kernels, seed {args.seed}), "
           f"{WINDOW} px windows every {STRIDE} px; good windows (ER <= {SUCCESS_ER:g}) per case: "
           f"{np.mean(good_share):.0%} on average\n")
     print(f"| kernel source | ER <= {SUCCESS_ER:g} | median ER |")
@@ -138,7 +201,8 @@ def main(argv=None) -> None:
         ratios = np.array([row[name] for row in rows])
         print(f"| {name} | {np.mean(ratios <= SUCCESS_ER):.0%} | {np.median(ratios):.2f} |")
     print(f"\nWithin-case ROC AUC ({len(network_auc)} cases with good and bad windows): network "
-          f"{np.mean(network_auc):.2f}, consensus {np.mean(consensus_auc):.2f}")
+          f"{np.mean(network_auc):.2f}, consensus {np.mean(consensus_auc):.2f}, likelihood "
+          f"{np.mean(likelihood_auc):.2f}")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ brick) is never used here; :data:`EVAL_SPLIT` lists it so tests can check that.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -38,12 +39,16 @@ def grey_float(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(pixels, dtype=np.float32)
 
 
-def train_split_images(min_size: int = 0) -> list[np.ndarray]:
-    """The train-split images that are available offline and at least ``min_size`` px a side."""
+def train_split_images(min_size: int = 0, names: Sequence[str] = TRAIN_SPLIT) -> list[np.ndarray]:
+    """The train-split images (``names``, a part of :data:`TRAIN_SPLIT`, in that order) that are
+    available offline and at least ``min_size`` px a side."""
     import skimage.data
 
+    unknown = set(names) - set(TRAIN_SPLIT)
+    if unknown:
+        raise ValueError(f"not train-split images: {sorted(unknown)}; the split is {TRAIN_SPLIT}")
     images = []
-    for name in TRAIN_SPLIT:
+    for name in names:
         try:
             image = grey_float(getattr(skimage.data, name)())
         except (AttributeError, OSError, ValueError) as error:  # absent or not downloaded: skipped
