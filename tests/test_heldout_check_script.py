@@ -1,24 +1,16 @@
 """Wrong kernels, low-contrast crops and the candidate judge of the Wiener-net held-out scripts;
 the weight comparison script."""
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
 from napari_deblur.engine.psf import random_motion_psf
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "wiener_net_heldout_check.py"
-
 
 @pytest.fixture(scope="module")
-def check():
-    spec = importlib.util.spec_from_file_location("wiener_net_heldout_check", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def check(load_script):
+    return load_script("wiener_net_heldout_check")
 
 
 @pytest.fixture(scope="module")
@@ -78,12 +70,8 @@ def test_contrast_scales_each_crop_about_its_own_mean(check):
 
 
 @pytest.fixture(scope="module")
-def judge():
-    path = SCRIPT.with_name("wiener_net_candidate_judge.py")
-    spec = importlib.util.spec_from_file_location("wiener_net_candidate_judge", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def judge(load_script):
+    return load_script("wiener_net_candidate_judge")
 
 
 def _table(rows):
@@ -129,11 +117,8 @@ def test_snr_pick_line_counts_the_members_taken(check):
     assert line.endswith("(7 crops): 9 dB: 5, 17 dB: 2")
 
 
-def test_same_weights_compares_tensors_not_file_bytes(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location(
-        "same_weights", SCRIPT.parent / "same_weights.py")
-    same_weights = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(same_weights)
+def test_same_weights_compares_tensors_not_file_bytes(tmp_path, capsys, load_script):
+    same_weights = load_script("same_weights")
     weights = {"conv.weight": torch.arange(6.0).reshape(2, 3), "conv.bias": torch.zeros(2)}
     torch.save(weights, tmp_path / "shipped.pt")
     torch.save(weights, tmp_path / "remade.pt")

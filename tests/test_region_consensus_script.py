@@ -1,10 +1,6 @@
 """The whole-crop likelihood of scripts/region_consensus_check.py (no estimation run), and the
 train-split subset its texture-only draw uses."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 from scipy.signal import fftconvolve
@@ -12,18 +8,10 @@ from scipy.signal import fftconvolve
 from napari_deblur.engine import gaussian_psf, random_motion_psf
 from napari_deblur.engine.training.sources import dead_leaves, train_split_images
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module")
-def check():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    sys.path.insert(0, str(ROOT / "scripts"))
-    spec = importlib.util.spec_from_file_location("region_consensus_check",
-                                                  ROOT / "scripts" / "region_consensus_check.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def check(load_script):
+    return load_script("region_consensus_check")
 
 
 def blurred_crop(kernel: np.ndarray, seed: int = 0) -> np.ndarray:

@@ -1,23 +1,12 @@
 """The ranking and summary arithmetic of scripts/region_grid_oracle_check.py (no estimation run)."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module")
-def check():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    spec = importlib.util.spec_from_file_location("region_grid_oracle_check",
-                                                  ROOT / "scripts" / "region_grid_oracle_check.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def check(load_script):
+    return load_script("region_grid_oracle_check")
 
 
 def test_within_case_auc(check):

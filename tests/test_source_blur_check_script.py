@@ -2,24 +2,13 @@
 in the image, so an image with its own blur s0 blurred by sigma has the pixels of a sharp image
 blurred by hypot(sigma, s0)."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "scripts" / "blur_map_source_blur_check.py"
-
 
 @pytest.fixture(scope="module")
-def check():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    spec = importlib.util.spec_from_file_location("blur_map_source_blur_check", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def check(load_script):
+    return load_script("blur_map_source_blur_check")
 
 
 @pytest.mark.parametrize("own_blur, sigma", [(1.0, 1.5), (2.5, 0.5), (2.0, 2.0)])
