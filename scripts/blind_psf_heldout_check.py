@@ -50,16 +50,19 @@ def random_kernel(kind: str, rng: np.random.Generator) -> np.ndarray:
 
 
 def make_cases(kind: str, crop: int, seed: int, *, images: tuple[str, ...] | None = None,
-               per_image: int = KERNELS_PER_IMAGE) -> list[tuple]:
+               per_image: int = KERNELS_PER_IMAGE, sources: list[np.ndarray] | None = None) -> list[tuple]:
     """(image index, blurred crop, true kernel, sharp crop aligned with the blurred one).
 
-    ``images``: train-split names to draw from (default: the whole split), ``per_image`` kernels each.
+    ``images``: train-split names to draw from (default: the whole split), ``per_image`` kernels each;
+    ``sources``: sharp images (more than ``crop + 31`` px a side) to use instead of the split.
     """
     from napari_deblur.engine.training.sources import TRAIN_SPLIT, train_split_images
 
     rng = np.random.default_rng(seed)
+    if sources is None:
+        sources = train_split_images(min_size=crop + 40, names=images or TRAIN_SPLIT)
     cases = []
-    for index, image in enumerate(train_split_images(min_size=crop + 40, names=images or TRAIN_SPLIT)):
+    for index, image in enumerate(sources):
         for _ in range(per_image):
             kernel = random_kernel(kind, rng)
             size = kernel.shape[0]

@@ -20,12 +20,17 @@ from the whole crop, so any rule for choosing among the windows can be scored:
 
 Also the within-case ROC AUC of the network's, the consensus' and the likelihood's scores (cases
 with good and bad windows). ``--textures`` draws the cases from the train split's two textures
-only (grass and gravel, 30 kernels each), where whole-crop estimates fail more often. About 16 min
-on two cores.
+only (grass and gravel, 30 kernels each), where whole-crop estimates fail more often.
+``--procedural`` draws them from procedural images instead (``training.sources``: printed text,
+point-source fields and Voronoi-cell textures, 20 of each, one kernel each), kinds of scene the
+eval split has (`text`, `hubble_deep_field` and `cell`, `brick`) and the train split lacks.
+``--save F.npz`` keeps every case's crop, kernel and window estimates, so other rankings can be
+scored without estimating again. About 16 min on two cores.
 
     python scripts/region_consensus_check.py --seed 35
     python scripts/region_consensus_check.py --seed 36 --kind gaussian
     python scripts/region_consensus_check.py --seed 39 --textures
+    python scripts/region_consensus_check.py --seed 41 --procedural --save cases.npz
 """
 
 from __future__ import annotations
@@ -50,6 +55,8 @@ TEXTURE_KERNELS = 30
 PRIOR_EXPONENT = 1.2
 """Gradient prior of :func:`negative_log_likelihood`: image power ~ 1 / |D(f)|^(2 * this)."""
 LIKELIHOOD_TOP = 5
+PROCEDURAL_KINDS = ("printed text", "point sources", "cell textures")
+PROCEDURAL_PER_KIND = 20
 
 
 def negative_log_likelihood(blurred: np.ndarray, kernels: np.ndarray) -> np.ndarray:
@@ -122,7 +129,30 @@ def case_estimates(numbered: tuple[int, tuple]) -> dict:
             similarity[i, j] = similarity[j, i] = kernel_similarity(estimates[i], estimates[j])
     return {"regions": regions, "scores": np.array([np.nan] + [r.score for r in grid]),
             "ratios": np.array(ratios), "similarity": similarity,
-            "nll": negative_log_likelihood(blurred, np.stack(estimates))}
+            "nll": negative_log_likelihood(blurred, np.stack(estimates)), "estimates": np.stack(estimates)}
+
+
+def procedural_sources(size: int, seed: int) -> list[np.ndarray]:
+    """:data:`PROCEDURAL_PER_KIND` images of each of :data:`PROCEDURAL_KINDS`, ``size`` px, from ``seed``."""
+    from napari_deblur.engine.training import sources
+
+    rng = np.random.default_rng([seed, 1])
+    makers = {"printed text": sources.printed_text, "point sources": sources.point_sources,
+              "cell textures": lambda n, r: sources.procedural_texture(n, r, "cells")}
+    return [makers[kind](size, rng) for kind in PROCEDURAL_KINDS for _ in range(PROCEDURAL_PER_KIND)]
+
+
+def save_estimates(path: Path, cases: list[tuple], estimated: list[dict]) -> None:
+    """Every case's blurred crop, true kernel, and per window (index 0: the whole crop) region, network
+    score, ER, the estimates' pairwise similarities and likelihoods, in one ``.npz``."""
+    arrays = {}
+    for number, ((_, blurred, kernel, _), case) in enumerate(zip(cases, estimated)):
+        arrays[f"{number}_blurred"] = blurred.astype(np.float32)
+        arrays[f"{number}_kernel"] = kernel
+        arrays[f"{number}_regions"] = np.array([(-1, -1, -1, -1) if r is None else r for r in case["regions"]])
+        for key in ("scores", "ratios", "similarity", "nll", "estimates"):
+            arrays[f"{number}_{key}"] = np.asarray(case[key])
+    np.savez_compressed(path, **arrays)
 
 
 def mean_agreement(similarity: np.ndarray, members: list[int], among: list[int]) -> np.ndarray:
@@ -171,14 +201,23 @@ def main(argv=None) -> None:
                         help="blur kernels of the cases (default: camera shake, as protocol 4)")
     parser.add_argument("--textures", action="store_true",
                         help=f"cases from {' and '.join(TEXTURES)} only, {TEXTURE_KERNELS} kernels each")
+    parser.add_argument("--procedural", action="store_true",
+                        help=f"cases from procedural images: {', '.join(PROCEDURAL_KINDS)}, "
+                        f"{PROCEDURAL_PER_KIND} of each, one kernel each")
+    parser.add_argument("--save", type=Path, help="write every case's windows and estimates here (.npz)")
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args(argv)
     if args.textures:
         cases = make_cases(args.kind, 384, args.seed, images=TEXTURES, per_image=TEXTURE_KERNELS)
+    elif args.procedural:
+        cases = make_cases(args.kind, 384, args.seed, sources=procedural_sources(384 + 40, args.seed),
+                           per_image=1)
     else:
         cases = make_cases(args.kind, 384, args.seed)
     with ProcessPoolExecutor(args.workers) as pool:
         estimated = list(pool.map(case_estimates, enumerate(cases)))
+    if args.save:
+        save_estimates(args.save, cases, estimated)
     rows = [choices(case) for case in estimated]
     good_share, network_auc, consensus_auc, likelihood_auc = [], [], [], []
     for case in estimated:
@@ -191,7 +230,8 @@ def main(argv=None) -> None:
             auc = within_case_auc(scores, good)
             if auc is not None:
                 into.append(auc)
-    sources = f"{' and '.join(TEXTURES)} only" if args.textures else "train split"
+    sources = (f"{' and '.join(TEXTURES)} only" if args.textures
+               else "procedural images" if args.procedural else "train split")
     print(f"{len(rows)} cases ({sources}, 384 px crops, {args.kind} kernels, seed {args.seed}), "
           f"{WINDOW} px windows every {STRIDE} px; good windows (ER <= {SUCCESS_ER:g}) per case: "
           f"{np.mean(good_share):.0%} on average\n")

@@ -54,3 +54,48 @@ def test_train_split_subsets_refuse_other_images():
         train_split_images(names=("grass", "camera"))
     grass_and_gravel = train_split_images(names=("grass", "gravel"))
     assert len(grass_and_gravel) <= 2 and all(image.ndim == 2 for image in grass_and_gravel)
+
+
+def test_procedural_sources_are_repeatable_and_of_each_kind(check):
+    first = check.procedural_sources(96, seed=3)
+    again = check.procedural_sources(96, seed=3)
+    per_kind = check.PROCEDURAL_PER_KIND
+    assert len(first) == per_kind * len(check.PROCEDURAL_KINDS)
+    assert all(image.shape == (96, 96) and image.min() >= 0 and image.max() <= 1 for image in first)
+    assert all(np.array_equal(a, b) for a, b in zip(first, again))
+    text, points, textures = first[:per_kind], first[per_kind:2 * per_kind], first[2 * per_kind:]
+    assert all(np.median(page) in (0.0, 1.0) for page in text)  # mostly bare paper
+    assert all(np.median(field) < 0.1 for field in points)  # sparse spots on a dark background
+    assert all(0.0 < np.median(texture) < 1.0 for texture in textures)
+
+
+def test_cases_from_given_sources_blur_them_with_real_boundaries(load_script):
+    make_cases = load_script("blind_psf_heldout_check").make_cases
+    rng = np.random.default_rng(5)
+    sources = [dead_leaves(130, rng) for _ in range(2)]
+    cases = make_cases("gaussian", 64, seed=9, sources=sources, per_image=3)
+    assert [case[0] for case in cases] == [0, 0, 0, 1, 1, 1]
+    for index, blurred, kernel, sharp in cases:
+        assert blurred.shape == sharp.shape == (64, 64)
+        # The sharp crop is a piece of its source, and blurring that piece's surroundings gives the crop.
+        image = sources[index]
+        windows = np.lib.stride_tricks.sliding_window_view(image, sharp.shape)
+        top, left = np.argwhere((windows == sharp).all(axis=(2, 3)))[0]
+        half = kernel.shape[0] // 2
+        around = image[top - half:top + 64 + half, left - half:left + 64 + half]
+        assert np.abs(fftconvolve(around, kernel, mode="valid") - blurred).max() < 0.05  # noise 0.01
+
+
+def test_saved_estimates_keep_every_window(check, tmp_path):
+    kernel = gaussian_psf(1.5, size=9)
+    blurred = blurred_crop(kernel)
+    case = {"regions": [None, (0, 0, 96, 96), (48, 48, 96, 96)], "scores": np.array([np.nan, 0.2, 0.7]),
+            "ratios": np.array([1.5, 4.0, 1.2]), "similarity": np.eye(3), "nll": np.array([1.0, 2.0, 0.5]),
+            "estimates": np.stack([embedded(kernel)] * 3)}
+    check.save_estimates(tmp_path / "cases.npz", [(0, blurred, kernel, blurred)], [case])
+    saved = np.load(tmp_path / "cases.npz")
+    assert saved["0_regions"].tolist() == [[-1, -1, -1, -1], [0, 0, 96, 96], [48, 48, 96, 96]]
+    np.testing.assert_array_equal(saved["0_ratios"], case["ratios"])
+    np.testing.assert_array_equal(saved["0_estimates"], case["estimates"])
+    np.testing.assert_array_equal(saved["0_blurred"], blurred)
+    np.testing.assert_array_equal(saved["0_kernel"], kernel)
