@@ -358,9 +358,10 @@ def test_the_tuning_batch_widths_and_noise_options_reach_the_stages(tmp_path, mo
     train.main(["wiener-net", "--batch", "48", "--tuning-batch", "24", "--tuning-steps", "30",
                 "--widths", "48,64,96,128", "--noise-range", "0.004", "0.035",
                 "--procedural-share", "0.15", "0.1", "--kernel-error-share", "0.25",
-                "--kernel-error-sigma", "0.6", "1.0", "--text-share", "0.05",
+                "--kernel-error-sigma", "0.6", "1.0", "--text-share", "0.05", "--network-passes", "2",
                 "--out", str(tmp_path / "wn.pt")])
     assert [(c.batch, c.steps) for c in runs] == [(48, 4000), (24, 30), (24, 30)]
+    assert [c.network_passes for c in runs] == [1, 2, 2]
     assert all(c.widths == (48, 64, 96, 128) for c in runs)
     assert all(c.noise_sigma_range == (0.004, 0.035) for c in runs)
     assert all((c.texture_fraction, c.point_field_fraction) == (0.15, 0.1) for c in runs)
@@ -371,7 +372,7 @@ def test_the_tuning_batch_widths_and_noise_options_reach_the_stages(tmp_path, mo
     runs.clear()
     train.main(["wiener-net", "--out", str(tmp_path / "plain.pt")])
     assert [c.batch for c in runs] == [16, training.FINE_TUNING["batch"], training.FINE_TUNING["batch"]]
-    assert all(c.widths == wn.WIDTHS for c in runs)
+    assert all(c.widths == wn.WIDTHS for c in runs) and all(c.network_passes == 1 for c in runs)
     default_noise = training.WienerNetTrainingConfig().noise_sigma_range
     assert all(c.noise_sigma_range == default_noise for c in runs)
     assert all(c.n_textures == c.n_point_fields == c.n_text_pages == 0 for c in runs)
@@ -454,6 +455,31 @@ def test_the_training_loss_can_be_taken_after_the_residual_correction():
     model_copy = wn.WienerNet()
     model_copy.load_state_dict(model.state_dict())
     restored = training.restore_batch(model_copy, blurred, kernel, snrs, residual_correction=True)
+    restored.square().mean().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model_copy.parameters())
+
+
+def test_a_stage_can_train_the_mean_of_the_network_over_its_views():
+    """``passes=2`` is the engine's two-view ensemble, and gradients reach the network through both views."""
+    from napari_deblur.engine.training import wiener_net as training
+
+    sharp, blurred, kernel = point_field_case(seed=4)
+    model = wn.load_wiener_net(torch.device("cpu"))
+    snrs = torch.tensor(wn.WIENER_STACK_SNRS_DB)
+    with torch.no_grad():
+        features, mean, scale = wn.wiener_net_features(blurred, kernel, snrs)
+        expected = wn.apply_network_ensemble(model, features, 2) * scale + mean
+        one_pass = training.restore_batch(model, blurred, kernel, snrs)
+        two_passes = training.restore_batch(model, blurred, kernel, snrs, passes=2)
+    assert torch.allclose(two_passes, expected, atol=1e-6)
+    assert not torch.allclose(two_passes, one_pass, atol=1e-4)
+    # The second view alone (the plane turned by half a turn) makes up the difference.
+    with torch.no_grad():
+        turned = wn.apply_network(model, features.flip(-2, -1)).flip(-2, -1) * scale + mean
+    assert torch.allclose(two_passes, (one_pass + turned) / 2, atol=1e-5)
+    model_copy = wn.WienerNet()
+    model_copy.load_state_dict(model.state_dict())
+    restored = training.restore_batch(model_copy, blurred, kernel, snrs, residual_correction=True, passes=2)
     restored.square().mean().backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model_copy.parameters())
 

@@ -128,6 +128,8 @@ def _train_wiener_net(args) -> None:
     tuning_overrides = {} if args.tuning_steps is None else {"steps": args.tuning_steps}
     if args.tuning_batch is not None:
         tuning_overrides["batch"] = args.tuning_batch
+    if args.network_passes is not None:
+        tuning_overrides["network_passes"] = args.network_passes
     out = Path(args.out) if args.out else _default_weights_path(WEIGHTS_FILE)
     if args.stage == "base" and args.init:
         raise SystemExit("--init fine-tunes given weights; it does not go with --stage base")
@@ -194,7 +196,9 @@ def _train_wiener_net(args) -> None:
         "the `texture_` columns on a third made only of procedural textures (24, held-out seed), "
         "the `points_` columns on a fourth made only of point-source fields (star fields, "
         "fluorescent beads; 24, held-out seed). "
-        "A stage that starts from weights has a step-0 row: those weights, before the stage."
+        "A stage that starts from weights has a step-0 row: those weights, before the stage. "
+        "With `network_passes` n > 1 (`--network-passes`) the fine-tuning stages train, and validate, "
+        "the mean of the network over n flipped or turned views, as the engine's `ensemble` runs it."
     )
     title, last = stages[-1]
     report = out.with_suffix(".md")
@@ -379,6 +383,10 @@ def main(argv=None) -> None:
     wiener.add_argument("--tuning-batch", type=int, default=None,
                         help="crops per step of each fine-tuning stage (default: training.wiener_net."
                              "FINE_TUNING, 8)")
+    wiener.add_argument("--network-passes", type=int, choices=(1, 2, 4, 8), default=None,
+                        help="each fine-tuning stage trains (and validates) the mean of the network over "
+                             "this many flipped or turned views, as the engine's ensemble runs it "
+                             "(default 1: one pass)")
     wiener.add_argument("--widths", default=None,
                         help="channels of the four network levels, e.g. 48,64,96,128 (default: "
                              "wiener_net.WIDTHS); the engine runs only weights of its own widths")

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from ..wiener import WIENER_STACK_SNRS_DB, wiener_filter
 from ..wiener_net import (
-    WIDTHS, WienerNet, apply_network, correct_by_residual, plane_statistics, wiener_net_features,
+    WIDTHS, WienerNet, apply_network_ensemble, correct_by_residual, plane_statistics, wiener_net_features,
 )
 from .kernels import kernel_pool, widen_kernels
 from .losses import ssim
@@ -66,6 +66,7 @@ class WienerNetTrainingConfig:
     kernel_error_share: float = 0.0
     kernel_error_sigma_range: tuple[float, float] = (0.4, 1.0)
     residual_correction: bool = False
+    network_passes: int = 1
     init: str | None = None
     noise_sigma_range: tuple[float, float] = (0.005, 0.05)
     poisson_fraction: float = 0.25
@@ -272,11 +273,16 @@ def validation_batches(config: WienerNetTrainingConfig, device: torch.device,
 
 
 def restore_batch(model: WienerNet, blurred: torch.Tensor, kernels: torch.Tensor,
-                  snrs: torch.Tensor, residual_correction: bool = False) -> torch.Tensor:
-    """The network's output, in the input's intensity scale (then corrected, as the engine does, if asked)."""
+                  snrs: torch.Tensor, residual_correction: bool = False, passes: int = 1) -> torch.Tensor:
+    """The network's output, in the input's intensity scale (then corrected, as the engine does, if asked).
+
+    ``passes`` > 1 averages the network over that many flipped or turned views, as the engine's
+    ``ensemble`` does (:func:`~napari_deblur.engine.wiener_net.apply_network_ensemble`); gradients
+    flow through every view, so a stage trained so learns for the averaged pipeline.
+    """
     with torch.no_grad():
         features, mean, scale = wiener_net_features(blurred, kernels, snrs)
-    restored = apply_network(model, features) * scale + mean
+    restored = apply_network_ensemble(model, features, passes) * scale + mean
     return correct_by_residual(blurred, restored, kernels) if residual_correction else restored
 
 
@@ -341,9 +347,9 @@ def train_wiener_net(config: WienerNetTrainingConfig, out_path: Path) -> WienerN
     running, logged_step = 0.0, 0
 
     def log_validation(step: int, train_loss: float) -> None:
-        entry = evaluate(model, validation, snrs, config.residual_correction)
+        entry = evaluate(model, validation, snrs, config.residual_correction, config.network_passes)
         for prefix, batches_of_set in extra_validation.items():
-            scores = evaluate(model, batches_of_set, snrs, config.residual_correction)
+            scores = evaluate(model, batches_of_set, snrs, config.residual_correction, config.network_passes)
             entry.update({prefix + k: scores[k] for k in (
                 "psnr_net", "psnr_oracle", "lost_to_oracle", "psnr_net_interior",
                 "psnr_oracle_interior", "lost_interior")})
@@ -364,7 +370,8 @@ def train_wiener_net(config: WienerNetTrainingConfig, out_path: Path) -> WienerN
         log_validation(0, float("nan"))
     for step in range(1, config.steps + 1):
         sharp, blurred, kernels = batches.draw()
-        restored = restore_batch(model, blurred, kernels, snrs, config.residual_correction)
+        restored = restore_batch(model, blurred, kernels, snrs, config.residual_correction,
+                                 config.network_passes)
         interior = interior_masks(kernels, sharp.shape[-2:]) if config.interior_weight else None
         loss = restoration_loss(restored, sharp, interior, config.interior_weight)
         running += take_step(loss, model, optimiser, schedule)
@@ -377,7 +384,7 @@ def train_wiener_net(config: WienerNetTrainingConfig, out_path: Path) -> WienerN
     return model
 
 
-def evaluate(model: WienerNet, validation, snrs, residual_correction: bool = False) -> dict:
+def evaluate(model: WienerNet, validation, snrs, residual_correction: bool = False, passes: int = 1) -> dict:
     """Validation PSNRs (means over crops) of the network and of the references.
 
     ``psnr_oracle`` is the Wiener filter with the best of the stack's SNRs for
@@ -392,7 +399,7 @@ def evaluate(model: WienerNet, validation, snrs, residual_correction: bool = Fal
     with torch.no_grad():
         for sharp, blurred, kernels in validation:
             classical = classical_psnrs(blurred, kernels, sharp, snrs)
-            restored = restore_batch(model, blurred, kernels, snrs, residual_correction)
+            restored = restore_batch(model, blurred, kernels, snrs, residual_correction, passes)
             interior = interior_masks(kernels, sharp.shape[-2:])
             scores["psnr_net"].append(crop_psnr(restored, sharp))
             scores["psnr_oracle"].append(classical["oracle"])
