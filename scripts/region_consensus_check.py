@@ -149,7 +149,8 @@ def save_estimates(path: Path, cases: list[tuple], estimated: list[dict]) -> Non
     for number, ((_, blurred, kernel, _), case) in enumerate(zip(cases, estimated)):
         arrays[f"{number}_blurred"] = blurred.astype(np.float32)
         arrays[f"{number}_kernel"] = kernel
-        arrays[f"{number}_regions"] = np.array([(-1, -1, -1, -1) if r is None else r for r in case["regions"]])
+        arrays[f"{number}_regions"] = np.array([(-1, -1, -1, -1) if region is None else region
+                                                for region in case["regions"]])
         for key in ("scores", "ratios", "similarity", "nll", "estimates"):
             arrays[f"{number}_{key}"] = np.asarray(case[key])
     np.savez_compressed(path, **arrays)
