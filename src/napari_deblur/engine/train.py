@@ -369,6 +369,8 @@ def _train_region_selector(args) -> None:
 
 
 def main(argv=None) -> None:
+    from .layers import ENSEMBLE_SIZES
+
     parser = argparse.ArgumentParser(prog="python -m napari_deblur.engine.train", description=__doc__)
     sub = parser.add_subparsers(dest="model", required=True)
     wiener = sub.add_parser("wiener-net", help="train Wiener-net")
@@ -383,7 +385,7 @@ def main(argv=None) -> None:
     wiener.add_argument("--tuning-batch", type=int, default=None,
                         help="crops per step of each fine-tuning stage (default: training.wiener_net."
                              "FINE_TUNING, 8)")
-    wiener.add_argument("--network-passes", type=int, choices=(1, 2, 4, 8), default=None,
+    wiener.add_argument("--network-passes", type=int, choices=ENSEMBLE_SIZES, default=None,
                         help="each fine-tuning stage trains (and validates) the mean of the network over "
                              "this many flipped or turned views, as the engine's ensemble runs it "
                              "(default 1: one pass)")
