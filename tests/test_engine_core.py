@@ -288,6 +288,66 @@ def test_single_plane_methods_give_the_same_answer_for_a_huge_copy():
     np.testing.assert_allclose(estimate_psf(huge, size=9), estimate_psf(plane, size=9), atol=1e-6)
 
 
+TINY_METHODS = [
+    lambda x: wiener_deconvolve(x, KERNEL),
+    lambda x: wiener_net_deconvolve(x, KERNEL, ensemble=1),
+    lambda x: sharpen_gwis(x, 1.5),
+    lambda x: sharpen_gwis(x, "auto"),
+    lambda x: blur(x, KERNEL),
+]
+TINY_IDS = ["wiener", "wiener-net", "gwis", "gwis-auto", "blur"]
+
+
+@pytest.mark.parametrize("method", TINY_METHODS, ids=TINY_IDS)
+def test_tiny_intensities_give_the_scaled_result(photo, method):
+    """A plane peaking near 1e-12 is processed scaled up by a power of two: the small constants
+    inside the methods (division guards, noise floors) do not swamp it."""
+    plane = photo * np.float32(0.9 / photo.max())  # peak in [0.5, 1): a power of two maps it back exactly
+    plain = method(plane)
+    power = method(plane * np.float32(2.0**-40))
+    np.testing.assert_array_equal(power, plain * np.float32(2.0**-40))
+    decimal = method(plane * np.float32(1e-12))
+    assert np.isfinite(decimal).all()
+    np.testing.assert_allclose(decimal / 1e-12, plain, rtol=0, atol=5e-3 * float(np.abs(plain).max()))
+
+
+def test_a_tiny_image_gives_the_same_blur_map(photo):
+    plane = photo * np.float32(0.9 / photo.max())
+    plain = estimate_blur_map(plane)
+    np.testing.assert_array_equal(estimate_blur_map(plane * np.float32(2.0**-40)), plain)
+    np.testing.assert_allclose(estimate_blur_map(plane * np.float32(1e-12)), plain, atol=0.05)
+
+
+def test_tiny_planes_of_a_stack_are_scaled_one_by_one(photo):
+    plane = photo * np.float32(0.9 / photo.max())
+    stack = np.stack([plane, plane * np.float32(2.0**-60), plane * np.float32(2.0**20)])
+    before = stack.copy()
+    out = wiener_net_deconvolve(stack, KERNEL, ensemble=1)
+    np.testing.assert_array_equal(stack, before)  # the input is never modified
+    plain = wiener_net_deconvolve(plane, KERNEL, ensemble=1)
+    np.testing.assert_array_equal(out[0], plain)
+    np.testing.assert_array_equal(out[1], plain * np.float32(2.0**-60))
+
+
+def test_single_plane_methods_give_the_same_answer_for_a_tiny_copy():
+    from napari_deblur.engine import estimate_psf, select_regions
+
+    plane = data.camera()[:256, :256].astype(np.float32) / 255.0 * np.float32(0.9)
+    for factor in (2.0**-40, 1e-12):
+        tiny = plane * np.float32(factor)
+        assert select_regions(tiny, size=64, count=3, ranking="network") == \
+            select_regions(plane, size=64, count=3, ranking="network")
+        np.testing.assert_allclose(estimate_psf(tiny, size=9), estimate_psf(plane, size=9), atol=1e-5)
+
+
+def test_psfs_of_any_float_magnitude_are_normalised_alike():
+    from napari_deblur.engine import as_psf
+
+    kernel = gaussian_psf(1.0).astype(np.float64)
+    for factor in (1e-300, 1e-45, 1e30, 1e300):
+        np.testing.assert_allclose(as_psf(kernel * factor), as_psf(kernel), rtol=1e-6, atol=1e-7)
+
+
 def test_images_within_32_bit_magnitudes_run_unscaled(photo):
     """uint16 data (and anything up to 2**32) takes exactly the old path: no rescaling round trip."""
     as_uint16 = (photo * 65535).astype(np.uint16)
@@ -296,6 +356,9 @@ def test_images_within_32_bit_magnitudes_run_unscaled(photo):
     assert magnitude_exponent(as_uint16.astype(np.float32)) == 0
     assert magnitude_exponent(np.float32([2.0**32])) == 0
     assert magnitude_exponent(np.float32([2.0**33])) == 34
+    assert magnitude_exponent(np.float32([2.0**-16])) == 0  # the smallest plain peak
+    assert magnitude_exponent(np.float32([-(2.0**-17)])) == -16  # scaled up into [0.5, 1)
+    assert magnitude_exponent(np.zeros(4, np.float32)) == 0
 
 
 def test_automatic_device_prefers_accelerators():

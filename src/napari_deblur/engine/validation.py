@@ -82,12 +82,16 @@ def as_psf(psf, *, name: str = "psf") -> np.ndarray:
     Parameters
     ----------
     psf : array_like, shape (h, w) or (n, h, w)
-        Real, finite kernel(s); each kernel must have a positive sum.
+        Real, finite kernel(s) of any magnitude; each kernel must have a
+        positive sum.
 
     Returns
     -------
     numpy.ndarray
-        float32 copy, each 2D kernel scaled to sum to 1.
+        float32 copy, each 2D kernel scaled to sum to 1. A float kernel is
+        first divided by the power of two that brings its peak into
+        ``[0.5, 1)`` (exact), so kernels of float64 magnitudes beyond or below
+        the float32 range are normalised without overflow or underflow.
 
     Raises
     ------
@@ -95,7 +99,7 @@ def as_psf(psf, *, name: str = "psf") -> np.ndarray:
         If the PSF is empty, not 2D/3D, non-finite, complex, or a kernel's sum
         is zero or negative.
     """
-    kernel = as_float_image(psf, name=name)
+    kernel = as_float_image(_kernels_peaking_near_one(psf), name=name)
     if kernel.ndim not in (2, 3):
         raise ValueError(
             f"{name} must be a 2D kernel (h, w) or a stack of kernels (n, h, w), "
@@ -111,6 +115,25 @@ def as_psf(psf, *, name: str = "psf") -> np.ndarray:
         )
     stack /= sums[:, None, None]
     return stack.reshape(kernel.shape).astype(np.float32)
+
+
+def _kernels_peaking_near_one(psf):
+    """``psf`` with each float 2D kernel divided by a power of two so it peaks in ``[0.5, 1)``.
+
+    Anything else (non-float, other shapes, empty, non-finite or all-zero
+    kernels) comes back as it is, for :func:`as_float_image` to check.
+    """
+    array = np.asarray(psf) if psf is not None else psf
+    if not isinstance(array, np.ndarray) or array.dtype.kind != "f" or array.ndim not in (2, 3) \
+            or not array.size:
+        return psf
+    with np.errstate(all="ignore"):
+        stack = array.astype(np.float64).reshape((-1,) + array.shape[-2:])
+        peaks = np.abs(stack).max(axis=(1, 2))
+    if not (np.isfinite(peaks).all() and peaks.all()):
+        return psf
+    exponents = np.frexp(peaks)[1]
+    return np.ldexp(stack, -exponents[:, None, None]).reshape(array.shape)
 
 
 def check_psf_fits(psf_shape: tuple[int, ...], plane_shape: tuple[int, int], *, name: str = "psf") -> None:
