@@ -504,3 +504,38 @@ def test_tiles_are_spread_evenly_cover_the_plane_and_keep_the_alignment(length, 
         assert all(s % align == 0 for s in starts) and size % align == 0
     # No fewer tiles would do: one tile less could not cover the plane with that overlap.
     assert len(starts) == 1 or (len(starts) - 1) * (tile - blend) + blend < length
+
+
+# --- blur classes: bad edges --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "edges",
+    [
+        [0, float("nan")],
+        [0, 1, float("nan"), 3],
+        [-1, 1, 2],
+        [0, float("inf"), float("inf")],
+        [float("-inf"), 1],
+        [0, 1, 1, 2],
+        [0],
+        [[0, 1], [2, 3]],
+        list(range(258)),
+        ["a", "b"],
+    ],
+    ids=["nan-last", "nan-inner", "negative", "inf-inner", "minus-inf", "repeated", "one", "2d",
+         "too-many", "text"],
+)
+def test_blur_classes_refuse_bad_edges(edges):
+    from napari_deblur.engine import blur_classes
+
+    with pytest.raises(ValueError, match="edges"):
+        blur_classes(np.zeros((4, 4), np.float32), edges=edges)
+
+
+def test_blur_classes_accept_an_infinite_last_edge_and_255_classes():
+    from napari_deblur.engine import blur_classes
+
+    levels = np.array([0.0, 0.5, 1.5, 1e6], np.float32)
+    assert blur_classes(levels, edges=[0, 1, float("inf")]).tolist() == [1, 1, 2, 2]
+    assert blur_classes(levels, edges=np.arange(256.0)).max() == 255

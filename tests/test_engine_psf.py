@@ -13,6 +13,7 @@ from napari_deblur.engine import (
     random_motion_psf,
     ring_psf,
 )
+from napari_deblur.engine.psf import MAX_PSF_SIZE
 
 BUILDERS = [
     lambda: gaussian_psf(1.7),
@@ -98,11 +99,64 @@ def test_random_motion_psf_is_reproducible_and_varied():
         lambda: random_motion_psf(2, 0),
         lambda: psf_blur_level(np.zeros((3, 3))),
         lambda: psf_blur_level(np.ones((2, 3, 3))),
+        lambda: gaussian_psf(float("inf")),
+        lambda: disk_psf(-0.5),
+        lambda: ring_psf(float("nan")),
+        lambda: motion_psf(float("nan"), 0),
+        lambda: motion_psf(5, float("inf")),
+        lambda: disk_psf(2, size=7.5),
+        lambda: disk_psf(2, size=float("nan")),
+        lambda: gaussian_psf(1, size=-3),
+        lambda: random_motion_psf(15, 0, n_steps=1),
     ],
 )
 def test_bad_psf_arguments_raise_value_error(call):
     with pytest.raises(ValueError):
         call()
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: gaussian_psf(1e6),
+        lambda: disk_psf(1e5),
+        lambda: ring_psf(1e5),
+        lambda: motion_psf(1e9, 0),
+        lambda: gaussian_psf(1e308),  # 4 * sigma is inf
+        lambda: gaussian_psf(1.0, size=MAX_PSF_SIZE + 2),
+        lambda: random_motion_psf(MAX_PSF_SIZE + 2, 0),
+    ],
+    ids=["gaussian", "disk", "ring", "motion", "gaussian-inf-extent", "size", "random-motion"],
+)
+def test_kernels_wider_than_the_limit_are_refused_before_allocating(call):
+    """Without the limit these asked for terabytes (MemoryError: "466 TiB")."""
+    with pytest.raises(ValueError, match="MAX_PSF_SIZE"):
+        call()
+
+
+def test_a_huge_blur_fits_when_the_size_crops_it():
+    kernel = gaussian_psf(1e6, size=5)
+    assert kernel.shape == (5, 5) and kernel.sum() == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: gaussian_psf(None),
+        lambda: disk_psf("3"),
+        lambda: motion_psf(5, None),
+        lambda: disk_psf(2, size=True),
+        lambda: random_motion_psf(15, 0, n_steps=10.5),
+    ],
+)
+def test_non_numeric_psf_arguments_raise_type_error(call):
+    with pytest.raises(TypeError):
+        call()
+
+
+def test_whole_float_and_numpy_sizes_are_accepted():
+    assert disk_psf(2, size=7.0).shape == (7, 7)
+    assert gaussian_psf(np.float32(1.5), size=np.int64(9)).shape == (9, 9)
 
 
 def test_random_motion_rejects_a_bad_rng():

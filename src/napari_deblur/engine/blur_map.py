@@ -505,7 +505,8 @@ def blur_classes(blur_map, edges=BLUR_CLASS_EDGES) -> np.ndarray:
     blur_map : array_like
         Blur levels in pixels (>= 0).
     edges : sequence of float
-        Increasing bin edges in pixels, starting at 0; the last may be
+        Strictly increasing bin edges in pixels, at least two and at most
+        256, starting at 0 or above, all finite except the last, which may be
         ``inf``. Default :data:`BLUR_CLASS_EDGES` (sharp < 0.5 <= slight < 1
         <= moderate < 2 <= strong < 4 <= severe).
 
@@ -514,10 +515,30 @@ def blur_classes(blur_map, edges=BLUR_CLASS_EDGES) -> np.ndarray:
     numpy.ndarray, uint8, same shape
         Label ``i + 1`` for levels in ``[edges[i], edges[i + 1])`` (0 is never
         used, so every pixel is shown).
+
+    Raises
+    ------
+    ValueError
+        For edges that are not such a sequence (NaN, negative, not
+        increasing, an infinite edge before the last, too few or too many),
+        and for a blur map that :func:`~napari_deblur.engine.as_float_image`
+        refuses.
     """
     levels = as_float_image(blur_map, name="blur map", min_ndim=1)
-    bounds = np.asarray(edges, dtype=np.float64)
-    if bounds.ndim != 1 or bounds.size < 2 or np.any(np.diff(bounds) <= 0):
-        raise ValueError(f"edges must be at least two increasing numbers, got {edges!r}.")
+    try:
+        bounds = np.asarray(edges, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"edges must be a sequence of numbers (pixels), got {edges!r}.") from exc
+    if bounds.ndim != 1 or not 2 <= bounds.size <= 256:
+        raise ValueError(
+            f"edges must be one sequence of 2 to 256 increasing numbers (one more than the uint8 "
+            f"classes), got {edges!r}."
+        )
+    if np.isnan(bounds).any() or not np.isfinite(bounds[:-1]).all() or bounds[0] < 0:
+        raise ValueError(
+            f"edges must be finite blur levels >= 0 pixels (only the last may be inf), got {edges!r}."
+        )
+    if np.any(np.diff(bounds) <= 0):
+        raise ValueError(f"edges must be strictly increasing, got {edges!r}.")
     inner = bounds[1:-1]
     return (np.searchsorted(inner, levels, side="right") + 1).astype(np.uint8)

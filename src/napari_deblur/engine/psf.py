@@ -1,7 +1,8 @@
 """Point-spread functions: parametric models, camera shake, and the blur level.
 
 Every builder returns a float32 ``(n, n)`` array with ``n`` odd, the kernel's
-centre at ``(n // 2, n // 2)`` and a sum of 1. Lengths are in pixels.
+centre at ``(n // 2, n // 2)`` and a sum of 1. Lengths are in pixels. Sides
+above :data:`MAX_PSF_SIZE` are refused with ``ValueError``.
 """
 
 from __future__ import annotations
@@ -13,19 +14,53 @@ import numpy as np
 from .validation import as_psf
 
 _SUPERSAMPLING = 8  # sub-pixel samples per axis for anti-aliased shapes
+_PROFILE_BLOCK_SAMPLES = 2**22  # sub-pixel samples evaluated at once (32 MiB of float64)
+
+MAX_PSF_SIZE = 4095
+"""Largest kernel side (pixels) the builders make.
+
+A larger kernel (asked for with ``size`` or implied by the blur, e.g.
+``gaussian_psf(1e6)`` or ``disk_psf(1e5)``) is refused with ``ValueError``
+instead of asking for terabytes. 4095 is the largest odd side within 4096 px:
+a 4095 x 4095 float32 kernel is 64 MiB, and a blur that wide already exceeds
+most images the engine restores (a PSF larger than the image is refused)."""
+
+MAX_MOTION_STEPS = 1_000_000
+"""Most trajectory samples :func:`random_motion_psf` takes (``n_steps``); each is a Python step."""
 
 
-def _odd_size(size: int | None, extent: float, *, name: str = "size") -> int:
-    """The kernel side: ``size`` if given (must be odd), else fits ``extent`` pixels of radius."""
+def _odd_size(size, extent: float, *, name: str = "size", what: str = "this blur") -> int:
+    """The kernel side: ``size`` if given (odd, 1..MAX_PSF_SIZE), else fits ``extent`` pixels of radius.
+
+    Raises ``TypeError`` for a non-integer ``size`` and ``ValueError`` for an
+    even, non-positive or too large one, or when ``extent`` needs a kernel
+    wider than :data:`MAX_PSF_SIZE`.
+    """
     if size is None:
+        if not extent <= (MAX_PSF_SIZE - 1) // 2:  # also catches inf (and nan)
+            raise ValueError(
+                f"{what} needs a kernel of {2 * extent + 1:.4g} x {2 * extent + 1:.4g} px, more than "
+                f"the largest of {MAX_PSF_SIZE} x {MAX_PSF_SIZE} px (MAX_PSF_SIZE); use a smaller "
+                f"blur, or pass {name}= to crop the kernel."
+            )
         return 2 * int(math.ceil(extent)) + 1
+    if isinstance(size, (bool, np.bool_)) or not isinstance(size, (int, np.integer, float, np.floating)):
+        raise TypeError(f"{name} must be an odd integer number of pixels, not {size!r}.")
+    if not float(size).is_integer():  # also nan and inf
+        raise ValueError(f"{name} must be an odd integer number of pixels, got {size!r}.")
     size = int(size)
     if size < 1 or size % 2 == 0:
         raise ValueError(f"{name} must be a positive odd integer (the kernel is centred), got {size}.")
+    if size > MAX_PSF_SIZE:
+        raise ValueError(
+            f"{name}={size} is larger than the largest kernel side, {MAX_PSF_SIZE} px (MAX_PSF_SIZE)."
+        )
     return size
 
 
 def _check_length(value: float, name: str) -> float:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a number of pixels, not {value!r}.")
     value = float(value)
     if not math.isfinite(value) or value < 0:
         raise ValueError(f"{name} must be a finite number >= 0 pixels, got {value}.")
@@ -46,7 +81,7 @@ def _normalised(kernel: np.ndarray) -> np.ndarray:
 def _radial_psf(profile, radius: float, size: int | None) -> np.ndarray:
     """A normalised, anti-aliased kernel from ``profile(r, radius)``; radius 0 is a point."""
     radius = _check_length(radius, "radius")
-    size = _odd_size(size, radius)
+    size = _odd_size(size, radius, what=f"radius={radius:g}")
     if radius == 0:
         return _delta(size)
     return _normalised(_radial_profile_psf(lambda r: profile(r, radius), size))
@@ -57,10 +92,14 @@ def _radial_profile_psf(profile, size: int) -> np.ndarray:
     half = size // 2
     offsets = (np.arange(_SUPERSAMPLING) + 0.5) / _SUPERSAMPLING - 0.5
     coords = (np.arange(size) - half)[:, None] + offsets[None, :]  # (size, S)
-    y = coords[:, None, :, None]
     x = coords[None, :, None, :]
-    r = np.sqrt(y**2 + x**2)  # (size, size, S, S)
-    kernel = profile(r).mean(axis=(2, 3))
+    kernel = np.empty((size, size), np.float64)
+    # A block of rows at a time: all (size, size, S, S) samples at once would be 8 GiB at 4095 px.
+    rows = max(1, _PROFILE_BLOCK_SAMPLES // (size * _SUPERSAMPLING**2))
+    for top in range(0, size, rows):
+        y = coords[top : top + rows, None, :, None]
+        r = np.sqrt(y**2 + x**2)  # (rows, size, S, S)
+        kernel[top : top + rows] = profile(r).mean(axis=(2, 3))
     if kernel.sum() <= 0:  # a shape smaller than the sub-pixel grid: a point
         kernel[half, half] = 1.0
     return kernel
@@ -79,9 +118,17 @@ def gaussian_psf(sigma: float, size: int | None = None) -> np.ndarray:
     Returns
     -------
     numpy.ndarray, float32, shape (size, size), sums to 1.
+
+    Raises
+    ------
+    ValueError
+        ``sigma`` negative or not finite; ``size`` even, below 1 or not whole; a kernel
+        (given or implied, ``2 * ceil(4 * sigma) + 1``) wider than :data:`MAX_PSF_SIZE`.
+    TypeError
+        A parameter that is not a number (``size``: not an integer).
     """
     sigma = _check_length(sigma, "sigma")
-    size = _odd_size(size, 4.0 * sigma)
+    size = _odd_size(size, 4.0 * sigma, what=f"sigma={sigma:g}")
     if sigma == 0:
         return _delta(size)
     axis = np.arange(size) - size // 2
@@ -103,6 +150,14 @@ def disk_psf(radius: float, size: int | None = None) -> np.ndarray:
     Returns
     -------
     numpy.ndarray, float32, shape (size, size), sums to 1.
+
+    Raises
+    ------
+    ValueError
+        ``radius`` negative or not finite; ``size`` even, below 1 or not whole; a kernel
+        (given or implied, ``2 * ceil(radius) + 1``) wider than :data:`MAX_PSF_SIZE`.
+    TypeError
+        A parameter that is not a number (``size``: not an integer).
     """
     return _radial_psf(lambda r, rad: (r <= rad).astype(np.float64), radius, size)
 
@@ -123,6 +178,14 @@ def ring_psf(radius: float, size: int | None = None) -> np.ndarray:
     Returns
     -------
     numpy.ndarray, float32, shape (size, size), sums to 1.
+
+    Raises
+    ------
+    ValueError
+        ``radius`` negative or not finite; ``size`` even, below 1 or not whole; a kernel
+        (given or implied, ``2 * ceil(radius) + 1``) wider than :data:`MAX_PSF_SIZE`.
+    TypeError
+        A parameter that is not a number (``size``: not an integer).
     """
     return _radial_psf(
         lambda r, rad: np.where(r <= 0.75 * rad, 0.25, np.where(r <= rad, 1.0, 0.0)), radius, size
@@ -158,12 +221,22 @@ def motion_psf(length: float, angle: float, size: int | None = None) -> np.ndarr
     Returns
     -------
     numpy.ndarray, float32, shape (size, size), sums to 1.
+
+    Raises
+    ------
+    ValueError
+        ``length`` negative or not finite, ``angle`` not finite; ``size`` even, below 1,
+        not whole or too small for the motion; a kernel wider than :data:`MAX_PSF_SIZE`.
+    TypeError
+        A parameter that is not a number (``size``: not an integer).
     """
     length = _check_length(length, "length")
+    if isinstance(angle, (bool, np.bool_)) or not isinstance(angle, (int, float, np.integer, np.floating)):
+        raise TypeError(f"angle must be a number of degrees, not {angle!r}.")
     angle = float(angle)
     if not math.isfinite(angle):
         raise ValueError(f"angle must be a finite number of degrees, got {angle}.")
-    size = _odd_size(size, length / 2.0 + 1.0)
+    size = _odd_size(size, length / 2.0 + 1.0, what=f"length={length:g}")
     if length == 0:
         return _delta(size)
     if length / 2.0 > size // 2:
@@ -204,10 +277,23 @@ def random_motion_psf(size: int = 25, rng=None, *, n_steps: int = 1000) -> np.nd
     Returns
     -------
     numpy.ndarray, float32, shape (size, size), sums to 1.
+
+    Raises
+    ------
+    ValueError
+        ``size`` even, below 3, not whole or wider than :data:`MAX_PSF_SIZE`; ``n_steps``
+        outside 2..:data:`MAX_MOTION_STEPS`.
+    TypeError
+        A parameter that is not a number (``size``: not an integer).
     """
     size = _odd_size(size, 0)
     if size < 3:
         raise ValueError(f"size must be at least 3 for a camera-shake kernel, got {size}.")
+    if isinstance(n_steps, (bool, np.bool_)) or not isinstance(n_steps, (int, np.integer)):
+        raise TypeError(f"n_steps must be an integer, not {n_steps!r}.")
+    if not 2 <= n_steps <= MAX_MOTION_STEPS:
+        raise ValueError(f"n_steps must be between 2 and {MAX_MOTION_STEPS} (MAX_MOTION_STEPS), got {n_steps}.")
+    n_steps = int(n_steps)
     gen = _as_generator(rng)
     max_extent = (size - 3) * gen.uniform(0.45, 1.0)  # trajectory span in pixels
     centripetal = 0.7 * gen.uniform()
