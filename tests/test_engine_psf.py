@@ -170,3 +170,9 @@ def test_tiny_radii_give_a_point_not_nan(build, radius):
     kernel = build(radius)
     assert np.isfinite(kernel).all() and kernel.sum() == pytest.approx(1.0)
     assert psf_blur_level(kernel) < 0.2
+
+
+def test_a_sigma_whose_square_underflows_gives_a_point_not_nan():
+    """Found by the fuzzer: 1e-300 ** 2 is 0 in float64, and 0 / 0 made the kernel NaN."""
+    kernel = gaussian_psf(1e-300)
+    assert np.isfinite(kernel).all() and kernel.max() == 1.0 and kernel.sum() == 1.0

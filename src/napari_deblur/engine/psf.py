@@ -129,7 +129,7 @@ def gaussian_psf(sigma: float, size: int | None = None) -> np.ndarray:
     """
     sigma = _check_length(sigma, "sigma")
     size = _odd_size(size, 4.0 * sigma, what=f"sigma={sigma:g}")
-    if sigma == 0:
+    if sigma * sigma == 0:  # 0, or so small that its square underflows: a point
         return _delta(size)
     axis = np.arange(size) - size // 2
     profile = np.exp(-(axis.astype(np.float64) ** 2) / (2.0 * sigma**2))
