@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from napari_deblur.stack_files import STACK_INPUT_SUFFIXES
+from napari_deblur.stack_files import MAX_PLANE_PIXELS, STACK_INPUT_SUFFIXES
 
 PROG = "napari-deblur"
 #: Methods of ``run``.
@@ -30,8 +31,19 @@ WIENER_NET_ENSEMBLES = (1, 2, 4, 8)
 log = logging.getLogger(__name__)
 
 
+EXIT_OK = 0
+EXIT_SOME_INPUTS_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
+
+
 class CommandLineError(Exception):
     """A problem with the user's input: reported as one line, exit status 2."""
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so that every partial output is cleaned up as for Ctrl-C."""
 
 
 # --------------------------------------------------------------------------- parser
@@ -78,8 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
             "than memory), and write <stem>_<METHOD>.tif (.zarr for zarr inputs or --format zarr) "
             "into the output folder: float32, the input's intensity scale. Inputs: "
             f"{', '.join(STACK_INPUT_SUFFIXES)}; RGB(A) images are recognised by a last axis of 3 or "
-            "4. A bad file is reported and skipped; no partial output is left behind on failure or "
-            "Ctrl-C. Exit status 0 when every file worked, 1 when some failed, 2 for usage errors."
+            "4. Existing outputs are never replaced without --overwrite, and an output path that is "
+            "one of the inputs is refused. A bad file (unreadable, too large, not a regular file, "
+            "out of memory, a full disk) is reported in one line and the others still run; no "
+            "partial output is left behind on failure, Ctrl-C or SIGTERM. Exit status: 0 when every "
+            "file worked, 1 when some failed, 2 for usage errors (nothing run), 130 after Ctrl-C, "
+            "143 after SIGTERM."
         ),
     )
     run.add_argument("method", choices=RUN_METHODS, metavar="METHOD",
@@ -103,6 +119,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="where the engine runs (default: %(default)s: CUDA, then MPS, then CPU)")
     run.add_argument("--format", choices=("tif", "zarr"),
                      help="output format (default: zarr for zarr inputs, tif otherwise)")
+    run.add_argument("--overwrite", action="store_true",
+                     help="replace outputs that napari-deblur wrote before (never other files or folders)")
+    run.add_argument("--max-plane-megapixels", type=float, default=MAX_PLANE_PIXELS / 1e6, metavar="MP",
+                     help="refuse inputs whose planes (rows x columns x channels) declare more than MP "
+                          "million values (default: %(default).0f)")
     cluster = run.add_mutually_exclusive_group()
     cluster.add_argument("--scheduler", metavar="ADDRESS",
                          help="address of a dask.distributed scheduler (e.g. tcp://host:8786) to run on")
@@ -129,8 +150,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns
     -------
     int
-        Exit status: 0 on success, 2 for a usage error or unusable input
-        (missing file, unreadable PSF), with a one-line message on stderr.
+        Exit status: 0 on success, 1 when some inputs of ``run`` failed, 2 for
+        a usage error (nothing run; a one-line message on stderr), 130 after
+        Ctrl-C, 143 after SIGTERM.
     """
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -140,7 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.handler(args) or 0)
     except CommandLineError as exc:
         sys.stderr.write(f"{PROG}: error: {exc}\n")
-        return 2
+        return EXIT_USAGE
 
 
 # --------------------------------------------------------------------------- demo
@@ -291,27 +313,69 @@ def _start_cluster(args: argparse.Namespace):
         raise CommandLineError(f"cannot reach the scheduler at {args.scheduler!r}: {exc}") from exc
 
 
-def _run_method(args: argparse.Namespace) -> int:
-    """``napari-deblur run``: every input through the method into OUTDIR; bad files are skipped."""
-    import os
+def _same_path(a: Path, b: Path) -> bool:
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
+
+def _plan_outputs(args: argparse.Namespace) -> dict[Path, Path]:
+    """``{output: input}``; refuses two inputs with one output and an output that is an input."""
     outputs: dict[Path, Path] = {}
     for path in args.inputs:
         out = _output_path(args, path)
         if out in outputs:
             raise CommandLineError(f"{str(outputs[out])!r} and {str(path)!r} would both be written as {out.name}")
         outputs[out] = path
+    for out in outputs:
+        for path in args.inputs:
+            if _same_path(out, path):
+                raise CommandLineError(
+                    f"the output of {str(outputs[out])!r} would be written over the input {str(path)!r}; "
+                    "choose another --output-dir (nothing was run)"
+                )
     if args.output_dir.exists() and not args.output_dir.is_dir():
         raise CommandLineError(f"--output-dir {str(args.output_dir)!r} exists and is not a folder")
+    return outputs
+
+
+def _one_line(path: Path, exc: BaseException) -> str:
+    """The error line of a failed input."""
+    if isinstance(exc, MemoryError):
+        text = "not enough memory to process it" + (f" ({exc})" if str(exc) else "")
+    else:
+        text = str(exc) or type(exc).__name__
+        if isinstance(exc, OSError) and exc.strerror:
+            text = f"{exc.strerror}" + (f": {exc.filename}" if exc.filename else "")
+    hint = " (pick one kernel with --psf-index N)" if "3D PSF" in text else ""
+    return f"{PROG}: error: {path}: {text}{hint}".replace("\n", " ").rstrip() + "\n"
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise _Terminated()
+
+
+def _run_method(args: argparse.Namespace) -> int:
+    """``napari-deblur run``: every input through the method into OUTDIR; bad files are skipped."""
+    import signal
+
+    outputs = _plan_outputs(args)
+    if not args.max_plane_megapixels > 0:
+        raise CommandLineError(f"--max-plane-megapixels must be positive, got {args.max_plane_megapixels:g}")
+    max_plane_pixels = int(args.max_plane_megapixels * 1e6)
     compute, description = _method_call(args)
 
-    from napari_deblur.engine import EngineError, run_job
-    from napari_deblur.stack_files import (
-        StackFileError,
-        iter_save_lazy,
-        open_lazy_image,
-    )
+    from napari_deblur.engine import run_job
+    from napari_deblur.stack_files import check_replaceable, iter_save_lazy, open_lazy_image
 
+    try:
+        args.output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CommandLineError(f"cannot create --output-dir {str(args.output_dir)!r}: "
+                               f"{exc.strerror or exc}") from exc
     client = _start_cluster(args)
     if client is not None:
         at_once = sum(client.nthreads().values())
@@ -322,30 +386,39 @@ def _run_method(args: argparse.Namespace) -> int:
 
         at_once = os.cpu_count() or 1
         torch.set_num_threads(1)
-    args.output_dir.mkdir(parents=True, exist_ok=True)
     failed = 0
+    overwrite = "own" if args.overwrite else "never"
+    import threading
+
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    previous_sigterm = signal.signal(signal.SIGTERM, _raise_terminated) if on_main_thread else None
     try:
         for out, path in outputs.items():
-            try:
-                image, channel_axis = open_lazy_image(path)
+            try:  # one guarded step per input: any failure is this input's, and the batch goes on
+                check_replaceable(out, overwrite)
+                image, channel_axis = open_lazy_image(path, max_plane_pixels=max_plane_pixels)
                 result = compute(image, channel_axis)
                 run_job(iter_save_lazy(result, out, channel_axis=None if args.method == "blur-map"
-                                       else channel_axis, at_once=at_once, description=description),
+                                       else channel_axis, at_once=at_once, description=description,
+                                       overwrite=overwrite),
                         _ProgressLine(path.name))
-            except (StackFileError, ValueError, TypeError, EngineError, OSError) as exc:
+            except Exception as exc:  # noqa: BLE001 - reported by name; KeyboardInterrupt ends the batch
                 failed += 1
-                hint = " (pick one kernel with --psf-index N)" if "3D PSF" in str(exc) else ""
-                sys.stderr.write(f"{PROG}: error: {path}: {exc}{hint}\n".replace("\n", " ").rstrip() + "\n")
+                log.debug("failed on %s", path, exc_info=True)
+                sys.stderr.write(_one_line(path, exc))
                 continue
             log.info("wrote %s", out)
             print(out)
-    except KeyboardInterrupt:
-        sys.stderr.write(f"\n{PROG}: interrupted; the unfinished output was removed\n")
-        return 130
+    except KeyboardInterrupt as interrupt:
+        how = "terminated" if isinstance(interrupt, _Terminated) else "interrupted"
+        sys.stderr.write(f"\n{PROG}: {how}; the unfinished output was removed\n")
+        return EXIT_TERMINATED if isinstance(interrupt, _Terminated) else EXIT_INTERRUPTED
     finally:
+        if on_main_thread:
+            signal.signal(signal.SIGTERM, previous_sigterm)
         if client is not None:
             client.close()
-    return 1 if failed else 0
+    return EXIT_SOME_INPUTS_FAILED if failed else EXIT_OK
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -266,8 +266,10 @@ def _save_steps(
     lazy = make_lazy(data, channel_axis)
     # Outputs either keep the input's channel axis (sharpened images) or drop it (maps).
     output_channel_axis = channel_axis if lazy.ndim == data.ndim else None
+    # The save dialog asked before an existing file was chosen; folders napari-deblur did not
+    # write are still never replaced.
     saved = yield from iter_save_lazy(
-        lazy, path, channel_axis=output_channel_axis, description=description
+        lazy, path, channel_axis=output_channel_axis, description=description, overwrite="files"
     )
     saved_data, _ = open_lazy_image(saved)
     return saved_data
@@ -653,8 +655,10 @@ class JobRunner(Container):
             Name of the result, for the suggested file name
             ``f"{input name} {suffix}.zarr"``.
         path : str, optional
-            ``.zarr`` folder or ``.tif`` file to write (replaced if it
-            exists); asked with :attr:`choose_save_path` when not given.
+            ``.zarr`` folder or ``.tif`` file to write; asked with
+            :attr:`choose_save_path` when not given. An existing file there
+            is replaced (the save dialog confirms it), an existing folder only
+            when napari-deblur wrote it.
 
         Returns
         -------
