@@ -287,3 +287,16 @@ def test_save_dialog_policy_replaces_files_but_not_foreign_folders(tmp_path):
             pass
     assert (foreign / "data.bin").read_bytes() == b"keep"
     assert not stack_files.written_by_napari_deblur(foreign)
+
+
+def test_outputs_get_the_permissions_of_a_plainly_created_file(tmp_path, stack):
+    source = tmp_path / "a.npy"
+    np.save(source, stack)
+    umask = os.umask(0o022)
+    try:
+        for fmt in ("tif", "zarr"):
+            assert main(["run", "gwis", "--blur", "1", str(source), "-o", str(tmp_path), "--format", fmt]) == 0
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "a_gwis.tif").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "a_gwis.zarr").stat().st_mode & 0o777 == 0o755

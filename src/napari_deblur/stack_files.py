@@ -254,6 +254,23 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
+def _give_usual_permissions(path: Path, mode: int) -> None:
+    """The permissions a plainly created file or folder gets (temporary files are private)."""
+    os.chmod(path, mode & ~_current_umask())
+
+
+def _current_umask() -> int:
+    try:  # Linux says it without changing it (os.umask would, for every thread, for a moment)
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
+
+
 class _TiffPlaneWriter:
     """Writes blocks of a contiguous float32 TIFF with ``os.pwrite`` (no memory map).
 
@@ -353,6 +370,7 @@ def iter_save_lazy(lazy, path, *, channel_axis: int | None = None, at_once: int 
             import zarr
 
             partial = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=PARTIAL_SUFFIX, dir=parent))
+            _give_usual_permissions(partial, 0o777)
             target = zarr.open_array(str(partial), mode="w", shape=shape, dtype="float32",
                                      chunks=plane_chunks(shape, channel_axis))
             target.attrs[OUTPUT_MARK] = mark
@@ -360,6 +378,7 @@ def iter_save_lazy(lazy, path, *, channel_axis: int | None = None, at_once: int 
             handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=PARTIAL_SUFFIX, dir=parent)
             os.close(handle)
             partial = Path(name)
+            _give_usual_permissions(partial, 0o666)
             rgb = channel_axis == len(shape) - 1 and shape[-1] in (3, 4)
             target = _TiffPlaneWriter(partial, shape, rgb=rgb, description=mark)
 
