@@ -406,3 +406,37 @@ def test_training_report_names_the_processor_and_its_cpu_kernels(tmp_path):
     text = report.read_text()
     assert f"torch CPU kernels {torch.backends.cpu.get_cpu_capability()}" in text
     assert "Processor: " in text and "wall time 1.5 min" in text
+
+
+def test_run_refuses_a_photo_as_psf_unless_forced(tmp_path, blurred_pair, capsys):
+    import skimage.data
+
+    _, blurred = blurred_pair
+    tif = tmp_path / "a.tif"
+    tifffile.imwrite(tif, blurred.astype(np.float32))
+    photo = tmp_path / "photo_psf.npy"
+    np.save(photo, skimage.data.camera()[200:216, 200:216].astype(np.float32))  # small enough, not a kernel
+    err = _run_expecting_error(["run", "wiener", "--psf", str(photo), str(tif), "-o", str(tmp_path / "o")],
+                               capsys)
+    assert "does not look like a blur kernel" in err and "--force" in err
+    assert not (tmp_path / "o").exists()
+
+    big = tmp_path / "big_psf.npy"
+    np.save(big, _gaussian_psf(sigma=6.0, size=33))  # a kernel, but wider than a quarter of 64 px
+    assert main(["run", "wiener", "--psf", str(big), str(tif), "-o", str(tmp_path / "o")]) == 1
+    line = capsys.readouterr().err
+    assert "larger than a quarter of the image's side" in line and "a.tif" in line
+    assert not (tmp_path / "o" / "a_wiener.tif").exists()
+
+    assert main(["run", "wiener", "--psf", str(photo), "--force", str(tif), "-o", str(tmp_path / "o")]) == 0
+    assert tifffile.imread(tmp_path / "o" / "a_wiener.tif").shape == blurred.shape
+
+
+def test_run_accepts_every_kernel_family():
+    from napari_deblur.cli import _kernel_problem
+    from napari_deblur.engine import disk_psf, gaussian_psf, motion_psf, random_motion_psf, ring_psf
+
+    kernels = [gaussian_psf(0.5), gaussian_psf(3.0), disk_psf(3), disk_psf(9), ring_psf(5), ring_psf(12),
+               motion_psf(15, 30), motion_psf(31, 45), random_motion_psf(25, rng=np.random.default_rng(1)), np.ones((1, 1))]
+    for kernel in kernels:
+        assert _kernel_problem(kernel, "k") is None, kernel.shape

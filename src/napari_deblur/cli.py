@@ -20,13 +20,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from napari_deblur.options import DEFAULT_ENSEMBLE, ENSEMBLE_SIZES
 from napari_deblur.stack_files import MAX_PLANE_PIXELS, STACK_INPUT_SUFFIXES
 
 PROG = "napari-deblur"
 #: Methods of ``run``.
 RUN_METHODS = ("gwis", "blur-map", "wiener", "wiener-net")
-WIENER_NET_ENSEMBLES = (1, 2, 4, 8)
-"""``--ensemble`` choices: ``engine.wiener_net.ENSEMBLE_SIZES``, written out (``--help`` needs no torch)."""
+WIENER_NET_ENSEMBLES = ENSEMBLE_SIZES
 
 log = logging.getLogger(__name__)
 
@@ -112,13 +112,17 @@ def build_parser() -> argparse.ArgumentParser:
                           "a blur map per plane first (default: %(default)s)")
     run.add_argument("--snr-db", type=float, default=30.0,
                      help="wiener: assumed signal-to-noise ratio in dB (default: %(default)s)")
-    run.add_argument("--ensemble", type=int, choices=WIENER_NET_ENSEMBLES, metavar="N",
+    run.add_argument("--ensemble", type=int, choices=WIENER_NET_ENSEMBLES, default=DEFAULT_ENSEMBLE, metavar="N",
                      help="wiener-net: average the network over N flipped or turned views of each plane "
-                          "(1, 2, 4 or 8; each view is a network pass; default: the engine's)")
+                          f"({', '.join(map(str, WIENER_NET_ENSEMBLES))}; each view is a network pass; "
+                          "default: %(default)s)")
     run.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
                      help="where the engine runs (default: %(default)s: CUDA, then MPS, then CPU)")
     run.add_argument("--format", choices=("tif", "zarr"),
                      help="output format (default: zarr for zarr inputs, tif otherwise)")
+    run.add_argument("--force", action="store_true",
+                     help="use a PSF even when it does not look like a blur kernel (larger than a quarter "
+                          "of the image's side, or with almost no background around its blur)")
     run.add_argument("--overwrite", action="store_true",
                      help="replace outputs that napari-deblur wrote before (never other files or folders)")
     run.add_argument("--max-plane-megapixels", type=float, default=MAX_PLANE_PIXELS / 1e6, metavar="MP",
@@ -215,6 +219,41 @@ def _read_psf(path: Path | None, index: int | None, method: str):
     return psf
 
 
+KERNEL_BACKGROUND_LEVEL = 0.05
+"""Pixels below this fraction of a kernel's peak count as its background."""
+KERNEL_MIN_BACKGROUND_SHARE = 0.10
+"""A blur kernel larger than 3 x 3 has at least this share of background pixels around its blur
+(Gaussian, disk, ring, motion and measured kernels have 20-99 %; photos almost none)."""
+KERNEL_MAX_SIDE_SHARE = 0.25
+"""A kernel side above this share of the image's smaller side is refused."""
+
+
+def _kernel_problem(psf, name: str) -> str | None:
+    """Why ``psf`` (2D, or a stack of 2D kernels) cannot be a blur kernel, or None."""
+    import numpy as np
+
+    for kernel in np.asarray(psf, dtype=np.float64).reshape((-1,) + np.shape(psf)[-2:]):
+        if min(kernel.shape) <= 3:
+            continue
+        peak = kernel.max()
+        share = float(np.mean(kernel < KERNEL_BACKGROUND_LEVEL * peak)) if peak > 0 else 0.0
+        if share < KERNEL_MIN_BACKGROUND_SHARE:
+            return (f"{name} does not look like a blur kernel: only {share:.0%} of its pixels are near zero "
+                    f"(a kernel is a blur surrounded by background, at least "
+                    f"{KERNEL_MIN_BACKGROUND_SHARE:.0%}); is it an image? Pass --force to use it anyway")
+    return None
+
+
+def _kernel_size_problem(psf, image_shape: tuple[int, ...], name: str) -> str | None:
+    """Why ``psf`` is too large for planes of ``image_shape`` (rows, columns), or None."""
+    side = min(image_shape)
+    if max(psf.shape[-2:]) > KERNEL_MAX_SIDE_SHARE * side:
+        return (f"the PSF {name} ({psf.shape[-2]} x {psf.shape[-1]} px) is larger than a quarter of the "
+                f"image's side ({image_shape[0]} x {image_shape[1]} px): it cannot be this image's blur "
+                "kernel. Pass --force to use it anyway")
+    return None
+
+
 def _parse_blur(text: str) -> float | None:
     """``None`` for "auto", else a level >= 0 in pixels."""
     if text.strip().lower() == "auto":
@@ -229,23 +268,29 @@ def _parse_blur(text: str) -> float | None:
 
 
 def _method_call(args: argparse.Namespace):
-    """``(lazy_result(image, channel_axis), description)`` for the chosen method (usage checked here)."""
+    """``(lazy_result(image, channel_axis), description, psf or None)`` for the chosen method.
+
+    Usage is checked here: a PSF that does not look like a blur kernel is
+    refused unless ``--force``.
+    """
     from napari_deblur import engine
 
     device = None if args.device == "auto" else args.device
     if args.method in ("wiener", "wiener-net"):
         psf = _read_psf(args.psf, args.psf_index, args.method)
+        problem = None if args.force else _kernel_problem(psf, repr(args.psf.name))
+        if problem:
+            raise CommandLineError(problem)
         if args.method == "wiener":
             return (lambda image, channel_axis: engine.wiener_deconvolve(
                 image, psf, snr_db=args.snr_db, channel_axis=channel_axis, device=device),
-                f"wiener snr_db={args.snr_db:g} psf={args.psf.name}")
-        ensemble = {} if args.ensemble is None else {"ensemble": args.ensemble}
+                f"wiener snr_db={args.snr_db:g} psf={args.psf.name}", psf)
         return (lambda image, channel_axis: engine.wiener_net_deconvolve(
-            image, psf, channel_axis=channel_axis, device=device, **ensemble),
-            f"wiener-net psf={args.psf.name}" + (f" ensemble={args.ensemble}" if ensemble else ""))
+            image, psf, channel_axis=channel_axis, device=device, ensemble=args.ensemble),
+            f"wiener-net psf={args.psf.name} ensemble={args.ensemble}", psf)
     if args.method == "blur-map":
         return (lambda image, channel_axis: engine.estimate_blur_map(
-            image, channel_axis=channel_axis, device=device), "blur map (px)")
+            image, channel_axis=channel_axis, device=device), "blur map (px)", None)
     level = _parse_blur(args.blur)
 
     blur = level if level is not None else "auto"
@@ -253,7 +298,7 @@ def _method_call(args: argparse.Namespace):
     def gwis(image, channel_axis):
         return engine.sharpen_gwis(image, blur, channel_axis=channel_axis, device=device)
 
-    return gwis, f"gwis blur={'auto' if level is None else f'{level:g}'}"
+    return gwis, f"gwis blur={'auto' if level is None else f'{level:g}'}", None
 
 
 def _output_path(args: argparse.Namespace, path: Path) -> Path:
@@ -366,7 +411,7 @@ def _run_method(args: argparse.Namespace) -> int:
     if not args.max_plane_megapixels > 0:
         raise CommandLineError(f"--max-plane-megapixels must be positive, got {args.max_plane_megapixels:g}")
     max_plane_pixels = int(args.max_plane_megapixels * 1e6)
-    compute, description = _method_call(args)
+    compute, description, psf = _method_call(args)
 
     from napari_deblur.engine import run_job
     from napari_deblur.stack_files import check_replaceable, iter_save_lazy, open_lazy_image
@@ -397,6 +442,11 @@ def _run_method(args: argparse.Namespace) -> int:
             try:  # one guarded step per input: any failure is this input's, and the batch goes on
                 check_replaceable(out, overwrite)
                 image, channel_axis = open_lazy_image(path, max_plane_pixels=max_plane_pixels)
+                plane_axes = (-3, -2) if channel_axis is not None else (-2, -1)
+                too_large = None if psf is None or args.force else _kernel_size_problem(
+                    psf, tuple(image.shape[a] for a in plane_axes), repr(args.psf.name))
+                if too_large:
+                    raise ValueError(too_large)
                 result = compute(image, channel_axis)
                 run_job(iter_save_lazy(result, out, channel_axis=None if args.method == "blur-map"
                                        else channel_axis, at_once=at_once, description=description,

@@ -26,6 +26,7 @@ from magicgui.widgets import ComboBox, FloatSlider, FloatSpinBox
 from napari_deblur._widgets.job_runner import JobSelection, level0
 from napari_deblur._widgets.job_widget import EngineJob, EngineJobWidget
 from napari_deblur._widgets.layer_choices import image_input, psf_choices
+from napari_deblur.options import DEFAULT_ENSEMBLE, ENSEMBLE_SIZES
 
 if TYPE_CHECKING:
     import napari
@@ -42,10 +43,8 @@ PSF_RING = "Ring"
 PSF_MOTION = "Linear motion"
 PSF_SOURCES = (PSF_FROM_LAYER, PSF_GAUSSIAN, PSF_DISK, PSF_RING, PSF_MOTION)
 
-NETWORK_PASSES = (1, 2, 4, 8)
-"""Choices of "Network passes": ``engine.wiener_net.ENSEMBLE_SIZES`` (written out: no torch at import)."""
-DEFAULT_NETWORK_PASSES = 2
-"""``engine.wiener_net.DEFAULT_ENSEMBLE``."""
+NETWORK_PASSES = ENSEMBLE_SIZES
+DEFAULT_NETWORK_PASSES = DEFAULT_ENSEMBLE
 
 SETTINGS_KEY = "wiener"
 

@@ -9,8 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-ENSEMBLE_SIZES = (1, 2, 4, 8)
-"""Allowed numbers of views in :func:`mean_over_views`."""
+from ..options import ENSEMBLE_SIZES
+
+__all__ = ["ENSEMBLE_SIZES"]  # the allowed numbers of views in mean_over_views
 
 
 def upsample_nearest_then_conv(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
