@@ -11,6 +11,7 @@ import os
 import torch
 
 from .cpu_memory import reuse_freed_memory
+from .jobs import EngineMemoryError
 
 logger = logging.getLogger(__name__)
 
@@ -99,14 +100,37 @@ def _resolve_device(device) -> torch.device:
     return chosen
 
 
+_OUT_OF_MEMORY_TEXTS = (
+    "out of memory",  # CUDA, MPS
+    "can't allocate memory",  # the CPU allocator on Linux (errno ENOMEM)
+    "not enough memory",  # the CPU allocator on Windows
+    "defaultcpuallocator",  # any failure of torch's CPU allocator
+    "failed to allocate",
+)
+
+
 def is_out_of_memory(error: BaseException) -> bool:
-    """True when ``error`` says the device ran out of memory (CUDA or MPS)."""
+    """True when ``error`` says an allocation failed, on the CPU or an accelerator.
+
+    Recognised: ``MemoryError`` (numpy's and Python's), ``torch.OutOfMemoryError``
+    and ``RuntimeError`` whose message is a CUDA, MPS or CPU allocator's
+    (``"out of memory"``, ``"DefaultCPUAllocator: can't allocate memory"``,
+    ``"not enough memory"``). An :class:`~napari_deblur.engine.jobs.EngineMemoryError`
+    is not: it is the verdict after the smaller tiles were tried already.
+    """
+    if isinstance(error, EngineMemoryError):
+        return False
+    if isinstance(error, MemoryError):
+        return True
     oom_type = getattr(torch, "OutOfMemoryError", None) or getattr(
         torch.cuda, "OutOfMemoryError", None
     )
     if oom_type is not None and isinstance(error, oom_type):
         return True
-    return isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
+    if not isinstance(error, RuntimeError):
+        return False
+    message = str(error).lower()
+    return any(text in message for text in _OUT_OF_MEMORY_TEXTS)
 
 
 def release_cached_memory(device: torch.device) -> None:
