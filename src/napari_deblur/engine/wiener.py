@@ -40,7 +40,7 @@ from .fourier import kernel_to_otf, squared_frequency, taper_fft_shape, taper_pa
 from .jobs import JobProgress, JobSteps, run_job
 from .lazy import is_dask_array, lazy_with_psf
 from .planes import PlaneLayout, iter_planewise
-from .tiling import iter_tiled
+from .tiling import MIN_TILE_SIZE, budget_tile_size, device_tile_size, iter_tiled, out_of_memory_error
 from .validation import as_float_image, as_psf
 
 WIENER_STACK_SNRS_DB: tuple[float, ...] = tuple(float(s) for s in range(9, 66, 4))
@@ -138,24 +138,60 @@ def wiener_filter(
     return restored[..., margin_h : margin_h + height, margin_w : margin_w + width]
 
 
+TILE_HALO_KERNELS = 16
+"""Context of a tile, in kernel sides (at least :data:`MIN_TILE_HALO` px): where the
+Wiener filter's response has died away at moderate SNRs."""
+
+MIN_TILE_HALO = 64
+
+TILE_BLEND = 32
+"""Overlap of neighbouring tiles, cross-faded."""
+
+
+def wiener_bytes_per_pixel(n_snrs: int, n_channels: int = 1) -> float:
+    """Peak working memory of :func:`wiener_filter` per pixel of its FFT grid, in bytes (CPU, measured)."""
+    return 4.0 * (12 + 6 * n_snrs) * n_channels
+
+
+def wiener_tile_size(n_snrs: int, n_channels: int, device) -> int:
+    """Tile side for :func:`wiener_filter` within :data:`~napari_deblur.engine.tiling.TILE_MEMORY_BUDGET_BYTES`
+    (at least :data:`~napari_deblur.engine.tiling.GPU_TILE_SIZE` on CUDA)."""
+    return device_tile_size(budget_tile_size(wiener_bytes_per_pixel(n_snrs, n_channels)), device)
+
+
 def _wiener_plane_steps(snrs: torch.Tensor, boundary: str, message: str):
-    """Per-plane job: whole-plane FFT, falling back to tiles when memory runs out."""
+    """Per-plane job: the whole plane at once when it fits the tile budget, else tiles.
+
+    A plane whose FFT grid fits one tile (:func:`wiener_tile_size`) is filtered in
+    one piece; an out-of-memory error there falls back to tiles half its side. Larger
+    planes are filtered in tiles with :data:`TILE_HALO_KERNELS` kernel sides of
+    context, so that memory is bounded by the tile. A "periodic" plane is one
+    period and is never tiled.
+    """
 
     def plane_steps(plane: torch.Tensor, kernel: torch.Tensor) -> JobSteps[torch.Tensor]:
         yield JobProgress(0.0, message)
-        try:
-            return wiener_filter(plane, kernel[None], snrs, boundary=boundary)[0]
-        except Exception as error:  # only memory errors are retried; others re-raised
-            if not is_out_of_memory(error) or boundary == "periodic":
-                raise
-            release_cached_memory(plane.device)
-        halo = 3 * max(kernel.shape[-2:])
+        height, width = plane.shape[-2:]
+        kh, kw = kernel.shape[-2:]
+        halo = max(MIN_TILE_HALO, TILE_HALO_KERNELS * max(kh, kw))
+        budget_side = wiener_tile_size(len(snrs), plane.shape[1], plane.device)
+        tile_size = max(budget_side - 2 * halo, MIN_TILE_SIZE)  # the tile's core; its FFT grid fits
+        if boundary == "periodic" or max(taper_fft_shape((height, width), kh, kw)) <= budget_side:
+            try:
+                return wiener_filter(plane, kernel[None], snrs, boundary=boundary)[0]
+            except Exception as error:  # only memory errors fall back to tiles; others re-raised
+                if not is_out_of_memory(error):
+                    raise
+                release_cached_memory(plane.device)
+                if boundary == "periodic" or max(height, width) // 2 < MIN_TILE_SIZE:
+                    raise out_of_memory_error(error, plane, max(height, width), 0) from error
+                tile_size = max(height, width) // 2
 
         def tile_fn(tile):
             restored = wiener_filter(tile, kernel[None], snrs, boundary=boundary)
             return restored.flatten(1, 2)  # (1, S*C, h, w)
 
-        tiled = yield from iter_tiled(tile_fn, plane, tile_size=1024, halo=halo, blend=halo)
+        tiled = yield from iter_tiled(tile_fn, plane, tile_size=tile_size, halo=halo, blend=TILE_BLEND)
         return tiled.view(len(snrs), plane.shape[1], *plane.shape[-2:])
 
     return plane_steps
@@ -213,6 +249,15 @@ def wiener_deconvolve_snr_stack(
     Returns
     -------
     numpy.ndarray, float32, shape ``(len(snrs_db),) + image.shape``
+
+    Raises
+    ------
+    ValueError
+        As :func:`wiener_deconvolve`, and for an empty or non-finite ``snrs_db``.
+    EngineMemoryError
+        When memory runs out even in the smallest tiles. Planes are tiled as
+        in :func:`wiener_deconvolve`, with tiles smaller by the number of
+        SNRs (the output itself holds ``len(snrs_db)`` planes per plane).
     """
     return run_job(
         iter_wiener_deconvolve_snr_stack(
@@ -281,9 +326,20 @@ def wiener_deconvolve(
     ValueError
         For empty, complex or non-finite input, a bad PSF or one larger than
         the image plane, or an unavailable device.
+    EngineMemoryError
+        When memory runs out even in the smallest tiles
+        (:class:`~napari_deblur.engine.jobs.EngineMemoryError`, a ``MemoryError``).
 
     Notes
     -----
+    A plane is filtered in one piece when its FFT grid fits
+    :data:`~napari_deblur.engine.tiling.TILE_MEMORY_BUDGET_BYTES` (about
+    3800 x 3800 px for one SNR and channel), else in tiles with
+    :data:`TILE_HALO_KERNELS` kernel sides of context, cross-faded; memory
+    is then bounded by the tile, and the result differs from the untiled
+    one only by the Wiener filter's response beyond that context.
+
+
     A dask array ``image`` gives a lazy dask array at once, computed plane by
     plane with this same function (:mod:`napari_deblur.engine.lazy`).
     """

@@ -74,6 +74,7 @@ Ronneberger, Fischer, Brox, "U-Net", MICCAI 2015.
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 
 import numpy as np
@@ -82,16 +83,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from .convolution import convolve_planes
-from .devices import cpu_bfloat16_is_fast, select_device
+from .devices import cpu_bfloat16_is_fast, is_out_of_memory, release_cached_memory, select_device
 from .fourier import kernel_centroid_offsets, kernel_to_otf, taper_fft_shape, taper_pad, taper_weights
 from .gwis import estimate_noise_std
-from .jobs import JobProgress, JobSteps, run_job
+from .jobs import JobProgress, JobSteps, run_job, scaled_steps
 from .layers import (ENSEMBLE_SIZES, check_ensemble_size, fold_phase_major, mean_over_views,
                      unshuffle_order_of_phase_major, upsample_nearest_then_conv)
 from .lazy import is_dask_array, lazy_with_psf
 from .planes import PlaneLayout, iter_planewise
 from .shipped_weights import load_shipped_model
-from .tiling import device_tile_size, iter_tiled
+from .tiling import MIN_TILE_SIZE, TileWindow, device_tile_size, iter_tiled, out_of_memory_error
 from .validation import as_float_image, as_psf
 from .wiener import WIENER_STACK_SNRS_DB, wiener_filter
 
@@ -116,8 +117,30 @@ CENTROID_TOLERANCE = 0.05
 (:func:`align_with_kernel_centroid`)."""
 
 TILE_SIZE = 1024
-TILE_HALO = 64
-"""Tiles for the network on large planes; the halo covers its receptive field."""
+"""Core side of the tiles a plane larger than this is restored in, on the CPU
+(:func:`~napari_deblur.engine.tiling.device_tile_size` on a GPU). Everything
+per pixel (Wiener stack, features, network, residual correction) is then
+bounded by a tile: an 8192 x 8192 plane peaks at about 2.2 GB
+(``benchmarks/results/memory.md``)."""
+
+TILE_HALO = 96
+"""Context of the network on every inner side of a tile (a multiple of :data:`SIZE_MULTIPLE`),
+covering its receptive field."""
+
+WIENER_HALO_KERNELS = 8
+"""The Wiener stack of a tile is computed with this many kernel sides of further context
+(beyond :data:`TILE_HALO`), where a Wiener filter's response has died away."""
+
+RESIDUAL_HALO_KERNELS = 4
+"""Context, in kernel sides (plus :data:`TILE_BLEND`), of a tile's residual correction."""
+
+RESIDUAL_TILE_FACTOR = 2
+"""The residual correction runs in tiles this many times the network's side: it needs a
+few planes of memory per pixel where the network needs dozens, and larger tiles see a
+spectrum closer to the whole plane's."""
+
+TILE_BLEND = 32
+"""Overlap of neighbouring tiles' cores, cross-faded."""
 
 DEFAULT_ENSEMBLE = 2
 """Views the engine averages by default: the plane and the plane turned by 180 degrees. Two
@@ -283,7 +306,8 @@ def align_with_kernel_centroid(y: torch.Tensor, kernel: torch.Tensor) -> torch.T
 
 
 def wiener_net_features(
-    y: torch.Tensor, kernel: torch.Tensor, snrs_db: torch.Tensor
+    y: torch.Tensor, kernel: torch.Tensor, snrs_db: torch.Tensor, *,
+    statistics: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Normalised network input for grayscale planes.
 
@@ -294,6 +318,9 @@ def wiener_net_features(
     kernel : Tensor, shape (K, h, w)
         Normalised PSFs, ``K`` 1 or ``B``.
     snrs_db : Tensor, shape (S,)
+    statistics : (mean, scale, noise), each Tensor of shape (B, 1, 1, 1), optional
+        :func:`plane_statistics` of ``y``, or of the plane ``y`` is a tile of
+        (so that every tile is normalised alike); by default those of ``y``.
 
     Returns
     -------
@@ -301,7 +328,7 @@ def wiener_net_features(
     mean, scale : Tensor, shape (B, 1, 1, 1)
         To map the normalised output back: ``x = out * scale + mean``.
     """
-    mean, scale, noise = plane_statistics(y)
+    mean, scale, noise = plane_statistics(y) if statistics is None else statistics
     n = len(snrs_db)
     # Assembled in place, channels-last (the layout the network runs in, so
     # apply_network copies nothing) instead of cat + normalise + a layout copy.
@@ -347,7 +374,8 @@ def apply_network_ensemble(model: WienerNet, features: torch.Tensor, ensemble: i
     return mean_over_views(lambda view: apply_network(model, view, bfloat16=bfloat16), features, ensemble)
 
 
-def correct_by_residual(y: torch.Tensor, restored: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+def correct_by_residual(y: torch.Tensor, restored: torch.Tensor, kernel: torch.Tensor,
+                        noise_std: torch.Tensor | None = None) -> torch.Tensor:
     """``restored`` plus what the blurred planes still say about it, above their noise.
 
     The residual ``r = y - k * x`` of a restoration ``x`` is the blurred
@@ -368,11 +396,14 @@ def correct_by_residual(y: torch.Tensor, restored: torch.Tensor, kernel: torch.T
         Blurred planes and their restorations, in the same intensity units.
     kernel : Tensor, shape (K, h, w)
         Normalised PSFs, ``K`` 1 or ``B``.
+    noise_std : Tensor, shape (B, 1, 1, 1), optional
+        ``sigma``; by default estimated on the residual of these planes. A tile
+        of a larger plane is given the whole plane's (:func:`residual_noise_std`).
     """
     height, width = y.shape[-2:]
     kh, kw = kernel.shape[-2:]
     residual = y - convolve_planes(restored, kernel)
-    sigma = estimate_noise_std(residual).view(-1, 1, 1, 1)
+    sigma = estimate_noise_std(residual).view(-1, 1, 1, 1) if noise_std is None else noise_std
     fft_shape = taper_fft_shape((height, width), kh, kw)
     spectrum = torch.fft.rfft2(taper_pad(residual, kh, kw, fft_shape))
     # White noise of variance sigma^2, tapered like the plane, has E|R(f)|^2 = sigma^2 sum(w^2).
@@ -396,22 +427,168 @@ def load_wiener_net(device: torch.device) -> WienerNet:
                               "python -m napari_deblur.engine.train wiener-net")
 
 
+def residual_noise_std(y: torch.Tensor, restored: torch.Tensor, kernel: torch.Tensor, *,
+                       tile_size: int) -> JobSteps[torch.Tensor]:
+    """The noise level :func:`correct_by_residual` estimates on ``y - k * restored``, tile by tile.
+
+    The residual is formed in tiles with a kernel-wide halo (the same numbers
+    as on the whole plane) and its noise is estimated once on the whole of it
+    (:func:`~napari_deblur.engine.gwis.estimate_noise_std`).
+
+    Parameters
+    ----------
+    y, restored : Tensor, shape (B, 1, H, W)
+    kernel : Tensor, shape (K, h, w)
+    tile_size : int
+
+    Returns
+    -------
+    Tensor, shape (B, 1, 1, 1)
+    """
+    def residual_tile(tile: torch.Tensor, window: TileWindow) -> torch.Tensor:
+        rows, cols = window.core_in_tile
+        residual = y[..., window.rows, window.cols] - convolve_planes(tile, kernel)
+        return residual[..., rows, cols]
+
+    halo = max(kernel.shape[-2:])
+    residual = yield from iter_tiled(residual_tile, restored, tile_size=tile_size, halo=halo,
+                                     blend=0, core_only=True)
+    return estimate_noise_std(residual).view(-1, 1, 1, 1)
+
+
+def _aligned_span(start: int, stop: int, context: int, length: int) -> slice:
+    """``[start - context, stop + context)`` widened so that both ends lie a multiple of
+    :data:`SIZE_MULTIPLE` from the plane's ends (``0`` and ``length``), clipped to the plane.
+
+    The network pools on a :data:`SIZE_MULTIPLE` grid from its input's first pixel (and,
+    for turned views, from its last); a window whose ends sit on that grid of the plane
+    sees the grid the whole plane would.
+    """
+    first = max(0, (start - context) // SIZE_MULTIPLE * SIZE_MULTIPLE)
+    last = length - max(0, (length - stop - context) // SIZE_MULTIPLE * SIZE_MULTIPLE)
+    return slice(first, last)
+
+
+def tile_context(kernel_shape: tuple[int, int]) -> tuple[int, int]:
+    """``(halo, residual_halo)``: context of a tile for the network and Wiener stack, and for
+    the residual correction, in px (see :data:`TILE_HALO`, :data:`WIENER_HALO_KERNELS`,
+    :data:`RESIDUAL_HALO_KERNELS`)."""
+    side = max(kernel_shape)
+    halo = TILE_HALO + SIZE_MULTIPLE + math.ceil(WIENER_HALO_KERNELS * side)
+    return halo, math.ceil(RESIDUAL_HALO_KERNELS * side) + TILE_BLEND
+
+
+def iter_wiener_net_tiled(model: WienerNet, grey: torch.Tensor, kernel: torch.Tensor,
+                          snrs: torch.Tensor, *, ensemble: int, bfloat16: bool,
+                          tile_size: int) -> JobSteps[torch.Tensor]:
+    """Wiener-net on ``(B, 1, H, W)`` planes in tiles: memory bounded by the tile, not the plane.
+
+    The plane's statistics (:func:`plane_statistics`) are taken once on the
+    whole plane and every tile is normalised with them. Each tile then gets
+    its Wiener stack and features over its core plus :func:`tile_context`
+    (the Wiener filter's reach and the network's receptive field), the
+    network over its core plus :data:`TILE_HALO` (on the plane's
+    :data:`SIZE_MULTIPLE` grid); the restorations are cross-faded over
+    :data:`TILE_BLEND` px. The residual correction's noise level is
+    estimated once on the whole residual (:func:`residual_noise_std`) and
+    the correction is applied tile by tile. A plane of one tile gives the
+    untiled result up to float rounding; on larger planes the tiled result
+    differs from the untiled one by about 1e-3 of the plane's range at most
+    (the residual correction adapts to each tile's spectrum), 1e-5 typically.
+
+    Parameters
+    ----------
+    model : WienerNet
+    grey : Tensor, shape (B, 1, H, W)
+    kernel : Tensor, shape (K, h, w)
+        Normalised PSFs, ``K`` 1 or ``B``.
+    snrs : Tensor, shape (S,)
+    ensemble : int
+    bfloat16 : bool
+        See :func:`apply_network`.
+    tile_size : int
+        Core side of a tile; halved on an out-of-memory error
+        (:func:`~napari_deblur.engine.tiling.iter_tiled`).
+
+    Returns
+    -------
+    Tensor, shape (B, 1, H, W), in ``grey``'s intensity units.
+
+    Raises
+    ------
+    EngineMemoryError
+        When even tiles of :data:`~napari_deblur.engine.tiling.MIN_TILE_SIZE` px run out of memory.
+    """
+    mean, scale, noise = plane_statistics(grey)
+    height, width = grey.shape[-2:]
+    halo, residual_halo = tile_context(tuple(kernel.shape[-2:]))
+
+    def restore_tile(tile: torch.Tensor, window: TileWindow) -> torch.Tensor:
+        features = wiener_net_features(tile, kernel, snrs, statistics=(mean, scale, noise))[0]
+        rows = _aligned_span(window.core_rows.start, window.core_rows.stop, TILE_HALO, height)
+        cols = _aligned_span(window.core_cols.start, window.core_cols.stop, TILE_HALO, width)
+        top, left = window.rows.start, window.cols.start
+        features = features[..., rows.start - top:rows.stop - top, cols.start - left:cols.stop - left]
+        normalised = apply_network_ensemble(model, features, ensemble, bfloat16=bfloat16)
+        del features
+        core = normalised[..., window.core_rows.start - rows.start:window.core_rows.stop - rows.start,
+                          window.core_cols.start - cols.start:window.core_cols.stop - cols.start]
+        return core * scale + mean
+
+    restored = yield from scaled_steps(
+        iter_tiled(restore_tile, grey, tile_size=tile_size, halo=halo, blend=TILE_BLEND, core_only=True),
+        0.0, 0.85)
+    yield JobProgress(0.85, "Residual correction")
+    sigma = yield from scaled_steps(residual_noise_std(grey, restored, kernel, tile_size=tile_size),
+                                    0.85, 0.9)
+
+    def correct_tile(tile: torch.Tensor, window: TileWindow) -> torch.Tensor:
+        rows, cols = window.core_in_tile
+        corrected = correct_by_residual(grey[..., window.rows, window.cols], tile, kernel, sigma)
+        return corrected[..., rows, cols]
+
+    corrected = yield from scaled_steps(
+        iter_tiled(correct_tile, restored, tile_size=RESIDUAL_TILE_FACTOR * tile_size, halo=residual_halo,
+                   blend=TILE_BLEND, core_only=True),
+        0.9, 1.0)
+    return corrected
+
+
 def _wiener_net_plane_steps(model: WienerNet, snrs: torch.Tensor, ensemble: int, bfloat16: bool):
     def plane_steps(plane: torch.Tensor, kernel: torch.Tensor) -> JobSteps[torch.Tensor]:
-        yield JobProgress(0.0, "Wiener stack")
         grey = plane.transpose(0, 1)  # (C, 1, H, W): every channel is a grayscale plane
-        features, mean, scale = wiener_net_features(grey, kernel[None], snrs)
-        yield JobProgress(0.2, "Wiener-net")
-        with torch.inference_mode():
-            normalised = yield from iter_tiled(
-                lambda tile: apply_network_ensemble(model, tile, ensemble, bfloat16=bfloat16), features,
-                tile_size=device_tile_size(TILE_SIZE, features.device), halo=TILE_HALO, blend=TILE_HALO,
-            )
-        yield JobProgress(0.9, "Residual correction")
-        restored = correct_by_residual(grey, normalised * scale + mean, kernel[None])
+        tile_size = device_tile_size(TILE_SIZE, plane.device)
+        if max(grey.shape[-2:]) > tile_size:
+            restored = yield from iter_wiener_net_tiled(model, grey, kernel[None], snrs, ensemble=ensemble,
+                                                        bfloat16=bfloat16, tile_size=tile_size)
+            return restored.transpose(0, 1)
+        try:
+            restored = yield from _whole_plane_steps(model, grey, kernel[None], snrs, ensemble, bfloat16)
+        except Exception as error:  # only memory errors fall back to tiles; others re-raised
+            if not is_out_of_memory(error):
+                raise
+            release_cached_memory(plane.device)
+            tile_size = max(grey.shape[-2:]) // 2
+            if tile_size < MIN_TILE_SIZE:
+                raise out_of_memory_error(error, grey, max(grey.shape[-2:]), 0) from error
+            yield JobProgress(0.0, f"out of memory: retrying with {tile_size} px tiles")
+            restored = yield from iter_wiener_net_tiled(model, grey, kernel[None], snrs, ensemble=ensemble,
+                                                        bfloat16=bfloat16, tile_size=tile_size)
         return restored.transpose(0, 1)  # (1, C, H, W)
 
     return plane_steps
+
+
+def _whole_plane_steps(model: WienerNet, grey: torch.Tensor, kernel: torch.Tensor, snrs: torch.Tensor,
+                       ensemble: int, bfloat16: bool) -> JobSteps[torch.Tensor]:
+    """Wiener-net on ``(B, 1, H, W)`` planes of at most one tile, in one piece."""
+    yield JobProgress(0.0, "Wiener stack")
+    features, mean, scale = wiener_net_features(grey, kernel, snrs)
+    yield JobProgress(0.2, "Wiener-net")
+    normalised = apply_network_ensemble(model, features, ensemble, bfloat16=bfloat16)
+    del features
+    yield JobProgress(0.9, "Residual correction")
+    return correct_by_residual(grey, normalised * scale + mean, kernel)
 
 
 def iter_wiener_net_deconvolve(image, psf, *, channel_axis: int | None = None, device=None,
