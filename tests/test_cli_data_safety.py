@@ -300,3 +300,13 @@ def test_outputs_get_the_permissions_of_a_plainly_created_file(tmp_path, stack):
         os.umask(umask)
     assert (tmp_path / "a_gwis.tif").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "a_gwis.zarr").stat().st_mode & 0o777 == 0o755
+
+
+def test_a_pickled_npy_is_refused_without_suggesting_to_unpickle_it(tmp_path, stack, capsys):
+    pickled = tmp_path / "objects.npy"
+    np.save(pickled, np.array([{"a": 1}, None], dtype=object), allow_pickle=True)
+    good = tmp_path / "good.npy"
+    np.save(good, stack)
+    assert main(["run", "gwis", "--blur", "1", str(pickled), str(good), "-o", str(tmp_path / "o")]) == 1
+    (line,) = _errors(capsys)
+    assert "objects.npy" in line and "Python objects" in line and "allow_pickle" not in line

@@ -408,6 +408,9 @@ def _run_method(args: argparse.Namespace) -> int:
     import signal
 
     outputs = _plan_outputs(args)
+    if sys.stderr.isatty():  # the engine's imports take seconds: say something at once
+        sys.stderr.write(f"{PROG}: {args.method} on {len(outputs)} file(s); loading the engine...\n")
+        sys.stderr.flush()
     if not args.max_plane_megapixels > 0:
         raise CommandLineError(f"--max-plane-megapixels must be positive, got {args.max_plane_megapixels:g}")
     max_plane_pixels = int(args.max_plane_megapixels * 1e6)

@@ -183,6 +183,9 @@ def open_lazy_image(path, *, max_plane_pixels: int = MAX_PLANE_PIXELS) -> tuple:
     except MemoryError as error:
         raise StackFileError(f"cannot read {str(path)!r}: not enough memory to decode it") from error
     except Exception as error:  # any reader failure is this file's problem, reported by name
+        if "allow_pickle" in str(error):
+            raise StackFileError(f"cannot read {str(path)!r}: it holds Python objects, not pixels "
+                                 "(such files are never loaded)") from error
         raise StackFileError(f"cannot read {str(path)!r}: {error}".splitlines()[0]) from error
     if array.ndim < 2 or array.size == 0:
         raise StackFileError(f"{str(path)!r} holds no image (shape {array.shape})")
