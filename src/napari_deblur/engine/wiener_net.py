@@ -120,8 +120,8 @@ TILE_SIZE = 1024
 """Core side of the tiles a plane larger than this is restored in, on the CPU
 (:func:`~napari_deblur.engine.tiling.device_tile_size` on a GPU). Everything
 per pixel (Wiener stack, features, network, residual correction) is then
-bounded by a tile: an 8192 x 8192 plane peaks at about 2.2 GB
-(``benchmarks/results/memory.md``)."""
+bounded by a tile: an 8192 x 8192 plane peaks at 2.8 GB of process memory, 2.25 GB
+above its input (``benchmarks/results/memory.md``)."""
 
 TILE_HALO = 96
 """Context of the network on every inner side of a tile (a multiple of :data:`SIZE_MULTIPLE`),
@@ -644,6 +644,12 @@ def wiener_net_deconvolve(image, psf, *, channel_axis: int | None = None, device
         For empty, complex or non-finite input, a bad PSF, a PSF larger than
         the plane, a 3D PSF whose depth matches no axis, an unavailable
         device, or an ``ensemble`` size not in :data:`ENSEMBLE_SIZES`.
+    EngineMemoryError
+        When memory runs out even in the smallest tiles
+        (:class:`~napari_deblur.engine.jobs.EngineMemoryError`, a ``MemoryError``).
+        A plane larger than :data:`TILE_SIZE` is restored in tiles
+        (:func:`iter_wiener_net_tiled`), and one that fits a tile falls back to
+        tiles when memory runs out.
 
     Notes
     -----
