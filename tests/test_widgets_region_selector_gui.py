@@ -152,23 +152,19 @@ def test_find_regions_adds_scored_rectangles_over_the_input(
     np.testing.assert_array_equal(source.data, before)
 
 
-def test_network_ranking_and_psf_size_reach_the_engine(
+def test_the_widget_ranks_by_consensus_only_and_passes_the_psf_size(
     make_napari_viewer, qtbot, blurred_and_psf, fake_select_regions
 ):
-    from napari_deblur._widgets.region_selector_widget import RANKING_CONSENSUS, RANKING_NETWORK
-
     blurred, _ = blurred_and_psf
     viewer, _ = _viewer_with_image(make_napari_viewer, blurred)
     widget = _dock(viewer)
-    assert widget.ranking.value == RANKING_CONSENSUS
-    assert widget.ranking.choices == (RANKING_CONSENSUS, RANKING_NETWORK)
-    widget.ranking.value = RANKING_NETWORK
+    assert not hasattr(widget, "ranking")  # the network ranking (at chance) is not offered
     widget.psf_size.value = 15
     _run_and_wait(qtbot, widget)
-    assert fake_select_regions[-1]["ranking"] == "network"
+    assert fake_select_regions[-1]["ranking"] == "consensus"
     assert fake_select_regions[-1]["psf_size"] == 15
     (regions,) = widget.runner.last_outputs
-    assert regions.metadata["ranking"] == "network"
+    assert regions.metadata["ranking"] == "consensus"
 
 
 def test_find_regions_on_a_stack_puts_rectangles_on_the_slice_on_screen(
@@ -467,28 +463,22 @@ def test_without_an_image_find_regions_is_disabled_and_labels_are_not_offered(
 
 
 def test_settings_are_remembered(make_napari_viewer, _isolated_widget_settings):
-    from napari_deblur._widgets.region_selector_widget import (
-        PSF_FROM_WHOLE_IMAGE,
-        RANKING_NETWORK,
-        RegionSelectorWidget,
-    )
+    from napari_deblur._widgets.region_selector_widget import PSF_FROM_WHOLE_IMAGE, RegionSelectorWidget
 
     viewer = make_napari_viewer()
     widget = _dock(viewer)
     widget.size.value = 96
     widget.count.value = 7
-    widget.ranking.value = RANKING_NETWORK
     widget.psf_size.value = 31
     widget.psf_from.value = PSF_FROM_WHOLE_IMAGE
 
     saved = json.loads((_isolated_widget_settings / "widgets.json").read_text())
-    assert saved["region_selector"] == {"size": 96, "count": 7, "ranking": RANKING_NETWORK,
+    assert saved["region_selector"] == {"size": 96, "count": 7,
                                         "psf_size": 31, "psf_from": PSF_FROM_WHOLE_IMAGE}
 
     again = RegionSelectorWidget(viewer)
     try:
         assert (again.size.value, again.count.value, again.psf_size.value) == (96, 7, 31)
-        assert again.ranking.value == RANKING_NETWORK
         assert again.psf_from.value == PSF_FROM_WHOLE_IMAGE and not again.regions.enabled
     finally:
         again.close()

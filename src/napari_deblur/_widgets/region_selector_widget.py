@@ -54,10 +54,9 @@ PSF_FROM_REGION = "Best or selected region"
 PSF_FROM_WHOLE_IMAGE = "Whole image"
 SCORE_COLORMAP = "plasma"
 PSF_COLORMAP = "magma"  # as the PSF reader and the samples
-#: The "Ranking" choices, each with the engine's ``ranking`` value.
-RANKING_CONSENSUS = "Consensus of window kernels"
-RANKING_NETWORK = "Network score (fast)"
-RANKINGS = {RANKING_CONSENSUS: "consensus", RANKING_NETWORK: "network"}
+#: The engine's ranking the widget uses: a kernel from every window, scored by agreement.
+#: (The engine's "network" ranking is not offered: it ranks windows no better than chance.)
+RANKING = "consensus"
 #: Features of a rectangle the user draws (it has no score).
 DRAWN_FEATURES = {"score": 0.0, "rank": 0, "label": "drawn"}
 _TOLERANCE = 1e-3
@@ -98,7 +97,7 @@ class RegionSelectorWidget(EngineJobWidget):
 
     Attributes
     ----------
-    image, size, count, ranking, psf_from, regions, psf_size : magicgui widgets
+    image, size, count, psf_from, regions, psf_size : magicgui widgets
         The inputs; set their ``value`` from scripts.
     estimate_button : magicgui PushButton
         Runs :meth:`estimate_psf`.
@@ -124,18 +123,6 @@ class RegionSelectorWidget(EngineJobWidget):
         self.count = SpinBox(
             name="count", label="Count", min=1, max=20, value=5,
             tooltip="How many windows to propose (best first, not overlapping).",
-        )
-        self.ranking = ComboBox(
-            name="ranking",
-            label="Ranking",
-            choices=list(RANKINGS),
-            value=RANKING_CONSENSUS,
-            tooltip="How windows are ranked. Consensus: a kernel is estimated from every window "
-            "(up to 36, about half a second each on a CPU) and a window scores the mean similarity "
-            "of its kernel to the others'; a window most others agree with is likely a good one. "
-            "Network: a small trained network scores all windows in under a second, but on the "
-            "benchmark's images it ranks the windows of one image no better than chance "
-            "(README, region selection).",
         )
         self.psf_from = ComboBox(
             name="psf_from",
@@ -170,10 +157,10 @@ class RegionSelectorWidget(EngineJobWidget):
         super().__init__(
             napari_viewer,
             name="region_selector_widget",
-            inputs=[self.image, self.size, self.count, self.ranking],
+            inputs=[self.image, self.size, self.count],
             run_text="Find regions",
             settings_key=SETTINGS_KEY,
-            remembered=["size", "count", "ranking", "psf_from", "psf_size"],
+            remembered=["size", "count", "psf_from", "psf_size"],
             watched=[self.image],
             after_runner=[self.psf_from, self.regions, self.psf_size, self.estimate_button],
         )
@@ -192,7 +179,7 @@ class RegionSelectorWidget(EngineJobWidget):
         """Score windows of the selected plane; the result becomes a regions layer."""
         size = int(self.size.value)
         count = int(self.count.value)
-        ranking = RANKINGS[self.ranking.value]
+        ranking = RANKING
         psf_size = int(self.psf_size.value)
         leading = tuple(selection.index or ())
 
