@@ -37,8 +37,8 @@ What it does (``shared/eval/README.md``, protocols 2, 1 and 5), on the EVAL spli
    ring blur with a level U[0, 6] px and a noise variance U[0, 10] on
    0..255; GWIS with the oracle constant (best SSIM on the grid of
    ``gwis_benchmark.GWIS_GRID``), with the true level, with our map, with
-   the paper network's map, with our GWIS-tuned map (``for_gwis=True``,
-   experimental). Bar: our map recovers >= 90 % of the oracle constant's
+   the paper network's map, with our GWIS-tuned map (a baseline, not
+   shipped: ``training/baselines.py``). Bar: our map recovers >= 90 % of the oracle constant's
    mean SSIM gain (the paper's CNN: 83 %).
 4. **Defocus sample** (``sample_data.defocus_ramp_arrays``: ``camera``,
    Gaussian sigma 0 at the top to 6 px at the bottom): GWIS with the best
@@ -67,6 +67,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # the baselines in training/
 
 import eval_data as ed  # noqa: E402
 from gwis_benchmark import GWIS_GRID, best_by_ssim, score  # noqa: E402
@@ -92,10 +93,18 @@ rows_csv: list[dict] = []
 
 
 def estimate(method: str, image: np.ndarray) -> np.ndarray:
+    """The blur map of ``image`` by ``"ours"`` (shipped), ``"paper"`` or ``"tuned"`` (baselines)."""
     from napari_deblur.engine import iter_estimate_blur_map, run_job
+    from training import baselines
 
-    model = {"ours": "blurmapnet", "tuned": "gwis", "paper": "paper"}[method]
-    return run_job(iter_estimate_blur_map(image.astype(np.float32), model=model, device="cpu"))
+    if method == "ours":
+        job = iter_estimate_blur_map(image.astype(np.float32), device="cpu")
+    else:
+        network, views = {"paper": (baselines.load_paper_blur_net, baselines.PAPER_VIEWS),
+                          "tuned": (baselines.load_gwis_level_net, baselines.GWIS_LEVEL_VIEWS)}[method]
+        job = iter_estimate_blur_map(image.astype(np.float32), device="cpu", network=network(),
+                                     views=views)
+    return run_job(job)
 
 
 def zhuo_sim(image: np.ndarray, edges: np.ndarray) -> np.ndarray:
@@ -349,7 +358,7 @@ def gwis_section(images, max_size, draws) -> tuple[str, dict]:
         "ours": "GWIS, our map",
         "ours_median": "GWIS, median of our map (one number)",
         "paper": "GWIS, paper network's map",
-        "tuned": "GWIS, our GWIS-tuned map (`for_gwis=True`, experimental)",
+        "tuned": "GWIS, our GWIS-tuned map (baseline, not shipped)",
     }
     base = np.array(rows["blurred"])
     oracle_gain = np.array(rows["oracle"]) - base
@@ -372,7 +381,7 @@ def gwis_section(images, max_size, draws) -> tuple[str, dict]:
     lines += ["", "Bar: our map >= 90 % of the oracle constant's SSIM gain (paper's CNN: 83 %). "
               "\"Our map\" is `estimate_blur_map(image)`, what `sharpen_gwis(image, \"auto\")` "
               "uses; the GWIS-tuned map is the same network fine-tuned on SSIM-best GWIS levels "
-              "(`estimate_blur_map(image, for_gwis=True)`).", ""]
+              "(`training/weights/gwis_level.pt`, not shipped).", ""]
     return "\n".join(lines), summary
 
 
@@ -394,7 +403,7 @@ def defocus_section() -> tuple[str, dict]:
         "GWIS, true map": score(sharpen_gwis(blurred, true_map), sharp, border),
         "GWIS, our map": score(sharpen_gwis(blurred, ours), sharp, border),
         "GWIS, paper network's map": score(sharpen_gwis(blurred, paper), sharp, border),
-        "GWIS, our GWIS-tuned map (for_gwis=True)": score(sharpen_gwis(blurred, tuned), sharp,
+        "GWIS, our GWIS-tuned map (baseline)": score(sharpen_gwis(blurred, tuned), sharp,
                                                           border),
     }
     map_mae = float(np.mean(np.abs(ours - true_map)))

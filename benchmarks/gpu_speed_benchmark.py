@@ -29,13 +29,14 @@ import numpy as np
 import torch
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # training.sources
 SIDE = 2048
 BAR_SECONDS = 0.100
 
 
 def _scene(side: int) -> tuple[np.ndarray, np.ndarray]:
     from napari_deblur.engine import blur, random_motion_psf
-    from napari_deblur.engine.training.sources import dead_leaves
+    from training.sources import dead_leaves
 
     rng = np.random.default_rng(0)
     sharp = dead_leaves(side, rng)

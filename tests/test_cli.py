@@ -394,20 +394,6 @@ def test_run_wiener_net_takes_the_ensemble_size_and_refuses_others(tmp_path, psf
     assert exc.value.code == 2 and "--ensemble" in capsys.readouterr().err
 
 
-def test_training_report_names_the_processor_and_its_cpu_kernels(tmp_path):
-    """Weights reproduce byte for byte only on the same kind of CPU kernels, so reports say which."""
-    import torch
-
-    from napari_deblur.engine import train
-
-    report = tmp_path / "report.md"
-    train._report(report, "Example", "python -m napari_deblur.engine.train example",
-                  {"device": "cpu", "history": []}, [], 90.0, "Notes.")
-    text = report.read_text()
-    assert f"torch CPU kernels {torch.backends.cpu.get_cpu_capability()}" in text
-    assert "Processor: " in text and "wall time 1.5 min" in text
-
-
 def test_run_refuses_a_photo_as_psf_unless_forced(tmp_path, blurred_pair, capsys):
     import skimage.data
 

@@ -20,7 +20,7 @@ from napari_deblur.engine import (
     motion_psf,
     random_motion_psf,
 )
-from napari_deblur.engine.training.sources import EVAL_SPLIT, TRAIN_SPLIT, grey_float
+from training.sources import EVAL_SPLIT, TRAIN_SPLIT, grey_float
 
 SIZE = 15
 WINDOW = 160
@@ -297,12 +297,15 @@ def test_cuda_agrees_with_cpu(blurred_line, estimate_line):
     assert kernel_similarity(on_gpu, estimate_line) > 0.95
 
 
-def test_constants_overridden_restores_them_even_after_an_error():
+def test_estimator_settings_are_explicit_and_default_to_the_shipped_ones(blurred_line, estimate_line):
+    import dataclasses
+
     from napari_deblur.engine import blind_psf
 
-    before = blind_psf.KERNEL_FAINT
-    with pytest.raises(RuntimeError, match="inside"):
-        with blind_psf.constants_overridden({"KERNEL_FAINT": 0.5}):
-            assert blind_psf.KERNEL_FAINT == 0.5
-            raise RuntimeError("inside")
-    assert blind_psf.KERNEL_FAINT == before
+    assert blind_psf.EstimatorSettings() == blind_psf.SHIPPED_SETTINGS
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        blind_psf.SHIPPED_SETTINGS.kernel_faint = 0.5
+    raw = estimate_psf(blurred_line, size=SIZE, device="cpu",
+                       settings=blind_psf.EstimatorSettings(sharpening_power=1.0))
+    np.testing.assert_allclose(blind_psf.sharpen_kernel(raw, blind_psf.KERNEL_SHARPENING_POWER),
+                               estimate_line, atol=1e-6)

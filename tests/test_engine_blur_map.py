@@ -23,7 +23,7 @@ from napari_deblur.engine import (
 from napari_deblur.engine import blur_map as bm
 from napari_deblur.engine import devices
 from napari_deblur.engine import tiling
-from napari_deblur.engine.training import blur_map as tbm
+from training import blur_map as tbm
 
 
 @pytest.fixture(scope="module")
@@ -48,13 +48,6 @@ def test_shipped_weights_load_strictly_and_are_compact():
     model = bm.load_blur_map_net(torch.device("cpu"))
     assert isinstance(model, bm.BlurMapNet) and not model.training
     assert sum(p.numel() for p in model.parameters()) < 1_000_000
-
-
-def test_paper_network_has_the_published_layers():
-    layers = [m for m in bm.PaperBlurNet().layers if isinstance(m, torch.nn.Conv2d)]
-    assert [tuple(m.weight.shape) for m in layers] == [
-        (32, 1, 5, 5), (32, 32, 5, 5), (64, 32, 11, 11), (17, 64, 1, 1), (1, 17, 1, 1)]
-    assert any(isinstance(m, torch.nn.MaxPool2d) for m in bm.PaperBlurNet().layers)
 
 
 @pytest.mark.parametrize("sigma", [1.0, 2.0, 3.5])
@@ -132,20 +125,19 @@ def test_test_time_views_of_the_map_are_averaged_and_turn_with_the_input(photo):
         bm.predict_log_level(model, features, 3)
 
 
-def test_the_engine_map_is_the_mean_of_its_views_and_the_papers_network_runs_once(photo, monkeypatch):
+def test_the_engine_map_is_the_mean_of_its_views_and_a_given_network_runs_as_asked(photo, monkeypatch):
     monkeypatch.setenv(devices.CPU_BFLOAT16_OPT_OUT, "1")  # float32, as predict_log_level by default
     image = blurred(photo[:96, :128], 2.0)
     lum = torch.from_numpy(image)[None, None]
     features = bm.blur_map_features(lum)
+    model = bm.load_blur_map_net(torch.device("cpu"))
     with torch.inference_mode():
-        ours = bm.target_to_level(bm.predict_log_level(bm.load_blur_map_net(torch.device("cpu")),
-                                                       features, bm.MAP_VIEWS))
-        paper = bm.target_to_level(bm.predict_log_level(bm.load_paper_blur_net(torch.device("cpu")),
-                                                        features))
+        ours = bm.target_to_level(bm.predict_log_level(model, features, bm.MAP_VIEWS))
+        once = bm.target_to_level(bm.predict_log_level(model, features))
     assert bm.MAP_VIEWS == 4
     np.testing.assert_allclose(estimate_blur_map(image), ours[0, 0].numpy(), atol=1e-4)
-    np.testing.assert_allclose(run_job(iter_estimate_blur_map(image, model="paper")),
-                               paper[0, 0].numpy(), atol=1e-4)
+    np.testing.assert_allclose(run_job(iter_estimate_blur_map(image, network=model, views=1)),
+                               once[0, 0].numpy(), atol=1e-4)
 
 
 def test_bfloat16_convolutions_move_the_map_by_a_hair(photo, monkeypatch):
@@ -277,7 +269,7 @@ def test_level_maps_cover_every_kind_within_range():
 
 
 def test_procedural_textures_are_seeded_sharp_and_of_every_kind():
-    from napari_deblur.engine.training.sources import TEXTURE_KINDS, procedural_texture
+    from training.sources import TEXTURE_KINDS, procedural_texture
 
     def detail(x):
         return np.abs(np.diff(x, axis=0)).mean() + np.abs(np.diff(x, axis=1)).mean()
@@ -301,7 +293,7 @@ def test_procedural_textures_are_seeded_sharp_and_of_every_kind():
     ("text_pages", {"n_text_pages": 2, "text_fraction": 1.0}),
 ])
 def test_procedural_crops_come_only_from_their_pool_when_asked(pool, options):
-    from napari_deblur.engine.training.sources import PatchSampler
+    from training.sources import PatchSampler
 
     sampler = PatchSampler(48, np.random.default_rng(0), n_dead_leaves=1, **options)
     assert len(getattr(sampler, pool)) == 2
@@ -316,7 +308,7 @@ def test_procedural_crops_come_only_from_their_pool_when_asked(pool, options):
 
 
 def test_point_sources_are_sparse_bright_spots_on_a_dark_background():
-    from napari_deblur.engine.training.sources import point_sources
+    from training.sources import point_sources
 
     field = point_sources(128, np.random.default_rng(5))
     assert field.shape == (128, 128) and field.dtype == np.float32
@@ -332,7 +324,7 @@ def test_point_sources_are_sparse_bright_spots_on_a_dark_background():
 
 
 def test_printed_text_has_thin_strokes_on_a_flat_page():
-    from napari_deblur.engine.training.sources import printed_text
+    from training.sources import printed_text
 
     page = printed_text(160, np.random.default_rng(2))
     assert page.shape == (160, 160) and page.dtype == np.float32
@@ -345,7 +337,7 @@ def test_printed_text_has_thin_strokes_on_a_flat_page():
     np.testing.assert_array_equal(printed_text(160, np.random.default_rng(2)), page)
 
 
-# --- GWIS-tuned map (for_gwis=True, sharpen_gwis(image, "auto")) ----------------------------
+# --- automatic GWIS (sharpen_gwis(image, "auto")) -------------------------------------------
 
 
 def test_auto_sharpening_estimates_the_map_itself(photo):
@@ -355,15 +347,6 @@ def test_auto_sharpening_estimates_the_map_itself(photo):
     gy, gx = np.gradient(auto[16:-16, 16:-16].astype(np.float64))
     hy, hx = np.gradient(image[16:-16, 16:-16].astype(np.float64))
     assert np.mean(gx**2 + gy**2) > np.mean(hx**2 + hy**2)
-
-
-def test_the_gwis_tuned_map_is_shipped_in_the_blur_map_units(photo):
-    image = blurred(photo, 2.0)
-    tuned = estimate_blur_map(image, for_gwis=True)
-    assert tuned.shape == image.shape and tuned.dtype == np.float32
-    assert 0 <= tuned.min() and tuned.max() <= bm.MAX_LEVEL
-    assert np.abs(tuned - estimate_blur_map(image)).max() > 0.05  # another network, not a copy
-    assert sharpen_gwis(image, tuned).shape == image.shape
 
 
 def test_auto_sharpening_keeps_the_layout_of_colour_and_stacks(photo):
@@ -381,7 +364,7 @@ def test_an_unknown_blur_word_is_refused():
 
 
 def test_gwis_labels_choose_no_sharpening_on_a_sharp_crop_and_some_on_a_blurred_one(photo):
-    from napari_deblur.engine.training import gwis_level as tgl
+    from training import gwis_level as tgl
 
     sharp = torch.from_numpy(photo[:96, :96].copy())[None, None]
     labels, spread, scores = tgl.gwis_level_labels(sharp, sharp)

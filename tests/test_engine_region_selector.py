@@ -28,8 +28,8 @@ from napari_deblur.engine.region_selector import (
     score_windows,
     window_features,
 )
-from napari_deblur.engine.training import region_selector as training
-from napari_deblur.engine.training.sources import EVAL_SPLIT, TRAIN_SPLIT, grey_float
+from training import region_selector as training
+from training.sources import EVAL_SPLIT, TRAIN_SPLIT, grey_float
 
 SIZE = 64
 """Window side in the contract tests (small images keep them fast)."""
@@ -351,35 +351,33 @@ def test_labels_do_not_depend_on_the_number_of_workers(tmp_path):
     assert np.all((one["estimate_size"] >= 7) & (one["estimate_size"] <= 11))
 
 
-def test_labels_are_made_with_the_label_estimator_constants(tmp_path, monkeypatch):
-    """Every estimate of a labelled image sees ``label_estimator``; blind_psf is restored after."""
-    from napari_deblur.engine import blind_psf
+def test_labels_are_made_with_the_label_estimator_settings(tmp_path, monkeypatch):
+    """Every estimate of a labelled image is given ``label_estimator``."""
+    from napari_deblur.engine.blind_psf import EstimatorSettings
 
-    shipped = (blind_psf.KERNEL_FAINT, blind_psf.LAMBDA_FLOOR)
     seen = []
 
     def recording_estimate(blurred, size, **kwargs):
-        seen.append((blind_psf.KERNEL_FAINT, blind_psf.LAMBDA_FLOOR))
+        seen.append(kwargs["settings"])
         return gaussian_psf(1.0, size=size)
 
     monkeypatch.setattr(training, "estimate_psf", recording_estimate)
-    config = _tiny_label_config(tmp_path, label_estimator={"KERNEL_FAINT": 0.3, "LAMBDA_FLOOR": 0.01})
+    settings = EstimatorSettings(lambda_floor=0.01, kernel_faint=0.3)
+    config = _tiny_label_config(tmp_path, label_estimator=settings)
     natural = training._load_natural(config)
     training.labelled_image(1, natural, config)  # image 1 is held out: windows and the whole image
-    assert seen == [(0.3, 0.01)] * (config.windows_per_image + 1)
-    assert (blind_psf.KERNEL_FAINT, blind_psf.LAMBDA_FLOOR) == shipped
+    assert seen == [settings] * (config.windows_per_image + 1)
 
 
 def test_label_estimator_defaults_and_cache_key(tmp_path):
-    from napari_deblur.engine import blind_psf
+    from napari_deblur.engine.blind_psf import SHIPPED_SETTINGS
 
     default = _tiny_label_config(tmp_path)
     assert default.label_estimator == training.LABEL_ESTIMATOR
-    as_shipped = _tiny_label_config(tmp_path, label_estimator={})
+    assert default.data_settings()["label_estimator"] == {"LAMBDA_FLOOR": 1e-4, "KERNEL_FAINT": 0.05}
+    as_shipped = _tiny_label_config(tmp_path, label_estimator=SHIPPED_SETTINGS)
+    assert as_shipped.data_settings()["label_estimator"] == {}
     assert training.cache_path(default) != training.cache_path(as_shipped)
-    with pytest.raises(ValueError, match="NO_SUCH_CONSTANT"):
-        with blind_psf.constants_overridden({"NO_SUCH_CONSTANT": 1.0}):
-            pass
 
 
 def test_within_image_rank_loss_orders_windows_of_one_image():
@@ -410,14 +408,3 @@ def test_balanced_indices_and_auc():
     assert labels[chosen].sum() == 3 and (~labels[chosen]).sum() == 3
     assert training.roc_auc(np.array([0.1, 0.2, 0.8, 0.9]), np.array([0, 0, 1, 1])) == 1.0
     assert training.roc_auc(np.array([0.5, 0.5]), np.array([0, 1])) == 0.5
-
-
-def test_training_command_is_registered(capsys):
-    from napari_deblur.engine.train import main
-
-    with pytest.raises(SystemExit) as stop:
-        main(["region-selector", "--help"])
-    assert stop.value.code == 0
-    help_text = capsys.readouterr().out
-    for option in ("--windows", "--steps", "--threads", "--out", "--cache"):
-        assert option in help_text

@@ -22,7 +22,7 @@ from napari_deblur.engine import (
 )
 from napari_deblur.engine import devices, tiling
 from napari_deblur.engine import wiener_net as wn
-from napari_deblur.engine.training.sources import EVAL_SPLIT, TRAIN_SPLIT
+from training.sources import EVAL_SPLIT, TRAIN_SPLIT
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +144,7 @@ def test_training_sources_keep_out_the_evaluation_split():
 
 
 def test_noise_estimate_picks_a_lower_snr_for_a_noisier_plane(case, shake):
-    from napari_deblur.engine.training.wiener_net import nearest_snr_index
+    from training.wiener_net import nearest_snr_index
 
     _, blurred = case
     y = torch.from_numpy(blurred)[None, None]
@@ -155,7 +155,7 @@ def test_noise_estimate_picks_a_lower_snr_for_a_noisier_plane(case, shake):
 
 
 def test_smoothed_training_sources_are_smoother_and_leave_other_draws_alone():
-    from napari_deblur.engine.training.sources import PatchSampler
+    from training.sources import PatchSampler
 
     def crops(smooth_fraction, seed=3):
         sampler = PatchSampler(64, np.random.default_rng(seed), n_dead_leaves=2,
@@ -231,7 +231,7 @@ def test_the_network_reads_its_weights_in_the_order_they_were_trained_in(channel
 
 
 def test_training_loss_asks_the_same_decibels_of_clean_and_noisy_crops(monkeypatch):
-    from napari_deblur.engine.training import wiener_net as training
+    from training import wiener_net as training
 
     monkeypatch.setattr(training, "SSIM_WEIGHT", 0.0)
     sharp = torch.zeros(2, 1, 16, 16)
@@ -249,7 +249,7 @@ def test_training_loss_asks_the_same_decibels_of_clean_and_noisy_crops(monkeypat
 
 
 def test_interior_masks_leave_out_a_border_as_wide_as_the_kernel_support():
-    from napari_deblur.engine.training import wiener_net as training
+    from training import wiener_net as training
 
     kernels = torch.zeros(2, 31, 31)
     kernels[0, 15, 15] = 1.0  # a delta: support 1 px wide
@@ -266,7 +266,7 @@ def test_interior_masks_leave_out_a_border_as_wide_as_the_kernel_support():
 
 
 def test_interior_weight_moves_the_loss_toward_the_interior_error(monkeypatch):
-    from napari_deblur.engine.training import wiener_net as training
+    from training import wiener_net as training
 
     monkeypatch.setattr(training, "SSIM_WEIGHT", 0.0)
     sharp = torch.zeros(1, 1, 32, 32)
@@ -283,7 +283,7 @@ def test_interior_weight_moves_the_loss_toward_the_interior_error(monkeypatch):
 
 
 def test_validation_scores_the_network_against_wiener_with_the_best_snr():
-    from napari_deblur.engine.training import wiener_net as training
+    from training import wiener_net as training
 
     config = training.WienerNetTrainingConfig(batch=4, patch=48, kernel_pool_size=8,
                                               n_dead_leaves=2, validation_batches=1)
@@ -301,8 +301,8 @@ def test_validation_scores_the_network_against_wiener_with_the_best_snr():
 
 def test_training_command_chains_three_stages(tmp_path, monkeypatch):
     """The default command runs three stages, each starting from the weights of the one before."""
-    from napari_deblur.engine import train
-    from napari_deblur.engine.training import wiener_net as training
+    from training import train
+    from training import wiener_net as training
 
     runs = []
 
@@ -345,8 +345,8 @@ def test_training_command_chains_three_stages(tmp_path, monkeypatch):
 
 
 def test_the_tuning_batch_widths_and_noise_options_reach_the_stages(tmp_path, monkeypatch):
-    from napari_deblur.engine import train
-    from napari_deblur.engine.training import wiener_net as training
+    from training import train
+    from training import wiener_net as training
 
     runs = []
 
@@ -402,9 +402,9 @@ def test_weights_of_other_widths_load_into_a_network_of_those_widths():
 
 def test_training_pools_are_built_once_and_replayed_with_the_same_draws(monkeypatch):
     """A pool asked for again from the same generator state is replayed, and the stream goes on as built."""
-    from napari_deblur.engine.training import kernels, replay
-    from napari_deblur.engine.training import sources
-    from napari_deblur.engine.training.sources import PatchSampler
+    from training import kernels, replay
+    from training import sources
+    from training.sources import PatchSampler
 
     monkeypatch.setattr(replay, "_replays", type(replay._replays)())
     built = []
@@ -442,7 +442,7 @@ def test_training_pools_are_built_once_and_replayed_with_the_same_draws(monkeypa
 
 def test_the_training_loss_can_be_taken_after_the_residual_correction():
     """With ``residual_correction`` the restored batch is the engine's: network, then the correction."""
-    from napari_deblur.engine.training import wiener_net as training
+    from training import wiener_net as training
 
     sharp, blurred, kernel = point_field_case(seed=3)
     model = wn.load_wiener_net(torch.device("cpu"))
@@ -461,7 +461,7 @@ def test_the_training_loss_can_be_taken_after_the_residual_correction():
 
 def test_a_stage_can_train_the_mean_of_the_network_over_its_views():
     """``passes=2`` is the engine's two-view ensemble, and gradients reach the network through both views."""
-    from napari_deblur.engine.training import wiener_net as training
+    from training import wiener_net as training
 
     sharp, blurred, kernel = point_field_case(seed=4)
     model = wn.load_wiener_net(torch.device("cpu"))
@@ -491,7 +491,7 @@ def test_a_stage_can_train_the_mean_of_the_network_over_its_views():
 def test_a_procedural_share_reaches_the_training_crops_but_not_the_validation_crops(only, share):
     from dataclasses import replace
 
-    from napari_deblur.engine.training import wiener_net as training
+    from training import wiener_net as training
 
     cpu = torch.device("cpu")
     config = training.WienerNetTrainingConfig(batch=4, patch=48, kernel_pool_size=8,
@@ -512,7 +512,7 @@ def test_a_procedural_share_reaches_the_training_crops_but_not_the_validation_cr
 def test_a_text_share_draws_training_crops_from_printed_text_but_not_the_validation_crops():
     from dataclasses import replace
 
-    from napari_deblur.engine.training import wiener_net as training
+    from training import wiener_net as training
 
     cpu = torch.device("cpu")
     config = training.WienerNetTrainingConfig(batch=4, patch=48, kernel_pool_size=8,
@@ -532,8 +532,8 @@ def test_a_kernel_error_share_widens_the_kernels_handed_over_but_not_the_blur():
     """Crops with a kernel error are blurred as before; only the kernel the network gets is wider."""
     from dataclasses import replace
 
-    from napari_deblur.engine.training import wiener_net as training
-    from napari_deblur.engine.training.kernels import widen_kernels
+    from training import wiener_net as training
+    from training.kernels import widen_kernels
 
     cpu = torch.device("cpu")
     config = training.WienerNetTrainingConfig(batch=6, patch=48, kernel_pool_size=8,
@@ -558,7 +558,7 @@ def test_a_kernel_error_share_widens_the_kernels_handed_over_but_not_the_blur():
 
 @pytest.mark.parametrize("sigma", [0.4, 1.0])
 def test_widened_kernels_gain_the_variance_of_their_own_gaussian(sigma):
-    from napari_deblur.engine.training.kernels import widen_kernels
+    from training.kernels import widen_kernels
 
     kernels = torch.zeros(2, 15, 15)
     kernels[0, 7, 7] = 1.0
@@ -678,7 +678,7 @@ def test_bfloat16_convolutions_change_the_restoration_by_little(case, shake, mon
 
 
 def test_training_runs_the_network_in_float32_whatever_the_cpu(case, shake, monkeypatch):
-    from napari_deblur.engine.training.wiener_net import restore_batch
+    from training.wiener_net import restore_batch
 
     _, blurred = case
     model = wn.load_wiener_net(torch.device("cpu"))

@@ -8,7 +8,7 @@ true PSF and the PSNR of the input and of the result against the sharp image.
 With a second path, it first saves the window as it is after "Estimate PSF"
 (the Region selector alone, the regions layer on the image).
 
-    xvfb-run -a -s "-screen 0 1280x1024x24" python scripts/screenshot_blind_deblur.py \
+    xvfb-run -a -s "-screen 0 1280x1024x24" python tools/screenshot_blind_deblur.py \
         docs/images/blind-deblur.png docs/images/region-selector.png
 """
 

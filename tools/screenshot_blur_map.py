@@ -7,7 +7,7 @@ and the blur classes of both, lays them out in a grid (one column per image:
 input, map, classes) and saves the window. Prints the map's error on the sample
 against its true map, and the median level of the photo's sky and coat.
 
-    xvfb-run -a -s "-screen 0 1280x1024x24" python scripts/screenshot_blur_map.py \
+    xvfb-run -a -s "-screen 0 1280x1024x24" python tools/screenshot_blur_map.py \
         docs/images/blur-map.png
 """
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install napari-deblur with its test extras and run the whole test suite.
 # GUI tests open real napari windows: without a display (Linux), they run under Xvfb.
-# Extra arguments go to pytest, e.g.  bash scripts/test.sh -k wiener
+# Extra arguments go to pytest, e.g.  bash tools/test.sh -k wiener
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

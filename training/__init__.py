@@ -1,7 +1,7 @@
-"""Training code for the engine's learned models (data generation, losses, loops).
+"""Training of napari-deblur's learned models: data, losses, loops, baselines and checks.
 
-Nothing here runs at import of :mod:`napari_deblur.engine`; the entry point is
-``python -m napari_deblur.engine.train MODEL ...``. Sources follow the
+Not part of the installed package; run from the repository root, e.g.
+``python -m training wiener-net`` (:mod:`training.train`). Sources follow the
 project's data rules: procedural images and the *train* split of
 scikit-image's bundled images only, never the evaluation split.
 """

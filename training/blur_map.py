@@ -2,13 +2,13 @@
 
 Data (all seeded)
 -----------------
-- **Sharp crops** from :class:`~napari_deblur.engine.training.sources.PatchSampler`:
+- **Sharp crops** from :class:`~training.sources.PatchSampler`:
   procedural dead leaves and the train split of scikit-image's images (never
   the eval split). Natural images of at least twice the crop size are used at
   half resolution (2x2 means), which makes their own residual blur small
   against the labels; and, in ``texture_fraction`` of the crops, stationary
   procedural textures (fractal noise, flat-level blobs, Voronoi cells,
-  gratings; :func:`~napari_deblur.engine.training.sources.procedural_texture`),
+  gratings; :func:`~training.sources.procedural_texture`),
   where blur shows only in how the spectrum falls off.
 - **Blur**: Gaussian, disk or ring (one kind per crop, the models of Nasonov
   et al.) with a blur-level map over the crop: uniform, a ramp, a sinusoid,
@@ -49,18 +49,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..blur_map import (
+from napari_deblur.engine.blur_map import (
     BlurMapNet,
-    PaperBlurNet,
     blur_map_features,
     level_to_target,
     predict_log_level,
     target_to_level,
 )
-from ..fourier import kernel_to_otf
-from ..psf import disk_psf, gaussian_psf, psf_blur_level, ring_psf
-from .optimisation import take_step
-from .sources import PatchSampler, train_split_images
+from napari_deblur.engine.fourier import kernel_to_otf
+from napari_deblur.engine.psf import disk_psf, gaussian_psf, psf_blur_level, ring_psf
+from training.baselines import PaperBlurNet
+from training.optimisation import take_step
+from training.sources import PatchSampler, train_split_images
 
 logger = logging.getLogger(__name__)
 

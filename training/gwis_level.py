@@ -12,7 +12,7 @@ Labels (all seeded)
 -------------------
 - Crops, blur (Gaussian, disk, ring; uniform and spatially varying levels
   0..6 px) and noise come from
-  :class:`~napari_deblur.engine.training.blur_map.BlurMapBatches`, the blur
+  :class:`~training.blur_map.BlurMapBatches`, the blur
   map's own training data (train split and procedural images only).
 - Each blurred crop is sharpened by GWIS at every level of
   :data:`GWIS_LEVEL_GRID` (level 0: left as it is), with the warp scale the
@@ -52,7 +52,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..blur_map import (
+from napari_deblur.engine.blur_map import (
     RETRAIN_COMMAND,
     WEIGHTS_FILE,
     BlurMapNet,
@@ -61,11 +61,11 @@ from ..blur_map import (
     predict_log_level,
     target_to_level,
 )
-from ..gwis import gradient_scale_for_level, gwis_sharpen, warp_scale_for_level
-from ..shipped_weights import load_shipped_model
-from .blur_map import BlurMapBatches, BlurMapTrainingConfig
-from .losses import ssim_map
-from .optimisation import take_step
+from napari_deblur.engine.gwis import gradient_scale_for_level, gwis_sharpen, warp_scale_for_level
+from napari_deblur.engine.shipped_weights import load_shipped_model
+from training.blur_map import BlurMapBatches, BlurMapTrainingConfig
+from training.losses import ssim_map
+from training.optimisation import take_step
 
 logger = logging.getLogger(__name__)
 

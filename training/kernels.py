@@ -6,8 +6,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..psf import disk_psf, gaussian_psf, random_motion_psf, ring_psf
-from .replay import replay_or_build
+from napari_deblur.engine.psf import disk_psf, gaussian_psf, random_motion_psf, ring_psf
+from training.replay import replay_or_build
 
 
 def anisotropic_gaussian_psf(sigma_major: float, sigma_minor: float, angle: float,

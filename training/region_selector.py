@@ -37,7 +37,7 @@ import math
 import multiprocessing
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -47,11 +47,12 @@ import torch.nn.functional as F
 from scipy.signal import fftconvolve
 from scipy.stats import rankdata
 
-from ..blind_psf import constants_overridden, estimate_psf, kernel_similarity
-from ..psf import disk_psf, gaussian_psf, random_motion_psf
-from ..region_selector import RegionSelectorNet, score_windows, window_features
-from .kernels import embed
-from .sources import dead_leaves, train_split_images
+from napari_deblur.engine.blind_psf import (SHIPPED_SETTINGS, EstimatorSettings, estimate_psf,
+                                            kernel_similarity)
+from napari_deblur.engine.psf import disk_psf, gaussian_psf, random_motion_psf
+from napari_deblur.engine.region_selector import RegionSelectorNet, score_windows, window_features
+from training.kernels import embed
+from training.sources import dead_leaves, train_split_images
 
 logger = logging.getLogger(__name__)
 
@@ -63,13 +64,13 @@ LABEL_VERSION = 4
 
 KERNEL_KINDS = ("motion", "gaussian", "disk")
 
-LABEL_ESTIMATOR = {"LAMBDA_FLOOR": 1e-4, "KERNEL_FAINT": 0.05}
-"""Constants of :mod:`~napari_deblur.engine.blind_psf` the labels are made with.
+LABEL_ESTIMATOR = EstimatorSettings(lambda_floor=1e-4, kernel_faint=0.05)
+"""Settings of :mod:`~napari_deblur.engine.blind_psf` the labels are made with.
 
 The shipped selector learned which windows suit the estimator as it was before
 rule 30 of ``docs/benchmark-history.md`` (region selection), which raised the
 L0 floor and the faint-value cut: these are those values. Labels made with the
-current estimator (``label_estimator={}``) gave a selector whose best window
+current estimator (``label_estimator=SHIPPED_SETTINGS``) gave a selector whose best window
 succeeded less often (train-split check, seed 33: 68 % against 83 % at ER <= 3),
 so the selector still ranks windows by the older estimator's success, while the
 engine estimates the PSF with the current one."""
@@ -113,8 +114,8 @@ class RegionSelectorTrainingConfig:
     """Processes that make labels (each estimates on one thread); 1 = in this process."""
     device: str = "cpu"
     cache_dir: str | None = None
-    label_estimator: dict = field(default_factory=lambda: dict(LABEL_ESTIMATOR))
-    """blind_psf constants set while labelling (:data:`LABEL_ESTIMATOR`); {} = as shipped."""
+    label_estimator: EstimatorSettings = LABEL_ESTIMATOR
+    """Estimator settings of the labels (:data:`LABEL_ESTIMATOR`; ``SHIPPED_SETTINGS``: as shipped)."""
     history: list = field(default_factory=list)
     data: dict = field(default_factory=dict)
     validation: dict = field(default_factory=dict)
@@ -127,10 +128,12 @@ class RegionSelectorTrainingConfig:
                 "noise_sigma_range", "dead_leaves_fraction", "composite_fraction",
                 "validation_every", "label_estimator")
         settings = {key: getattr(self, key) for key in keys}
+        settings["label_estimator"] = _estimator_key(self.label_estimator)
         settings["version"] = LABEL_VERSION
         return settings
 
     def is_validation(self, image_index: int) -> bool:
+        """Whether image ``image_index`` is held out for validation."""
         return image_index % self.validation_every == self.validation_every // 2
 
     @property
@@ -146,6 +149,16 @@ def default_cache_dir() -> Path:
     """``$XDG_CACHE_HOME/napari-deblur`` (``~/.cache/napari-deblur`` by default)."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "napari-deblur"
+
+
+_ESTIMATOR_KEY_NAMES = {"lambda_floor": "LAMBDA_FLOOR", "kernel_faint": "KERNEL_FAINT",
+                        "sharpening_power": "KERNEL_SHARPENING_POWER"}
+
+
+def _estimator_key(settings: EstimatorSettings) -> dict[str, float]:
+    """The settings that differ from the shipped ones, by blind_psf's constant names (cache key)."""
+    return {_ESTIMATOR_KEY_NAMES[f.name]: getattr(settings, f.name) for f in fields(settings)
+            if getattr(settings, f.name) != getattr(SHIPPED_SETTINGS, f.name)}
 
 
 def cache_path(config: RegionSelectorTrainingConfig) -> Path:
@@ -247,14 +260,15 @@ def labelled_image(index: int, natural: list[np.ndarray], config: RegionSelector
     blurred, kernel, estimate_size = drawn["blurred"], drawn["kernel"], drawn["estimate_size"]
     similarities = []
     whole = math.nan
-    with constants_overridden(config.label_estimator):
-        for y in config.window_offsets:
-            for x in config.window_offsets:
-                estimate = estimate_psf(blurred, size=estimate_size,
-                                        region=(y, x, config.window, config.window), device="cpu")
-                similarities.append(kernel_similarity(estimate, kernel))
-        if config.is_validation(index):
-            whole = kernel_similarity(estimate_psf(blurred, size=estimate_size, device="cpu"), kernel)
+    settings = config.label_estimator
+    for y in config.window_offsets:
+        for x in config.window_offsets:
+            estimate = estimate_psf(blurred, size=estimate_size, region=(y, x, config.window, config.window),
+                                    device="cpu", settings=settings)
+            similarities.append(kernel_similarity(estimate, kernel))
+    if config.is_validation(index):
+        whole = kernel_similarity(estimate_psf(blurred, size=estimate_size, device="cpu", settings=settings),
+                                  kernel)
     return {**drawn, "kernel": embed(kernel, MAX_KERNEL),
             "similarity": np.asarray(similarities, np.float32), "whole_similarity": whole}
 

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage
 
-from .replay import replay_or_build
+from training.replay import replay_or_build
 
 logger = logging.getLogger(__name__)
 

@@ -1,11 +1,13 @@
-"""Retrain the engine's learned models: ``python -m napari_deblur.engine.train MODEL [options]``.
+"""Retrain the learned models: ``python -m training MODEL [options]``, from the repository root.
 
-Models: ``wiener-net``, ``blurmap`` (``--baseline``: the paper's network),
-``gwis-level`` (the blur map fine-tuned on GWIS labels; run after ``blurmap``),
-``region-selector`` (labels cached under ``--cache``). Weights go
-to the package's ``models/`` folder by default (the files the engine loads), with a
-markdown training report beside them. Runs are seeded and reproducible on the same
-machine and versions.
+Shipped models: ``wiener-net``, ``blurmap`` and ``region-selector`` (labels
+cached under ``--cache``); their weights go to the package's ``models/``
+folder by default (the files the engine loads) and their training reports to
+``training/reports/``. Baselines: ``blurmap --baseline`` (the paper's
+network) and ``gwis-level`` (the blur map fine-tuned on GWIS labels; run after
+``blurmap``); their weights and reports go to ``training/weights/``. With
+``--out`` the report goes beside the weights. Runs are seeded and
+reproducible on the same machine and versions.
 """
 
 from __future__ import annotations
@@ -20,8 +22,24 @@ from importlib import resources
 from pathlib import Path
 
 
+PROG = "python -m training"
+
+REPORTS_DIR = Path(__file__).resolve().parent / "reports"
+"""Training reports of the shipped weights (the package ships short cards instead)."""
+
+
 def _default_weights_path(filename: str) -> Path:
+    """The shipped weights file ``filename`` in the package's ``models/`` folder."""
     return Path(str(resources.files("napari_deblur.engine").joinpath("models", filename)))
+
+
+def _report_path(weights: Path) -> Path:
+    """Where the report of ``weights`` goes: ``training/reports/`` for shipped weights, else beside them."""
+    shipped = _default_weights_path(weights.name)
+    if weights.resolve() == shipped.resolve():
+        REPORTS_DIR.mkdir(exist_ok=True)
+        return REPORTS_DIR / weights.with_suffix(".md").name
+    return weights.with_suffix(".md")
 
 
 def _report(path: Path, title: str, command: str, config: dict, history: list[dict],
@@ -95,10 +113,10 @@ PROCEDURAL_POOL = 64
 def _train_wiener_net(args) -> None:
     import tempfile
 
-    from .training.wiener_net import (
+    from training.wiener_net import (
         WienerNetTrainingConfig, correction_tuning_config, fine_tuning_config, train_wiener_net,
     )
-    from .wiener_net import WEIGHTS_FILE
+    from napari_deblur.engine.wiener_net import WEIGHTS_FILE
 
     base = WienerNetTrainingConfig(steps=args.steps, batch=args.batch, seed=args.seed,
                                    device=args.device, threads=args.threads, log_every=args.log_every)
@@ -201,7 +219,7 @@ def _train_wiener_net(args) -> None:
         "the mean of the network over n flipped or turned views, as the engine's `ensemble` runs it."
     )
     title, last = stages[-1]
-    report = out.with_suffix(".md")
+    report = _report_path(out)
     _report(report, "Wiener-net", args.command, asdict(last), last.history,
             time.perf_counter() - started, notes + " The settings and curve below are those of the last "
             f"stage, {title.lower()}.")
@@ -213,14 +231,15 @@ def _train_wiener_net(args) -> None:
 
 
 def _train_blur_map(args) -> None:
-    from .blur_map import BASELINE_WEIGHTS_FILE, WEIGHTS_FILE
-    from .training.blur_map import STACK_LEVELS, BlurMapTrainingConfig, train_blur_map
+    from napari_deblur.engine.blur_map import WEIGHTS_FILE
+    from training.baselines import PAPER_WEIGHTS_FILE, WEIGHTS_DIR
+    from training.blur_map import STACK_LEVELS, BlurMapTrainingConfig, train_blur_map
 
     config = BlurMapTrainingConfig(steps=args.steps, batch=args.batch, seed=args.seed,
                                    device=args.device, threads=args.threads, baseline=args.baseline,
                                    log_every=args.log_every)
-    default = BASELINE_WEIGHTS_FILE if args.baseline else WEIGHTS_FILE
-    out = Path(args.out) if args.out else _default_weights_path(default)
+    default = WEIGHTS_DIR / PAPER_WEIGHTS_FILE if args.baseline else _default_weights_path(WEIGHTS_FILE)
+    out = Path(args.out) if args.out else default
     started = time.perf_counter()
     train_blur_map(config, out)
     network = ("the paper's network (Nasonov, Krylov & Lyukov: 5x5x32, 5x5x32, 2x2 max-pool, "
@@ -246,24 +265,24 @@ def _train_blur_map(args) -> None:
                   "the learning-rate schedule did not run to its end; the last row is the state "
                   "that was saved.")
     title = "Blur map (paper's network, baseline)" if args.baseline else "Blur map"
-    _report(out.with_suffix(".md"), title, args.command, asdict(config), config.history,
+    _report(_report_path(out), title, args.command, asdict(config), config.history,
             time.perf_counter() - started, notes)
 
 
 def _train_gwis_level(args) -> None:
-    from .blur_map import GWIS_WEIGHTS_FILE
-    from .training.gwis_level import (GWIS_LEVEL_GRID, LABEL_TOLERANCE, GwisLevelTrainingConfig,
+    from training.baselines import GWIS_WEIGHTS_FILE, WEIGHTS_DIR
+    from training.gwis_level import (GWIS_LEVEL_GRID, LABEL_TOLERANCE, GwisLevelTrainingConfig,
                                         train_gwis_level)
 
     config = GwisLevelTrainingConfig(steps=args.steps, label_batches=args.label_batches,
                                      seed=args.seed, device=args.device, threads=args.threads,
                                      log_every=args.log_every)
-    out = Path(args.out) if args.out else _default_weights_path(GWIS_WEIGHTS_FILE)
+    out = Path(args.out) if args.out else WEIGHTS_DIR / GWIS_WEIGHTS_FILE
     started = time.perf_counter()
     train_gwis_level(config, out)
     notes = (
         "Network: BlurMapNet (napari_deblur.engine.blur_map), started from the shipped blur-map "
-        "weights (`blur_map.pt`) and fine-tuned. Labels (napari_deblur.engine.training.gwis_level): "
+        "weights (`blur_map.pt`) and fine-tuned. Labels (training.gwis_level): "
         "`label_batches` batches of the blur map's own training crops (train split and procedural "
         "images; Gaussian, disk and ring blur, uniform and spatially varying levels 0..6 px; "
         "Gaussian and Poisson-Gaussian noise), each sharpened by GWIS at the levels "
@@ -281,7 +300,7 @@ def _train_gwis_level(args) -> None:
         "fraction of the oracle constant's SSIM gain a map recovers. `label_minutes` is the time "
         "spent making the labels."
     )
-    _report(out.with_suffix(".md"), "GWIS-tuned blur map", args.command, asdict(config),
+    _report(_report_path(out), "GWIS-tuned blur map", args.command, asdict(config),
             config.history, time.perf_counter() - started, notes)
 
 
@@ -324,8 +343,8 @@ def _region_selector_tables(config) -> str:
 
 
 def _train_region_selector(args) -> None:
-    from .region_selector import WEIGHTS_FILE
-    from .training.region_selector import (
+    from napari_deblur.engine.region_selector import WEIGHTS_FILE
+    from training.region_selector import (
         RegionSelectorTrainingConfig,
         cache_path,
         train_region_selector,
@@ -361,7 +380,7 @@ def _train_region_selector(args) -> None:
     )
     settings = {key: value for key, value in asdict(config).items()
                 if key not in ("data", "validation")}
-    report = out.with_suffix(".md")
+    report = _report_path(out)
     _report(report, "Region selector", args.command, settings, config.history,
             time.perf_counter() - started, notes,
             validation="all grid windows of the held-out images, unbalanced")
@@ -369,9 +388,9 @@ def _train_region_selector(args) -> None:
 
 
 def main(argv=None) -> None:
-    from .layers import ENSEMBLE_SIZES
+    from napari_deblur.engine.layers import ENSEMBLE_SIZES
 
-    parser = argparse.ArgumentParser(prog="python -m napari_deblur.engine.train", description=__doc__)
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__)
     sub = parser.add_subparsers(dest="model", required=True)
     wiener = sub.add_parser("wiener-net", help="train Wiener-net")
     wiener.add_argument("--steps", type=int, default=4000, help="steps of the first stage")
@@ -426,10 +445,12 @@ def main(argv=None) -> None:
     blurmap.add_argument("--device", default="cpu", help="cpu, cuda or mps")
     blurmap.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
     blurmap.add_argument("--baseline", action="store_true",
-                         help="train the paper's network instead (weights blur_map_paper.pt)")
+                         help="train the paper's network instead (training/weights/blur_map_paper.pt)")
     blurmap.add_argument("--log-every", type=int, default=300,
                          help="validate and save the weights every this many steps")
-    blurmap.add_argument("--out", default=None, help="weights path (default: the shipped file)")
+    blurmap.add_argument("--out", default=None,
+                         help="weights path (default: the shipped file; with --baseline "
+                              "training/weights/blur_map_paper.pt)")
     blurmap.set_defaults(run=_train_blur_map)
     gwis_level = sub.add_parser(
         "gwis-level", help="fine-tune the blur map on GWIS labels (the map for sharpening)")
@@ -441,7 +462,8 @@ def main(argv=None) -> None:
     gwis_level.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
     gwis_level.add_argument("--log-every", type=int, default=500,
                             help="validate every this many steps")
-    gwis_level.add_argument("--out", default=None, help="weights path (default: the shipped file)")
+    gwis_level.add_argument("--out", default=None,
+                            help="weights path (default: training/weights/gwis_level.pt)")
     gwis_level.set_defaults(run=_train_gwis_level)
     selector = sub.add_parser("region-selector", help="label windows and train the region selector")
     selector.add_argument("--windows", type=int, default=2400,
@@ -460,7 +482,7 @@ def main(argv=None) -> None:
     selector.add_argument("--out", default=None, help="weights path (default: the shipped file)")
     selector.set_defaults(run=_train_region_selector)
     args = parser.parse_args(argv)
-    args.command = " ".join(["python -m napari_deblur.engine.train"]
+    args.command = " ".join([PROG]
                             + list(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     args.run(args)

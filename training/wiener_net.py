@@ -23,14 +23,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..wiener import WIENER_STACK_SNRS_DB, wiener_filter
-from ..wiener_net import (
+from napari_deblur.engine.wiener import WIENER_STACK_SNRS_DB, wiener_filter
+from napari_deblur.engine.wiener_net import (
     WIDTHS, WienerNet, apply_network_ensemble, correct_by_residual, plane_statistics, wiener_net_features,
 )
-from .kernels import kernel_pool, widen_kernels
-from .losses import ssim
-from .optimisation import take_step
-from .sources import PatchSampler
+from training.kernels import kernel_pool, widen_kernels
+from training.losses import ssim
+from training.optimisation import take_step
+from training.sources import PatchSampler
 
 logger = logging.getLogger(__name__)
 

@@ -1,21 +1,24 @@
-"""Wrong kernels, low-contrast crops and the candidate judge of the Wiener-net held-out scripts;
-the weight comparison script."""
+"""Wrong kernels, low-contrast crops and the candidate judge of the Wiener-net held-out checks;
+the weight comparison."""
 
 import numpy as np
 import pytest
 import torch
 
 from napari_deblur.engine.psf import random_motion_psf
+from training.checks import same_weights
+from training.checks import wiener_net_candidate_judge
+from training.checks import wiener_net_heldout_check
 
 
 @pytest.fixture(scope="module")
-def check(load_script):
-    return load_script("wiener_net_heldout_check")
+def check():
+    return wiener_net_heldout_check
 
 
 @pytest.fixture(scope="module")
 def kernels():
-    from napari_deblur.engine.training.kernels import embed
+    from training.kernels import embed
 
     rng = np.random.default_rng(0)
     return torch.from_numpy(np.stack([embed(random_motion_psf(11, rng=rng), 31) for _ in range(3)]))
@@ -70,8 +73,8 @@ def test_contrast_scales_each_crop_about_its_own_mean(check):
 
 
 @pytest.fixture(scope="module")
-def judge(load_script):
-    return load_script("wiener_net_candidate_judge")
+def judge():
+    return wiener_net_candidate_judge
 
 
 def _table(rows):
@@ -117,8 +120,7 @@ def test_snr_pick_line_counts_the_members_taken(check):
     assert line.endswith("(7 crops): 9 dB: 5, 17 dB: 2")
 
 
-def test_same_weights_compares_tensors_not_file_bytes(tmp_path, capsys, load_script):
-    same_weights = load_script("same_weights")
+def test_same_weights_compares_tensors_not_file_bytes(tmp_path, capsys):
     weights = {"conv.weight": torch.arange(6.0).reshape(2, 3), "conv.bias": torch.zeros(2)}
     torch.save(weights, tmp_path / "shipped.pt")
     torch.save(weights, tmp_path / "remade.pt")

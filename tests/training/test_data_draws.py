@@ -6,7 +6,7 @@ says so at once rather than in a 30-minute rerun weeks later. Float rounding of 
 another processor stays far inside the tolerance; a changed draw does not. If a change is meant,
 remake the weights with their commands (or say in their reports why not) and paste the numbers the
 failure prints. (Differences in the training arithmetic itself, e.g. between processors, are not
-caught here: ``scripts/same_weights.py`` compares a rerun's weights with the shipped ones.)
+caught here: ``training/checks/same_weights.py`` compares a rerun's weights with the shipped ones.)
 
 Small settings keep this fast; they run the same code as the shipped settings. A threshold moved
 by a little (say a share of 25 % made 30 %) may draw the same few crops and pass unnoticed.
@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import torch
 
-from napari_deblur.engine.training import blur_map as tbm
-from napari_deblur.engine.training import region_selector as trs
-from napari_deblur.engine.training import wiener_net as twn
+from training import blur_map as tbm
+from training import region_selector as trs
+from training import wiener_net as twn
 
 RELATIVE_TOLERANCE = 1e-4
 

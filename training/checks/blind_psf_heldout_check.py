@@ -10,10 +10,10 @@ kernel similarity to the true kernel, and the error ratio ER = squared error of 
 deconvolution with the estimate / with the true kernel, each up to a shift of the restored image
 (as in ``benchmarks/region_selection_benchmark.py``).
 
-    python scripts/blind_psf_heldout_check.py                          # shake, 256 px, ~45 s
-    python scripts/blind_psf_heldout_check.py --kind gaussian
-    python scripts/blind_psf_heldout_check.py --crop 384 --seed 7
-    python scripts/blind_psf_heldout_check.py --set LAMBDA_FLOOR=0.002   # try a setting of blind_psf
+    python -m training.checks.blind_psf_heldout_check                          # shake, 256 px, ~45 s
+    python -m training.checks.blind_psf_heldout_check --kind gaussian
+    python -m training.checks.blind_psf_heldout_check --crop 384 --seed 7
+    python -m training.checks.blind_psf_heldout_check --set lambda_floor=0.002   # try a setting of blind_psf
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from scipy.signal import fftconvolve
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
 SHAKE_SIZES = (13, 15, 17, 19, 21, 23, 25, 27)
 KERNELS_PER_IMAGE = 12
@@ -56,7 +56,7 @@ def make_cases(kind: str, crop: int, seed: int, *, images: tuple[str, ...] | Non
     ``images``: train-split names to draw from (default: the whole split), ``per_image`` kernels each;
     ``sources``: sharp images (more than ``crop + 31`` px a side) to use instead of the split.
     """
-    from napari_deblur.engine.training.sources import TRAIN_SPLIT, train_split_images
+    from training.sources import TRAIN_SPLIT, train_split_images
 
     rng = np.random.default_rng(seed)
     if sources is None:
@@ -79,7 +79,11 @@ def make_cases(kind: str, crop: int, seed: int, *, images: tuple[str, ...] | Non
 
 
 def score_case(case: tuple, powers: tuple[float, ...], settings: dict[str, float]) -> list[float]:
-    """[image index, seconds, then similarity and ER per power]; ``settings`` override blind_psf's."""
+    """[image index, seconds, then similarity and ER per power].
+
+    ``settings``: fields of :class:`~napari_deblur.engine.blind_psf.EstimatorSettings` that differ
+    from the shipped ones (the sharpening power is set by ``powers``).
+    """
     import torch
 
     from napari_deblur.engine import kernel_similarity, wiener_net_deconvolve
@@ -90,8 +94,8 @@ def score_case(case: tuple, powers: tuple[float, ...], settings: dict[str, float
     index, blurred, kernel, sharp = case
     start = time.perf_counter()
     # the raw estimate (sharpening power 1); the powers are applied below
-    with blind_psf.constants_overridden({**settings, "KERNEL_SHARPENING_POWER": 1.0}):
-        raw = blind_psf.estimate_psf(blurred, size=ESTIMATE_SIZE, device="cpu")
+    raw = blind_psf.estimate_psf(blurred, size=ESTIMATE_SIZE, device="cpu",
+                                 settings=blind_psf.EstimatorSettings(**{**settings, "sharpening_power": 1.0}))
     row = [index, time.perf_counter() - start]
     reference = error_upto_shift(wiener_net_deconvolve(blurred, kernel.astype(np.float32)), sharp,
                                  ER_BORDER)[0]
@@ -110,17 +114,21 @@ def main(argv=None) -> None:
     parser.add_argument("--powers", type=float, nargs="+", default=(1.0, 1.25, 1.5, 2.0))
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE",
-                        help="override constants of napari_deblur.engine.blind_psf (experiments)")
+                        help="a field of napari_deblur.engine.blind_psf.EstimatorSettings, e.g. "
+                             "lambda_floor=0.002 (experiments)")
     args = parser.parse_args(argv)
     powers = tuple(args.powers)
-    from napari_deblur.engine import blind_psf
+    from dataclasses import fields
 
+    from napari_deblur.engine.blind_psf import EstimatorSettings
+
+    names = {field.name for field in fields(EstimatorSettings)} - {"sharpening_power"}
     settings = {}
     for item in args.set:
         name, _, value = item.partition("=")
-        if not hasattr(blind_psf, name) or not name.isupper():
-            raise SystemExit(f"blind_psf has no setting {name!r}")
-        settings[name] = type(getattr(blind_psf, name))(value)
+        if name not in names:
+            raise SystemExit(f"--set takes {', '.join(sorted(names))}; got {name!r}")
+        settings[name] = float(value)
     cases = make_cases(args.kind, args.crop, args.seed)
     with ProcessPoolExecutor(args.workers) as pool:
         rows = np.array(list(pool.map(score_case, cases, [powers] * len(cases),

@@ -12,9 +12,9 @@ Rows:
 Errors of the level in px: MAE and RMSE over all pixels, RMSE over the textured half. Prints a
 markdown table.
 
-    python scripts/blur_map_heldout_check.py OLD.pt NEW.pt
-    python scripts/blur_map_heldout_check.py blur_map.pt --ensemble 1 2 4 8   # one file, test-time views
-    python scripts/blur_map_heldout_check.py blur_map.pt --ensemble 1 4 --seeds 4000 4001 4002 4003 4004
+    python -m training.checks.blur_map_heldout_check OLD.pt NEW.pt
+    python -m training.checks.blur_map_heldout_check blur_map.pt --ensemble 1 2 4 8   # one file, test-time views
+    python -m training.checks.blur_map_heldout_check blur_map.pt --ensemble 1 4 --seeds 4000 4001 4002 4003 4004
 
 The 96 crops of one draw are few for small differences: on seed 1000 the unturned view of the map
 happened to be the best of eight, on seed 3000 the second worst (``docs/benchmark-history.md``).
@@ -29,14 +29,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
 VALIDATION_SEED = 1000
 VALIDATION_BATCHES = 6
 
 
 def validation_sets(seed: int = VALIDATION_SEED):
-    from napari_deblur.engine.training.blur_map import BlurMapBatches, BlurMapTrainingConfig
+    from training.blur_map import BlurMapBatches, BlurMapTrainingConfig
 
     shipped_mix = BlurMapTrainingConfig(n_text_pages=0, text_fraction=0.0)
     mixes = {
@@ -56,7 +56,7 @@ def page_cases():
     import eval_data as ed
     import skimage.data
 
-    from napari_deblur.engine.training.sources import grey_float
+    from training.sources import grey_float
 
     source = grey_float(skimage.data.page()).astype(np.float64)
     margin = int(np.ceil(4 * bench.PATRO_SIGMAS[-1])) + 1
@@ -80,7 +80,7 @@ def main(argv=None) -> None:
     import argparse
 
     from napari_deblur.engine import blur_map as bm
-    from napari_deblur.engine.training.blur_map import evaluate
+    from training.blur_map import evaluate
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("weights", nargs="+", help="BlurMapNet weight files")

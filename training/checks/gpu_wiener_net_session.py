@@ -1,6 +1,6 @@
 """One lent-GPU call: two full Wiener-net retrainings side by side, sized to fit the call.
 
-    python scripts/gpu_wiener_net_session.py OUT_DIR [--budget-seconds 360] [--dry-run]
+    python -m training.checks.gpu_wiener_net_session OUT_DIR [--budget-seconds 360] [--dry-run]
 
 Candidates (README, issue 5): ``L``, the shipped widths, and ``W``, wider levels
 (48, 64, 96, 128); both run the three-stage command from scratch with larger
@@ -38,7 +38,7 @@ TIMING_SNIPPET = r"""
 import json, sys, time, torch
 from dataclasses import replace
 from pathlib import Path
-from napari_deblur.engine.training import wiener_net as t
+from training import wiener_net as t
 widths, device, steps, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 small = dict(kernel_pool_size=64, n_dead_leaves=8, validation_batches=1, steps=2 * steps, log_every=steps,
              device=device, threads=6, widths=tuple(int(w) for w in widths.split(",")))
@@ -62,7 +62,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     device = "cpu" if args.dry_run else "cuda"
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"))
+    root = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root), str(root / "src")]))
     timing_steps = 2 if args.dry_run else 30
     timings = [subprocess.Popen([sys.executable, "-c", TIMING_SNIPPET, widths, device, str(timing_steps),
                                  str(args.out)], env=env, stdout=subprocess.PIPE, text=True)
@@ -79,7 +80,7 @@ def main(argv=None) -> int:
     commands = {}
     for name, widths in CANDIDATES.items():
         commands[name] = [
-            sys.executable, "-m", "napari_deblur.engine.train", "wiener-net", "--device", device,
+            sys.executable, "-m", "training", "wiener-net", "--device", device,
             "--threads", "6", "--seed", "0", "--steps", str(steps), "--batch", str(stage1_batch),
             "--tuning-steps", str(tuning_steps), "--tuning-batch", str(tuning_batch),
             "--log-every", str(max(steps // 8, 1)), "--widths", widths,

@@ -1,6 +1,6 @@
 """Compare region-selector weight files on the held-out labelled images of the training command.
 
-The labels come from the training command's cache (made by ``python -m napari_deblur.engine.train
+The labels come from the training command's cache (made by ``python -m training
 region-selector --windows N --cache DIR``; nothing is labelled here). Held-out images are those
 with ``index % 7 == 3``, which no selector trained by that command has seen, whatever its
 ``--windows``: so weights trained on fewer images can be scored on the held-out images of a larger
@@ -8,7 +8,7 @@ set. Prints, per weight file, the within-image ROC AUC (the selection task) and 
 similarity of the PSF estimated from the window each strategy picks (training/region_selector.py's
 ``product_validation``, the numbers of the training report).
 
-    python scripts/region_selector_heldout_check.py --windows 9600 --cache DIR OLD.pt NEW.pt
+    python -m training.checks.region_selector_heldout_check --windows 9600 --cache DIR OLD.pt NEW.pt
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import torch
 
 def main(argv=None) -> None:
     from napari_deblur.engine.region_selector import RegionSelectorNet
-    from napari_deblur.engine.training import region_selector as training
+    from training import region_selector as training
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("weights", nargs="+")

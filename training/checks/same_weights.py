@@ -1,6 +1,6 @@
 """Whether two weight files hold the same tensors, and if not, how far apart they are.
 
-    python scripts/same_weights.py SHIPPED.pt REMADE.pt
+    python -m training.checks.same_weights SHIPPED.pt REMADE.pt
 
 The files' bytes are not the measure: ``torch.save`` names the archive inside a
 file after the file itself, so a training command run with ``--out`` elsewhere

@@ -14,8 +14,8 @@ the T crops lost (network + correction below the best-SNR Wiener filter) rise by
 Means are over the 14 rows of each draw, then over the draws. Rule 16's judge (two weight files,
 one network pass) took about 10 minutes on 2 CPUs.
 
-    python scripts/wiener_net_candidate_judge.py OLD.pt NEW.pt --out DIR [--ensemble N]
-    python scripts/wiener_net_candidate_judge.py OLD.pt NEW.pt --out DIR --summary-only
+    python -m training.checks.wiener_net_candidate_judge OLD.pt NEW.pt --out DIR [--ensemble N]
+    python -m training.checks.wiener_net_candidate_judge OLD.pt NEW.pt --out DIR --summary-only
 """
 
 from __future__ import annotations
@@ -104,12 +104,12 @@ def main(argv=None) -> int:
     parser.add_argument("--summary-only", action="store_true", help="judge the tables already in --out")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    check = Path(__file__).with_name("wiener_net_heldout_check.py")
+    root = Path(__file__).resolve().parents[2]
     if not args.summary_only:
         for name, options in DRAWS:
-            command = [sys.executable, str(check), args.old, args.new, "--residual-correction",
-                       "--ensemble", str(args.ensemble), *options]
-            table = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+            command = [sys.executable, "-m", "training.checks.wiener_net_heldout_check", args.old, args.new,
+                       "--residual-correction", "--ensemble", str(args.ensemble), *options]
+            table = subprocess.run(command, check=True, capture_output=True, text=True, cwd=root).stdout
             (args.out / f"{name}.md").write_text(table)
             print(f"{name} done", file=sys.stderr, flush=True)
     tables = {name: (args.out / f"{name}.md").read_text() for name, _ in DRAWS}

@@ -28,7 +28,7 @@ network on N flipped or turned views of its input and averages them
 (``wiener_net.apply_network_ensemble``; default 1, one pass, as every table before the ensemble came
 was made; the engine's default is ``wiener_net.DEFAULT_ENSEMBLE``).
 
-    python scripts/wiener_net_heldout_check.py OLD.pt NEW.pt [--residual-correction] [--seed S]
+    python -m training.checks.wiener_net_heldout_check OLD.pt NEW.pt [--residual-correction] [--seed S]
         [--noise N] [--kernel-error {wide,tails-cut}] [--contrast C] [--ensemble N]
 """
 
@@ -74,9 +74,9 @@ def heldout_set(name: str, sampler_options: dict, half_widths: tuple[int, int], 
     ``contrast`` scales each crop about its mean before the blur (:func:`with_contrast`).
     """
     from napari_deblur.engine.psf import random_motion_psf
-    from napari_deblur.engine.training.kernels import embed
-    from napari_deblur.engine.training.sources import PatchSampler
-    from napari_deblur.engine.training.wiener_net import blur_valid
+    from training.kernels import embed
+    from training.sources import PatchSampler
+    from training.wiener_net import blur_valid
 
     rng = np.random.default_rng(seed)
     sampler = PatchSampler(PATCH + KERNEL_SIZE - 1, rng, n_dead_leaves=20, **sampler_options)
@@ -113,7 +113,7 @@ def wrong_kernels(kernels: torch.Tensor, error: str | None) -> torch.Tensor:
     if error is None:
         return kernels
     if error == "wide":
-        from napari_deblur.engine.training.kernels import widen_kernels
+        from training.kernels import widen_kernels
 
         return widen_kernels(kernels, WIDE_KERNEL_SIGMA)
     if error == "tails-cut":
@@ -125,7 +125,7 @@ def wrong_kernels(kernels: torch.Tensor, error: str | None) -> torch.Tensor:
 
 
 def interior_psnr(x: torch.Tensor, sharp: torch.Tensor) -> torch.Tensor:
-    from napari_deblur.engine.training.wiener_net import crop_psnr
+    from training.wiener_net import crop_psnr
 
     b = KERNEL_SIZE
     return crop_psnr(x[..., b:-b, b:-b], sharp[..., b:-b, b:-b])

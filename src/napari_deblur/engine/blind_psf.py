@@ -63,8 +63,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.ndimage as ndi
@@ -136,7 +136,7 @@ KERNEL_FAINT = 0.10
 """Kernel values below this fraction of the maximum are set to 0.
 
 Chosen with :data:`LAMBDA_FLOOR` on train-split images only, by a rule fixed before
-five draws (``scripts/blind_psf_heldout_check.py``; ``docs/benchmark-history.md``,
+five draws (``training/checks/blind_psf_heldout_check.py``; ``docs/benchmark-history.md``,
 region selection); before, 0.05 and 1e-4. The deconvolution with the estimate then
 succeeded (error ratio <= 3) in 91.5 % of camera-shake cases instead of 78.5 %, 100 %
 of Gaussian instead of 93 % and 99 % of disk instead of 92 %, and the mean error ratio
@@ -158,7 +158,7 @@ regularised, and both sides are smoothed, so a thin camera path comes back
 as a band a few pixels wide. A power above 1 concentrates the mass on the
 band's ridge. It is applied once, to the finished kernel: applied at every
 alternation it compounds and the estimate collapses to a point. Chosen on
-train-split images (``scripts/blind_psf_heldout_check.py``, never the eval
+train-split images (``training/checks/blind_psf_heldout_check.py``, never the eval
 images), 96 cases per kernel kind, 1 % noise. For camera shake (13-27 px) it
 raises the mean kernel similarity from 0.821 to 0.837 and the deconvolutions
 within 3x the true kernel's error from 77 % to 86 %; 1.5 did more for shake
@@ -170,24 +170,25 @@ still lowers their failures (ER > 3: 8 -> 3 % and 9 -> 6 %)."""
 # --- input ----------------------------------------------------------------------------
 
 
-@contextmanager
-def constants_overridden(values: Mapping[str, float]):
-    """Inside the block, this module's constants named in ``values`` have those values.
+@dataclass(frozen=True)
+class EstimatorSettings:
+    """Settings of the blind estimator that may differ from the shipped ones.
 
-    For experiments and for training labels made with an earlier estimator
-    (:data:`napari_deblur.engine.training.region_selector.LABEL_ESTIMATOR`); the
-    constants are module globals read at call time, so this is not thread-safe.
-    Raises ``ValueError`` for a name that is not an upper-case constant here.
+    The defaults are the shipped values (:data:`LAMBDA_FLOOR`,
+    :data:`KERNEL_FAINT`, :data:`KERNEL_SHARPENING_POWER`); training labels
+    and studies pass other values to :func:`estimate_psf` as ``settings``.
     """
-    unknown = [name for name in values if not (name.isupper() and name in globals())]
-    if unknown:
-        raise ValueError(f"blind_psf has no constants {unknown}")
-    saved = {name: globals()[name] for name in values}
-    try:
-        globals().update(values)
-        yield
-    finally:
-        globals().update(saved)
+
+    lambda_floor: float = LAMBDA_FLOOR
+    """Lowest weight of the L0 gradient prior (:data:`LAMBDA_FLOOR`)."""
+    kernel_faint: float = KERNEL_FAINT
+    """Kernel values below this fraction of the peak are removed (:data:`KERNEL_FAINT`)."""
+    sharpening_power: float = KERNEL_SHARPENING_POWER
+    """Power the finished kernel is raised to (:data:`KERNEL_SHARPENING_POWER`)."""
+
+
+SHIPPED_SETTINGS = EstimatorSettings()
+"""The settings :func:`estimate_psf` uses by default."""
 
 
 def check_kernel_size(size, name: str = "size") -> int:
@@ -368,13 +369,15 @@ def kernel_least_squares(latent: torch.Tensor, blurred: torch.Tensor, window: to
     return full[:size, :size]
 
 
-def clean_kernel(kernel: np.ndarray) -> np.ndarray:
+def clean_kernel(kernel: np.ndarray, faint: float = KERNEL_FAINT) -> np.ndarray:
     """Non-negative, faint values and small disconnected parts removed, centred, sum 1.
 
     Parameters
     ----------
     kernel : numpy.ndarray, shape (h, w)
         Raw kernel estimate.
+    faint : float
+        Values below this fraction of the peak are removed (:data:`KERNEL_FAINT`).
 
     Returns
     -------
@@ -384,7 +387,7 @@ def clean_kernel(kernel: np.ndarray) -> np.ndarray:
     peak = k.max()
     if not peak > 0:
         return _delta(k.shape)
-    k[k < KERNEL_FAINT * peak] = 0.0
+    k[k < faint * peak] = 0.0
     labels, count = ndi.label(k > 0, structure=np.ones((3, 3), bool))
     if count > 1:
         masses = np.asarray(ndi.sum(k, labels, index=np.arange(1, count + 1)))
@@ -444,7 +447,7 @@ def _normalised_intensity(plane: np.ndarray) -> np.ndarray:
 
 
 def _estimate_level(blurred: torch.Tensor, kernel: np.ndarray, steps: int,
-                    lambda_gradient: float) -> tuple[np.ndarray, float]:
+                    lambda_gradient: float, settings: EstimatorSettings) -> tuple[np.ndarray, float]:
     """Alternate latent image and kernel ``steps`` times at one pyramid level."""
     height, width = blurred.shape
     size = kernel.shape[0]
@@ -460,13 +463,14 @@ def _estimate_level(blurred: torch.Tensor, kernel: np.ndarray, steps: int,
         latent = latent_l0(spectrum, otf, dx, dy, fft_shape, lambda_gradient, LAMBDA_INTENSITY,
                            growth=SPLITTING_GROWTH, max_weight=SPLITTING_MAX)
         raw = kernel_least_squares(latent, padded, window, dx, dy, size)
-        kernel = clean_kernel(raw.detach().to("cpu", torch.float64).numpy())
-        lambda_gradient = max(lambda_gradient / LAMBDA_DECAY, LAMBDA_FLOOR)
+        kernel = clean_kernel(raw.detach().to("cpu", torch.float64).numpy(), settings.kernel_faint)
+        lambda_gradient = max(lambda_gradient / LAMBDA_DECAY, settings.lambda_floor)
     return kernel, lambda_gradient
 
 
 def iter_estimate_psf(image, *, size: int = 25, region=None, channel_axis: int | None = None,
-                      device=None) -> JobSteps[np.ndarray]:
+                      device=None, settings: EstimatorSettings = SHIPPED_SETTINGS
+                      ) -> JobSteps[np.ndarray]:
     """Generator twin of :func:`estimate_psf` (yields progress per pyramid level)."""
     size = check_kernel_size(size)
     plane = _grey_plane(image, channel_axis)
@@ -487,11 +491,11 @@ def iter_estimate_psf(image, *, size: int = 25, region=None, channel_axis: int |
     if target.type == "cpu":
         torch.set_num_threads(CPU_THREADS)
     try:
-        kernel = yield from _coarse_to_fine(full, levels, kernel)
+        kernel = yield from _coarse_to_fine(full, levels, kernel, settings)
     finally:
         torch.set_num_threads(threads)
     yield JobProgress(1.0, "PSF estimation: done")
-    return sharpen_kernel(kernel, KERNEL_SHARPENING_POWER).astype(np.float32)
+    return sharpen_kernel(kernel, settings.sharpening_power).astype(np.float32)
 
 
 def sharpen_kernel(kernel: np.ndarray, power: float) -> np.ndarray:
@@ -521,7 +525,7 @@ def sharpen_kernel(kernel: np.ndarray, power: float) -> np.ndarray:
 
 
 def _coarse_to_fine(full: torch.Tensor, levels: list[tuple[float, int]],
-                    kernel: np.ndarray) -> JobSteps[np.ndarray]:
+                    kernel: np.ndarray, settings: EstimatorSettings) -> JobSteps[np.ndarray]:
     height, width = full.shape
     lambda_gradient = LAMBDA_GRADIENT
     with torch.inference_mode():
@@ -535,13 +539,14 @@ def _coarse_to_fine(full: torch.Tensor, levels: list[tuple[float, int]],
             else:
                 blurred = full
             kernel, lambda_gradient = _estimate_level(blurred, kernel, OUTER_ITERATIONS,
-                                                      lambda_gradient)
+                                                      lambda_gradient, settings)
             logger.debug("level %d/%d: kernel %d px", index + 1, len(levels), level_size)
     return kernel
 
 
 def estimate_psf(image, *, size: int = 25, region=None, channel_axis: int | None = None,
-                 device=None, progress=None, cancel=None) -> np.ndarray:
+                 device=None, settings: EstimatorSettings = SHIPPED_SETTINGS, progress=None,
+                 cancel=None) -> np.ndarray:
     """Estimate the blur kernel (PSF) of an image from the image alone (blind).
 
     Parameters
@@ -563,6 +568,8 @@ def estimate_psf(image, *, size: int = 25, region=None, channel_axis: int | None
         Axis of colour channels.
     device : str or torch.device, optional
         ``None``/"auto" (CUDA, then MPS, then CPU), "cpu", "cuda" or "mps".
+    settings : EstimatorSettings
+        Estimator settings (default: the shipped ones).
     progress, cancel
         See :func:`~napari_deblur.engine.jobs.run_job`.
 
@@ -591,7 +598,7 @@ def estimate_psf(image, *, size: int = 25, region=None, channel_axis: int | None
     window and ``size=25`` on one CPU core.
     """
     return run_job(iter_estimate_psf(image, size=size, region=region, channel_axis=channel_axis,
-                                     device=device), progress, cancel)
+                                     device=device, settings=settings), progress, cancel)
 
 
 # --- comparing kernels ----------------------------------------------------------------

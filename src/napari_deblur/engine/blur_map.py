@@ -10,8 +10,8 @@ image by its own amount.
 
 After Nasonov, Krylov & Lyukov (a CNN estimates a per-pixel blur parameter, in
 log space because errors are relative) and Patro (patch classes; "regression
-would be better"). This estimator differs from the paper's network
-(:class:`PaperBlurNet`, kept for comparison) in four ways:
+would be better"). This estimator differs from the paper's network (kept
+for comparison in the repository's ``training/baselines.py``) in five ways:
 
 1. **Local contrast normalisation.** The network sees ``(x - m) / (s + f)``
    with ``m, s`` the local mean and standard deviation over about
@@ -37,7 +37,7 @@ would be better"). This estimator differs from the paper's network
    and smooth random fields of Gaussian, disk and ring blur (levels 0..6 px)
    so the network sees the level change within its window, on photos, dead
    leaves and stationary procedural textures, where blur shows only in how
-   the spectrum falls off (:mod:`napari_deblur.engine.training.blur_map`).
+   the spectrum falls off (the repository's ``training/blur_map.py``).
 5. **Four views.** The engine runs the network on the plane, its half turn
    and its two mirror images and averages the four maps, turned back
    (:data:`MAP_VIEWS`): blur has no preferred orientation, and the network's
@@ -48,7 +48,7 @@ Colour images are estimated on their luminance; leading axes (z, t) plane
 by plane; large planes in tiles.
 
 The weights in ``models/blur_map.pt`` are trained by
-``python -m napari_deblur.engine.train blurmap`` (report:
+``python -m training blurmap``, run from the repository root (card:
 ``models/blur_map.md``).
 
 References
@@ -82,14 +82,8 @@ from .validation import as_float_image
 WEIGHTS_FILE = "blur_map.pt"
 """Shipped weights of :class:`BlurMapNet`, in ``napari_deblur/engine/models/``."""
 
-BASELINE_WEIGHTS_FILE = "blur_map_paper.pt"
-"""Weights of :class:`PaperBlurNet` trained on the same data (for the benchmark)."""
-
-GWIS_WEIGHTS_FILE = "gwis_level.pt"
-"""Weights of :class:`BlurMapNet` fine-tuned on GWIS labels (the map for sharpening)."""
-
-RETRAIN_COMMAND = "python -m napari_deblur.engine.train blurmap"
-GWIS_RETRAIN_COMMAND = "python -m napari_deblur.engine.train gwis-level"
+RETRAIN_COMMAND = "python -m training blurmap"
+"""Command that retrains :data:`WEIGHTS_FILE`, run from the repository root."""
 
 LEVEL_OFFSET = 0.5
 """The network predicts ``log(1 + level / LEVEL_OFFSET)``."""
@@ -108,9 +102,6 @@ RANGE_FLOOR = 0.01
 """... or this fraction of the plane's intensity range, whichever is larger."""
 
 INPUT_CLIP = 6.0
-
-INITIAL_TARGET = 1.5
-"""Initial bias of :class:`PaperBlurNet`'s output: about the mean training target."""
 """Normalised inputs are clipped to +-this."""
 
 WIDTHS = (24, 32, 48, 64)
@@ -123,8 +114,7 @@ MAP_VIEWS = 4
 """Views :class:`BlurMapNet` is run on by the engine (:func:`predict_log_level`'s ``ensemble``):
 the plane, its half turn and its two mirror images, the map the mean of the four turned back.
 On held-out data of the train sources four views lowered the level's MAE by 5.6 % and its RMSE by
-5.2 %; eight did not keep ``page`` within bounds (``docs/benchmark-history.md``). The paper's
-network runs once, as the paper has it."""
+5.2 %; eight did not keep ``page`` within bounds (``docs/benchmark-history.md``)."""
 
 TILE_SIZE = 2048
 TILE_HALO = 128
@@ -185,40 +175,13 @@ class BlurMapNet(nn.Module):
         return self.head(x)
 
 
-class PaperBlurNet(nn.Module):
-    """The network of Nasonov, Krylov & Lyukov (section 4.1), run densely.
-
-    Conv 5x5x32, conv 5x5x32, 2x2 max-pooling, conv 11x11x64, conv 1x1x17,
-    conv 1x1x1, each convolution with a bias and a ReLU: a 31x31 receptive
-    field mapped to one value. Here it is applied to a whole plane with
-    "same" zero padding, so its output is at 1/2 resolution. Its input is the
-    normalised image (channel 0 of :func:`blur_map_features`); its output is
-    the same ``log(1 + level / LEVEL_OFFSET)`` target, which is >= 0 as the
-    final ReLU requires.
-    """
-
-    def __init__(self):
-        super().__init__()
-        self.layers = nn.Sequential(
-            nn.Conv2d(1, 32, 5, padding=2), nn.ReLU(inplace=True),
-            nn.Conv2d(32, 32, 5, padding=2), nn.ReLU(inplace=True),
-            nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 11, padding=5), nn.ReLU(inplace=True),
-            nn.Conv2d(64, 17, 1), nn.ReLU(inplace=True),
-            nn.Conv2d(17, 1, 1), nn.ReLU(inplace=True),
-        )
-        # Start the last two layers in their active range: with default initialisation the
-        # final ReLU can output 0 everywhere from the first steps on (no gradient: a dead net).
-        nn.init.constant_(self.layers[-4].bias, 0.1)
-        nn.init.constant_(self.layers[-2].bias, INITIAL_TARGET)
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.layers(features[:, :1])
-
-
 def output_stride(model: nn.Module) -> int:
-    """Resolution factor of a blur-map network's output (4 or 2)."""
-    return 2 if isinstance(model, PaperBlurNet) else 4
+    """Resolution factor of a blur-map network's output: its ``output_stride`` attribute, else 4.
+
+    :class:`BlurMapNet` predicts at 1/4 resolution; another network declares
+    its factor with a class attribute ``output_stride``.
+    """
+    return int(getattr(model, "output_stride", 4))
 
 
 # --- tensor level: (B, 1, H, W) -------------------------------------------------------------
@@ -342,19 +305,11 @@ def load_blur_map_net(device: torch.device) -> BlurMapNet:
     return load_shipped_model(BlurMapNet(), WEIGHTS_FILE, device, RETRAIN_COMMAND)
 
 
-@lru_cache(maxsize=4)
-def load_paper_blur_net(device: torch.device) -> PaperBlurNet:
-    """:class:`PaperBlurNet` trained on the same data (for comparison), in eval mode."""
-    return load_shipped_model(PaperBlurNet(), BASELINE_WEIGHTS_FILE, device,
-                              RETRAIN_COMMAND + " --baseline")
-
-
-def _blur_map_plane_steps(model: nn.Module):
-    ours = not isinstance(model, PaperBlurNet)  # the paper's network: one float32 pass, as measured
-    views = MAP_VIEWS if ours else 1
+def _blur_map_plane_steps(model: nn.Module, views: int, shipped: bool):
+    """Plane steps running ``model`` on ``views`` views; only the shipped network runs in bfloat16."""
 
     def plane_steps(plane: torch.Tensor, _unused: torch.Tensor | None) -> JobSteps[torch.Tensor]:
-        bfloat16 = ours and cpu_bfloat16_is_fast(plane.device)
+        bfloat16 = shipped and cpu_bfloat16_is_fast(plane.device)
         yield JobProgress(0.0, "blur map: features")
         lum = luminance(plane)
         noise, value_range = plane_noise_and_range(lum)
@@ -376,40 +331,39 @@ def _blur_map_plane_steps(model: nn.Module):
     return plane_steps
 
 
-@lru_cache(maxsize=4)
-def load_gwis_level_net(device: torch.device) -> BlurMapNet:
-    """:class:`BlurMapNet` fine-tuned on GWIS labels (``for_gwis=True``), in eval mode."""
-    return load_shipped_model(BlurMapNet(), GWIS_WEIGHTS_FILE, device, GWIS_RETRAIN_COMMAND)
-
-
-MODELS = {"blurmapnet": load_blur_map_net, "gwis": load_gwis_level_net, "paper": load_paper_blur_net}
-"""Networks :func:`iter_estimate_blur_map` can run, by name."""
-
-
-def _model_for(model: str, device: torch.device) -> nn.Module:
-    if model not in MODELS:
-        raise ValueError(f"model must be one of {', '.join(map(repr, MODELS))}, got {model!r}.")
-    return MODELS[model](device)
-
-
 def iter_estimate_blur_map(image, *, channel_axis: int | None = None, device=None,
-                           model: str = "blurmapnet") -> JobSteps[np.ndarray]:
+                           network: nn.Module | None = None,
+                           views: int = MAP_VIEWS) -> JobSteps[np.ndarray]:
     """Generator twin of :func:`estimate_blur_map` (yields progress per plane and tile).
 
-    ``model`` is ``"blurmapnet"`` (the shipped estimator), ``"gwis"`` (the same
-    network fine-tuned on GWIS labels, ``for_gwis=True``) or ``"paper"`` (the
-    paper's network trained on the same data, for comparison).
+    Parameters
+    ----------
+    image, channel_axis, device
+        As :func:`estimate_blur_map`.
+    network : torch.nn.Module, optional
+        A blur-map network to run instead of the shipped :class:`BlurMapNet`
+        (e.g. a baseline for a benchmark): it takes :func:`blur_map_features`
+        and returns ``log(1 + level / LEVEL_OFFSET)`` at 1/:func:`output_stride`
+        resolution; it is moved to the device and run in float32.
+    views : int
+        Flipped or turned views averaged (:data:`MAP_VIEWS`; 1 runs the
+        network once), one of :data:`~napari_deblur.engine.layers.ENSEMBLE_SIZES`.
     """
     pixels = as_float_image(image)
     layout = PlaneLayout.of(pixels.shape, channel_axis)
     target = select_device(device)
-    network = _model_for(model, target)
+    shipped = network is None
+    if shipped:
+        network = load_blur_map_net(target)
+    else:
+        network = network.to(target, memory_format=torch.channels_last).eval()
     with torch.inference_mode():
-        levels = yield from _planewise_levels(pixels, layout, network, target)
+        levels = yield from _planewise_levels(pixels, layout, _blur_map_plane_steps(network, views, shipped),
+                                              target)
     return levels
 
 
-def _planewise_levels(pixels: np.ndarray, layout: PlaneLayout, network: nn.Module,
+def _planewise_levels(pixels: np.ndarray, layout: PlaneLayout, plane_steps,
                       device: torch.device) -> JobSteps[np.ndarray]:
     """Run the network on every plane's luminance; the map has the non-channel shape."""
     # iter_planewise returns the image's own layout (channels included); a map has one value per
@@ -417,9 +371,9 @@ def _planewise_levels(pixels: np.ndarray, layout: PlaneLayout, network: nn.Modul
     if layout.channel_axis is not None:
         lum = yield from _luminance_planes(pixels, layout)
         grey_layout = PlaneLayout.of(lum.shape)
-        return (yield from iter_planewise(lum, grey_layout, _blur_map_plane_steps(network),
+        return (yield from iter_planewise(lum, grey_layout, plane_steps,
                                           device=device, message="Blur map", intensity_output=False))
-    return (yield from iter_planewise(pixels, layout, _blur_map_plane_steps(network),
+    return (yield from iter_planewise(pixels, layout, plane_steps,
                                       device=device, message="Blur map", intensity_output=False))
 
 
@@ -434,7 +388,7 @@ def _luminance_planes(pixels: np.ndarray, layout: PlaneLayout) -> JobSteps[np.nd
 
 
 def estimate_blur_map(image, *, channel_axis: int | None = None, device=None,
-                      for_gwis: bool = False, progress=None, cancel=None) -> np.ndarray:
+                      progress=None, cancel=None) -> np.ndarray:
     """Estimate the blur level of every pixel with the shipped network.
 
     Parameters
@@ -447,15 +401,6 @@ def estimate_blur_map(image, *, channel_axis: int | None = None, device=None,
         Axis of colour channels (e.g. -1 for RGB).
     device : str or torch.device, optional
         ``None``/"auto" (CUDA, then MPS, then CPU), "cpu", "cuda" or "mps".
-    for_gwis : bool
-        ``False`` (default): the physical blur level. ``True`` (experimental):
-        the level at which :func:`~napari_deblur.engine.sharpen_gwis` should
-        sharpen each pixel best, from the same network fine-tuned on
-        SSIM-best GWIS levels (Nasonov, Krylov & Lyukov's labels;
-        ``models/gwis_level.md``). Same units and range. It beats the
-        physical map on held-out crops of the training sources but not on
-        the evaluation images (README, Benchmarks), so GWIS's automatic
-        path (``sharpen_gwis(image, "auto")``) uses the physical map.
     progress, cancel
         See :func:`~napari_deblur.engine.jobs.run_job`.
 
@@ -489,11 +434,9 @@ def estimate_blur_map(image, *, channel_axis: int | None = None, device=None,
     """
     if is_dask_array(image):
         return lazy_planewise(
-            lambda block, _plane: estimate_blur_map(block, channel_axis=channel_axis, device=device,
-                                                    for_gwis=for_gwis),
+            lambda block, _plane: estimate_blur_map(block, channel_axis=channel_axis, device=device),
             image, channel_axis=channel_axis, drop_channels=True)
-    model = "gwis" if for_gwis else "blurmapnet"
-    return run_job(iter_estimate_blur_map(image, channel_axis=channel_axis, device=device, model=model),
+    return run_job(iter_estimate_blur_map(image, channel_axis=channel_axis, device=device),
                    progress, cancel)
 
 
