@@ -136,8 +136,7 @@ KERNEL_FAINT = 0.10
 """Kernel values below this fraction of the maximum are set to 0.
 
 Chosen with :data:`LAMBDA_FLOOR` on train-split images only, by a rule fixed before
-five draws (``training/checks/blind_psf_heldout_check.py``; ``docs/benchmark-history.md``,
-region selection); before, 0.05 and 1e-4. The deconvolution with the estimate then
+five draws (``training/checks/blind_psf_heldout_check.py``); before, 0.05 and 1e-4. The deconvolution with the estimate then
 succeeded (error ratio <= 3) in 91.5 % of camera-shake cases instead of 78.5 %, 100 %
 of Gaussian instead of 93 % and 99 % of disk instead of 92 %, and the mean error ratio
 fell on every draw; the median error ratio of disks rose by 5 % (1.21 -> 1.27): typical

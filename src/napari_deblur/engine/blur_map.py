@@ -114,7 +114,7 @@ MAP_VIEWS = 4
 """Views :class:`BlurMapNet` is run on by the engine (:func:`predict_log_level`'s ``ensemble``):
 the plane, its half turn and its two mirror images, the map the mean of the four turned back.
 On held-out data of the train sources four views lowered the level's MAE by 5.6 % and its RMSE by
-5.2 %; eight did not keep ``page`` within bounds (``docs/benchmark-history.md``)."""
+5.2 %; eight did not keep ``page`` within bounds."""
 
 TILE_SIZE = 2048
 TILE_HALO = 128

@@ -13,7 +13,7 @@ similarity (:func:`~napari_deblur.engine.kernel_similarity`) of at least
 windows on a grid and keeps the best non-overlapping ones.
 
 That network ranks the windows of one image no better than chance on the
-evaluation images (``scripts/region_grid_oracle_check.py``), so the default
+evaluation images (``docs/benchmarks.md``, region selection), so the default
 ``ranking="consensus"`` ranks another way: it estimates a kernel from every
 window of the grid and scores each window by the mean kernel similarity of
 its estimate to the other windows' estimates (:func:`consensus_scores`).
@@ -22,7 +22,7 @@ true one and so to each other, while each bad window goes wrong in its own
 way; a window that agrees with most others is likely a good one. On three
 draws of train-split cases with camera shake its best window succeeded 7 to
 15 points more often than the network's (and 3 points less often to 5 more
-often than the whole image); ``docs/benchmark-history.md``, region selection.
+often than the whole image).
 It costs one blind estimate per window (about half a second for a 192 px
 window on a CPU core), so the grid is thinned to at most
 :data:`MAX_CONSENSUS_WINDOWS` windows; ``ranking="network"`` is the fast
@@ -37,9 +37,9 @@ feature map into one logit. It is trained on 192x192 windows; being fully
 convolutional it scores other window sizes at their native resolution.
 
 The weights in ``models/region_selector.pt`` are trained by
-``python -m napari_deblur.engine.train region-selector`` on labels made by
-the project's blind estimator on synthetic blurred images (report:
-``models/region_selector.md``).
+``python -m training region-selector`` (run from the repository root) on
+labels made by the project's blind estimator on synthetic blurred images
+(card: ``models/region_selector.md``).
 
 References
 ----------
@@ -68,7 +68,7 @@ from .shipped_weights import load_shipped_model
 WEIGHTS_FILE = "region_selector.pt"
 """Shipped weights of :class:`RegionSelectorNet`, in ``napari_deblur/engine/models/``."""
 
-RETRAIN_COMMAND = "python -m napari_deblur.engine.train region-selector"
+RETRAIN_COMMAND = "python -m training region-selector"
 
 GOOD_SIMILARITY = 0.75
 """A window is good when the PSF estimated from it has at least this kernel similarity."""
@@ -421,9 +421,8 @@ def select_regions(image, *, size: int = DEFAULT_WINDOW, count: int = 5, stride:
     under 1 s for a 512x512 image. The consensus costs one blind estimate per
     window, about 0.3-0.6 s each for 128-192 px windows on a CPU core, so up
     to 36 of them take 10-20 s. On the eval split (protocol 4) the network
-    ranks the windows of one image at chance (``scripts/region_grid_oracle_check.py``);
-    ``docs/benchmark-history.md`` (region selection) has the measurements
-    of both rankings.
+    ranks the windows of one image at chance; ``docs/benchmarks.md``
+    (region selection) has the measurements of both rankings.
 
     Examples
     --------
