@@ -121,7 +121,14 @@ TILE_HALO = 128
 TILE_BLEND = 64
 """Tiles for large planes (all multiples of :data:`SIZE_MULTIPLE`, so every tile
 sees the same pooling grid); the halo covers most of the receptive field and the
-blend hides the rest."""
+blend hides the rest. A plane larger than one tile has its features made tile by
+tile too, so its working memory is that of a tile plus a few planes (luminance,
+output, blend weights)."""
+
+FEATURE_HALO = 64
+"""Context (px) beyond a tile's window from which its features are made: more than
+their reach (4 px pooling, a Gaussian of 3 * :data:`LOCAL_SCALE` pooled px, bilinear
+upsampling: 56 px), and a multiple of 4 so the pooling grid is the plane's."""
 
 #: Blur classes of :func:`blur_classes`: label ``i + 1`` holds levels in
 #: ``[BLUR_CLASS_EDGES[i], BLUR_CLASS_EDGES[i + 1])`` px.
@@ -305,6 +312,63 @@ def load_blur_map_net(device: torch.device) -> BlurMapNet:
     return load_shipped_model(BlurMapNet(), WEIGHTS_FILE, device, RETRAIN_COMMAND)
 
 
+def _target_to_level_(target: torch.Tensor) -> torch.Tensor:
+    """:func:`target_to_level` in place (no plane-sized temporaries)."""
+    return target.expm1_().mul_(LEVEL_OFFSET).clamp_(0.0, MAX_LEVEL)
+
+
+def _tiled_log_level(model: nn.Module, lum: torch.Tensor, noise: torch.Tensor,
+                     value_range: torch.Tensor, views: int, bfloat16: bool,
+                     tile_size: int) -> JobSteps[torch.Tensor]:
+    """Network target of a plane larger than one tile, features made tile by tile.
+
+    Parameters
+    ----------
+    lum : Tensor, shape (1, 1, H, W)
+        The plane's luminance.
+    noise, value_range : Tensor, shape (1, 1, 1, 1)
+        The whole plane's (:func:`plane_noise_and_range`).
+    tile_size : int
+        Side of a tile's core (px); the halo is :data:`TILE_HALO`.
+
+    Returns
+    -------
+    Tensor, shape (1, 1, H', W')
+        ``log(1 + level / LEVEL_OFFSET)`` on the plane padded to multiples of
+        :data:`SIZE_MULTIPLE` (``H' >= H``, ``W' >= W``).
+
+    Notes
+    -----
+    Each tile's features are computed from its window of ``lum`` widened by
+    :data:`FEATURE_HALO` px, more than the features' reach, so they equal the
+    whole plane's within float rounding; only the luminance, the output and
+    the blend weights are plane-sized.
+    """
+    height, width = lum.shape[-2:]
+    pad_h, pad_w = -height % SIZE_MULTIPLE, -width % SIZE_MULTIPLE
+    padded = F.pad(lum, (0, pad_w, 0, pad_h), mode="replicate") if pad_h or pad_w else lum
+
+    def tile_target(_tile: torch.Tensor, window) -> torch.Tensor:
+        rows, cols = window.rows, window.cols
+        y0, x0 = max(rows.start - FEATURE_HALO, 0), max(cols.start - FEATURE_HALO, 0)
+        y1, x1 = min(rows.stop + FEATURE_HALO, height), min(cols.stop + FEATURE_HALO, width)
+        features = blur_map_features(lum[..., y0:y1, x0:x1], noise, value_range)
+        # The window minus its part beyond the unpadded plane, then that part replicated as
+        # the whole plane's features are padded.
+        keep_h, keep_w = min(rows.stop, height), min(cols.stop, width)
+        features = features[..., rows.start - y0 : keep_h - y0, cols.start - x0 : keep_w - x0]
+        extra_h, extra_w = rows.stop - keep_h, cols.stop - keep_w
+        if extra_h or extra_w:
+            features = F.pad(features, (0, extra_w, 0, extra_h), mode="replicate")
+        target = predict_log_level(model, features, views, bfloat16=bfloat16)
+        core_rows, core_cols = window.core_in_tile
+        return target[..., core_rows, core_cols]
+
+    with torch.inference_mode():
+        return (yield from iter_tiled(tile_target, padded, tile_size=tile_size, halo=TILE_HALO,
+                                      blend=TILE_BLEND, align=SIZE_MULTIPLE, core_only=True))
+
+
 def _blur_map_plane_steps(model: nn.Module, views: int, shipped: bool):
     """Plane steps running ``model`` on ``views`` views; only the shipped network runs in bfloat16."""
 
@@ -313,18 +377,22 @@ def _blur_map_plane_steps(model: nn.Module, views: int, shipped: bool):
         yield JobProgress(0.0, "blur map: features")
         lum = luminance(plane)
         noise, value_range = plane_noise_and_range(lum)
+        height, width = lum.shape[-2:]
+        pad_h, pad_w = -height % SIZE_MULTIPLE, -width % SIZE_MULTIPLE
+        tile_size = device_tile_size(TILE_SIZE, lum.device)
+        if max(height + pad_h, width + pad_w) > tile_size:
+            target = yield from _tiled_log_level(model, lum, noise, value_range, views, bfloat16,
+                                                 tile_size)
+            return _target_to_level_(target)[..., :height, :width]  # (1, 1, H, W)
         features = blur_map_features(lum, noise, value_range)
         # Pad to the network's multiple first: then every tile starts on the same
         # 16-px grid as the whole plane, and tiled and untiled results agree.
-        height, width = features.shape[-2:]
-        pad_h, pad_w = -height % SIZE_MULTIPLE, -width % SIZE_MULTIPLE
         if pad_h or pad_w:
             features = F.pad(features, (0, pad_w, 0, pad_h), mode="replicate")
         with torch.inference_mode():
             target = yield from iter_tiled(
                 lambda tile: predict_log_level(model, tile, views, bfloat16=bfloat16), features,
-                tile_size=device_tile_size(TILE_SIZE, features.device), halo=TILE_HALO,
-                blend=TILE_BLEND, align=SIZE_MULTIPLE,
+                tile_size=tile_size, halo=TILE_HALO, blend=TILE_BLEND, align=SIZE_MULTIPLE,
             )
         return target_to_level(target[..., :height, :width])  # (1, 1, H, W)
 

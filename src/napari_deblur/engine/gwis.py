@@ -121,7 +121,7 @@ from .devices import select_device
 from .jobs import JobProgress, JobSteps, run_job
 from .lazy import is_dask_array, lazy_layout, lazy_planewise
 from .planes import PlaneLayout, iter_planewise
-from .tiling import device_tile_size, iter_tiled
+from .tiling import TileWindow, device_tile_size, iter_tiled
 from .validation import as_float_image
 
 logger = logging.getLogger(__name__)
@@ -1047,7 +1047,7 @@ def _check_blur(blur, layout: PlaneLayout):
 def _gwis_plane_steps(message: str, scalar_level: float | None):
     def plane_steps(plane: torch.Tensor, level_map: torch.Tensor | None) -> JobSteps[torch.Tensor]:
         yield JobProgress(0.0, message)
-        _, channels, height, width = plane.shape
+        height, width = plane.shape[-2:]
         if level_map is None:
             level_map = plane.new_full((height, width), float(scalar_level))
         level_map = level_map.to(plane.dtype).view(1, 1, height, width)
@@ -1066,20 +1066,18 @@ def _gwis_plane_steps(message: str, scalar_level: float | None):
         reach = window_radius(max_scale) + int(math.ceil(coarse_factor(max_scale)))
         halo = reach + int(math.ceil(3 * grad_scale)) + 3 * UNFOLD_STEPS + 5
 
-        def tile_fn(tile: torch.Tensor) -> torch.Tensor:
-            # The last two channels hold the global pixel rows and columns (the tile's origin).
-            origin = (float(tile[0, channels + 1, 0, 0]), float(tile[0, channels + 2, 0, 0]))
-            return gwis_sharpen(tile[:, :channels], tile[:, channels : channels + 1],
-                                gradient_scale=grad_scale, noise_std=noise,
-                                intensity_range=value_range, grid_origin=origin)
+        def tile_fn(tile: torch.Tensor, window: TileWindow) -> torch.Tensor:
+            # The tile's origin in the plane puts its coarse grid on the whole plane's.
+            origin = (float(window.rows.start), float(window.cols.start))
+            sharpened = gwis_sharpen(tile, scale_map[..., window.rows, window.cols],
+                                     gradient_scale=grad_scale, noise_std=noise,
+                                     intensity_range=value_range, grid_origin=origin)
+            core_rows, core_cols = window.core_in_tile
+            return sharpened[..., core_rows, core_cols]
 
-        rows = torch.arange(height, device=plane.device, dtype=plane.dtype).view(1, 1, -1, 1)
-        cols = torch.arange(width, device=plane.device, dtype=plane.dtype).view(1, 1, 1, -1)
-        stacked = torch.cat((plane, scale_map, rows.expand(1, 1, height, width),
-                             cols.expand(1, 1, height, width)), dim=1)
-        tile_size = device_tile_size(TILE_SIZE, stacked.device)
-        return (yield from iter_tiled(tile_fn, stacked, tile_size=tile_size, halo=halo,
-                                      blend=min(16, halo)))
+        tile_size = device_tile_size(TILE_SIZE, plane.device)
+        return (yield from iter_tiled(tile_fn, plane, tile_size=tile_size, halo=halo,
+                                      blend=min(16, halo), core_only=True))
 
     return plane_steps
 
