@@ -521,3 +521,29 @@ def test_blur_map_widget_shows_the_engine_class_edges():
     assert blur_map_widget.CLASS_NAMES == BLUR_CLASS_NAMES
     assert blur_map_widget.class_ranges()[0] == "< 0.5 px"
     assert blur_map_widget.class_ranges()[-1] == ">= 4 px"
+
+
+@pytest.mark.gui
+def test_demo_window_fits_a_laptop_screen_with_tabbed_widgets_and_results_side_by_side(qtbot):
+    from napari_deblur import demo
+    from napari_deblur._widgets.job_runner import viewer_grid
+    from napari_deblur.layer_roles import is_psf_metadata
+
+    viewer, widgets = demo.open_demo_viewer("camera_shake", show=True)
+    try:
+        window = viewer.window._qt_window
+        assert window.width() <= 1366 and window.height() <= 768
+        from qtpy.QtWidgets import QDockWidget
+
+        docks = [dock for dock in window.findChildren(QDockWidget) if "napari-deblur" in dock.windowTitle()]
+        assert len(docks) == len(demo.DEMO_WIDGETS)
+        # one tab group, not a stack of docks (Qt tabifies once the window has laid them out)
+        qtbot.waitUntil(lambda: all(len(window.tabifiedDockWidgets(d)) == len(docks) - 1 for d in docks),
+                        timeout=5000)
+        demo.wait_for_demo_jobs(widgets)
+        qtbot.waitUntil(lambda: viewer_grid(viewer).enabled, timeout=5000)
+        names = [layer.name for layer in viewer.layers]
+        assert "Camera shake (blurred) Wiener" in names and "Camera shake (blurred) Wiener-net" in names
+        assert all(not layer.visible for layer in viewer.layers if is_psf_metadata(layer.metadata))
+    finally:
+        viewer.close()

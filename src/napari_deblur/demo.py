@@ -58,8 +58,8 @@ DEMO_SNR_DB = 25.0
 #: Longest time a demo job may take before the screenshot is given up (seconds).
 JOB_TIMEOUT_S = 300.0
 
-#: Window size (pixels) for ``--screenshot``; fits a 1280x1024 Xvfb screen.
-SCREENSHOT_WINDOW_SIZE = (1280, 960)
+#: Largest window size (pixels): fits a 1366 x 768 laptop screen with room for a task bar.
+DEMO_WINDOW_SIZE = (1366, 720)
 
 
 # --------------------------------------------------------------------------- display
@@ -232,17 +232,67 @@ def open_demo_viewer(sample: str, *, show: bool = True) -> tuple[napari.Viewer, 
 
     _check_sample(sample)
     viewer = napari.Viewer(title=f"napari-deblur demo: {sample}", show=show)
+    _fit_window_to_screen(viewer)
     layers = viewer.open_sample(PLUGIN_NAME, sample)
     widgets: dict[str, Any] = {}
-    for name in DEMO_WIDGETS:
-        _dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN_NAME, name)
+    docks: dict[str, Any] = {}
+    for name in DEMO_WIDGETS:  # tabbed: one widget visible at a time, the canvas keeps its room
+        docks[name], widget = viewer.window.add_plugin_dock_widget(PLUGIN_NAME, name, tabify=bool(docks))
         widgets[name] = widget
+    in_use = "Wiener-net sharpener" if sample == "camera_shake" else "GWIS sharpener"
+    _bring_to_front(docks[in_use])
+    _lay_out_results_when_done(viewer, widgets[in_use], jobs=2 if sample == "camera_shake" else 1)
     if sample == "camera_shake":
-        _start_wiener(widgets["Wiener-net sharpener"], layers)
+        _start_wiener(widgets[in_use], layers)
     else:
         _point_widgets_at_input(widgets, layers[0])
-        _start_gwis_with_map(widgets["GWIS sharpener"], layers)
+        _start_gwis_with_map(widgets[in_use], layers)
     return viewer, widgets
+
+
+def _bring_to_front(dock: Any) -> None:
+    """Show ``dock``'s tab (now and once the window has laid its docks out)."""
+    from qtpy.QtCore import QTimer
+
+    dock.raise_()
+    QTimer.singleShot(0, dock.raise_)
+    QTimer.singleShot(300, dock.raise_)
+
+
+def _fit_window_to_screen(viewer: Any) -> None:
+    """Size the window to :data:`DEMO_WINDOW_SIZE`, or smaller to fit the screen it is on."""
+    from qtpy.QtWidgets import QApplication
+
+    width, height = DEMO_WINDOW_SIZE
+    screen = QApplication.primaryScreen()
+    if screen is not None:
+        available = screen.availableGeometry()
+        width, height = min(width, available.width()), min(height, available.height())
+    viewer.window.resize(width, height)
+
+
+def show_side_by_side(viewer: Any) -> None:
+    """Input and results side by side (napari's grid), PSFs hidden, the view fitted to the image."""
+    from napari_deblur._widgets.job_runner import viewer_grid
+
+    for layer in viewer.layers:  # a 25 px PSF is only a dot in a grid cell
+        if is_psf_metadata(layer.metadata):
+            layer.visible = False
+    viewer_grid(viewer).enabled = True
+    viewer.reset_view()
+
+
+def _lay_out_results_when_done(viewer: Any, widget: Any, jobs: int) -> None:
+    """Show the results side by side once the last of ``widget``'s ``jobs`` jobs has added its layer."""
+    expected = {"count": jobs}
+
+    def finished(_layers: list[Any]) -> None:
+        expected["count"] -= 1
+        if expected["count"] <= 0:
+            widget.runner.job_finished.disconnect(finished)
+            show_side_by_side(viewer)
+
+    widget.runner.job_finished.connect(finished)
 
 
 def _start_gwis_with_map(widget: Any, layers: list[Any]) -> None:
@@ -365,24 +415,20 @@ def run_gui_demo(sample: str, screenshot: str | os.PathLike[str] | None = None) 
         The demo job did not finish within :data:`JOB_TIMEOUT_S`.
     """
     import napari
-    from napari_deblur._widgets.job_runner import viewer_grid
 
     with _demo_settings():
         viewer, widgets = open_demo_viewer(sample, show=True)
         if screenshot is None:
+            print("napari-deblur demo: the napari window is open; the results appear side by side when "
+                  "the job is done. Close the window to end the demo.", flush=True)
             napari.run()
             return None
         path = Path(screenshot).expanduser().resolve()
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            viewer.window.resize(*SCREENSHOT_WINDOW_SIZE)
             wait_for_demo_jobs(widgets)
-            for layer in viewer.layers:  # a 25 px PSF is only a dot in a grid cell
-                if is_psf_metadata(layer.metadata):
-                    layer.visible = False
-            viewer_grid(viewer).enabled = True
             process_events(0.3)
-            viewer.reset_view()
+            show_side_by_side(viewer)  # already done when the last job finished; again after the docks settle
             process_events(0.5)
             viewer.screenshot(str(path), canvas_only=False)
         finally:
