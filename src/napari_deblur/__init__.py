@@ -5,4 +5,4 @@ the napari widgets, reader, writer and sample data are thin layers on top.
 Nothing heavy is imported here so that napari starts quickly.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0.dev0"

@@ -188,7 +188,10 @@ def _run_demo(args: argparse.Namespace) -> int:
     output = args.output or args.screenshot or Path.cwd() / demo.DEFAULT_FIGURE_NAME
     print(f"No napari window ({reason}): running the {args.sample} demo without Qt "
           "and saving a matplotlib figure instead.")
-    print(demo.save_demo_figure(args.sample, output))
+    try:
+        print(demo.save_demo_figure(args.sample, output))
+    except ImportError as exc:
+        raise CommandLineError(str(exc)) from exc
     return 0
 
 

@@ -179,8 +179,13 @@ def save_demo_figure(sample: str, path: str | os.PathLike[str]) -> Path:
     ------
     ValueError
         For an unknown sample.
+    ImportError
+        matplotlib is not installed (``pip install "napari-deblur[figure]"``).
     """
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError as error:
+        raise ImportError('the demo figure needs matplotlib: pip install "napari-deblur[figure]"') from error
 
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
