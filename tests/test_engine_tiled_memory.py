@@ -1,6 +1,7 @@
-"""Memory bounded by the tile: tiled Wiener-net and Wiener, CPU out-of-memory fallback, final error.
+"""Memory bounded by the tile: tiled Wiener-net, Wiener, blur map and GWIS, CPU out-of-memory fallback,
+final error, blind PSF from a capped window.
 
-Every image here is at most 192 x 160 px; small tile sizes force the tiled
+Every image here is at most 232 x 200 px; small tile sizes force the tiled
 paths that large planes take.
 """
 
@@ -12,6 +13,11 @@ from skimage import data
 
 from napari_deblur.engine import EngineError, gaussian_psf, run_job, wiener_deconvolve, wiener_net_deconvolve
 from napari_deblur.engine import devices, tiling
+from napari_deblur import engine
+from napari_deblur.engine import blind_psf as blind_psf_module
+from napari_deblur.engine import blur_map as blur_map_module
+from napari_deblur.engine import estimate_blur_map, estimate_psf, random_motion_psf, sharpen_gwis
+from napari_deblur.engine import gwis as gwis_module
 from napari_deblur.engine import wiener as wiener_module
 from napari_deblur.engine import wiener_net as wn
 from napari_deblur.engine.jobs import EngineMemoryError
@@ -223,3 +229,124 @@ def test_wiener_falls_back_to_tiles_on_a_cpu_allocation_failure(blurred, kernel,
     np.testing.assert_allclose(tiled[inner], whole[inner], rtol=0, atol=1e-4)
     with pytest.raises(EngineMemoryError, match="Not enough memory"):
         wiener_deconvolve(blurred, kernel, snr_db=30, boundary="periodic")  # one period: never tiled
+
+
+# --- blur map, GWIS "auto", blind PSF in bounded memory ---------------------------------------
+
+
+@pytest.fixture(scope="module")
+def motion_blurred():
+    """A 200 x 232 crop of the camera image (not a multiple of 16), motion blur, noise 0.01."""
+    sharp = data.camera()[60:260, 150:382].astype(np.float32) / 255.0
+    noisy = fftconvolve(sharp, random_motion_psf(9, rng=3), mode="same")
+    noisy += np.random.default_rng(1).normal(0, 0.01, sharp.shape)
+    return noisy.astype(np.float32)
+
+
+def _small_blur_map_tiles(monkeypatch, side=128):
+    monkeypatch.setattr(blur_map_module, "TILE_SIZE", side)
+    monkeypatch.setattr(tiling, "GPU_TILE_SIZE", side)
+
+
+def test_tiled_blur_map_makes_features_per_tile_and_equals_the_untiled_map(motion_blurred, monkeypatch):
+    whole = estimate_blur_map(motion_blurred, device="cpu")
+    _small_blur_map_tiles(monkeypatch)
+    shapes = []
+    features = blur_map_module.blur_map_features
+    monkeypatch.setattr(blur_map_module, "blur_map_features",
+                        lambda lum, *a: shapes.append(tuple(lum.shape[-2:])) or features(lum, *a))
+    tiled = estimate_blur_map(motion_blurred, device="cpu")
+    assert len(shapes) > 1  # once per tile (here each tile's context spans the small plane)
+    # Measured: 4e-7 px on a 1000 x 1013 plane in 256 px tiles (float rounding).
+    np.testing.assert_allclose(tiled, whole, rtol=0, atol=1e-5)
+
+
+def test_blur_map_features_of_a_window_widened_by_the_feature_halo_are_the_planes(motion_blurred):
+    lum = torch.from_numpy(motion_blurred)[None, None]
+    noise, value_range = blur_map_module.plane_noise_and_range(lum)
+    whole = blur_map_module.blur_map_features(lum, noise, value_range)
+    halo = blur_map_module.FEATURE_HALO
+    rows, cols = slice(80, 128), slice(96, 144)  # starts on the 16 px grid, as tiles do
+    part = blur_map_module.blur_map_features(
+        lum[..., rows.start - halo:rows.stop + halo, cols.start - halo:cols.stop + halo], noise, value_range)
+    assert part.shape[-2:] != whole.shape[-2:]
+    torch.testing.assert_close(part[..., halo:-halo, halo:-halo], whole[..., rows, cols], atol=1e-5, rtol=0)
+
+
+def test_gwis_auto_with_a_tiled_blur_map_equals_the_untiled_result(motion_blurred, monkeypatch):
+    whole = sharpen_gwis(motion_blurred, "auto", device="cpu")
+    _small_blur_map_tiles(monkeypatch)
+    tiled = sharpen_gwis(motion_blurred, "auto", device="cpu")
+    np.testing.assert_allclose(tiled, whole, rtol=0, atol=1e-4)
+
+
+def test_gwis_auto_in_small_tiles_stays_close_to_the_untiled_result(motion_blurred, monkeypatch):
+    whole = sharpen_gwis(motion_blurred, "auto", device="cpu")
+    _small_blur_map_tiles(monkeypatch)
+    monkeypatch.setattr(gwis_module, "TILE_SIZE", 96)
+    tiled = sharpen_gwis(motion_blurred, "auto", device="cpu")
+    # GWIS's warp reaches past its halo where edge points are thinned to the coarse grid: a few
+    # pixels by the seams differ (measured on a 1000 x 1013 plane in 256 px tiles: at most 0.04
+    # of the range, 6e-7 on average).
+    assert np.abs(tiled - whole).mean() < 1e-3
+    assert np.abs(tiled - whole).max() < 0.1
+
+
+def test_blur_map_falls_back_to_smaller_tiles_on_a_cpu_allocation_failure(motion_blurred, monkeypatch):
+    whole = estimate_blur_map(motion_blurred, device="cpu")
+    predict = blur_map_module.predict_log_level
+
+    def small_only(model, features, *args, **kwargs):
+        if max(features.shape[-2:]) > 160:
+            raise RuntimeError(CPU_ALLOCATOR_TEXT)
+        return predict(model, features, *args, **kwargs)
+
+    monkeypatch.setattr(blur_map_module, "predict_log_level", small_only)
+    monkeypatch.setattr(blur_map_module, "TILE_HALO", 32)  # tiles of 116 + 2 x 32 px fit
+    messages = []
+    tiled = estimate_blur_map(motion_blurred, device="cpu",
+                              progress=lambda update: messages.append(update.message))
+    assert any("out of memory: retrying with" in m for m in messages)
+    assert tiled.shape == whole.shape and np.isfinite(tiled).all()
+    # A 32 px halo is less than the network's reach: close, not equal.
+    assert np.abs(tiled - whole).mean() < 0.1
+
+
+def test_gwis_auto_falls_back_to_smaller_tiles_on_a_cpu_allocation_failure(motion_blurred, monkeypatch):
+    sharpen = gwis_module.gwis_sharpen
+
+    def small_only(x, *args, **kwargs):
+        if max(x.shape[-2:]) > 200:
+            raise MemoryError("simulated")
+        return sharpen(x, *args, **kwargs)
+
+    monkeypatch.setattr(gwis_module, "gwis_sharpen", small_only)
+    messages = []
+    out = sharpen_gwis(motion_blurred, "auto", device="cpu",
+                       progress=lambda update: messages.append(update.message))
+    assert any("out of memory: retrying with" in m for m in messages)
+    assert out.shape == motion_blurred.shape and np.isfinite(out).all()
+
+
+def test_blur_map_raises_the_documented_error_when_no_tile_fits(motion_blurred, monkeypatch):
+    def no_memory(*args, **kwargs):
+        raise RuntimeError(CPU_ALLOCATOR_TEXT)
+
+    monkeypatch.setattr(blur_map_module, "predict_log_level", no_memory)
+    with pytest.raises(engine.EngineMemoryError, match="Not enough memory") as caught:
+        estimate_blur_map(motion_blurred[:64, :64], device="cpu")
+    assert isinstance(caught.value, EngineError) and isinstance(caught.value, MemoryError)
+
+
+def test_blind_psf_estimates_a_large_image_from_its_most_textured_window(motion_blurred, monkeypatch):
+    image = motion_blurred.copy()
+    image[:, :116] = image[:, :116].mean()  # the left half flat: no blur to see there
+    monkeypatch.setattr(blind_psf_module, "MAX_ESTIMATION_PIXELS", 96 * 96)
+    top, left, height, width = blind_psf_module.estimation_window(image, (0, 0, 200, 232))
+    assert (height, width) == (96, 96) and left >= 116 - 24
+    assert 0 <= top <= 200 - 96 and left + width <= 232
+    capped = estimate_psf(image, size=9, device="cpu")
+    windowed = estimate_psf(image, size=9, region=(top, left, height, width), device="cpu")
+    np.testing.assert_array_equal(capped, windowed)
+    small = (10, 20, 90, 100)  # at most the cap: used as given
+    assert blind_psf_module.estimation_window(image, small) == small

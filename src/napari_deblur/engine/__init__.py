@@ -18,7 +18,7 @@ from .blur_map import (
 from .convolution import blur, iter_blur
 from .devices import select_device
 from .gwis import iter_sharpen_gwis, sharpen_gwis
-from .jobs import EngineError, JobCancelled, JobProgress, run_job
+from .jobs import EngineError, EngineMemoryError, JobCancelled, JobProgress, run_job
 from .planes import PlaneLayout
 from .psf import (
     disk_psf,
@@ -44,6 +44,7 @@ __all__ = [
     "BLUR_CLASS_NAMES",
     "WIENER_STACK_SNRS_DB",
     "EngineError",
+    "EngineMemoryError",
     "JobCancelled",
     "JobProgress",
     "PlaneLayout",

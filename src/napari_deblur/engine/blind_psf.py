@@ -145,6 +145,19 @@ disk estimates a little worse, far fewer failures."""
 CPU_THREADS = 1
 """Torch threads used on the CPU while estimating (restored afterwards)."""
 
+MAX_ESTIMATION_PIXELS = 1 << 20
+"""Most pixels the estimator works on (1 MP, e.g. 1024 x 1024).
+
+The alternation runs FFTs over its whole window at full resolution, so its
+time and memory grow with the window (about 20 s and 0.2 GiB for 1 MP). A
+larger image or region is estimated from its most textured window of at most
+this many pixels (:func:`estimation_window`); the kernel is the same
+everywhere, and a window with strong edges shows it best."""
+
+TEXTURE_REDUCTION = 4
+""":func:`estimation_window` scores windows on the image averaged over blocks of this many
+pixels squared (less noise, 1/16 of the memory)."""
+
 KERNEL_MIN_PART = 0.1
 """Connected parts of the kernel with less than this fraction of its mass are removed."""
 
@@ -434,6 +447,70 @@ def _initial_kernel(size: int) -> np.ndarray:
 # --- the estimator -----------------------------------------------------------------
 
 
+def _positions(length: int, size: int) -> list[int]:
+    """Starts of windows of ``size`` every quarter window along ``length``, the last at the end."""
+    step = max(1, size // 4)
+    starts = list(range(0, length - size + 1, step))
+    return starts if starts[-1] == length - size else [*starts, length - size]
+
+
+def estimation_window(plane: np.ndarray, region: tuple[int, int, int, int],
+                      max_pixels: int | None = None) -> tuple[int, int, int, int]:
+    """The window of ``region`` the estimator works on: all of it, or its most textured part.
+
+    Parameters
+    ----------
+    plane : numpy.ndarray, shape (H, W)
+        The grey plane.
+    region : (y, x, height, width)
+        A window of ``plane`` (pixels).
+    max_pixels : int, optional
+        Most pixels of the result; :data:`MAX_ESTIMATION_PIXELS` by default.
+
+    Returns
+    -------
+    (y, x, height, width)
+        ``region`` itself when it has at most ``max_pixels`` pixels. Otherwise
+        a window inside it of ``h = min(height, max(isqrt(max_pixels),
+        max_pixels // width))`` by ``min(width, max_pixels // h)`` px (square
+        where the region allows), placed every quarter window, the one whose
+        mean absolute gradient on the plane averaged over
+        :data:`TEXTURE_REDUCTION`-px blocks is largest (the first of equals).
+        Working memory: about half a float32 copy of the region (float64
+        block means, made in strips, and their running sums).
+    """
+    max_pixels = MAX_ESTIMATION_PIXELS if max_pixels is None else max_pixels
+    top, left, height, width = region
+    if height * width <= max_pixels:
+        return region
+    win_h = min(height, max(math.isqrt(max_pixels), max_pixels // width))
+    win_w = min(width, max_pixels // win_h)
+    factor = TEXTURE_REDUCTION
+    rows, cols = max(height // factor, 1), max(width // factor, 1)
+    f_rows, f_cols = min(factor, height), min(factor, width)
+    reduced = np.empty((rows, cols), np.float64)
+    for r0 in range(0, rows, 256):  # strips: no region-sized temporaries
+        r1 = min(r0 + 256, rows)
+        block = plane[top + r0 * f_rows : top + r1 * f_rows, left : left + cols * f_cols]
+        reduced[r0:r1] = block.reshape(r1 - r0, f_rows, cols, f_cols).mean(axis=(1, 3), dtype=np.float64)
+    texture = np.zeros((rows + 1, cols + 1))
+    texture[1:, 1:] = np.abs(np.diff(reduced, axis=0, append=reduced[-1:]))
+    texture[1:, 1:] += np.abs(np.diff(reduced, axis=1, append=reduced[:, -1:]))
+    del reduced
+    integral = texture.cumsum(axis=0).cumsum(axis=1)
+    size_r, size_c = max(min(win_h // f_rows, rows), 1), max(min(win_w // f_cols, cols), 1)
+    best, where = -1.0, (0, 0)
+    for y in _positions(rows, size_r):
+        for x in _positions(cols, size_c):
+            score = (integral[y + size_r, x + size_c] - integral[y, x + size_c]
+                     - integral[y + size_r, x] + integral[y, x])
+            if score > best:
+                best, where = score, (y, x)
+    y = min(where[0] * f_rows, height - win_h)
+    x = min(where[1] * f_cols, width - win_w)
+    return top + y, left + x, win_h, win_w
+
+
 def _normalised_intensity(plane: np.ndarray) -> np.ndarray:
     """Scale to about [0, 1] (robust percentiles) so the L0 weights have one meaning."""
     low, high = np.percentile(plane, [0.5, 99.5])
@@ -473,7 +550,12 @@ def iter_estimate_psf(image, *, size: int = 25, region=None, channel_axis: int |
     """Generator twin of :func:`estimate_psf` (yields progress per pyramid level)."""
     size = check_kernel_size(size)
     plane = _grey_plane(image, channel_axis)
-    top, left, height, width = _check_region(region, plane.shape, size)
+    checked = _check_region(region, plane.shape, size)
+    top, left, height, width = estimation_window(plane, checked)
+    if (height, width) != checked[2:]:
+        logger.info("estimating from the most textured %dx%d window at (%d, %d) of the %dx%d %s",
+                    height, width, top, left, checked[2], checked[3],
+                    "image" if region is None else "region")
     window = _normalised_intensity(plane[top : top + height, left : left + width])
     target = select_device(device)
     if not window.any():
@@ -562,7 +644,10 @@ def estimate_psf(image, *, size: int = 25, region=None, channel_axis: int | None
         Window of the image to estimate from (pixels, rows and columns of the
         plane); ``None`` uses the whole image. Each side must be at least
         ``2 * size`` px. Windows with strong edges in several directions work
-        best; flat areas carry no information about the blur.
+        best; flat areas carry no information about the blur. An image or
+        region of more than :data:`MAX_ESTIMATION_PIXELS` (1 MP) is estimated
+        from its most textured window of that many pixels
+        (:func:`estimation_window`).
     channel_axis : int, optional
         Axis of colour channels.
     device : str or torch.device, optional
@@ -594,7 +679,8 @@ def estimate_psf(image, *, size: int = 25, region=None, channel_axis: int | None
     Pan et al. 2014); see the module docstring for the maths. The kernel is
     known only up to a shift (the latent image shifts with it), so it is
     returned centred. The input is never modified. About 1-3 s for a 256x256
-    window and ``size=25`` on one CPU core.
+    window and ``size=25`` on one CPU core, about 20 s for 1 MP; time and
+    memory are bounded by :data:`MAX_ESTIMATION_PIXELS` whatever the image's size.
     """
     return run_job(iter_estimate_psf(image, size=size, region=region, channel_axis=channel_axis,
                                      device=device, settings=settings), progress, cancel)
