@@ -298,8 +298,8 @@ def iter_consensus_grid(plane: np.ndarray, size: int, stride: int, psf_size: int
         yield JobProgress(index / len(starts), f"region selection: kernel {index + 1}/{len(starts)}")
         window = plane[y : y + size, x : x + size]
         flat = window.max() == window.min()
-        kernels.append(None if flat else
-                       estimate_psf(plane, size=psf_size, region=(y, x, size, size), device=device))
+        # The window alone (not the plane with a region): no copy of the whole plane per window.
+        kernels.append(None if flat else estimate_psf(window, size=psf_size, device=device))
     scores = consensus_scores(kernels)
     yield JobProgress(1.0, "region selection: done")
     return [Region(y, x, size, size, float(score)) for (y, x), score in zip(starts, scores)]
