@@ -160,7 +160,7 @@ def load_levin_kernels(path: str | os.PathLike | None = None) -> list[np.ndarray
 
     Notes
     -----
-    :func:`napari_deblur.psf_files.read_psf_file` reads the same kernels
+    :func:`napari_deblur.io.psf_files.read_psf_file` reads the same kernels
     (equal to float32 precision) but zero-pads them to a common 27 x 27; the
     benchmarks keep the true sizes because the excluded border and the frame
     band are as wide as each kernel.

@@ -88,7 +88,8 @@ def main(argv=None) -> int:
         return 2
 
     from napari_deblur import engine
-    from napari_deblur.engine import blur_map, gwis, tiling, wiener_net
+    from napari_deblur.engine.methods import blur_map, gwis, wiener_net
+    from napari_deblur.engine.core import tiling
 
     device = args.device
     observed, psf = _scene(args.side)

@@ -56,7 +56,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import eval_data as ed  # noqa: E402
 from gwis_oracle_study import BLUR_TYPES, make_psf  # noqa: E402
 
-from napari_deblur.engine.gwis import sharpen_gwis  # noqa: E402  (not yet exported by engine)
+from napari_deblur.engine.methods.gwis import sharpen_gwis  # noqa: E402  (not yet exported by engine)
 
 log = logging.getLogger("gwis_benchmark")
 
@@ -235,7 +235,7 @@ def speed_section(engine, pairs) -> str:
     import torch
     from skimage.restoration import richardson_lucy
 
-    from napari_deblur.engine import gwis
+    from napari_deblur.engine.methods import gwis
 
     source = ed.load_eval_image("retina")
     threads = torch.get_num_threads()
@@ -307,7 +307,7 @@ def main(argv=None) -> int:
     import torch
 
     from napari_deblur import engine
-    from napari_deblur.engine import gwis
+    from napari_deblur.engine.methods import gwis
 
     torch.set_grad_enabled(False)
     default_threads = torch.get_num_threads()

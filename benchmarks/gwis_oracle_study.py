@@ -211,7 +211,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     command = ed.command_line("benchmarks/gwis_oracle_study.py", argv)
     from napari_deblur import engine
-    from napari_deblur.engine import gwis as gw
+    from napari_deblur.engine.methods import gwis as gw
 
     torch.set_grad_enabled(False)
     images = ["astronaut", "dead_leaves_1"] if args.quick else [*TRAIN_IMAGES, *PROCEDURAL]

@@ -49,7 +49,7 @@ def _plane(side: int):
     from skimage import data
 
     from napari_deblur.engine import random_motion_psf
-    from napari_deblur.engine.convolution import convolve_planes
+    from napari_deblur.engine.physics.convolution import convolve_planes
 
     tile = data.camera().astype(np.float32) / 255.0
     reps = -(-side // tile.shape[0])
@@ -76,7 +76,7 @@ def _child(method: str, side: int, threads: int) -> dict:
 
     torch.set_num_threads(threads)
     from napari_deblur import engine
-    from napari_deblur.engine.wiener_net import load_wiener_net
+    from napari_deblur.engine.methods.wiener_net import load_wiener_net
 
     image, kernel = _plane(side)
     device = engine.select_device("cpu")

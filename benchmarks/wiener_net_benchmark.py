@@ -160,7 +160,7 @@ def speed_section(engine, repeats: int, options: dict) -> str:
     import torch
     from skimage.restoration import richardson_lucy
 
-    from napari_deblur.engine import cpu_memory, devices
+    from napari_deblur.engine.core import cpu_memory, devices
 
     kernels = ed.load_levin_kernels()
     k_index = int(np.argmax([k.shape[0] for k in kernels]))
@@ -249,7 +249,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     from napari_deblur import engine
-    from napari_deblur.engine.wiener_net import DEFAULT_ENSEMBLE
+    from napari_deblur.engine.methods.wiener_net import DEFAULT_ENSEMBLE
 
     passes = DEFAULT_ENSEMBLE if args.ensemble is None else args.ensemble
     command = ed.command_line("benchmarks/wiener_net_benchmark.py", argv)

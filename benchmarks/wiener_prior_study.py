@@ -20,7 +20,7 @@ from scipy.signal import fftconvolve
 from skimage import color, data
 from skimage.metrics import peak_signal_noise_ratio
 
-import napari_deblur.engine.wiener as wiener_module
+import napari_deblur.engine.methods.wiener as wiener_module
 from napari_deblur.engine import disk_psf, random_motion_psf, wiener_deconvolve
 
 TRAIN_IMAGES = ("coins", "moon", "astronaut", "grass", "gravel", "page", "chelsea", "coffee")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-# Same name as napari_deblur._widgets.settings.CONFIG_DIR_ENV (not imported here so
+# Same name as napari_deblur._qt.settings.CONFIG_DIR_ENV (not imported here so
 # engine-only test runs never import the widget modules).
 _CONFIG_DIR_ENV = "NAPARI_DEBLUR_CONFIG_DIR"
 

@@ -281,7 +281,7 @@ def test_bad_files_are_reported_one_line_each_and_the_others_still_written(tmp_p
 
 
 def test_ctrl_c_leaves_no_partial_output(tmp_path, edge_stack, monkeypatch, capsys):
-    from napari_deblur.engine import lazy
+    from napari_deblur.engine.core import lazy
 
     def interrupted(result, write, **_):
         index = next(lazy.plane_slices(tuple(result.shape), result.chunks))
@@ -377,7 +377,8 @@ def test_demo_screenshot_in_a_window(tmp_path):
 
 def test_run_wiener_net_takes_the_ensemble_size_and_refuses_others(tmp_path, psf_file, blurred_pair, capsys):
     from napari_deblur.cli import WIENER_NET_ENSEMBLES
-    from napari_deblur.engine import wiener_net, wiener_net_deconvolve
+    from napari_deblur.engine.methods import wiener_net
+    from napari_deblur.engine import wiener_net_deconvolve
 
     assert WIENER_NET_ENSEMBLES == wiener_net.ENSEMBLE_SIZES
     _, blurred = blurred_pair

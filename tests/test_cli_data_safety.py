@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_deblur import stack_files
+from napari_deblur.io import stack_files
 from napari_deblur.cli import main
 
 
@@ -228,7 +228,7 @@ def test_memory_errors_fail_one_input_and_the_batch_goes_on(tmp_path, stack, cap
 
 @pytest.mark.parametrize("fmt", ["tif", "zarr"])
 def test_sigterm_cleans_up_like_ctrl_c(tmp_path, stack, capsys, monkeypatch, fmt):
-    from napari_deblur.engine import lazy
+    from napari_deblur.engine.core import lazy
 
     def terminated(result, write, **_):
         index = next(lazy.plane_slices(tuple(result.shape), result.chunks))

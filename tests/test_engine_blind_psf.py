@@ -139,7 +139,7 @@ def test_estimate_recovers_shake_and_gaussian_blur(image_name, y, x, kernel_name
 
 def test_final_sharpening_moves_a_thickened_path_back_onto_the_path():
     """A thin path blurred into a band (what the alternation returns) comes closer to the path."""
-    from napari_deblur.engine.blind_psf import KERNEL_SHARPENING_POWER, sharpen_kernel
+    from napari_deblur.engine.methods.blind_psf import KERNEL_SHARPENING_POWER, sharpen_kernel
 
     path = TRUE_KERNELS["line"].astype(np.float64)
     band = fftconvolve(path, gaussian_psf(1.2, 7), mode="same")
@@ -154,7 +154,7 @@ def test_final_sharpening_moves_a_thickened_path_back_onto_the_path():
 
 
 def test_sharpening_with_power_one_is_the_identity_and_bad_powers_are_refused():
-    from napari_deblur.engine.blind_psf import sharpen_kernel
+    from napari_deblur.engine.methods.blind_psf import sharpen_kernel
 
     band = fftconvolve(TRUE_KERNELS["shake"], gaussian_psf(1.0, 5), mode="same")
     np.testing.assert_array_equal(sharpen_kernel(band, 1.0), band)
@@ -300,7 +300,7 @@ def test_cuda_agrees_with_cpu(blurred_line, estimate_line):
 def test_estimator_settings_are_explicit_and_default_to_the_shipped_ones(blurred_line, estimate_line):
     import dataclasses
 
-    from napari_deblur.engine import blind_psf
+    from napari_deblur.engine.methods import blind_psf
 
     assert blind_psf.EstimatorSettings() == blind_psf.SHIPPED_SETTINGS
     with pytest.raises(dataclasses.FrozenInstanceError):

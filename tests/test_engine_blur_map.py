@@ -20,9 +20,9 @@ from napari_deblur.engine import (
     run_job,
     sharpen_gwis,
 )
-from napari_deblur.engine import blur_map as bm
-from napari_deblur.engine import devices
-from napari_deblur.engine import tiling
+from napari_deblur.engine.methods import blur_map as bm
+from napari_deblur.engine.core import devices
+from napari_deblur.engine.core import tiling
 from training import blur_map as tbm
 
 

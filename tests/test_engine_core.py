@@ -29,9 +29,9 @@ from napari_deblur.engine import (
     wiener_deconvolve_snr_stack,
     wiener_net_deconvolve,
 )
-from napari_deblur.engine import devices
-from napari_deblur.engine.tiling import iter_tiled
-from napari_deblur.engine.wiener import signal_power_spectrum
+from napari_deblur.engine.core import devices
+from napari_deblur.engine.core.tiling import iter_tiled
+from napari_deblur.engine.methods.wiener import signal_power_spectrum
 
 
 @pytest.fixture(scope="session")
@@ -351,7 +351,7 @@ def test_psfs_of_any_float_magnitude_are_normalised_alike():
 def test_images_within_32_bit_magnitudes_run_unscaled(photo):
     """uint16 data (and anything up to 2**32) takes exactly the old path: no rescaling round trip."""
     as_uint16 = (photo * 65535).astype(np.uint16)
-    from napari_deblur.engine.planes import magnitude_exponent
+    from napari_deblur.engine.core.planes import magnitude_exponent
 
     assert magnitude_exponent(as_uint16.astype(np.float32)) == 0
     assert magnitude_exponent(np.float32([2.0**32])) == 0
@@ -481,7 +481,7 @@ def test_read_only_input_is_accepted_without_warnings(photo):
 
 
 def test_gpu_tiles_are_larger_and_cpu_tiles_unchanged():
-    from napari_deblur.engine.tiling import GPU_TILE_SIZE, device_tile_size
+    from napari_deblur.engine.core.tiling import GPU_TILE_SIZE, device_tile_size
 
     assert device_tile_size(1024, "cpu") == 1024 and device_tile_size(1024, torch.device("cpu")) == 1024
     assert device_tile_size(1024, "cuda") == GPU_TILE_SIZE > 1024
@@ -493,7 +493,7 @@ def test_gpu_tiles_are_larger_and_cpu_tiles_unchanged():
                                                         (3000, 1024, 130, 1), (100, 40, 8, 1),
                                                         (1024, 1024, 16, 1)])
 def test_tiles_are_spread_evenly_cover_the_plane_and_keep_the_alignment(length, tile, blend, align):
-    from napari_deblur.engine.tiling import tile_layout
+    from napari_deblur.engine.core.tiling import tile_layout
 
     size, starts = tile_layout(length, tile, blend, align)
     assert size <= tile and starts[0] == 0 and starts[-1] + size == length

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from napari_deblur import engine
+from napari_deblur.engine.physics.psf import MAX_PSF_SIZE
 
 N_CASES = 120
 N_BUILDER_CASES = 200
@@ -138,5 +139,5 @@ def test_psf_builders_give_a_kernel_or_a_clear_error(seed):
             continue
         assert kernel.dtype == np.float32 and kernel.ndim == 2, name
         assert kernel.shape[0] == kernel.shape[1] and kernel.shape[0] % 2 == 1, name
-        assert kernel.shape[0] <= engine.psf.MAX_PSF_SIZE
+        assert kernel.shape[0] <= MAX_PSF_SIZE
         assert np.isfinite(kernel).all() and abs(float(kernel.sum()) - 1.0) < 1e-4, (name, value, size)

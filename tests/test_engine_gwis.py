@@ -6,8 +6,10 @@ import scipy.ndimage as ndi
 import torch
 from skimage import data, draw
 
-from napari_deblur.engine import JobCancelled, JobProgress, gwis, run_job, tiling
-from napari_deblur.engine.gwis import (
+from napari_deblur.engine.methods import gwis
+from napari_deblur.engine.core import tiling
+from napari_deblur.engine import JobCancelled, JobProgress, run_job
+from napari_deblur.engine.methods.gwis import (
     gwis_field_of,
     gwis_sharpen,
     iter_sharpen_gwis,

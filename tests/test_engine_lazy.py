@@ -9,7 +9,7 @@ import pytest
 
 from napari_deblur import engine
 from napari_deblur.engine import JobCancelled, run_job
-from napari_deblur.engine.lazy import iter_compute_planes, lazy_planewise
+from napari_deblur.engine.core.lazy import iter_compute_planes, lazy_planewise
 
 PSF = engine.gaussian_psf(1.5)
 
@@ -128,7 +128,7 @@ def test_compute_planes_writes_every_block_with_progress_and_can_be_cancelled(st
 
 
 def _blur_map_model_loads() -> int:
-    from napari_deblur.engine import blur_map
+    from napari_deblur.engine.methods import blur_map
 
     return blur_map.load_blur_map_net.cache_info().misses
 

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from napari_deblur.engine import cpu_memory
-from napari_deblur.engine.layers import (
+from napari_deblur.engine.core import cpu_memory
+from napari_deblur.engine.nets.layers import (
     ENSEMBLE_SIZES,
     dihedral_views,
     fold_phase_major,

@@ -13,7 +13,7 @@ from napari_deblur.engine import (
     random_motion_psf,
     ring_psf,
 )
-from napari_deblur.engine.psf import MAX_PSF_SIZE
+from napari_deblur.engine.physics.psf import MAX_PSF_SIZE
 
 BUILDERS = [
     lambda: gaussian_psf(1.7),

@@ -14,7 +14,7 @@ from scipy.signal import fftconvolve
 from skimage import data
 
 from napari_deblur.engine import Region, gaussian_psf, run_job, select_regions
-from napari_deblur.engine.region_selector import (
+from napari_deblur.engine.methods.region_selector import (
     MAX_CONSENSUS_WINDOWS,
     WEIGHTS_FILE,
     RegionSelectorNet,
@@ -67,7 +67,7 @@ def test_shipped_weights_load_and_are_small():
     model = load_region_selector_net(torch.device("cpu"))
     assert isinstance(model, RegionSelectorNet) and not model.training
     assert sum(p.numel() for p in model.parameters()) < 200_000
-    weights = resources.files("napari_deblur.engine").joinpath("models", WEIGHTS_FILE)
+    weights = resources.files("napari_deblur.engine.nets").joinpath("weights", WEIGHTS_FILE)
     with resources.as_file(weights) as path:
         assert path.stat().st_size < 1_000_000
 
@@ -314,7 +314,7 @@ def test_training_smoke_run(tmp_path, monkeypatch):
 
     for name in EVAL_SPLIT:
         monkeypatch.setattr(skimage.data, name, forbidden, raising=False)
-    models = resources.files("napari_deblur.engine").joinpath("models")
+    models = resources.files("napari_deblur.engine.nets").joinpath("weights")
     with resources.as_file(models) as folder:
         before = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
     config = _tiny_label_config(tmp_path / "cache")
@@ -353,7 +353,7 @@ def test_labels_do_not_depend_on_the_number_of_workers(tmp_path):
 
 def test_labels_are_made_with_the_label_estimator_settings(tmp_path, monkeypatch):
     """Every estimate of a labelled image is given ``label_estimator``."""
-    from napari_deblur.engine.blind_psf import EstimatorSettings
+    from napari_deblur.engine.methods.blind_psf import EstimatorSettings
 
     seen = []
 
@@ -370,7 +370,7 @@ def test_labels_are_made_with_the_label_estimator_settings(tmp_path, monkeypatch
 
 
 def test_label_estimator_defaults_and_cache_key(tmp_path):
-    from napari_deblur.engine.blind_psf import SHIPPED_SETTINGS
+    from napari_deblur.engine.methods.blind_psf import SHIPPED_SETTINGS
 
     default = _tiny_label_config(tmp_path)
     assert default.label_estimator == training.LABEL_ESTIMATOR

@@ -20,8 +20,8 @@ from napari_deblur.engine import (
     wiener_deconvolve,
     wiener_net_deconvolve,
 )
-from napari_deblur.engine import devices, tiling
-from napari_deblur.engine import wiener_net as wn
+from napari_deblur.engine.core import devices, tiling
+from napari_deblur.engine.methods import wiener_net as wn
 from training.sources import EVAL_SPLIT, TRAIN_SPLIT
 
 
@@ -202,7 +202,7 @@ def test_the_network_reads_its_weights_in_the_order_they_were_trained_in(channel
     Reference: the network as it ran before the phase-major fold, written out here with
     pixel_unshuffle, the weights as stored and the blend over the 4 c + p channel order.
     """
-    from napari_deblur.engine.layers import upsample_nearest_then_conv
+    from napari_deblur.engine.nets.layers import upsample_nearest_then_conv
 
     torch.manual_seed(1)
     model = wn.WienerNet().eval()

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from napari_deblur.layer_roles import is_psf_metadata
-from napari_deblur.psf_files import (
+from napari_deblur.io.psf_files import (
     napari_get_reader,
     napari_write_psf,
     read_psf_file,
@@ -407,7 +407,7 @@ def test_manifest_routes_psf_files_to_this_reader(tmp_path):
 
 def test_module_imports_no_qt_or_napari():
     code = (
-        "import sys, napari_deblur.psf_files, napari_deblur.sample_data; "
+        "import sys, napari_deblur.io.psf_files, napari_deblur.sample_data; "
         "bad = [m for m in ('napari', 'qtpy', 'PyQt6', 'magicgui', 'torch') if m in sys.modules]; "
         "sys.exit(', '.join(bad) or None)"
     )

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_deblur.psf_files import (
+from napari_deblur.io.psf_files import (
     MAX_PSF_ELEMENTS,
     MAX_PSF_SIDE,
     napari_get_reader,
@@ -289,7 +289,7 @@ def test_png_over_a_small_budget_is_refused(tmp_path):
 
 
 def test_memory_error_becomes_a_value_error_naming_the_file(tmp_path, monkeypatch):
-    from napari_deblur import psf_files
+    from napari_deblur.io import psf_files
 
     path = tmp_path / "fine_psf.npy"
     np.save(path, np.ones((5, 5)))

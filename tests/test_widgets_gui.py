@@ -24,7 +24,7 @@ if sys.platform.startswith("linux") and not (
 pytest.importorskip("pytestqt")
 pytest.importorskip("napari")
 
-from napari_deblur._widgets.job_runner import viewer_grid  # noqa: E402
+from napari_deblur._qt.job_runner import viewer_grid  # noqa: E402
 
 pytestmark = pytest.mark.gui
 
@@ -128,9 +128,10 @@ def test_wiener_net_is_the_default_and_beats_classical_wiener_on_the_sample(
 ):
     from skimage.metrics import peak_signal_noise_ratio
 
-    from napari_deblur._widgets.wiener_widget import DEFAULT_NETWORK_PASSES, NETWORK_PASSES
+    from napari_deblur._qt.wiener_widget import DEFAULT_NETWORK_PASSES, NETWORK_PASSES
     from napari_deblur.demo import DEMO_SNR_DB
-    from napari_deblur.engine import wiener_deconvolve, wiener_net, wiener_net_deconvolve
+    from napari_deblur.engine.methods import wiener_net
+    from napari_deblur.engine import wiener_deconvolve, wiener_net_deconvolve
     from napari_deblur.sample_data import camera_shake_arrays
 
     assert NETWORK_PASSES == wiener_net.ENSEMBLE_SIZES
@@ -238,7 +239,7 @@ def test_nan_image_shows_an_error_and_adds_no_layer(make_napari_viewer, qtbot, n
 
 
 def test_runtime_errors_reach_the_user_as_engine_errors(make_napari_viewer, qtbot, notifications):
-    from napari_deblur._widgets import OutputLayerSpec
+    from napari_deblur._qt import OutputLayerSpec
     from napari_deblur.engine import EngineError, JobProgress
 
     viewer = make_napari_viewer()
@@ -340,7 +341,7 @@ def test_rgb_image_keeps_its_channels(make_napari_viewer, qtbot):
 def test_settings_are_remembered_in_the_test_config_folder(
     make_napari_viewer, _isolated_widget_settings
 ):
-    from napari_deblur._widgets.wiener_widget import WienerWidget
+    from napari_deblur._qt.wiener_widget import WienerWidget
 
     viewer = make_napari_viewer()
     widget = _dock(viewer)
@@ -514,7 +515,7 @@ def test_blur_map_of_a_stack_slice_or_whole_and_of_rgb(make_napari_viewer, qtbot
 
 
 def test_blur_map_widget_shows_the_engine_class_edges():
-    from napari_deblur._widgets import blur_map_widget
+    from napari_deblur._qt import blur_map_widget
     from napari_deblur.engine import BLUR_CLASS_EDGES, BLUR_CLASS_NAMES
 
     assert blur_map_widget.CLASS_EDGES_PX == BLUR_CLASS_EDGES
@@ -526,7 +527,7 @@ def test_blur_map_widget_shows_the_engine_class_edges():
 @pytest.mark.gui
 def test_demo_window_fits_a_laptop_screen_with_tabbed_widgets_and_results_side_by_side(qtbot):
     from napari_deblur import demo
-    from napari_deblur._widgets.job_runner import viewer_grid
+    from napari_deblur._qt.job_runner import viewer_grid
     from napari_deblur.layer_roles import is_psf_metadata
 
     viewer, widgets = demo.open_demo_viewer("camera_shake", show=True)

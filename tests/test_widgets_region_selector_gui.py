@@ -354,7 +354,7 @@ def test_estimate_psf_from_a_selected_or_drawn_rectangle(
 def test_estimate_psf_from_the_whole_plane_needs_no_regions_layer(
     make_napari_viewer, qtbot, blurred_and_psf
 ):
-    from napari_deblur._widgets.region_selector_widget import PSF_FROM_REGION, PSF_FROM_WHOLE_IMAGE
+    from napari_deblur._qt.region_selector_widget import PSF_FROM_REGION, PSF_FROM_WHOLE_IMAGE
     from napari_deblur.engine import kernel_similarity
 
     blurred, true_psf = blurred_and_psf
@@ -463,7 +463,7 @@ def test_without_an_image_find_regions_is_disabled_and_labels_are_not_offered(
 
 
 def test_settings_are_remembered(make_napari_viewer, _isolated_widget_settings):
-    from napari_deblur._widgets.region_selector_widget import PSF_FROM_WHOLE_IMAGE, RegionSelectorWidget
+    from napari_deblur._qt.region_selector_widget import PSF_FROM_WHOLE_IMAGE, RegionSelectorWidget
 
     viewer = make_napari_viewer()
     widget = _dock(viewer)
@@ -495,7 +495,7 @@ def test_manifest_and_demo_list_the_widget():
     assert widgets[WIDGET] == "napari-deblur.make_region_selector_widget"
     commands = {c.id: c.python_name for c in manifest.contributions.commands}
     assert commands[widgets[WIDGET]] == (
-        "napari_deblur._widgets.region_selector_widget:RegionSelectorWidget"
+        "napari_deblur._qt.region_selector_widget:RegionSelectorWidget"
     )
     assert WIDGET in DEMO_WIDGETS
 

@@ -25,8 +25,8 @@ def main(path: str, selector_path: str | None = None) -> None:
     import napari
 
     from napari_deblur import engine
-    from napari_deblur._widgets.job_runner import viewer_grid
-    from napari_deblur._widgets.wiener_widget import METHOD_WIENER_NET, PSF_FROM_LAYER
+    from napari_deblur._qt.job_runner import viewer_grid
+    from napari_deblur._qt.wiener_widget import METHOD_WIENER_NET, PSF_FROM_LAYER
     from napari_deblur.demo import process_events
     from napari_deblur.layer_roles import is_psf_metadata
     from napari_deblur.sample_data import camera_shake_arrays

@@ -24,7 +24,7 @@ def main(path: str) -> None:
     import napari
     from skimage import data
 
-    from napari_deblur._widgets.job_runner import viewer_grid
+    from napari_deblur._qt.job_runner import viewer_grid
     from napari_deblur.demo import process_events
     from napari_deblur.layer_roles import BLUR_MAP_ROLE, ROLE_KEY
 

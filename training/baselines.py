@@ -6,7 +6,7 @@ Neither ships with napari-deblur. Their weights and cards live in
 - ``blur_map_paper.pt``: :class:`PaperBlurNet`, the network of Nasonov, Krylov
   & Lyukov, trained on the shipped blur map's data
   (``python -m training blurmap --baseline``).
-- ``gwis_level.pt``: :class:`~napari_deblur.engine.blur_map.BlurMapNet`
+- ``gwis_level.pt``: :class:`~napari_deblur.engine.methods.blur_map.BlurMapNet`
   fine-tuned on the GWIS level that sharpens each pixel best
   (``python -m training gwis-level``). It beats the physical map on held-out
   crops of the training sources but not on the evaluation images, so the
@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from napari_deblur.engine.blur_map import MAP_VIEWS, BlurMapNet
+from napari_deblur.engine.methods.blur_map import MAP_VIEWS, BlurMapNet
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 """Folder of the baselines' weights and cards."""
@@ -56,7 +56,7 @@ class PaperBlurNet(nn.Module):
     field mapped to one value. Here it is applied to a whole plane with
     "same" zero padding, so its output is at 1/2 resolution
     (:attr:`output_stride`). Its input is the normalised image (channel 0 of
-    :func:`~napari_deblur.engine.blur_map.blur_map_features`); its output is
+    :func:`~napari_deblur.engine.methods.blur_map.blur_map_features`); its output is
     the same ``log(1 + level / LEVEL_OFFSET)`` target, which is >= 0 as the
     final ReLU requires.
 

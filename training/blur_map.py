@@ -1,4 +1,4 @@
-"""Training data and loop of the blur-map estimator (:mod:`napari_deblur.engine.blur_map`).
+"""Training data and loop of the blur-map estimator (:mod:`napari_deblur.engine.methods.blur_map`).
 
 Data (all seeded)
 -----------------
@@ -49,15 +49,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from napari_deblur.engine.blur_map import (
+from napari_deblur.engine.methods.blur_map import (
     BlurMapNet,
     blur_map_features,
     level_to_target,
     predict_log_level,
     target_to_level,
 )
-from napari_deblur.engine.fourier import kernel_to_otf
-from napari_deblur.engine.psf import disk_psf, gaussian_psf, psf_blur_level, ring_psf
+from napari_deblur.engine.physics.fourier import kernel_to_otf
+from napari_deblur.engine.physics.psf import disk_psf, gaussian_psf, psf_blur_level, ring_psf
 from training.baselines import PaperBlurNet
 from training.optimisation import take_step
 from training.sources import PatchSampler, train_split_images
@@ -383,7 +383,7 @@ def evaluate(model: torch.nn.Module, validation, ensemble: int = 1, *, bfloat16:
     level in px over all pixels; ``val_rmse_textured_px``: over the half of
     the pixels with the largest gradient magnitude of the blurred crop (per
     crop); ``val_mae_uniform_px`` / ``val_mae_varying_px``: by map kind.
-    ``ensemble``, ``bfloat16``: as in :func:`~napari_deblur.engine.blur_map.predict_log_level`.
+    ``ensemble``, ``bfloat16``: as in :func:`~napari_deblur.engine.methods.blur_map.predict_log_level`.
     """
     model.eval()
     sums = {"l1": 0.0, "abs": 0.0, "sq": 0.0, "n": 0, "sq_tex": 0.0, "n_tex": 0,

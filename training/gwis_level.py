@@ -1,6 +1,6 @@
 """Training of the GWIS-tuned blur map: per pixel, the level at which GWIS sharpens best.
 
-The blur map (:mod:`napari_deblur.engine.blur_map`) estimates the physical
+The blur map (:mod:`napari_deblur.engine.methods.blur_map`) estimates the physical
 blur level. GWIS driven by the true level recovers only part of what the best
 constant warp scale gains, because the best warp scale depends on the kernel's
 shape and on the content as well as on the level. Nasonov, Krylov & Lyukov
@@ -16,7 +16,7 @@ Labels (all seeded)
   map's own training data (train split and procedural images only).
 - Each blurred crop is sharpened by GWIS at every level of
   :data:`GWIS_LEVEL_GRID` (level 0: left as it is), with the warp scale the
-  engine uses for that level (:func:`~napari_deblur.engine.gwis.warp_scale_for_level`);
+  engine uses for that level (:func:`~napari_deblur.engine.methods.gwis.warp_scale_for_level`);
   the local SSIM against the sharp crop (11x11 Gaussian window) scores each
   result at each pixel. The label of a pixel is the lowest grid level whose
   local SSIM is within :data:`LABEL_TOLERANCE` of the highest (the least
@@ -26,7 +26,7 @@ Labels (all seeded)
 
 Model and loss
 --------------
-The same :class:`~napari_deblur.engine.blur_map.BlurMapNet`, started from the
+The same :class:`~napari_deblur.engine.methods.blur_map.BlurMapNet`, started from the
 shipped blur-map weights and fine-tuned with a spread-weighted L1 loss on
 ``log(1 + level / LEVEL_OFFSET)`` (so the output is in the blur map's units
 and :func:`~napari_deblur.engine.sharpen_gwis` takes it as it is). Random
@@ -52,7 +52,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from napari_deblur.engine.blur_map import (
+from napari_deblur.engine.methods.blur_map import (
     RETRAIN_COMMAND,
     WEIGHTS_FILE,
     BlurMapNet,
@@ -61,8 +61,8 @@ from napari_deblur.engine.blur_map import (
     predict_log_level,
     target_to_level,
 )
-from napari_deblur.engine.gwis import gradient_scale_for_level, gwis_sharpen, warp_scale_for_level
-from napari_deblur.engine.shipped_weights import load_shipped_model
+from napari_deblur.engine.methods.gwis import gradient_scale_for_level, gwis_sharpen, warp_scale_for_level
+from napari_deblur.engine.nets.shipped_weights import load_shipped_model
 from training.blur_map import BlurMapBatches, BlurMapTrainingConfig
 from training.losses import ssim_map
 from training.optimisation import take_step

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from napari_deblur.engine.psf import disk_psf, gaussian_psf, random_motion_psf, ring_psf
+from napari_deblur.engine.physics.psf import disk_psf, gaussian_psf, random_motion_psf, ring_psf
 from training.replay import replay_or_build
 
 

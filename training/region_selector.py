@@ -1,10 +1,10 @@
-"""Labels and training loop of the region selector (:mod:`napari_deblur.engine.region_selector`).
+"""Labels and training loop of the region selector (:mod:`napari_deblur.engine.methods.region_selector`).
 
 Labels (after Yang, Wu & Sun): synthetic blurred images are cut into windows
 on a grid, the engine's blind estimator (:func:`~napari_deblur.engine.estimate_psf`)
 runs on each window, and a window is *good* (label 1) when its estimate has
 kernel similarity (:func:`~napari_deblur.engine.kernel_similarity`) of at
-least :data:`~napari_deblur.engine.region_selector.GOOD_SIMILARITY` to the true
+least :data:`~napari_deblur.engine.methods.region_selector.GOOD_SIMILARITY` to the true
 kernel.
 
 Each blurred image is a crop of a train-split image or of a procedural
@@ -47,10 +47,10 @@ import torch.nn.functional as F
 from scipy.signal import fftconvolve
 from scipy.stats import rankdata
 
-from napari_deblur.engine.blind_psf import (SHIPPED_SETTINGS, EstimatorSettings, estimate_psf,
+from napari_deblur.engine.methods.blind_psf import (SHIPPED_SETTINGS, EstimatorSettings, estimate_psf,
                                             kernel_similarity)
-from napari_deblur.engine.psf import disk_psf, gaussian_psf, random_motion_psf
-from napari_deblur.engine.region_selector import RegionSelectorNet, score_windows, window_features
+from napari_deblur.engine.physics.psf import disk_psf, gaussian_psf, random_motion_psf
+from napari_deblur.engine.methods.region_selector import RegionSelectorNet, score_windows, window_features
 from training.kernels import embed
 from training.sources import dead_leaves, train_split_images
 
@@ -65,7 +65,7 @@ LABEL_VERSION = 4
 KERNEL_KINDS = ("motion", "gaussian", "disk")
 
 LABEL_ESTIMATOR = EstimatorSettings(lambda_floor=1e-4, kernel_faint=0.05)
-"""Settings of :mod:`~napari_deblur.engine.blind_psf` the labels are made with.
+"""Settings of :mod:`~napari_deblur.engine.methods.blind_psf` the labels are made with.
 
 The shipped selector learned which windows suit the estimator as it was before
 rule 30 of ``docs/benchmark-history.md`` (region selection), which raised the

@@ -1,7 +1,7 @@
 """Retrain the learned models: ``python -m training MODEL [options]``, from the repository root.
 
 Shipped models: ``wiener-net``, ``blurmap`` and ``region-selector`` (labels
-cached under ``--cache``); their weights go to the package's ``models/``
+cached under ``--cache``); their weights go to the package's ``engine/nets/weights/``
 folder by default (the files the engine loads) and their training reports to
 ``training/reports/``. Baselines: ``blurmap --baseline`` (the paper's
 network) and ``gwis-level`` (the blur map fine-tuned on GWIS labels; run after
@@ -29,8 +29,8 @@ REPORTS_DIR = Path(__file__).resolve().parent / "reports"
 
 
 def _default_weights_path(filename: str) -> Path:
-    """The shipped weights file ``filename`` in the package's ``models/`` folder."""
-    return Path(str(resources.files("napari_deblur.engine").joinpath("models", filename)))
+    """The shipped weights file ``filename`` in the package's ``engine/nets/weights/`` folder."""
+    return Path(str(resources.files("napari_deblur.engine.nets").joinpath("weights", filename)))
 
 
 def _report_path(weights: Path) -> Path:
@@ -116,7 +116,7 @@ def _train_wiener_net(args) -> None:
     from training.wiener_net import (
         WienerNetTrainingConfig, correction_tuning_config, fine_tuning_config, train_wiener_net,
     )
-    from napari_deblur.engine.wiener_net import WEIGHTS_FILE
+    from napari_deblur.engine.methods.wiener_net import WEIGHTS_FILE
 
     base = WienerNetTrainingConfig(steps=args.steps, batch=args.batch, seed=args.seed,
                                    device=args.device, threads=args.threads, log_every=args.log_every)
@@ -231,7 +231,7 @@ def _train_wiener_net(args) -> None:
 
 
 def _train_blur_map(args) -> None:
-    from napari_deblur.engine.blur_map import WEIGHTS_FILE
+    from napari_deblur.engine.methods.blur_map import WEIGHTS_FILE
     from training.baselines import PAPER_WEIGHTS_FILE, WEIGHTS_DIR
     from training.blur_map import STACK_LEVELS, BlurMapTrainingConfig, train_blur_map
 
@@ -244,7 +244,7 @@ def _train_blur_map(args) -> None:
     train_blur_map(config, out)
     network = ("the paper's network (Nasonov, Krylov & Lyukov: 5x5x32, 5x5x32, 2x2 max-pool, "
                "11x11x64, 1x1x17, 1x1x1, ReLU), on random `baseline_patch` crops of each patch"
-               if args.baseline else "BlurMapNet (napari_deblur.engine.blur_map)")
+               if args.baseline else "BlurMapNet (napari_deblur.engine.methods.blur_map)")
     notes = (
         f"Network: {network}. Data: crops of the scikit-image train split (grayscale; images at "
         "least twice the patch size at half resolution), procedural dead-leaves images and, in "
@@ -281,7 +281,7 @@ def _train_gwis_level(args) -> None:
     started = time.perf_counter()
     train_gwis_level(config, out)
     notes = (
-        "Network: BlurMapNet (napari_deblur.engine.blur_map), started from the shipped blur-map "
+        "Network: BlurMapNet (napari_deblur.engine.methods.blur_map), started from the shipped blur-map "
         "weights (`blur_map.pt`) and fine-tuned. Labels (training.gwis_level): "
         "`label_batches` batches of the blur map's own training crops (train split and procedural "
         "images; Gaussian, disk and ring blur, uniform and spatially varying levels 0..6 px; "
@@ -343,7 +343,7 @@ def _region_selector_tables(config) -> str:
 
 
 def _train_region_selector(args) -> None:
-    from napari_deblur.engine.region_selector import WEIGHTS_FILE
+    from napari_deblur.engine.methods.region_selector import WEIGHTS_FILE
     from training.region_selector import (
         RegionSelectorTrainingConfig,
         cache_path,
@@ -358,7 +358,7 @@ def _train_region_selector(args) -> None:
     started = time.perf_counter()
     train_region_selector(config, out)
     notes = (
-        "Network: RegionSelectorNet (napari_deblur.engine.region_selector): strided convolutions, "
+        "Network: RegionSelectorNet (napari_deblur.engine.methods.region_selector): strided convolutions, "
         "no pooling, global average, one logit; windows normalised by their own mean and standard "
         "deviation. Labels: synthetic blurred images (`image_size` px) cut from the scikit-image "
         "train split (grayscale) or procedural dead leaves, random turn/flip/contrast; a "
@@ -388,7 +388,7 @@ def _train_region_selector(args) -> None:
 
 
 def main(argv=None) -> None:
-    from napari_deblur.engine.layers import ENSEMBLE_SIZES
+    from napari_deblur.engine.nets.layers import ENSEMBLE_SIZES
 
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__)
     sub = parser.add_subparsers(dest="model", required=True)

@@ -1,4 +1,4 @@
-"""Training loop of Wiener-net (:mod:`napari_deblur.engine.wiener_net`).
+"""Training loop of Wiener-net (:mod:`napari_deblur.engine.methods.wiener_net`).
 
 Each step draws sharp crops (train split and dead leaves), blurs them with
 *valid* convolution (so, as in a camera, content from beyond the frame bleeds
@@ -23,8 +23,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from napari_deblur.engine.wiener import WIENER_STACK_SNRS_DB, wiener_filter
-from napari_deblur.engine.wiener_net import (
+from napari_deblur.engine.methods.wiener import WIENER_STACK_SNRS_DB, wiener_filter
+from napari_deblur.engine.methods.wiener_net import (
     WIDTHS, WienerNet, apply_network_ensemble, correct_by_residual, plane_statistics, wiener_net_features,
 )
 from training.kernels import kernel_pool, widen_kernels
@@ -107,7 +107,7 @@ def correction_tuning_config(config: WienerNetTrainingConfig, init: str) -> Wien
     """The third stage: the second stage's settings with the loss taken after the residual correction.
 
     The engine follows the network with
-    :func:`~napari_deblur.engine.wiener_net.correct_by_residual`; this stage
+    :func:`~napari_deblur.engine.methods.wiener_net.correct_by_residual`; this stage
     trains the network for that pipeline (the correction is differentiable),
     on fresh crops, starting from ``init`` (the second stage's weights).
     """
@@ -277,7 +277,7 @@ def restore_batch(model: WienerNet, blurred: torch.Tensor, kernels: torch.Tensor
     """The network's output, in the input's intensity scale (then corrected, as the engine does, if asked).
 
     ``passes`` > 1 averages the network over that many flipped or turned views, as the engine's
-    ``ensemble`` does (:func:`~napari_deblur.engine.wiener_net.apply_network_ensemble`); gradients
+    ``ensemble`` does (:func:`~napari_deblur.engine.methods.wiener_net.apply_network_ensemble`); gradients
     flow through every view, so a stage trained so learns for the averaged pipeline.
     """
     with torch.no_grad():

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from napari_deblur.options import DEFAULT_ENSEMBLE, ENSEMBLE_SIZES
-from napari_deblur.stack_files import MAX_PLANE_PIXELS, STACK_INPUT_SUFFIXES
+from napari_deblur.io.stack_files import MAX_PLANE_PIXELS, STACK_INPUT_SUFFIXES
 
 PROG = "napari-deblur"
 #: Methods of ``run``.
@@ -199,7 +199,7 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 
 def _read_psf(path: Path | None, index: int | None, method: str):
-    from napari_deblur.psf_files import read_psf_file
+    from napari_deblur.io.psf_files import read_psf_file
 
     if path is None:
         raise CommandLineError(f"{method} needs a PSF: give --psf FILE")
@@ -420,7 +420,7 @@ def _run_method(args: argparse.Namespace) -> int:
     compute, description, psf = _method_call(args)
 
     from napari_deblur.engine import run_job
-    from napari_deblur.stack_files import check_replaceable, iter_save_lazy, open_lazy_image
+    from napari_deblur.io.stack_files import check_replaceable, iter_save_lazy, open_lazy_image
 
     try:
         args.output_dir.mkdir(parents=True, exist_ok=True)

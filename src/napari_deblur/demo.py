@@ -278,7 +278,7 @@ def _fit_window_to_screen(viewer: Any) -> None:
 
 def show_side_by_side(viewer: Any) -> None:
     """Input and results side by side (napari's grid), PSFs hidden, the view fitted to the image."""
-    from napari_deblur._widgets.job_runner import viewer_grid
+    from napari_deblur._qt.job_runner import viewer_grid
 
     for layer in viewer.layers:  # a 25 px PSF is only a dot in a grid cell
         if is_psf_metadata(layer.metadata):
@@ -302,7 +302,7 @@ def _lay_out_results_when_done(viewer: Any, widget: Any, jobs: int) -> None:
 
 def _start_gwis_with_map(widget: Any, layers: list[Any]) -> None:
     """Run the GWIS widget on the defocus sample, driven by its true blur map."""
-    from napari_deblur._widgets.gwis_widget import BLUR_FROM_MAP
+    from napari_deblur._qt.gwis_widget import BLUR_FROM_MAP
     from napari_deblur.layer_roles import BLUR_MAP_ROLE, ROLE_KEY
 
     blur_map = next(layer for layer in layers if layer.metadata.get(ROLE_KEY) == BLUR_MAP_ROLE)
@@ -330,7 +330,7 @@ def _start_wiener(widget: Any, layers: list[Any]) -> None:
     The second job starts when the first has added its layer, so the two
     results sit side by side (the runner runs one job at a time).
     """
-    from napari_deblur._widgets.wiener_widget import METHOD_WIENER, METHOD_WIENER_NET, PSF_FROM_LAYER
+    from napari_deblur._qt.wiener_widget import METHOD_WIENER, METHOD_WIENER_NET, PSF_FROM_LAYER
     from napari_deblur.layer_roles import is_psf_metadata
 
     psf_layer = next(layer for layer in layers if is_psf_metadata(layer.metadata))
@@ -383,7 +383,7 @@ def _demo_settings() -> Iterator[None]:
     own values, so it runs against a temporary settings folder (unless the
     caller chose one with ``NAPARI_DEBLUR_CONFIG_DIR``).
     """
-    from napari_deblur._widgets.settings import CONFIG_DIR_ENV
+    from napari_deblur._qt.settings import CONFIG_DIR_ENV
 
     if os.environ.get(CONFIG_DIR_ENV):
         yield

@@ -7,8 +7,8 @@ from scipy.ndimage import gaussian_filter
 from skimage import data
 
 from napari_deblur.engine import estimate_blur_map, iter_estimate_blur_map, run_job, sharpen_gwis
-from napari_deblur.engine import blur_map as bm
-from napari_deblur.engine import devices
+from napari_deblur.engine.methods import blur_map as bm
+from napari_deblur.engine.core import devices
 from training import baselines
 
 

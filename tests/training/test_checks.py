@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_deblur.engine.psf import random_motion_psf
+from napari_deblur.engine.physics.psf import random_motion_psf
 from training.checks import same_weights
 from training.checks import wiener_net_candidate_judge
 from training.checks import wiener_net_heldout_check

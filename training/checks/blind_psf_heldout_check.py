@@ -81,13 +81,13 @@ def make_cases(kind: str, crop: int, seed: int, *, images: tuple[str, ...] | Non
 def score_case(case: tuple, powers: tuple[float, ...], settings: dict[str, float]) -> list[float]:
     """[image index, seconds, then similarity and ER per power].
 
-    ``settings``: fields of :class:`~napari_deblur.engine.blind_psf.EstimatorSettings` that differ
+    ``settings``: fields of :class:`~napari_deblur.engine.methods.blind_psf.EstimatorSettings` that differ
     from the shipped ones (the sharpening power is set by ``powers``).
     """
     import torch
 
     from napari_deblur.engine import kernel_similarity, wiener_net_deconvolve
-    from napari_deblur.engine import blind_psf
+    from napari_deblur.engine.methods import blind_psf
     from region_selection_benchmark import error_upto_shift
 
     torch.set_num_threads(1)
@@ -114,13 +114,13 @@ def main(argv=None) -> None:
     parser.add_argument("--powers", type=float, nargs="+", default=(1.0, 1.25, 1.5, 2.0))
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE",
-                        help="a field of napari_deblur.engine.blind_psf.EstimatorSettings, e.g. "
+                        help="a field of napari_deblur.engine.methods.blind_psf.EstimatorSettings, e.g. "
                              "lambda_floor=0.002 (experiments)")
     args = parser.parse_args(argv)
     powers = tuple(args.powers)
     from dataclasses import fields
 
-    from napari_deblur.engine.blind_psf import EstimatorSettings
+    from napari_deblur.engine.methods.blind_psf import EstimatorSettings
 
     names = {field.name for field in fields(EstimatorSettings)} - {"sharpening_power"}
     settings = {}

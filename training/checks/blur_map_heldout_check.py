@@ -79,7 +79,7 @@ def _cell(mae: float, rmse: float, rmse_textured: float) -> str:
 def main(argv=None) -> None:
     import argparse
 
-    from napari_deblur.engine import blur_map as bm
+    from napari_deblur.engine.methods import blur_map as bm
     from training.blur_map import evaluate
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

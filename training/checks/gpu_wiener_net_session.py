@@ -105,7 +105,7 @@ import statistics, sys, torch
 from pathlib import Path
 sys.path.insert(0, str(Path.cwd() / "benchmarks"))
 from gpu_speed_benchmark import _scene, _timed
-import napari_deblur.engine.wiener_net as wn
+import napari_deblur.engine.methods.wiener_net as wn
 out, device, side = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 name_of_device = torch.cuda.get_device_name() if device == "cuda" else "cpu"
 image, psf = _scene(side)

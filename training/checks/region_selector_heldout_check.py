@@ -20,7 +20,7 @@ import torch
 
 
 def main(argv=None) -> None:
-    from napari_deblur.engine.region_selector import RegionSelectorNet
+    from napari_deblur.engine.methods.region_selector import RegionSelectorNet
     from training import region_selector as training
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

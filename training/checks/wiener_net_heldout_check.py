@@ -73,7 +73,7 @@ def heldout_set(name: str, sampler_options: dict, half_widths: tuple[int, int], 
 
     ``contrast`` scales each crop about its mean before the blur (:func:`with_contrast`).
     """
-    from napari_deblur.engine.psf import random_motion_psf
+    from napari_deblur.engine.physics.psf import random_motion_psf
     from training.kernels import embed
     from training.sources import PatchSampler
     from training.wiener_net import blur_valid
@@ -132,9 +132,9 @@ def interior_psnr(x: torch.Tensor, sharp: torch.Tensor) -> torch.Tensor:
 
 
 def main(argv=None) -> None:
-    from napari_deblur.engine.devices import cpu_bfloat16_is_fast
-    from napari_deblur.engine.wiener import WIENER_STACK_SNRS_DB, wiener_filter
-    from napari_deblur.engine.wiener_net import (
+    from napari_deblur.engine.core.devices import cpu_bfloat16_is_fast
+    from napari_deblur.engine.methods.wiener import WIENER_STACK_SNRS_DB, wiener_filter
+    from napari_deblur.engine.methods.wiener_net import (
         ENSEMBLE_SIZES, apply_network_ensemble, correct_by_residual, wiener_net_features,
         wiener_net_from_weights,
     )

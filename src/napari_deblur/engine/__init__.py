@@ -3,24 +3,24 @@
 Importing this package never imports napari, Qt or magicgui. Public functions
 take and return numpy arrays (any real dtype in, float32 out in the input's
 intensity scale); their ``iter_*`` twins are generators that report progress
-for long jobs (see :mod:`napari_deblur.engine.jobs`). Work runs on CUDA, then
+for long jobs (see :mod:`napari_deblur.engine.core.jobs`). Work runs on CUDA, then
 Apple MPS, then the CPU (:func:`select_device`).
 """
 
-from .blind_psf import estimate_psf, iter_estimate_psf, kernel_similarity
-from .blur_map import (
+from .methods.blind_psf import estimate_psf, iter_estimate_psf, kernel_similarity
+from .methods.blur_map import (
     BLUR_CLASS_EDGES,
     BLUR_CLASS_NAMES,
     blur_classes,
     estimate_blur_map,
     iter_estimate_blur_map,
 )
-from .convolution import blur, iter_blur
-from .devices import select_device
-from .gwis import iter_sharpen_gwis, sharpen_gwis
-from .jobs import EngineError, EngineMemoryError, JobCancelled, JobProgress, run_job
-from .planes import PlaneLayout
-from .psf import (
+from .physics.convolution import blur, iter_blur
+from .core.devices import select_device
+from .methods.gwis import iter_sharpen_gwis, sharpen_gwis
+from .core.jobs import EngineError, EngineMemoryError, JobCancelled, JobProgress, run_job
+from .core.planes import PlaneLayout
+from .physics.psf import (
     disk_psf,
     gaussian_psf,
     motion_psf,
@@ -28,16 +28,16 @@ from .psf import (
     random_motion_psf,
     ring_psf,
 )
-from .region_selector import Region, iter_select_regions, select_regions
-from .validation import as_float_image, as_psf
-from .wiener import (
+from .methods.region_selector import Region, iter_select_regions, select_regions
+from .core.validation import as_float_image, as_psf
+from .methods.wiener import (
     WIENER_STACK_SNRS_DB,
     iter_wiener_deconvolve,
     iter_wiener_deconvolve_snr_stack,
     wiener_deconvolve,
     wiener_deconvolve_snr_stack,
 )
-from .wiener_net import iter_wiener_net_deconvolve, wiener_net_deconvolve
+from .methods.wiener_net import iter_wiener_net_deconvolve, wiener_net_deconvolve
 
 __all__ = [
     "BLUR_CLASS_EDGES",

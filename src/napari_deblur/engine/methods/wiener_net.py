@@ -3,7 +3,7 @@
 Notes
 -----
 After Gilbert, Messinger & Patel: the blurred plane is Wiener-deconvolved at
-the 15 SNRs 9, 13, ..., 65 dB (:data:`~napari_deblur.engine.wiener.WIENER_STACK_SNRS_DB`,
+the 15 SNRs 9, 13, ..., 65 dB (:data:`~napari_deblur.engine.methods.wiener.WIENER_STACK_SNRS_DB`,
 one FFT of the plane) and a network fuses the stack. Their design had colour
 artefacts from unnormalised inputs and stayed soft; this one differs in four
 ways:
@@ -25,19 +25,19 @@ ways:
    residual over the one member nearest the estimated SNR of ``y``; on
    smooth crops at noise 0.01 it fell about 1.4 dB short of Wiener with
    the best SNR per crop, where this one is 1.4 dB above it;
-   ``models/wiener_net.md``.) The blurred plane is first moved back by its
+   ``nets/weights/wiener_net.md``.) The blurred plane is first moved back by its
    kernel's centre-of-mass offset (:func:`align_with_kernel_centroid`), so
    that it lines up with the members for off-centre PSFs as it does for the
    centred training kernels.
 4. **One grayscale network for every channel** (RGB channels are separate
    planes), and a compact multi-scale network (:class:`WienerNet`): the input
    is folded 2x2 into channels
-   (:func:`~napari_deblur.engine.layers.fold_phase_major`), then a four-level
+   (:func:`~napari_deblur.engine.nets.layers.fold_phase_major`), then a four-level
    U-Net (32, 48, 64, 96 channels, 3x3 convolutions, ReLU) works at 1/2 to 1/16
    resolution; about 27 000 multiply-adds per pixel, 550 of them for the
    blend weights (the convolution after each 2x upsampling runs at the
    coarse resolution,
-   :func:`~napari_deblur.engine.layers.upsample_nearest_then_conv`) against
+   :func:`~napari_deblur.engine.nets.layers.upsample_nearest_then_conv`) against
    2.5 million for the seed's full-resolution residual network.
 
 The network may run on several flipped or turned views of its input, their
@@ -52,7 +52,7 @@ deconvolved and added. It puts back the points of star fields and the fine
 textures the network smooths away, and leaves smooth scenes, whose residual
 is noise, as they are. Nothing in it is learned.
 
-The weights in ``models/wiener_net.pt`` are trained by
+The weights in ``nets/weights/wiener_net.pt`` are trained by
 ``python -m napari_deblur.engine.train wiener-net`` on procedural dead-leaves
 images and the train split of scikit-image's images (15 % of them smoothed
 first, as smooth scenes such as fluorescence images), with camera-shake,
@@ -62,7 +62,7 @@ crops, then fine-tuned on 192 px crops with a loss that weights the interior
 (a kernel-wide frame band left out) and more camera shake, then the same on
 fresh crops with the loss taken after :func:`correct_by_residual`, that
 last stage repeated from its own result, lately with procedural textures
-and point-source fields among the crops (``models/wiener_net.md`` is the
+and point-source fields among the crops (``nets/weights/wiener_net.md`` is the
 report).
 
 References
@@ -82,22 +82,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .convolution import convolve_planes
-from .devices import cpu_bfloat16_is_fast, is_out_of_memory, release_cached_memory, select_device
-from .fourier import kernel_centroid_offsets, kernel_to_otf, taper_fft_shape, taper_pad, taper_weights
+from ..physics.convolution import convolve_planes
+from ..core.devices import cpu_bfloat16_is_fast, is_out_of_memory, release_cached_memory, select_device
+from ..physics.fourier import kernel_centroid_offsets, kernel_to_otf, taper_fft_shape, taper_pad, taper_weights
 from .gwis import estimate_noise_std
-from .jobs import JobProgress, JobSteps, run_job, scaled_steps
-from .layers import (ENSEMBLE_SIZES, check_ensemble_size, fold_phase_major, mean_over_views,
+from ..core.jobs import JobProgress, JobSteps, run_job, scaled_steps
+from ..nets.layers import (ENSEMBLE_SIZES, check_ensemble_size, fold_phase_major, mean_over_views,
                      unshuffle_order_of_phase_major, upsample_nearest_then_conv)
-from .lazy import is_dask_array, lazy_with_psf
-from .planes import PlaneLayout, iter_planewise
-from .shipped_weights import load_shipped_model
-from .tiling import MIN_TILE_SIZE, TileWindow, device_tile_size, iter_tiled, out_of_memory_error
-from .validation import as_float_image, as_psf
+from ..core.lazy import is_dask_array, lazy_with_psf
+from ..core.planes import PlaneLayout, iter_planewise
+from ..nets.shipped_weights import load_shipped_model
+from ..core.tiling import MIN_TILE_SIZE, TileWindow, device_tile_size, iter_tiled, out_of_memory_error
+from ..core.validation import as_float_image, as_psf
 from .wiener import WIENER_STACK_SNRS_DB, wiener_filter
 
 WEIGHTS_FILE = "wiener_net.pt"
-"""Shipped weights, in ``napari_deblur/engine/models/``."""
+"""Shipped weights, in ``napari_deblur/engine/nets/weights/``."""
 
 INPUT_CLIP = 8.0
 """Normalised inputs are clipped to +-this many standard deviations of ``y``
@@ -118,7 +118,7 @@ CENTROID_TOLERANCE = 0.05
 
 TILE_SIZE = 1024
 """Core side of the tiles a plane larger than this is restored in, on the CPU
-(:func:`~napari_deblur.engine.tiling.device_tile_size` on a GPU). Everything
+(:func:`~napari_deblur.engine.core.tiling.device_tile_size` on a GPU). Everything
 per pixel (Wiener stack, features, network, residual correction) is then
 bounded by a tile: an 8192 x 8192 plane peaks at 2.8 GB of process memory, 2.25 GB
 above its input (``benchmarks/results/memory.md``)."""
@@ -346,7 +346,7 @@ def apply_network(model: WienerNet, features: torch.Tensor, *, bfloat16: bool = 
 
     ``bfloat16=True`` (CPU only) runs the convolutions in bfloat16, with the input, the
     blend and the output in float32: the engine asks for it on CPUs with native bfloat16
-    (:func:`~napari_deblur.engine.devices.cpu_bfloat16_is_fast`); training keeps float32.
+    (:func:`~napari_deblur.engine.core.devices.cpu_bfloat16_is_fast`); training keeps float32.
     """
     height, width = features.shape[-2:]
     pad_h = -height % SIZE_MULTIPLE
@@ -433,7 +433,7 @@ def residual_noise_std(y: torch.Tensor, restored: torch.Tensor, kernel: torch.Te
 
     The residual is formed in tiles with a kernel-wide halo (the same numbers
     as on the whole plane) and its noise is estimated once on the whole of it
-    (:func:`~napari_deblur.engine.gwis.estimate_noise_std`).
+    (:func:`~napari_deblur.engine.methods.gwis.estimate_noise_std`).
 
     Parameters
     ----------
@@ -508,7 +508,7 @@ def iter_wiener_net_tiled(model: WienerNet, grey: torch.Tensor, kernel: torch.Te
         See :func:`apply_network`.
     tile_size : int
         Core side of a tile; halved on an out-of-memory error
-        (:func:`~napari_deblur.engine.tiling.iter_tiled`).
+        (:func:`~napari_deblur.engine.core.tiling.iter_tiled`).
 
     Returns
     -------
@@ -517,7 +517,7 @@ def iter_wiener_net_tiled(model: WienerNet, grey: torch.Tensor, kernel: torch.Te
     Raises
     ------
     EngineMemoryError
-        When even tiles of :data:`~napari_deblur.engine.tiling.MIN_TILE_SIZE` px run out of memory.
+        When even tiles of :data:`~napari_deblur.engine.core.tiling.MIN_TILE_SIZE` px run out of memory.
     """
     mean, scale, noise = plane_statistics(grey)
     height, width = grey.shape[-2:]
@@ -631,7 +631,7 @@ def wiener_net_deconvolve(image, psf, *, channel_axis: int | None = None, device
         their results averaged (:func:`apply_network_ensemble`): each view is a
         network pass; more views are a little sharper and proportionally slower.
     progress, cancel
-        See :func:`~napari_deblur.engine.jobs.run_job`.
+        See :func:`~napari_deblur.engine.core.jobs.run_job`.
 
     Returns
     -------
@@ -646,7 +646,7 @@ def wiener_net_deconvolve(image, psf, *, channel_axis: int | None = None, device
         device, or an ``ensemble`` size not in :data:`ENSEMBLE_SIZES`.
     EngineMemoryError
         When memory runs out even in the smallest tiles
-        (:class:`~napari_deblur.engine.jobs.EngineMemoryError`, a ``MemoryError``).
+        (:class:`~napari_deblur.engine.core.jobs.EngineMemoryError`, a ``MemoryError``).
         A plane larger than :data:`TILE_SIZE` is restored in tiles
         (:func:`iter_wiener_net_tiled`), and one that fits a tile falls back to
         tiles when memory runs out.
@@ -654,7 +654,7 @@ def wiener_net_deconvolve(image, psf, *, channel_axis: int | None = None, device
     Notes
     -----
     A dask array ``image`` gives a lazy dask array at once, computed plane by
-    plane with this same function (:mod:`napari_deblur.engine.lazy`); each
+    plane with this same function (:mod:`napari_deblur.engine.core.lazy`); each
     worker process loads the network once per device.
     """
     if is_dask_array(image):

@@ -4,7 +4,7 @@ Two methods: the learned Wiener-net (default;
 :func:`napari_deblur.engine.wiener_net_deconvolve`, no parameter to tune)
 and classical Wiener deconvolution at a chosen SNR
 (:func:`napari_deblur.engine.wiener_deconvolve`). The job runs through the
-shared :class:`~napari_deblur._widgets.job_runner.JobRunner` (their ``iter_*``
+shared :class:`~napari_deblur._qt.job_runner.JobRunner` (their ``iter_*``
 twins in memory, the functions themselves lazily).
 
 Script use::
@@ -23,9 +23,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from magicgui.widgets import ComboBox, FloatSlider, FloatSpinBox
 
-from napari_deblur._widgets.job_runner import JobSelection, level0
-from napari_deblur._widgets.job_widget import EngineJob, EngineJobWidget
-from napari_deblur._widgets.layer_choices import image_input, psf_choices
+from napari_deblur._qt.job_runner import JobSelection, level0
+from napari_deblur._qt.job_widget import EngineJob, EngineJobWidget
+from napari_deblur._qt.layer_choices import image_input, psf_choices
 from napari_deblur.options import DEFAULT_ENSEMBLE, ENSEMBLE_SIZES
 
 if TYPE_CHECKING:

@@ -2,7 +2,7 @@
 
 The job (:func:`napari_deblur.engine.iter_estimate_blur_map` in memory,
 :func:`napari_deblur.engine.estimate_blur_map` lazily) runs through the shared
-:class:`~napari_deblur._widgets.job_runner.JobRunner`. The map layer is marked
+:class:`~napari_deblur._qt.job_runner.JobRunner`. The map layer is marked
 as a blur map (``metadata["napari_deblur_role"] == "blur_map"``), so the GWIS
 sharpener lists it first as its blur source.
 
@@ -22,13 +22,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from magicgui.widgets import CheckBox, Label
 
-from napari_deblur._widgets.job_runner import (
+from napari_deblur._qt.job_runner import (
     JobSelection,
     OutputLayerSpec,
     is_dask_array,
 )
-from napari_deblur._widgets.job_widget import EngineJob, EngineJobWidget
-from napari_deblur._widgets.layer_choices import image_input
+from napari_deblur._qt.job_widget import EngineJob, EngineJobWidget
+from napari_deblur._qt.layer_choices import image_input
 from napari_deblur.layer_roles import BLUR_MAP_ROLE, ROLE_KEY
 
 if TYPE_CHECKING:
@@ -144,7 +144,7 @@ def map_and_class_layers(blur_map: np.ndarray, source_name: str,
         Add the labels layer of blur classes.
     """
     from napari_deblur.engine import blur_classes
-    from napari_deblur.engine.blur_map import MAX_LEVEL
+    from napari_deblur.engine.methods.blur_map import MAX_LEVEL
 
     if is_dask_array(blur_map):
         top = MAX_LEVEL

@@ -162,7 +162,7 @@ def single_grey_plane(image, channel_axis: int | None, *, caller: str) -> np.nda
     window statistics would overflow, or their small constants dominate).
     Raises ``ValueError`` naming ``caller`` for stacks and other shapes.
     """
-    from .gwis import luminance  # gwis imports this module
+    from ..methods.gwis import luminance  # gwis imports this module
 
     pixels = as_float_image(image)
     if channel_axis is None and pixels.ndim == 3 and pixels.shape[-1] in (3, 4):

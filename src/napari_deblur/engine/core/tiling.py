@@ -8,7 +8,7 @@ linear ramps. For any operation whose reach is at most ``halo`` pixels the
 tiled result equals the untiled one; for wider operations the seams are
 hidden by the blend. An out-of-memory error (on an accelerator or the CPU)
 restarts the plane with tiles half as large; below :data:`MIN_TILE_SIZE` an
-:class:`~napari_deblur.engine.jobs.EngineMemoryError` ends the job.
+:class:`~napari_deblur.engine.core.jobs.EngineMemoryError` ends the job.
 """
 
 from __future__ import annotations
@@ -155,7 +155,7 @@ def iter_tiled(
     align : int
         Tile starts and sizes are multiples of this (see :func:`tile_layout`).
     retry_on_oom : bool
-        On an out-of-memory error (:func:`~napari_deblur.engine.devices.is_out_of_memory`:
+        On an out-of-memory error (:func:`~napari_deblur.engine.core.devices.is_out_of_memory`:
         CPU allocation failures included), free the cache and restart with half
         the tile size, down to :data:`MIN_TILE_SIZE`.
     core_only : bool
@@ -190,7 +190,7 @@ def iter_tiled(
 
 def out_of_memory_error(error: BaseException, x: torch.Tensor, tile_size: int,
                         halo: int) -> EngineMemoryError:
-    """The :class:`~napari_deblur.engine.jobs.EngineMemoryError` for ``error`` on the last tile size tried."""
+    """The :class:`~napari_deblur.engine.core.jobs.EngineMemoryError` for ``error`` on the last tile size tried."""
     height, width = x.shape[-2:]
     return EngineMemoryError(
         f"Not enough memory on {x.device} for a {height}x{width} plane even in tiles of "

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .devices import select_device
+from ..core.devices import select_device
 from .fourier import kernel_to_otf, symmetric_pad
-from .jobs import JobProgress, JobSteps, run_job
-from .lazy import is_dask_array, lazy_with_psf
-from .planes import PlaneLayout, iter_planewise
-from .validation import as_float_image, as_psf
+from ..core.jobs import JobProgress, JobSteps, run_job
+from ..core.lazy import is_dask_array, lazy_with_psf
+from ..core.planes import PlaneLayout, iter_planewise
+from ..core.validation import as_float_image, as_psf
 
 
 def convolve_planes(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
@@ -54,7 +54,7 @@ def blur(image, psf, *, channel_axis: int | None = None, device=None) -> np.ndar
         Any real dtype; leading axes (z, t) are blurred plane by plane.
     psf : array_like, shape (h, w) or (n, h, w)
         Kernel (normalised to sum 1 here); a 3D stack gives one kernel per
-        plane (see :class:`~napari_deblur.engine.planes.PlaneLayout`).
+        plane (see :class:`~napari_deblur.engine.core.planes.PlaneLayout`).
     channel_axis : int, optional
         Axis of colour channels; each channel is blurred alike.
     device : str or torch.device, optional
@@ -71,7 +71,7 @@ def blur(image, psf, *, channel_axis: int | None = None, device=None) -> np.ndar
         than the image plane.
 
     A dask array ``image`` gives a lazy dask array, plane by plane
-    (:mod:`napari_deblur.engine.lazy`).
+    (:mod:`napari_deblur.engine.core.lazy`).
     """
     if is_dask_array(image):
         return lazy_with_psf(blur, image, psf, channel_axis=channel_axis, device=device)

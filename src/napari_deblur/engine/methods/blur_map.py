@@ -31,7 +31,7 @@ for comparison in the repository's ``training/baselines.py``) in five ways:
    where blur cannot be seen, take the level of the edges around them.
    About 6 700 multiply-adds per pixel (the convolutions after each 2x
    upsampling run at the coarse resolution,
-   :func:`~napari_deblur.engine.layers.upsample_nearest_then_conv`), against
+   :func:`~napari_deblur.engine.nets.layers.upsample_nearest_then_conv`), against
    about 90 000 for the paper's network run densely.
 4. **Spatially varying training data.** Ramps, sinusoids, Voronoi regions
    and smooth random fields of Gaussian, disk and ring blur (levels 0..6 px)
@@ -47,9 +47,9 @@ for comparison in the repository's ``training/baselines.py``) in five ways:
 Colour images are estimated on their luminance; leading axes (z, t) plane
 by plane; large planes in tiles.
 
-The weights in ``models/blur_map.pt`` are trained by
+The weights in ``nets/weights/blur_map.pt`` are trained by
 ``python -m training blurmap``, run from the repository root (card:
-``models/blur_map.md``).
+``nets/weights/blur_map.md``).
 
 References
 ----------
@@ -69,18 +69,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .devices import cpu_bfloat16_is_fast, select_device
+from ..core.devices import cpu_bfloat16_is_fast, select_device
 from .gwis import estimate_noise_std, luminance
-from .jobs import JobProgress, JobSteps, run_job
-from .layers import mean_over_views, upsample_nearest_then_conv
-from .lazy import is_dask_array, lazy_planewise
-from .planes import PlaneLayout, iter_planewise
-from .shipped_weights import load_shipped_model
-from .tiling import device_tile_size, iter_tiled
-from .validation import as_float_image
+from ..core.jobs import JobProgress, JobSteps, run_job
+from ..nets.layers import mean_over_views, upsample_nearest_then_conv
+from ..core.lazy import is_dask_array, lazy_planewise
+from ..core.planes import PlaneLayout, iter_planewise
+from ..nets.shipped_weights import load_shipped_model
+from ..core.tiling import device_tile_size, iter_tiled
+from ..core.validation import as_float_image
 
 WEIGHTS_FILE = "blur_map.pt"
-"""Shipped weights of :class:`BlurMapNet`, in ``napari_deblur/engine/models/``."""
+"""Shipped weights of :class:`BlurMapNet`, in ``napari_deblur/engine/nets/weights/``."""
 
 RETRAIN_COMMAND = "python -m training blurmap"
 """Command that retrains :data:`WEIGHTS_FILE`, run from the repository root."""
@@ -283,12 +283,12 @@ def predict_log_level(model: nn.Module, features: torch.Tensor, ensemble: int = 
     the network's coarse output is bilinearly upsampled and cropped back.
     ``ensemble`` > 1 averages the target over that many flipped or turned views
     of the padded features, each turned back
-    (:func:`~napari_deblur.engine.layers.mean_over_views`): the training crops
+    (:func:`~napari_deblur.engine.nets.layers.mean_over_views`): the training crops
     come in every orientation, so each view is an equally good input, and the
     network's errors differ from view to view (:data:`MAP_VIEWS`).
     ``bfloat16=True`` (CPU only) runs the convolutions in bfloat16 and returns
     float32, as Wiener-net does on CPUs with native bfloat16
-    (:func:`~napari_deblur.engine.devices.cpu_bfloat16_is_fast`).
+    (:func:`~napari_deblur.engine.core.devices.cpu_bfloat16_is_fast`).
     """
     height, width = features.shape[-2:]
     pad_h = -height % SIZE_MULTIPLE
@@ -415,7 +415,7 @@ def iter_estimate_blur_map(image, *, channel_axis: int | None = None, device=Non
         resolution; it is moved to the device and run in float32.
     views : int
         Flipped or turned views averaged (:data:`MAP_VIEWS`; 1 runs the
-        network once), one of :data:`~napari_deblur.engine.layers.ENSEMBLE_SIZES`.
+        network once), one of :data:`~napari_deblur.engine.nets.layers.ENSEMBLE_SIZES`.
     """
     pixels = as_float_image(image)
     layout = PlaneLayout.of(pixels.shape, channel_axis)
@@ -470,7 +470,7 @@ def estimate_blur_map(image, *, channel_axis: int | None = None, device=None,
     device : str or torch.device, optional
         ``None``/"auto" (CUDA, then MPS, then CPU), "cpu", "cuda" or "mps".
     progress, cancel
-        See :func:`~napari_deblur.engine.jobs.run_job`.
+        See :func:`~napari_deblur.engine.core.jobs.run_job`.
 
     Returns
     -------
@@ -497,7 +497,7 @@ def estimate_blur_map(image, *, channel_axis: int | None = None, device=None,
     training. See the module docstring.
 
     A dask array ``image`` gives a lazy dask array at once, computed plane by
-    plane with this same function (:mod:`napari_deblur.engine.lazy`); each
+    plane with this same function (:mod:`napari_deblur.engine.core.lazy`); each
     worker process loads the network once per device.
     """
     if is_dask_array(image):

@@ -2,7 +2,7 @@
 
 The job (:func:`napari_deblur.engine.iter_sharpen_gwis` in memory,
 :func:`napari_deblur.engine.sharpen_gwis` lazily) runs through the shared
-:class:`~napari_deblur._widgets.job_runner.JobRunner`.
+:class:`~napari_deblur._qt.job_runner.JobRunner`.
 
 Script use::
 
@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from magicgui.widgets import ComboBox, FloatSlider
 
-from napari_deblur._widgets.job_runner import JobSelection, level0
-from napari_deblur._widgets.job_widget import EngineJob, EngineJobWidget
-from napari_deblur._widgets.layer_choices import blur_map_choices, image_input
+from napari_deblur._qt.job_runner import JobSelection, level0
+from napari_deblur._qt.job_widget import EngineJob, EngineJobWidget
+from napari_deblur._qt.layer_choices import blur_map_choices, image_input
 
 if TYPE_CHECKING:
     import napari

@@ -36,10 +36,10 @@ can be estimated from them; one global average at the end turns the last
 feature map into one logit. It is trained on 192x192 windows; being fully
 convolutional it scores other window sizes at their native resolution.
 
-The weights in ``models/region_selector.pt`` are trained by
+The weights in ``nets/weights/region_selector.pt`` are trained by
 ``python -m training region-selector`` (run from the repository root) on
 labels made by the project's blind estimator on synthetic blurred images
-(card: ``models/region_selector.md``).
+(card: ``nets/weights/region_selector.md``).
 
 References
 ----------
@@ -59,14 +59,14 @@ import torch
 from torch import nn
 
 from .blind_psf import REGION_SIZE_FACTOR, check_kernel_size, estimate_psf, kernel_similarity
-from .devices import select_device
-from .jobs import JobProgress, JobSteps, run_job
-from .layers import mean_over_views
-from .planes import single_grey_plane
-from .shipped_weights import load_shipped_model
+from ..core.devices import select_device
+from ..core.jobs import JobProgress, JobSteps, run_job
+from ..nets.layers import mean_over_views
+from ..core.planes import single_grey_plane
+from ..nets.shipped_weights import load_shipped_model
 
 WEIGHTS_FILE = "region_selector.pt"
-"""Shipped weights of :class:`RegionSelectorNet`, in ``napari_deblur/engine/models/``."""
+"""Shipped weights of :class:`RegionSelectorNet`, in ``napari_deblur/engine/nets/weights/``."""
 
 RETRAIN_COMMAND = "python -m training region-selector"
 
@@ -175,7 +175,7 @@ def score_windows(model: nn.Module, windows: torch.Tensor, views: int = 1) -> to
     """Probability ``(B,)`` that each grey window ``(B, 1, H, W)`` is good (no gradients).
 
     ``views`` > 1 averages the probability over that many flipped or turned views of each
-    window (:func:`~napari_deblur.engine.layers.mean_over_views`).
+    window (:func:`~napari_deblur.engine.nets.layers.mean_over_views`).
     """
     def probability(view: torch.Tensor) -> torch.Tensor:  # (B, 1, 1, 1): turning it is a no-op
         view = view.contiguous(memory_format=torch.channels_last)
@@ -384,7 +384,7 @@ def select_regions(image, *, size: int = DEFAULT_WINDOW, count: int = 5, stride:
         ``size``); ignored by the network ranking. Use the size you will
         pass to :func:`~napari_deblur.engine.estimate_psf`.
     progress, cancel
-        See :func:`~napari_deblur.engine.jobs.run_job`.
+        See :func:`~napari_deblur.engine.core.jobs.run_job`.
 
     Returns
     -------

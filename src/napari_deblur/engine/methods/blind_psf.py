@@ -42,7 +42,7 @@ pixels wide, and the power moves their mass back onto the path.
 
 Real images are not periodic: before any FFT the plane is mirrored outward by
 the kernel size and faded to its mean
-(:func:`~napari_deblur.engine.fourier.taper_pad`), and the kernel step only
+(:func:`~napari_deblur.engine.physics.fourier.taper_pad`), and the kernel step only
 uses gradients inside the frame (a smooth window), so neither the frame nor
 the padding bends the kernel.
 
@@ -72,12 +72,12 @@ import torch
 import torch.nn.functional as F
 from scipy.signal import fftconvolve
 
-from .devices import select_device
-from .fourier import (kernel_centroid_offsets, kernel_to_otf, squared_frequency, taper_fft_shape,
+from ..core.devices import select_device
+from ..physics.fourier import (kernel_centroid_offsets, kernel_to_otf, squared_frequency, taper_fft_shape,
                       taper_pad)
-from .jobs import JobProgress, JobSteps, run_job
-from .planes import single_grey_plane
-from .validation import as_float_image
+from ..core.jobs import JobProgress, JobSteps, run_job
+from ..core.planes import single_grey_plane
+from ..core.validation import as_float_image
 
 logger = logging.getLogger(__name__)
 
@@ -655,7 +655,7 @@ def estimate_psf(image, *, size: int = 25, region=None, channel_axis: int | None
     settings : EstimatorSettings
         Estimator settings (default: the shipped ones).
     progress, cancel
-        See :func:`~napari_deblur.engine.jobs.run_job`.
+        See :func:`~napari_deblur.engine.core.jobs.run_job`.
 
     Returns
     -------

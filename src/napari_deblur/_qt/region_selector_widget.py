@@ -9,7 +9,7 @@ selected rectangle (the best-scoring one when none is selected), or on the
 whole plane when "PSF from" says so, and adds the
 kernel as an image layer marked as a PSF (``<input> PSF``), which the
 Wiener-net sharpener lists first. Both jobs run through the shared
-:class:`~napari_deblur._widgets.job_runner.JobRunner`.
+:class:`~napari_deblur._qt.job_runner.JobRunner`.
 
 A rectangle ``(y, x, height, width)`` covers the pixel rows ``y .. y+height-1``
 and columns ``x .. x+width-1``; its corners lie on pixel edges, at
@@ -32,13 +32,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from magicgui.widgets import ComboBox, PushButton, SpinBox
 
-from napari_deblur._widgets.job_runner import (
+from napari_deblur._qt.job_runner import (
     SCOPE_CURRENT_SLICE,
     JobSelection,
     OutputLayerSpec,
 )
-from napari_deblur._widgets.job_widget import EngineJob, EngineJobWidget
-from napari_deblur._widgets.layer_choices import image_input
+from napari_deblur._qt.job_widget import EngineJob, EngineJobWidget
+from napari_deblur._qt.layer_choices import image_input
 from napari_deblur.layer_roles import psf_metadata
 
 if TYPE_CHECKING:
@@ -114,7 +114,7 @@ class RegionSelectorWidget(EngineJobWidget):
             napari_viewer,
             "Blurred image layer (PSF layers are not listed). Stacks: the plane on screen.",
         )
-        # the default is engine.region_selector.TRAINING_WINDOW (not imported: it loads torch)
+        # the default is engine.methods.region_selector.TRAINING_WINDOW (not imported: it loads torch)
         self.size = SpinBox(
             name="size", label="Window size (px)", min=64, max=512, step=16, value=192,
             tooltip="Side of the square windows to score, in pixels (the network is trained on "
@@ -331,7 +331,7 @@ class RegionSelectorWidget(EngineJobWidget):
         self, regions: Any, index: int, image: Any
     ) -> tuple[tuple[int, ...], tuple[int, int, int, int]]:
         """Slice index and ``(y, x, height, width)`` in ``image`` of rectangle ``index``."""
-        from napari_deblur._widgets.job_runner import level0
+        from napari_deblur._qt.job_runner import level0
 
         shape = tuple(level0(image).shape)
         if image.rgb:

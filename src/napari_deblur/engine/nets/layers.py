@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..options import ENSEMBLE_SIZES
+from ...options import ENSEMBLE_SIZES
 
 __all__ = ["ENSEMBLE_SIZES"]  # the allowed numbers of views in mean_over_views
 

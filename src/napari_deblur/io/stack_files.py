@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 if TYPE_CHECKING:  # the engine (torch) is imported when a stack is saved, not for `--help`
-    from napari_deblur.engine.jobs import JobSteps
+    from napari_deblur.engine.core.jobs import JobSteps
 
 #: Files (and zarr folders) that can be opened lazily.
 STACK_INPUT_SUFFIXES = (".tif", ".tiff", ".npy", ".png", ".jpg", ".jpeg", ".zarr")
@@ -160,7 +160,7 @@ def open_lazy_image(path, *, max_plane_pixels: int = MAX_PLANE_PIXELS) -> tuple:
     """
     import dask.array as da
 
-    from napari_deblur.engine.lazy import plane_chunks
+    from napari_deblur.engine.core.lazy import plane_chunks
 
     path = Path(path)
     suffix = path.suffix.lower()
@@ -356,7 +356,7 @@ def iter_save_lazy(lazy, path, *, channel_axis: int | None = None, at_once: int 
     OSError
         Writing failed (e.g. a full disk); nothing is left behind.
     """
-    from napari_deblur.engine.lazy import iter_compute_planes, plane_chunks
+    from napari_deblur.engine.core.lazy import iter_compute_planes, plane_chunks
 
     path = Path(path)
     suffix = path.suffix.lower()

@@ -1,5 +1,5 @@
 """The base of napari-deblur's dock widgets: an image input, the widget's own
-inputs, and the shared :class:`~napari_deblur._widgets.job_runner.JobRunner`.
+inputs, and the shared :class:`~napari_deblur._qt.job_runner.JobRunner`.
 
 A subclass builds its input widgets, passes them to ``__init__`` and provides
 :meth:`~EngineJobWidget.engine_job`: which engine call to make on the selected
@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from magicgui.widgets import Container, Widget
 
-from napari_deblur._widgets.job_runner import (
+from napari_deblur._qt.job_runner import (
     SCOPE_CURRENT_SLICE,
     SCOPE_LAZY,
     JobRunner,
@@ -28,8 +28,8 @@ from napari_deblur._widgets.job_runner import (
     MakeOutputs,
     OutputLayerSpec,
 )
-from napari_deblur._widgets.layer_choices import select_active_layer
-from napari_deblur._widgets.settings import remember_values
+from napari_deblur._qt.layer_choices import select_active_layer
+from napari_deblur._qt.settings import remember_values
 
 if TYPE_CHECKING:
     import napari
@@ -50,7 +50,7 @@ class EngineJob:
         ``sharpen_gwis``). Import the engine inside it (torch is heavy).
     make_outputs : callable
         ``make_outputs(result)`` -> list of
-        :class:`~napari_deblur._widgets.job_runner.OutputLayerSpec`; called
+        :class:`~napari_deblur._qt.job_runner.OutputLayerSpec`; called
         on the GUI thread with a numpy or (lazy, saved) dask result, which it
         must not compute.
     suffix : str

@@ -13,7 +13,7 @@ time on a megapixel: 2.3 s, against 1.2 s with freed blocks reused (one thread).
 
 What
 ----
-The first time the engine picks the CPU (:func:`~napari_deblur.engine.devices.select_device`),
+The first time the engine picks the CPU (:func:`~napari_deblur.engine.core.devices.select_device`),
 :func:`reuse_freed_memory` raises the mmap threshold to :data:`MMAP_THRESHOLD_BYTES`
 and the heap-trim threshold to :data:`TRIM_THRESHOLD_BYTES`, and limits glibc
 to one arena so that worker threads (napari's, dask's) share the main heap

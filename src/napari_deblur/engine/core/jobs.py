@@ -39,9 +39,9 @@ class EngineError(Exception):
 class EngineMemoryError(EngineError, MemoryError):
     """Not enough memory for a job even in the smallest tiles the engine tries.
 
-    Raised by the tiled methods (:func:`~napari_deblur.engine.tiling.iter_tiled`)
+    Raised by the tiled methods (:func:`~napari_deblur.engine.core.tiling.iter_tiled`)
     after an out-of-memory error on the CPU or an accelerator has been retried
-    with tiles down to :data:`~napari_deblur.engine.tiling.MIN_TILE_SIZE` px.
+    with tiles down to :data:`~napari_deblur.engine.core.tiling.MIN_TILE_SIZE` px.
     An :class:`EngineError` (so the command line and the napari runner report
     it) and a ``MemoryError``; the allocator's own error is its ``__cause__``.
     """

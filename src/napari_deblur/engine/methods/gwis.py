@@ -117,12 +117,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .devices import select_device
-from .jobs import JobProgress, JobSteps, run_job
-from .lazy import is_dask_array, lazy_layout, lazy_planewise
-from .planes import PlaneLayout, iter_planewise
-from .tiling import TileWindow, device_tile_size, iter_tiled
-from .validation import as_float_image
+from ..core.devices import select_device
+from ..core.jobs import JobProgress, JobSteps, run_job
+from ..core.lazy import is_dask_array, lazy_layout, lazy_planewise
+from ..core.planes import PlaneLayout, iter_planewise
+from ..core.tiling import TileWindow, device_tile_size, iter_tiled
+from ..core.validation import as_float_image
 
 logger = logging.getLogger(__name__)
 
@@ -1134,7 +1134,7 @@ def sharpen_gwis(
     device : str or torch.device, optional
         ``None``/"auto" (CUDA, then MPS, then CPU), "cpu", "cuda" or "mps".
     progress : callable, optional
-        Called with :class:`~napari_deblur.engine.jobs.JobProgress`.
+        Called with :class:`~napari_deblur.engine.core.jobs.JobProgress`.
     cancel : callable or threading.Event, optional
         Checked between planes and tiles; raises ``JobCancelled`` when set.
 
@@ -1145,7 +1145,7 @@ def sharpen_gwis(
     within ``1.5 * sigma_p + 1`` pixels (it is a bilinear resampling).
     A dask array ``image`` (and/or ``blur`` map) gives a lazy dask array at
     once, computed plane by plane with this same function
-    (:mod:`napari_deblur.engine.lazy`).
+    (:mod:`napari_deblur.engine.core.lazy`).
 
     Raises
     ------

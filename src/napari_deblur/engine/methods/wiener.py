@@ -20,7 +20,7 @@ exactly ``1 / H(0) = 1`` so the image keeps its mean brightness.
 
 Real photos are not periodic: before the FFT the plane is mirrored outward by
 at least the PSF size and faded to its mean
-(:func:`~napari_deblur.engine.fourier.taper_pad`), which removes the ringing a
+(:func:`~napari_deblur.engine.physics.fourier.taper_pad`), which removes the ringing a
 periodic filter puts at the frame.
 
 References
@@ -35,13 +35,13 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from .devices import is_out_of_memory, release_cached_memory, select_device
-from .fourier import kernel_to_otf, squared_frequency, taper_fft_shape, taper_pad
-from .jobs import JobProgress, JobSteps, run_job
-from .lazy import is_dask_array, lazy_with_psf
-from .planes import PlaneLayout, iter_planewise
-from .tiling import MIN_TILE_SIZE, budget_tile_size, device_tile_size, iter_tiled, out_of_memory_error
-from .validation import as_float_image, as_psf
+from ..core.devices import is_out_of_memory, release_cached_memory, select_device
+from ..physics.fourier import kernel_to_otf, squared_frequency, taper_fft_shape, taper_pad
+from ..core.jobs import JobProgress, JobSteps, run_job
+from ..core.lazy import is_dask_array, lazy_with_psf
+from ..core.planes import PlaneLayout, iter_planewise
+from ..core.tiling import MIN_TILE_SIZE, budget_tile_size, device_tile_size, iter_tiled, out_of_memory_error
+from ..core.validation import as_float_image, as_psf
 
 WIENER_STACK_SNRS_DB: tuple[float, ...] = tuple(float(s) for s in range(9, 66, 4))
 """The 15 SNRs (dB) of the Wiener stack of Gilbert, Messinger & Patel: 9, 13, ..., 65."""
@@ -154,8 +154,8 @@ def wiener_bytes_per_pixel(n_snrs: int, n_channels: int = 1) -> float:
 
 
 def wiener_tile_size(n_snrs: int, n_channels: int, device) -> int:
-    """Tile side for :func:`wiener_filter` within :data:`~napari_deblur.engine.tiling.TILE_MEMORY_BUDGET_BYTES`
-    (at least :data:`~napari_deblur.engine.tiling.GPU_TILE_SIZE` on CUDA)."""
+    """Tile side for :func:`wiener_filter` within :data:`~napari_deblur.engine.core.tiling.TILE_MEMORY_BUDGET_BYTES`
+    (at least :data:`~napari_deblur.engine.core.tiling.GPU_TILE_SIZE` on CUDA)."""
     return device_tile_size(budget_tile_size(wiener_bytes_per_pixel(n_snrs, n_channels)), device)
 
 
@@ -244,7 +244,7 @@ def wiener_deconvolve_snr_stack(
         SNRs in dB; default the 15 values 9, 13, ..., 65
         (:data:`WIENER_STACK_SNRS_DB`).
     progress, cancel
-        See :func:`~napari_deblur.engine.jobs.run_job`.
+        See :func:`~napari_deblur.engine.core.jobs.run_job`.
 
     Returns
     -------
@@ -312,7 +312,7 @@ def wiener_deconvolve(
         real photo does not ring at its border; "periodic" assumes the image
         is one period of a periodic blur.
     progress : callable, optional
-        Called with :class:`~napari_deblur.engine.jobs.JobProgress` per plane.
+        Called with :class:`~napari_deblur.engine.core.jobs.JobProgress` per plane.
     cancel : callable or threading.Event, optional
         Checked between planes; raises ``JobCancelled`` when set.
 
@@ -328,12 +328,12 @@ def wiener_deconvolve(
         the image plane, or an unavailable device.
     EngineMemoryError
         When memory runs out even in the smallest tiles
-        (:class:`~napari_deblur.engine.jobs.EngineMemoryError`, a ``MemoryError``).
+        (:class:`~napari_deblur.engine.core.jobs.EngineMemoryError`, a ``MemoryError``).
 
     Notes
     -----
     A plane is filtered in one piece when its FFT grid fits
-    :data:`~napari_deblur.engine.tiling.TILE_MEMORY_BUDGET_BYTES` (about
+    :data:`~napari_deblur.engine.core.tiling.TILE_MEMORY_BUDGET_BYTES` (about
     3800 x 3800 px for one SNR and channel), else in tiles with
     :data:`TILE_HALO_KERNELS` kernel sides of context, cross-faded; memory
     is then bounded by the tile, and the result differs from the untiled
@@ -341,7 +341,7 @@ def wiener_deconvolve(
 
 
     A dask array ``image`` gives a lazy dask array at once, computed plane by
-    plane with this same function (:mod:`napari_deblur.engine.lazy`).
+    plane with this same function (:mod:`napari_deblur.engine.core.lazy`).
     """
     if is_dask_array(image):
         return lazy_with_psf(wiener_deconvolve, image, psf, channel_axis=channel_axis,

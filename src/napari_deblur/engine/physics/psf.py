@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from .validation import as_psf
+from ..core.validation import as_psf
 
 _SUPERSAMPLING = 8  # sub-pixel samples per axis for anti-aliased shapes
 _PROFILE_BLOCK_SAMPLES = 2**22  # sub-pixel samples evaluated at once (32 MiB of float64)

@@ -52,7 +52,7 @@ import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, Label, ProgressBar, PushButton
 from psygnal import Signal
 
-from napari_deblur.stack_files import STACK_OUTPUT_SUFFIXES
+from napari_deblur.io.stack_files import STACK_OUTPUT_SUFFIXES
 
 if TYPE_CHECKING:
     import napari
@@ -153,7 +153,7 @@ class JobSelection:
                 return data
             import dask.array as da
 
-            from napari_deblur.engine.lazy import plane_chunks
+            from napari_deblur.engine.core.lazy import plane_chunks
 
             if isinstance(data, np.ndarray):
                 data = data.view()
@@ -261,7 +261,7 @@ def _save_steps(
     make_lazy: MakeLazy, path: str, description: str, data: Any, channel_axis: int | None
 ) -> Generator:
     """Job steps of a save: compute the lazy result into ``path``, return the file opened lazily."""
-    from napari_deblur.stack_files import iter_save_lazy, open_lazy_image
+    from napari_deblur.io.stack_files import iter_save_lazy, open_lazy_image
 
     lazy = make_lazy(data, channel_axis)
     # Outputs either keep the input's channel axis (sharpened images) or drop it (maps).

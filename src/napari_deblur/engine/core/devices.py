@@ -32,7 +32,7 @@ def select_device(device: str | torch.device | None = None) -> torch.device:
     """Return the torch device to run on.
 
     The first time it returns the CPU, it also lets glibc keep large freed
-    blocks for reuse (:func:`~napari_deblur.engine.cpu_memory.reuse_freed_memory`).
+    blocks for reuse (:func:`~napari_deblur.engine.core.cpu_memory.reuse_freed_memory`).
 
     Parameters
     ----------
@@ -115,7 +115,7 @@ def is_out_of_memory(error: BaseException) -> bool:
     Recognised: ``MemoryError`` (numpy's and Python's), ``torch.OutOfMemoryError``
     and ``RuntimeError`` whose message is a CUDA, MPS or CPU allocator's
     (``"out of memory"``, ``"DefaultCPUAllocator: can't allocate memory"``,
-    ``"not enough memory"``). An :class:`~napari_deblur.engine.jobs.EngineMemoryError`
+    ``"not enough memory"``). An :class:`~napari_deblur.engine.core.jobs.EngineMemoryError`
     is not: it is the verdict after the smaller tiles were tried already.
     """
     if isinstance(error, EngineMemoryError):
@@ -151,8 +151,8 @@ def cpu_bfloat16_is_fast(device: torch.device) -> bool:
     stays; accelerators keep float32 too (their time is not the limit).
     ``NAPARI_DEBLUR_CPU_FLOAT32=1`` turns bfloat16 off. Only the convolutions
     change precision; the caller keeps its input, blend and output in float32
-    (:func:`~napari_deblur.engine.wiener_net.apply_network`,
-    :func:`~napari_deblur.engine.blur_map.predict_log_level`).
+    (:func:`~napari_deblur.engine.methods.wiener_net.apply_network`,
+    :func:`~napari_deblur.engine.methods.blur_map.predict_log_level`).
     """
     if device.type != "cpu" or os.environ.get(CPU_BFLOAT16_OPT_OUT, "").strip() not in ("", "0"):
         return False

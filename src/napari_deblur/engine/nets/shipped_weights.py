@@ -1,4 +1,4 @@
-"""Loading the learned models' weights shipped in ``napari_deblur/engine/models/``."""
+"""Loading the learned models' weights shipped in ``napari_deblur/engine/nets/weights/``."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ from torch import nn
 
 def load_shipped_model(model: nn.Module, filename: str, device: torch.device,
                        retrain_command: str) -> nn.Module:
-    """Load ``models/filename`` into ``model`` (strictly, tensors only) and ready it on ``device``.
+    """Load ``nets/weights/filename`` into ``model`` (strictly, tensors only) and ready it on ``device``.
 
     Returns the model in eval mode, channels-last (several times faster CPU
     convolutions than NCHW here). Raises FileNotFoundError naming
     ``retrain_command`` when the file is missing from the installed package.
     """
-    weights = resources.files("napari_deblur.engine").joinpath("models", filename)
+    weights = resources.files("napari_deblur.engine.nets").joinpath("weights", filename)
     with resources.as_file(weights) as path:
         if not path.is_file():
             raise FileNotFoundError(

@@ -1,0 +1,1 @@
+"""Core of the engine: input checks, planes and stacks, jobs, tiling, devices, memory."""

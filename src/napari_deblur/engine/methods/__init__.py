@@ -1,0 +1,1 @@
+"""The restoration and analysis methods, one module per method."""

@@ -1,0 +1,1 @@
+"""Learned models: network blocks, the shipped networks and their weights."""

@@ -1,0 +1,1 @@
+"""Physics of blur: point-spread functions, convolution and Fourier helpers."""

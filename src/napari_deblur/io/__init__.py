@@ -1,0 +1,1 @@
+"""Files: PSF and kernel files (readers, writers), image stacks on disk."""
