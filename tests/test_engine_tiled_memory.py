@@ -11,12 +11,22 @@ import torch
 from scipy.signal import fftconvolve
 from skimage import data
 
-from napari_deblur.engine import EngineError, gaussian_psf, run_job, wiener_deconvolve, wiener_net_deconvolve
-from napari_deblur.engine import devices, tiling
 from napari_deblur import engine
+from napari_deblur.engine import (
+    EngineError,
+    devices,
+    estimate_blur_map,
+    estimate_psf,
+    gaussian_psf,
+    random_motion_psf,
+    run_job,
+    sharpen_gwis,
+    tiling,
+    wiener_deconvolve,
+    wiener_net_deconvolve,
+)
 from napari_deblur.engine import blind_psf as blind_psf_module
 from napari_deblur.engine import blur_map as blur_map_module
-from napari_deblur.engine import estimate_blur_map, estimate_psf, random_motion_psf, sharpen_gwis
 from napari_deblur.engine import gwis as gwis_module
 from napari_deblur.engine import wiener as wiener_module
 from napari_deblur.engine import wiener_net as wn
