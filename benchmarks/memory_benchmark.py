@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import subprocess
@@ -33,6 +34,17 @@ from pathlib import Path
 METHODS = ("wiener", "wiener-net", "gwis", "gwis-auto", "blur-map", "blind-psf", "regions")
 SIZES = (1024, 4096, 8192)
 RESULTS = Path(__file__).resolve().parent / "results" / "memory.md"
+
+
+def _cpu_name() -> str:
+    """The CPU's model name and the cores this process may use."""
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as info:
+            name = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{name}, {len(os.sched_getaffinity(0))} cores"
 
 
 def _rss_bytes() -> int:
@@ -144,8 +156,8 @@ def main(argv=None) -> int:
         "# Peak memory per method (CPU)",
         "",
         f"`python benchmarks/memory_benchmark.py --sizes {' '.join(map(str, args.sizes))} "
-        f"--methods {' '.join(args.methods)} --threads {args.threads}` on {platform.machine()} "
-        f"({platform.processor() or platform.system()}), float32 grayscale planes, one fresh process "
+        f"--methods {' '.join(args.methods)} --threads {args.threads}` on {_cpu_name()} "
+        f"({platform.system()}), float32 grayscale planes, one fresh process "
         f"per row. *Peak*: the process's peak resident set size; *added*: peak minus the resident "
         f"size just before the call (Python, torch, the model and the input plane); *planes*: "
         f"*added* in float32 planes of the input's size.",

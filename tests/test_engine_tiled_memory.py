@@ -11,17 +11,26 @@ import torch
 from scipy.signal import fftconvolve
 from skimage import data
 
-from napari_deblur.engine import EngineError, gaussian_psf, run_job, wiener_deconvolve, wiener_net_deconvolve
-from napari_deblur.engine.core import devices, tiling
 from napari_deblur import engine
+from napari_deblur.engine import (
+    EngineError,
+    EngineMemoryError,
+    estimate_blur_map,
+    estimate_psf,
+    gaussian_psf,
+    random_motion_psf,
+    run_job,
+    sharpen_gwis,
+    wiener_deconvolve,
+    wiener_net_deconvolve,
+)
+from napari_deblur.engine.core import devices, tiling
+from napari_deblur.engine.core.tiling import iter_tiled
 from napari_deblur.engine.methods import blind_psf as blind_psf_module
 from napari_deblur.engine.methods import blur_map as blur_map_module
-from napari_deblur.engine import estimate_blur_map, estimate_psf, random_motion_psf, sharpen_gwis
 from napari_deblur.engine.methods import gwis as gwis_module
 from napari_deblur.engine.methods import wiener as wiener_module
 from napari_deblur.engine.methods import wiener_net as wn
-from napari_deblur.engine.core.jobs import EngineMemoryError
-from napari_deblur.engine.core.tiling import iter_tiled
 
 CPU_ALLOCATOR_TEXT = (
     "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: "
