@@ -115,8 +115,10 @@ class Case:
 
 def sharpen_with_scales(gw, observed: np.ndarray, level: float, scales):
     """GWIS outputs for several constant warp scales, sharing one edge detection."""
+    from napari_deblur.engine.core.image_stats import luminance
+
     x = torch.from_numpy(observed.astype(np.float32))[None, None]
-    lum = gw.luminance(x)
+    lum = luminance(x)
     placeholder = torch.ones_like(lum)  # every pixel may hold an edge point
     edges = gw.detect_edge_points(lum, placeholder,
                                   gradient_scale=gw.gradient_scale_for_level(level))

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from .cpu_memory import job_memory
+from .image_stats import luminance
 from .jobs import JobProgress, JobSteps, scaled_steps
 from .validation import FLOAT32_MAX, as_float_image, check_psf_fits
 
@@ -162,7 +163,6 @@ def single_grey_plane(image, channel_axis: int | None, *, caller: str) -> np.nda
     window statistics would overflow, or their small constants dominate).
     Raises ``ValueError`` naming ``caller`` for stacks and other shapes.
     """
-    from ..methods.gwis import luminance  # gwis imports this module
 
     pixels = as_float_image(image)
     if channel_axis is None and pixels.ndim == 3 and pixels.shape[-1] in (3, 4):

@@ -70,7 +70,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.devices import cpu_bfloat16_is_fast, select_device
-from .gwis import estimate_noise_std, luminance
+from ..core.image_stats import estimate_noise_std, luminance
 from ..core.jobs import JobProgress, JobSteps, run_job
 from ..nets.layers import mean_over_views, upsample_nearest_then_conv
 from ..core.lazy import is_dask_array, lazy_planewise
@@ -78,6 +78,7 @@ from ..core.planes import PlaneLayout, iter_planewise
 from ..nets.shipped_weights import load_shipped_model
 from ..core.tiling import device_tile_size, iter_tiled
 from ..core.validation import as_float_image
+from ..physics.gaussian import gaussian_kernel_1d
 
 WEIGHTS_FILE = "blur_map.pt"
 """Shipped weights of :class:`BlurMapNet`, in ``napari_deblur/engine/nets/weights/``."""
@@ -204,16 +205,9 @@ def target_to_level(target: torch.Tensor) -> torch.Tensor:
     return (torch.expm1(target) * LEVEL_OFFSET).clamp(0.0, MAX_LEVEL)
 
 
-def _gaussian_1d(sigma: float, dtype, device) -> torch.Tensor:
-    radius = max(1, math.ceil(3.0 * sigma))
-    k = torch.arange(-radius, radius + 1, dtype=torch.float64)
-    g = torch.exp(-(k**2) / (2.0 * sigma**2))
-    return (g / g.sum()).to(device=device, dtype=dtype)
-
-
 def _smooth(x: torch.Tensor, sigma: float) -> torch.Tensor:
     """Separable Gaussian of ``(B, C, h, w)`` with reflected borders."""
-    g = _gaussian_1d(sigma, x.dtype, x.device)
+    g = gaussian_kernel_1d(sigma, x.dtype, x.device)
     r = g.numel() // 2
     channels = x.shape[1]
     pad_h, pad_w = min(r, x.shape[-2] - 1), min(r, x.shape[-1] - 1)

@@ -118,11 +118,14 @@ import torch
 import torch.nn.functional as F
 
 from ..core.devices import select_device
+from ..core.image_stats import estimate_noise_std, luminance
 from ..core.jobs import JobProgress, JobSteps, run_job
 from ..core.lazy import is_dask_array, lazy_layout, lazy_planewise
 from ..core.planes import PlaneLayout, iter_planewise
 from ..core.tiling import TileWindow, device_tile_size, iter_tiled
 from ..core.validation import as_float_image
+from ..physics.gaussian import gaussian_kernel_1d
+from .blur_map import iter_estimate_blur_map
 
 logger = logging.getLogger(__name__)
 
@@ -177,8 +180,6 @@ ANGLE_SECTORS = 8
 #: Side of a tile's core for large planes (pixels).
 TILE_SIZE = 1024
 
-_REC709 = (0.2125, 0.7154, 0.0721)  # as skimage.color.rgb2gray
-
 
 def warp_scale_for_level(level):
     """Warp scale ``sigma_p`` (px) for blur levels (px): the study's linear mapping.
@@ -211,38 +212,10 @@ def gradient_scale_for_level(level: float) -> float:
 # --- tensor level: (B, C, H, W) -------------------------------------------------------------
 
 
-def luminance(x: torch.Tensor) -> torch.Tensor:
-    """``(B, C, H, W)`` -> ``(B, 1, H, W)``: Rec. 709 luminance for 3/4 channels, else the mean."""
-    channels = x.shape[1]
-    if channels == 1:
-        return x
-    if channels in (3, 4):
-        weights = torch.tensor(_REC709, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-        return (x[:, :3] * weights).sum(dim=1, keepdim=True)
-    return x.mean(dim=1, keepdim=True)
-
-
-def estimate_noise_std(lum: torch.Tensor) -> torch.Tensor:
-    """Robust white-noise standard deviation per plane, shape ``(B,)``.
-
-    Median absolute value of the finest diagonal Haar wavelet band divided by
-    0.6745 (Donoho's estimator); the band holds little of a natural or blurred
-    image, so mostly noise.
-    """
-    height, width = lum.shape[-2:]
-    h2, w2 = height // 2 * 2, width // 2 * 2
-    if h2 == 0 or w2 == 0:
-        return lum.new_zeros(lum.shape[0])
-    q = lum[:, 0, :h2, :w2]
-    diagonal = (q[:, 0::2, 0::2] - q[:, 1::2, 0::2] - q[:, 0::2, 1::2] + q[:, 1::2, 1::2]) / 2.0
-    return diagonal.flatten(1).abs().median(dim=1).values / 0.6745
-
-
 def _gaussian_kernels(scale: float, dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
-    radius = max(1, int(math.ceil(3.0 * scale)))
+    smooth = gaussian_kernel_1d(scale, torch.float64)
+    radius = smooth.numel() // 2
     k = torch.arange(-radius, radius + 1, dtype=torch.float64)
-    smooth = torch.exp(-(k**2) / (2.0 * scale**2))
-    smooth = smooth / smooth.sum()
     derivative = k * smooth
     derivative = derivative / (k * derivative).sum()  # gives 1 on a unit ramp
     return smooth.to(device=device, dtype=dtype), derivative.to(device=device, dtype=dtype)
@@ -1087,7 +1060,6 @@ def iter_sharpen_gwis(image, blur, *, channel_axis: int | None = None, device=No
     pixels = as_float_image(image)
     layout = PlaneLayout.of(pixels.shape, channel_axis)
     if _is_auto(blur):
-        from .blur_map import iter_estimate_blur_map  # blur_map imports this module
 
         blur = yield from iter_estimate_blur_map(pixels, channel_axis=channel_axis, device=device)
     levels = _check_blur(blur, layout)

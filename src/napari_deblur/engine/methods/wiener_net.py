@@ -85,7 +85,7 @@ from torch import nn
 from ..physics.convolution import convolve_planes
 from ..core.devices import cpu_bfloat16_is_fast, is_out_of_memory, release_cached_memory, select_device
 from ..physics.fourier import kernel_centroid_offsets, kernel_to_otf, taper_fft_shape, taper_pad, taper_weights
-from .gwis import estimate_noise_std
+from ..core.image_stats import estimate_noise_std
 from ..core.jobs import JobProgress, JobSteps, run_job, scaled_steps
 from ..nets.layers import (ENSEMBLE_SIZES, check_ensemble_size, fold_phase_major, mean_over_views,
                      unshuffle_order_of_phase_major, upsample_nearest_then_conv)
