@@ -239,7 +239,7 @@ def test_nan_image_shows_an_error_and_adds_no_layer(make_napari_viewer, qtbot, n
 
 
 def test_runtime_errors_reach_the_user_as_engine_errors(make_napari_viewer, qtbot, notifications):
-    from napari_deblur._qt import OutputLayerSpec
+    from napari_deblur.layer_jobs import OutputLayerSpec
     from napari_deblur.engine import EngineError, JobProgress
 
     viewer = make_napari_viewer()

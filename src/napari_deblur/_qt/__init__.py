@@ -5,6 +5,6 @@ progress, cancel, errors, output layers with the input's geometry). Importing
 this package does not import torch or the engine.
 """
 
-from napari_deblur._qt.job_runner import JobRunner, JobSelection, OutputLayerSpec
+from napari_deblur._qt.job_runner import JobRunner
 
-__all__ = ["JobRunner", "JobSelection", "OutputLayerSpec"]
+__all__ = ["JobRunner"]

@@ -22,13 +22,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from magicgui.widgets import CheckBox, Label
 
-from napari_deblur._qt.job_runner import (
-    JobSelection,
-    OutputLayerSpec,
-    is_dask_array,
-)
 from napari_deblur._qt.job_widget import EngineJob, EngineJobWidget
 from napari_deblur._qt.layer_choices import image_input
+from napari_deblur.layer_jobs import JobSelection, OutputLayerSpec, is_dask_array
 from napari_deblur.layer_roles import BLUR_MAP_ROLE, ROLE_KEY
 
 if TYPE_CHECKING:

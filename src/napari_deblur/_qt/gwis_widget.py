@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from magicgui.widgets import ComboBox, FloatSlider
 
-from napari_deblur._qt.job_runner import JobSelection, level0
 from napari_deblur._qt.job_widget import EngineJob, EngineJobWidget
 from napari_deblur._qt.layer_choices import blur_map_choices, image_input
+from napari_deblur.layer_jobs import JobSelection, level0
 
 if TYPE_CHECKING:
     import napari

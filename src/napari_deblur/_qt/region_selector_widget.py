@@ -32,13 +32,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from magicgui.widgets import ComboBox, PushButton, SpinBox
 
-from napari_deblur._qt.job_runner import (
-    SCOPE_CURRENT_SLICE,
-    JobSelection,
-    OutputLayerSpec,
-)
 from napari_deblur._qt.job_widget import EngineJob, EngineJobWidget
 from napari_deblur._qt.layer_choices import image_input
+from napari_deblur.layer_jobs import SCOPE_CURRENT_SLICE, JobSelection, OutputLayerSpec
 from napari_deblur.layer_roles import psf_metadata
 
 if TYPE_CHECKING:
@@ -331,7 +327,7 @@ class RegionSelectorWidget(EngineJobWidget):
         self, regions: Any, index: int, image: Any
     ) -> tuple[tuple[int, ...], tuple[int, int, int, int]]:
         """Slice index and ``(y, x, height, width)`` in ``image`` of rectangle ``index``."""
-        from napari_deblur._qt.job_runner import level0
+        from napari_deblur.layer_jobs import level0
 
         shape = tuple(level0(image).shape)
         if image.rgb:

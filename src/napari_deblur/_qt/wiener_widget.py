@@ -23,9 +23,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from magicgui.widgets import ComboBox, FloatSlider, FloatSpinBox
 
-from napari_deblur._qt.job_runner import JobSelection, level0
 from napari_deblur._qt.job_widget import EngineJob, EngineJobWidget
 from napari_deblur._qt.layer_choices import image_input, psf_choices
+from napari_deblur.layer_jobs import JobSelection, level0
 from napari_deblur.options import DEFAULT_ENSEMBLE, ENSEMBLE_SIZES
 
 if TYPE_CHECKING:
