@@ -136,7 +136,7 @@ def _blur_map_model_loads() -> int:
 def test_local_cluster_of_worker_processes_gives_the_same_result_and_loads_the_model_once(stack):
     distributed = pytest.importorskip("distributed")
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  dashboard_address=None) as cluster, \
+                                  dashboard_address=":0") as cluster, \
             distributed.Client(cluster) as client:
         lazy_input = da.from_array(np.concatenate([stack, stack[::-1]]), chunks=(1, 45, 50))
         blur_map = engine.estimate_blur_map(lazy_input)

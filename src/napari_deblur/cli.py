@@ -354,7 +354,7 @@ def _start_cluster(args: argparse.Namespace):
                    if name != "MALLOC_TRIM_THRESHOLD_"}
         with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
             return Client(LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
-                                       dashboard_address=None, silence_logs=logging.WARNING))
+                                       dashboard_address=":0", silence_logs=logging.WARNING))
     try:
         return Client(args.scheduler, timeout="20s")
     except OSError as exc:
