@@ -31,19 +31,14 @@ GPU when it has one, since ``device=None`` is resolved on the worker).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import numpy as np
 
 from .jobs import JobProgress, JobSteps
 from .planes import PlaneLayout
+from .validation import as_psf, is_dask_array
 
 BlockFn = Callable[..., np.ndarray]
-
-
-def is_dask_array(x: Any) -> bool:
-    """Whether ``x`` is a dask array (without importing dask)."""
-    return type(x).__module__.split(".")[0] == "dask" and hasattr(x, "map_blocks")
 
 
 def check_lazy_image(image, *, name: str = "image") -> None:
@@ -72,8 +67,6 @@ def lazy_with_psf(method: BlockFn, image, psf, *, channel_axis: int | None = Non
     ``psf`` is checked and normalised at once (:func:`~napari_deblur.engine.as_psf`);
     a 3D PSF gives each plane its own kernel, as in memory.
     """
-    from .validation import as_psf
-
     layout = lazy_layout(image, channel_axis)
     kernels = layout.psf_per_plane(as_psf(psf))
 

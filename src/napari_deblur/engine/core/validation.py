@@ -7,10 +7,17 @@ values in 0..255. The caller's array is never modified.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 """Largest float32 value; the engine works in float32."""
+
+
+def is_dask_array(x: Any) -> bool:
+    """Whether ``x`` is a dask array (without importing dask)."""
+    return type(x).__module__.split(".")[0] == "dask" and hasattr(x, "map_blocks")
 
 
 def as_float_image(image, *, name: str = "image", min_ndim: int = 2) -> np.ndarray:

@@ -75,7 +75,7 @@ from scipy.signal import fftconvolve
 from ..core.devices import select_device
 from ..physics.fourier import (kernel_centroid_offsets, kernel_to_otf, squared_frequency, taper_fft_shape,
                       taper_pad)
-from ..core.jobs import JobProgress, JobSteps, run_job
+from ..core.jobs import JobProgress, JobSteps, job_facade
 from ..core.planes import single_grey_plane
 from ..core.validation import as_float_image
 
@@ -625,9 +625,8 @@ def _coarse_to_fine(full: torch.Tensor, levels: list[tuple[float, int]],
     return kernel
 
 
-def estimate_psf(image, *, size: int = 25, region=None, channel_axis: int | None = None,
-                 device=None, settings: EstimatorSettings = SHIPPED_SETTINGS, progress=None,
-                 cancel=None) -> np.ndarray:
+@job_facade(iter_estimate_psf)
+def estimate_psf() -> np.ndarray:
     """Estimate the blur kernel (PSF) of an image from the image alone (blind).
 
     Parameters
@@ -682,8 +681,6 @@ def estimate_psf(image, *, size: int = 25, region=None, channel_axis: int | None
     window and ``size=25`` on one CPU core, about 20 s for 1 MP; time and
     memory are bounded by :data:`MAX_ESTIMATION_PIXELS` whatever the image's size.
     """
-    return run_job(iter_estimate_psf(image, size=size, region=region, channel_axis=channel_axis,
-                                     device=device, settings=settings), progress, cancel)
 
 
 # --- comparing kernels ----------------------------------------------------------------

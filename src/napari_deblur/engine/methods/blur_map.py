@@ -71,9 +71,9 @@ from torch import nn
 
 from ..core.devices import cpu_bfloat16_is_fast, select_device
 from ..core.image_stats import estimate_noise_std, luminance
-from ..core.jobs import JobProgress, JobSteps, run_job
+from ..core.jobs import JobProgress, JobSteps, job_facade
 from ..nets.layers import mean_over_views, upsample_nearest_then_conv
-from ..core.lazy import is_dask_array, lazy_planewise
+from ..core.lazy import lazy_planewise
 from ..core.planes import PlaneLayout, iter_planewise
 from ..nets.shipped_weights import load_shipped_model
 from ..core.tiling import device_tile_size, iter_tiled
@@ -396,21 +396,7 @@ def _blur_map_plane_steps(model: nn.Module, views: int, shipped: bool):
 def iter_estimate_blur_map(image, *, channel_axis: int | None = None, device=None,
                            network: nn.Module | None = None,
                            views: int = MAP_VIEWS) -> JobSteps[np.ndarray]:
-    """Generator twin of :func:`estimate_blur_map` (yields progress per plane and tile).
-
-    Parameters
-    ----------
-    image, channel_axis, device
-        As :func:`estimate_blur_map`.
-    network : torch.nn.Module, optional
-        A blur-map network to run instead of the shipped :class:`BlurMapNet`
-        (e.g. a baseline for a benchmark): it takes :func:`blur_map_features`
-        and returns ``log(1 + level / LEVEL_OFFSET)`` at 1/:func:`output_stride`
-        resolution; it is moved to the device and run in float32.
-    views : int
-        Flipped or turned views averaged (:data:`MAP_VIEWS`; 1 runs the
-        network once), one of :data:`~napari_deblur.engine.nets.layers.ENSEMBLE_SIZES`.
-    """
+    """Generator twin of :func:`estimate_blur_map` (yields progress per plane and tile)."""
     pixels = as_float_image(image)
     layout = PlaneLayout.of(pixels.shape, channel_axis)
     target = select_device(device)
@@ -449,8 +435,15 @@ def _luminance_planes(pixels: np.ndarray, layout: PlaneLayout) -> JobSteps[np.nd
     return lum.reshape(layout.leading_shape + layout.plane_shape)
 
 
-def estimate_blur_map(image, *, channel_axis: int | None = None, device=None,
-                      progress=None, cancel=None) -> np.ndarray:
+def _lazy_estimate_blur_map(facade, image, *, channel_axis, device, network, views):
+    return lazy_planewise(
+        lambda block, _plane: facade(block, channel_axis=channel_axis, device=device,
+                                     network=network, views=views),
+        image, channel_axis=channel_axis, drop_channels=True)
+
+
+@job_facade(iter_estimate_blur_map, lazy=_lazy_estimate_blur_map)
+def estimate_blur_map() -> np.ndarray:
     """Estimate the blur level of every pixel with the shipped network.
 
     Parameters
@@ -463,6 +456,14 @@ def estimate_blur_map(image, *, channel_axis: int | None = None, device=None,
         Axis of colour channels (e.g. -1 for RGB).
     device : str or torch.device, optional
         ``None``/"auto" (CUDA, then MPS, then CPU), "cpu", "cuda" or "mps".
+    network : torch.nn.Module, optional
+        A blur-map network to run instead of the shipped :class:`BlurMapNet`
+        (e.g. a baseline for a benchmark): it takes :func:`blur_map_features`
+        and returns ``log(1 + level / LEVEL_OFFSET)`` at 1/:func:`output_stride`
+        resolution; it is moved to the device and run in float32.
+    views : int
+        Flipped or turned views averaged (:data:`MAP_VIEWS`; 1 runs the
+        network once), one of :data:`~napari_deblur.engine.nets.layers.ENSEMBLE_SIZES`.
     progress, cancel
         See :func:`~napari_deblur.engine.core.jobs.run_job`.
 
@@ -494,12 +495,6 @@ def estimate_blur_map(image, *, channel_axis: int | None = None, device=None,
     plane with this same function (:mod:`napari_deblur.engine.core.lazy`); each
     worker process loads the network once per device.
     """
-    if is_dask_array(image):
-        return lazy_planewise(
-            lambda block, _plane: estimate_blur_map(block, channel_axis=channel_axis, device=device),
-            image, channel_axis=channel_axis, drop_channels=True)
-    return run_job(iter_estimate_blur_map(image, channel_axis=channel_axis, device=device),
-                   progress, cancel)
 
 
 def blur_classes(blur_map, edges=BLUR_CLASS_EDGES) -> np.ndarray:

@@ -119,7 +119,7 @@ import torch.nn.functional as F
 
 from ..core.devices import select_device
 from ..core.image_stats import estimate_noise_std, luminance
-from ..core.jobs import JobProgress, JobSteps, run_job
+from ..core.jobs import JobProgress, JobSteps, job_facade
 from ..core.lazy import is_dask_array, lazy_layout, lazy_planewise
 from ..core.planes import PlaneLayout, iter_planewise
 from ..core.tiling import TileWindow, device_tile_size, iter_tiled
@@ -1074,15 +1074,20 @@ def iter_sharpen_gwis(image, blur, *, channel_axis: int | None = None, device=No
                                       psf=None if scalar else levels, message="GWIS sharpening"))
 
 
-def sharpen_gwis(
-    image,
-    blur,
-    *,
-    channel_axis: int | None = None,
-    device=None,
-    progress=None,
-    cancel=None,
-) -> np.ndarray:
+def _lazy_sharpen_gwis(facade, image, blur, *, channel_axis, device):
+    layout = lazy_layout(image, channel_axis)
+    if is_dask_array(blur) or np.ndim(blur) > 0:
+        return lazy_planewise(
+            lambda block, _plane, levels: facade(block, levels, channel_axis=channel_axis, device=device),
+            image, channel_axis=channel_axis, per_plane=blur)
+    level = blur if _is_auto(blur) else _check_blur(blur, layout)
+    return lazy_planewise(
+        lambda block, _plane: facade(block, level, channel_axis=channel_axis, device=device),
+        image, channel_axis=channel_axis)
+
+
+@job_facade(iter_sharpen_gwis, lazy=_lazy_sharpen_gwis)
+def sharpen_gwis() -> np.ndarray:
     """Sharpen an image by grid warping (GWIS), given its blur level(s).
 
     Pixels near each edge are moved toward the edge's centre line, which
@@ -1139,24 +1144,6 @@ def sharpen_gwis(
     ----------
     Nasonov, Krylov & Lyukov (2019), sections 2.1-2.2; Nasonova & Krylov (2015).
     """
-    if is_dask_array(image):
-        return _lazy_sharpen_gwis(image, blur, channel_axis=channel_axis, device=device)
-    return run_job(
-        iter_sharpen_gwis(image, blur, channel_axis=channel_axis, device=device), progress, cancel
-    )
-
-
-def _lazy_sharpen_gwis(image, blur, *, channel_axis, device):
-    layout = lazy_layout(image, channel_axis)
-    if is_dask_array(blur) or np.ndim(blur) > 0:
-        return lazy_planewise(
-            lambda block, _plane, levels: sharpen_gwis(block, levels, channel_axis=channel_axis,
-                                                       device=device),
-            image, channel_axis=channel_axis, per_plane=blur)
-    level = blur if _is_auto(blur) else _check_blur(blur, layout)
-    return lazy_planewise(
-        lambda block, _plane: sharpen_gwis(block, level, channel_axis=channel_axis, device=device),
-        image, channel_axis=channel_axis)
 
 
 def gwis_field_of(image, blur, *, channel_axis: int | None = None, device=None) -> GwisField:

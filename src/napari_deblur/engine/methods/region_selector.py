@@ -60,7 +60,7 @@ from torch import nn
 
 from .blind_psf import REGION_SIZE_FACTOR, check_kernel_size, estimate_psf, kernel_similarity
 from ..core.devices import select_device
-from ..core.jobs import JobProgress, JobSteps, run_job
+from ..core.jobs import JobProgress, JobSteps, job_facade
 from ..nets.layers import mean_over_views
 from ..core.planes import single_grey_plane
 from ..nets.shipped_weights import load_shipped_model
@@ -342,10 +342,8 @@ def iter_select_regions(image, *, size: int = DEFAULT_WINDOW, count: int = 5,
     return non_maximum_suppression(candidates, count)
 
 
-def select_regions(image, *, size: int = DEFAULT_WINDOW, count: int = 5, stride: int | None = None,
-                   channel_axis: int | None = None, device=None, ranking: str = "consensus",
-                   psf_size: int = DEFAULT_CONSENSUS_PSF_SIZE, progress=None,
-                   cancel=None) -> list[Region]:
+@job_facade(iter_select_regions)
+def select_regions() -> list[Region]:
     """Find the windows of a blurred image from which its blur kernel can be estimated best.
 
     Parameters
@@ -429,6 +427,3 @@ def select_regions(image, *, size: int = DEFAULT_WINDOW, count: int = 5, stride:
     >>> best = select_regions(blurred)[0]                        # doctest: +SKIP
     >>> psf = estimate_psf(blurred, size=25, region=best[:4])    # doctest: +SKIP
     """
-    return run_job(iter_select_regions(image, size=size, count=count, stride=stride,
-                                       channel_axis=channel_axis, device=device, ranking=ranking,
-                                       psf_size=psf_size), progress, cancel)

@@ -37,8 +37,8 @@ import torch
 
 from ..core.devices import is_out_of_memory, release_cached_memory, select_device
 from ..physics.fourier import kernel_to_otf, squared_frequency, taper_fft_shape, taper_pad
-from ..core.jobs import JobProgress, JobSteps, run_job
-from ..core.lazy import is_dask_array, lazy_with_psf
+from ..core.jobs import JobProgress, JobSteps, job_facade
+from ..core.lazy import lazy_with_psf
 from ..core.planes import PlaneLayout, iter_planewise
 from ..core.tiling import MIN_TILE_SIZE, budget_tile_size, device_tile_size, iter_tiled, out_of_memory_error
 from ..core.validation import as_float_image, as_psf
@@ -223,17 +223,8 @@ def iter_wiener_deconvolve_snr_stack(
     return stack if len(snrs) > 1 else stack[None]
 
 
-def wiener_deconvolve_snr_stack(
-    image,
-    psf,
-    snrs_db: Sequence[float] = WIENER_STACK_SNRS_DB,
-    *,
-    channel_axis: int | None = None,
-    device=None,
-    boundary: str = "taper",
-    progress=None,
-    cancel=None,
-) -> np.ndarray:
+@job_facade(iter_wiener_deconvolve_snr_stack)
+def wiener_deconvolve_snr_stack() -> np.ndarray:
     """Wiener-deconvolve an image at many SNRs in one pass (one FFT of the image).
 
     Parameters
@@ -259,13 +250,6 @@ def wiener_deconvolve_snr_stack(
         in :func:`wiener_deconvolve`, with tiles smaller by the number of
         SNRs (the output itself holds ``len(snrs_db)`` planes per plane).
     """
-    return run_job(
-        iter_wiener_deconvolve_snr_stack(
-            image, psf, snrs_db, channel_axis=channel_axis, device=device, boundary=boundary
-        ),
-        progress,
-        cancel,
-    )
 
 
 def iter_wiener_deconvolve(
@@ -279,17 +263,8 @@ def iter_wiener_deconvolve(
     return stack[0]
 
 
-def wiener_deconvolve(
-    image,
-    psf,
-    *,
-    snr_db: float = 30.0,
-    channel_axis: int | None = None,
-    device=None,
-    boundary: str = "taper",
-    progress=None,
-    cancel=None,
-) -> np.ndarray:
+@job_facade(iter_wiener_deconvolve, lazy=lazy_with_psf)
+def wiener_deconvolve() -> np.ndarray:
     """Classical Wiener deconvolution with boundary handling for real photos.
 
     Parameters
@@ -343,13 +318,3 @@ def wiener_deconvolve(
     A dask array ``image`` gives a lazy dask array at once, computed plane by
     plane with this same function (:mod:`napari_deblur.engine.core.lazy`).
     """
-    if is_dask_array(image):
-        return lazy_with_psf(wiener_deconvolve, image, psf, channel_axis=channel_axis,
-                             snr_db=snr_db, device=device, boundary=boundary)
-    return run_job(
-        iter_wiener_deconvolve(
-            image, psf, snr_db=snr_db, channel_axis=channel_axis, device=device, boundary=boundary
-        ),
-        progress,
-        cancel,
-    )

@@ -86,10 +86,10 @@ from ..physics.convolution import convolve_planes
 from ..core.devices import cpu_bfloat16_is_fast, is_out_of_memory, release_cached_memory, select_device
 from ..physics.fourier import kernel_centroid_offsets, kernel_to_otf, taper_fft_shape, taper_pad, taper_weights
 from ..core.image_stats import estimate_noise_std
-from ..core.jobs import JobProgress, JobSteps, run_job, scaled_steps
+from ..core.jobs import JobProgress, JobSteps, job_facade, scaled_steps
 from ..nets.layers import (ENSEMBLE_SIZES, check_ensemble_size, fold_phase_major, mean_over_views,
                      unshuffle_order_of_phase_major, upsample_nearest_then_conv)
-from ..core.lazy import is_dask_array, lazy_with_psf
+from ..core.lazy import lazy_with_psf
 from ..core.planes import PlaneLayout, iter_planewise
 from ..nets.shipped_weights import load_shipped_model
 from ..core.tiling import MIN_TILE_SIZE, TileWindow, device_tile_size, iter_tiled, out_of_memory_error
@@ -609,8 +609,13 @@ def iter_wiener_net_deconvolve(image, psf, *, channel_axis: int | None = None, d
     return restored
 
 
-def wiener_net_deconvolve(image, psf, *, channel_axis: int | None = None, device=None,
-                          ensemble: int = DEFAULT_ENSEMBLE, progress=None, cancel=None) -> np.ndarray:
+def _lazy_wiener_net_deconvolve(facade, image, psf, *, ensemble: int, **kwargs):
+    check_ensemble_size(ensemble)  # now, not when the first plane is computed
+    return lazy_with_psf(facade, image, psf, ensemble=ensemble, **kwargs)
+
+
+@job_facade(iter_wiener_net_deconvolve, lazy=_lazy_wiener_net_deconvolve)
+def wiener_net_deconvolve() -> np.ndarray:
     """Learned non-blind deconvolution: a Wiener stack fused by a compact network.
 
     Parameters
@@ -657,14 +662,4 @@ def wiener_net_deconvolve(image, psf, *, channel_axis: int | None = None, device
     plane with this same function (:mod:`napari_deblur.engine.core.lazy`); each
     worker process loads the network once per device.
     """
-    if is_dask_array(image):
-        check_ensemble_size(ensemble)  # now, not when the first plane is computed
-        return lazy_with_psf(wiener_net_deconvolve, image, psf, channel_axis=channel_axis,
-                             device=device, ensemble=ensemble)
-    return run_job(
-        iter_wiener_net_deconvolve(image, psf, channel_axis=channel_axis, device=device,
-                                   ensemble=ensemble),
-        progress,
-        cancel,
-    )
 

@@ -7,8 +7,8 @@ import torch
 
 from ..core.devices import select_device
 from .fourier import kernel_to_otf, symmetric_pad
-from ..core.jobs import JobProgress, JobSteps, run_job
-from ..core.lazy import is_dask_array, lazy_with_psf
+from ..core.jobs import JobProgress, JobSteps, job_facade
+from ..core.lazy import lazy_with_psf
 from ..core.planes import PlaneLayout, iter_planewise
 from ..core.validation import as_float_image, as_psf
 
@@ -45,7 +45,8 @@ def iter_blur(image, psf, *, channel_axis: int | None = None, device=None) -> Jo
                                       message="blurring"))
 
 
-def blur(image, psf, *, channel_axis: int | None = None, device=None) -> np.ndarray:
+@job_facade(iter_blur, lazy=lazy_with_psf)
+def blur() -> np.ndarray:
     """Blur an image with a PSF (convolution with mirrored boundaries).
 
     Parameters
@@ -59,6 +60,8 @@ def blur(image, psf, *, channel_axis: int | None = None, device=None) -> np.ndar
         Axis of colour channels; each channel is blurred alike.
     device : str or torch.device, optional
         ``None``/"auto" (CUDA, then MPS, then CPU), "cpu", "cuda" or "mps".
+    progress, cancel
+        See :func:`~napari_deblur.engine.core.jobs.run_job`.
 
     Returns
     -------
@@ -70,9 +73,9 @@ def blur(image, psf, *, channel_axis: int | None = None, device=None) -> np.ndar
         For empty, complex or non-finite input, a bad PSF, or a PSF larger
         than the image plane.
 
+
+    Notes
+    -----
     A dask array ``image`` gives a lazy dask array, plane by plane
     (:mod:`napari_deblur.engine.core.lazy`).
     """
-    if is_dask_array(image):
-        return lazy_with_psf(blur, image, psf, channel_axis=channel_axis, device=device)
-    return run_job(iter_blur(image, psf, channel_axis=channel_axis, device=device))
