@@ -1,68 +1,17 @@
 """Blur-map estimation: the blur level of every pixel from one image, by a compact learned network.
 
-Notes
------
-The blur level is the project's unit: the standard deviation of the PSF in
-pixels (:func:`~napari_deblur.engine.psf_blur_level`; ``sigma`` of a Gaussian,
-``r / 2`` of a disk of radius ``r``), the number :func:`sharpen_gwis` takes.
-So ``sharpen_gwis(image, estimate_blur_map(image))`` sharpens each part of an
-image by its own amount.
-
-After Nasonov, Krylov & Lyukov (a CNN estimates a per-pixel blur parameter, in
-log space because errors are relative) and Patro (patch classes; "regression
-would be better"). This estimator differs from the paper's network (kept
-for comparison in the repository's ``training/baselines.py``) in five ways:
-
-1. **Local contrast normalisation.** The network sees ``(x - m) / (s + f)``
-   with ``m, s`` the local mean and standard deviation over about
-   ``LOCAL_SCALE`` px, and ``f`` a floor from the plane's noise level and
-   intensity range, plus a second channel ``noise / (s + f)`` (local SNR).
-   Blur shows in the *shape* of edges, not in their contrast; the same
-   features are computed for training crops and for whole planes, so tiles
-   and crops see the same numbers.
-2. **Regression in log space.** The output is ``u = log(1 + level /
-   LEVEL_OFFSET)`` (relative errors above ``LEVEL_OFFSET``, absolute below,
-   where GWIS does nothing anyway), trained with an L1 loss.
-3. **Wide context at low resolution.** The plane is folded 2x2 into channels
-   (pixel unshuffle), then an encoder-decoder (:class:`BlurMapNet`; 24, 32,
-   48, 64 channels at 1/2 .. 1/16 resolution, 3x3 convolutions, a dilated
-   pair at 1/16) predicts ``u`` at 1/4 resolution, bilinearly upsampled to
-   full resolution. The receptive field spans about 200 px, so flat areas,
-   where blur cannot be seen, take the level of the edges around them.
-   About 6 700 multiply-adds per pixel (the convolutions after each 2x
-   upsampling run at the coarse resolution,
-   :func:`~napari_deblur.engine.nets.layers.upsample_nearest_then_conv`), against
-   about 90 000 for the paper's network run densely.
-4. **Spatially varying training data.** Ramps, sinusoids, Voronoi regions
-   and smooth random fields of Gaussian, disk and ring blur (levels 0..6 px)
-   so the network sees the level change within its window, on photos, dead
-   leaves and stationary procedural textures, where blur shows only in how
-   the spectrum falls off (the repository's ``training/blur_map.py``).
-5. **Four views.** The engine runs the network on the plane, its half turn
-   and its two mirror images and averages the four maps, turned back
-   (:data:`MAP_VIEWS`): blur has no preferred orientation, and the network's
-   errors differ from view to view (5 % lower error on held-out data, four
-   times the network's cost).
-
-Colour images are estimated on their luminance; leading axes (z, t) plane
-by plane; large planes in tiles.
-
-The weights in ``nets/weights/blur_map.pt`` are trained by
-``python -m training blurmap``, run from the repository root (card:
-``nets/weights/blur_map.md``).
-
-References
-----------
-A. Nasonov, A. Krylov, D. Lyukov, "Image sharpening with blur map estimation
-using convolutional neural network", ISPRS Archives XLII-2/W12, 2019.
-A. Patro, "Blur kernel estimation using deep learning", B.Tech report, IIT
-Kharagpur, 2017.
+The level is the PSF's standard deviation in pixels
+(:func:`~napari_deblur.engine.psf_blur_level`), the number
+:func:`~napari_deblur.engine.sharpen_gwis` takes. Features of the luminance
+(:func:`blur_map_features`) go through
+:class:`~napari_deblur.engine.nets.blur_map.BlurMapNet` on several flipped or
+turned views; stacks run plane by plane, large planes in tiles.
+See docs/methods/blur-map.md for the method.
 """
 
 from __future__ import annotations
 
 import math
-from functools import lru_cache
 
 import numpy as np
 import torch
@@ -72,19 +21,18 @@ from torch import nn
 from ..core.devices import cpu_bfloat16_is_fast, select_device
 from ..core.image_stats import estimate_noise_std, luminance
 from ..core.jobs import JobProgress, JobSteps, job_facade
-from ..nets.layers import mean_over_views, upsample_nearest_then_conv
+# The network's names stay importable from here (training, tests).
+from ..nets.blur_map import RETRAIN_COMMAND as RETRAIN_COMMAND
+from ..nets.blur_map import WEIGHTS_FILE as WEIGHTS_FILE
+from ..nets.blur_map import WIDTHS as WIDTHS
+from ..nets.blur_map import BlurMapNet as BlurMapNet
+from ..nets.blur_map import SIZE_MULTIPLE, load_blur_map_net, output_stride
+from ..nets.layers import mean_over_views
 from ..core.lazy import lazy_planewise
 from ..core.planes import PlaneLayout, iter_planewise
-from ..nets.shipped_weights import load_shipped_model
 from ..core.tiling import device_tile_size, iter_tiled
 from ..core.validation import as_float_image
 from ..physics.gaussian import gaussian_kernel_1d
-
-WEIGHTS_FILE = "blur_map.pt"
-"""Shipped weights of :class:`BlurMapNet`, in ``napari_deblur/engine/nets/weights/``."""
-
-RETRAIN_COMMAND = "python -m training blurmap"
-"""Command that retrains :data:`WEIGHTS_FILE`, run from the repository root."""
 
 LEVEL_OFFSET = 0.5
 """The network predicts ``log(1 + level / LEVEL_OFFSET)``."""
@@ -105,17 +53,9 @@ RANGE_FLOOR = 0.01
 INPUT_CLIP = 6.0
 """Normalised inputs are clipped to +-this."""
 
-WIDTHS = (24, 32, 48, 64)
-"""Channels of :class:`BlurMapNet` at 1/2, 1/4, 1/8, 1/16 resolution."""
-
-SIZE_MULTIPLE = 16
-"""Network inputs are padded to a multiple of this."""
-
 MAP_VIEWS = 4
 """Views :class:`BlurMapNet` is run on by the engine (:func:`predict_log_level`'s ``ensemble``):
-the plane, its half turn and its two mirror images, the map the mean of the four turned back.
-On held-out data of the train sources four views lowered the level's MAE by 5.6 % and its RMSE by
-5.2 %; eight did not keep ``page`` within bounds."""
+the plane, its half turn and its two mirror images, the map the mean of the four turned back."""
 
 TILE_SIZE = 2048
 TILE_HALO = 128
@@ -135,61 +75,6 @@ upsampling: 56 px), and a multiple of 4 so the pooling grid is the plane's."""
 #: ``[BLUR_CLASS_EDGES[i], BLUR_CLASS_EDGES[i + 1])`` px.
 BLUR_CLASS_EDGES: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 4.0, math.inf)
 BLUR_CLASS_NAMES: tuple[str, ...] = ("sharp", "slight", "moderate", "strong", "severe")
-
-
-# --- networks -------------------------------------------------------------------------------
-
-
-def _conv(in_channels: int, out_channels: int, stride: int = 1, dilation: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=dilation,
-                     dilation=dilation)
-
-
-class BlurMapNet(nn.Module):
-    """Compact encoder-decoder from blur-map features to ``log(1 + level / LEVEL_OFFSET)``.
-
-    Input ``(B, 2, H, W)`` (:func:`blur_map_features`) with ``H, W``
-    multiples of :data:`SIZE_MULTIPLE`; output ``(B, 1, H / 4, W / 4)``
-    (upsample with :func:`predict_log_level`).
-    """
-
-    def __init__(self, widths=WIDTHS):
-        super().__init__()
-        w0, w1, w2, w3 = widths
-        relu = nn.ReLU
-        self.enc0 = nn.Sequential(_conv(8, w0), relu(inplace=True), _conv(w0, w0), relu(inplace=True))
-        self.enc1 = nn.Sequential(_conv(w0, w1, 2), relu(inplace=True), _conv(w1, w1), relu(inplace=True))
-        self.enc2 = nn.Sequential(_conv(w1, w2, 2), relu(inplace=True), _conv(w2, w2), relu(inplace=True))
-        self.enc3 = nn.Sequential(
-            _conv(w2, w3, 2), relu(inplace=True),
-            _conv(w3, w3, dilation=2), relu(inplace=True),
-            _conv(w3, w3, dilation=2), relu(inplace=True),
-        )
-        self.up3 = _conv(w3, w2)
-        self.dec2 = nn.Sequential(_conv(2 * w2, w2), relu(inplace=True))
-        self.up2 = _conv(w2, w1)
-        self.dec1 = nn.Sequential(_conv(2 * w1, w1), relu(inplace=True), _conv(w1, w1), relu(inplace=True))
-        self.head = nn.Conv2d(w1, 1, 1)
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        x = self.enc0(F.pixel_unshuffle(features, 2))
-        s1 = self.enc1(x)
-        s2 = self.enc2(s1)
-        x = self.enc3(s2)
-        x = upsample_nearest_then_conv(x, self.up3)
-        x = self.dec2(torch.cat([x, s2], dim=1))
-        x = upsample_nearest_then_conv(x, self.up2)
-        x = self.dec1(torch.cat([x, s1], dim=1))
-        return self.head(x)
-
-
-def output_stride(model: nn.Module) -> int:
-    """Resolution factor of a blur-map network's output: its ``output_stride`` attribute, else 4.
-
-    :class:`BlurMapNet` predicts at 1/4 resolution; another network declares
-    its factor with a class attribute ``output_stride``.
-    """
-    return int(getattr(model, "output_stride", 4))
 
 
 # --- tensor level: (B, 1, H, W) -------------------------------------------------------------
@@ -298,12 +183,6 @@ def predict_log_level(model: nn.Module, features: torch.Tensor, ensemble: int = 
 
     full = mean_over_views(full_resolution_target, padded, ensemble)
     return full[..., :height, :width].contiguous()
-
-
-@lru_cache(maxsize=4)
-def load_blur_map_net(device: torch.device) -> BlurMapNet:
-    """The shipped :class:`BlurMapNet` on ``device``, in eval mode (loaded once per device)."""
-    return load_shipped_model(BlurMapNet(), WEIGHTS_FILE, device, RETRAIN_COMMAND)
 
 
 def _target_to_level_(target: torch.Tensor) -> torch.Tensor:
@@ -489,7 +368,7 @@ def estimate_blur_map() -> np.ndarray:
     seen; the network fills in the level of the structure around (within
     about 100 px). Trained on Gaussian, disk and ring blur of 0..6 px with
     noise up to about 1.2 % of the range; motion blur is outside its
-    training. See the module docstring.
+    training. See docs/methods/blur-map.md.
 
     A dask array ``image`` gives a lazy dask array at once, computed plane by
     plane with this same function (:mod:`napari_deblur.engine.core.lazy`); each

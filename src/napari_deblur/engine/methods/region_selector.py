@@ -1,57 +1,16 @@
 """Region selection: where in a blurred image a blur kernel can be estimated well.
 
-Notes
------
-Not every part of a blurred image helps to estimate its kernel: flat areas
-carry no information, edges all along the motion direction hide it, and
-structures smaller than the kernel mislead the estimator. After Yang, Wu &
-Sun, selecting a good region is a binary classification: a small CNN
-(:class:`RegionSelectorNet`) scores a window with the probability that the
-PSF estimated from it (:func:`~napari_deblur.engine.estimate_psf`) has kernel
-similarity (:func:`~napari_deblur.engine.kernel_similarity`) of at least
-:data:`GOOD_SIMILARITY` to the true kernel. :func:`select_regions` scores
-windows on a grid and keeps the best non-overlapping ones.
-
-That network ranks the windows of one image no better than chance on the
-evaluation images (``docs/benchmarks.md``, region selection), so the default
-``ranking="consensus"`` ranks another way: it estimates a kernel from every
-window of the grid and scores each window by the mean kernel similarity of
-its estimate to the other windows' estimates (:func:`consensus_scores`).
-With the blur the same everywhere, good windows give kernels close to the
-true one and so to each other, while each bad window goes wrong in its own
-way; a window that agrees with most others is likely a good one. On three
-draws of train-split cases with camera shake its best window succeeded 7 to
-15 points more often than the network's (and 3 points less often to 5 more
-often than the whole image).
-It costs one blind estimate per window (about half a second for a 192 px
-window on a CPU core), so the grid is thinned to at most
-:data:`MAX_CONSENSUS_WINDOWS` windows; ``ranking="network"`` is the fast
-choice (well under a second).
-
-The network sees one grey window normalised by its own mean and standard
-deviation (:func:`window_features`: contrast does not matter, structure
-does). As the paper argues, it has no pooling layers (strided convolutions
-instead), since windows a few pixels apart can differ in how well the kernel
-can be estimated from them; one global average at the end turns the last
-feature map into one logit. It is trained on 192x192 windows; being fully
-convolutional it scores other window sizes at their native resolution.
-
-The weights in ``nets/weights/region_selector.pt`` are trained by
-``python -m training region-selector`` (run from the repository root) on
-labels made by the project's blind estimator on synthetic blurred images
-(card: ``nets/weights/region_selector.md``).
-
-References
-----------
-F. Yang, Y. Wu, M. Sun, "Select good regions for deblurring based on
-convolutional neural networks".
-Z. Hu, M.-H. Yang, "Good regions to deblur", ECCV 2012.
+:func:`select_regions` scores square windows on a grid and keeps the best
+non-overlapping ones. Two rankings: ``"consensus"`` estimates a kernel from
+every window (:func:`~napari_deblur.engine.estimate_psf`) and scores each by
+its agreement with the others (:func:`consensus_scores`); ``"network"`` scores
+each window with :class:`~napari_deblur.engine.nets.region_selector.RegionSelectorNet`.
+See docs/methods/region-selector.md for the method.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import lru_cache
 from typing import NamedTuple
 
 import numpy as np
@@ -63,27 +22,22 @@ from ..core.devices import select_device
 from ..core.jobs import JobProgress, JobSteps, job_facade
 from ..nets.layers import mean_over_views
 from ..core.planes import single_grey_plane
-from ..nets.shipped_weights import load_shipped_model
-
-WEIGHTS_FILE = "region_selector.pt"
-"""Shipped weights of :class:`RegionSelectorNet`, in ``napari_deblur/engine/nets/weights/``."""
-
-RETRAIN_COMMAND = "python -m training region-selector"
+# The network's names stay importable from here (training, tests, the widget).
+from ..nets.region_selector import RETRAIN_COMMAND as RETRAIN_COMMAND
+from ..nets.region_selector import TRAINING_WINDOW as TRAINING_WINDOW
+from ..nets.region_selector import WEIGHTS_FILE as WEIGHTS_FILE
+from ..nets.region_selector import WIDTHS as WIDTHS
+from ..nets.region_selector import RegionSelectorNet as RegionSelectorNet
+from ..nets.region_selector import load_region_selector_net
 
 GOOD_SIMILARITY = 0.75
 """A window is good when the PSF estimated from it has at least this kernel similarity."""
-
-TRAINING_WINDOW = 192
-"""Side (px) of the windows the network is trained on."""
 
 DEFAULT_WINDOW = 128
 """Default window side of :func:`select_regions` (px)."""
 
 MIN_WINDOW = 32
 """Smallest window side accepted (px): the network's output stride is 16."""
-
-WIDTHS = (24, 32, 48, 64)
-"""Channels of :class:`RegionSelectorNet` at 1/2, 1/4, 1/8 and 1/16 resolution."""
 
 INPUT_CLIP = 6.0
 """Normalised window values are clipped to +-this."""
@@ -118,41 +72,6 @@ class Region(NamedTuple):
     score: float
 
 
-# --- network ----------------------------------------------------------------------------------
-
-
-def _block(in_channels: int, out_channels: int, kernel: int = 3, stride: int = 2) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, kernel, stride=stride, padding=kernel // 2, bias=False),
-        nn.BatchNorm2d(out_channels),
-        nn.ReLU(inplace=True),
-    )
-
-
-class RegionSelectorNet(nn.Module):
-    """Binary CNN: normalised grey window ``(B, 1, H, W)`` -> logit ``(B,)`` of "good window".
-
-    A 5x5 stride-2 convolution, three 3x3 stride-2 convolutions (no pooling:
-    strided convolutions keep the network sensitive to where structures sit
-    in the window), a 3x3 convolution at 1/16 resolution, a global average
-    and a linear layer. About 86 000 parameters. ``H`` and ``W`` should be
-    multiples of 16 (:data:`TRAINING_WINDOW` = 192 in training).
-    """
-
-    def __init__(self, widths=WIDTHS):
-        super().__init__()
-        w0, w1, w2, w3 = widths
-        self.features = nn.Sequential(
-            _block(1, w0, kernel=5), _block(w0, w1), _block(w1, w2), _block(w2, w3),
-            _block(w3, w3, stride=1),
-        )
-        self.classifier = nn.Linear(w3, 1)
-
-    def forward(self, windows: torch.Tensor) -> torch.Tensor:
-        pooled = self.features(windows).mean(dim=(-2, -1))
-        return self.classifier(pooled)[:, 0]
-
-
 def window_features(windows: torch.Tensor) -> torch.Tensor:
     """Each window minus its mean, over its standard deviation, clipped to +-:data:`INPUT_CLIP`.
 
@@ -183,12 +102,6 @@ def score_windows(model: nn.Module, windows: torch.Tensor, views: int = 1) -> to
 
     with torch.inference_mode():
         return mean_over_views(probability, window_features(windows), views).view(-1)
-
-
-@lru_cache(maxsize=4)
-def load_region_selector_net(device: torch.device) -> RegionSelectorNet:
-    """The shipped :class:`RegionSelectorNet` on ``device``, in eval mode (loaded once per device)."""
-    return load_shipped_model(RegionSelectorNet(), WEIGHTS_FILE, device, RETRAIN_COMMAND)
 
 
 # --- input ------------------------------------------------------------------------------------
@@ -373,9 +286,8 @@ def select_regions() -> list[Region]:
     ranking : {"consensus", "network"}
         "consensus" (default): a kernel is estimated from every window and
         each window scores the mean kernel similarity of its kernel to the
-        other windows' (:func:`consensus_scores`); on train-split cases and
-        on the eval split it picks better windows than the network (module
-        notes), at one blind estimate per window. "network": the score of
+        other windows' (:func:`consensus_scores`), at one blind estimate per
+        window. "network": the score of
         :class:`RegionSelectorNet`, well under a second.
     psf_size : int
         Odd side of the consensus ranking's kernels (px; at most half of
@@ -418,9 +330,8 @@ def select_regions() -> list[Region]:
     and standard deviation): about 5 ms per 128x128 window on one CPU core,
     under 1 s for a 512x512 image. The consensus costs one blind estimate per
     window, about 0.3-0.6 s each for 128-192 px windows on a CPU core, so up
-    to 36 of them take 10-20 s. On the eval split (protocol 4) the network
-    ranks the windows of one image at chance; ``docs/benchmarks.md``
-    (region selection) has the measurements of both rankings.
+    to 36 of them take 10-20 s. The network ranks the windows of one image
+    little better than chance (docs/methods/region-selector.md).
 
     Examples
     --------

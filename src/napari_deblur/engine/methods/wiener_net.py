@@ -1,103 +1,40 @@
 """Wiener-net: a stack of Wiener deconvolutions fused by a compact learned network.
 
-Notes
------
-After Gilbert, Messinger & Patel: the blurred plane is Wiener-deconvolved at
-the 15 SNRs 9, 13, ..., 65 dB (:data:`~napari_deblur.engine.methods.wiener.WIENER_STACK_SNRS_DB`,
-one FFT of the plane) and a network fuses the stack. Their design had colour
-artefacts from unnormalised inputs and stayed soft; this one differs in four
-ways:
-
-1. **Per-plane normalisation.** Every input channel is ``(v - mean(y)) /
-   std(y)`` with the blurred plane ``y``'s own statistics (the filter is
-   linear with unit DC gain, so the stack shares them), clipped to
-   ``+-INPUT_CLIP``; the output is mapped back with the same numbers, so
-   any intensity scale and dtype works.
-2. **A noise-level input.** The noise standard deviation of ``y``, estimated
-   from the median absolute diagonal Haar coefficient (Donoho), is given to
-   the network as a constant channel (in the normalised units).
-3. **A per-pixel blend of the candidates, plus a residual.** The
-   network's last layer gives, at every pixel, softmax weights over the 15
-   stack members and the blurred plane, and a residual added to their blend.
-   A flat area can take a strongly regularised member and an edge a sharper
-   one, where a single Wiener filter must use one SNR for the whole plane;
-   the residual adds what no member has. (The previous design predicted a
-   residual over the one member nearest the estimated SNR of ``y``; on
-   smooth crops at noise 0.01 it fell about 1.4 dB short of Wiener with
-   the best SNR per crop, where this one is 1.4 dB above it;
-   ``nets/weights/wiener_net.md``.) The blurred plane is first moved back by its
-   kernel's centre-of-mass offset (:func:`align_with_kernel_centroid`), so
-   that it lines up with the members for off-centre PSFs as it does for the
-   centred training kernels.
-4. **One grayscale network for every channel** (RGB channels are separate
-   planes), and a compact multi-scale network (:class:`WienerNet`): the input
-   is folded 2x2 into channels
-   (:func:`~napari_deblur.engine.nets.layers.fold_phase_major`), then a four-level
-   U-Net (32, 48, 64, 96 channels, 3x3 convolutions, ReLU) works at 1/2 to 1/16
-   resolution; about 27 000 multiply-adds per pixel, 550 of them for the
-   blend weights (the convolution after each 2x upsampling runs at the
-   coarse resolution,
-   :func:`~napari_deblur.engine.nets.layers.upsample_nearest_then_conv`) against
-   2.5 million for the seed's full-resolution residual network.
-
-The network may run on several flipped or turned views of its input, their
-results turned back and averaged (``ensemble``, :func:`apply_network_ensemble`):
-the Wiener stack of a flipped plane and kernel is the flipped stack, so each
-view is as good an input as the plane itself, and the network's errors differ
-from view to view.
-
-Then the blurred plane has the last word (:func:`correct_by_residual`): what
-of ``y - k * x`` stands above the noise, frequency by frequency, is
-deconvolved and added. It puts back the points of star fields and the fine
-textures the network smooths away, and leaves smooth scenes, whose residual
-is noise, as they are. Nothing in it is learned.
-
-The weights in ``nets/weights/wiener_net.pt`` are trained by
-``python -m napari_deblur.engine.train wiener-net`` on procedural dead-leaves
-images and the train split of scikit-image's images (15 % of them smoothed
-first, as smooth scenes such as fluorescence images), with camera-shake,
-Gaussian (isotropic and anisotropic), disk and ring PSFs up to 31 px and
-Gaussian or Poisson-Gaussian noise, in three stages: from scratch on 112 px
-crops, then fine-tuned on 192 px crops with a loss that weights the interior
-(a kernel-wide frame band left out) and more camera shake, then the same on
-fresh crops with the loss taken after :func:`correct_by_residual`, that
-last stage repeated from its own result, lately with procedural textures
-and point-source fields among the crops (``nets/weights/wiener_net.md`` is the
-report).
-
-References
-----------
-Gilbert, Messinger, Patel, "Wiener-net: fusing a stack of Wiener filters with
-a CNN for non-blind deconvolution" (project seed report).
-Ronneberger, Fischer, Brox, "U-Net", MICCAI 2015.
+Each grayscale plane (every colour channel on its own) is Wiener-deconvolved
+at the 15 SNRs of :data:`~napari_deblur.engine.methods.wiener.WIENER_STACK_SNRS_DB`,
+normalised, fused per pixel by :class:`~napari_deblur.engine.nets.wiener_net.WienerNet`
+(averaged over ``ensemble`` flipped or turned views), mapped back to the
+plane's scale and corrected by the part of the residual that stands above the
+noise (:func:`correct_by_residual`). Large planes run in tiles. See
+docs/methods/wiener-net.md for the method.
 """
 
 from __future__ import annotations
 
 import math
-from functools import lru_cache
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from ..physics.convolution import convolve_planes
 from ..core.devices import cpu_bfloat16_is_fast, is_out_of_memory, release_cached_memory, select_device
 from ..physics.fourier import kernel_centroid_offsets, kernel_to_otf, taper_fft_shape, taper_pad, taper_weights
 from ..core.image_stats import estimate_noise_std
 from ..core.jobs import JobProgress, JobSteps, job_facade, scaled_steps
-from ..nets.layers import (ENSEMBLE_SIZES, check_ensemble_size, fold_phase_major, mean_over_views,
-                     unshuffle_order_of_phase_major, upsample_nearest_then_conv)
+from ..nets.layers import ENSEMBLE_SIZES as ENSEMBLE_SIZES
+from ..nets.layers import check_ensemble_size, mean_over_views
+# The network's names stay importable from here (training, tests).
+from ..nets.wiener_net import RETRAIN_COMMAND as RETRAIN_COMMAND
+from ..nets.wiener_net import WEIGHTS_FILE as WEIGHTS_FILE
+from ..nets.wiener_net import WIDTHS as WIDTHS
+from ..nets.wiener_net import wiener_net_from_weights as wiener_net_from_weights
+from ..nets.wiener_net import SIZE_MULTIPLE, WienerNet, load_wiener_net
 from ..core.lazy import lazy_with_psf
 from ..core.planes import PlaneLayout, iter_planewise
-from ..nets.shipped_weights import load_shipped_model
 from ..core.tiling import MIN_TILE_SIZE, TileWindow, device_tile_size, iter_tiled, out_of_memory_error
 from ..core.validation import as_float_image, as_psf
 from .wiener import WIENER_STACK_SNRS_DB, wiener_filter
-
-WEIGHTS_FILE = "wiener_net.pt"
-"""Shipped weights, in ``napari_deblur/engine/nets/weights/``."""
 
 INPUT_CLIP = 8.0
 """Normalised inputs are clipped to +-this many standard deviations of ``y``
@@ -105,12 +42,6 @@ INPUT_CLIP = 8.0
 
 NOISE_FEATURE_GAIN = 10.0
 """The noise channel is ``NOISE_FEATURE_GAIN * noise_std / std(y)``."""
-
-WIDTHS = (32, 48, 64, 96)
-"""Channels of the four U-Net levels (1/2, 1/4, 1/8, 1/16 resolution)."""
-
-SIZE_MULTIPLE = 16
-"""Network inputs are padded to a multiple of this (pixel unshuffle x 3 strides)."""
 
 CENTROID_TOLERANCE = 0.05
 """Kernels whose centre of mass is within this many px of their centre count as centred
@@ -120,8 +51,7 @@ TILE_SIZE = 1024
 """Core side of the tiles a plane larger than this is restored in, on the CPU
 (:func:`~napari_deblur.engine.core.tiling.device_tile_size` on a GPU). Everything
 per pixel (Wiener stack, features, network, residual correction) is then
-bounded by a tile: an 8192 x 8192 plane peaks at 2.8 GB of process memory, 2.25 GB
-above its input (``benchmarks/results/memory.md``)."""
+bounded by a tile."""
 
 TILE_HALO = 96
 """Context of the network on every inner side of a tile (a multiple of :data:`SIZE_MULTIPLE`),
@@ -143,9 +73,8 @@ TILE_BLEND = 32
 """Overlap of neighbouring tiles' cores, cross-faded."""
 
 DEFAULT_ENSEMBLE = 2
-"""Views the engine averages by default: the plane and the plane turned by 180 degrees. Two
-passes keep a megapixel within the CPU speed bar with two threads (four do not;
-``benchmarks/wiener_net_benchmark.py``); ``docs/benchmark-history.md`` has the rule that chose it."""
+"""Views the engine averages by default: the plane and the plane turned by 180 degrees
+(two network passes)."""
 
 RESIDUAL_NOISE_MARGIN = 1.5
 """:func:`correct_by_residual` keeps a frequency of the residual only where its
@@ -156,115 +85,6 @@ RESIDUAL_REGULARISER = 0.03
 
 RESIDUAL_SPECTRUM_SMOOTHING = 15
 """Side, in frequency bins, of the box that averages the residual's periodogram."""
-
-
-def _conv(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1)
-
-
-class WienerNet(nn.Module):
-    """Compact U-Net that blends the Wiener candidates per pixel and corrects the blend.
-
-    Parameters
-    ----------
-    n_snrs : int
-        Number of Wiener stack members; the input has ``n_snrs + 2`` channels
-        (stack, blurred plane, noise level).
-    widths : tuple of int
-        Channels per level.
-
-    Input ``(B, n_snrs + 2, H, W)`` with ``H, W`` multiples of
-    :data:`SIZE_MULTIPLE`, as made by :func:`wiener_net_features`; output
-    ``(B, 1, H, W)``, the restored plane in the same normalised units. The
-    last layer gives, at every pixel, weights over the ``n_snrs + 1``
-    candidates (the stack members and the blurred plane itself; a softmax, so
-    the blend stays within the candidates' range) and a residual added to the
-    blend.
-    """
-
-    def __init__(self, n_snrs: int = len(WIENER_STACK_SNRS_DB), widths=WIDTHS):
-        super().__init__()
-        self.n_snrs = n_snrs
-        in_channels = 4 * (n_snrs + 2)
-        self.encoders = nn.ModuleList()
-        for level, width in enumerate(widths):
-            self.encoders.append(nn.Sequential(
-                _conv(in_channels, width, 1 if level == 0 else 2), nn.ReLU(inplace=True),
-                _conv(width, width), nn.ReLU(inplace=True),
-            ))
-            in_channels = width
-        self.upsamplers = nn.ModuleList()
-        self.decoders = nn.ModuleList()
-        for level in range(len(widths) - 1, 0, -1):
-            coarse, fine = widths[level], widths[level - 1]
-            self.upsamplers.append(_conv(coarse, fine))
-            self.decoders.append(nn.Sequential(
-                _conv(2 * fine, fine), nn.ReLU(inplace=True), _conv(fine, fine), nn.ReLU(inplace=True),
-            ))
-        self.head = _conv(widths[0], 4)
-        # 1x1 at half resolution, 4 output pixels per position (pixel shuffle).
-        self.blend_head = nn.Conv2d(widths[0], 4 * (n_snrs + 1), 1)
-        # The weights keep pixel_unshuffle's channel order (4 c + p) in files; the forward
-        # pass folds phase first (p C + c) and reads the first layer's inputs and the blend
-        # weights in that order.
-        self.register_buffer("input_order", unshuffle_order_of_phase_major(n_snrs + 2), persistent=False)
-        self.register_buffer("blend_order", unshuffle_order_of_phase_major(n_snrs + 1), persistent=False)
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        folded = fold_phase_major(features)
-        first = self.encoders[0]
-        x = first[1:](F.conv2d(folded, first[0].weight[:, self.input_order], first[0].bias, padding=1))
-        skips = [x]
-        for encoder in self.encoders[1:]:
-            x = encoder(x)
-            skips.append(x)
-        x = skips.pop()
-        for upsample, decoder in zip(self.upsamplers, self.decoders):
-            x = upsample_nearest_then_conv(x, upsample)
-            x = decoder(torch.cat([x, skips.pop()], dim=1))
-        logits = F.conv2d(x, self.blend_head.weight[self.blend_order], self.blend_head.bias[self.blend_order])
-        # float() undoes a bfloat16 autocast (apply_network): the blend and its residual stay float32.
-        blended = self._blend(folded, logits.float())
-        return F.pixel_shuffle(blended + self.head(x).float(), 2)
-
-    def _blend(self, folded: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        """Softmax-weighted sum of the candidates, at half resolution.
-
-        ``folded`` and ``logits`` are phase-major (:func:`fold_phase_major`):
-        channel ``p C + c`` is candidate ``c`` at output phase ``p``, so a
-        channels-last map is already ``(B, h, w, 4, C)`` in memory; the softmax
-        runs over its contiguous last axis and the weighted sum is one batched
-        product, without the transposed copies of the former channel order.
-        The blend of the full-resolution planes is done on the folded maps and
-        shuffled once with the residual: the same numbers as shuffling the
-        weights first.
-        """
-        batch, _, height, width = folded.shape
-        n = self.n_snrs + 1
-
-        def by_phase(maps: torch.Tensor, channels: int) -> torch.Tensor:  # (B, 4 C, h, w) -> (B, h, w, 4, C)
-            return maps.permute(0, 2, 3, 1).reshape(batch, height, width, 4, channels)
-
-        weights = by_phase(logits, n).softmax(dim=-1)
-        candidates = by_phase(folded, n + 1)[..., :n]
-        with torch.autocast(folded.device.type, enabled=False):  # einsum would run in bfloat16
-            blended = torch.einsum("bhwpc,bhwpc->bhwp", weights, candidates)  # (B, h, w, 4)
-        return blended.permute(0, 3, 1, 2)
-
-
-def wiener_net_from_weights(state: dict) -> WienerNet:
-    """A :class:`WienerNet` with the level widths of a saved ``state_dict``, loaded from it.
-
-    For weight files trained with other widths than :data:`WIDTHS` (candidates
-    compared by the training scripts); the engine runs the shipped file.
-    """
-    widths, level = [], 0
-    while f"encoders.{level}.0.weight" in state:
-        widths.append(int(state[f"encoders.{level}.0.weight"].shape[0]))
-        level += 1
-    model = WienerNet(widths=tuple(widths))
-    model.load_state_dict(state)
-    return model
 
 
 def plane_statistics(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -366,10 +186,22 @@ def apply_network_ensemble(model: WienerNet, features: torch.Tensor, ensemble: i
     The Wiener stack of a flipped plane and kernel is the flipped stack, and the
     training kernels come in every orientation, so each view is an equally good
     input; the network's errors differ from view to view, and their mean is
-    closer to the sharp plane (on held-out draws of the training sources, after the
-    residual correction, the mean rose by 0.11 to 0.19 dB with two views and by 0.19
-    to 0.32 dB with eight, and no row fell; ``docs/benchmark-history.md``, rule 17).
-    Costs ``ensemble`` network passes.
+    closer to the sharp plane. Costs ``ensemble`` network passes.
+
+    Parameters
+    ----------
+    model : WienerNet
+        On the features' device.
+    features : Tensor, shape (B, S + 2, H, W)
+        From :func:`wiener_net_features`.
+    ensemble : {1, 2, 4, 8}
+        Number of views.
+    bfloat16 : bool
+        Run the convolutions under a CPU bfloat16 autocast.
+
+    Returns
+    -------
+    Tensor, shape (B, 1, H, W), float32, on the features' device.
     """
     return mean_over_views(lambda view: apply_network(model, view, bfloat16=bfloat16), features, ensemble)
 
@@ -418,13 +250,6 @@ def correct_by_residual(y: torch.Tensor, restored: torch.Tensor, kernel: torch.T
     inverse = otf.conj() / (otf.abs().square() + RESIDUAL_REGULARISER)
     correction = torch.fft.irfft2(spectrum * inverse * gain.clamp_min_(0.0), s=fft_shape)
     return restored + correction[..., kh:kh + height, kw:kw + width]
-
-
-@lru_cache(maxsize=4)
-def load_wiener_net(device: torch.device) -> WienerNet:
-    """The shipped model on ``device``, in eval mode (loaded once per device)."""
-    return load_shipped_model(WienerNet(), WEIGHTS_FILE, device,
-                              "python -m napari_deblur.engine.train wiener-net")
 
 
 def residual_noise_std(y: torch.Tensor, restored: torch.Tensor, kernel: torch.Tensor, *,
