@@ -1,31 +1,15 @@
 """Let glibc reuse large freed blocks instead of mapping fresh pages for every tensor.
 
-Why
----
-glibc's ``malloc`` serves every block above ``M_MMAP_THRESHOLD`` with a new
-``mmap`` and gives it back to the system on ``free``. The threshold adapts
-upwards only to 32 MiB, and the engine's CPU temporaries are often larger (a
-1-megapixel Wiener stack of 15 planes is 60 MB, a half-resolution feature map of
-32 channels 32 MB). Each such tensor is then mapped afresh and every one of its
-pages faults in on first touch, again and again for every layer and tile. On the
-2-core virtual machine the benchmarks run on, that was about half of Wiener-net's
-time on a megapixel: 2.3 s, against 1.2 s with freed blocks reused (one thread).
-
-What
-----
-The first time the engine picks the CPU (:func:`~napari_deblur.engine.core.devices.select_device`),
+glibc's ``malloc`` serves every block above ``M_MMAP_THRESHOLD`` (at most
+32 MiB) with a new ``mmap`` and unmaps it on ``free``, so the engine's large CPU
+temporaries fault their pages in afresh for every layer and tile. The first
+time the engine picks the CPU (:func:`~napari_deblur.engine.core.devices.select_device`),
 :func:`reuse_freed_memory` raises the mmap threshold to :data:`MMAP_THRESHOLD_BYTES`
 and the heap-trim threshold to :data:`TRIM_THRESHOLD_BYTES`, and limits glibc
-to one arena so that worker threads (napari's, dask's) share the main heap
-(a thread's own arena cannot hold blocks above 64 MiB and maps them anyway).
-Freed blocks then stay in the heap and are handed out again. Per-plane jobs
-run inside :func:`job_memory`: :data:`IDLE_SECONDS` after the last one ends
-(or fails, or is cancelled) the heap's free memory goes back to the system,
-so an idle napari session does not keep it (after a 1-megapixel Wiener-net
-call: about 350 MB resident instead of 870 MB). Giving it back after every
-call instead would cost most of the gain: the next call faults its whole
-working set in again (1.6-1.8 s instead of 1.15 s). Blocks above
-:data:`MMAP_THRESHOLD_BYTES` are still mapped and unmapped directly.
+to one arena so that worker threads (napari's, dask's) share the main heap.
+Per-plane jobs run inside :func:`job_memory`: :data:`IDLE_SECONDS` after the
+last one ends (or fails, or is cancelled) the heap's free memory goes back to
+the system, so an idle session does not keep it.
 
 It is a process-wide setting, made once, only where the C library is glibc
 (Linux), and not when the user has set any ``MALLOC_*`` tunable in the

@@ -7,15 +7,9 @@ block is computed by the same in-memory function on that plane, so the lazy
 result equals the in-memory one exactly, whatever the input's chunks (they
 are rechunked: a plane cut into spatial chunks is put together first).
 
-Why whole planes rather than spatial blocks with an overlap: three of the four
-methods look at the whole plane. Wiener and Wiener-net divide in the Fourier
-domain (every output pixel depends on every input pixel); GWIS and the blur
-map use per-plane statistics (the noise level, a median of the whole plane's
-finest wavelet band, and the intensity range), and the blur-map network pools
-on a grid of 16 px and sees about 200 px. Spatial blocks would change the
-result at every block border. A plane is at most a few hundred megabytes even
-for large microscopy; inside a block the engine tiles it on the device as in
-memory, so device memory stays bounded too.
+Blocks are whole planes because the methods use the whole plane (Fourier
+division, per-plane noise and range statistics); inside a block the engine
+tiles the plane on the device as in memory.
 
 What stays bounded: memory is about (planes computed at once) x (one plane's
 working set); napari showing a lazy result computes only the plane on screen.

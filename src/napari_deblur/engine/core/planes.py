@@ -29,7 +29,7 @@ statistics, local contrast, Fourier sums), which overflows from about 1e19
 (a uint64 image near its top, or float data in odd units). Dividing by a power
 of two is exact, so such a plane gives the same result as its scaled-down
 copy; intensity outputs are scaled back. Planes at or below this magnitude
-(every 8-, 16- and 32-bit integer image) run unscaled, bit for bit as before."""
+(every 8-, 16- and 32-bit integer image) run unscaled."""
 
 SMALLEST_PLAIN_MAGNITUDE = 2.0**-16
 """Planes whose largest magnitude is below this (and not 0) are processed scaled up by a power of two.
@@ -40,11 +40,8 @@ intensities but dominate a plane that peaks near 1e-8: unscaled, Wiener-net
 would give up to 1e6 times the signal there and the blur map twice the level.
 Such a plane is multiplied by the power of two that brings its peak into
 ``[0.5, 1)``, which is exact (float32 keeps every bit), and intensity outputs
-are scaled back. On a blurred [0, 1] test image scaled by powers of two,
-every method gives a bit-identical result down to a peak of ``2**-20`` and
-drifts from ``2**-24``; ``2**-16`` leaves a margin of 16x. Planes from here up
-to :data:`LARGEST_PLAIN_MAGNITUDE` (float images in [0, 1], integer images)
-run unscaled, bit for bit as before."""
+are scaled back. Planes from here up to :data:`LARGEST_PLAIN_MAGNITUDE`
+(float images in [0, 1], integer images) run unscaled."""
 
 
 @dataclass(frozen=True)

@@ -59,9 +59,7 @@ def device_tile_size(tile_size: int, device) -> int:
     """The tile side to use on ``device``: ``tile_size``, or at least :data:`GPU_TILE_SIZE` on CUDA.
 
     The engines' tile sizes suit CPU memory. On a GPU the per-tile work is
-    launch-bound: a 4-megapixel plane in 1024 px tiles made GWIS four times
-    slower than one tile on an H200 (``benchmarks/gpu_speed_benchmark.py``).
-    A card too small for the larger tile still works: an out-of-memory error
+    launch-bound, so small tiles are slow. A card too small for the larger tile still works: an out-of-memory error
     halves the tiles (:func:`iter_tiled`).
     """
     return max(tile_size, GPU_TILE_SIZE) if torch.device(device).type == "cuda" else tile_size

@@ -1,62 +1,10 @@
 """Blind PSF estimation: a blur kernel from the blurred image alone.
 
-Coarse-to-fine maximum-a-posteriori estimation with a sparse (L0) prior on the
-latent sharp image, in the spirit of Xu, Zheng & Jia (2013) and Pan, Hu, Su &
-Yang (2014). Each level of an image pyramid alternates
-
-1. the latent sharp image ``x`` given the kernel ``k``::
-
-       min_x ||k * x - y||^2 + lambda_g ||grad x||_0 + lambda_i ||x||_0
-
-   by half-quadratic splitting: auxiliary variables ``g ~ grad x`` and
-   ``u ~ x`` take the L0 terms (their update is a hard threshold,
-   ``g = grad x`` where ``|grad x|^2 >= lambda_g / mu`` and 0 elsewhere) and
-   the quadratic ``x`` update is closed-form in the Fourier domain::
-
-       X = (conj(K) Y + beta U + mu (conj(Dx) Gx + conj(Dy) Gy))
-           / (|K|^2 + beta + mu (|Dx|^2 + |Dy|^2)),
-
-   with the weights ``beta``, ``mu`` doubling every inner iteration, so the
-   latent image keeps only its salient edges;
-2. the kernel given ``x``, by least squares on gradients with a small
-   Tikhonov term, both images lightly smoothed by the same Gaussian first
-   (the relation holds for the smoothed pair, the noise of ``y`` is damped),
-   also closed-form in the Fourier domain::
-
-       K = sum_d conj(D_d X) D_d Y / (sum_d |D_d X|^2 + gamma),
-
-   then cut to the kernel's support, with negative and faint values set to 0,
-   parts whose mass is a small fraction of the total removed (they are noise,
-   a real camera path is connected), normalised to sum 1 and shifted so that
-   its centre of mass is the middle pixel.
-
-The kernel of one level, resized, starts the next (finer) one; the pyramid
-shrinks by ``1/sqrt(2)`` per level until the kernel is about 3-5 px wide. The
-sparse prior is what lets this avoid the trivial "no blur" answer: a sharp
-image with few strong edges explains a blurred image better with the true
-kernel than with a delta.
-
-The finished kernel is raised to a power (:data:`KERNEL_SHARPENING_POWER`)
-and normalised again: the alternation returns camera paths as bands a few
-pixels wide, and the power moves their mass back onto the path.
-
-Real images are not periodic: before any FFT the plane is mirrored outward by
-the kernel size and faded to its mean
-(:func:`~napari_deblur.engine.physics.fourier.taper_pad`), and the kernel step only
-uses gradients inside the frame (a smooth window), so neither the frame nor
-the padding bends the kernel.
-
-The similarity of an estimate to the true kernel is measured with
-:func:`kernel_similarity` (Hu & Yang 2012): the largest normalised
-cross-correlation over all shifts, 1 for the same kernel wherever it sits.
-
-References
-----------
-L. Xu, S. Zheng, J. Jia, "Unnatural L0 sparse representation for natural image
-deblurring", CVPR 2013.
-J. Pan, Z. Hu, Z. Su, M.-H. Yang, "Deblurring text images via L0-regularized
-intensity and gradient prior", CVPR 2014.
-Z. Hu, M.-H. Yang, "Good regions to deblur", ECCV 2012 (kernel similarity).
+Coarse-to-fine maximum-a-posteriori estimation with an L0 prior on the latent
+sharp image (after Xu, Zheng & Jia 2013; Pan, Hu, Su & Yang 2014), on one
+grey plane or window of at most :data:`MAX_ESTIMATION_PIXELS`; and
+:func:`kernel_similarity`, the shift-invariant measure of how close two
+kernels are (Hu & Yang 2012). See docs/methods/blind-psf.md for the method.
 """
 
 from __future__ import annotations
@@ -103,12 +51,8 @@ LAMBDA_DECAY = 1.1
 """The L0 weights shrink by this factor every outer iteration (finer detail joins in)."""
 
 LAMBDA_FLOOR = 2e-3
-"""Lowest L0 weight, so the latent image stays piecewise flat at the finest levels.
-
-Without it the weight would fall to about 8e-4 (25 px kernel) or 5e-4 (31 px) at
-the finest level; our reading, not checked directly, is that the latent image then
-takes on fine detail and noise that the kernel step explains with stray mass.
-Chosen with :data:`KERNEL_FAINT`, see there."""
+"""Lowest L0 weight on the gradients (intensities in [0, 1]), so the latent image stays
+piecewise flat at the finest levels."""
 
 SPLITTING_GROWTH = 2.0
 """Half-quadratic splitting: the penalty weights grow by this factor per inner iteration."""
@@ -123,24 +67,11 @@ KERNEL_TIKHONOV = 0.5
 """Tikhonov weight of the kernel step, relative to the mean gradient power of the latent image."""
 
 KERNEL_PREFILTER_SIGMA = 0.6
-"""Gaussian (px) that smooths both the latent and the blurred plane in the kernel step.
-
-Blurring both sides of ``k * x = y`` by the same Gaussian keeps the relation
-(convolutions commute) but damps the noise of the blurred image's gradients,
-which otherwise scatters faint mass over the kernel. On synthetic camera shake
-with 1 % noise (train split, not the eval images) it raised the mean kernel
-similarity from 0.69 to 0.82 (whole image) and from 0.64 to 0.77 (192 px
-windows), together with the two weights above."""
+"""Standard deviation (px) of the Gaussian that smooths both the latent and the blurred plane
+in the kernel step (``k * x = y`` still holds; the noise of ``y``'s gradients is damped)."""
 
 KERNEL_FAINT = 0.10
-"""Kernel values below this fraction of the maximum are set to 0.
-
-Chosen with :data:`LAMBDA_FLOOR` on train-split images only, by a rule fixed before
-five draws (``training/checks/blind_psf_heldout_check.py``); before, 0.05 and 1e-4. The deconvolution with the estimate then
-succeeded (error ratio <= 3) in 91.5 % of camera-shake cases instead of 78.5 %, 100 %
-of Gaussian instead of 93 % and 99 % of disk instead of 92 %, and the mean error ratio
-fell on every draw; the median error ratio of disks rose by 5 % (1.21 -> 1.27): typical
-disk estimates a little worse, far fewer failures."""
+"""Kernel values below this fraction of the kernel's maximum are set to 0."""
 
 CPU_THREADS = 1
 """Torch threads used on the CPU while estimating (restored afterwards)."""
@@ -162,21 +93,8 @@ KERNEL_MIN_PART = 0.1
 """Connected parts of the kernel with less than this fraction of its mass are removed."""
 
 KERNEL_SHARPENING_POWER = 1.25
-"""The finished estimate is raised to this power (then normalised and centred).
-
-The alternation returns kernels thicker than the true ones: the L0 latent image
-has step edges where the scene's edges are soft, the kernel step is
-regularised, and both sides are smoothed, so a thin camera path comes back
-as a band a few pixels wide. A power above 1 concentrates the mass on the
-band's ridge. It is applied once, to the finished kernel: applied at every
-alternation it compounds and the estimate collapses to a point. Chosen on
-train-split images (``training/checks/blind_psf_heldout_check.py``, never the eval
-images), 96 cases per kernel kind, 1 % noise. For camera shake (13-27 px) it
-raises the mean kernel similarity from 0.821 to 0.837 and the deconvolutions
-within 3x the true kernel's error from 77 % to 86 %; 1.5 did more for shake
-(0.841, 91 %) but made Gaussian and disk estimates too narrow (similarity
--0.008 and -0.013), while 1.25 leaves them as they were (+0.001, -0.004) and
-still lowers their failures (ER > 3: 8 -> 3 % and 9 -> 6 %)."""
+"""Exponent the finished kernel is raised to (then normalised and centred, :func:`sharpen_kernel`):
+it moves the mass of the band the alternation returns back onto its ridge. Dimensionless."""
 
 
 # --- input ----------------------------------------------------------------------------
@@ -566,8 +484,8 @@ def iter_estimate_psf(image, *, size: int = 25, region=None, channel_axis: int |
     levels = _pyramid(size)
     kernel = _initial_kernel(levels[0][1])
     # Thousands of small FFTs: torch's CPU thread pool gains little on them and, on a busy
-    # machine, loses a lot waiting for its threads (57 s instead of 1.4 s for 256x256 on 2
-    # loaded cores), so CPU work runs on one thread and the setting is restored afterwards.
+    # machine, loses a lot waiting for its threads, so CPU work runs on one thread and the
+    # setting is restored afterwards.
     threads = torch.get_num_threads()
     if target.type == "cpu":
         torch.set_num_threads(CPU_THREADS)
@@ -675,7 +593,7 @@ def estimate_psf() -> np.ndarray:
     Notes
     -----
     Coarse-to-fine MAP estimation with an L0 gradient prior (Xu et al. 2013,
-    Pan et al. 2014); see the module docstring for the maths. The kernel is
+    Pan et al. 2014); see docs/methods/blind-psf.md for the maths. The kernel is
     known only up to a shift (the latent image shifts with it), so it is
     returned centred. The input is never modified. About 1-3 s for a 256x256
     window and ``size=25`` on one CPU core, about 20 s for 1 MP; time and

@@ -1,109 +1,10 @@
 """GWIS: grid-warping image sharpening driven by a blur level (constant or per pixel).
 
 Blurred edges are thinned by moving the pixels of each edge's neighbourhood
-toward the edge's centre line (Nasonova & Krylov 2015; Nasonov, Krylov &
-Lyukov, sections 2.1-2.2). No blur kernel is needed, only a blur level per
-pixel; the output is a resampling of the input, so it cannot ring or
-overshoot, and flat (noisy) areas are left where they are.
-
-Notes
------
-**1D warp.** For an edge at ``0`` and warp scale ``sigma`` the pixel at ``x``
-moves to ``x + d(x)`` with
-
-    d(x) = -x                          for |x| <= sigma,
-    d(x) = -(3 sigma - 2|x|) sign(x)   for sigma < |x| <= 1.5 sigma,
-    d(x) = 0                           beyond.
-
-(The paper prints the middle branch without the leading minus, which makes
-``d`` jump at ``|x| = sigma``; with the minus it is continuous, monotone,
-``d' >= -1``, and zero from ``1.5 sigma`` on.) The band ``|x| <= sigma``
-collapses onto the edge, the bands ``sigma < |x| <= 1.5 sigma`` are stretched
-threefold to fill ``|y| <= 1.5 sigma``. The warp is forward,
-``W[g, d](x + d(x)) = g(x)``; it is applied by inverting the mapping. The
-inverse is closed form: the output pixel at ``y`` (``0 < |y| <= 1.5 sigma``)
-reads the input at ``u = y + e(y)``, ``e(y) = sign(y) (sigma - 2|y| / 3)``.
-(The fixed-point iteration ``u <- y - d(u)`` does not converge here: the
-slope of ``d`` is 2 on the stretched bands, so that map is expansive.)
-
-**2D.** Edge points ``p`` are local maxima of the gradient magnitude along
-the gradient direction (non-maximum suppression, sub-pixel position from a
-parabola) whose magnitude exceeds ``EDGE_THRESHOLD`` times the noise level of
-the gradient (noise estimated from the median absolute diagonal wavelet
-coefficient). Each edge point acts on the pixels ``x`` of its band,
-``|<n(p), x - p>| <= 1.5 sigma_p`` and ``|Pr_perp(x - p)| <= PERP_CUTOFF *
-sigma_p``, with weight ``w = |grad I(p)| exp(-Pr_perp(x - p)^2 / (2
-sigma_p^2))``. The displacement is the normalised weighted mean of the 1D
-displacements ``n(p) d(<n(p), x - p>, sigma_p)`` (the paper's formula); the
-applied sampling map is the same weighted mean of the exact 1D *inverses*
-``n(p) e(<n(p), y - p>, sigma_p)``. Along a straight edge, where ``d`` varies
-fastest, all contributing edge points share the normal and the perpendicular
-coordinate is unchanged by the warp, so this is the exact inverse of the
-paper's forward warp. Where few edge points contribute (edge ends, isolated
-points) the displacement fades with the coverage ``min(1, sum_p
-exp(-Pr_perp^2 / 2 sigma_p^2) / (COVERAGE_FULL * sigma))``, which keeps the
-map continuous at the end of an edge and leaves lone noise maxima almost
-alone. The image is resampled bilinearly at ``u``: every output value is a
-convex combination of nearby input values (no new extrema).
-
-**Colour and stacks.** The edges and the field come from the luminance
-(Rec. 709 weights for RGB/RGBA, channel mean otherwise); every channel is
-warped with the same field. Leading axes (z, t) are processed plane by plane.
-
-**Blur level to warp scale.** ``sigma_p = WARP_SCALE_SLOPE * level +
-WARP_SCALE_OFFSET`` (level > 0), found by an oracle study on the training
-images only (``benchmarks/gwis_oracle_study.py``, output
-``benchmarks/results/gwis_oracle_study.md``).
-
-**Coarse field for large warp scales.** The cost of the field is (edge
-points) x (band area), and the band area grows with ``sigma_p^2``. Where the
-smallest warp scale among the edge points exceeds ``COARSE_WARP_SCALE`` (4 px),
-the field is computed on a grid of spacing ``f = sigma_p / COARSE_WARP_SCALE``
-px, at least ``MIN_COARSE_SPACING`` (fractional; nodes at global pixel multiples
-of ``f``, so tiles share them), on which every warp scale spans up to
-``COARSE_WARP_SCALE`` steps:
-
-1. edges are found on the pixel grid as above (sub-pixel positions kept);
-   per block of ``THIN_SPACING x THIN_SPACING`` nodes the strongest point is
-   kept and stands for ``THIN_SPACING`` points along its edge (weight and
-   coverage times ``THIN_SPACING``; the perpendicular Gaussian spans 4 nodes,
-   so its sum over points 2 nodes apart hardly changes);
-2. the same weighted sums are scattered onto the grid, split into a sign
-   part ``S`` (mean of ``n sigma sign(a)``), a linear part ``L`` (mean of
-   ``n sigma a``) and a signed distance ``D`` (mean of ``sigma a``); the
-   inverse is ``S - 2/3 L``; the fold guard runs on the grid, checking all
-   4 corners of every cell, which keeps any bilinear interpolation of the
-   map unfolded (the Jacobian of a bilinear cell is affine in the cell
-   coordinates);
-3. the map is interpolated bilinearly onto the pixels, except that the jump
-   of the inverse at an edge line would be smeared over a grid step: in cells
-   that one edge crosses cleanly (``D`` changes sign, ``T = S sign(D)`` points
-   the same way at the 4 corners, the jump is forward), ``T``, ``L`` and ``D``
-   are interpolated (they are smooth across a straight edge) and the sign is
-   put back per pixel, ``T sign(D) - 2/3 L``, so the jump stays at the edge
-   line to the pixel; cells where that would fold fall back to plain
-   interpolation. At the nodes both equal the coarse inverse.
-
-In a side measurement during development (6 training images x Gaussian and
-disk blur, noise variance 5, the previous mapping) the PSNR gain of the coarse
-field was 0.01-0.05 dB below that of the pixel-grid field at levels 2-4 and
-0.03 dB above at level 6, at a fraction of the cost; the mapping was then
-refitted with it (``benchmarks/results/gwis_oracle_study.md``). Below
-``COARSE_WARP_SCALE`` the field is computed on the pixel grid as above.
-
-The work is vectorised: edge points are grouped by normal direction into
-``ANGLE_SECTORS`` sectors; per sector a loop over the window offsets its bands
-can reach scatters the contributions of *all* its edge points at once
-(``scatter_add_``), so the cost grows with the number of edge points times
-the band area, not with the image size. The fold guard's first round runs on
-the whole plane, later rounds (a handful of folds) on crops around them.
-
-References
-----------
-A. Nasonova, A. Krylov, "Deblurred images post-processing by Poisson
-warping", IEEE Signal Processing Letters 22(4), 2015.
-A. Nasonov, A. Krylov, D. Lyukov, "Image sharpening with blur map estimation
-using convolutional neural network", ISPRS Archives XLII-2/W12, 2019.
+toward the edge's centre line; the output is a bilinear resampling of the
+input, so it cannot ring or overshoot. Needs a blur level in pixels, not a
+kernel. Large planes run in tiles, stacks plane by plane, colour images
+with one warp from the luminance. See docs/methods/gwis.md for the method.
 """
 
 from __future__ import annotations
@@ -129,13 +30,8 @@ from .blur_map import iter_estimate_blur_map
 
 logger = logging.getLogger(__name__)
 
-# Blur level (PSF standard deviation, px) -> warp scale sigma_p (px): sigma_p = a * level + b.
-# Oracle study on the TRAINING split only (Gaussian/disk/ring blur, levels 0.5..6, noise variance
-# 0..10 on a 0..255 scale, best warp scale by SSIM per case, least-squares line through the picks
-# on relative errors, 283 cases), re-run with the coarse-grid field: benchmarks/gwis_oracle_study.py ->
-# benchmarks/results/gwis_oracle_study.md, "warp scale = 2.720 * level + -0.642 px" (before the
-# coarse grid: 2.739, -0.651). Per type the slopes differ (see that file); one line serves all.
-# Levels below ~0.24 px give no warp.
+#: Warp scale sigma_p (px) from a blur level (px): ``sigma_p = WARP_SCALE_SLOPE * level +
+#: WARP_SCALE_OFFSET`` (a line fitted on training images; docs/methods/gwis.md).
 WARP_SCALE_SLOPE = 2.72
 WARP_SCALE_OFFSET = -0.64
 #: Warp scales are clipped to this many pixels (the window grows with the square of the scale).
@@ -158,15 +54,10 @@ UNFOLD_STEPS = 16
 UNFOLD_SHRINK = 0.5
 MIN_JACOBIAN = 0.05
 #: Above this warp scale (px) the field is computed on a grid of spacing sigma_p / COARSE_WARP_SCALE
-#: px, on which the warp scale spans COARSE_WARP_SCALE steps (module docstring). Chosen on
-#: training images: 3.5 lost about 0.07 dB of PSNR gain against the pixel-grid field at levels
-#: 2-3, 4 at most about 0.05; larger values cost more time (cubically).
+#: px, on which the warp scale spans COARSE_WARP_SCALE grid steps (docs/methods/gwis.md).
 COARSE_WARP_SCALE = 4.0
-#: Smallest spacing (px) of a coarse grid. Just above COARSE_WARP_SCALE a grid of spacing
-#: sigma_p / COARSE_WARP_SCALE (about 1.2 px) has nearly as many nodes as the plane has
-#: pixels and costs more than it saves (upsampling and restoring the jumps come on top): a
-#: 1-MP plane at level 2 took 0.92 s with spacing 1.2 and 0.52 s with 1.5 (1 thread). Warp
-#: scales of 4-6 px then span 2.7-4 steps instead of 4 (quality: benchmarks/results/gwis_benchmark.md).
+#: Smallest spacing (px) of a coarse grid: a finer grid has nearly as many nodes as the plane
+#: has pixels and costs more than the pixel grid. Warp scales of 4-6 px then span 2.7-4 steps.
 MIN_COARSE_SPACING = 1.5
 #: On the coarse grid one edge point per THIN_SPACING x THIN_SPACING nodes is kept (standing
 #: for THIN_SPACING points along its edge): the perpendicular Gaussian of a band spans
@@ -182,7 +73,7 @@ TILE_SIZE = 1024
 
 
 def warp_scale_for_level(level):
-    """Warp scale ``sigma_p`` (px) for blur levels (px): the study's linear mapping.
+    """Warp scale ``sigma_p`` (px) for blur levels (px): ``WARP_SCALE_SLOPE * level + WARP_SCALE_OFFSET``.
 
     Parameters
     ----------
@@ -1137,8 +1028,8 @@ def sharpen_gwis() -> np.ndarray:
     Notes
     -----
     The warp scale is ``sigma_p = WARP_SCALE_SLOPE * level + WARP_SCALE_OFFSET``
-    (clipped to ``MAX_WARP_SCALE`` px), found by an oracle study on the
-    training images; see the module docstring for the algorithm.
+    (clipped to ``MAX_WARP_SCALE`` px), a line fitted on training images;
+    see docs/methods/gwis.md for the algorithm.
 
     References
     ----------

@@ -1,31 +1,8 @@
-"""Classical Wiener deconvolution, single SNR or a stack of SNRs at once.
+"""Classical Wiener deconvolution, at one SNR or at a stack of SNRs from one FFT.
 
-Notes
------
-With ``H`` the PSF's transfer function, ``P(f)`` the expected power spectrum
-of a sharp natural image and ``K = 10 ** (-snr_db / 10)`` the noise-to-signal
-power ratio, the estimate is
-
-    X(f) = conj(H(f)) / (|H(f)|^2 + K / P(f)) * Y(f).
-
-``P(f) = (|f|^2 + f0^2) ** (-SPECTRUM_EXPONENT / 2)`` (``f`` in cycles per
-pixel), scaled to mean 1 over all frequencies, so ``snr_db`` keeps its
-physical meaning (signal variance over noise variance): fine detail, where
-images carry little power, is regularised more than coarse structure. On the
-train split (``benchmarks/wiener_prior_study.py``) this prior gains 1.4 dB
-PSNR over a flat (white-signal) prior at the best SNR of each, and setting
-the true SNR loses 0.4 dB against the best one (2.3 dB with the flat
-prior). At zero frequency the gain is
-exactly ``1 / H(0) = 1`` so the image keeps its mean brightness.
-
-Real photos are not periodic: before the FFT the plane is mirrored outward by
-at least the PSF size and faded to its mean
-(:func:`~napari_deblur.engine.physics.fourier.taper_pad`), which removes the ringing a
-periodic filter puts at the frame.
-
-References
-----------
-Gonzalez & Woods, *Digital Image Processing*, ch. 5 (Wiener filtering).
+The filter uses a power-law model of a sharp image's spectrum and mirrors and
+fades each plane beyond its frame before the FFT (no ringing at the border);
+large planes are filtered in tiles. See docs/methods/wiener-net.md for the method.
 """
 
 from __future__ import annotations
@@ -47,13 +24,11 @@ WIENER_STACK_SNRS_DB: tuple[float, ...] = tuple(float(s) for s in range(9, 66, 4
 """The 15 SNRs (dB) of the Wiener stack of Gilbert, Messinger & Patel: 9, 13, ..., 65."""
 
 BOUNDARIES = ("taper", "periodic")
+"""Boundary handling of :func:`wiener_deconvolve`: mirrored and faded, or periodic."""
 
 SPECTRUM_EXPONENT = 3.0
-"""Power-law exponent of the sharp-image spectrum model ``P(f)``, chosen by
-``benchmarks/wiener_prior_study.py`` on the train split with the engine's own
-kernels: 2, 2.5 and 3 restore equally well at their best SNR (27.2-27.3 dB),
-and 3 makes the true SNR the closest to the best setting (0.43 dB loss, 1.17
-for 2, 2.28 for a flat spectrum); see ``benchmarks/results/wiener_prior_study.md``."""
+"""Exponent of the sharp-image spectrum model ``P(f) = (|f|^2 + f0^2) ** (-SPECTRUM_EXPONENT / 2)``
+(``f`` in cycles per pixel), scaled to mean 1."""
 
 SPECTRUM_KNEE = 0.01
 """``f0`` in cycles per pixel: below it the model spectrum flattens out."""

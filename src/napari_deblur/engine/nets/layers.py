@@ -32,7 +32,7 @@ def upsample_nearest_then_conv(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor
     -----
     After a nearest-neighbour 2x upsampling, the three taps of a 3x3 kernel
     along an axis land on only two coarse samples: for an even output index
-    the first tap reads the previous coarse sample and the other two the
+    the first tap reads the preceding coarse sample and the other two the
     current one; for an odd index the first two read the current sample and
     the third the next one. Each of the four output phases is therefore a
     2x2 convolution of the coarse map, whose taps are sums of the 3x3 taps.
@@ -47,7 +47,7 @@ def upsample_nearest_then_conv(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor
             or conv.dilation != (1, 1) or conv.groups != 1:
         raise ValueError("upsample_nearest_then_conv needs a 3x3 convolution with padding 1.")
     weight = conv.weight  # (O, I, 3, 3)
-    # Tap sums along one axis, per output phase: phase 0 reads (previous, current) coarse
+    # Tap sums along one axis, per output phase: phase 0 reads (preceding, current) coarse
     # samples with (w0, w1 + w2), phase 1 reads (current, next) with (w0 + w1, w2).
     def phase_taps(w: torch.Tensor, axis: int) -> tuple[torch.Tensor, torch.Tensor]:
         first, middle, last = w.unbind(axis)
