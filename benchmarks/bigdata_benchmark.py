@@ -48,8 +48,9 @@ def write_stack(path: Path, planes: int, size: int) -> float:
 
     base = resize(ed.load_eval_image(SOURCE_IMAGE), (size, size), order=1, anti_aliasing=True)
     base = ndimage.gaussian_filter(base, BLUR_SIGMA, mode="reflect").astype(np.float32)
-    stack = zarr.open_array(str(path), mode="w", shape=(planes, size, size), dtype="float32",
-                            chunks=(1, size, size))
+    stack = zarr.open_array(
+        str(path), mode="w", shape=(planes, size, size), dtype="float32", chunks=(1, size, size)
+    )
     rng = np.random.default_rng(0)
     for index in range(planes):
         shift = rng.integers(0, size, 2)
@@ -89,8 +90,9 @@ def main(argv=None) -> int:
     parser.add_argument("--scaling-planes", type=int, default=24)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/napari-deblur-bigdata"))
     parser.add_argument("--keep", action="store_true", help="keep the generated stacks")
-    parser.add_argument("--scaling-only", action="store_true",
-                        help="only the scaling runs (results: bigdata_scaling.md)")
+    parser.add_argument(
+        "--scaling-only", action="store_true", help="only the scaling runs (results: bigdata_scaling.md)"
+    )
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     command = ed.command_line("benchmarks/bigdata_benchmark.py", argv)
@@ -112,13 +114,24 @@ def main(argv=None) -> int:
     for method, extra in () if args.scaling_only else (("gwis", ["--blur", "2"]), ("blur-map", [])):
         out = args.workdir / f"out-{method}"
         seconds, peak = measured_run(["run", method, *extra, str(stack), "-o", str(out)])
-        rows.append((method, " ".join(extra) or "-", f"{args.planes} x {args.size}^2",
-                     f"{gigabytes:.2f}", seconds, megapixels / seconds, peak))
+        rows.append(
+            (
+                method,
+                " ".join(extra) or "-",
+                f"{args.planes} x {args.size}^2",
+                f"{gigabytes:.2f}",
+                seconds,
+                megapixels / seconds,
+                peak,
+            )
+        )
         shutil.rmtree(out, ignore_errors=True)
     scaling = []
-    for label, cluster in (("dask threads, one process (default)", []),
-                           ("1 worker process (--workers 1)", ["--workers", "1"]),
-                           ("2 worker processes (--workers 2)", ["--workers", "2"])):
+    for label, cluster in (
+        ("dask threads, one process (default)", []),
+        ("1 worker process (--workers 1)", ["--workers", "1"]),
+        ("2 worker processes (--workers 2)", ["--workers", "2"]),
+    ):
         out = args.workdir / "out-scaling"
         seconds, peak = measured_run(["run", "gwis", "--blur", "2", *cluster, str(small), "-o", str(out)])
         scaling.append((label, seconds, small_megapixels / seconds, peak))
@@ -127,13 +140,18 @@ def main(argv=None) -> int:
         shutil.rmtree(args.workdir, ignore_errors=True)
 
     lines = [
-        "# Big data: zarr stack larger than the memory budget, end to end", "",
-        f"Command: `{command}`", "", ed.environment_line(), "",
+        "# Big data: zarr stack larger than the memory budget, end to end",
+        "",
+        f"Command: `{command}`",
+        "",
+        ed.environment_line(),
+        "",
         f"Machine: {os.cpu_count()} CPUs, load average at the start {load}; no GPU. Input: float32 zarr, "
         f"one {args.size}x{args.size} plane per chunk ({SOURCE_IMAGE} from the eval split, Gaussian blur "
         f"{BLUR_SIGMA:g} px, shifted, noise {NOISE_STD:g}). Output: zarr. Wall time includes start-up and "
         "model loading; peak memory is the largest sum of resident memory over the command's process "
-        "and its children (sampled every 0.1 s).", "",
+        "and its children (sampled every 0.1 s).",
+        "",
         "| method | options | stack | size (GB) | wall time (s) | throughput (MP/s) | peak memory (GB) |",
         "|---|---|---|---:|---:|---:|---:|",
     ]
@@ -141,13 +159,16 @@ def main(argv=None) -> int:
     if args.scaling_only:
         lines = lines[:-2] + ["Scaling only (`--scaling-only`); the full-stack runs are in bigdata.md."]
     lines += [
-        "", f"Scaling, GWIS `--blur 2` on the first {args.scaling_planes} planes "
-        f"({small_megapixels:.0f} MP):", "",
+        "",
+        f"Scaling, GWIS `--blur 2` on the first {args.scaling_planes} planes ({small_megapixels:.0f} MP):",
+        "",
         "| how | wall time (s) | throughput (MP/s) | speed-up over 1 worker | peak memory (GB) |",
         "|---|---:|---:|---:|---:|",
     ]
     one_worker = scaling[1][1]
-    lines += [f"| {label} | {t:.0f} | {r:.2f} | {one_worker / t:.2f} | {p:.2f} |" for label, t, r, p in scaling]
+    lines += [
+        f"| {label} | {t:.0f} | {r:.2f} | {one_worker / t:.2f} | {p:.2f} |" for label, t, r, p in scaling
+    ]
     if args.scaling_only and args.results == RESULTS:
         args.results = RESULTS.with_name("bigdata_scaling.md")
     args.results.parent.mkdir(parents=True, exist_ok=True)

@@ -86,8 +86,11 @@ ZS_SIGMA0 = 1.0
 ZS_MAX = 6.0
 LEVEL_RANGE = (0.0, 6.0)
 NOISE_VARIANCE_RANGE = (0.0, 10.0)
-METHODS = {"ours": "BlurMapNet (ours)", "paper": "Paper's network (same data)",
-           "zhuo_sim": "Zhuo & Sim 2011 (gradient ratio)"}
+METHODS = {
+    "ours": "BlurMapNet (ours)",
+    "paper": "Paper's network (same data)",
+    "zhuo_sim": "Zhuo & Sim 2011 (gradient ratio)",
+}
 
 rows_csv: list[dict] = []
 
@@ -100,10 +103,11 @@ def estimate(method: str, image: np.ndarray) -> np.ndarray:
     if method == "ours":
         job = iter_estimate_blur_map(image.astype(np.float32), device="cpu")
     else:
-        network, views = {"paper": (baselines.load_paper_blur_net, baselines.PAPER_VIEWS),
-                          "tuned": (baselines.load_gwis_level_net, baselines.GWIS_LEVEL_VIEWS)}[method]
-        job = iter_estimate_blur_map(image.astype(np.float32), device="cpu", network=network(),
-                                     views=views)
+        network, views = {
+            "paper": (baselines.load_paper_blur_net, baselines.PAPER_VIEWS),
+            "tuned": (baselines.load_gwis_level_net, baselines.GWIS_LEVEL_VIEWS),
+        }[method]
+        job = iter_estimate_blur_map(image.astype(np.float32), device="cpu", network=network(), views=views)
     return run_job(job)
 
 
@@ -137,8 +141,9 @@ def mixed_columns(source: np.ndarray, out_shape, sigma_of_column: np.ndarray) ->
     stack = []
     sharp = None
     for sigma in PATRO_SIGMAS:
-        blurred, sharp = ed.blur_real_boundary(source, gaussian_psf(float(sigma), size=size).astype(
-            np.float64), out_shape)
+        blurred, sharp = ed.blur_real_boundary(
+            source, gaussian_psf(float(sigma), size=size).astype(np.float64), out_shape
+        )
         stack.append(blurred)
     stack = np.stack(stack)
     position = np.interp(sigma_of_column, PATRO_SIGMAS, np.arange(PATRO_SIGMAS.size))
@@ -177,9 +182,17 @@ def patro_section(images, max_size) -> tuple[str, dict]:
                 rmse_all = float(np.sqrt(np.mean(error**2)))
                 rmse_tex = float(np.sqrt(np.mean(error[textured] ** 2)))
                 results[(name, protocol)][method] = (rmse_all, rmse_tex)
-                rows_csv.append(dict(section="patro", image=name, case=protocol, method=method,
-                                     rmse_all=rmse_all, rmse_textured=rmse_tex,
-                                     shape=f"{out_shape[0]}x{out_shape[1]}"))
+                rows_csv.append(
+                    dict(
+                        section="patro",
+                        image=name,
+                        case=protocol,
+                        method=method,
+                        rmse_all=rmse_all,
+                        rmse_textured=rmse_tex,
+                        shape=f"{out_shape[0]}x{out_shape[1]}",
+                    )
+                )
         log.info("patro %s %s done", name, out_shape)
     lines = [
         "### 1. Ramp and sinusoid (Patro): RMSE of the sigma map in px (textured / all pixels)",
@@ -200,22 +213,31 @@ def patro_section(images, max_size) -> tuple[str, dict]:
     for method in ("ours", "paper"):
         tex = [results[(n, p)][method][1] for n in natural for p in ("ramp", "sinusoid")]
         alls = [results[(n, p)][method][0] for n in natural for p in ("ramp", "sinusoid")]
-        summary[method] = (float(np.mean(tex)) if tex else float("nan"),
-                           float(np.max(tex)) if tex else float("nan"),
-                           float(np.mean(alls)) if alls else float("nan"))
+        summary[method] = (
+            float(np.mean(tex)) if tex else float("nan"),
+            float(np.max(tex)) if tex else float("nan"),
+            float(np.mean(alls)) if alls else float("nan"),
+        )
     lines += [""]
     for method in ("ours", "paper"):
         mean_tex, worst_tex, mean_all = summary[method]
-        lines.append(f"- {METHODS[method]}, natural images ({len(natural)}), ramp and sinusoid: mean "
-                     f"RMSE {mean_tex:.3f} px on textured pixels (worst {worst_tex:.3f}), "
-                     f"{mean_all:.3f} px on all pixels.")
+        lines.append(
+            f"- {METHODS[method]}, natural images ({len(natural)}), ramp and sinusoid: mean "
+            f"RMSE {mean_tex:.3f} px on textured pixels (worst {worst_tex:.3f}), "
+            f"{mean_all:.3f} px on all pixels."
+        )
         if "brick" in images:
             b = [results[("brick", p)][method][0] for p in ("ramp", "sinusoid")]
-            lines.append(f"- {METHODS[method]}, brick: RMSE (all pixels) ramp {b[0]:.3f}, "
-                         f"sinusoid {b[1]:.3f} px.")
-    lines += ["", "Bars: <= 0.12 px on brick, <= 0.15 px on textured pixels of natural images. "
-              "Patro (his textures): ramp 0.2350 (10 classes) / 0.1645 (30 classes); sinusoid "
-              "0.1991 before, 0.1331 after smoothing.", ""]
+            lines.append(
+                f"- {METHODS[method]}, brick: RMSE (all pixels) ramp {b[0]:.3f}, sinusoid {b[1]:.3f} px."
+            )
+    lines += [
+        "",
+        "Bars: <= 0.12 px on brick, <= 0.15 px on textured pixels of natural images. "
+        "Patro (his textures): ramp 0.2350 (10 classes) / 0.1645 (30 classes); sinusoid "
+        "0.1991 before, 0.1331 after smoothing.",
+        "",
+    ]
     return "\n".join(lines), summary
 
 
@@ -278,16 +300,27 @@ def voronoi_section(images, max_size) -> tuple[str, dict]:
         for blur_type in BLUR_TYPES:
             rng = ed.case_rng("blur-map-voronoi", name, blur_type)
             observed, truth, edges = voronoi_case(source, out_shape, blur_type, rng)
-            estimates = {"ours": estimate("ours", observed), "paper": estimate("paper", observed),
-                         "zhuo_sim": zhuo_sim(observed, edges)}
+            estimates = {
+                "ours": estimate("ours", observed),
+                "paper": estimate("paper", observed),
+                "zhuo_sim": zhuo_sim(observed, edges),
+            }
             if not edges.any():  # e.g. a dark, starry crop: no edge away from region boundaries
                 log.info("voronoi %s %s: no edge pixel; case skipped", name, blur_type)
                 continue
             for method, est in estimates.items():
                 mae = float(np.mean(np.abs(est[edges] - truth[edges])))
                 errors[(blur_type, method)].append(mae)
-                rows_csv.append(dict(section="voronoi", image=name, case=blur_type, method=method,
-                                     mae_edges=mae, edge_pixels=int(edges.sum())))
+                rows_csv.append(
+                    dict(
+                        section="voronoi",
+                        image=name,
+                        case=blur_type,
+                        method=method,
+                        mae_edges=mae,
+                        edge_pixels=int(edges.sum()),
+                    )
+                )
         log.info("voronoi %s done", name)
     lines = [
         f"### 2. Piecewise-constant maps ({VORONOI_REGIONS} Voronoi regions, levels "
@@ -302,11 +335,18 @@ def voronoi_section(images, max_size) -> tuple[str, dict]:
         means = {m: float(np.mean([e for t in types for e in errors[(t, m)]])) for m in METHODS}
         summary[blur_type] = means
         n = sum(len(errors[(t, "ours")]) for t in types)
-        lines.append(f"| {blur_type} | {n} | " + " | ".join(f"{means[m]:.3f}" for m in METHODS)
-                     + f" | {means['ours'] / means['zhuo_sim']:.2f} |")
-    lines += ["", "Edge pixels: Canny (sigma 2) of the observed image, >= 4 px from region "
-              "boundaries and the frame; cases without an edge pixel are skipped (cases column: the "
-              "cases scored). Mean over cases of the per-case MAE. Bar: ours / Zhuo & Sim <= 0.5.", ""]
+        lines.append(
+            f"| {blur_type} | {n} | "
+            + " | ".join(f"{means[m]:.3f}" for m in METHODS)
+            + f" | {means['ours'] / means['zhuo_sim']:.2f} |"
+        )
+    lines += [
+        "",
+        "Edge pixels: Canny (sigma 2) of the observed image, >= 4 px from region "
+        "boundaries and the frame; cases without an edge pixel are skipped (cases column: the "
+        "cases scored). Mean over cases of the per-case MAE. Bar: ours / Zhuo & Sim <= 0.5.",
+        "",
+    ]
     return "\n".join(lines), summary
 
 
@@ -324,8 +364,9 @@ def gwis_section(images, max_size, draws) -> tuple[str, dict]:
                 rng = ed.case_rng("blur-map-gwis", name, blur_type, draw)
                 level = float(rng.uniform(*LEVEL_RANGE))
                 variance = float(rng.uniform(*NOISE_VARIANCE_RANGE))
-                psf = (make_psf(engine, blur_type, level).astype(np.float64) if level >= 0.1
-                       else np.ones((1, 1)))
+                psf = (
+                    make_psf(engine, blur_type, level).astype(np.float64) if level >= 0.1 else np.ones((1, 1))
+                )
                 blurred, sharp = ed.blur_real_boundary(source, psf, out_shape)
                 observed = ed.add_gaussian_noise(blurred, np.sqrt(variance) / 255.0, rng)
                 observed = observed.astype(np.float32)
@@ -336,8 +377,9 @@ def gwis_section(images, max_size, draws) -> tuple[str, dict]:
                 tuned = estimate("tuned", observed)
                 case = {
                     "blurred": score(observed, sharp, border),
-                    "oracle": best_by_ssim(((f"{v:g}", sharpen_gwis(observed, v)) for v in GWIS_GRID),
-                                           sharp, border)[:2],
+                    "oracle": best_by_ssim(
+                        ((f"{v:g}", sharpen_gwis(observed, v)) for v in GWIS_GRID), sharp, border
+                    )[:2],
                     "true": score(sharpen_gwis(observed, true_level), sharp, border),
                     "ours": score(sharpen_gwis(observed, ours), sharp, border),
                     "ours_median": score(sharpen_gwis(observed, float(np.median(ours))), sharp, border),
@@ -346,10 +388,19 @@ def gwis_section(images, max_size, draws) -> tuple[str, dict]:
                 }
                 for method, (psnr, ssim) in case.items():
                     rows[method].append((psnr, ssim))
-                    rows_csv.append(dict(section="gwis", image=name, case=f"{blur_type} {draw}",
-                                         method=method, level=true_level, noise_variance=variance,
-                                         psnr=psnr, ssim=ssim,
-                                         median_estimate=float(np.median(ours))))
+                    rows_csv.append(
+                        dict(
+                            section="gwis",
+                            image=name,
+                            case=f"{blur_type} {draw}",
+                            method=method,
+                            level=true_level,
+                            noise_variance=variance,
+                            psnr=psnr,
+                            ssim=ssim,
+                            median_estimate=float(np.median(ours)),
+                        )
+                    )
         log.info("gwis %s done", name)
     labels = {
         "blurred": "Blurred + noisy input",
@@ -376,12 +427,18 @@ def gwis_section(images, max_size, draws) -> tuple[str, dict]:
         gain = values - base
         share = gain[:, 1].mean() / oracle_gain[:, 1].mean() if oracle_gain[:, 1].mean() > 0 else np.nan
         summary[method] = share
-        lines.append(f"| {label} | {values[:, 0].mean():.2f} | {values[:, 1].mean():.4f} | "
-                     f"{gain[:, 0].mean():+.2f} | {gain[:, 1].mean():+.4f} | {share:.0%} |")
-    lines += ["", "Bar: our map >= 90 % of the oracle constant's SSIM gain (paper's CNN: 83 %). "
-              "\"Our map\" is `estimate_blur_map(image)`, what `sharpen_gwis(image, \"auto\")` "
-              "uses; the GWIS-tuned map is the same network fine-tuned on SSIM-best GWIS levels "
-              "(`training/weights/gwis_level.pt`, not shipped).", ""]
+        lines.append(
+            f"| {label} | {values[:, 0].mean():.2f} | {values[:, 1].mean():.4f} | "
+            f"{gain[:, 0].mean():+.2f} | {gain[:, 1].mean():+.4f} | {share:.0%} |"
+        )
+    lines += [
+        "",
+        "Bar: our map >= 90 % of the oracle constant's SSIM gain (paper's CNN: 83 %). "
+        '"Our map" is `estimate_blur_map(image)`, what `sharpen_gwis(image, "auto")` '
+        "uses; the GWIS-tuned map is the same network fine-tuned on SSIM-best GWIS levels "
+        "(`training/weights/gwis_level.pt`, not shipped).",
+        "",
+    ]
     return "\n".join(lines), summary
 
 
@@ -403,8 +460,7 @@ def defocus_section() -> tuple[str, dict]:
         "GWIS, true map": score(sharpen_gwis(blurred, true_map), sharp, border),
         "GWIS, our map": score(sharpen_gwis(blurred, ours), sharp, border),
         "GWIS, paper network's map": score(sharpen_gwis(blurred, paper), sharp, border),
-        "GWIS, our GWIS-tuned map (baseline)": score(sharpen_gwis(blurred, tuned), sharp,
-                                                          border),
+        "GWIS, our GWIS-tuned map (baseline)": score(sharpen_gwis(blurred, tuned), sharp, border),
     }
     map_mae = float(np.mean(np.abs(ours - true_map)))
     paper_mae = float(np.mean(np.abs(paper - true_map)))
@@ -416,15 +472,30 @@ def defocus_section() -> tuple[str, dict]:
     ]
     for label, (psnr, ssim) in cases.items():
         lines.append(f"| {label} | {psnr:.2f} | {ssim:.4f} |")
-        rows_csv.append(dict(section="defocus_sample", image="camera", case="defocus ramp",
-                             method=label, psnr=psnr, ssim=ssim))
-    lines += ["", f"Map error over all pixels: ours MAE {map_mae:.3f} px, paper's network "
-              f"{paper_mae:.3f} px (the GWIS-tuned map is not a level estimate: its MAE "
-              f"{float(np.mean(np.abs(tuned - true_map))):.3f} px is not a score). "
-              "Bar: GWIS with our map beats the best constant.", ""]
+        rows_csv.append(
+            dict(
+                section="defocus_sample",
+                image="camera",
+                case="defocus ramp",
+                method=label,
+                psnr=psnr,
+                ssim=ssim,
+            )
+        )
+    lines += [
+        "",
+        f"Map error over all pixels: ours MAE {map_mae:.3f} px, paper's network "
+        f"{paper_mae:.3f} px (the GWIS-tuned map is not a level estimate: its MAE "
+        f"{float(np.mean(np.abs(tuned - true_map))):.3f} px is not a score). "
+        "Bar: GWIS with our map beats the best constant.",
+        "",
+    ]
     ours_ssim = cases["GWIS, our map"][1]
-    return "\n".join(lines), {"beats_constant": ours_ssim > best[1], "ours": ours_ssim,
-                              "best_constant": best[1]}
+    return "\n".join(lines), {
+        "beats_constant": ours_ssim > best[1],
+        "ours": ours_ssim,
+        "best_constant": best[1],
+    }
 
 
 def _median_time(fn, repeats):
@@ -445,14 +516,14 @@ def speed_section(repeats) -> tuple[str, dict]:
     source = ed.load_eval_image("retina")
     psf = gaussian_psf(3.0, size=27)
     blurred, _ = ed.blur_real_boundary(source, psf.astype(np.float64), (1024, 1024))
-    observed = ed.add_gaussian_noise(blurred, 2.55 / 255, ed.case_rng("blur-map-speed")).astype(
-        np.float32)
+    observed = ed.add_gaussian_noise(blurred, 2.55 / 255, ed.case_rng("blur-map-speed")).astype(np.float32)
     estimate("ours", observed)  # warm-up (loads the weights)
     estimate("paper", observed)
     t_ours = _median_time(lambda: estimate("ours", observed), repeats)
     t_paper = _median_time(lambda: estimate("paper", observed), max(1, repeats // 2))
-    t_rl = _median_time(lambda: richardson_lucy(observed.clip(0, None), psf, num_iter=30,
-                                                clip=False), repeats)
+    t_rl = _median_time(
+        lambda: richardson_lucy(observed.clip(0, None), psf, num_iter=30, clip=False), repeats
+    )
     lines = [
         f"### 5. Speed: 1024 x 1024 grayscale (retina), CPU, torch threads {torch.get_num_threads()}",
         "",
@@ -465,21 +536,29 @@ def speed_section(repeats) -> tuple[str, dict]:
         f"| Paper's network (dense) | {t_paper / t_rl:.2f} |",
         "",
     ]
-    rows_csv.append(dict(section="speed", image="retina", case="1024x1024", method="ours",
-                         ratio=t_ours / t_rl))
-    rows_csv.append(dict(section="speed", image="retina", case="1024x1024", method="paper",
-                         ratio=t_paper / t_rl))
+    rows_csv.append(
+        dict(section="speed", image="retina", case="1024x1024", method="ours", ratio=t_ours / t_rl)
+    )
+    rows_csv.append(
+        dict(section="speed", image="retina", case="1024x1024", method="paper", ratio=t_paper / t_rl)
+    )
     return "\n".join(lines), {"ours": t_ours / t_rl, "paper": t_paper / t_rl}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="2 images, 1 draw, fewer repeats")
-    parser.add_argument("--max-size", type=int, default=384,
-                        help="largest side of the ramp/sinusoid crops (default 384)")
-    parser.add_argument("--gwis-max-size", type=int, default=256,
-                        help="largest side of the Voronoi and GWIS crops (default 256)")
+    parser.add_argument(
+        "--max-size", type=int, default=384, help="largest side of the ramp/sinusoid crops (default 384)"
+    )
+    parser.add_argument(
+        "--gwis-max-size",
+        type=int,
+        default=256,
+        help="largest side of the Voronoi and GWIS crops (default 256)",
+    )
     parser.add_argument("--draws", type=int, default=2, help="GWIS cases per image and blur type")
     parser.add_argument("--no-speed", action="store_true", help="skip the speed section")
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
@@ -495,17 +574,25 @@ def main(argv=None) -> int:
     torch.set_grad_enabled(False)
     images = ["camera", "brick"] if args.quick else list(ed.EVAL_IMAGES)
     draws = 1 if args.quick else args.draws
-    header = [f"Command: `{command}`", "", ed.environment_line(), "",
-              f"EVAL split: {', '.join(images)}; grayscale [0, 1], centre crops (ramp/sinusoid at "
-              f"most {args.max_size} px, Voronoi and GWIS at most {args.gwis_max_size} px), real "
-              "boundaries, fixed seeds. Levels in px (PSF standard deviation, psf_blur_level).", ""]
+    header = [
+        f"Command: `{command}`",
+        "",
+        ed.environment_line(),
+        "",
+        f"EVAL split: {', '.join(images)}; grayscale [0, 1], centre crops (ramp/sinusoid at "
+        f"most {args.max_size} px, Voronoi and GWIS at most {args.gwis_max_size} px), real "
+        "boundaries, fixed seeds. Levels in px (PSF standard deviation, psf_blur_level).",
+        "",
+    ]
     print("\n".join(header), flush=True)
     t0 = time.perf_counter()
     sections = []
-    for make in (lambda: patro_section(images, args.max_size),
-                 lambda: voronoi_section(images, args.gwis_max_size),
-                 lambda: gwis_section(images, args.gwis_max_size, draws),
-                 defocus_section):
+    for make in (
+        lambda: patro_section(images, args.max_size),
+        lambda: voronoi_section(images, args.gwis_max_size),
+        lambda: gwis_section(images, args.gwis_max_size, draws),
+        defocus_section,
+    ):
         text, _ = make()
         sections.append(text)
         print(text, flush=True)
@@ -516,8 +603,12 @@ def main(argv=None) -> int:
     args.results_dir.mkdir(parents=True, exist_ok=True)
     stem = "blur_map_quick" if args.quick else "blur_map"
     md_path = args.results_dir / f"{stem}.md"
-    md_path.write_text("# Blur-map estimator (protocol 2, GWIS by map, speed; eval split)\n\n"
-                       + "\n".join(header) + "\n" + "\n".join(sections))
+    md_path.write_text(
+        "# Blur-map estimator (protocol 2, GWIS by map, speed; eval split)\n\n"
+        + "\n".join(header)
+        + "\n"
+        + "\n".join(sections)
+    )
     csv_path = args.results_dir / f"{stem}.csv"
     fields = []
     for row in rows_csv:

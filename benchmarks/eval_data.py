@@ -281,9 +281,7 @@ def psnr_excluding_border(estimate: np.ndarray, reference: np.ndarray, border: i
     """PSNR in dB (peak 1) after dropping ``border`` pixels on each side."""
     from skimage.metrics import peak_signal_noise_ratio
 
-    return float(
-        peak_signal_noise_ratio(_inner(reference, border), _inner(estimate, border), data_range=1.0)
-    )
+    return float(peak_signal_noise_ratio(_inner(reference, border), _inner(estimate, border), data_range=1.0))
 
 
 def ssim_excluding_border(estimate: np.ndarray, reference: np.ndarray, border: int) -> float:

@@ -73,12 +73,18 @@ def _profile(fn) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
-    parser.add_argument("--tile-sizes", type=int, nargs="*", default=[1024],
-                        help="extra tile sizes to time the tiled functions with")
+    parser.add_argument(
+        "--tile-sizes",
+        type=int,
+        nargs="*",
+        default=[1024],
+        help="extra tile sizes to time the tiled functions with",
+    )
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--device", default="cuda", help="cuda (the bar); cpu only to try the script")
     parser.add_argument("--side", type=int, default=SIDE)
@@ -88,24 +94,30 @@ def main(argv=None) -> int:
         return 2
 
     from napari_deblur import engine
-    from napari_deblur.engine.methods import blur_map, gwis, wiener_net
     from napari_deblur.engine.core import tiling
+    from napari_deblur.engine.methods import blur_map, gwis, wiener_net
 
     device = args.device
     observed, psf = _scene(args.side)
     level_map = engine.estimate_blur_map(observed, device=device)
     functions = {
         "estimate_blur_map(image)": lambda: engine.estimate_blur_map(observed, device=device),
-        "wiener_net_deconvolve(image, psf)":
-            lambda: engine.wiener_net_deconvolve(observed, psf, device=device),
-        "wiener_deconvolve(image, psf) (classical)":
-            lambda: engine.wiener_deconvolve(observed, psf, device=device),
+        "wiener_net_deconvolve(image, psf)": lambda: engine.wiener_net_deconvolve(
+            observed, psf, device=device
+        ),
+        "wiener_deconvolve(image, psf) (classical)": lambda: engine.wiener_deconvolve(
+            observed, psf, device=device
+        ),
         "sharpen_gwis(image, 2.0)": lambda: engine.sharpen_gwis(observed, 2.0, device=device),
         "sharpen_gwis(image, level_map)": lambda: engine.sharpen_gwis(observed, level_map, device=device),
         'sharpen_gwis(image, "auto")': lambda: engine.sharpen_gwis(observed, "auto", device=device),
     }
-    tiled = {"estimate_blur_map(image)": blur_map, "wiener_net_deconvolve(image, psf)": wiener_net,
-             "sharpen_gwis(image, 2.0)": gwis, "sharpen_gwis(image, level_map)": gwis}
+    tiled = {
+        "estimate_blur_map(image)": blur_map,
+        "wiener_net_deconvolve(image, psf)": wiener_net,
+        "sharpen_gwis(image, 2.0)": gwis,
+        "sharpen_gwis(image, level_map)": gwis,
+    }
     rows, profiles = [], []
     for name, fn in functions.items():
         times = _timed(fn, args.repeats)

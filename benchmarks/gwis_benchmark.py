@@ -134,13 +134,15 @@ def run_case(engine, name, source, out_shape, blur_type, draw) -> list[Result]:
     add("gwis_true", *score(sharpen_gwis(observed, true_level), sharp, border))
     # The identity is a candidate, as level 0 is in the GWIS grid.
     usm = [("none", observed)]
-    usm += [(f"r{r:g} a{a:g}", unsharp_mask(observed, radius=r, amount=a, preserve_range=True))
-            for r in USM_RADII for a in USM_AMOUNTS]
+    usm += [
+        (f"r{r:g} a{a:g}", unsharp_mask(observed, radius=r, amount=a, preserve_range=True))
+        for r in USM_RADII
+        for a in USM_AMOUNTS
+    ]
     add("usm_oracle", *best_by_ssim(usm, sharp, border))
     snrs = list(engine.WIENER_STACK_SNRS_DB)
     stack = engine.wiener_deconvolve_snr_stack(observed, psf.astype(np.float32), snrs)
-    w_psnr, w_ssim, w_label = best_by_ssim(((f"{s:g} dB", est) for s, est in zip(snrs, stack)),
-                                           sharp, border)
+    w_psnr, w_ssim, w_label = best_by_ssim(((f"{s:g} dB", est) for s, est in zip(snrs, stack)), sharp, border)
     add("wiener_oracle", w_psnr, w_ssim, w_label)
     restored = stack[snrs.index(float(w_label.split()[0]))]
     add("wiener_gwis", *best_by_ssim(gwis_candidates(engine, restored), sharp, border))
@@ -172,8 +174,12 @@ def quality_tables(results: list[Result]) -> str:
             f"{dpsnr.mean():+.2f} | {dssim.mean():+.4f} | {dpsnr.min():+.2f} | {dssim.min():+.4f} | "
             f"{worst.image}, {worst.blur_type} {worst.level:.2f} px |"
         )
-    lines += ["", "Paper (Table 1, its own test set): blurred 24.87 dB / 0.7022, GWIS oracle 25.22 / "
-              "0.7207 (+0.35 dB, +0.0185).", ""]
+    lines += [
+        "",
+        "Paper (Table 1, its own test set): blurred 24.87 dB / 0.7022, GWIS oracle 25.22 / "
+        "0.7207 (+0.35 dB, +0.0185).",
+        "",
+    ]
     # Per blur type, GWIS only.
     lines += [
         "### Per blur type: mean gain over the blurred input (PSNR dB / SSIM)",
@@ -188,8 +194,10 @@ def quality_tables(results: list[Result]) -> str:
                 continue
             rs = [r for r in by_method[method] if r.blur_type == blur_type]
             ref = [base[(r.image, r.blur_type, r.level, r.noise_variance)] for r in rs]
-            cells.append(f"{np.mean([r.psnr - b.psnr for r, b in zip(rs, ref)]):+.2f} / "
-                         f"{np.mean([r.ssim - b.ssim for r, b in zip(rs, ref)]):+.4f}")
+            cells.append(
+                f"{np.mean([r.psnr - b.psnr for r, b in zip(rs, ref)]):+.2f} / "
+                f"{np.mean([r.ssim - b.ssim for r, b in zip(rs, ref)]):+.4f}"
+            )
         n = len([r for r in by_method["blurred"] if r.blur_type == blur_type])
         lines.append(f"| {blur_type} | {n} | " + " | ".join(cells) + " |")
     lines.append("")
@@ -204,8 +212,12 @@ def quality_tables(results: list[Result]) -> str:
         f"the oracle applied GWIS (parameter > 0) in {used}/{len(extra)} cases.",
         "",
         "GWIS oracle parameter picks (blur level handed to sharpen_gwis): "
-        + ", ".join(f"{k}: {v}" for k, v in sorted(
-            _count(r.choice for r in by_method["gwis_oracle"]).items(), key=lambda kv: float(kv[0]))),
+        + ", ".join(
+            f"{k}: {v}"
+            for k, v in sorted(
+                _count(r.choice for r in by_method["gwis_oracle"]).items(), key=lambda kv: float(kv[0])
+            )
+        ),
         "",
     ]
     return "\n".join(lines)
@@ -277,25 +289,34 @@ def speed_section(engine, pairs) -> str:
             torch.set_num_threads(threads)
         scale = gwis.warp_scale_for_level(level)
         n_edges = gwis.gwis_field_of(observed, level).edges.row.numel()
-        lines.append(f"| {level:g} | {scale:.2f} | {gwis.coarse_factor(scale):.2f} | {n_edges} | "
-                     f"{ratio_default:.2f} | {ratio_single:.2f} | {seconds_single:.2f} |")
+        lines.append(
+            f"| {level:g} | {scale:.2f} | {gwis.coarse_factor(scale):.2f} | {n_edges} | "
+            f"{ratio_default:.2f} | {ratio_single:.2f} | {seconds_single:.2f} |"
+        )
     lines.append("")
     return "\n".join(lines)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="2 images, 1 draw, fewer repeats")
-    parser.add_argument("--max-size", type=int, default=256,
-                        help="largest output side in pixels (centre crop; default 256)")
-    parser.add_argument("--draws", type=int, default=2,
-                        help="random (level, noise) cases per image and blur type (default 2)")
+    parser.add_argument(
+        "--max-size", type=int, default=256, help="largest output side in pixels (centre crop; default 256)"
+    )
+    parser.add_argument(
+        "--draws", type=int, default=2, help="random (level, noise) cases per image and blur type (default 2)"
+    )
     parser.add_argument("--no-speed", action="store_true", help="skip the speed section")
-    parser.add_argument("--quality-threads", type=int, default=1,
-                        help="torch threads for the quality cases (default 1: on a shared machine "
-                             "more threads wait for each other; the scores do not depend on it "
-                             "beyond float round-off). The speed section uses torch's default.")
+    parser.add_argument(
+        "--quality-threads",
+        type=int,
+        default=1,
+        help="torch threads for the quality cases (default 1: on a shared machine "
+        "more threads wait for each other; the scores do not depend on it "
+        "beyond float round-off). The speed section uses torch's default.",
+    )
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     return parser.parse_args(argv)
 
@@ -351,8 +372,9 @@ def main(argv=None) -> int:
     args.results_dir.mkdir(parents=True, exist_ok=True)
     stem = "gwis_benchmark_quick" if args.quick else "gwis_benchmark"
     md_path = args.results_dir / f"{stem}.md"
-    md_path.write_text("# GWIS sharpener (protocol 1, eval split)\n\n" + "\n".join(header) + "\n"
-                       + "\n".join(sections))
+    md_path.write_text(
+        "# GWIS sharpener (protocol 1, eval split)\n\n" + "\n".join(header) + "\n" + "\n".join(sections)
+    )
     csv_path = args.results_dir / f"{stem}.csv"
     with csv_path.open("w", newline="") as f:
         writer = csv.writer(f)

@@ -44,8 +44,18 @@ import eval_data as ed  # noqa: E402
 log = logging.getLogger("gwis_oracle_study")
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-TRAIN_IMAGES = ("astronaut", "chelsea", "coffee", "coins", "immunohistochemistry", "microaneurysms",
-                "moon", "page", "grass", "gravel")
+TRAIN_IMAGES = (
+    "astronaut",
+    "chelsea",
+    "coffee",
+    "coins",
+    "immunohistochemistry",
+    "microaneurysms",
+    "moon",
+    "page",
+    "grass",
+    "gravel",
+)
 PROCEDURAL = ("dead_leaves_1", "dead_leaves_2")
 LEVELS = (0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0)
 BLUR_TYPES = ("gaussian", "disk", "ring")
@@ -120,8 +130,7 @@ def sharpen_with_scales(gw, observed: np.ndarray, level: float, scales):
     x = torch.from_numpy(observed.astype(np.float32))[None, None]
     lum = luminance(x)
     placeholder = torch.ones_like(lum)  # every pixel may hold an edge point
-    edges = gw.detect_edge_points(lum, placeholder,
-                                  gradient_scale=gw.gradient_scale_for_level(level))
+    edges = gw.detect_edge_points(lum, placeholder, gradient_scale=gw.gradient_scale_for_level(level))
     outputs = []
     for scale in scales:
         scaled = dataclasses.replace(edges, scale=torch.full_like(edges.scale, float(scale)))
@@ -145,13 +154,22 @@ def run_case(engine, gw, name, source, out_shape, blur_type, level) -> Case:
     if min(out_shape) - 2 * border < MIN_SCORED:
         return None, None
     blurred_ssim, blurred_psnr = score(observed, sharp, border)
-    scales = [s for s in SCALE_GRID
-              if SCALE_RANGE[0] * level <= s <= min(SCALE_RANGE[1] * level, MAX_SCALE)]
+    scales = [s for s in SCALE_GRID if SCALE_RANGE[0] * level <= s <= min(SCALE_RANGE[1] * level, MAX_SCALE)]
     outputs = sharpen_with_scales(gw, observed, level, scales)
     scores = [score(out, sharp, border) for out in outputs]
     best = int(np.argmax([s[0] for s in scores]))
-    case = Case(name, blur_type, level, engine.psf_blur_level(psf), variance, blurred_ssim,
-                blurred_psnr, scales[best], scores[best][0], scores[best][1])
+    case = Case(
+        name,
+        blur_type,
+        level,
+        engine.psf_blur_level(psf),
+        variance,
+        blurred_ssim,
+        blurred_psnr,
+        scales[best],
+        scores[best][0],
+        scores[best][1],
+    )
     return case, (observed, sharp, border)
 
 
@@ -199,11 +217,13 @@ def tables(cases, a, b) -> str:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="2 images, 3 levels: smoke test")
-    parser.add_argument("--max-size", type=int, default=128,
-                        help="largest output side in pixels (centre crop; default 128)")
+    parser.add_argument(
+        "--max-size", type=int, default=128, help="largest output side in pixels (centre crop; default 128)"
+    )
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     return parser.parse_args(argv)
 
@@ -271,8 +291,9 @@ def main(argv=None) -> int:
     args.results_dir.mkdir(parents=True, exist_ok=True)
     stem = "gwis_oracle_study_quick" if args.quick else "gwis_oracle_study"
     md_path = args.results_dir / f"{stem}.md"
-    md_path.write_text("# GWIS oracle study (training split): blur level -> warp scale\n\n"
-                       + "\n".join(header) + "\n" + body)
+    md_path.write_text(
+        "# GWIS oracle study (training split): blur level -> warp scale\n\n" + "\n".join(header) + "\n" + body
+    )
     csv_path = args.results_dir / f"{stem}.csv"
     with csv_path.open("w", newline="") as f:
         writer = csv.writer(f)

@@ -75,11 +75,11 @@ def _plane(side: int):
     for top in range(0, side, step):
         y0, y1 = max(top - halo, 0), min(top + step + halo, side)
         strip = convolve_planes(planes[..., y0:y1, :], weights)[0, 0]
-        blurred[top:top + step] = strip[top - y0:top - y0 + min(step, side - top)].numpy()
+        blurred[top : top + step] = strip[top - y0 : top - y0 + min(step, side - top)].numpy()
     del planes, sharp
     rng = np.random.default_rng(0)
     for top in range(0, side, step):
-        blurred[top:top + step] += rng.standard_normal(blurred[top:top + step].shape, np.float32) * 0.01
+        blurred[top : top + step] += rng.standard_normal(blurred[top : top + step].shape, np.float32) * 0.01
     return blurred, kernel
 
 
@@ -112,8 +112,14 @@ def _child(method: str, side: int, threads: int) -> dict:
         error = f"{type(exc).__name__}: {str(exc)[:120]}"
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return {"method": method, "side": side, "baseline": baseline, "peak": peak, "seconds": seconds,
-            "error": error}
+    return {
+        "method": method,
+        "side": side,
+        "baseline": baseline,
+        "peak": peak,
+        "seconds": seconds,
+        "error": error,
+    }
 
 
 def _run(method: str, side: int, threads: int, timeout: float) -> dict:
@@ -136,8 +142,10 @@ def _row(result: dict) -> str:
         return f"| {result['method']} | {size} | - | - | - | - | {result['error']} |"
     plane = side * side * 4
     extra = result["peak"] - result["baseline"]
-    return (f"| {result['method']} | {size} | {result['peak'] / 2**30:.2f} | {extra / 2**30:.2f} | "
-            f"{extra / plane:.1f} | {result['seconds']:.2f} | {result['error']} |")
+    return (
+        f"| {result['method']} | {size} | {result['peak'] / 2**30:.2f} | {extra / 2**30:.2f} | "
+        f"{extra / plane:.1f} | {result['seconds']:.2f} | {result['error']} |"
+    )
 
 
 def main(argv=None) -> int:

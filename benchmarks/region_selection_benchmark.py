@@ -54,8 +54,13 @@ WINDOW = 192
 SHIFT_REACH = 4
 ESTIMATE_SIZE = 31
 SUCCESS_ER = 3.0
-STRATEGIES = ("selector (consensus ranking, the default)", "whole image", "random window",
-              "most gradient energy", "selector, network ranking")
+STRATEGIES = (
+    "selector (consensus ranking, the default)",
+    "whole image",
+    "random window",
+    "most gradient energy",
+    "selector, network ranking",
+)
 
 log = logging.getLogger("region_selection")
 
@@ -69,20 +74,24 @@ def gradient_energy_window(image: np.ndarray, size: int) -> tuple[int, int, int,
     best, where = -1.0, (0, 0)
     for y in range(0, image.shape[0] - size + 1, stride):
         for x in range(0, image.shape[1] - size + 1, stride):
-            total = (integral[y + size, x + size] - integral[y, x + size]
-                     - integral[y + size, x] + integral[y, x])
+            total = (
+                integral[y + size, x + size] - integral[y, x + size] - integral[y + size, x] + integral[y, x]
+            )
             if total > best:
                 best, where = total, (y, x)
     return (*where, size, size)
 
 
 def random_windows(shape: tuple[int, int], size: int, count: int, rng) -> list[tuple[int, int, int, int]]:
-    return [(int(rng.integers(0, shape[0] - size + 1)), int(rng.integers(0, shape[1] - size + 1)),
-             size, size) for _ in range(count)]
+    return [
+        (int(rng.integers(0, shape[0] - size + 1)), int(rng.integers(0, shape[1] - size + 1)), size, size)
+        for _ in range(count)
+    ]
 
 
-def error_upto_shift(restored: np.ndarray, sharp: np.ndarray, border: int,
-                     reach: int = SHIFT_REACH) -> tuple[float, float]:
+def error_upto_shift(
+    restored: np.ndarray, sharp: np.ndarray, border: int, reach: int = SHIFT_REACH
+) -> tuple[float, float]:
     """Smallest sum of squared errors over shifts of ``restored`` within +-``reach`` px, and its PSNR.
 
     Whole-pixel shifts first, then quarter pixels (bilinear) within 3/4 px of
@@ -100,8 +109,9 @@ def error_upto_shift(restored: np.ndarray, sharp: np.ndarray, border: int,
         moved = restored[cut - dy : cut - dy + height, cut - dx : cut - dx + width]
         return float(np.sum((moved - target) ** 2))
 
-    best, by, bx = min((whole_pixel(dy, dx), dy, dx) for dy in range(-reach, reach + 1)
-                       for dx in range(-reach, reach + 1))
+    best, by, bx = min(
+        (whole_pixel(dy, dx), dy, dx) for dy in range(-reach, reach + 1) for dx in range(-reach, reach + 1)
+    )
     for dy in np.arange(by - 0.75, by + 0.76, 0.25):
         for dx in np.arange(bx - 0.75, bx + 0.76, 0.25):
             moved = ndi.shift(restored, (dy, dx), order=1, mode="nearest")[inner]
@@ -109,8 +119,9 @@ def error_upto_shift(restored: np.ndarray, sharp: np.ndarray, border: int,
     return best, float(10 * np.log10(target.size / max(best, 1e-12)))
 
 
-def blurred_case(source: np.ndarray, truth: np.ndarray, shape: tuple[int, int], name: str,
-                 kernel_index: int) -> tuple[np.ndarray, np.ndarray, np.random.Generator]:
+def blurred_case(
+    source: np.ndarray, truth: np.ndarray, shape: tuple[int, int], name: str, kernel_index: int
+) -> tuple[np.ndarray, np.ndarray, np.random.Generator]:
     """One case: ``(observed float32, sharp, rng)``, ``source`` blurred by ``truth`` with real
     boundaries plus noise from the case's own generator, which goes on to draw its random windows."""
     blurred, sharp = ed.blur_real_boundary(source, truth, shape)
@@ -155,27 +166,41 @@ def main(argv=None) -> int:
             observed, sharp, rng = blurred_case(source, truth, shape, name, k)
             border = truth.shape[0]
             reference_error, reference_psnr = error_upto_shift(
-                wiener_net_deconvolve(observed, truth), sharp, border)
+                wiener_net_deconvolve(observed, truth), sharp, border
+            )
             best = select_regions(observed, size=window, count=1, psf_size=ESTIMATE_SIZE)[0]
             by_network = select_regions(observed, size=window, count=1, ranking="network")[0]
-            windows = [(STRATEGIES[0], tuple(best[:4])), ("whole image", None),
-                       *[("random window", w) for w in random_windows(shape, window, args.random_windows, rng)],
-                       ("most gradient energy", gradient_energy_window(observed, window)),
-                       (STRATEGIES[-1], tuple(by_network[:4]))]
+            windows = [
+                (STRATEGIES[0], tuple(best[:4])),
+                ("whole image", None),
+                *[("random window", w) for w in random_windows(shape, window, args.random_windows, rng)],
+                ("most gradient energy", gradient_energy_window(observed, window)),
+                (STRATEGIES[-1], tuple(by_network[:4])),
+            ]
             for strategy, region in windows:
                 kernel = estimate_psf(observed, size=ESTIMATE_SIZE, region=region)
                 error, psnr = error_upto_shift(wiener_net_deconvolve(observed, kernel), sharp, border)
-                rows.append({
-                    "image": name, "kernel": k + 1, "strategy": strategy,
-                    "region": "" if region is None else " ".join(map(str, region)),
-                    "error_ratio": error / reference_error,
-                    "similarity": kernel_similarity(kernel, truth),
-                    "error": error, "reference_error": reference_error,
-                    "psnr": psnr, "reference_psnr": reference_psnr,
-                })
-            log.info("%s kernel %d: %s (%.0f s)", name, k + 1,
-                     ", ".join(f"{r['strategy']} ER {r['error_ratio']:.2f}" for r in rows[-len(windows):]),
-                     time.perf_counter() - started)
+                rows.append(
+                    {
+                        "image": name,
+                        "kernel": k + 1,
+                        "strategy": strategy,
+                        "region": "" if region is None else " ".join(map(str, region)),
+                        "error_ratio": error / reference_error,
+                        "similarity": kernel_similarity(kernel, truth),
+                        "error": error,
+                        "reference_error": reference_error,
+                        "psnr": psnr,
+                        "reference_psnr": reference_psnr,
+                    }
+                )
+            log.info(
+                "%s kernel %d: %s (%.0f s)",
+                name,
+                k + 1,
+                ", ".join(f"{r['strategy']} ER {r['error_ratio']:.2f}" for r in rows[-len(windows) :]),
+                time.perf_counter() - started,
+            )
 
     args.results_dir.mkdir(parents=True, exist_ok=True)
     suffix = "_quick" if args.quick else ""
@@ -188,15 +213,20 @@ def main(argv=None) -> int:
         return [r for r in rows if r["strategy"] == strategy]
 
     lines = [
-        "# Region selection (protocol 4, eval split)", "", f"Command: `{command}`", "",
-        ed.environment_line(), "",
+        "# Region selection (protocol 4, eval split)",
+        "",
+        f"Command: `{command}`",
+        "",
+        ed.environment_line(),
+        "",
         f"Images: {', '.join(images)} (centre crops of at most {args.max_size} px), Levin's kernels "
         f"{', '.join(str(k + 1) for k in kernel_ids)}, real-boundary blur, noise sigma {NOISE_SIGMA:g}. "
         f"Kernels estimated with `estimate_psf(size={ESTIMATE_SIZE})` from {args.window} px windows (smaller images: the largest square that fits) or the "
         "whole image; every estimate and the true kernel deconvolve the whole image with Wiener-net; "
         "ER = error with the estimate / error with the true kernel, each up to a shift of the "
         f"restored image (+-{SHIFT_REACH} px, quarter pixels). {args.random_windows} random "
-        "windows per image and kernel.", "",
+        "windows per image and kernel.",
+        "",
         "| kernel source | cases | success rate (ER <= 3) | median ER | mean kernel similarity | "
         "mean PSNR (dB) |",
         "|---|---:|---:|---:|---:|---:|",
@@ -204,21 +234,34 @@ def main(argv=None) -> int:
     for strategy in STRATEGIES:
         chosen = of(strategy)
         ers = np.array([r["error_ratio"] for r in chosen])
-        lines.append(f"| {strategy} | {len(chosen)} | {100 * np.mean(ers <= SUCCESS_ER):.0f} % | "
-                     f"{np.median(ers):.2f} | {np.mean([r['similarity'] for r in chosen]):.3f} | "
-                     f"{np.mean([r['psnr'] for r in chosen]):.2f} |")
+        lines.append(
+            f"| {strategy} | {len(chosen)} | {100 * np.mean(ers <= SUCCESS_ER):.0f} % | "
+            f"{np.median(ers):.2f} | {np.mean([r['similarity'] for r in chosen]):.3f} | "
+            f"{np.mean([r['psnr'] for r in chosen]):.2f} |"
+        )
     true_kernel = of(STRATEGIES[1])  # one row per case carries the true kernel's numbers
-    lines += ["", f"With the true kernel ({len(true_kernel)} cases), Wiener-net's mean PSNR is "
-              f"{np.mean([r['reference_psnr'] for r in true_kernel]):.2f} dB. PSNR here is of the "
-              "whole restored image up to the same shift as ER, border excluded. ER divides by the "
-              "error with the true kernel, so it also moves when the deconvolver changes; the PSNR "
-              "with each estimate is the absolute measure beside it."]
-    lines += ["", "Kernel similarity of the whole-image estimate per Levin kernel (mean over images):", "",
-              "| kernel | " + " | ".join(str(k + 1) for k in kernel_ids) + " |",
-              "|---|" + "---:|" * len(kernel_ids),
-              "| similarity | " + " | ".join(
-                  f"{np.mean([r['similarity'] for r in of('whole image') if r['kernel'] == k + 1]):.3f}"
-                  for k in kernel_ids) + " |", ""]
+    lines += [
+        "",
+        f"With the true kernel ({len(true_kernel)} cases), Wiener-net's mean PSNR is "
+        f"{np.mean([r['reference_psnr'] for r in true_kernel]):.2f} dB. PSNR here is of the "
+        "whole restored image up to the same shift as ER, border excluded. ER divides by the "
+        "error with the true kernel, so it also moves when the deconvolver changes; the PSNR "
+        "with each estimate is the absolute measure beside it.",
+    ]
+    lines += [
+        "",
+        "Kernel similarity of the whole-image estimate per Levin kernel (mean over images):",
+        "",
+        "| kernel | " + " | ".join(str(k + 1) for k in kernel_ids) + " |",
+        "|---|" + "---:|" * len(kernel_ids),
+        "| similarity | "
+        + " | ".join(
+            f"{np.mean([r['similarity'] for r in of('whole image') if r['kernel'] == k + 1]):.3f}"
+            for k in kernel_ids
+        )
+        + " |",
+        "",
+    ]
     text = "\n".join(lines)
     (args.results_dir / f"region_selection{suffix}.md").write_text(text)
     print(text)

@@ -145,14 +145,23 @@ def run_case(engine, image_name, k_index, kernel, n_index, sigma, source, out_sh
         )
 
     common = dict(
-        noise_index=n_index, noise_sigma=sigma, image=image_name, kernel=k_index + 1,
+        noise_index=n_index,
+        noise_sigma=sigma,
+        image=image_name,
+        kernel=k_index + 1,
         kernel_size=kernel.shape[0],
     )
     results = []
 
     def add(method, estimate, choice=""):
-        results.append(CaseResult(method=method, choice=choice, **common, **dict(
-            zip(("psnr", "ssim", "band_psnr", "interior_psnr"), score(estimate, sharp, border)))))
+        results.append(
+            CaseResult(
+                method=method,
+                choice=choice,
+                **common,
+                **dict(zip(("psnr", "ssim", "band_psnr", "interior_psnr"), score(estimate, sharp, border))),
+            )
+        )
 
     add("blurred", y)
     add("wiener_fixed", engine.wiener_deconvolve(y, k32, snr_db=FIXED_SNR_DB))
@@ -255,45 +264,64 @@ def speed_section(engine, kernels, repeats: dict[str, int]) -> str:
     balance = 10.0 ** (-FIXED_SNR_DB / 10.0)
 
     engine.wiener_deconvolve(observed, kernel, snr_db=FIXED_SNR_DB)  # warm-up (torch start)
-    t_ours = _median_time(lambda: engine.wiener_deconvolve(observed, kernel, snr_db=FIXED_SNR_DB),
-                          repeats["wiener"])
-    t_stack = _median_time(lambda: engine.wiener_deconvolve_snr_stack(observed, kernel),
-                           repeats["wiener"])
+    t_ours = _median_time(
+        lambda: engine.wiener_deconvolve(observed, kernel, snr_db=FIXED_SNR_DB), repeats["wiener"]
+    )
+    t_stack = _median_time(lambda: engine.wiener_deconvolve_snr_stack(observed, kernel), repeats["wiener"])
     t_skw = _median_time(lambda: wiener(observed, kernel, balance), repeats["wiener"])
-    t_rl = _median_time(lambda: richardson_lucy(observed.clip(0, None), kernel, num_iter=30, clip=False),
-                        repeats["rl"])
+    t_rl = _median_time(
+        lambda: richardson_lucy(observed.clip(0, None), kernel, num_iter=30, clip=False), repeats["rl"]
+    )
     import torch
 
-    return "\n".join([
-        f"### Speed: 1024x1024 grayscale (retina luminance, blurred), Levin kernel {k_index + 1} "
-        f"({kernel.shape[0]}x{kernel.shape[1]}), CPU, torch threads {torch.get_num_threads()}",
-        "",
-        f"Median of {repeats['wiener']} runs ({repeats['rl']} for Richardson-Lucy), after one warm-up "
-        "call. Ratios only (absolute CPU times do not carry over between machines). "
-        "> 1 means `wiener_deconvolve` is faster.",
-        "",
-        "| comparison | time ratio (other / ours) |",
-        "|---|---:|",
-        f"| `skimage.restoration.wiener` (periodic, no boundary handling) / `wiener_deconvolve` | {t_skw / t_ours:.2f} |",
-        f"| `skimage.restoration.richardson_lucy(num_iter=30)` / `wiener_deconvolve` | {t_rl / t_ours:.2f} |",
-        f"| `skimage.restoration.richardson_lucy(num_iter=30)` / `wiener_deconvolve_snr_stack` (15 SNRs) | {t_rl / t_stack:.2f} |",
-        "",
-    ])
+    return "\n".join(
+        [
+            f"### Speed: 1024x1024 grayscale (retina luminance, blurred), Levin kernel {k_index + 1} "
+            f"({kernel.shape[0]}x{kernel.shape[1]}), CPU, torch threads {torch.get_num_threads()}",
+            "",
+            f"Median of {repeats['wiener']} runs ({repeats['rl']} for Richardson-Lucy), after one warm-up "
+            "call. Ratios only (absolute CPU times do not carry over between machines). "
+            "> 1 means `wiener_deconvolve` is faster.",
+            "",
+            "| comparison | time ratio (other / ours) |",
+            "|---|---:|",
+            f"| `skimage.restoration.wiener` (periodic, no boundary handling) / `wiener_deconvolve` | {t_skw / t_ours:.2f} |",
+            f"| `skimage.restoration.richardson_lucy(num_iter=30)` / `wiener_deconvolve` | {t_rl / t_ours:.2f} |",
+            f"| `skimage.restoration.richardson_lucy(num_iter=30)` / `wiener_deconvolve_snr_stack` (15 SNRs) | {t_rl / t_stack:.2f} |",
+            "",
+        ]
+    )
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true",
-                        help="tiny subset (2 images, 2 kernels, fewer speed repeats) for smoke testing")
-    parser.add_argument("--max-size", type=int, default=512,
-                        help="largest output side in pixels; images are centre-cropped (default 512)")
-    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR,
-                        help=f"where the .md and .csv go (default {RESULTS_DIR})")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny subset (2 images, 2 kernels, fewer speed repeats) for smoke testing",
+    )
+    parser.add_argument(
+        "--max-size",
+        type=int,
+        default=512,
+        help="largest output side in pixels; images are centre-cropped (default 512)",
+    )
+    parser.add_argument(
+        "--results-dir",
+        type=Path,
+        default=RESULTS_DIR,
+        help=f"where the .md and .csv go (default {RESULTS_DIR})",
+    )
     parser.add_argument("--no-speed", action="store_true", help="skip the speed section")
-    parser.add_argument("--kernels", choices=sorted(KERNEL_SETS), default="levin",
-                        help="kernel set: Levin 2009 (8 camera-shake kernels, default) or the 12 "
-                             "USRNet kernels (Gaussian, anisotropic Gaussian, motion)")
+    parser.add_argument(
+        "--kernels",
+        choices=sorted(KERNEL_SETS),
+        default="levin",
+        help="kernel set: Levin 2009 (8 camera-shake kernels, default) or the 12 "
+        "USRNet kernels (Gaussian, anisotropic Gaussian, motion)",
+    )
     return parser.parse_args(argv)
 
 
@@ -336,10 +364,16 @@ def main(argv=None) -> int:
         out_shape = ed.eval_crop_shape(source.shape, args.max_size, margin)
         for k_index in settings.kernels:
             for n_index, sigma in enumerate(settings.noise_sigmas):
-                results += run_case(engine, image_name, k_index, kernels[k_index], n_index, sigma,
-                                    source, out_shape)
-            log.info("%s %s kernel %d done (%.0f s)", image_name, out_shape, k_index + 1,
-                     time.perf_counter() - t_start)
+                results += run_case(
+                    engine, image_name, k_index, kernels[k_index], n_index, sigma, source, out_shape
+                )
+            log.info(
+                "%s %s kernel %d done (%.0f s)",
+                image_name,
+                out_shape,
+                k_index + 1,
+                time.perf_counter() - t_start,
+            )
 
     sections = [quality_tables(results, settings), ringing_table(results, settings)]
     for section in sections:
@@ -352,16 +386,21 @@ def main(argv=None) -> int:
     args.results_dir.mkdir(parents=True, exist_ok=True)
     stem = "wiener_classical" + stem_suffix + ("_quick" if args.quick else "")
     md_path = args.results_dir / f"{stem}.md"
-    md_path.write_text("# Wiener deconvolution vs classical baselines (protocol 3)\n\n"
-                       + "\n".join(header) + "\n" + "\n".join(sections))
+    md_path.write_text(
+        "# Wiener deconvolution vs classical baselines (protocol 3)\n\n"
+        + "\n".join(header)
+        + "\n"
+        + "\n".join(sections)
+    )
     csv_path = args.results_dir / f"{stem}.csv"
     with csv_path.open("w", newline="") as f:
         writer = csv.writer(f)
         names = list(CaseResult.__dataclass_fields__)
         writer.writerow(names)
         for r in results:
-            writer.writerow([f"{v:.6g}" if isinstance(v, float) else v
-                             for v in (getattr(r, n) for n in names)])
+            writer.writerow(
+                [f"{v:.6g}" if isinstance(v, float) else v for v in (getattr(r, n) for n in names)]
+            )
     print(f"Wrote {md_path} and {csv_path} ({time.perf_counter() - t_start:.0f} s in all)")
     return 0
 

@@ -101,24 +101,35 @@ def run_set(engine, set_name: str, args) -> tuple[list[dict], str]:
             for n_index, sigma in enumerate(ed.WIENER_NET_NOISE_SIGMAS):
                 blurred, sharp = ed.blur_real_boundary(source, kernel, out_shape)
                 observed = ed.add_gaussian_noise(
-                    blurred, sigma, ed.case_rng(image_name, k_index, n_index)).astype(np.float32)
+                    blurred, sigma, ed.case_rng(image_name, k_index, n_index)
+                ).astype(np.float32)
                 known = classical[(image_name, k_index + 1, n_index)]
                 check = ed.psnr_excluding_border(np.clip(observed, 0, 1), sharp, border)
                 if abs(check - known["blurred"]) > 1e-3:
                     raise SystemExit(
                         f"case {image_name} k{k_index + 1} noise {n_index}: blurred PSNR {check:.4f} "
                         f"here but {known['blurred']:.4f} in the classical CSV; rerun "
-                        "wiener_classical.py with the same --max-size")
-                restored = engine.wiener_net_deconvolve(observed, kernel.astype(np.float32),
-                                                        **ensemble_option(args))
+                        "wiener_classical.py with the same --max-size"
+                    )
+                restored = engine.wiener_net_deconvolve(
+                    observed, kernel.astype(np.float32), **ensemble_option(args)
+                )
                 net_psnr, net_ssim = wc.score(restored, sharp, border)[:2]
-                row = {"kernels": set_name, "image": image_name, "kernel": k_index + 1,
-                       "noise_index": n_index, "noise_sigma": sigma,
-                       **{m: known[m] for m in CLASSICAL}, NET: net_psnr,
-                       **{m + "_ssim": known[m + "_ssim"] for m in CLASSICAL}, NET + "_ssim": net_ssim}
+                row = {
+                    "kernels": set_name,
+                    "image": image_name,
+                    "kernel": k_index + 1,
+                    "noise_index": n_index,
+                    "noise_sigma": sigma,
+                    **{m: known[m] for m in CLASSICAL},
+                    NET: net_psnr,
+                    **{m + "_ssim": known[m + "_ssim"] for m in CLASSICAL},
+                    NET + "_ssim": net_ssim,
+                }
                 rows.append(row)
-            log.info("%s %s k%d done (%.0f s)", set_name, image_name, k_index + 1,
-                     time.perf_counter() - started)
+            log.info(
+                "%s %s k%d done (%.0f s)", set_name, image_name, k_index + 1, time.perf_counter() - started
+            )
     return rows, label
 
 
@@ -137,9 +148,11 @@ def tables(rows: list[dict], label: str) -> str:
         for method, name in [*CLASSICAL.items(), (NET, NET_LABEL)]:
             values = [r[method] for r in rs]
             worst = rs[int(np.argmin(values))]
-            lines.append(f"| {name} | {np.mean(values):.2f} | "
-                         f"{np.mean([r[method + '_ssim'] for r in rs]):.4f} | {min(values):.2f} | "
-                         f"{worst['image']}, k{worst['kernel']} |")
+            lines.append(
+                f"| {name} | {np.mean(values):.2f} | "
+                f"{np.mean([r[method + '_ssim'] for r in rs]):.4f} | {min(values):.2f} | "
+                f"{worst['image']}, k{worst['kernel']} |"
+            )
         better_mean = max(np.mean([r[m] for r in rs]) for m in TUNED)
         net_mean = np.mean([r[NET] for r in rs])
         per_case = [r[NET] - max(r[m] for m in TUNED) for r in rs]
@@ -183,9 +196,11 @@ def speed_section(engine, repeats: int, options: dict) -> str:
             t_rl.append(time.perf_counter() - t0)
         rl_medians.append(float(np.median(t_rl)))
         ratio = float(np.median(t_net) / np.median(t_rl))
-        rows.append(f"| `wiener_net_deconvolve`, torch threads {threads} / `richardson_lucy(num_iter=30)` "
-                    f"| {np.median(t_net):.2f} | {np.median(t_rl):.2f} | {ratio:.2f} "
-                    f"| <= 1.0 ({'met' if ratio <= 1.0 else 'NOT met'}) |")
+        rows.append(
+            f"| `wiener_net_deconvolve`, torch threads {threads} / `richardson_lucy(num_iter=30)` "
+            f"| {np.median(t_net):.2f} | {np.median(t_rl):.2f} | {ratio:.2f} "
+            f"| <= 1.0 ({'met' if ratio <= 1.0 else 'NOT met'}) |"
+        )
     # One thread with float32 convolutions, where the engine would use bfloat16: what the CPU's
     # native bfloat16 buys (the same RL(30) median as the one-thread row).
     torch.set_num_threads(1)
@@ -198,10 +213,12 @@ def speed_section(engine, repeats: int, options: dict) -> str:
             engine.wiener_net_deconvolve(observed, kernel, **options)
             t_float32.append(time.perf_counter() - t0)
         del os.environ[devices.CPU_BFLOAT16_OPT_OUT]
-        rows.append(f"| the same, torch threads 1, float32 convolutions "
-                    f"(`{devices.CPU_BFLOAT16_OPT_OUT}=1`) / RL(30) median above "
-                    f"| {np.median(t_float32):.2f} | {rl_medians[0]:.2f} "
-                    f"| {np.median(t_float32) / rl_medians[0]:.2f} | (not the bar's measure) |")
+        rows.append(
+            f"| the same, torch threads 1, float32 convolutions "
+            f"(`{devices.CPU_BFLOAT16_OPT_OUT}=1`) / RL(30) median above "
+            f"| {np.median(t_float32):.2f} | {rl_medians[0]:.2f} "
+            f"| {np.median(t_float32) / rl_medians[0]:.2f} | (not the bar's measure) |"
+        )
     # One call after the session idled long enough for the engine to give its free memory
     # back to the system: it faults its whole working set in again.
     time.sleep(cpu_memory.IDLE_SECONDS + 1.0)
@@ -209,43 +226,56 @@ def speed_section(engine, repeats: int, options: dict) -> str:
     engine.wiener_net_deconvolve(observed, kernel, **options)
     t_idle = time.perf_counter() - t0
     torch.set_num_threads(default_threads)
-    rows.append(f"| the same, torch threads 1, one call after {cpu_memory.IDLE_SECONDS + 1.0:.0f} s idle "
-                f"/ RL(30) median above | {t_idle:.2f} | {rl_medians[0]:.2f} | {t_idle / rl_medians[0]:.2f} "
-                "| (not the bar's measure) |")
-    return "\n".join([
-        f"### Speed: 1024x1024 grayscale (retina luminance, blurred), Levin kernel {k_index + 1} "
-        f"({kernel.shape[0]}x{kernel.shape[1]}), CPU",
-        "",
-        f"Median of {repeats} interleaved runs after one warm-up call, for one torch thread and "
-        f"for torch's default ({default_threads}); Richardson-Lucy (scikit-image) is single-threaded "
-        "either way. Absolute CPU times do not carry over between machines; the ratio is the "
-        "measure. Load average before timing: "
-        f"{', '.join(f'{v:.1f}' for v in load)} on {os.cpu_count()} CPUs. The last row is one "
-        "call after the engine has given its free memory back to the system (it does so "
-        f"{cpu_memory.IDLE_SECONDS:.0f} s after the last job; `napari_deblur/engine/cpu_memory.py`). "
-        + ("This CPU has native bfloat16, so the network's convolutions ran in bfloat16 "
-           "(`devices.cpu_bfloat16_is_fast`); the float32 row is the same call with it turned off."
-           if bfloat16 else "The network ran in float32 (this CPU lacks native bfloat16, or "
-           f"`{devices.CPU_BFLOAT16_OPT_OUT}` is set)."),
-        "",
-        "| comparison | Wiener-net (s) | RL(30) (s) | time ratio | bar |",
-        "|---|---:|---:|---:|---:|",
-        *rows,
-        "",
-    ])
+    rows.append(
+        f"| the same, torch threads 1, one call after {cpu_memory.IDLE_SECONDS + 1.0:.0f} s idle "
+        f"/ RL(30) median above | {t_idle:.2f} | {rl_medians[0]:.2f} | {t_idle / rl_medians[0]:.2f} "
+        "| (not the bar's measure) |"
+    )
+    return "\n".join(
+        [
+            f"### Speed: 1024x1024 grayscale (retina luminance, blurred), Levin kernel {k_index + 1} "
+            f"({kernel.shape[0]}x{kernel.shape[1]}), CPU",
+            "",
+            f"Median of {repeats} interleaved runs after one warm-up call, for one torch thread and "
+            f"for torch's default ({default_threads}); Richardson-Lucy (scikit-image) is single-threaded "
+            "either way. Absolute CPU times do not carry over between machines; the ratio is the "
+            "measure. Load average before timing: "
+            f"{', '.join(f'{v:.1f}' for v in load)} on {os.cpu_count()} CPUs. The last row is one "
+            "call after the engine has given its free memory back to the system (it does so "
+            f"{cpu_memory.IDLE_SECONDS:.0f} s after the last job; `napari_deblur/engine/cpu_memory.py`). "
+            + (
+                "This CPU has native bfloat16, so the network's convolutions ran in bfloat16 "
+                "(`devices.cpu_bfloat16_is_fast`); the float32 row is the same call with it turned off."
+                if bfloat16
+                else "The network ran in float32 (this CPU lacks native bfloat16, or "
+                f"`{devices.CPU_BFLOAT16_OPT_OUT}` is set)."
+            ),
+            "",
+            "| comparison | Wiener-net (s) | RL(30) (s) | time ratio | bar |",
+            "|---|---:|---:|---:|---:|",
+            *rows,
+            "",
+        ]
+    )
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="2 images x 2 kernels per set")
     parser.add_argument("--max-size", type=int, default=512, help="as in wiener_classical.py")
     parser.add_argument("--results-dir", type=Path, default=wc.RESULTS_DIR)
-    parser.add_argument("--kernel-sets", nargs="*", default=["levin", "usrnet"],
-                        choices=sorted(wc.KERNEL_SETS))
+    parser.add_argument(
+        "--kernel-sets", nargs="*", default=["levin", "usrnet"], choices=sorted(wc.KERNEL_SETS)
+    )
     parser.add_argument("--no-speed", action="store_true")
-    parser.add_argument("--ensemble", type=int, metavar="N",
-                        help="network passes (views) for wiener_net_deconvolve (default: the engine's)")
+    parser.add_argument(
+        "--ensemble",
+        type=int,
+        metavar="N",
+        help="network passes (views) for wiener_net_deconvolve (default: the engine's)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     from napari_deblur import engine
@@ -286,8 +316,12 @@ def main(argv=None) -> int:
     if args.ensemble is not None:
         stem += f"_ensemble{args.ensemble}"
     md_path = args.results_dir / f"{stem}.md"
-    md_path.write_text("# Wiener-net vs tuned classical deconvolution (protocol 3)\n\n"
-                       + "\n".join(header) + "\n" + "\n".join(sections))
+    md_path.write_text(
+        "# Wiener-net vs tuned classical deconvolution (protocol 3)\n\n"
+        + "\n".join(header)
+        + "\n"
+        + "\n".join(sections)
+    )
     if not all_rows:
         print(f"Wrote {md_path}")
         return 0

@@ -36,8 +36,9 @@ def _imports(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
                 anchor = package.split(".")
                 anchor = anchor[: len(anchor) - (node.level - 1)]
                 base = ".".join(anchor + ([base] if base else []))
-            targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base
-                       for alias in node.names]
+            targets = [
+                f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base for alias in node.names
+            ]
         else:
             continue
         found.update(t for t in targets if t in modules and t != name)
@@ -87,15 +88,24 @@ def test_the_cycle_check_finds_a_cycle():
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
 
-@pytest.mark.parametrize("subpackage", [
-    "napari_deblur.engine.core", "napari_deblur.engine.physics", "napari_deblur.engine.nets",
-    "napari_deblur.engine.methods", "napari_deblur.io", "napari_deblur.options",
-])
+@pytest.mark.parametrize(
+    "subpackage",
+    [
+        "napari_deblur.engine.core",
+        "napari_deblur.engine.physics",
+        "napari_deblur.engine.nets",
+        "napari_deblur.engine.methods",
+        "napari_deblur.io",
+        "napari_deblur.options",
+    ],
+)
 def test_each_subpackage_imports_on_its_own_without_napari_or_qt(subpackage):
-    code = (f"import importlib, pkgutil, sys; package = importlib.import_module({subpackage!r}); "
-            "[importlib.import_module(m.name) for m in pkgutil.walk_packages(getattr(package, '__path__', []), "
-            "package.__name__ + '.')]; "
-            "bad = [m for m in ('napari', 'qtpy', 'magicgui', 'PyQt6') if m in sys.modules]; "
-            "sys.exit(f'imported {bad}' if bad else 0)")
+    code = (
+        f"import importlib, pkgutil, sys; package = importlib.import_module({subpackage!r}); "
+        "[importlib.import_module(m.name) for m in pkgutil.walk_packages(getattr(package, '__path__', []), "
+        "package.__name__ + '.')]; "
+        "bad = [m for m in ('napari', 'qtpy', 'magicgui', 'PyQt6') if m in sys.modules]; "
+        "sys.exit(f'imported {bad}' if bad else 0)"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -49,6 +49,7 @@ def test_installed_script_help():
     assert done.returncode == 0, done.stderr
     assert "usage: napari-deblur" in done.stdout
 
+
 def test_subcommand_help(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["run", "--help"])
@@ -137,9 +138,7 @@ def test_camera_shake_demo_panels_restore():
         f"Wiener, SNR {demo.DEMO_SNR_DB:g} dB",
         "Wiener-net",
     ]
-    psnr_in, psnr_wiener, psnr_net = (
-        float(p.title.split("PSNR ")[1].split(" dB")[0]) for p in panels[:3]
-    )
+    psnr_in, psnr_wiener, psnr_net = (float(p.title.split("PSNR ")[1].split(" dB")[0]) for p in panels[:3])
     assert psnr_wiener > psnr_in + 2.0
     assert psnr_net > psnr_wiener
 
@@ -202,8 +201,9 @@ def test_run_wiener_restores_tif_and_npy(tmp_path, psf_file, blurred_pair, capsy
     np.save(npy, blurred)
     out_dir = tmp_path / "out"
 
-    status = main(["run", "wiener", "--psf", str(psf_file), "--snr-db", "40",
-                   str(tif), str(npy), "-o", str(out_dir)])
+    status = main(
+        ["run", "wiener", "--psf", str(psf_file), "--snr-db", "40", str(tif), str(npy), "-o", str(out_dir)]
+    )
 
     assert status == 0
     outputs = [out_dir / "cells_wiener.tif", out_dir / "stack_wiener.tif"]
@@ -269,8 +269,20 @@ def test_bad_files_are_reported_one_line_each_and_the_others_still_written(tmp_p
     np.save(nan, bad)
     out = tmp_path / "out"
 
-    status = main(["run", "gwis", "--blur", "1.5", str(corrupt), str(tmp_path / "gone.tif"), str(nan),
-                   str(good), "-o", str(out)])
+    status = main(
+        [
+            "run",
+            "gwis",
+            "--blur",
+            "1.5",
+            str(corrupt),
+            str(tmp_path / "gone.tif"),
+            str(nan),
+            str(good),
+            "-o",
+            str(out),
+        ]
+    )
 
     assert status == 1
     err_lines = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
@@ -306,8 +318,9 @@ def test_run_on_local_worker_processes(tmp_path, edge_stack):
     source = tmp_path / "s.tif"
     tifffile.imwrite(source, edge_stack, photometric="minisblack")
     assert main(["run", "gwis", "--blur", "2", "--workers", "2", str(source), "-o", str(tmp_path)]) == 0
-    np.testing.assert_allclose(tifffile.imread(tmp_path / "s_gwis.tif"), sharpen_gwis(edge_stack, 2.0),
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        tifffile.imread(tmp_path / "s_gwis.tif"), sharpen_gwis(edge_stack, 2.0), atol=1e-5
+    )
 
 
 def _run_expecting_error(argv, capsys) -> str:
@@ -321,7 +334,8 @@ def test_run_rejects_missing_psf(tmp_path, blurred_pair, capsys):
     tif = tmp_path / "a.tif"
     tifffile.imwrite(tif, blurred_pair[1].astype(np.float32))
     err = _run_expecting_error(
-        ["run", "wiener", "--psf", str(tmp_path / "nope.npy"), str(tif), "-o", str(tmp_path / "o")], capsys)
+        ["run", "wiener", "--psf", str(tmp_path / "nope.npy"), str(tif), "-o", str(tmp_path / "o")], capsys
+    )
     assert "nope.npy" in err and "does not exist" in err
     assert not (tmp_path / "o").exists()
     err = _run_expecting_error(["run", "wiener-net", str(tif), "-o", str(tmp_path / "o")], capsys)
@@ -333,10 +347,14 @@ def test_run_rejects_bad_psf_and_bad_blur(tmp_path, blurred_pair, capsys):
     tifffile.imwrite(tif, blurred_pair[1].astype(np.float32))
     bad = tmp_path / "psf.npy"
     bad.write_text("not a numpy file")
-    err = _run_expecting_error(["run", "wiener", "--psf", str(bad), str(tif), "-o", str(tmp_path / "o")], capsys)
+    err = _run_expecting_error(
+        ["run", "wiener", "--psf", str(bad), str(tif), "-o", str(tmp_path / "o")], capsys
+    )
     assert "bad PSF file" in err
     for blur in ("sharp", "-1", "nan"):
-        err = _run_expecting_error(["run", "gwis", "--blur", blur, str(tif), "-o", str(tmp_path / "o")], capsys)
+        err = _run_expecting_error(
+            ["run", "gwis", "--blur", blur, str(tif), "-o", str(tmp_path / "o")], capsys
+        )
         assert "--blur" in err
 
 
@@ -348,12 +366,15 @@ def test_run_psf_stack_needs_an_index(tmp_path, blurred_pair, capsys):
     assert main(["run", "wiener", "--psf", str(stack), str(tif), "-o", str(tmp_path / "o")]) == 1
     assert "--psf-index" in capsys.readouterr().err
     assert _no_partial_files(tmp_path / "o") and not (tmp_path / "o" / "a_wiener.tif").exists()
-    assert main(["run", "wiener", "--psf", str(stack), "--psf-index", "2", str(tif),
-                 "-o", str(tmp_path / "o")]) == 0
+    assert (
+        main(["run", "wiener", "--psf", str(stack), "--psf-index", "2", str(tif), "-o", str(tmp_path / "o")])
+        == 0
+    )
     assert (tmp_path / "o" / "a_wiener.tif").is_file()
     capsys.readouterr()
     _run_expecting_error(
-        ["run", "wiener", "--psf", str(stack), "--psf-index", "3", str(tif), "-o", str(tmp_path)], capsys)
+        ["run", "wiener", "--psf", str(stack), "--psf-index", "3", str(tif), "-o", str(tmp_path)], capsys
+    )
 
 
 # --------------------------------------------------------------------------- GUI demo (Xvfb)
@@ -367,25 +388,41 @@ def test_demo_screenshot_in_a_window(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "QT_QPA_PLATFORM"}
     done = subprocess.run(
         [sys.executable, "-m", "napari_deblur.cli", "demo", "--screenshot", str(out)],
-        capture_output=True, text=True, timeout=120, env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == str(out.resolve())
     _assert_png_not_blank(out)
 
 
-
 def test_run_wiener_net_takes_the_ensemble_size_and_refuses_others(tmp_path, psf_file, blurred_pair, capsys):
     from napari_deblur.cli import WIENER_NET_ENSEMBLES
-    from napari_deblur.engine.methods import wiener_net
     from napari_deblur.engine import wiener_net_deconvolve
+    from napari_deblur.engine.methods import wiener_net
 
     assert WIENER_NET_ENSEMBLES == wiener_net.ENSEMBLE_SIZES
     _, blurred = blurred_pair
     tif = tmp_path / "a.tif"
     tifffile.imwrite(tif, blurred.astype(np.float32))
-    assert main(["run", "wiener-net", "--psf", str(psf_file), "--ensemble", "8", str(tif),
-                 "-o", str(tmp_path / "o")]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "wiener-net",
+                "--psf",
+                str(psf_file),
+                "--ensemble",
+                "8",
+                str(tif),
+                "-o",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 0
+    )
     written = tifffile.imread(tmp_path / "o" / "a_wiener-net.tif")
     psf = np.load(psf_file)
     np.testing.assert_allclose(written, wiener_net_deconvolve(blurred, psf, ensemble=8), atol=1e-5)
@@ -403,8 +440,9 @@ def test_run_refuses_a_photo_as_psf_unless_forced(tmp_path, blurred_pair, capsys
     tifffile.imwrite(tif, blurred.astype(np.float32))
     photo = tmp_path / "photo_psf.npy"
     np.save(photo, skimage.data.camera()[200:216, 200:216].astype(np.float32))  # small enough, not a kernel
-    err = _run_expecting_error(["run", "wiener", "--psf", str(photo), str(tif), "-o", str(tmp_path / "o")],
-                               capsys)
+    err = _run_expecting_error(
+        ["run", "wiener", "--psf", str(photo), str(tif), "-o", str(tmp_path / "o")], capsys
+    )
     assert "does not look like a blur kernel" in err and "--force" in err
     assert not (tmp_path / "o").exists()
 
@@ -423,7 +461,17 @@ def test_run_accepts_every_kernel_family():
     from napari_deblur.cli import _kernel_problem
     from napari_deblur.engine import disk_psf, gaussian_psf, motion_psf, random_motion_psf, ring_psf
 
-    kernels = [gaussian_psf(0.5), gaussian_psf(3.0), disk_psf(3), disk_psf(9), ring_psf(5), ring_psf(12),
-               motion_psf(15, 30), motion_psf(31, 45), random_motion_psf(25, rng=np.random.default_rng(1)), np.ones((1, 1))]
+    kernels = [
+        gaussian_psf(0.5),
+        gaussian_psf(3.0),
+        disk_psf(3),
+        disk_psf(9),
+        ring_psf(5),
+        ring_psf(12),
+        motion_psf(15, 30),
+        motion_psf(31, 45),
+        random_motion_psf(25, rng=np.random.default_rng(1)),
+        np.ones((1, 1)),
+    ]
     for kernel in kernels:
         assert _kernel_problem(kernel, "k") is None, kernel.shape

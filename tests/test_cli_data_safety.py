@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_deblur.io import stack_files
 from napari_deblur.cli import main
+from napari_deblur.io import stack_files
 
 
 @pytest.fixture(scope="module")
@@ -164,8 +164,9 @@ def test_a_fifo_is_refused_without_blocking(tmp_path, stack, capsys):
 
 
 @pytest.mark.parametrize("fmt", ["tif", "zarr"])
-def test_a_full_disk_fails_one_input_leaves_nothing_and_the_batch_goes_on(tmp_path, stack, capsys,
-                                                                          monkeypatch, fmt):
+def test_a_full_disk_fails_one_input_leaves_nothing_and_the_batch_goes_on(
+    tmp_path, stack, capsys, monkeypatch, fmt
+):
     first, second = tmp_path / "first.npy", tmp_path / "second.npy"
     np.save(first, stack)
     np.save(second, stack)
@@ -295,7 +296,9 @@ def test_outputs_get_the_permissions_of_a_plainly_created_file(tmp_path, stack):
     umask = os.umask(0o022)
     try:
         for fmt in ("tif", "zarr"):
-            assert main(["run", "gwis", "--blur", "1", str(source), "-o", str(tmp_path), "--format", fmt]) == 0
+            assert (
+                main(["run", "gwis", "--blur", "1", str(source), "-o", str(tmp_path), "--format", fmt]) == 0
+            )
     finally:
         os.umask(umask)
     assert (tmp_path / "a_gwis.tif").stat().st_mode & 0o777 == 0o644

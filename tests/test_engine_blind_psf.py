@@ -305,7 +305,9 @@ def test_estimator_settings_are_explicit_and_default_to_the_shipped_ones(blurred
     assert blind_psf.EstimatorSettings() == blind_psf.SHIPPED_SETTINGS
     with pytest.raises(dataclasses.FrozenInstanceError):
         blind_psf.SHIPPED_SETTINGS.kernel_faint = 0.5
-    raw = estimate_psf(blurred_line, size=SIZE, device="cpu",
-                       settings=blind_psf.EstimatorSettings(sharpening_power=1.0))
-    np.testing.assert_allclose(blind_psf.sharpen_kernel(raw, blind_psf.KERNEL_SHARPENING_POWER),
-                               estimate_line, atol=1e-6)
+    raw = estimate_psf(
+        blurred_line, size=SIZE, device="cpu", settings=blind_psf.EstimatorSettings(sharpening_power=1.0)
+    )
+    np.testing.assert_allclose(
+        blind_psf.sharpen_kernel(raw, blind_psf.KERNEL_SHARPENING_POWER), estimate_line, atol=1e-6
+    )

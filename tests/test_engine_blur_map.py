@@ -20,9 +20,8 @@ from napari_deblur.engine import (
     run_job,
     sharpen_gwis,
 )
+from napari_deblur.engine.core import devices, tiling
 from napari_deblur.engine.methods import blur_map as bm
-from napari_deblur.engine.core import devices
-from napari_deblur.engine.core import tiling
 from training import blur_map as tbm
 
 
@@ -71,8 +70,9 @@ def test_the_map_follows_blur_that_changes_across_the_image(photo):
 def test_intensity_scale_and_dtype_do_not_change_the_map(photo):
     image = blurred(photo, 2.0)
     as_uint16 = np.clip(image * 4000 + 100, 0, None).astype(np.uint16)
-    np.testing.assert_allclose(estimate_blur_map(as_uint16),
-                               estimate_blur_map(as_uint16.astype(np.float32) / 4000), atol=0.05)
+    np.testing.assert_allclose(
+        estimate_blur_map(as_uint16), estimate_blur_map(as_uint16.astype(np.float32) / 4000), atol=0.05
+    )
 
 
 def test_colour_uses_the_luminance_and_stacks_go_plane_by_plane(photo, monkeypatch):
@@ -80,8 +80,7 @@ def test_colour_uses_the_luminance_and_stacks_go_plane_by_plane(photo, monkeypat
     monkeypatch.setenv(devices.CPU_BFLOAT16_OPT_OUT, "1")
     image = blurred(photo, 1.5)
     rgb = np.stack([image, image, image], axis=-1)
-    np.testing.assert_allclose(estimate_blur_map(rgb, channel_axis=-1), estimate_blur_map(image),
-                               atol=1e-3)
+    np.testing.assert_allclose(estimate_blur_map(rgb, channel_axis=-1), estimate_blur_map(image), atol=1e-3)
     stack = np.stack([image, blurred(photo, 3.0)])
     levels = estimate_blur_map(stack)
     assert levels.shape == stack.shape
@@ -112,7 +111,7 @@ def test_test_time_views_of_the_map_are_averaged_and_turn_with_the_input(photo):
     # The map's network is not equivariant by itself; the mean over its own group of views is.
     model = bm.load_blur_map_net(torch.device("cpu"))
     features = bm.blur_map_features(torch.from_numpy(blurred(photo[:96, :128], 2.0))[None, None])
-    turn = (lambda t: t.flip((-2, -1)))
+    turn = lambda t: t.flip((-2, -1))
     with torch.inference_mode():
         single = bm.predict_log_level(model, features)
         two = bm.predict_log_level(model, features, 2)
@@ -136,8 +135,9 @@ def test_the_engine_map_is_the_mean_of_its_views_and_a_given_network_runs_as_ask
         once = bm.target_to_level(bm.predict_log_level(model, features))
     assert bm.MAP_VIEWS == 4
     np.testing.assert_allclose(estimate_blur_map(image), ours[0, 0].numpy(), atol=1e-4)
-    np.testing.assert_allclose(run_job(iter_estimate_blur_map(image, network=model, views=1)),
-                               once[0, 0].numpy(), atol=1e-4)
+    np.testing.assert_allclose(
+        run_job(iter_estimate_blur_map(image, network=model, views=1)), once[0, 0].numpy(), atol=1e-4
+    )
 
 
 def test_bfloat16_convolutions_move_the_map_by_a_hair(photo, monkeypatch):
@@ -241,8 +241,7 @@ def test_training_batches_are_seeded_and_labelled_within_range():
 
 def test_batches_can_be_limited_to_uniform_levels():
     config = tbm.BlurMapTrainingConfig(batch=4, patch=32, n_dead_leaves=1, n_textures=0)
-    _, levels, description = tbm.BlurMapBatches(config, 3, torch.device("cpu"),
-                                                map_kinds=("uniform",)).draw()
+    _, levels, description = tbm.BlurMapBatches(config, 3, torch.device("cpu"), map_kinds=("uniform",)).draw()
     assert (description["map_kinds"] == tbm.MAP_KINDS.index("uniform")).all()
     flat = levels.flatten(1)
     torch.testing.assert_close(flat.amax(dim=1), flat.amin(dim=1))
@@ -287,11 +286,14 @@ def test_procedural_textures_are_seeded_sharp_and_of_every_kind():
         procedural_texture(32, np.random.default_rng(0), "marble")
 
 
-@pytest.mark.parametrize("pool, options", [
-    ("textures", {"n_textures": 2, "texture_fraction": 1.0}),
-    ("point_fields", {"n_point_fields": 2, "point_field_fraction": 1.0}),
-    ("text_pages", {"n_text_pages": 2, "text_fraction": 1.0}),
-])
+@pytest.mark.parametrize(
+    "pool, options",
+    [
+        ("textures", {"n_textures": 2, "texture_fraction": 1.0}),
+        ("point_fields", {"n_point_fields": 2, "point_field_fraction": 1.0}),
+        ("text_pages", {"n_text_pages": 2, "text_fraction": 1.0}),
+    ],
+)
 def test_procedural_crops_come_only_from_their_pool_when_asked(pool, options):
     from training.sources import PatchSampler
 

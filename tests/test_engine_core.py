@@ -283,8 +283,9 @@ def test_single_plane_methods_give_the_same_answer_for_a_huge_copy():
 
     plane = data.camera()[:256, :256].astype(np.float32) / 255.0
     huge = plane * np.float32(2.0**120)
-    assert select_regions(huge, size=64, count=3, ranking="network") == \
-        select_regions(plane, size=64, count=3, ranking="network")
+    assert select_regions(huge, size=64, count=3, ranking="network") == select_regions(
+        plane, size=64, count=3, ranking="network"
+    )
     np.testing.assert_allclose(estimate_psf(huge, size=9), estimate_psf(plane, size=9), atol=1e-6)
 
 
@@ -335,8 +336,9 @@ def test_single_plane_methods_give_the_same_answer_for_a_tiny_copy():
     plane = data.camera()[:256, :256].astype(np.float32) / 255.0 * np.float32(0.9)
     for factor in (2.0**-40, 1e-12):
         tiny = plane * np.float32(factor)
-        assert select_regions(tiny, size=64, count=3, ranking="network") == \
-            select_regions(plane, size=64, count=3, ranking="network")
+        assert select_regions(tiny, size=64, count=3, ranking="network") == select_regions(
+            plane, size=64, count=3, ranking="network"
+        )
         np.testing.assert_allclose(estimate_psf(tiny, size=9), estimate_psf(plane, size=9), atol=1e-5)
 
 
@@ -391,7 +393,8 @@ def test_unknown_device_names():
 def test_cuda_matches_cpu(photo):
     kernel = gaussian_psf(2.0)
     np.testing.assert_allclose(
-        wiener_deconvolve(photo, kernel, device="cuda"), wiener_deconvolve(photo, kernel, device="cpu"),
+        wiener_deconvolve(photo, kernel, device="cuda"),
+        wiener_deconvolve(photo, kernel, device="cpu"),
         atol=1e-4,
     )
 
@@ -453,8 +456,10 @@ def test_out_of_memory_retries_with_smaller_tiles(photo):
         return local_filter(tile)
 
     messages = []
-    tiled = run_job(iter_tiled(picky_filter, x, tile_size=128, halo=2, blend=8),
-                    progress=lambda update: messages.append(update.message))
+    tiled = run_job(
+        iter_tiled(picky_filter, x, tile_size=128, halo=2, blend=8),
+        progress=lambda update: messages.append(update.message),
+    )
     torch.testing.assert_close(tiled, local_filter(x), atol=1e-6, rtol=0)
     assert max(sizes) > 70 and any("retrying with 64 px tiles" in m for m in messages)
 
@@ -489,9 +494,10 @@ def test_gpu_tiles_are_larger_and_cpu_tiles_unchanged():
     assert device_tile_size(1024, "mps") == 1024  # only CUDA was measured; Apple GPUs keep the CPU tiles
 
 
-@pytest.mark.parametrize("length, tile, blend, align", [(2048, 1024, 16, 1), (4096, 2048, 64, 16),
-                                                        (3000, 1024, 130, 1), (100, 40, 8, 1),
-                                                        (1024, 1024, 16, 1)])
+@pytest.mark.parametrize(
+    "length, tile, blend, align",
+    [(2048, 1024, 16, 1), (4096, 2048, 64, 16), (3000, 1024, 130, 1), (100, 40, 8, 1), (1024, 1024, 16, 1)],
+)
 def test_tiles_are_spread_evenly_cover_the_plane_and_keep_the_alignment(length, tile, blend, align):
     from napari_deblur.engine.core.tiling import tile_layout
 
@@ -523,8 +529,18 @@ def test_tiles_are_spread_evenly_cover_the_plane_and_keep_the_alignment(length, 
         list(range(258)),
         ["a", "b"],
     ],
-    ids=["nan-last", "nan-inner", "negative", "inf-inner", "minus-inf", "repeated", "one", "2d",
-         "too-many", "text"],
+    ids=[
+        "nan-last",
+        "nan-inner",
+        "negative",
+        "inf-inner",
+        "minus-inf",
+        "repeated",
+        "one",
+        "2d",
+        "too-many",
+        "text",
+    ],
 )
 def test_blur_classes_refuse_bad_edges(edges):
     from napari_deblur.engine import blur_classes

@@ -14,7 +14,7 @@ from napari_deblur import engine
 from napari_deblur.engine import JobCancelled, JobProgress, run_job
 from napari_deblur.engine.core.jobs import JobSteps, job_facade
 
-PAIRS = sorted(name[len("iter_"):] for name in engine.__all__ if name.startswith("iter_"))
+PAIRS = sorted(name[len("iter_") :] for name in engine.__all__ if name.startswith("iter_"))
 PSF = engine.gaussian_psf(1.0, size=5)
 
 
@@ -42,10 +42,18 @@ def _arguments(name: str, image: np.ndarray) -> tuple[tuple, dict]:
 
 
 def test_every_twin_has_a_public_function():
-    assert PAIRS == sorted([
-        "blur", "estimate_blur_map", "estimate_psf", "select_regions", "sharpen_gwis",
-        "wiener_deconvolve", "wiener_deconvolve_snr_stack", "wiener_net_deconvolve",
-    ])
+    assert PAIRS == sorted(
+        [
+            "blur",
+            "estimate_blur_map",
+            "estimate_psf",
+            "select_regions",
+            "sharpen_gwis",
+            "wiener_deconvolve",
+            "wiener_deconvolve_snr_stack",
+            "wiener_net_deconvolve",
+        ]
+    )
     for name in PAIRS:
         assert name in engine.__all__
 
@@ -54,8 +62,9 @@ def test_every_twin_has_a_public_function():
 def test_signature_is_the_twins_plus_progress_and_cancel(name):
     facade = inspect.signature(getattr(engine, name))
     twin = inspect.signature(getattr(engine, f"iter_{name}"))
-    added = [inspect.Parameter(p, inspect.Parameter.KEYWORD_ONLY, default=None)
-             for p in ("progress", "cancel")]
+    added = [
+        inspect.Parameter(p, inspect.Parameter.KEYWORD_ONLY, default=None) for p in ("progress", "cancel")
+    ]
     assert list(facade.parameters.values()) == list(twin.parameters.values()) + added
 
 
@@ -121,8 +130,8 @@ def test_job_facade_runs_the_twin_and_keeps_the_stub_name_and_doc():
 
     assert scale.__name__ == "scale" and scale.__doc__ == "Scale an image."
     assert str(inspect.signature(scale)) == (
-        "(image, factor: 'float' = 2.0, *, offset: 'float' = 0.0, progress=None, cancel=None)"
-        " -> 'np.ndarray'")
+        "(image, factor: 'float' = 2.0, *, offset: 'float' = 0.0, progress=None, cancel=None) -> 'np.ndarray'"
+    )
     updates = []
     np.testing.assert_array_equal(scale(np.ones(2), 3.0, offset=1.0, progress=updates.append), [4.0, 4.0])
     assert updates == [JobProgress(0.5, "scaling")]
@@ -148,6 +157,7 @@ def test_job_facade_sends_dask_images_to_the_lazy_path_with_every_argument():
 
 def test_job_facade_refuses_a_stub_with_parameters_and_a_twin_with_progress():
     with pytest.raises(TypeError, match="declares parameters"):
+
         @job_facade(_iter_scale)
         def scale(image):
             """Scale."""

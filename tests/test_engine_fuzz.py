@@ -23,8 +23,11 @@ DTYPES = (bool, np.uint8, np.int16, np.float16, np.float32, np.float64, np.compl
 
 def _image(rng: np.random.Generator) -> tuple[np.ndarray, int | None]:
     """A random image and its channel axis (or None)."""
-    height, width = (int(n) for n in rng.integers(0, 49, size=2)) if rng.random() < 0.1 else (
-        int(rng.integers(12, 49)), int(rng.integers(12, 49)))
+    height, width = (
+        (int(n) for n in rng.integers(0, 49, size=2))
+        if rng.random() < 0.1
+        else (int(rng.integers(12, 49)), int(rng.integers(12, 49)))
+    )
     planes = int(rng.integers(1, 4))
     colour = rng.random() < 0.25
     shape = (height, width)
@@ -120,7 +123,20 @@ BUILDERS = {
     "motion": lambda v, s: engine.motion_psf(v, float(v) * 7 if isinstance(v, float) else 0.0, size=s),
     "random_motion": lambda v, s: engine.random_motion_psf(s if s is not None else 15, 0),
 }
-_ODD_VALUES = (0.0, -1.0, float("nan"), float("inf"), -float("inf"), 1e-300, 1e6, 1e30, 1e308, None, "3", True)
+_ODD_VALUES = (
+    0.0,
+    -1.0,
+    float("nan"),
+    float("inf"),
+    -float("inf"),
+    1e-300,
+    1e6,
+    1e30,
+    1e308,
+    None,
+    "3",
+    True,
+)
 _ODD_SIZES = (None, None, None, 1, 2, 3, 9, -5, 0, 7.0, 7.5, float("nan"), float("inf"), 10**9, True)
 
 
@@ -129,8 +145,11 @@ def test_psf_builders_give_a_kernel_or_a_clear_error(seed):
     rng = np.random.default_rng(10_000 + seed)
     for _ in range(20):
         name = sorted(BUILDERS)[int(rng.integers(len(BUILDERS)))]
-        value = (_ODD_VALUES[int(rng.integers(len(_ODD_VALUES)))] if rng.random() < 0.5
-                 else float(10.0 ** rng.uniform(-3, 1.5)))
+        value = (
+            _ODD_VALUES[int(rng.integers(len(_ODD_VALUES)))]
+            if rng.random() < 0.5
+            else float(10.0 ** rng.uniform(-3, 1.5))
+        )
         size = _ODD_SIZES[int(rng.integers(len(_ODD_SIZES)))]
         try:
             kernel = BUILDERS[name](value, size)

@@ -6,9 +6,9 @@ import scipy.ndimage as ndi
 import torch
 from skimage import data, draw
 
-from napari_deblur.engine.methods import gwis
-from napari_deblur.engine.core import tiling
 from napari_deblur.engine import JobCancelled, JobProgress, run_job
+from napari_deblur.engine.core import tiling
+from napari_deblur.engine.methods import gwis
 from napari_deblur.engine.methods.gwis import (
     gwis_field_of,
     gwis_sharpen,
@@ -80,7 +80,7 @@ def test_step_warp_matches_the_paper_inverse():
     edge = 31.5  # the step lies between columns 31 and 32
     cols = np.arange(64)
     y = cols - edge
-    inside = (np.abs(y) <= 1.5 * sigma - 0.5)
+    inside = np.abs(y) <= 1.5 * sigma - 0.5
     expected = edge + np.sign(y) * (sigma + np.abs(y) / 3.0)
     got = field.source[0, 1, 16].cpu().numpy()
     assert np.allclose(got[inside], expected[inside], atol=0.1)
@@ -300,8 +300,9 @@ def test_tensor_function_batches_and_follows_device(shapes, photo):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_gpu_matches_cpu(photo):
-    assert np.allclose(sharpen_gwis(photo, 2.0, device="cuda"), sharpen_gwis(photo, 2.0, device="cpu"),
-                       atol=1e-4)
+    assert np.allclose(
+        sharpen_gwis(photo, 2.0, device="cuda"), sharpen_gwis(photo, 2.0, device="cpu"), atol=1e-4
+    )
 
 
 # --- bad input ----------------------------------------------------------------------------

@@ -53,15 +53,15 @@ def test_colour_stack_map_drops_channels_and_gwis_follows_a_lazy_map():
     assert sharpened.shape == rgb.shape
     expected_map = engine.estimate_blur_map(rgb, channel_axis=-1)
     np.testing.assert_allclose(blur_map.compute(), expected_map, atol=1e-5)
-    np.testing.assert_allclose(sharpened.compute(),
-                               engine.sharpen_gwis(rgb, expected_map, channel_axis=-1), atol=1e-5)
+    np.testing.assert_allclose(
+        sharpened.compute(), engine.sharpen_gwis(rgb, expected_map, channel_axis=-1), atol=1e-5
+    )
 
 
 def test_per_plane_psf_stack_gives_each_plane_its_kernel(stack):
     kernels = np.stack([engine.gaussian_psf(s, size=15) for s in (0.8, 1.5, 2.5)])
     lazy = engine.wiener_deconvolve(da.from_array(stack, chunks=(1, 45, 50)), kernels, snr_db=30)
-    np.testing.assert_allclose(lazy.compute(), engine.wiener_deconvolve(stack, kernels, snr_db=30),
-                               atol=1e-5)
+    np.testing.assert_allclose(lazy.compute(), engine.wiener_deconvolve(stack, kernels, snr_db=30), atol=1e-5)
 
 
 def test_building_the_graph_computes_nothing_and_one_plane_computes_one_block(stack):
@@ -113,7 +113,8 @@ def test_compute_planes_writes_every_block_with_progress_and_can_be_cancelled(st
     assert count == 3
     np.testing.assert_allclose(written, engine.blur(stack, PSF), atol=1e-6)
     assert updates[-1].fraction == 1.0 and [u.fraction for u in updates] == sorted(
-        u.fraction for u in updates)
+        u.fraction for u in updates
+    )
 
     stop = threading.Event()
     seen = []
@@ -135,17 +136,21 @@ def _blur_map_model_loads() -> int:
 
 def test_local_cluster_of_worker_processes_gives_the_same_result_and_loads_the_model_once(stack):
     distributed = pytest.importorskip("distributed")
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  dashboard_address=":0") as cluster, \
-            distributed.Client(cluster) as client:
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
         lazy_input = da.from_array(np.concatenate([stack, stack[::-1]]), chunks=(1, 45, 50))
         blur_map = engine.estimate_blur_map(lazy_input)
         sharpened = engine.sharpen_gwis(lazy_input, blur_map)
         result = client.compute(sharpened).result()
         loads = client.run(_blur_map_model_loads)
     in_memory = np.concatenate([stack, stack[::-1]])
-    np.testing.assert_allclose(result, engine.sharpen_gwis(in_memory, engine.estimate_blur_map(in_memory)),
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        result, engine.sharpen_gwis(in_memory, engine.estimate_blur_map(in_memory)), atol=1e-5
+    )
     # Each worker process loaded the network at most once for its 6 planes' worth of tasks.
     assert len(loads) == 2
     assert all(count <= 1 for count in loads.values()) and sum(loads.values()) >= 1

@@ -61,7 +61,7 @@ def test_phase_major_fold_holds_pixel_unshuffles_values_in_its_own_order(shape, 
     for dy in (0, 1):
         for dx in (0, 1):
             phase = 2 * dy + dx
-            assert torch.equal(folded[:, phase * channels:(phase + 1) * channels], x[..., dy::2, dx::2])
+            assert torch.equal(folded[:, phase * channels : (phase + 1) * channels], x[..., dy::2, dx::2])
     if channels_last:  # the copy the CPU convolutions want, made by the fold itself
         assert folded.is_contiguous(memory_format=torch.channels_last)
 
@@ -69,14 +69,21 @@ def test_phase_major_fold_holds_pixel_unshuffles_values_in_its_own_order(shape, 
 def test_upsample_then_conv_without_bias():
     conv = nn.Conv2d(3, 2, 3, padding=1, bias=False)
     x = torch.randn(1, 3, 5, 6)
-    torch.testing.assert_close(upsample_nearest_then_conv(x, conv),
-                               conv(F.interpolate(x, scale_factor=2.0, mode="nearest")))
+    torch.testing.assert_close(
+        upsample_nearest_then_conv(x, conv), conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+    )
 
 
-@pytest.mark.parametrize("conv", [
-    nn.Conv2d(3, 2, 5, padding=2), nn.Conv2d(3, 2, 3, padding=0), nn.Conv2d(3, 2, 3, stride=2, padding=1),
-    nn.Conv2d(4, 2, 3, padding=1, groups=2), nn.Conv2d(3, 2, 3, padding=2, dilation=2),
-])
+@pytest.mark.parametrize(
+    "conv",
+    [
+        nn.Conv2d(3, 2, 5, padding=2),
+        nn.Conv2d(3, 2, 3, padding=0),
+        nn.Conv2d(3, 2, 3, stride=2, padding=1),
+        nn.Conv2d(4, 2, 3, padding=1, groups=2),
+        nn.Conv2d(3, 2, 3, padding=2, dilation=2),
+    ],
+)
 def test_upsample_then_conv_refuses_other_convolutions(conv):
     with pytest.raises(ValueError, match="3x3 convolution with padding 1"):
         upsample_nearest_then_conv(torch.zeros(1, conv.in_channels, 4, 4), conv)
@@ -120,9 +127,14 @@ def test_numpy_integer_ensemble_sizes_are_accepted():
     torch.testing.assert_close(mean_over_views(lambda t: t * 2, x, np.int64(4)), x * 2)
 
 
-@pytest.mark.parametrize("variable, value", [
-    ("NAPARI_DEBLUR_KEEP_MALLOC", "1"), ("MALLOC_ARENA_MAX", "2"), ("GLIBC_TUNABLES", "glibc.malloc.mmap_threshold=1"),
-])
+@pytest.mark.parametrize(
+    "variable, value",
+    [
+        ("NAPARI_DEBLUR_KEEP_MALLOC", "1"),
+        ("MALLOC_ARENA_MAX", "2"),
+        ("GLIBC_TUNABLES", "glibc.malloc.mmap_threshold=1"),
+    ],
+)
 def test_malloc_is_left_alone_when_the_user_says_so(monkeypatch, variable, value):
     monkeypatch.setattr(cpu_memory, "_state", {})
     monkeypatch.setenv(variable, value)
@@ -145,18 +157,29 @@ print(json.dumps(faults))
 """
 
 
-@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
-                    reason="the malloc setting exists only with glibc")
+@pytest.mark.skipif(
+    platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
+    reason="the malloc setting exists only with glibc",
+)
 def test_choosing_the_cpu_makes_large_blocks_reusable():
     """A freed 64 MB block is served again without faulting its pages in anew."""
 
     def page_faults(extra_env):
-        env = {name: value for name, value in os.environ.items()
-               if not name.startswith("MALLOC_") and name != "GLIBC_TUNABLES"}
+        env = {
+            name: value
+            for name, value in os.environ.items()
+            if not name.startswith("MALLOC_") and name != "GLIBC_TUNABLES"
+        }
         env.pop(cpu_memory.OPT_OUT_VARIABLE, None)
         env.update(extra_env)
-        done = subprocess.run([sys.executable, "-c", _FAULT_PROBE], env=env, capture_output=True,
-                              text=True, timeout=120, check=True)
+        done = subprocess.run(
+            [sys.executable, "-c", _FAULT_PROBE],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
         return json.loads(done.stdout.strip().splitlines()[-1])
 
     # Transparent huge pages fault in 2 MiB at a time, so a fresh 64 MB block costs at

@@ -122,15 +122,17 @@ def test_contract(photo, ranking):
         assert isinstance(y, int) and isinstance(x, int) and isinstance(score, float)
     for i, a in enumerate(regions):
         for b in regions[i + 1 :]:
-            assert a.y + a.height <= b.y or b.y + b.height <= a.y or \
-                a.x + a.width <= b.x or b.x + b.width <= a.x
+            assert (
+                a.y + a.height <= b.y or b.y + b.height <= a.y or a.x + a.width <= b.x or b.x + b.width <= a.x
+            )
 
 
 def test_consensus_is_the_default_ranking(photo):
     by_default = select_regions(photo, size=SIZE, count=2, psf_size=15)
     assert by_default == select_regions(photo, size=SIZE, count=2, ranking="consensus", psf_size=15)
-    assert [r[:4] for r in by_default] != \
-        [r[:4] for r in select_regions(photo, size=SIZE, count=2, ranking="network")]
+    assert [r[:4] for r in by_default] != [
+        r[:4] for r in select_regions(photo, size=SIZE, count=2, ranking="network")
+    ]
 
 
 def test_count_respected_and_limited_by_room(photo):
@@ -147,8 +149,12 @@ def test_grid_reaches_the_far_edges():
 
 
 def test_non_maximum_suppression_is_greedy():
-    candidates = [Region(0, 0, 10, 10, 0.5), Region(5, 5, 10, 10, 0.9), Region(20, 0, 10, 10, 0.1),
-                  Region(0, 10, 10, 10, 0.3)]
+    candidates = [
+        Region(0, 0, 10, 10, 0.5),
+        Region(5, 5, 10, 10, 0.9),
+        Region(20, 0, 10, 10, 0.1),
+        Region(0, 10, 10, 10, 0.3),
+    ]
     kept = non_maximum_suppression(candidates, 5)
     assert [r.score for r in kept] == [0.9, 0.1]  # 0.5 and 0.3 overlap the best one
 
@@ -164,8 +170,10 @@ def test_non_maximum_suppression_allows_the_overlap_asked_for():
     # a 2x2 grid of 192 px windows on 384 px and the centre one, best first: the centre overlaps
     # each corner by 96 x 96 px, an intersection over union of 1/7
     centre = Region(96, 96, 192, 192, 0.9)
-    corners = [Region(y, x, 192, 192, 0.5 - 0.1 * i) for i, (y, x) in
-               enumerate([(0, 0), (0, 192), (192, 0), (192, 192)])]
+    corners = [
+        Region(y, x, 192, 192, 0.5 - 0.1 * i)
+        for i, (y, x) in enumerate([(0, 0), (0, 192), (192, 0), (192, 192)])
+    ]
     assert non_maximum_suppression([centre, *corners], 5) == [centre]
     assert non_maximum_suppression([centre, *corners], 5, max_overlap=0.25) == [centre, *corners]
     assert non_maximum_suppression([centre, *corners], 5, max_overlap=0.1) == [centre]
@@ -194,8 +202,7 @@ def test_consensus_gives_windows_of_one_constant_value_no_say():
     flat = [r for r in grid if r.x + r.width <= 192]
     assert len(flat) == 3 * 5 and all(r.score == 0.0 for r in flat)
     assert min(r.score for r in grid if r.x >= 192) > 0.2
-    assert select_regions(scene, size=SIZE, stride=32, ranking="consensus", psf_size=11,
-                          count=1)[0].x >= 192
+    assert select_regions(scene, size=SIZE, stride=32, ranking="consensus", psf_size=11, count=1)[0].x >= 192
 
 
 def test_consensus_scores_favour_the_kernel_most_others_agree_with():
@@ -214,8 +221,9 @@ def test_consensus_grid_is_thinned_to_its_limit():
     for shape in [(1024, 1024), (600, 3000), (5000, 400)]:
         stride = consensus_stride(shape, 192, 48)
         windows = len(grid_positions(shape[0], 192, stride)) * len(grid_positions(shape[1], 192, stride))
-        fewer = len(grid_positions(shape[0], 192, stride - 1)) * \
-            len(grid_positions(shape[1], 192, stride - 1))
+        fewer = len(grid_positions(shape[0], 192, stride - 1)) * len(
+            grid_positions(shape[1], 192, stride - 1)
+        )
         assert windows <= MAX_CONSENSUS_WINDOWS < fewer
 
 
@@ -226,8 +234,9 @@ def test_rgb_equals_luminance():
     grey = select_regions(luminance, size=SIZE, count=3, ranking="network")
     assert [r[:4] for r in colour] == [r[:4] for r in grey]
     assert np.allclose([r.score for r in colour], [r.score for r in grey], atol=1e-4)
-    channels_first = select_regions(np.moveaxis(rgb, -1, 0), size=SIZE, count=3, channel_axis=0,
-                                    ranking="network")
+    channels_first = select_regions(
+        np.moveaxis(rgb, -1, 0), size=SIZE, count=3, channel_axis=0, ranking="network"
+    )
     assert [r[:4] for r in channels_first] == [r[:4] for r in colour]
 
 
@@ -235,8 +244,9 @@ def test_any_dtype_and_scale(photo):
     as_uint8 = np.clip(photo * 255, 0, 255).astype(np.uint8)
     as_scaled = as_uint8.astype(np.float64) * 1000.0
     for ranking in ("consensus", "network"):
-        assert [r[:4] for r in select_regions(as_uint8, size=SIZE, ranking=ranking, psf_size=15)] == \
-            [r[:4] for r in select_regions(as_scaled, size=SIZE, ranking=ranking, psf_size=15)]
+        assert [r[:4] for r in select_regions(as_uint8, size=SIZE, ranking=ranking, psf_size=15)] == [
+            r[:4] for r in select_regions(as_scaled, size=SIZE, ranking=ranking, psf_size=15)
+        ]
 
 
 def test_input_is_not_modified(photo):
@@ -258,12 +268,19 @@ def test_input_is_not_modified(photo):
         (np.zeros((100, 100)), {"size": 64, "count": "5"}, TypeError, "count"),
         (np.zeros((100, 100)), {"size": 64, "stride": 0}, ValueError, "stride"),
         (np.zeros((100, 100)), {"size": 64, "ranking": "best"}, ValueError, "ranking must be one of"),
-        (np.zeros((100, 100)), {"size": 64, "ranking": "consensus", "psf_size": 10}, ValueError,
-         "psf_size must be an odd"),
-        (np.zeros((100, 100)), {"size": 64, "ranking": "consensus", "psf_size": 33}, ValueError,
-         "at least 66 px"),
-        (np.zeros((100, 100)), {"size": 64, "ranking": "consensus", "psf_size": 3.0}, TypeError,
-         "psf_size"),
+        (
+            np.zeros((100, 100)),
+            {"size": 64, "ranking": "consensus", "psf_size": 10},
+            ValueError,
+            "psf_size must be an odd",
+        ),
+        (
+            np.zeros((100, 100)),
+            {"size": 64, "ranking": "consensus", "psf_size": 33},
+            ValueError,
+            "at least 66 px",
+        ),
+        (np.zeros((100, 100)), {"size": 64, "ranking": "consensus", "psf_size": 3.0}, TypeError, "psf_size"),
         (np.full((100, 100), np.nan), {"size": 64}, ValueError, "NaN|finite"),
         (np.zeros((100, 100), complex), {"size": 64}, ValueError, "complex"),
         (np.zeros((0, 100)), {"size": 64}, ValueError, "empty"),
@@ -337,9 +354,21 @@ def test_training_smoke_run(tmp_path, monkeypatch):
 
 def _tiny_label_config(tmp_path, **kwargs):
     return training.RegionSelectorTrainingConfig(
-        windows=8, steps=2, batch=4, window=64, image_size=96, window_stride=32,
-        motion_size_range=(7, 9), gaussian_sigma_range=(0.8, 1.2), disk_radius_range=(1.5, 3.0),
-        estimate_size_max=11, validation_every=2, cache_dir=str(tmp_path), log_every=1, **kwargs)
+        windows=8,
+        steps=2,
+        batch=4,
+        window=64,
+        image_size=96,
+        window_stride=32,
+        motion_size_range=(7, 9),
+        gaussian_sigma_range=(0.8, 1.2),
+        disk_radius_range=(1.5, 3.0),
+        estimate_size_max=11,
+        validation_every=2,
+        cache_dir=str(tmp_path),
+        log_every=1,
+        **kwargs,
+    )
 
 
 def test_labels_do_not_depend_on_the_number_of_workers(tmp_path):

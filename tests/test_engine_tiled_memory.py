@@ -59,21 +59,27 @@ def local_filter(x):
 # --- recognising allocation failures ---------------------------------------------------------
 
 
-@pytest.mark.parametrize("error", [
-    MemoryError(),
-    RuntimeError(CPU_ALLOCATOR_TEXT),
-    RuntimeError("DefaultCPUAllocator: not enough memory: you tried to allocate 1024 bytes."),
-    RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"),
-])
+@pytest.mark.parametrize(
+    "error",
+    [
+        MemoryError(),
+        RuntimeError(CPU_ALLOCATOR_TEXT),
+        RuntimeError("DefaultCPUAllocator: not enough memory: you tried to allocate 1024 bytes."),
+        RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+    ],
+)
 def test_cpu_and_device_allocation_failures_count_as_out_of_memory(error):
     assert devices.is_out_of_memory(error)
 
 
-@pytest.mark.parametrize("error", [
-    RuntimeError("Expected all tensors to be on the same device"),
-    ValueError("out of memory"),  # not an allocator's error type
-    EngineMemoryError("Not enough memory even in tiles"),  # already the final verdict
-])
+@pytest.mark.parametrize(
+    "error",
+    [
+        RuntimeError("Expected all tensors to be on the same device"),
+        ValueError("out of memory"),  # not an allocator's error type
+        EngineMemoryError("Not enough memory even in tiles"),  # already the final verdict
+    ],
+)
 def test_other_errors_do_not_count_as_out_of_memory(error):
     assert not devices.is_out_of_memory(error)
 
@@ -93,8 +99,10 @@ def test_a_cpu_allocation_failure_retries_with_smaller_tiles(failure):
         return local_filter(tile)
 
     messages = []
-    tiled = run_job(iter_tiled(picky, x, tile_size=128, halo=2, blend=8),
-                    progress=lambda update: messages.append(update.message))
+    tiled = run_job(
+        iter_tiled(picky, x, tile_size=128, halo=2, blend=8),
+        progress=lambda update: messages.append(update.message),
+    )
     torch.testing.assert_close(tiled, local_filter(x), atol=1e-6, rtol=0)
     assert max(sides) > 60 and any("retrying with 64 px tiles" in m for m in messages)
 
@@ -105,7 +113,9 @@ def test_when_even_the_smallest_tiles_fail_a_documented_memory_error_escapes():
     def always_fails(tile):
         raise RuntimeError(CPU_ALLOCATOR_TEXT)
 
-    with pytest.raises(EngineMemoryError, match=r"Not enough memory .* 100x90 plane .* tiles of 32x32") as info:
+    with pytest.raises(
+        EngineMemoryError, match=r"Not enough memory .* 100x90 plane .* tiles of 32x32"
+    ) as info:
         run_job(iter_tiled(always_fails, x, tile_size=64, halo=4))
     error = info.value
     # Reported by the command line and the napari runner (EngineError), and not swallowed
@@ -147,9 +157,11 @@ def test_tiled_wiener_net_equals_the_untiled_result(blurred, kernel, monkeypatch
     monkeypatch.setattr(tiling, "GPU_TILE_SIZE", 64)
     calls = []
     network = wn.apply_network_ensemble
-    monkeypatch.setattr(wn, "apply_network_ensemble",
-                        lambda model, features, *a, **k: calls.append(features.shape) or network(model, features,
-                                                                                                   *a, **k))
+    monkeypatch.setattr(
+        wn,
+        "apply_network_ensemble",
+        lambda model, features, *a, **k: calls.append(features.shape) or network(model, features, *a, **k),
+    )
     tiled = wiener_net_deconvolve(blurred, kernel)
     assert len(calls) > 1  # one network call per tile
     # Measured: 1e-6 of the plane's range (float rounding); motion blurs differ more, as the
@@ -168,7 +180,7 @@ def test_network_windows_on_the_plane_grid_give_the_whole_plane_output(blurred, 
         cols = wn._aligned_span(40, 90, wn.TILE_HALO, 160)
         window = wn.apply_network_ensemble(model, features[..., rows, cols], 2)
     assert rows.start % wn.SIZE_MULTIPLE == 0 and (160 - cols.stop) % wn.SIZE_MULTIPLE == 0
-    core = window[..., 70 - rows.start:100 - rows.start, 40 - cols.start:90 - cols.start]
+    core = window[..., 70 - rows.start : 100 - rows.start, 40 - cols.start : 90 - cols.start]
     torch.testing.assert_close(core, whole[..., 70:100, 40:90], atol=1e-5, rtol=0)
 
 
@@ -203,15 +215,19 @@ def test_wiener_net_raises_the_documented_error_when_no_tile_fits(blurred, kerne
 
 
 def test_wiener_tiles_a_plane_beyond_its_memory_budget_and_matches_the_untiled_result(
-        blurred, kernel, monkeypatch):
+    blurred, kernel, monkeypatch
+):
     whole = wiener_deconvolve(blurred, kernel, snr_db=30)
     monkeypatch.setattr(wiener_module, "wiener_tile_size", lambda *args: 128)
     monkeypatch.setattr(wiener_module, "MIN_TILE_HALO", 16)
     monkeypatch.setattr(wiener_module, "TILE_HALO_KERNELS", 3)  # 39 px: 50 px cores
     sides = []
     wiener_filter = wiener_module.wiener_filter
-    monkeypatch.setattr(wiener_module, "wiener_filter",
-                        lambda x, *a, **k: sides.append(max(x.shape[-2:])) or wiener_filter(x, *a, **k))
+    monkeypatch.setattr(
+        wiener_module,
+        "wiener_filter",
+        lambda x, *a, **k: sides.append(max(x.shape[-2:])) or wiener_filter(x, *a, **k),
+    )
     tiled = wiener_deconvolve(blurred, kernel, snr_db=30)
     assert len(sides) > 1 and max(sides) < 160
     # Inside, the tiles see all the filter reaches; along the frame the untiled FFT also
@@ -262,8 +278,11 @@ def test_tiled_blur_map_makes_features_per_tile_and_equals_the_untiled_map(motio
     _small_blur_map_tiles(monkeypatch)
     shapes = []
     features = blur_map_module.blur_map_features
-    monkeypatch.setattr(blur_map_module, "blur_map_features",
-                        lambda lum, *a: shapes.append(tuple(lum.shape[-2:])) or features(lum, *a))
+    monkeypatch.setattr(
+        blur_map_module,
+        "blur_map_features",
+        lambda lum, *a: shapes.append(tuple(lum.shape[-2:])) or features(lum, *a),
+    )
     tiled = estimate_blur_map(motion_blurred, device="cpu")
     assert len(shapes) > 1  # once per tile (here each tile's context spans the small plane)
     # Measured: 4e-7 px on a 1000 x 1013 plane in 256 px tiles (float rounding).
@@ -277,7 +296,10 @@ def test_blur_map_features_of_a_window_widened_by_the_feature_halo_are_the_plane
     halo = blur_map_module.FEATURE_HALO
     rows, cols = slice(80, 128), slice(96, 144)  # starts on the 16 px grid, as tiles do
     part = blur_map_module.blur_map_features(
-        lum[..., rows.start - halo:rows.stop + halo, cols.start - halo:cols.stop + halo], noise, value_range)
+        lum[..., rows.start - halo : rows.stop + halo, cols.start - halo : cols.stop + halo],
+        noise,
+        value_range,
+    )
     assert part.shape[-2:] != whole.shape[-2:]
     torch.testing.assert_close(part[..., halo:-halo, halo:-halo], whole[..., rows, cols], atol=1e-5, rtol=0)
 
@@ -313,8 +335,9 @@ def test_blur_map_falls_back_to_smaller_tiles_on_a_cpu_allocation_failure(motion
     monkeypatch.setattr(blur_map_module, "predict_log_level", small_only)
     monkeypatch.setattr(blur_map_module, "TILE_HALO", 32)  # tiles of 116 + 2 x 32 px fit
     messages = []
-    tiled = estimate_blur_map(motion_blurred, device="cpu",
-                              progress=lambda update: messages.append(update.message))
+    tiled = estimate_blur_map(
+        motion_blurred, device="cpu", progress=lambda update: messages.append(update.message)
+    )
     assert any("out of memory: retrying with" in m for m in messages)
     assert tiled.shape == whole.shape and np.isfinite(tiled).all()
     # A 32 px halo is less than the network's reach: close, not equal.
@@ -331,8 +354,9 @@ def test_gwis_auto_falls_back_to_smaller_tiles_on_a_cpu_allocation_failure(motio
 
     monkeypatch.setattr(gwis_module, "gwis_sharpen", small_only)
     messages = []
-    out = sharpen_gwis(motion_blurred, "auto", device="cpu",
-                       progress=lambda update: messages.append(update.message))
+    out = sharpen_gwis(
+        motion_blurred, "auto", device="cpu", progress=lambda update: messages.append(update.message)
+    )
     assert any("out of memory: retrying with" in m for m in messages)
     assert out.shape == motion_blurred.shape and np.isfinite(out).all()
 

@@ -158,8 +158,9 @@ def test_smoothed_training_sources_are_smoother_and_leave_other_draws_alone():
     from training.sources import PatchSampler
 
     def crops(smooth_fraction, seed=3):
-        sampler = PatchSampler(64, np.random.default_rng(seed), n_dead_leaves=2,
-                               smooth_fraction=smooth_fraction)
+        sampler = PatchSampler(
+            64, np.random.default_rng(seed), n_dead_leaves=2, smooth_fraction=smooth_fraction
+        )
         return sampler.sample(12)
 
     def roughness(batch):
@@ -279,17 +280,20 @@ def test_interior_weight_moves_the_loss_toward_the_interior_error(monkeypatch):
     # The interior is exact, so its log-MSE is at the floor and the weighted loss is far lower.
     assert float(weighted) < float(full_only) - 0.5
     assert float(training.restoration_loss(frame_error, sharp, interior, 0.0)) == pytest.approx(
-        float(full_only))
+        float(full_only)
+    )
 
 
 def test_validation_scores_the_network_against_wiener_with_the_best_snr():
     from training import wiener_net as training
 
-    config = training.WienerNetTrainingConfig(batch=4, patch=48, kernel_pool_size=8,
-                                              n_dead_leaves=2, validation_batches=1)
+    config = training.WienerNetTrainingConfig(
+        batch=4, patch=48, kernel_pool_size=8, n_dead_leaves=2, validation_batches=1
+    )
     validation = training.validation_batches(config, torch.device("cpu"))
-    scores = training.evaluate(wn.load_wiener_net(torch.device("cpu")), validation,
-                               torch.tensor(wn.WIENER_STACK_SNRS_DB))
+    scores = training.evaluate(
+        wn.load_wiener_net(torch.device("cpu")), validation, torch.tensor(wn.WIENER_STACK_SNRS_DB)
+    )
     # The oracle picks per crop among the stack, which holds the member at the estimated SNR.
     assert scores["psnr_oracle"] >= scores["psnr_base"]
     assert scores["psnr_oracle"] > scores["psnr_blurred"]
@@ -355,11 +359,36 @@ def test_the_tuning_batch_widths_and_noise_options_reach_the_stages(tmp_path, mo
         torch.save({}, out_path)
 
     monkeypatch.setattr(training, "train_wiener_net", fake_training)
-    train.main(["wiener-net", "--batch", "48", "--tuning-batch", "24", "--tuning-steps", "30",
-                "--widths", "48,64,96,128", "--noise-range", "0.004", "0.035",
-                "--procedural-share", "0.15", "0.1", "--kernel-error-share", "0.25",
-                "--kernel-error-sigma", "0.6", "1.0", "--text-share", "0.05", "--network-passes", "2",
-                "--out", str(tmp_path / "wn.pt")])
+    train.main(
+        [
+            "wiener-net",
+            "--batch",
+            "48",
+            "--tuning-batch",
+            "24",
+            "--tuning-steps",
+            "30",
+            "--widths",
+            "48,64,96,128",
+            "--noise-range",
+            "0.004",
+            "0.035",
+            "--procedural-share",
+            "0.15",
+            "0.1",
+            "--kernel-error-share",
+            "0.25",
+            "--kernel-error-sigma",
+            "0.6",
+            "1.0",
+            "--text-share",
+            "0.05",
+            "--network-passes",
+            "2",
+            "--out",
+            str(tmp_path / "wn.pt"),
+        ]
+    )
     assert [(c.batch, c.steps) for c in runs] == [(48, 4000), (24, 30), (24, 30)]
     assert [c.network_passes for c in runs] == [1, 2, 2]
     assert all(c.widths == (48, 64, 96, 128) for c in runs)
@@ -377,8 +406,10 @@ def test_the_tuning_batch_widths_and_noise_options_reach_the_stages(tmp_path, mo
     assert all(c.noise_sigma_range == default_noise for c in runs)
     assert all(c.n_textures == c.n_point_fields == c.n_text_pages == 0 for c in runs)
     assert all(c.kernel_error_share == 0 for c in runs)
-    assert all(c.kernel_error_sigma_range == training.WienerNetTrainingConfig().kernel_error_sigma_range
-               for c in runs)
+    assert all(
+        c.kernel_error_sigma_range == training.WienerNetTrainingConfig().kernel_error_sigma_range
+        for c in runs
+    )
     with pytest.raises(SystemExit, match="LOW <= HIGH"):
         train.main(["wiener-net", "--kernel-error-sigma", "1.0", "0.5", "--out", str(tmp_path / "bad.pt")])
     with pytest.raises(SystemExit, match="share of the crops"):
@@ -402,8 +433,7 @@ def test_weights_of_other_widths_load_into_a_network_of_those_widths():
 
 def test_training_pools_are_built_once_and_replayed_with_the_same_draws(monkeypatch):
     """A pool asked for again from the same generator state is replayed, and the stream goes on as built."""
-    from training import kernels, replay
-    from training import sources
+    from training import kernels, replay, sources
     from training.sources import PatchSampler
 
     monkeypatch.setattr(replay, "_replays", type(replay._replays)())
@@ -484,28 +514,32 @@ def test_a_stage_can_train_the_mean_of_the_network_over_its_views():
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model_copy.parameters())
 
 
-@pytest.mark.parametrize("only, share", [
-    ("textures", {"n_textures": 2, "texture_fraction": 1.0}),
-    ("point_fields", {"n_point_fields": 2, "point_field_fraction": 1.0}),
-])
+@pytest.mark.parametrize(
+    "only, share",
+    [
+        ("textures", {"n_textures": 2, "texture_fraction": 1.0}),
+        ("point_fields", {"n_point_fields": 2, "point_field_fraction": 1.0}),
+    ],
+)
 def test_a_procedural_share_reaches_the_training_crops_but_not_the_validation_crops(only, share):
     from dataclasses import replace
 
     from training import wiener_net as training
 
     cpu = torch.device("cpu")
-    config = training.WienerNetTrainingConfig(batch=4, patch=48, kernel_pool_size=8,
-                                              n_dead_leaves=2, validation_batches=1)
+    config = training.WienerNetTrainingConfig(
+        batch=4, patch=48, kernel_pool_size=8, n_dead_leaves=2, validation_batches=1
+    )
     fraction = next(key for key in share if key.endswith("_fraction"))
     mixed = replace(config, **share)
     assert getattr(training.BlurredBatches(mixed, 0, cpu).sampler, fraction) == 1.0
     assert getattr(training.BlurredBatches(config, 0, cpu).sampler, fraction) == 0.0
     # The validation crops are the same whatever the run's share ...
-    (sharp, blurred, kernels), = training.validation_batches(config, cpu)
-    (sharp_t, blurred_t, kernels_t), = training.validation_batches(mixed, cpu)
+    ((sharp, blurred, kernels),) = training.validation_batches(config, cpu)
+    ((sharp_t, blurred_t, kernels_t),) = training.validation_batches(mixed, cpu)
     assert torch.equal(sharp, sharp_t) and torch.equal(blurred, blurred_t)
     # ... and the set of that pool is another set of crops, drawn only from it.
-    (sharp_x, _, _), = training.validation_batches(config, cpu, only=only)
+    ((sharp_x, _, _),) = training.validation_batches(config, cpu, only=only)
     assert not torch.equal(sharp, sharp_x)
 
 
@@ -515,16 +549,17 @@ def test_a_text_share_draws_training_crops_from_printed_text_but_not_the_validat
     from training import wiener_net as training
 
     cpu = torch.device("cpu")
-    config = training.WienerNetTrainingConfig(batch=4, patch=48, kernel_pool_size=8,
-                                              n_dead_leaves=2, validation_batches=1)
+    config = training.WienerNetTrainingConfig(
+        batch=4, patch=48, kernel_pool_size=8, n_dead_leaves=2, validation_batches=1
+    )
     text = replace(config, n_text_pages=2, text_fraction=1.0)
     sampler = training.BlurredBatches(text, 0, cpu).sampler
     assert sampler.text_fraction == 1.0 and len(sampler.text_pages) == 2
     assert training.BlurredBatches(config, 0, cpu).sampler.text_fraction == 0.0
     sharp_text = training.BlurredBatches(text, 0, cpu).draw()[0]
     assert not torch.equal(sharp_text, training.BlurredBatches(config, 0, cpu).draw()[0])
-    (sharp, blurred, _), = training.validation_batches(config, cpu)
-    (sharp_t, blurred_t, _), = training.validation_batches(text, cpu)
+    ((sharp, blurred, _),) = training.validation_batches(config, cpu)
+    ((sharp_t, blurred_t, _),) = training.validation_batches(text, cpu)
     assert torch.equal(sharp, sharp_t) and torch.equal(blurred, blurred_t)
 
 
@@ -536,8 +571,9 @@ def test_a_kernel_error_share_widens_the_kernels_handed_over_but_not_the_blur():
     from training.kernels import widen_kernels
 
     cpu = torch.device("cpu")
-    config = training.WienerNetTrainingConfig(batch=6, patch=48, kernel_pool_size=8,
-                                              n_dead_leaves=2, validation_batches=1)
+    config = training.WienerNetTrainingConfig(
+        batch=6, patch=48, kernel_pool_size=8, n_dead_leaves=2, validation_batches=1
+    )
     sharp, blurred, kernels = training.BlurredBatches(config, 0, cpu).draw()
     every = replace(config, kernel_error_share=1.0, kernel_error_sigma_range=(0.8, 0.8))
     sharp_w, blurred_w, kernels_w = training.BlurredBatches(every, 0, cpu).draw()
@@ -551,8 +587,8 @@ def test_a_kernel_error_share_widens_the_kernels_handed_over_but_not_the_blur():
     unchanged = (given == true).flatten(1).all(1)
     assert 0 < int(unchanged.sum()) < len(unchanged)
     # The validation crops keep the true kernels whatever the run's share.
-    (_, _, validation_kernels), = training.validation_batches(every, cpu)
-    (_, _, plain_kernels), = training.validation_batches(config, cpu)
+    ((_, _, validation_kernels),) = training.validation_batches(every, cpu)
+    ((_, _, plain_kernels),) = training.validation_batches(config, cpu)
     assert torch.equal(validation_kernels, plain_kernels)
 
 
@@ -578,7 +614,7 @@ def test_widened_kernels_gain_the_variance_of_their_own_gaussian(sigma):
         # for narrow ones) along each axis.
         gaussian = torch.from_numpy(gaussian_psf(s, size=7)).sum(0)
         added = float((gaussian * (torch.arange(7.0) - 3) ** 2).sum())
-        assert 0 < added <= s ** 2 + 1e-6
+        assert 0 < added <= s**2 + 1e-6
         for axis in (0, 1):
             assert abs(variance(after, axis) - variance(before, axis) - added) < 1e-4
 
@@ -698,9 +734,11 @@ def case_features(case, shake):
     """The shipped network and its normalised input for the test crop."""
     _, blurred = case
     model = wn.load_wiener_net(torch.device("cpu"))
-    features, _, _ = wn.wiener_net_features(torch.from_numpy(blurred)[None, None],
-                                            torch.from_numpy(shake)[None].float(),
-                                            torch.tensor(wn.WIENER_STACK_SNRS_DB))
+    features, _, _ = wn.wiener_net_features(
+        torch.from_numpy(blurred)[None, None],
+        torch.from_numpy(shake)[None].float(),
+        torch.tensor(wn.WIENER_STACK_SNRS_DB),
+    )
     return model, features
 
 
@@ -715,21 +753,25 @@ def test_an_ensemble_of_one_is_the_single_network_pass(case_features):
     assert float((two - single).abs().max()) > 1e-3  # the turned view is a different pass
 
 
-@pytest.mark.parametrize(("ensemble", "view"), [
-    (2, lambda t: t.flip((-2, -1))),
-    (4, lambda t: t.flip(-1)),
-    (4, lambda t: t.flip(-2)),
-    (8, lambda t: t.transpose(-1, -2)),
-    (8, lambda t: t.rot90(1, (-2, -1))),
-])
+@pytest.mark.parametrize(
+    ("ensemble", "view"),
+    [
+        (2, lambda t: t.flip((-2, -1))),
+        (4, lambda t: t.flip(-1)),
+        (4, lambda t: t.flip(-2)),
+        (8, lambda t: t.transpose(-1, -2)),
+        (8, lambda t: t.rot90(1, (-2, -1))),
+    ],
+)
 def test_an_ensemble_gives_each_of_its_own_views_of_the_input_that_view_of_its_output(
-        case_features, ensemble, view):
+    case_features, ensemble, view
+):
     # The first 1, 2, 4 and 8 views are groups: turning the input only reorders the passes.
     model, features = case_features
     with torch.inference_mode():
         restored = wn.apply_network_ensemble(model, features, ensemble)
         of_view = wn.apply_network_ensemble(model, view(features), ensemble)
-        single_change = (wn.apply_network(model, view(features)) - view(wn.apply_network(model, features)))
+        single_change = wn.apply_network(model, view(features)) - view(wn.apply_network(model, features))
     np.testing.assert_allclose(of_view.numpy(), view(restored).numpy(), atol=1e-5)
     assert single_change.abs().max() > 1e-2  # a single pass is not equivariant: the test could fail
 

@@ -21,8 +21,14 @@ from napari_deblur.layer_jobs import (
 def stack_viewer():
     viewer = ViewerModel()
     data = np.arange(4 * 6 * 5, dtype=np.float32).reshape(4, 6, 5)
-    layer = viewer.add_image(data, name="cells", scale=(2.0, 0.5, 0.5), translate=(10.0, 1.0, 2.0),
-                             axis_labels=("z", "y", "x"), units=("um", "um", "um"))
+    layer = viewer.add_image(
+        data,
+        name="cells",
+        scale=(2.0, 0.5, 0.5),
+        translate=(10.0, 1.0, 2.0),
+        axis_labels=("z", "y", "x"),
+        units=("um", "um", "um"),
+    )
     viewer.add_image(np.zeros((6, 5), dtype=np.float32), name="other")
     return viewer, layer
 

@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_deblur.layer_roles import is_psf_metadata
 from napari_deblur.io.psf_files import (
     napari_get_reader,
     napari_write_psf,
     read_psf_file,
     write_psf_file,
 )
+from napari_deblur.layer_roles import is_psf_metadata
 
 KERNELS_DIR = Path("/work/shared/eval/kernels")
 LEVIN = KERNELS_DIR / "Levin09.mat"
@@ -276,7 +276,10 @@ def test_pickled_npy_is_refused_without_suggesting_allow_pickle(tmp_path):
 @pytest.mark.parametrize("suffix", [".npy", ".tif", ".png"])
 def test_corrupt_image_files_raise_value_error(tmp_path, suffix):
     good = tmp_path / f"good_psf{suffix}"
-    write = {".npy": lambda p: np.save(p, np.ones((16, 16))), ".tif": lambda p: write_psf_file(p, np.ones((16, 16)))}
+    write = {
+        ".npy": lambda p: np.save(p, np.ones((16, 16))),
+        ".tif": lambda p: write_psf_file(p, np.ones((16, 16))),
+    }
     if suffix == ".png":
         import imageio.v3 as iio
 
@@ -334,7 +337,9 @@ def test_writer_refuses_other_extensions_and_bad_data(tmp_path):
 # --------------------------------------------------------------------------- npe2 reader contract
 
 
-@pytest.mark.parametrize("name", ["photo.tif", "data.csv", "image.npy", "scan.png", "notes.txt", "psf_table.csv"])
+@pytest.mark.parametrize(
+    "name", ["photo.tif", "data.csv", "image.npy", "scan.png", "notes.txt", "psf_table.csv"]
+)
 def test_get_reader_declines_other_files(tmp_path, name):
     path = tmp_path / name
     path.write_bytes(b"whatever")

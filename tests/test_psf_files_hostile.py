@@ -60,7 +60,9 @@ def test_hand_made_v5_file_reads_back(tmp_path):
     kernel = np.arange(1.0, 10.0).reshape(3, 3)
     plain = _v5_file(tmp_path / "plain.mat", _matrix(_MX_DOUBLE, (3, 3), "psf", _doubles(kernel)))
     np.testing.assert_allclose(read_psf_file(plain), kernel / kernel.sum(), rtol=1e-6)
-    packed = _v5_file(tmp_path / "packed.mat", _compressed(_matrix(_MX_DOUBLE, (3, 3), "psf", _doubles(kernel))))
+    packed = _v5_file(
+        tmp_path / "packed.mat", _compressed(_matrix(_MX_DOUBLE, (3, 3), "psf", _doubles(kernel)))
+    )
     np.testing.assert_allclose(read_psf_file(packed), kernel / kernel.sum(), rtol=1e-6)
 
 
@@ -108,7 +110,9 @@ def test_v5_truncated_element_is_a_value_error(tmp_path):
 
 def test_v5_cell_stack_larger_than_the_budget_is_refused(tmp_path):
     """Cells of 1x1 and 41x41 kernels pad to a 3 x 41 x 41 stack: over a 3000-value budget."""
-    cells = b"".join(_matrix(_MX_DOUBLE, shape, "", _doubles(np.ones(shape))) for shape in [(1, 1), (1, 1), (41, 41)])
+    cells = b"".join(
+        _matrix(_MX_DOUBLE, shape, "", _doubles(np.ones(shape))) for shape in [(1, 1), (1, 1), (41, 41)]
+    )
     path = _v5_file(tmp_path / "padded.mat", _matrix(_MX_CELL, (1, 3), "kernels", cells))
     with pytest.raises(ValueError, match=r"padded\.mat.*padded to one stack"):
         read_psf_file(path, max_elements=3000)
@@ -128,8 +132,9 @@ def test_v73_sparse_chunked_dataset_declaring_80_gb_is_refused(tmp_path):
 
     path = tmp_path / "sparse_psf.mat"
     with h5py.File(path, "w", userblock_size=512) as h5:
-        dataset = h5.create_dataset("psf", shape=(100_000, 100_000), dtype="f8", chunks=(64, 64),
-                                    compression="gzip")
+        dataset = h5.create_dataset(
+            "psf", shape=(100_000, 100_000), dtype="f8", chunks=(64, 64), compression="gzip"
+        )
         dataset.attrs["MATLAB_class"] = np.bytes_(b"double")
     _v73_header(path)
     assert path.stat().st_size < 16_384  # nothing written: every chunk is the fill value

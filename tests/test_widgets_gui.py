@@ -14,9 +14,7 @@ import sys
 import numpy as np
 import pytest
 
-if sys.platform.startswith("linux") and not (
-    os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
-):
+if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
     pytest.skip(
         "GUI tests need a display: run them under xvfb-run (see module docstring)",
         allow_module_level=True,
@@ -47,7 +45,6 @@ def _run_and_wait(qtbot, widget):
 def _shown(widget):
     """Whether a sub-widget is set to show (``visible`` is False in a hidden window)."""
     return not widget.native.isHidden()
-
 
 
 def _names(viewer):
@@ -123,15 +120,13 @@ def test_sharpens_camera_shake_sample_above_input_with_its_geometry(make_napari_
     assert np.asarray(screenshot[..., :3], dtype=float).std() > 0
 
 
-def test_wiener_net_is_the_default_and_beats_classical_wiener_on_the_sample(
-    make_napari_viewer, qtbot
-):
+def test_wiener_net_is_the_default_and_beats_classical_wiener_on_the_sample(make_napari_viewer, qtbot):
     from skimage.metrics import peak_signal_noise_ratio
 
     from napari_deblur._qt.wiener_widget import DEFAULT_NETWORK_PASSES, NETWORK_PASSES
     from napari_deblur.demo import DEMO_SNR_DB
-    from napari_deblur.engine.methods import wiener_net
     from napari_deblur.engine import wiener_deconvolve, wiener_net_deconvolve
+    from napari_deblur.engine.methods import wiener_net
     from napari_deblur.sample_data import camera_shake_arrays
 
     assert NETWORK_PASSES == wiener_net.ENSEMBLE_SIZES
@@ -239,8 +234,8 @@ def test_nan_image_shows_an_error_and_adds_no_layer(make_napari_viewer, qtbot, n
 
 
 def test_runtime_errors_reach_the_user_as_engine_errors(make_napari_viewer, qtbot, notifications):
-    from napari_deblur.layer_jobs import OutputLayerSpec
     from napari_deblur.engine import EngineError, JobProgress
+    from napari_deblur.layer_jobs import OutputLayerSpec
 
     viewer = make_napari_viewer()
     layer = viewer.add_image(np.ones((32, 32), np.float32), name="image")
@@ -338,9 +333,7 @@ def test_rgb_image_keeps_its_channels(make_napari_viewer, qtbot):
         assert _gradient_energy(output.data[..., channel]) > _gradient_energy(before[..., channel])
 
 
-def test_settings_are_remembered_in_the_test_config_folder(
-    make_napari_viewer, _isolated_widget_settings
-):
+def test_settings_are_remembered_in_the_test_config_folder(make_napari_viewer, _isolated_widget_settings):
     from napari_deblur._qt.wiener_widget import WienerWidget
 
     viewer = make_napari_viewer()
@@ -466,8 +459,7 @@ def test_blur_map_adds_a_marked_map_and_classes_that_gwis_accepts(make_napari_vi
     assert blur_map.contrast_limits[1] == pytest.approx(float(np.max(blur_map.data)), rel=1e-3)
     assert classes.data.dtype == np.uint8 and set(np.unique(classes.data)) <= {1, 2, 3, 4, 5}
     assert classes.metadata["bin_edges_px"][:5] == [0.0, 0.5, 1.0, 2.0, 4.0]
-    assert list(classes.features["class"]) == ["none", "sharp", "slight", "moderate", "strong",
-                                               "severe"]
+    assert list(classes.features["class"]) == ["none", "sharp", "slight", "moderate", "strong", "severe"]
     # The defocus grows down the image: the map says so.
     rows = np.asarray(blur_map.data)
     assert np.median(rows[-100:-20]) > np.median(rows[20:100]) + 1.0
@@ -539,8 +531,9 @@ def test_demo_window_fits_a_laptop_screen_with_tabbed_widgets_and_results_side_b
         docks = [dock for dock in window.findChildren(QDockWidget) if "napari-deblur" in dock.windowTitle()]
         assert len(docks) == len(demo.DEMO_WIDGETS)
         # one tab group, not a stack of docks (Qt tabifies once the window has laid them out)
-        qtbot.waitUntil(lambda: all(len(window.tabifiedDockWidgets(d)) == len(docks) - 1 for d in docks),
-                        timeout=5000)
+        qtbot.waitUntil(
+            lambda: all(len(window.tabifiedDockWidgets(d)) == len(docks) - 1 for d in docks), timeout=5000
+        )
         demo.wait_for_demo_jobs(widgets)
         qtbot.waitUntil(lambda: viewer_grid(viewer).enabled, timeout=5000)
         names = [layer.name for layer in viewer.layers]

@@ -198,9 +198,7 @@ def test_blur_map_lazily_adds_a_map_and_classes(make_napari_viewer, qtbot):
 
     expected = estimate_blur_map(stack[2])
     np.testing.assert_allclose(np.asarray(blur_map.data[2]), expected, atol=1e-5)
-    np.testing.assert_array_equal(
-        np.asarray(classes.data[2]), blur_classes(np.asarray(blur_map.data[2]))
-    )
+    np.testing.assert_array_equal(np.asarray(classes.data[2]), blur_classes(np.asarray(blur_map.data[2])))
 
 
 def test_save_whole_stack_to_zarr_and_open_it_lazily(make_napari_viewer, qtbot, tmp_path):
@@ -282,7 +280,10 @@ def test_cancelling_a_save_leaves_no_file(make_napari_viewer, qtbot, tmp_path):
 
 
 def test_a_failed_save_shows_the_error_and_leaves_no_file(
-    make_napari_viewer, qtbot, tmp_path, notifications  # noqa: F811 - the imported fixture
+    make_napari_viewer,
+    qtbot,
+    tmp_path,
+    notifications,  # noqa: F811 - the imported fixture
 ):
     viewer = make_napari_viewer()
     stack = _stack()

@@ -70,10 +70,19 @@ def fake_select_regions(monkeypatch):
 
     calls = []
 
-    def iter_select_regions(image, *, size=128, count=5, device=None, channel_axis=None,
-                            ranking="consensus", psf_size=25):
-        calls.append({"shape": np.shape(image), "size": size, "count": count,
-                      "channel_axis": channel_axis, "ranking": ranking, "psf_size": psf_size})
+    def iter_select_regions(
+        image, *, size=128, count=5, device=None, channel_axis=None, ranking="consensus", psf_size=25
+    ):
+        calls.append(
+            {
+                "shape": np.shape(image),
+                "size": size,
+                "count": count,
+                "channel_axis": channel_axis,
+                "ranking": ranking,
+                "psf_size": psf_size,
+            }
+        )
         yield JobProgress(0.5, "scoring windows")
         return list(FAKE_REGIONS[:count])
 
@@ -100,10 +109,10 @@ def _viewer_with_image(make_napari_viewer, blurred, **kwargs):
 
 def _corners(region, leading=()):
     y, x, h, w = region[:4]
-    yx = np.array([[y - 0.5, x - 0.5], [y - 0.5, x + w - 0.5], [y + h - 0.5, x + w - 0.5],
-                   [y + h - 0.5, x - 0.5]])
-    return np.concatenate([np.broadcast_to(np.asarray(leading, float), (4, len(leading))), yx],
-                          axis=1)
+    yx = np.array(
+        [[y - 0.5, x - 0.5], [y - 0.5, x + w - 0.5], [y + h - 0.5, x + w - 0.5], [y + h - 0.5, x - 0.5]]
+    )
+    return np.concatenate([np.broadcast_to(np.asarray(leading, float), (4, len(leading))), yx], axis=1)
 
 
 # --- find regions --------------------------------------------------------------------------
@@ -128,8 +137,14 @@ def test_find_regions_adds_scored_rectangles_over_the_input(
     _run_and_wait(qtbot, widget)
 
     assert fake_select_regions == [
-        {"shape": (200, 200), "size": 64, "count": 3, "channel_axis": None,
-         "ranking": "consensus", "psf_size": 25}
+        {
+            "shape": (200, 200),
+            "size": 64,
+            "count": 3,
+            "channel_axis": None,
+            "ranking": "consensus",
+            "psf_size": 25,
+        }
     ]
     (regions,) = widget.runner.last_outputs
     assert regions.name == "blurred regions"
@@ -183,8 +198,7 @@ def test_find_regions_on_a_stack_puts_rectangles_on_the_slice_on_screen(
     assert regions.ndim == 3
     np.testing.assert_allclose(regions.scale, source.scale)
     for vertices, region in zip(regions.data, FAKE_REGIONS):
-        np.testing.assert_allclose(np.sort(vertices, axis=0),
-                                   np.sort(_corners(region, (1,)), axis=0))
+        np.testing.assert_allclose(np.sort(vertices, axis=0), np.sort(_corners(region, (1,)), axis=0))
     assert fake_select_regions[0]["shape"] == (200, 200)
 
     # The PSF comes from that slice even when the viewer shows another one.
@@ -215,7 +229,11 @@ def test_rgb_image_gives_2d_rectangles_and_a_grey_psf(
 
 
 def test_selector_errors_are_reported_and_add_no_layer(
-    make_napari_viewer, qtbot, blurred_and_psf, monkeypatch, notifications  # noqa: F811
+    make_napari_viewer,
+    qtbot,
+    blurred_and_psf,
+    monkeypatch,
+    notifications,  # noqa: F811
 ):
     import napari_deblur.engine
 
@@ -338,8 +356,11 @@ def test_estimate_psf_from_a_selected_or_drawn_rectangle(
 
     # A shapes layer of the user's own (no scores, its own geometry): mapped through the world.
     own = viewer.add_shapes(
-        [np.array([[0.0, 0.0], [60.0, 50.0]])], shape_type="rectangle", scale=(2.0, 2.0),
-        translate=(4.5, 6.5), name="my rectangle",
+        [np.array([[0.0, 0.0], [60.0, 50.0]])],
+        shape_type="rectangle",
+        scale=(2.0, 2.0),
+        translate=(4.5, 6.5),
+        name="my rectangle",
     )
     widget.reset_choices()
     widget.regions.value = own
@@ -351,9 +372,7 @@ def test_estimate_psf_from_a_selected_or_drawn_rectangle(
     np.testing.assert_allclose(source.translate, (5.0, 7.0))
 
 
-def test_estimate_psf_from_the_whole_plane_needs_no_regions_layer(
-    make_napari_viewer, qtbot, blurred_and_psf
-):
+def test_estimate_psf_from_the_whole_plane_needs_no_regions_layer(make_napari_viewer, qtbot, blurred_and_psf):
     from napari_deblur._qt.region_selector_widget import PSF_FROM_REGION, PSF_FROM_WHOLE_IMAGE
     from napari_deblur.engine import kernel_similarity
 
@@ -387,7 +406,11 @@ def test_estimate_psf_from_the_whole_plane_needs_no_regions_layer(
 
 
 def test_bad_rectangles_give_clear_errors_and_no_layer(
-    make_napari_viewer, qtbot, blurred_and_psf, fake_select_regions, notifications  # noqa: F811
+    make_napari_viewer,
+    qtbot,
+    blurred_and_psf,
+    fake_select_regions,
+    notifications,  # noqa: F811
 ):
     blurred, _ = blurred_and_psf
     viewer, source = _viewer_with_image(make_napari_viewer, blurred)
@@ -427,9 +450,7 @@ def test_bad_rectangles_give_clear_errors_and_no_layer(
     with pytest.raises(ValueError, match="not a rectangle"):
         widget.estimate_psf()
     angle = np.deg2rad(30)
-    rotated = 100 + 40 * np.array(
-        [[np.cos(a), np.sin(a)] for a in angle + np.deg2rad([45, 135, 225, 315])]
-    )
+    rotated = 100 + 40 * np.array([[np.cos(a), np.sin(a)] for a in angle + np.deg2rad([45, 135, 225, 315])])
     regions.add_rectangles(rotated)
     regions.selected_data = {len(regions.data) - 1}
     with pytest.raises(ValueError, match="rotated"):
@@ -439,9 +460,7 @@ def test_bad_rectangles_give_clear_errors_and_no_layer(
     np.testing.assert_array_equal(source.data, before)
 
 
-def test_without_an_image_find_regions_is_disabled_and_labels_are_not_offered(
-    make_napari_viewer
-):
+def test_without_an_image_find_regions_is_disabled_and_labels_are_not_offered(make_napari_viewer):
     viewer = make_napari_viewer()
     labels = viewer.add_labels(np.zeros((64, 64), np.int32), name="labels")
     widget = _dock(viewer)
@@ -473,8 +492,12 @@ def test_settings_are_remembered(make_napari_viewer, _isolated_widget_settings):
     widget.psf_from.value = PSF_FROM_WHOLE_IMAGE
 
     saved = json.loads((_isolated_widget_settings / "widgets.json").read_text())
-    assert saved["region_selector"] == {"size": 96, "count": 7,
-                                        "psf_size": 31, "psf_from": PSF_FROM_WHOLE_IMAGE}
+    assert saved["region_selector"] == {
+        "size": 96,
+        "count": 7,
+        "psf_size": 31,
+        "psf_from": PSF_FROM_WHOLE_IMAGE,
+    }
 
     again = RegionSelectorWidget(viewer)
     try:
@@ -494,9 +517,7 @@ def test_manifest_and_demo_list_the_widget():
     widgets = {w.display_name: w.command for w in manifest.contributions.widgets}
     assert widgets[WIDGET] == "napari-deblur.make_region_selector_widget"
     commands = {c.id: c.python_name for c in manifest.contributions.commands}
-    assert commands[widgets[WIDGET]] == (
-        "napari_deblur._qt.region_selector_widget:RegionSelectorWidget"
-    )
+    assert commands[widgets[WIDGET]] == ("napari_deblur._qt.region_selector_widget:RegionSelectorWidget")
     assert WIDGET in DEMO_WIDGETS
 
 

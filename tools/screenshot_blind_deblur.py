@@ -66,8 +66,9 @@ def main(path: str, selector_path: str | None = None) -> None:
     (restored_layer,) = wiener.runner.wait()
 
     _blurred, _psf, sharp = camera_shake_arrays()  # the sample's defaults, as File > Open Sample
-    similarity = engine.kernel_similarity(np.asarray(estimated_psf_layer.data),
-                                          np.asarray(true_psf_layer.data))
+    similarity = engine.kernel_similarity(
+        np.asarray(estimated_psf_layer.data), np.asarray(true_psf_layer.data)
+    )
     print(f"kernel similarity of the estimate to the true PSF: {similarity:.3f}")
     for name, data in (("input", image_layer.data), ("Wiener-net, estimated PSF", restored_layer.data)):
         print(f"PSNR {name}: {_psnr(np.asarray(data, dtype=np.float64), sharp):.2f} dB")
@@ -90,5 +91,4 @@ def _psnr(estimate: np.ndarray, reference: np.ndarray) -> float:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "blind-deblur.png",
-         sys.argv[2] if len(sys.argv) > 2 else None)
+    main(sys.argv[1] if len(sys.argv) > 1 else "blind-deblur.png", sys.argv[2] if len(sys.argv) > 2 else None)

@@ -33,8 +33,7 @@ def main(path: str) -> None:
     sample_layers = viewer.open_sample(PLUGIN, "defocus_ramp")
     true_map = next(layer for layer in sample_layers if layer.metadata.get(ROLE_KEY) == BLUR_MAP_ROLE)
     sample = next(layer for layer in sample_layers if layer is not true_map)
-    photo = viewer.add_image(data.camera().astype(np.float32) / 255.0, name="camera (photo)",
-                             colormap="gray")
+    photo = viewer.add_image(data.camera().astype(np.float32) / 255.0, name="camera (photo)", colormap="gray")
 
     _dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Blur map")
     widget.reset_choices()
@@ -47,17 +46,24 @@ def main(path: str) -> None:
 
     estimated = np.asarray(outputs[sample.name][0].data, dtype=np.float64)
     truth = np.asarray(true_map.data, dtype=np.float64)
-    print(f"defocus sample: MAE of the map {np.mean(np.abs(estimated - truth)):.2f} px, "
-          f"median over the top / bottom fifth {np.median(estimated[: len(estimated) // 5]):.2f} / "
-          f"{np.median(estimated[-len(estimated) // 5 :]):.2f} px "
-          f"(true {np.median(truth[: len(truth) // 5]):.2f} / {np.median(truth[-len(truth) // 5 :]):.2f})")
+    print(
+        f"defocus sample: MAE of the map {np.mean(np.abs(estimated - truth)):.2f} px, "
+        f"median over the top / bottom fifth {np.median(estimated[: len(estimated) // 5]):.2f} / "
+        f"{np.median(estimated[-len(estimated) // 5 :]):.2f} px "
+        f"(true {np.median(truth[: len(truth) // 5]):.2f} / {np.median(truth[-len(truth) // 5 :]):.2f})"
+    )
     photo_map = np.asarray(outputs[photo.name][0].data)
-    print(f"camera photo: median level of the sky (rows 0-100) {np.median(photo_map[:100]):.2f} px, "
-          f"of the coat (rows 200-400, columns 150-300) {np.median(photo_map[200:400, 150:300]):.2f} px")
+    print(
+        f"camera photo: median level of the sky (rows 0-100) {np.median(photo_map[:100]):.2f} px, "
+        f"of the coat (rows 200-400, columns 150-300) {np.median(photo_map[200:400, 150:300]):.2f} px"
+    )
 
     # Two columns (sample, photo), three rows (input, map, classes): the canvas is taller than wide.
-    shown = [layer for pair in zip([sample, *outputs[sample.name]], [photo, *outputs[photo.name]])
-             for layer in pair]
+    shown = [
+        layer
+        for pair in zip([sample, *outputs[sample.name]], [photo, *outputs[photo.name]])
+        for layer in pair
+    ]
     for layer in list(viewer.layers):
         layer.visible = layer in shown
     # The grid's first cell takes the last visible layer of the list: order the list backwards.

@@ -32,15 +32,20 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("output", type=Path, help="PNG file to write")
     parser.add_argument("--sample", default="camera_shake", help="demo sample (default: %(default)s)")
-    parser.add_argument("--wait", type=float, default=60.0,
-                        help="seconds to let the demo's jobs finish before the grab (default: %(default)s)")
+    parser.add_argument(
+        "--wait",
+        type=float,
+        default=60.0,
+        help="seconds to let the demo's jobs finish before the grab (default: %(default)s)",
+    )
     args = parser.parse_args()
 
     from PIL import ImageGrab
 
     display = _free_display()
-    server = subprocess.Popen(["Xvfb", display, "-screen", "0", SCREEN],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        ["Xvfb", display, "-screen", "0", SCREEN], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     demo = None
     try:
         time.sleep(1.0)

@@ -72,12 +72,17 @@ class PaperBlurNet(nn.Module):
     def __init__(self):
         super().__init__()
         self.layers = nn.Sequential(
-            nn.Conv2d(1, 32, 5, padding=2), nn.ReLU(inplace=True),
-            nn.Conv2d(32, 32, 5, padding=2), nn.ReLU(inplace=True),
+            nn.Conv2d(1, 32, 5, padding=2),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(32, 32, 5, padding=2),
+            nn.ReLU(inplace=True),
             nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 11, padding=5), nn.ReLU(inplace=True),
-            nn.Conv2d(64, 17, 1), nn.ReLU(inplace=True),
-            nn.Conv2d(17, 1, 1), nn.ReLU(inplace=True),
+            nn.Conv2d(32, 64, 11, padding=5),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(64, 17, 1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(17, 1, 1),
+            nn.ReLU(inplace=True),
         )
         # Start the last two layers in their active range: with default initialisation the
         # final ReLU can output 0 everywhere from the first steps on (no gradient: a dead net).

@@ -177,8 +177,9 @@ class LevelMaps:
         if kind == "voronoi":
             n = int(rng.integers(2, 7))
             seeds = rng.uniform(0, 1, (n, 2)).astype(np.float32)
-            distance = (self.rows[None] - seeds[:, 0, None, None]) ** 2 + \
-                       (self.cols[None] - seeds[:, 1, None, None]) ** 2
+            distance = (self.rows[None] - seeds[:, 0, None, None]) ** 2 + (
+                self.cols[None] - seeds[:, 1, None, None]
+            ) ** 2
             return self.level(n).astype(np.float32)[np.argmin(distance, axis=0)]
         if kind == "field":
             grid = int(rng.integers(3, 9))
@@ -193,10 +194,17 @@ class LevelMaps:
 class BlurMapBatches:
     """Seeded generator of (features, target level, sharp-structure weight) training batches."""
 
-    def __init__(self, config: BlurMapTrainingConfig, seed: int, device: torch.device,
-                 n_dead_leaves: int | None = None, n_textures: int | None = None,
-                 map_kinds: tuple[str, ...] = MAP_KINDS, native_resolution: bool = False,
-                 n_text_pages: int | None = None):
+    def __init__(
+        self,
+        config: BlurMapTrainingConfig,
+        seed: int,
+        device: torch.device,
+        n_dead_leaves: int | None = None,
+        n_textures: int | None = None,
+        map_kinds: tuple[str, ...] = MAP_KINDS,
+        native_resolution: bool = False,
+        n_text_pages: int | None = None,
+    ):
         self.config = config
         self.map_kinds = map_kinds
         self.device = device
@@ -206,10 +214,16 @@ class BlurMapBatches:
         n_dead_leaves = config.n_dead_leaves if n_dead_leaves is None else n_dead_leaves
         n_textures = config.n_textures if n_textures is None else n_textures
         n_text_pages = config.n_text_pages if n_text_pages is None else n_text_pages
-        self.sampler = PatchSampler(big, self.rng, n_dead_leaves=n_dead_leaves,
-                                    dead_leaves_fraction=config.dead_leaves_fraction,
-                                    n_textures=n_textures, texture_fraction=config.texture_fraction,
-                                    n_text_pages=n_text_pages, text_fraction=config.text_fraction)
+        self.sampler = PatchSampler(
+            big,
+            self.rng,
+            n_dead_leaves=n_dead_leaves,
+            dead_leaves_fraction=config.dead_leaves_fraction,
+            n_textures=n_textures,
+            texture_fraction=config.texture_fraction,
+            n_text_pages=n_text_pages,
+            text_fraction=config.text_fraction,
+        )
         natural = []
         for image in train_split_images():
             half = _half_resolution(image)
@@ -241,8 +255,9 @@ class BlurMapBatches:
         s, m = c.patch, MARGIN
         sharp = torch.from_numpy(self.sampler.sample(c.batch)).to(device)
         blur_kinds = rng.integers(len(BLUR_KINDS), size=c.batch)
-        map_kinds = np.array([MAP_KINDS.index(self.map_kinds[k])
-                              for k in rng.integers(len(self.map_kinds), size=c.batch)])
+        map_kinds = np.array(
+            [MAP_KINDS.index(self.map_kinds[k]) for k in rng.integers(len(self.map_kinds), size=c.batch)]
+        )
         level_map = torch.from_numpy(np.stack([self.maps.draw(MAP_KINDS[k]) for k in map_kinds]))
         level_map = level_map.to(device).clamp(0, MAX_TRAIN_LEVEL)
         kinds = torch.from_numpy(blur_kinds).to(device)
@@ -262,8 +277,12 @@ class BlurMapBatches:
         blurred = ((1 - weight) * y_lo + weight * y_hi)[:, None]
         blurred = self._add_noise(blurred)
         features = blur_map_features(blurred)
-        description = {"map_kinds": map_kinds, "blur_kinds": blur_kinds, "blurred": blurred,
-                       "sharp": sharp[:, None, m : m + s, m : m + s]}
+        description = {
+            "map_kinds": map_kinds,
+            "blur_kinds": blur_kinds,
+            "blurred": blurred,
+            "sharp": sharp[:, None, m : m + s, m : m + s],
+        }
         return features, level_map[:, None], description
 
     def _add_noise(self, blurred: torch.Tensor) -> torch.Tensor:
@@ -282,8 +301,9 @@ class BlurMapBatches:
         return blurred + sigma * noise
 
 
-def _random_subcrop(features: torch.Tensor, levels: torch.Tensor, size: int,
-                    rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def _random_subcrop(
+    features: torch.Tensor, levels: torch.Tensor, size: int, rng: np.random.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """A random ``size`` crop per batch item (features are computed on the whole patch first)."""
     full = features.shape[-1]
     if size >= full:
@@ -307,30 +327,48 @@ def train_blur_map(config: BlurMapTrainingConfig, out_path: Path) -> torch.nn.Mo
         torch.set_num_threads(config.threads)
     device = torch.device(config.device)
     batches = BlurMapBatches(config, config.seed, device)
-    validation_source = BlurMapBatches(config, config.seed + 1000, device,
-                                       n_dead_leaves=max(1, config.n_dead_leaves // 4),
-                                       n_textures=config.n_textures // 4,
-                                       n_text_pages=config.n_text_pages // 4)
+    validation_source = BlurMapBatches(
+        config,
+        config.seed + 1000,
+        device,
+        n_dead_leaves=max(1, config.n_dead_leaves // 4),
+        n_textures=config.n_textures // 4,
+        n_text_pages=config.n_text_pages // 4,
+    )
     validation = [validation_source.draw() for _ in range(config.validation_batches)]
     crop_rng = np.random.default_rng(config.seed + 7)
     model = (PaperBlurNet() if config.baseline else BlurMapNet()).to(
-        device, memory_format=torch.channels_last)
+        device, memory_format=torch.channels_last
+    )
     optimiser = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimiser, max_lr=config.learning_rate, total_steps=config.steps,
-        pct_start=max(0.05, 2.0 / config.steps))
+        optimiser,
+        max_lr=config.learning_rate,
+        total_steps=config.steps,
+        pct_start=max(0.05, 2.0 / config.steps),
+    )
     started = time.perf_counter()
     running, data_seconds = 0.0, 0.0
     step = 0
     try:
         for step in range(1, config.steps + 1):
             running, data_seconds = _train_step(
-                config, model, optimiser, schedule, batches, crop_rng, validation, step, running,
-                data_seconds, started, out_path)
+                config,
+                model,
+                optimiser,
+                schedule,
+                batches,
+                crop_rng,
+                validation,
+                step,
+                running,
+                data_seconds,
+                started,
+                out_path,
+            )
     except KeyboardInterrupt:  # Ctrl-C: keep what has been learnt so far, say so in the report
         config.stopped_at = step
-        logger.warning("interrupted at step %d of %d; saving the weights as they are", step,
-                       config.steps)
+        logger.warning("interrupted at step %d of %d; saving the weights as they are", step, config.steps)
         entry = {"step": step, "train_loss": float("nan")}
         entry.update(evaluate(model, validation))
         entry["minutes"] = (time.perf_counter() - started) / 60
@@ -340,8 +378,20 @@ def train_blur_map(config: BlurMapTrainingConfig, out_path: Path) -> torch.nn.Mo
     return model
 
 
-def _train_step(config, model, optimiser, schedule, batches, crop_rng, validation, step, running,
-                data_seconds, started, out_path):
+def _train_step(
+    config,
+    model,
+    optimiser,
+    schedule,
+    batches,
+    crop_rng,
+    validation,
+    step,
+    running,
+    data_seconds,
+    started,
+    out_path,
+):
     """One optimisation step (plus validation and a checkpoint every ``log_every`` steps)."""
     t0 = time.perf_counter()
     with torch.no_grad():
@@ -360,9 +410,14 @@ def _train_step(config, model, optimiser, schedule, batches, crop_rng, validatio
         entry["data_share"] = data_seconds / (time.perf_counter() - started)
         running = 0.0
         config.history.append(entry)
-        logger.info("step %d: train L1(log) %.4f, val MAE %.3f px, RMSE %.3f px (%.1f min)",
-                    step, entry["train_loss"], entry["val_mae_px"], entry["val_rmse_px"],
-                    entry["minutes"])
+        logger.info(
+            "step %d: train L1(log) %.4f, val MAE %.3f px, RMSE %.3f px (%.1f min)",
+            step,
+            entry["train_loss"],
+            entry["val_mae_px"],
+            entry["val_rmse_px"],
+            entry["minutes"],
+        )
         out_path.parent.mkdir(parents=True, exist_ok=True)
         torch.save({k: v.cpu() for k, v in model.state_dict().items()}, out_path)
     return running, data_seconds
@@ -386,8 +441,18 @@ def evaluate(model: torch.nn.Module, validation, ensemble: int = 1, *, bfloat16:
     ``ensemble``, ``bfloat16``: as in :func:`~napari_deblur.engine.methods.blur_map.predict_log_level`.
     """
     model.eval()
-    sums = {"l1": 0.0, "abs": 0.0, "sq": 0.0, "n": 0, "sq_tex": 0.0, "n_tex": 0,
-            "abs_u": 0.0, "n_u": 0, "abs_v": 0.0, "n_v": 0}
+    sums = {
+        "l1": 0.0,
+        "abs": 0.0,
+        "sq": 0.0,
+        "n": 0,
+        "sq_tex": 0.0,
+        "n_tex": 0,
+        "abs_u": 0.0,
+        "n_u": 0,
+        "abs_v": 0.0,
+        "n_v": 0,
+    }
     with torch.no_grad():
         for features, levels, description in validation:
             prediction = predict_log_level(model, features, ensemble, bfloat16=bfloat16)

@@ -123,8 +123,12 @@ def sharpen_with_levels(blurred: torch.Tensor, levels: torch.Tensor) -> torch.Te
             out[i] = blurred[i]
             continue
         out[i : i + 1] = gwis_sharpen(
-            blurred[i : i + 1], scale, gradient_scale=gradient_scale_for_level(float(level_map.median())),
-            noise_std=noise[i : i + 1], intensity_range=value_range[i : i + 1])
+            blurred[i : i + 1],
+            scale,
+            gradient_scale=gradient_scale_for_level(float(level_map.median())),
+            noise_std=noise[i : i + 1],
+            intensity_range=value_range[i : i + 1],
+        )
     return out
 
 
@@ -137,8 +141,9 @@ def _local_ssim(restored: torch.Tensor, sharp: torch.Tensor) -> torch.Tensor:
     return F.pad(scores, (r, r, r, r), mode="replicate")
 
 
-def gwis_level_labels(blurred: torch.Tensor, sharp: torch.Tensor,
-                      grid=GWIS_LEVEL_GRID) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def gwis_level_labels(
+    blurred: torch.Tensor, sharp: torch.Tensor, grid=GWIS_LEVEL_GRID
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-pixel SSIM-best GWIS level of ``(B, 1, H, W)`` crops.
 
     Returns
@@ -156,9 +161,13 @@ def gwis_level_labels(blurred: torch.Tensor, sharp: torch.Tensor,
     def sharpened(level: float) -> torch.Tensor:  # the whole batch at one level, in one call
         if level <= 0:
             return blurred
-        return gwis_sharpen(blurred, warp_scale_for_level(level),
-                            gradient_scale=gradient_scale_for_level(level), noise_std=noise,
-                            intensity_range=value_range)
+        return gwis_sharpen(
+            blurred,
+            warp_scale_for_level(level),
+            gradient_scale=gradient_scale_for_level(level),
+            noise_std=noise,
+            intensity_range=value_range,
+        )
 
     scores = torch.cat([_local_ssim(sharpened(level), sharp) for level in grid], dim=1)
     good_enough = scores >= scores.amax(dim=1, keepdim=True) - LABEL_TOLERANCE
@@ -176,19 +185,36 @@ def _crop_mean_ssim(restored: torch.Tensor, sharp: torch.Tensor) -> torch.Tensor
 class LabelledCrops:
     """A fixed set of labelled crops: features, labels, weights, and the crops themselves."""
 
-    def __init__(self, config: GwisLevelTrainingConfig, seed: int, n_batches: int,
-                 device: torch.device, keep_fraction: float, photos_uniform: bool = False):
+    def __init__(
+        self,
+        config: GwisLevelTrainingConfig,
+        seed: int,
+        n_batches: int,
+        device: torch.device,
+        keep_fraction: float,
+        photos_uniform: bool = False,
+    ):
         if photos_uniform:  # the use case of the benchmark: photos, one level per image
-            source_config = BlurMapTrainingConfig(batch=config.batch, patch=config.photo_patch,
-                                                  seed=seed, dead_leaves_fraction=0.0,
-                                                  texture_fraction=0.0)
-            source = BlurMapBatches(source_config, seed, device, n_dead_leaves=1, n_textures=0,
-                                    map_kinds=("uniform",), native_resolution=True)
+            source_config = BlurMapTrainingConfig(
+                batch=config.batch,
+                patch=config.photo_patch,
+                seed=seed,
+                dead_leaves_fraction=0.0,
+                texture_fraction=0.0,
+            )
+            source = BlurMapBatches(
+                source_config,
+                seed,
+                device,
+                n_dead_leaves=1,
+                n_textures=0,
+                map_kinds=("uniform",),
+                native_resolution=True,
+            )
         else:
             source_config = BlurMapTrainingConfig(batch=config.batch, patch=config.patch, seed=seed)
             source = BlurMapBatches(source_config, seed, device)
-        parts = {"features": [], "labels": [], "spread": [], "blurred": [], "sharp": [],
-                 "grid_ssim": []}
+        parts = {"features": [], "labels": [], "spread": [], "blurred": [], "sharp": [], "grid_ssim": []}
         for index in range(n_batches):
             with torch.no_grad():
                 features, _, description = source.draw()
@@ -232,8 +258,14 @@ def evaluate(model: BlurMapNet, start: BlurMapNet, validation: LabelledCrops) ->
     """Validation: loss, and mean SSIM of GWIS driven by each map (see the module docstring)."""
     model.eval()
     d = validation.data
-    sums = {"loss": 0.0, "blurred": 0.0, "oracle_constant": 0.0, "labels": 0.0, "start_map": 0.0,
-            "tuned_map": 0.0}
+    sums = {
+        "loss": 0.0,
+        "blurred": 0.0,
+        "oracle_constant": 0.0,
+        "labels": 0.0,
+        "start_map": 0.0,
+        "tuned_map": 0.0,
+    }
     n = len(validation)
     with torch.no_grad():
         for begin in range(0, n, 16):
@@ -244,9 +276,11 @@ def evaluate(model: BlurMapNet, start: BlurMapNet, validation: LabelledCrops) ->
             sums["loss"] += float(_weighted_l1(prediction, labels, spread)) * len(labels)
             sums["blurred"] += float(d["grid_ssim"][part][:, 0].sum())
             sums["oracle_constant"] += float(d["grid_ssim"][part].amax(dim=1).sum())
-            for key, levels in (("labels", labels),
-                                ("start_map", target_to_level(predict_log_level(start, features))),
-                                ("tuned_map", target_to_level(prediction))):
+            for key, levels in (
+                ("labels", labels),
+                ("start_map", target_to_level(predict_log_level(start, features))),
+                ("tuned_map", target_to_level(prediction)),
+            ):
                 sums[key] += float(_crop_mean_ssim(sharpen_with_levels(blurred, levels), sharp).sum())
     model.train()
     result = {"val_loss": sums["loss"] / n}
@@ -262,8 +296,13 @@ def _evaluate_all(model: BlurMapNet, start: BlurMapNet, validation: dict) -> dic
     """:func:`evaluate` on every validation set, keys prefixed by the set's name."""
     entry = {}
     for prefix, crops in validation.items():
-        entry.update({prefix + key: value for key, value in evaluate(model, start, crops).items()
-                      if not (prefix and key == "val_loss")})
+        entry.update(
+            {
+                prefix + key: value
+                for key, value in evaluate(model, start, crops).items()
+                if not (prefix and key == "val_loss")
+            }
+        )
     return entry
 
 
@@ -278,15 +317,17 @@ def train_gwis_level(config: GwisLevelTrainingConfig, out_path: Path) -> BlurMap
     crops = LabelledCrops(config, config.seed, config.label_batches, device, keep)
     validation = {
         "": LabelledCrops(config, config.seed + 1000, config.validation_batches, device, 1.0),
-        "photo_": LabelledCrops(config, config.seed + 2000, config.validation_batches, device, 1.0,
-                                photos_uniform=True),
+        "photo_": LabelledCrops(
+            config, config.seed + 2000, config.validation_batches, device, 1.0, photos_uniform=True
+        ),
     }
     config.label_minutes = (time.perf_counter() - started) / 60
     start = load_shipped_model(BlurMapNet(), WEIGHTS_FILE, device, RETRAIN_COMMAND)
     model = load_shipped_model(BlurMapNet(), WEIGHTS_FILE, device, RETRAIN_COMMAND).train()
     optimiser = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimiser, max_lr=config.learning_rate, total_steps=config.steps, pct_start=0.1)
+        optimiser, max_lr=config.learning_rate, total_steps=config.steps, pct_start=0.1
+    )
     rng = np.random.default_rng(config.seed + 11)
     entry = {"step": 0, "train_loss": math.nan}
     entry.update(_evaluate_all(model, start, validation))
@@ -296,8 +337,9 @@ def train_gwis_level(config: GwisLevelTrainingConfig, out_path: Path) -> BlurMap
     d = crops.data
     for step in range(1, config.steps + 1):
         pick = torch.from_numpy(rng.choice(len(crops), size=config.batch, replace=False))
-        features, labels, spread = _dihedral([d["features"][pick], d["labels"][pick], d["spread"][pick]],
-                                             int(rng.integers(8)))
+        features, labels, spread = _dihedral(
+            [d["features"][pick], d["labels"][pick], d["spread"][pick]], int(rng.integers(8))
+        )
         loss = _weighted_l1(predict_log_level(model, features), labels, spread)
         running += take_step(loss, model, optimiser, schedule)
         if step % config.log_every == 0 or step == config.steps:
@@ -307,10 +349,17 @@ def train_gwis_level(config: GwisLevelTrainingConfig, out_path: Path) -> BlurMap
             entry["minutes"] = (time.perf_counter() - started) / 60
             config.history.append(entry)
             running = 0.0
-            logger.info("step %d: train %.4f, val %.4f, GWIS SSIM share: tuned %.3f, start %.3f; "
-                        "photos: tuned %.3f, start %.3f", step, entry["train_loss"], entry["val_loss"],
-                        entry["share_tuned_map"], entry["share_start_map"],
-                        entry["photo_share_tuned_map"], entry["photo_share_start_map"])
+            logger.info(
+                "step %d: train %.4f, val %.4f, GWIS SSIM share: tuned %.3f, start %.3f; "
+                "photos: tuned %.3f, start %.3f",
+                step,
+                entry["train_loss"],
+                entry["val_loss"],
+                entry["share_tuned_map"],
+                entry["share_start_map"],
+                entry["photo_share_tuned_map"],
+                entry["photo_share_start_map"],
+            )
     out_path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({k: v.cpu() for k, v in model.state_dict().items()}, out_path)
     return model

@@ -10,8 +10,7 @@ from napari_deblur.engine.physics.psf import disk_psf, gaussian_psf, random_moti
 from training.replay import replay_or_build
 
 
-def anisotropic_gaussian_psf(sigma_major: float, sigma_minor: float, angle: float,
-                             size: int) -> np.ndarray:
+def anisotropic_gaussian_psf(sigma_major: float, sigma_minor: float, angle: float, size: int) -> np.ndarray:
     """Elliptic Gaussian PSF (``angle`` in radians), float32 ``(size, size)``, sum 1."""
     half = size // 2
     rows, cols = np.mgrid[-half : half + 1, -half : half + 1].astype(np.float64)
@@ -52,8 +51,7 @@ def widen_kernels(kernels: torch.Tensor, sigmas) -> torch.Tensor:
     return wide / wide.sum(dim=(-2, -1), keepdim=True)
 
 
-def random_training_psf(rng: np.random.Generator, size: int = 31,
-                        shake_fraction: float = 0.4) -> np.ndarray:
+def random_training_psf(rng: np.random.Generator, size: int = 31, shake_fraction: float = 0.4) -> np.ndarray:
     """One PSF from the Wiener-net training mixture, embedded in ``(size, size)``.
 
     ``shake_fraction`` camera shake (trajectory box 7..size px); the rest is
@@ -78,11 +76,16 @@ def random_training_psf(rng: np.random.Generator, size: int = 31,
     return embed(kernel, size)
 
 
-def kernel_pool(count: int, rng: np.random.Generator, size: int = 31,
-                shake_fraction: float = 0.4) -> np.ndarray:
+def kernel_pool(
+    count: int, rng: np.random.Generator, size: int = 31, shake_fraction: float = 0.4
+) -> np.ndarray:
     """``(count, size, size)`` float32 random training PSFs (:func:`random_training_psf`), read-only.
 
     Built once per generator state and then replayed (:mod:`.replay`).
     """
-    return replay_or_build("kernel_pool", (count, size, shake_fraction), rng, lambda: np.stack(
-        [random_training_psf(rng, size, shake_fraction) for _ in range(count)]))
+    return replay_or_build(
+        "kernel_pool",
+        (count, size, shake_fraction),
+        rng,
+        lambda: np.stack([random_training_psf(rng, size, shake_fraction) for _ in range(count)]),
+    )

@@ -12,8 +12,14 @@ def _gaussian_window(size: int, sigma: float, dtype, device) -> torch.Tensor:
     return g / g.sum()
 
 
-def ssim_map(x: torch.Tensor, y: torch.Tensor, *, data_range: float | torch.Tensor = 1.0,
-             window: int = 11, sigma: float = 1.5) -> torch.Tensor:
+def ssim_map(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    data_range: float | torch.Tensor = 1.0,
+    window: int = 11,
+    sigma: float = 1.5,
+) -> torch.Tensor:
     """Local SSIM of ``(B, 1, H, W)`` images, ``(B, 1, H - window + 1, W - window + 1)``.
 
     Wang et al. 2004 constants; the index at each pixel is taken over the
@@ -35,7 +41,8 @@ def ssim_map(x: torch.Tensor, y: torch.Tensor, *, data_range: float | torch.Tens
     return index
 
 
-def ssim(x: torch.Tensor, y: torch.Tensor, *, data_range: float = 1.0,
-         window: int = 11, sigma: float = 1.5) -> torch.Tensor:
+def ssim(
+    x: torch.Tensor, y: torch.Tensor, *, data_range: float = 1.0, window: int = 11, sigma: float = 1.5
+) -> torch.Tensor:
     """Mean SSIM of ``(B, 1, H, W)`` images (the mean of :func:`ssim_map`)."""
     return ssim_map(x, y, data_range=data_range, window=window, sigma=sigma).mean()

@@ -8,8 +8,9 @@ MAX_GRADIENT_NORM = 1.0
 """Gradients are clipped to this total norm before each step."""
 
 
-def take_step(loss: torch.Tensor, model: torch.nn.Module, optimiser: torch.optim.Optimizer,
-              schedule) -> float:
+def take_step(
+    loss: torch.Tensor, model: torch.nn.Module, optimiser: torch.optim.Optimizer, schedule
+) -> float:
     """Back-propagate ``loss``, clip the gradients, step the optimiser and its schedule.
 
     Returns the loss as a float (for the running mean of the report).

@@ -47,10 +47,14 @@ import torch.nn.functional as F
 from scipy.signal import fftconvolve
 from scipy.stats import rankdata
 
-from napari_deblur.engine.methods.blind_psf import (SHIPPED_SETTINGS, EstimatorSettings, estimate_psf,
-                                            kernel_similarity)
-from napari_deblur.engine.physics.psf import disk_psf, gaussian_psf, random_motion_psf
+from napari_deblur.engine.methods.blind_psf import (
+    SHIPPED_SETTINGS,
+    EstimatorSettings,
+    estimate_psf,
+    kernel_similarity,
+)
 from napari_deblur.engine.methods.region_selector import RegionSelectorNet, score_windows, window_features
+from napari_deblur.engine.physics.psf import disk_psf, gaussian_psf, random_motion_psf
 from training.kernels import embed
 from training.sources import dead_leaves, train_split_images
 
@@ -122,11 +126,23 @@ class RegionSelectorTrainingConfig:
 
     def data_settings(self) -> dict:
         """The settings that define the labels (the cache key)."""
-        keys = ("seed", "window", "image_size", "window_stride", "estimate_size_max",
-                "threshold", "kind_weights",
-                "motion_size_range", "gaussian_sigma_range", "disk_radius_range",
-                "noise_sigma_range", "dead_leaves_fraction", "composite_fraction",
-                "validation_every", "label_estimator")
+        keys = (
+            "seed",
+            "window",
+            "image_size",
+            "window_stride",
+            "estimate_size_max",
+            "threshold",
+            "kind_weights",
+            "motion_size_range",
+            "gaussian_sigma_range",
+            "disk_radius_range",
+            "noise_sigma_range",
+            "dead_leaves_fraction",
+            "composite_fraction",
+            "validation_every",
+            "label_estimator",
+        )
         settings = {key: getattr(self, key) for key in keys}
         settings["label_estimator"] = _estimator_key(self.label_estimator)
         settings["version"] = LABEL_VERSION
@@ -151,14 +167,20 @@ def default_cache_dir() -> Path:
     return Path(base) / "napari-deblur"
 
 
-_ESTIMATOR_KEY_NAMES = {"lambda_floor": "LAMBDA_FLOOR", "kernel_faint": "KERNEL_FAINT",
-                        "sharpening_power": "KERNEL_SHARPENING_POWER"}
+_ESTIMATOR_KEY_NAMES = {
+    "lambda_floor": "LAMBDA_FLOOR",
+    "kernel_faint": "KERNEL_FAINT",
+    "sharpening_power": "KERNEL_SHARPENING_POWER",
+}
 
 
 def _estimator_key(settings: EstimatorSettings) -> dict[str, float]:
     """The settings that differ from the shipped ones, by blind_psf's constant names (cache key)."""
-    return {_ESTIMATOR_KEY_NAMES[f.name]: getattr(settings, f.name) for f in fields(settings)
-            if getattr(settings, f.name) != getattr(SHIPPED_SETTINGS, f.name)}
+    return {
+        _ESTIMATOR_KEY_NAMES[f.name]: getattr(settings, f.name)
+        for f in fields(settings)
+        if getattr(settings, f.name) != getattr(SHIPPED_SETTINGS, f.name)
+    }
 
 
 def cache_path(config: RegionSelectorTrainingConfig) -> Path:
@@ -171,8 +193,9 @@ def cache_path(config: RegionSelectorTrainingConfig) -> Path:
 # --- one labelled image -------------------------------------------------------------------
 
 
-def random_label_kernel(rng: np.random.Generator, config: RegionSelectorTrainingConfig
-                        ) -> tuple[np.ndarray, str]:
+def random_label_kernel(
+    rng: np.random.Generator, config: RegionSelectorTrainingConfig
+) -> tuple[np.ndarray, str]:
     """A true kernel (odd side <= :data:`MAX_KERNEL`) and its kind."""
     kind = KERNEL_KINDS[rng.choice(len(KERNEL_KINDS), p=np.asarray(config.kind_weights))]
     if kind == "motion":
@@ -202,8 +225,9 @@ def _part_mask(rng: np.random.Generator, side: int) -> np.ndarray:
     return ndi.gaussian_filter(inside.astype(np.float64), 1.5)
 
 
-def _sharp_crop(rng: np.random.Generator, side: int, natural: list[np.ndarray],
-                config: RegionSelectorTrainingConfig) -> tuple[np.ndarray, str]:
+def _sharp_crop(
+    rng: np.random.Generator, side: int, natural: list[np.ndarray], config: RegionSelectorTrainingConfig
+) -> tuple[np.ndarray, str]:
     """A sharp square: one crop, or (``composite_fraction``) a crop merged with a second
     crop or a plain area along a random smooth border, so that the windows of one image
     differ in how much they show of the blur."""
@@ -218,8 +242,9 @@ def _sharp_crop(rng: np.random.Generator, side: int, natural: list[np.ndarray],
     return image * mask + other * (1.0 - mask), f"{source}+{other_source}"
 
 
-def _single_crop(rng: np.random.Generator, side: int, natural: list[np.ndarray],
-                 config: RegionSelectorTrainingConfig) -> tuple[np.ndarray, str]:
+def _single_crop(
+    rng: np.random.Generator, side: int, natural: list[np.ndarray], config: RegionSelectorTrainingConfig
+) -> tuple[np.ndarray, str]:
     if not natural or rng.uniform() < config.dead_leaves_fraction:
         image, source = dead_leaves(side, rng), "dead_leaves"
     else:
@@ -235,8 +260,7 @@ def _single_crop(rng: np.random.Generator, side: int, natural: list[np.ndarray],
     return image * contrast + rng.uniform(0, 1 - contrast), source
 
 
-def blurred_image(index: int, natural: list[np.ndarray], config: RegionSelectorTrainingConfig
-                  ) -> dict:
+def blurred_image(index: int, natural: list[np.ndarray], config: RegionSelectorTrainingConfig) -> dict:
     """What image ``index`` of the labels draws: its blurred, noisy pixels (real boundaries), the
     true kernel and its kind, the sharp source, the noise level and the size the estimator is given."""
     rng = np.random.default_rng([config.seed, index])
@@ -249,12 +273,17 @@ def blurred_image(index: int, natural: list[np.ndarray], config: RegionSelectorT
     smallest = max(side, 7)
     extra_steps = max(config.estimate_size_max - smallest, 0) // 2
     estimate_size = smallest + 2 * int(rng.integers(0, extra_steps + 1))
-    return {"blurred": blurred, "kernel": kernel, "kind": kind, "source": source, "noise": noise,
-            "estimate_size": estimate_size}
+    return {
+        "blurred": blurred,
+        "kernel": kernel,
+        "kind": kind,
+        "source": source,
+        "noise": noise,
+        "estimate_size": estimate_size,
+    }
 
 
-def labelled_image(index: int, natural: list[np.ndarray], config: RegionSelectorTrainingConfig
-                   ) -> dict:
+def labelled_image(index: int, natural: list[np.ndarray], config: RegionSelectorTrainingConfig) -> dict:
     """Blur image ``index``, estimate the PSF on each grid window (and, if held out, the whole)."""
     drawn = blurred_image(index, natural, config)
     blurred, kernel, estimate_size = drawn["blurred"], drawn["kernel"], drawn["estimate_size"]
@@ -263,21 +292,30 @@ def labelled_image(index: int, natural: list[np.ndarray], config: RegionSelector
     settings = config.label_estimator
     for y in config.window_offsets:
         for x in config.window_offsets:
-            estimate = estimate_psf(blurred, size=estimate_size, region=(y, x, config.window, config.window),
-                                    device="cpu", settings=settings)
+            estimate = estimate_psf(
+                blurred,
+                size=estimate_size,
+                region=(y, x, config.window, config.window),
+                device="cpu",
+                settings=settings,
+            )
             similarities.append(kernel_similarity(estimate, kernel))
     if config.is_validation(index):
-        whole = kernel_similarity(estimate_psf(blurred, size=estimate_size, device="cpu", settings=settings),
-                                  kernel)
-    return {**drawn, "kernel": embed(kernel, MAX_KERNEL),
-            "similarity": np.asarray(similarities, np.float32), "whole_similarity": whole}
+        whole = kernel_similarity(
+            estimate_psf(blurred, size=estimate_size, device="cpu", settings=settings), kernel
+        )
+    return {
+        **drawn,
+        "kernel": embed(kernel, MAX_KERNEL),
+        "similarity": np.asarray(similarities, np.float32),
+        "whole_similarity": whole,
+    }
 
 
 # --- the cache --------------------------------------------------------------------------------
 
 
-_FIELDS = ("blurred", "kernel", "kind", "source", "noise", "estimate_size", "similarity",
-           "whole_similarity")
+_FIELDS = ("blurred", "kernel", "kind", "source", "noise", "estimate_size", "similarity", "whole_similarity")
 
 
 def _load_cache(path: Path, config: RegionSelectorTrainingConfig) -> dict[str, list]:
@@ -334,8 +372,9 @@ def _labelled_images(indices: range, config: RegionSelectorTrainingConfig):
         yield from pool.imap(_label_in_worker, [(index, config) for index in indices])
 
 
-def make_labels(config: RegionSelectorTrainingConfig, path: Path | None = None,
-                *, save_every: int = 4) -> dict[str, np.ndarray]:
+def make_labels(
+    config: RegionSelectorTrainingConfig, path: Path | None = None, *, save_every: int = 4
+) -> dict[str, np.ndarray]:
     """Labelled images for ``config.windows`` windows, from the cache where possible.
 
     Returns arrays with one row per image: ``blurred`` (N, S, S), ``kernel``
@@ -349,8 +388,14 @@ def make_labels(config: RegionSelectorTrainingConfig, path: Path | None = None,
     wanted = math.ceil(config.windows / config.windows_per_image)
     done = len(columns["blurred"])
     if done < wanted:
-        logger.info("labelling images %d..%d (%d windows each, %d worker(s)) into %s", done,
-                    wanted - 1, config.windows_per_image, config.workers, path)
+        logger.info(
+            "labelling images %d..%d (%d windows each, %d worker(s)) into %s",
+            done,
+            wanted - 1,
+            config.windows_per_image,
+            config.workers,
+            path,
+        )
         started = time.perf_counter()
         for index, entry in enumerate(_labelled_images(range(done, wanted), config), start=done):
             for name in _FIELDS:
@@ -360,16 +405,22 @@ def make_labels(config: RegionSelectorTrainingConfig, path: Path | None = None,
                 _save_cache(path, columns, config)
                 rate = (time.perf_counter() - started) / count
                 good = float(np.mean(np.concatenate(columns["similarity"]) >= config.threshold))
-                logger.info("labelled %d/%d images (%.1f s each), %.0f %% good windows",
-                            index + 1, wanted, rate, 100 * good)
+                logger.info(
+                    "labelled %d/%d images (%.1f s each), %.0f %% good windows",
+                    index + 1,
+                    wanted,
+                    rate,
+                    100 * good,
+                )
     return {name: np.asarray(values[:wanted]) for name, values in columns.items()}
 
 
 # --- training ----------------------------------------------------------------------------------
 
 
-def cut_windows(labels: dict[str, np.ndarray], images: np.ndarray,
-                config: RegionSelectorTrainingConfig) -> tuple[np.ndarray, np.ndarray]:
+def cut_windows(
+    labels: dict[str, np.ndarray], images: np.ndarray, config: RegionSelectorTrainingConfig
+) -> tuple[np.ndarray, np.ndarray]:
     """Windows ``(n, window, window)`` float32 and similarities ``(n,)`` of the given images."""
     w = config.window
     offsets = config.window_offsets
@@ -401,8 +452,9 @@ def _dihedral(batch: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
     label) does not change.
     """
     out = []
-    for window, turns, flip in zip(batch, rng.integers(4, size=len(batch)),
-                                   rng.uniform(size=len(batch)) < 0.5):
+    for window, turns, flip in zip(
+        batch, rng.integers(4, size=len(batch)), rng.uniform(size=len(batch)) < 0.5
+    ):
         window = torch.rot90(window, int(turns), dims=(-2, -1))
         out.append(window.flip(-1) if flip else window)
     return torch.stack(out)
@@ -420,8 +472,7 @@ def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
 
 def _predict(model: RegionSelectorNet, windows: torch.Tensor, batch: int = 128) -> np.ndarray:
     model.eval()
-    scores = [score_windows(model, windows[i : i + batch, None]).cpu()
-              for i in range(0, len(windows), batch)]
+    scores = [score_windows(model, windows[i : i + batch, None]).cpu() for i in range(0, len(windows), batch)]
     model.train()
     return torch.cat(scores).numpy() if scores else np.zeros(0, np.float32)
 
@@ -443,8 +494,13 @@ def _gradient_energy(windows: np.ndarray) -> np.ndarray:
     return (gx**2 + gy**2).mean(axis=(-2, -1))
 
 
-def product_validation(scores: np.ndarray, windows: np.ndarray, similarities: np.ndarray,
-                       whole: np.ndarray, config: RegionSelectorTrainingConfig) -> dict:
+def product_validation(
+    scores: np.ndarray,
+    windows: np.ndarray,
+    similarities: np.ndarray,
+    whole: np.ndarray,
+    config: RegionSelectorTrainingConfig,
+) -> dict:
     """Per held-out image: similarity of the estimate from the selector's best window and others.
 
     ``scores``, ``windows``, ``similarities`` hold the images' grid windows
@@ -469,13 +525,18 @@ def product_validation(scores: np.ndarray, windows: np.ndarray, similarities: np
     # windows of an image, make the plain AUC easier than the selection task).
     within = [roc_auc(scores[i], similarities[i] >= config.threshold) for i in rows]
     mixed = [value for value in within if not math.isnan(value)]
-    result = {"images": n_images, "images_with_both_classes": len(mixed),
-              "within_image_roc_auc": float(np.mean(mixed)) if mixed else math.nan}
+    result = {
+        "images": n_images,
+        "images_with_both_classes": len(mixed),
+        "within_image_roc_auc": float(np.mean(mixed)) if mixed else math.nan,
+    }
     for name, values in strategies.items():
         success = random_success if name.startswith("random") else values >= config.threshold
-        result[name] = {"mean_similarity": float(np.mean(values)),
-                        "median_similarity": float(np.median(values)),
-                        "success_rate": float(np.mean(success))}
+        result[name] = {
+            "mean_similarity": float(np.mean(values)),
+            "median_similarity": float(np.median(values)),
+            "success_rate": float(np.mean(success)),
+        }
     return result
 
 
@@ -485,8 +546,9 @@ def _ranked_images(similarities: np.ndarray, per_image: int, gap: float) -> list
     return [group for group in groups if np.ptp(similarities[group]) > gap]
 
 
-def within_image_rank_loss(logits: torch.Tensor, similarities: torch.Tensor, per_image: int,
-                           gap: float = 0.0) -> torch.Tensor:
+def within_image_rank_loss(
+    logits: torch.Tensor, similarities: torch.Tensor, per_image: int, gap: float = 0.0
+) -> torch.Tensor:
     """Mean of ``softplus(s_worse - s_better)`` over the window pairs of each image.
 
     ``logits`` and ``similarities`` hold whole images, ``per_image``
@@ -522,15 +584,20 @@ def train_region_selector(config: RegionSelectorTrainingConfig, out_path: Path) 
     train_labels = train_similarity >= config.threshold
     chosen = balanced_indices(train_labels, rng)
     config.data = {
-        "images": n_images, "train_images": int((~held_out).sum()),
+        "images": n_images,
+        "train_images": int((~held_out).sum()),
         "validation_images": int(held_out.sum()),
-        "train_windows": len(train_windows), "train_good": int(train_labels.sum()),
-        "train_windows_balanced": len(chosen), "validation_windows": len(val_windows),
+        "train_windows": len(train_windows),
+        "train_good": int(train_labels.sum()),
+        "train_windows_balanced": len(chosen),
+        "validation_windows": len(val_windows),
         "validation_good": int((val_similarity >= config.threshold).sum()),
         "kinds": {kind: int(np.sum(labels["kind"] == kind)) for kind in KERNEL_KINDS},
         "good_rate_by_kind": {
             kind: float(np.mean(labels["similarity"][labels["kind"] == kind] >= config.threshold))
-            for kind in KERNEL_KINDS if np.any(labels["kind"] == kind)},
+            for kind in KERNEL_KINDS
+            if np.any(labels["kind"] == kind)
+        },
         "dead_leaves_images": int(np.sum(labels["source"] == "dead_leaves")),
         "composite_images": int(sum("+" in str(source) for source in labels["source"])),
     }
@@ -545,15 +612,18 @@ def train_region_selector(config: RegionSelectorTrainingConfig, out_path: Path) 
     # spread by more than rank_gap.
     train_groups = _ranked_images(train_similarity, config.windows_per_image, config.rank_gap)
     config.data["train_images_with_both_classes"] = len(
-        _ranked_images(train_labels.astype(np.float32), config.windows_per_image, 0.5))
+        _ranked_images(train_labels.astype(np.float32), config.windows_per_image, 0.5)
+    )
     config.data["train_images_ranked"] = len(train_groups)
     similarity_all = torch.from_numpy(train_similarity).to(device)
 
     model = RegionSelectorNet().to(device, memory_format=torch.channels_last)
-    optimiser = torch.optim.AdamW(model.parameters(), lr=config.learning_rate,
-                                  weight_decay=config.weight_decay)
+    optimiser = torch.optim.AdamW(
+        model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+    )
     schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimiser, max_lr=config.learning_rate, total_steps=config.steps, pct_start=0.1)
+        optimiser, max_lr=config.learning_rate, total_steps=config.steps, pct_start=0.1
+    )
     started = time.perf_counter()
     running, correct, seen, logged_step = 0.0, 0, 0, 0
     batch = min(config.batch, len(x_train))
@@ -562,8 +632,9 @@ def train_region_selector(config: RegionSelectorTrainingConfig, out_path: Path) 
         windows = x_train[pick]
         ranked = None
         if config.rank_weight > 0 and len(train_groups):
-            groups = rng.choice(len(train_groups), size=min(config.rank_images, len(train_groups)),
-                                replace=False)
+            groups = rng.choice(
+                len(train_groups), size=min(config.rank_images, len(train_groups)), replace=False
+            )
             ranked = np.concatenate([train_groups[g] for g in groups])
             windows = torch.cat((windows, x_all[ranked]))
         windows = _dihedral(windows, rng)[:, None]
@@ -573,8 +644,8 @@ def train_region_selector(config: RegionSelectorTrainingConfig, out_path: Path) 
         loss = F.binary_cross_entropy_with_logits(logits, y_train[pick])
         if ranked is not None:
             loss = loss + config.rank_weight * within_image_rank_loss(
-                all_logits[batch:], similarity_all[ranked], config.windows_per_image,
-                config.rank_gap)
+                all_logits[batch:], similarity_all[ranked], config.windows_per_image, config.rank_gap
+            )
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
@@ -584,12 +655,16 @@ def train_region_selector(config: RegionSelectorTrainingConfig, out_path: Path) 
         seen += batch
         if step % config.log_every == 0 or step == config.steps:
             scores = _predict(model, x_val)
-            entry = {"step": step, "train_loss": running / (step - logged_step),
-                     "train_accuracy": correct / seen}
+            entry = {
+                "step": step,
+                "train_loss": running / (step - logged_step),
+                "train_accuracy": correct / seen,
+            }
             if len(scores):
                 val_labels = torch.from_numpy((val_similarity >= config.threshold).astype(np.float32))
-                entry["val_loss"] = float(F.binary_cross_entropy(
-                    torch.from_numpy(scores).clamp(1e-6, 1 - 1e-6), val_labels))
+                entry["val_loss"] = float(
+                    F.binary_cross_entropy(torch.from_numpy(scores).clamp(1e-6, 1 - 1e-6), val_labels)
+                )
                 entry.update(_classification(scores, val_similarity, config.threshold))
             entry["minutes"] = (time.perf_counter() - started) / 60
             running, correct, seen, logged_step = 0.0, 0, 0, step
@@ -602,5 +677,6 @@ def train_region_selector(config: RegionSelectorTrainingConfig, out_path: Path) 
     if len(scores):
         config.validation = _classification(scores, val_similarity, config.threshold)
         config.validation["product"] = product_validation(
-            scores, val_windows, val_similarity, labels["whole_similarity"][held_out], config)
+            scores, val_windows, val_similarity, labels["whole_similarity"][held_out], config
+        )
     return model

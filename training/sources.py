@@ -17,8 +17,18 @@ from training.replay import replay_or_build
 logger = logging.getLogger(__name__)
 
 TRAIN_SPLIT = (
-    "astronaut", "chelsea", "coffee", "coins", "immunohistochemistry", "microaneurysms",
-    "moon", "motorcycle_left", "motorcycle_right", "page", "grass", "gravel",
+    "astronaut",
+    "chelsea",
+    "coffee",
+    "coins",
+    "immunohistochemistry",
+    "microaneurysms",
+    "moon",
+    "motorcycle_left",
+    "motorcycle_right",
+    "page",
+    "grass",
+    "gravel",
 )
 """The train split of ``shared/eval/README.md`` (motorcycle_* need a download and are
 skipped when absent)."""
@@ -61,8 +71,14 @@ def train_split_images(min_size: int = 0, names: Sequence[str] = TRAIN_SPLIT) ->
     return images
 
 
-def dead_leaves(size: int, rng: np.random.Generator, *, min_radius: float = 1.0,
-                max_radius: float = 60.0, n_discs: int = 2000) -> np.ndarray:
+def dead_leaves(
+    size: int,
+    rng: np.random.Generator,
+    *,
+    min_radius: float = 1.0,
+    max_radius: float = 60.0,
+    n_discs: int = 2000,
+) -> np.ndarray:
     """A dead-leaves image: occluding discs with a ``r^-3`` radius law, float32 in [0, 1].
 
     Discs are painted back to front; about a third get a linear shading or a
@@ -104,8 +120,9 @@ TEXTURE_KINDS = ("fractal", "levels", "cells", "weave")
 """The families of :func:`procedural_texture`."""
 
 
-def _fractal_noise(size: int, rng: np.random.Generator, exponent: float,
-                   anisotropy: float = 1.0) -> np.ndarray:
+def _fractal_noise(
+    size: int, rng: np.random.Generator, exponent: float, anisotropy: float = 1.0
+) -> np.ndarray:
     """Gaussian noise whose power spectrum falls as ``f^-exponent``, zero mean, unit variance.
 
     ``anisotropy > 1`` stretches the spectrum along a random direction, so the
@@ -182,7 +199,8 @@ def procedural_texture(size: int, rng: np.random.Generator, kind: str | None = N
             texture = texture * wave if multiply else texture + wave
     if kind != "fractal":
         texture = texture + rng.uniform(0.03, 0.3) * float(np.std(texture) + 0.05) * _fractal_noise(
-            size, rng, rng.uniform(1.0, 2.0))
+            size, rng, rng.uniform(1.0, 2.0)
+        )
     low, high = np.percentile(texture, [1, 99])
     return np.clip((texture - low) / max(float(high - low), 1e-6), 0, 1).astype(np.float32)
 
@@ -229,8 +247,12 @@ def point_sources(size: int, rng: np.random.Generator) -> np.ndarray:
             spot = np.exp(-0.5 * ((along / sigma_a) ** 2 + (across / sigma_b) ** 2))
         else:  # the Gaussian integrated over each pixel's square
             scale = sigma * np.sqrt(2.0)
-            spot = (0.5 * (erf((dy + 0.5) / scale) - erf((dy - 0.5) / scale))
-                    * 0.5 * (erf((dx + 0.5) / scale) - erf((dx - 0.5) / scale)))
+            spot = (
+                0.5
+                * (erf((dy + 0.5) / scale) - erf((dy - 0.5) / scale))
+                * 0.5
+                * (erf((dx + 0.5) / scale) - erf((dx - 0.5) / scale))
+            )
             spot = spot / spot.max()
         canvas[y0:y1, x0:x1] += amplitude * spot
     peak = max(float(np.percentile(canvas, 99.9)), 1e-6)
@@ -263,11 +285,17 @@ def printed_text(size: int, rng: np.random.Generator) -> np.ndarray:
     while baseline < 1.05:
         height_px = float(np.exp(rng.uniform(np.log(6), np.log(36))))
         line = "".join(rng.choice(characters, int(rng.integers(4, 60))))
-        figure.text(rng.uniform(-0.2, 0.3), baseline, line, fontsize=height_px * 72 / 100,
-                    color=str(ink), weight=str(rng.choice(["normal", "bold"])),
-                    family=str(rng.choice(["sans-serif", "serif", "monospace"])),
-                    rotation=float(rng.normal(0, 2)) if rng.uniform() < 0.3 else 0.0,
-                    va="baseline")
+        figure.text(
+            rng.uniform(-0.2, 0.3),
+            baseline,
+            line,
+            fontsize=height_px * 72 / 100,
+            color=str(ink),
+            weight=str(rng.choice(["normal", "bold"])),
+            family=str(rng.choice(["sans-serif", "serif", "monospace"])),
+            rotation=float(rng.normal(0, 2)) if rng.uniform() < 0.3 else 0.0,
+            va="baseline",
+        )
         baseline += height_px * rng.uniform(1.1, 2.0) / size
     canvas.draw()
     return np.asarray(canvas.buffer_rgba())[:size, :size, 0].astype(np.float32) / 255.0
@@ -275,8 +303,9 @@ def printed_text(size: int, rng: np.random.Generator) -> np.ndarray:
 
 def _image_pool(make, count: int, size: int, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
     """``count`` read-only images ``make(size, rng)``, built once per generator state (:mod:`.replay`)."""
-    return replay_or_build(make.__name__, (count, size), rng,
-                           lambda: tuple(make(size, rng) for _ in range(count)))
+    return replay_or_build(
+        make.__name__, (count, size), rng, lambda: tuple(make(size, rng) for _ in range(count))
+    )
 
 
 class PatchSampler:
@@ -309,12 +338,23 @@ class PatchSampler:
         first. All default to 0, with no random number drawn.
     """
 
-    def __init__(self, crop: int, rng: np.random.Generator, *, n_dead_leaves: int = 200,
-                 dead_leaves_size: int = 384, dead_leaves_fraction: float = 0.3,
-                 smooth_fraction: float = 0.0, smooth_sigma_range: tuple[float, float] = (1.0, 4.0),
-                 n_textures: int = 0, texture_fraction: float = 0.0,
-                 n_point_fields: int = 0, point_field_fraction: float = 0.0,
-                 n_text_pages: int = 0, text_fraction: float = 0.0):
+    def __init__(
+        self,
+        crop: int,
+        rng: np.random.Generator,
+        *,
+        n_dead_leaves: int = 200,
+        dead_leaves_size: int = 384,
+        dead_leaves_fraction: float = 0.3,
+        smooth_fraction: float = 0.0,
+        smooth_sigma_range: tuple[float, float] = (1.0, 4.0),
+        n_textures: int = 0,
+        texture_fraction: float = 0.0,
+        n_point_fields: int = 0,
+        point_field_fraction: float = 0.0,
+        n_text_pages: int = 0,
+        text_fraction: float = 0.0,
+    ):
         self.crop = crop
         self.rng = rng
         self.smooth_fraction = smooth_fraction
@@ -335,10 +375,12 @@ class PatchSampler:
         """``(count, crop, crop)`` float32 crops in [0, 1]."""
         crops = np.empty((count, self.crop, self.crop), dtype=np.float32)
         for i in range(count):
-            procedural_pools = ((self.text_pages, self.text_fraction),
-                                (self.point_fields, self.point_field_fraction),
-                                (self.textures, self.texture_fraction))
-            for pool, fraction in procedural_pools:  # a pool with no share draws no number
+            procedural_pools = (
+                (self.text_pages, self.text_fraction),
+                (self.point_fields, self.point_field_fraction),
+                (self.textures, self.texture_fraction),
+            )
+            for pool, fraction in procedural_pools:  # noqa: B007 - the pool drawn is used after the loop
                 if fraction and self.rng.uniform() < fraction:
                     break
             else:
@@ -351,8 +393,9 @@ class PatchSampler:
             if self.rng.uniform() < 0.5:
                 patch = patch[:, ::-1]
             if self.smooth_fraction and self.rng.uniform() < self.smooth_fraction:
-                patch = ndimage.gaussian_filter(patch, self.rng.uniform(*self.smooth_sigma_range),
-                                                mode="reflect")
+                patch = ndimage.gaussian_filter(
+                    patch, self.rng.uniform(*self.smooth_sigma_range), mode="reflect"
+                )
             contrast = self.rng.uniform(0.5, 1.0)
             crops[i] = patch * contrast + self.rng.uniform(0, 1 - contrast)
         return crops

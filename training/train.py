@@ -21,7 +21,6 @@ from dataclasses import asdict, replace
 from importlib import resources
 from pathlib import Path
 
-
 PROG = "python -m training"
 
 REPORTS_DIR = Path(__file__).resolve().parent / "reports"
@@ -42,9 +41,16 @@ def _report_path(weights: Path) -> Path:
     return weights.with_suffix(".md")
 
 
-def _report(path: Path, title: str, command: str, config: dict, history: list[dict],
-            seconds: float, notes: str,
-            validation: str = "held-out crops of the train sources, other seed") -> None:
+def _report(
+    path: Path,
+    title: str,
+    command: str,
+    config: dict,
+    history: list[dict],
+    seconds: float,
+    notes: str,
+    validation: str = "held-out crops of the train sources, other seed",
+) -> None:
     import torch
 
     lines = [
@@ -52,10 +58,12 @@ def _report(path: Path, title: str, command: str, config: dict, history: list[di
         "",
         f"Command: `{command}`",
         "",
-        (f"Python {platform.python_version()}, torch {torch.__version__}, {platform.machine()}, "
-         f"device {config.get('device')}, {torch.get_num_threads()} CPU threads; "
-         f"wall time {seconds / 60:.1f} min. Processor: {_processor_description()}; the same "
-         "tensors need the same torch, thread count and CPU kernels (their rounding differs)."),
+        (
+            f"Python {platform.python_version()}, torch {torch.__version__}, {platform.machine()}, "
+            f"device {config.get('device')}, {torch.get_num_threads()} CPU threads; "
+            f"wall time {seconds / 60:.1f} min. Processor: {_processor_description()}; the same "
+            "tensors need the same torch, thread count and CPU kernels (their rounding differs)."
+        ),
         "",
         notes,
         "",
@@ -100,8 +108,11 @@ def _history_table(history: list[dict]) -> str:
     keys = list(history[0].keys())
     lines = ["| " + " | ".join(keys) + " |", "|" + "---:|" * len(keys)]
     for entry in history:
-        lines.append("| " + " | ".join(
-            f"{entry[k]:.4f}" if isinstance(entry[k], float) else str(entry[k]) for k in keys) + " |")
+        lines.append(
+            "| "
+            + " | ".join(f"{entry[k]:.4f}" if isinstance(entry[k], float) else str(entry[k]) for k in keys)
+            + " |"
+        )
     return "\n".join(lines)
 
 
@@ -113,27 +124,44 @@ PROCEDURAL_POOL = 64
 def _train_wiener_net(args) -> None:
     import tempfile
 
-    from training.wiener_net import (
-        WienerNetTrainingConfig, correction_tuning_config, fine_tuning_config, train_wiener_net,
-    )
     from napari_deblur.engine.methods.wiener_net import WEIGHTS_FILE
+    from training.wiener_net import (
+        WienerNetTrainingConfig,
+        correction_tuning_config,
+        fine_tuning_config,
+        train_wiener_net,
+    )
 
-    base = WienerNetTrainingConfig(steps=args.steps, batch=args.batch, seed=args.seed,
-                                   device=args.device, threads=args.threads, log_every=args.log_every)
+    base = WienerNetTrainingConfig(
+        steps=args.steps,
+        batch=args.batch,
+        seed=args.seed,
+        device=args.device,
+        threads=args.threads,
+        log_every=args.log_every,
+    )
     if args.widths:
         base = replace(base, widths=tuple(int(w) for w in args.widths.split(",")))
     if args.noise_range:
         base = replace(base, noise_sigma_range=tuple(args.noise_range))
-    share_options = {"--procedural-share": args.procedural_share or (), "--text-share": [args.text_share],
-                     "--kernel-error-share": [args.kernel_error_share]}
+    share_options = {
+        "--procedural-share": args.procedural_share or (),
+        "--text-share": [args.text_share],
+        "--kernel-error-share": [args.kernel_error_share],
+    }
     for option, shares in share_options.items():
         for share in shares:
             if share is not None and not 0 <= share <= 1:
                 raise SystemExit(f"{option} is a share of the crops, 0..1; got {share}")
     if args.procedural_share:
         textures, points = args.procedural_share
-        base = replace(base, n_textures=PROCEDURAL_POOL if textures else 0, texture_fraction=textures,
-                       n_point_fields=PROCEDURAL_POOL if points else 0, point_field_fraction=points)
+        base = replace(
+            base,
+            n_textures=PROCEDURAL_POOL if textures else 0,
+            texture_fraction=textures,
+            n_point_fields=PROCEDURAL_POOL if points else 0,
+            point_field_fraction=points,
+        )
     if args.text_share:
         base = replace(base, n_text_pages=PROCEDURAL_POOL, text_fraction=args.text_share)
     if args.kernel_error_share:
@@ -175,9 +203,12 @@ def _train_wiener_net(args) -> None:
             train_wiener_net(corrected, out)
             stages.append(("Stage 3 (fine-tuning through the residual correction)", corrected))
         earlier = Path(args.init).with_suffix(".md") if args.init else None
-        appendix = ("" if earlier is None or not earlier.exists() else
-                    f"\n## Report of the starting weights (`{args.init}`)\n\n"
-                    + ("\n" + earlier.read_text()).replace("\n# ", "\n### ").replace("\n## ", "\n### "))
+        appendix = (
+            ""
+            if earlier is None or not earlier.exists()
+            else f"\n## Report of the starting weights (`{args.init}`)\n\n"
+            + ("\n" + earlier.read_text()).replace("\n# ", "\n### ").replace("\n## ", "\n### ")
+        )
     notes = (
         "Data: crops of the scikit-image train split (grayscale) and procedural dead-leaves "
         "images (30 %), random flips/turns and contrast; in `smooth_fraction` of the crops the sharp "
@@ -220,13 +251,21 @@ def _train_wiener_net(args) -> None:
     )
     title, last = stages[-1]
     report = _report_path(out)
-    _report(report, "Wiener-net", args.command, asdict(last), last.history,
-            time.perf_counter() - started, notes + " The settings and curve below are those of the last "
-            f"stage, {title.lower()}.")
+    _report(
+        report,
+        "Wiener-net",
+        args.command,
+        asdict(last),
+        last.history,
+        time.perf_counter() - started,
+        notes + f" The settings and curve below are those of the last stage, {title.lower()}.",
+    )
     text = report.read_text()
     for title, config in stages[:-1]:
-        text += (f"\n## {title}\n\n| setting | value |\n|---|---|\n{_settings_table(asdict(config))}\n"
-                 f"\n{_history_table(config.history)}\n")
+        text += (
+            f"\n## {title}\n\n| setting | value |\n|---|---|\n{_settings_table(asdict(config))}\n"
+            f"\n{_history_table(config.history)}\n"
+        )
     report.write_text(text + appendix)
 
 
@@ -235,16 +274,25 @@ def _train_blur_map(args) -> None:
     from training.baselines import PAPER_WEIGHTS_FILE, WEIGHTS_DIR
     from training.blur_map import STACK_LEVELS, BlurMapTrainingConfig, train_blur_map
 
-    config = BlurMapTrainingConfig(steps=args.steps, batch=args.batch, seed=args.seed,
-                                   device=args.device, threads=args.threads, baseline=args.baseline,
-                                   log_every=args.log_every)
+    config = BlurMapTrainingConfig(
+        steps=args.steps,
+        batch=args.batch,
+        seed=args.seed,
+        device=args.device,
+        threads=args.threads,
+        baseline=args.baseline,
+        log_every=args.log_every,
+    )
     default = WEIGHTS_DIR / PAPER_WEIGHTS_FILE if args.baseline else _default_weights_path(WEIGHTS_FILE)
     out = Path(args.out) if args.out else default
     started = time.perf_counter()
     train_blur_map(config, out)
-    network = ("the paper's network (Nasonov, Krylov & Lyukov: 5x5x32, 5x5x32, 2x2 max-pool, "
-               "11x11x64, 1x1x17, 1x1x1, ReLU), on random `baseline_patch` crops of each patch"
-               if args.baseline else "BlurMapNet (napari_deblur.engine.methods.blur_map)")
+    network = (
+        "the paper's network (Nasonov, Krylov & Lyukov: 5x5x32, 5x5x32, 2x2 max-pool, "
+        "11x11x64, 1x1x17, 1x1x1, ReLU), on random `baseline_patch` crops of each patch"
+        if args.baseline
+        else "BlurMapNet (napari_deblur.engine.methods.blur_map)"
+    )
     notes = (
         f"Network: {network}. Data: crops of the scikit-image train split (grayscale; images at "
         "least twice the patch size at half resolution), procedural dead-leaves images and, in "
@@ -261,22 +309,40 @@ def _train_blur_map(args) -> None:
         "maps). `data_share` is the fraction of wall time spent making batches."
     )
     if config.stopped_at is not None:
-        notes += (f" **Stopped by the user (Ctrl-C) at step {config.stopped_at} of {config.steps}**: "
-                  "the learning-rate schedule did not run to its end; the last row is the state "
-                  "that was saved.")
+        notes += (
+            f" **Stopped by the user (Ctrl-C) at step {config.stopped_at} of {config.steps}**: "
+            "the learning-rate schedule did not run to its end; the last row is the state "
+            "that was saved."
+        )
     title = "Blur map (paper's network, baseline)" if args.baseline else "Blur map"
-    _report(_report_path(out), title, args.command, asdict(config), config.history,
-            time.perf_counter() - started, notes)
+    _report(
+        _report_path(out),
+        title,
+        args.command,
+        asdict(config),
+        config.history,
+        time.perf_counter() - started,
+        notes,
+    )
 
 
 def _train_gwis_level(args) -> None:
     from training.baselines import GWIS_WEIGHTS_FILE, WEIGHTS_DIR
-    from training.gwis_level import (GWIS_LEVEL_GRID, LABEL_TOLERANCE, GwisLevelTrainingConfig,
-                                        train_gwis_level)
+    from training.gwis_level import (
+        GWIS_LEVEL_GRID,
+        LABEL_TOLERANCE,
+        GwisLevelTrainingConfig,
+        train_gwis_level,
+    )
 
-    config = GwisLevelTrainingConfig(steps=args.steps, label_batches=args.label_batches,
-                                     seed=args.seed, device=args.device, threads=args.threads,
-                                     log_every=args.log_every)
+    config = GwisLevelTrainingConfig(
+        steps=args.steps,
+        label_batches=args.label_batches,
+        seed=args.seed,
+        device=args.device,
+        threads=args.threads,
+        log_every=args.log_every,
+    )
     out = Path(args.out) if args.out else WEIGHTS_DIR / GWIS_WEIGHTS_FILE
     started = time.perf_counter()
     train_gwis_level(config, out)
@@ -300,8 +366,15 @@ def _train_gwis_level(args) -> None:
         "fraction of the oracle constant's SSIM gain a map recovers. `label_minutes` is the time "
         "spent making the labels."
     )
-    _report(_report_path(out), "GWIS-tuned blur map", args.command, asdict(config),
-            config.history, time.perf_counter() - started, notes)
+    _report(
+        _report_path(out),
+        "GWIS-tuned blur map",
+        args.command,
+        asdict(config),
+        config.history,
+        time.perf_counter() - started,
+        notes,
+    )
 
 
 def _region_selector_tables(config) -> str:
@@ -322,23 +395,32 @@ def _region_selector_tables(config) -> str:
             "",
             "| accuracy | balanced accuracy | ROC AUC |",
             "|---:|---:|---:|",
-            (f"| {validation['accuracy']:.3f} | {validation['balanced_accuracy']:.3f} | "
-             f"{validation['roc_auc']:.3f} |"),
+            (
+                f"| {validation['accuracy']:.3f} | {validation['balanced_accuracy']:.3f} | "
+                f"{validation['roc_auc']:.3f} |"
+            ),
             "",
-            (f"Within-image ROC AUC (ranking the windows of one image, the selection task; mean "
-             f"over the {product['images_with_both_classes']} held-out images that have both good "
-             f"and bad windows): {product['within_image_roc_auc']:.3f}."),
+            (
+                f"Within-image ROC AUC (ranking the windows of one image, the selection task; mean "
+                f"over the {product['images_with_both_classes']} held-out images that have both good "
+                f"and bad windows): {product['within_image_roc_auc']:.3f}."
+            ),
             "",
-            (f"Kernel similarity of the PSF estimated from each of the {product['images']} "
-             f"held-out images, by the window it was estimated from (success: similarity >= "
-             f"{config.threshold}; the random window's numbers are expectations over its grid):"),
+            (
+                f"Kernel similarity of the PSF estimated from each of the {product['images']} "
+                f"held-out images, by the window it was estimated from (success: similarity >= "
+                f"{config.threshold}; the random window's numbers are expectations over its grid):"
+            ),
             "",
             "| window | mean similarity | median similarity | success rate |",
             "|---|---:|---:|---:|",
         ]
-        lines += [f"| {name} | {values['mean_similarity']:.3f} | {values['median_similarity']:.3f} | "
-                  f"{values['success_rate']:.2f} |"
-                  for name, values in product.items() if isinstance(values, dict)]
+        lines += [
+            f"| {name} | {values['mean_similarity']:.3f} | {values['median_similarity']:.3f} | "
+            f"{values['success_rate']:.2f} |"
+            for name, values in product.items()
+            if isinstance(values, dict)
+        ]
     return "\n".join(lines)
 
 
@@ -350,10 +432,17 @@ def _train_region_selector(args) -> None:
         train_region_selector,
     )
 
-    config = RegionSelectorTrainingConfig(windows=args.windows, steps=args.steps, batch=args.batch,
-                                          seed=args.seed, device=args.device, threads=args.threads,
-                                          cache_dir=args.cache, log_every=args.log_every,
-                                          workers=args.workers)
+    config = RegionSelectorTrainingConfig(
+        windows=args.windows,
+        steps=args.steps,
+        batch=args.batch,
+        seed=args.seed,
+        device=args.device,
+        threads=args.threads,
+        cache_dir=args.cache,
+        log_every=args.log_every,
+        workers=args.workers,
+    )
     out = Path(args.out) if args.out else _default_weights_path(WEIGHTS_FILE)
     started = time.perf_counter()
     train_region_selector(config, out)
@@ -378,12 +467,18 @@ def _train_region_selector(args) -> None:
         "`rank_images` whole images per step), AdamW with one-cycle schedule, random 90-degree "
         "turns and flips (the kernel turns with the window; the label does not change)."
     )
-    settings = {key: value for key, value in asdict(config).items()
-                if key not in ("data", "validation")}
+    settings = {key: value for key, value in asdict(config).items() if key not in ("data", "validation")}
     report = _report_path(out)
-    _report(report, "Region selector", args.command, settings, config.history,
-            time.perf_counter() - started, notes,
-            validation="all grid windows of the held-out images, unbalanced")
+    _report(
+        report,
+        "Region selector",
+        args.command,
+        settings,
+        config.history,
+        time.perf_counter() - started,
+        notes,
+        validation="all grid windows of the held-out images, unbalanced",
+    )
     report.write_text(report.read_text() + "\n" + _region_selector_tables(config) + "\n")
 
 
@@ -397,93 +492,165 @@ def main(argv=None) -> None:
     wiener.add_argument("--batch", type=int, default=16)
     wiener.add_argument("--seed", type=int, default=0)
     wiener.add_argument("--device", default="cpu", help="cpu, cuda or mps")
-    wiener.add_argument("--log-every", type=int, default=500,
-                        help="validate every this many steps of the first stage")
-    wiener.add_argument("--tuning-steps", type=int, default=None,
-                        help="steps of each fine-tuning stage (default 1200, FINE_TUNING)")
-    wiener.add_argument("--tuning-batch", type=int, default=None,
-                        help="crops per step of each fine-tuning stage (default: training.wiener_net."
-                             "FINE_TUNING, 8)")
-    wiener.add_argument("--network-passes", type=int, choices=ENSEMBLE_SIZES, default=None,
-                        help="each fine-tuning stage trains (and validates) the mean of the network over "
-                             "this many flipped or turned views, as the engine's ensemble runs it "
-                             "(default 1: one pass)")
-    wiener.add_argument("--widths", default=None,
-                        help="channels of the four network levels, e.g. 48,64,96,128 (default: "
-                             "wiener_net.WIDTHS); the engine runs only weights of its own widths")
-    wiener.add_argument("--noise-range", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
-                        help="Gaussian noise sigma of every stage, log-uniform (default 0.005 0.05)")
-    wiener.add_argument("--procedural-share", type=float, nargs=2, default=None,
-                        metavar=("TEXTURES", "POINTS"),
-                        help="fractions of the crops of every stage drawn from procedural stationary "
-                             "textures and from point-source fields (default 0 0)")
-    wiener.add_argument("--text-share", type=float, default=None, metavar="SHARE",
-                        help="fraction of the crops of every stage drawn from procedural printed text "
-                             "(default 0)")
-    wiener.add_argument("--kernel-error-share", type=float, default=None, metavar="SHARE",
-                        help="share of the crops whose network input gets a PSF widened by a Gaussian "
-                             "of 0.4-1 px (the blur stays true), all stages")
-    wiener.add_argument("--kernel-error-sigma", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
-                        help="range of that Gaussian's sigma in px, uniform (default 0.4 1.0)")
+    wiener.add_argument(
+        "--log-every", type=int, default=500, help="validate every this many steps of the first stage"
+    )
+    wiener.add_argument(
+        "--tuning-steps",
+        type=int,
+        default=None,
+        help="steps of each fine-tuning stage (default 1200, FINE_TUNING)",
+    )
+    wiener.add_argument(
+        "--tuning-batch",
+        type=int,
+        default=None,
+        help="crops per step of each fine-tuning stage (default: training.wiener_net.FINE_TUNING, 8)",
+    )
+    wiener.add_argument(
+        "--network-passes",
+        type=int,
+        choices=ENSEMBLE_SIZES,
+        default=None,
+        help="each fine-tuning stage trains (and validates) the mean of the network over "
+        "this many flipped or turned views, as the engine's ensemble runs it "
+        "(default 1: one pass)",
+    )
+    wiener.add_argument(
+        "--widths",
+        default=None,
+        help="channels of the four network levels, e.g. 48,64,96,128 (default: "
+        "wiener_net.WIDTHS); the engine runs only weights of its own widths",
+    )
+    wiener.add_argument(
+        "--noise-range",
+        type=float,
+        nargs=2,
+        default=None,
+        metavar=("LOW", "HIGH"),
+        help="Gaussian noise sigma of every stage, log-uniform (default 0.005 0.05)",
+    )
+    wiener.add_argument(
+        "--procedural-share",
+        type=float,
+        nargs=2,
+        default=None,
+        metavar=("TEXTURES", "POINTS"),
+        help="fractions of the crops of every stage drawn from procedural stationary "
+        "textures and from point-source fields (default 0 0)",
+    )
+    wiener.add_argument(
+        "--text-share",
+        type=float,
+        default=None,
+        metavar="SHARE",
+        help="fraction of the crops of every stage drawn from procedural printed text (default 0)",
+    )
+    wiener.add_argument(
+        "--kernel-error-share",
+        type=float,
+        default=None,
+        metavar="SHARE",
+        help="share of the crops whose network input gets a PSF widened by a Gaussian "
+        "of 0.4-1 px (the blur stays true), all stages",
+    )
+    wiener.add_argument(
+        "--kernel-error-sigma",
+        type=float,
+        nargs=2,
+        default=None,
+        metavar=("LOW", "HIGH"),
+        help="range of that Gaussian's sigma in px, uniform (default 0.4 1.0)",
+    )
     wiener.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
     wiener.add_argument("--out", default=None, help="weights path (default: the shipped file)")
-    wiener.add_argument("--stage", choices=("all", "base"), default="all",
-                        help="all: from scratch, then the two fine-tuning stages (the shipped "
-                             "weights); base: the first stage only")
-    wiener.add_argument("--init", default=None,
-                        help="skip the first stage: fine-tune these weights (e.g. an earlier "
-                             "--stage base run; its .md report is appended)")
-    wiener.add_argument("--init-stage", type=int, choices=(1, 2), default=1,
-                        help="the stage that made the --init weights: 1 runs stages 2 and 3 from "
-                             "them, 2 only stage 3")
+    wiener.add_argument(
+        "--stage",
+        choices=("all", "base"),
+        default="all",
+        help="all: from scratch, then the two fine-tuning stages (the shipped "
+        "weights); base: the first stage only",
+    )
+    wiener.add_argument(
+        "--init",
+        default=None,
+        help="skip the first stage: fine-tune these weights (e.g. an earlier "
+        "--stage base run; its .md report is appended)",
+    )
+    wiener.add_argument(
+        "--init-stage",
+        type=int,
+        choices=(1, 2),
+        default=1,
+        help="the stage that made the --init weights: 1 runs stages 2 and 3 from them, 2 only stage 3",
+    )
     wiener.set_defaults(run=_train_wiener_net)
     blurmap = sub.add_parser("blurmap", help="train the blur-map estimator")
-    blurmap.add_argument("--steps", type=int, default=7200,
-                         help="optimisation steps (the paper's network was trained with 400)")
+    blurmap.add_argument(
+        "--steps",
+        type=int,
+        default=7200,
+        help="optimisation steps (the paper's network was trained with 400)",
+    )
     blurmap.add_argument("--batch", type=int, default=16)
     blurmap.add_argument("--seed", type=int, default=0)
     blurmap.add_argument("--device", default="cpu", help="cpu, cuda or mps")
     blurmap.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
-    blurmap.add_argument("--baseline", action="store_true",
-                         help="train the paper's network instead (training/weights/blur_map_paper.pt)")
-    blurmap.add_argument("--log-every", type=int, default=300,
-                         help="validate and save the weights every this many steps")
-    blurmap.add_argument("--out", default=None,
-                         help="weights path (default: the shipped file; with --baseline "
-                              "training/weights/blur_map_paper.pt)")
+    blurmap.add_argument(
+        "--baseline",
+        action="store_true",
+        help="train the paper's network instead (training/weights/blur_map_paper.pt)",
+    )
+    blurmap.add_argument(
+        "--log-every", type=int, default=300, help="validate and save the weights every this many steps"
+    )
+    blurmap.add_argument(
+        "--out",
+        default=None,
+        help="weights path (default: the shipped file; with --baseline training/weights/blur_map_paper.pt)",
+    )
     blurmap.set_defaults(run=_train_blur_map)
     gwis_level = sub.add_parser(
-        "gwis-level", help="fine-tune the blur map on GWIS labels (the map for sharpening)")
+        "gwis-level", help="fine-tune the blur map on GWIS labels (the map for sharpening)"
+    )
     gwis_level.add_argument("--steps", type=int, default=1500)
-    gwis_level.add_argument("--label-batches", type=int, default=64,
-                            help="batches of 16 crops labelled by GWIS at every grid level")
+    gwis_level.add_argument(
+        "--label-batches",
+        type=int,
+        default=64,
+        help="batches of 16 crops labelled by GWIS at every grid level",
+    )
     gwis_level.add_argument("--seed", type=int, default=0)
     gwis_level.add_argument("--device", default="cpu", help="cpu, cuda or mps")
     gwis_level.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
-    gwis_level.add_argument("--log-every", type=int, default=500,
-                            help="validate every this many steps")
-    gwis_level.add_argument("--out", default=None,
-                            help="weights path (default: training/weights/gwis_level.pt)")
+    gwis_level.add_argument("--log-every", type=int, default=500, help="validate every this many steps")
+    gwis_level.add_argument(
+        "--out", default=None, help="weights path (default: training/weights/gwis_level.pt)"
+    )
     gwis_level.set_defaults(run=_train_gwis_level)
     selector = sub.add_parser("region-selector", help="label windows and train the region selector")
-    selector.add_argument("--windows", type=int, default=2400,
-                          help="labelled windows (the blind estimator runs once on each; cached)")
+    selector.add_argument(
+        "--windows",
+        type=int,
+        default=2400,
+        help="labelled windows (the blind estimator runs once on each; cached)",
+    )
     selector.add_argument("--steps", type=int, default=1200)
     selector.add_argument("--batch", type=int, default=16)
     selector.add_argument("--seed", type=int, default=0)
     selector.add_argument("--device", default="cpu", help="cpu, cuda or mps")
     selector.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
-    selector.add_argument("--workers", type=int, default=1,
-                          help="processes that make the labels (the slow part; one per core)")
-    selector.add_argument("--log-every", type=int, default=250,
-                          help="validate every this many steps")
-    selector.add_argument("--cache", default=None,
-                          help="folder of the label cache (default: ~/.cache/napari-deblur)")
+    selector.add_argument(
+        "--workers", type=int, default=1, help="processes that make the labels (the slow part; one per core)"
+    )
+    selector.add_argument("--log-every", type=int, default=250, help="validate every this many steps")
+    selector.add_argument(
+        "--cache", default=None, help="folder of the label cache (default: ~/.cache/napari-deblur)"
+    )
     selector.add_argument("--out", default=None, help="weights path (default: the shipped file)")
     selector.set_defaults(run=_train_region_selector)
     args = parser.parse_args(argv)
-    args.command = " ".join([PROG]
-                            + list(sys.argv[1:] if argv is None else argv))
+    args.command = " ".join([PROG] + list(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     args.run(args)
 

@@ -25,7 +25,12 @@ import torch.nn.functional as F
 
 from napari_deblur.engine.methods.wiener import WIENER_STACK_SNRS_DB, wiener_filter
 from napari_deblur.engine.methods.wiener_net import (
-    WIDTHS, WienerNet, apply_network_ensemble, correct_by_residual, plane_statistics, wiener_net_features,
+    WIDTHS,
+    WienerNet,
+    apply_network_ensemble,
+    correct_by_residual,
+    plane_statistics,
+    wiener_net_features,
 )
 from training.kernels import kernel_pool, widen_kernels
 from training.losses import ssim
@@ -85,8 +90,15 @@ VALIDATION_TEXTURES = 24
 VALIDATION_POINT_FIELDS = 24
 """Point-source fields in the point-source validation set (:func:`validation_batches`)."""
 
-FINE_TUNING = {"steps": 1200, "patch": 192, "batch": 8, "learning_rate": 3e-4,
-               "interior_weight": 0.75, "shake_fraction": 0.7, "log_every": 300}
+FINE_TUNING = {
+    "steps": 1200,
+    "patch": 192,
+    "batch": 8,
+    "learning_rate": 3e-4,
+    "interior_weight": 0.75,
+    "shake_fraction": 0.7,
+    "log_every": 300,
+}
 """The second stage of the default training command: larger crops (more
 context for kernels up to 31 px), a loss that looks past the frame band
 (``interior_weight``, :func:`restoration_loss`) and more camera shake, at a
@@ -111,8 +123,14 @@ def correction_tuning_config(config: WienerNetTrainingConfig, init: str) -> Wien
     trains the network for that pipeline (the correction is differentiable),
     on fresh crops, starting from ``init`` (the second stage's weights).
     """
-    return replace(config, **FINE_TUNING, residual_correction=True,
-                   seed=config.seed + CORRECTION_TUNING_SEED_OFFSET, init=str(init), history=[])
+    return replace(
+        config,
+        **FINE_TUNING,
+        residual_correction=True,
+        seed=config.seed + CORRECTION_TUNING_SEED_OFFSET,
+        init=str(init),
+        history=[],
+    )
 
 
 class BlurredBatches:
@@ -122,25 +140,32 @@ class BlurredBatches:
         self.config = config
         self.device = device
         self.rng = np.random.default_rng(seed)
-        self.sampler = PatchSampler(config.patch + KERNEL_SIZE - 1, self.rng,
-                                    n_dead_leaves=config.n_dead_leaves,
-                                    smooth_fraction=config.smooth_fraction,
-                                    n_textures=config.n_textures,
-                                    texture_fraction=config.texture_fraction,
-                                    n_point_fields=config.n_point_fields,
-                                    point_field_fraction=config.point_field_fraction,
-                                    n_text_pages=config.n_text_pages,
-                                    text_fraction=config.text_fraction)
-        self.kernels = torch.tensor(kernel_pool(config.kernel_pool_size, self.rng, KERNEL_SIZE,
-                                                config.shake_fraction))
+        self.sampler = PatchSampler(
+            config.patch + KERNEL_SIZE - 1,
+            self.rng,
+            n_dead_leaves=config.n_dead_leaves,
+            smooth_fraction=config.smooth_fraction,
+            n_textures=config.n_textures,
+            texture_fraction=config.texture_fraction,
+            n_point_fields=config.n_point_fields,
+            point_field_fraction=config.point_field_fraction,
+            n_text_pages=config.n_text_pages,
+            text_fraction=config.text_fraction,
+        )
+        self.kernels = torch.tensor(
+            kernel_pool(config.kernel_pool_size, self.rng, KERNEL_SIZE, config.shake_fraction)
+        )
 
     def draw(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         c = self.config
         big = torch.from_numpy(self.sampler.sample(c.batch)).to(self.device)
         kernels = self.kernels[self.rng.integers(len(self.kernels), size=c.batch)].to(self.device)
         sharp, blurred = blur_valid(big, kernels)
-        sigma = torch.from_numpy(np.exp(self.rng.uniform(
-            math.log(c.noise_sigma_range[0]), math.log(c.noise_sigma_range[1]), c.batch))).float()
+        sigma = torch.from_numpy(
+            np.exp(
+                self.rng.uniform(math.log(c.noise_sigma_range[0]), math.log(c.noise_sigma_range[1]), c.batch)
+            )
+        ).float()
         sigma = sigma.to(self.device).view(-1, 1, 1, 1)
         generator = torch.Generator(device="cpu").manual_seed(int(self.rng.integers(2**31)))
         poisson = self.rng.uniform(size=c.batch) < c.poisson_fraction
@@ -205,7 +230,7 @@ def interior_masks(kernels: torch.Tensor, shape: tuple[int, int]) -> torch.Tenso
     border = border.view(-1, 1, 1, 1)
     y = torch.arange(height, device=kernels.device).view(1, 1, -1, 1)
     x = torch.arange(width, device=kernels.device).view(1, 1, 1, -1)
-    inside = ((y >= border) & (y < height - border) & (x >= border) & (x < width - border))
+    inside = (y >= border) & (y < height - border) & (x >= border) & (x < width - border)
     return inside.float()
 
 
@@ -216,8 +241,12 @@ def _crop_mse(x: torch.Tensor, reference: torch.Tensor, mask: torch.Tensor | Non
     return (squared * mask).flatten(1).sum(1) / mask.flatten(1).sum(1).clamp_min(1)
 
 
-def restoration_loss(restored: torch.Tensor, sharp: torch.Tensor, interior: torch.Tensor | None = None,
-                     interior_weight: float = 0.0) -> torch.Tensor:
+def restoration_loss(
+    restored: torch.Tensor,
+    sharp: torch.Tensor,
+    interior: torch.Tensor | None = None,
+    interior_weight: float = 0.0,
+) -> torch.Tensor:
     """``LOG_MSE_WEIGHT`` x the mean over crops of ln(MSE) + ``SSIM_WEIGHT`` (1 - SSIM).
 
     The log of each crop's own MSE is minus its PSNR up to a constant, so the
@@ -239,9 +268,15 @@ def restoration_loss(restored: torch.Tensor, sharp: torch.Tensor, interior: torc
     return LOG_MSE_WEIGHT * log_mse.mean() + SSIM_WEIGHT * (1 - ssim(restored, sharp))
 
 
-NO_PROCEDURAL_POOLS = {"n_textures": 0, "texture_fraction": 0.0,
-                       "n_point_fields": 0, "point_field_fraction": 0.0,
-                       "n_text_pages": 0, "text_fraction": 0.0, "kernel_error_share": 0.0}
+NO_PROCEDURAL_POOLS = {
+    "n_textures": 0,
+    "texture_fraction": 0.0,
+    "n_point_fields": 0,
+    "point_field_fraction": 0.0,
+    "n_text_pages": 0,
+    "text_fraction": 0.0,
+    "kernel_error_share": 0.0,
+}
 """Photos and dead leaves with true kernels only: the validation mix whatever a run's own shares."""
 
 VALIDATION_SOURCES = {
@@ -253,8 +288,9 @@ VALIDATION_SOURCES = {
 (:func:`validation_batches`)."""
 
 
-def validation_batches(config: WienerNetTrainingConfig, device: torch.device,
-                       only: str | None = None) -> list:
+def validation_batches(
+    config: WienerNetTrainingConfig, device: torch.device, only: str | None = None
+) -> list:
     """Held-out batches of the train sources (seed ``config.seed + 1000``), the same for every run.
 
     Always with the default kernel mixture, so that runs with another
@@ -272,8 +308,14 @@ def validation_batches(config: WienerNetTrainingConfig, device: torch.device,
     return [source.draw() for _ in range(config.validation_batches)]
 
 
-def restore_batch(model: WienerNet, blurred: torch.Tensor, kernels: torch.Tensor,
-                  snrs: torch.Tensor, residual_correction: bool = False, passes: int = 1) -> torch.Tensor:
+def restore_batch(
+    model: WienerNet,
+    blurred: torch.Tensor,
+    kernels: torch.Tensor,
+    snrs: torch.Tensor,
+    residual_correction: bool = False,
+    passes: int = 1,
+) -> torch.Tensor:
     """The network's output, in the input's intensity scale (then corrected, as the engine does, if asked).
 
     ``passes`` > 1 averages the network over that many flipped or turned views, as the engine's
@@ -294,8 +336,9 @@ def nearest_snr_index(scale: torch.Tensor, noise: torch.Tensor, snrs_db: torch.T
     return (snr[:, None] - snrs_db[None, :].to(snr)).abs().argmin(dim=1)
 
 
-def classical_psnrs(blurred: torch.Tensor, kernels: torch.Tensor, sharp: torch.Tensor,
-                    snrs: torch.Tensor) -> dict[str, torch.Tensor]:
+def classical_psnrs(
+    blurred: torch.Tensor, kernels: torch.Tensor, sharp: torch.Tensor, snrs: torch.Tensor
+) -> dict[str, torch.Tensor]:
     """Per crop, the PSNRs of Wiener filters from the stack, each shape ``(B,)``.
 
     ``oracle``: the member with the best SNR for the crop, chosen by the answer
@@ -307,13 +350,16 @@ def classical_psnrs(blurred: torch.Tensor, kernels: torch.Tensor, sharp: torch.T
     """
     stack = wiener_filter(blurred, kernels, snrs)[:, :, 0]
     interior = interior_masks(kernels, sharp.shape[-2:])
-    members = [stack[:, i:i + 1] for i in range(stack.shape[1])]
+    members = [stack[:, i : i + 1] for i in range(stack.shape[1])]
     scores = torch.stack([crop_psnr(member, sharp) for member in members], dim=1)
     inner = torch.stack([crop_psnr(member, sharp, interior) for member in members], dim=1)
     _, scale, noise = plane_statistics(blurred)
     pick = nearest_snr_index(scale, noise, snrs)
-    return {"oracle": scores.amax(dim=1), "estimated": scores[torch.arange(len(pick)), pick],
-            "oracle_interior": inner.amax(dim=1)}
+    return {
+        "oracle": scores.amax(dim=1),
+        "estimated": scores[torch.arange(len(pick)), pick],
+        "oracle_interior": inner.amax(dim=1),
+    }
 
 
 def crop_psnr(x: torch.Tensor, reference: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -333,16 +379,19 @@ def train_wiener_net(config: WienerNetTrainingConfig, out_path: Path) -> WienerN
     snrs = torch.tensor(WIENER_STACK_SNRS_DB, dtype=torch.float32, device=device)
     batches = BlurredBatches(config, config.seed, device)
     validation = validation_batches(config, device)
-    extra_validation = {"smooth_": validation_batches(replace(config, smooth_fraction=1.0), device),
-                        "texture_": validation_batches(config, device, only="textures"),
-                        "points_": validation_batches(config, device, only="point_fields")}
+    extra_validation = {
+        "smooth_": validation_batches(replace(config, smooth_fraction=1.0), device),
+        "texture_": validation_batches(config, device, only="textures"),
+        "points_": validation_batches(config, device, only="point_fields"),
+    }
     model = WienerNet(widths=tuple(config.widths))
     if config.init:
         model.load_state_dict(torch.load(config.init, map_location="cpu", weights_only=True))
     model = model.to(device, memory_format=torch.channels_last)
     optimiser = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimiser, max_lr=config.learning_rate, total_steps=config.steps, pct_start=0.05)
+        optimiser, max_lr=config.learning_rate, total_steps=config.steps, pct_start=0.05
+    )
     started = time.perf_counter()
     running, logged_step = 0.0, 0
 
@@ -350,28 +399,51 @@ def train_wiener_net(config: WienerNetTrainingConfig, out_path: Path) -> WienerN
         entry = evaluate(model, validation, snrs, config.residual_correction, config.network_passes)
         for prefix, batches_of_set in extra_validation.items():
             scores = evaluate(model, batches_of_set, snrs, config.residual_correction, config.network_passes)
-            entry.update({prefix + k: scores[k] for k in (
-                "psnr_net", "psnr_oracle", "lost_to_oracle", "psnr_net_interior",
-                "psnr_oracle_interior", "lost_interior")})
+            entry.update(
+                {
+                    prefix + k: scores[k]
+                    for k in (
+                        "psnr_net",
+                        "psnr_oracle",
+                        "lost_to_oracle",
+                        "psnr_net_interior",
+                        "psnr_oracle_interior",
+                        "lost_interior",
+                    )
+                }
+            )
         entry.update(step=step, train_loss=train_loss, minutes=(time.perf_counter() - started) / 60)
         config.history.append(entry)
-        logger.info("step %d: train loss %.4f, val PSNR net %.2f / oracle Wiener %.2f / base %.2f"
-                    " / blurred %.2f, interior net %.2f / oracle %.2f; smooth sources: net %.2f /"
-                    " oracle %.2f, interior net %.2f / oracle %.2f; textures: interior net %.2f /"
-                    " oracle %.2f; point sources: interior net %.2f / oracle %.2f",
-                    step, train_loss, entry["psnr_net"], entry["psnr_oracle"], entry["psnr_base"],
-                    entry["psnr_blurred"], entry["psnr_net_interior"], entry["psnr_oracle_interior"],
-                    entry["smooth_psnr_net"], entry["smooth_psnr_oracle"],
-                    entry["smooth_psnr_net_interior"], entry["smooth_psnr_oracle_interior"],
-                    entry["texture_psnr_net_interior"], entry["texture_psnr_oracle_interior"],
-                    entry["points_psnr_net_interior"], entry["points_psnr_oracle_interior"])
+        logger.info(
+            "step %d: train loss %.4f, val PSNR net %.2f / oracle Wiener %.2f / base %.2f"
+            " / blurred %.2f, interior net %.2f / oracle %.2f; smooth sources: net %.2f /"
+            " oracle %.2f, interior net %.2f / oracle %.2f; textures: interior net %.2f /"
+            " oracle %.2f; point sources: interior net %.2f / oracle %.2f",
+            step,
+            train_loss,
+            entry["psnr_net"],
+            entry["psnr_oracle"],
+            entry["psnr_base"],
+            entry["psnr_blurred"],
+            entry["psnr_net_interior"],
+            entry["psnr_oracle_interior"],
+            entry["smooth_psnr_net"],
+            entry["smooth_psnr_oracle"],
+            entry["smooth_psnr_net_interior"],
+            entry["smooth_psnr_oracle_interior"],
+            entry["texture_psnr_net_interior"],
+            entry["texture_psnr_oracle_interior"],
+            entry["points_psnr_net_interior"],
+            entry["points_psnr_oracle_interior"],
+        )
 
     if config.init:  # the starting point, for comparison
         log_validation(0, float("nan"))
     for step in range(1, config.steps + 1):
         sharp, blurred, kernels = batches.draw()
-        restored = restore_batch(model, blurred, kernels, snrs, config.residual_correction,
-                                 config.network_passes)
+        restored = restore_batch(
+            model, blurred, kernels, snrs, config.residual_correction, config.network_passes
+        )
         interior = interior_masks(kernels, sharp.shape[-2:]) if config.interior_weight else None
         loss = restoration_loss(restored, sharp, interior, config.interior_weight)
         running += take_step(loss, model, optimiser, schedule)
@@ -394,8 +466,17 @@ def evaluate(model: WienerNet, validation, snrs, residual_correction: bool = Fal
     (:func:`interior_masks`), as the benchmark does.
     """
     model.eval()
-    scores = {key: [] for key in ("psnr_net", "psnr_oracle", "psnr_base", "psnr_blurred",
-                                  "psnr_net_interior", "psnr_oracle_interior")}
+    scores = {
+        key: []
+        for key in (
+            "psnr_net",
+            "psnr_oracle",
+            "psnr_base",
+            "psnr_blurred",
+            "psnr_net_interior",
+            "psnr_oracle_interior",
+        )
+    }
     with torch.no_grad():
         for sharp, blurred, kernels in validation:
             classical = classical_psnrs(blurred, kernels, sharp, snrs)
@@ -412,5 +493,6 @@ def evaluate(model: WienerNet, validation, snrs, residual_correction: bool = Fal
     summary = {k: float(v.mean()) for k, v in per_crop.items()}
     summary["lost_to_oracle"] = float((per_crop["psnr_net"] < per_crop["psnr_oracle"]).float().mean())
     summary["lost_interior"] = float(
-        (per_crop["psnr_net_interior"] < per_crop["psnr_oracle_interior"]).float().mean())
+        (per_crop["psnr_net_interior"] < per_crop["psnr_oracle_interior"]).float().mean()
+    )
     return summary

@@ -20,8 +20,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from napari_deblur.options import DEFAULT_ENSEMBLE, ENSEMBLE_SIZES
 from napari_deblur.io.stack_files import MAX_PLANE_PIXELS, STACK_INPUT_SUFFIXES
+from napari_deblur.options import DEFAULT_ENSEMBLE, ENSEMBLE_SIZES
 
 PROG = "napari-deblur"
 #: Methods of ``run``.
@@ -72,18 +72,34 @@ def build_parser() -> argparse.ArgumentParser:
             "figure is saved instead."
         ),
     )
-    demo.add_argument("--sample", choices=DEMO_SAMPLES, default=DEMO_SAMPLES[0],
-                      help="which sample to open (default: %(default)s)")
-    demo.add_argument("--screenshot", type=Path, metavar="OUT.png",
-                      help="run in a window, save a screenshot of the whole window to OUT.png and exit")
-    demo.add_argument("--no-gui", action="store_true",
-                      help="do not open napari; save a matplotlib figure of the results instead")
-    demo.add_argument("--output", type=Path, metavar="OUT.png",
-                      help=f"where the figure goes without a GUI (default: ./{DEFAULT_FIGURE_NAME})")
+    demo.add_argument(
+        "--sample",
+        choices=DEMO_SAMPLES,
+        default=DEMO_SAMPLES[0],
+        help="which sample to open (default: %(default)s)",
+    )
+    demo.add_argument(
+        "--screenshot",
+        type=Path,
+        metavar="OUT.png",
+        help="run in a window, save a screenshot of the whole window to OUT.png and exit",
+    )
+    demo.add_argument(
+        "--no-gui",
+        action="store_true",
+        help="do not open napari; save a matplotlib figure of the results instead",
+    )
+    demo.add_argument(
+        "--output",
+        type=Path,
+        metavar="OUT.png",
+        help=f"where the figure goes without a GUI (default: ./{DEFAULT_FIGURE_NAME})",
+    )
     demo.set_defaults(handler=_run_demo)
 
     run = commands.add_parser(
-        "run", aliases=["batch"],
+        "run",
+        aliases=["batch"],
         help="sharpen or analyse image files (stacks larger than memory too) without a GUI",
         description=(
             "Process each input with METHOD, plane by plane (bounded memory, also for stacks larger "
@@ -98,41 +114,95 @@ def build_parser() -> argparse.ArgumentParser:
             "143 after SIGTERM."
         ),
     )
-    run.add_argument("method", choices=RUN_METHODS, metavar="METHOD",
-                     help=f"one of: {', '.join(RUN_METHODS)}")
+    run.add_argument(
+        "method", choices=RUN_METHODS, metavar="METHOD", help=f"one of: {', '.join(RUN_METHODS)}"
+    )
     run.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="image files or zarr folders")
-    run.add_argument("-o", "--output-dir", type=Path, required=True, metavar="OUTDIR",
-                     help="folder for the results (created if needed)")
-    run.add_argument("--psf", type=Path, metavar="FILE",
-                     help="PSF file (.mat, .tif, .npy, .png); needed by wiener and wiener-net")
-    run.add_argument("--psf-index", type=int, metavar="N",
-                     help="which kernel (1-based) when the PSF file holds several, e.g. Levin09.mat")
-    run.add_argument("--blur", default="auto", metavar="LEVEL|auto",
-                     help="gwis: blur level in pixels (PSF standard deviation), or 'auto' to estimate "
-                          "a blur map per plane first (default: %(default)s)")
-    run.add_argument("--snr-db", type=float, default=30.0,
-                     help="wiener: assumed signal-to-noise ratio in dB (default: %(default)s)")
-    run.add_argument("--ensemble", type=int, choices=WIENER_NET_ENSEMBLES, default=DEFAULT_ENSEMBLE, metavar="N",
-                     help="wiener-net: average the network over N flipped or turned views of each plane "
-                          f"({', '.join(map(str, WIENER_NET_ENSEMBLES))}; each view is a network pass; "
-                          "default: %(default)s)")
-    run.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
-                     help="where the engine runs (default: %(default)s: CUDA, then MPS, then CPU)")
-    run.add_argument("--format", choices=("tif", "zarr"),
-                     help="output format (default: zarr for zarr inputs, tif otherwise)")
-    run.add_argument("--force", action="store_true",
-                     help="use a PSF even when it does not look like a blur kernel (larger than a quarter "
-                          "of the image's side, or with almost no background around its blur)")
-    run.add_argument("--overwrite", action="store_true",
-                     help="replace outputs that napari-deblur wrote before (never other files or folders)")
-    run.add_argument("--max-plane-megapixels", type=float, default=MAX_PLANE_PIXELS / 1e6, metavar="MP",
-                     help="refuse inputs whose planes (rows x columns x channels) declare more than MP "
-                          "million values (default: %(default).0f)")
+    run.add_argument(
+        "-o",
+        "--output-dir",
+        type=Path,
+        required=True,
+        metavar="OUTDIR",
+        help="folder for the results (created if needed)",
+    )
+    run.add_argument(
+        "--psf",
+        type=Path,
+        metavar="FILE",
+        help="PSF file (.mat, .tif, .npy, .png); needed by wiener and wiener-net",
+    )
+    run.add_argument(
+        "--psf-index",
+        type=int,
+        metavar="N",
+        help="which kernel (1-based) when the PSF file holds several, e.g. Levin09.mat",
+    )
+    run.add_argument(
+        "--blur",
+        default="auto",
+        metavar="LEVEL|auto",
+        help="gwis: blur level in pixels (PSF standard deviation), or 'auto' to estimate "
+        "a blur map per plane first (default: %(default)s)",
+    )
+    run.add_argument(
+        "--snr-db",
+        type=float,
+        default=30.0,
+        help="wiener: assumed signal-to-noise ratio in dB (default: %(default)s)",
+    )
+    run.add_argument(
+        "--ensemble",
+        type=int,
+        choices=WIENER_NET_ENSEMBLES,
+        default=DEFAULT_ENSEMBLE,
+        metavar="N",
+        help="wiener-net: average the network over N flipped or turned views of each plane "
+        f"({', '.join(map(str, WIENER_NET_ENSEMBLES))}; each view is a network pass; "
+        "default: %(default)s)",
+    )
+    run.add_argument(
+        "--device",
+        default="auto",
+        choices=("auto", "cpu", "cuda", "mps"),
+        help="where the engine runs (default: %(default)s: CUDA, then MPS, then CPU)",
+    )
+    run.add_argument(
+        "--format",
+        choices=("tif", "zarr"),
+        help="output format (default: zarr for zarr inputs, tif otherwise)",
+    )
+    run.add_argument(
+        "--force",
+        action="store_true",
+        help="use a PSF even when it does not look like a blur kernel (larger than a quarter "
+        "of the image's side, or with almost no background around its blur)",
+    )
+    run.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace outputs that napari-deblur wrote before (never other files or folders)",
+    )
+    run.add_argument(
+        "--max-plane-megapixels",
+        type=float,
+        default=MAX_PLANE_PIXELS / 1e6,
+        metavar="MP",
+        help="refuse inputs whose planes (rows x columns x channels) declare more than MP "
+        "million values (default: %(default).0f)",
+    )
     cluster = run.add_mutually_exclusive_group()
-    cluster.add_argument("--scheduler", metavar="ADDRESS",
-                         help="address of a dask.distributed scheduler (e.g. tcp://host:8786) to run on")
-    cluster.add_argument("--workers", type=int, metavar="N",
-                         help="start a local dask.distributed cluster of N worker processes")
+    cluster.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="address of a dask.distributed scheduler (e.g. tcp://host:8786) to run on",
+    )
+    cluster.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="start a local dask.distributed cluster of N worker processes",
+    )
     run.set_defaults(handler=_run_method)
     return parser
 
@@ -160,8 +230,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     try:
         return int(args.handler(args) or 0)
     except CommandLineError as exc:
@@ -186,8 +257,10 @@ def _run_demo(args: argparse.Namespace) -> int:
                 print(path)
             return 0
     output = args.output or args.screenshot or Path.cwd() / demo.DEFAULT_FIGURE_NAME
-    print(f"No napari window ({reason}): running the {args.sample} demo without Qt "
-          "and saving a matplotlib figure instead.")
+    print(
+        f"No napari window ({reason}): running the {args.sample} demo without Qt "
+        "and saving a matplotlib figure instead."
+    )
     try:
         print(demo.save_demo_figure(args.sample, output))
     except ImportError as exc:
@@ -241,9 +314,11 @@ def _kernel_problem(psf, name: str) -> str | None:
         peak = kernel.max()
         share = float(np.mean(kernel < KERNEL_BACKGROUND_LEVEL * peak)) if peak > 0 else 0.0
         if share < KERNEL_MIN_BACKGROUND_SHARE:
-            return (f"{name} does not look like a blur kernel: only {share:.0%} of its pixels are near zero "
-                    f"(a kernel is a blur surrounded by background, at least "
-                    f"{KERNEL_MIN_BACKGROUND_SHARE:.0%}); is it an image? Pass --force to use it anyway")
+            return (
+                f"{name} does not look like a blur kernel: only {share:.0%} of its pixels are near zero "
+                f"(a kernel is a blur surrounded by background, at least "
+                f"{KERNEL_MIN_BACKGROUND_SHARE:.0%}); is it an image? Pass --force to use it anyway"
+            )
     return None
 
 
@@ -251,9 +326,11 @@ def _kernel_size_problem(psf, image_shape: tuple[int, ...], name: str) -> str | 
     """Why ``psf`` is too large for planes of ``image_shape`` (rows, columns), or None."""
     side = min(image_shape)
     if max(psf.shape[-2:]) > KERNEL_MAX_SIDE_SHARE * side:
-        return (f"the PSF {name} ({psf.shape[-2]} x {psf.shape[-1]} px) is larger than a quarter of the "
-                f"image's side ({image_shape[0]} x {image_shape[1]} px): it cannot be this image's blur "
-                "kernel. Pass --force to use it anyway")
+        return (
+            f"the PSF {name} ({psf.shape[-2]} x {psf.shape[-1]} px) is larger than a quarter of the "
+            f"image's side ({image_shape[0]} x {image_shape[1]} px): it cannot be this image's blur "
+            "kernel. Pass --force to use it anyway"
+        )
     return None
 
 
@@ -285,15 +362,28 @@ def _method_call(args: argparse.Namespace):
         if problem:
             raise CommandLineError(problem)
         if args.method == "wiener":
-            return (lambda image, channel_axis: engine.wiener_deconvolve(
-                image, psf, snr_db=args.snr_db, channel_axis=channel_axis, device=device),
-                f"wiener snr_db={args.snr_db:g} psf={args.psf.name}", psf)
-        return (lambda image, channel_axis: engine.wiener_net_deconvolve(
-            image, psf, channel_axis=channel_axis, device=device, ensemble=args.ensemble),
-            f"wiener-net psf={args.psf.name} ensemble={args.ensemble}", psf)
+            return (
+                lambda image, channel_axis: engine.wiener_deconvolve(
+                    image, psf, snr_db=args.snr_db, channel_axis=channel_axis, device=device
+                ),
+                f"wiener snr_db={args.snr_db:g} psf={args.psf.name}",
+                psf,
+            )
+        return (
+            lambda image, channel_axis: engine.wiener_net_deconvolve(
+                image, psf, channel_axis=channel_axis, device=device, ensemble=args.ensemble
+            ),
+            f"wiener-net psf={args.psf.name} ensemble={args.ensemble}",
+            psf,
+        )
     if args.method == "blur-map":
-        return (lambda image, channel_axis: engine.estimate_blur_map(
-            image, channel_axis=channel_axis, device=device), "blur map (px)", None)
+        return (
+            lambda image, channel_axis: engine.estimate_blur_map(
+                image, channel_axis=channel_axis, device=device
+            ),
+            "blur map (px)",
+            None,
+        )
     level = _parse_blur(args.blur)
 
     blur = level if level is not None else "auto"
@@ -325,8 +415,9 @@ class _ProgressLine:
         filled = int(round(update.fraction * self.width))
         bar = "#" * filled + "." * (self.width - filled)
         end = "" if self.tty and update.fraction < 1 else "\n"
-        sys.stderr.write(f"{chr(13) if self.tty else ''}[{bar}] {update.fraction:4.0%} {self.label}: "
-                         f"{update.message}{end}")
+        sys.stderr.write(
+            f"{chr(13) if self.tty else ''}[{bar}] {update.fraction:4.0%} {self.label}: {update.message}{end}"
+        )
         sys.stderr.flush()
 
 
@@ -337,8 +428,9 @@ def _start_cluster(args: argparse.Namespace):
     try:
         from distributed import Client, LocalCluster
     except ImportError:
-        raise CommandLineError("--scheduler/--workers need dask.distributed: "
-                               "pip install 'napari-deblur[distributed]'") from None
+        raise CommandLineError(
+            "--scheduler/--workers need dask.distributed: pip install 'napari-deblur[distributed]'"
+        ) from None
     if args.workers is not None:
         if args.workers < 1:
             raise CommandLineError(f"--workers must be at least 1, got {args.workers}")
@@ -349,12 +441,21 @@ def _start_cluster(args: argparse.Namespace):
         # distributed starts workers with MALLOC_TRIM_THRESHOLD_ set, which turns off glibc's
         # adaptive mmap threshold: every large torch temporary is then mapped and unmapped
         # afresh, and GWIS ran 2x slower (4 planes of 2048^2: 32 s vs 16 s on one worker).
-        environ = {name: value for name, value in
-                   dask.config.get("distributed.nanny.pre-spawn-environ", {}).items()
-                   if name != "MALLOC_TRIM_THRESHOLD_"}
+        environ = {
+            name: value
+            for name, value in dask.config.get("distributed.nanny.pre-spawn-environ", {}).items()
+            if name != "MALLOC_TRIM_THRESHOLD_"
+        }
         with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
-            return Client(LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
-                                       dashboard_address=":0", silence_logs=logging.WARNING))
+            return Client(
+                LocalCluster(
+                    n_workers=args.workers,
+                    threads_per_worker=1,
+                    processes=True,
+                    dashboard_address=":0",
+                    silence_logs=logging.WARNING,
+                )
+            )
     try:
         return Client(args.scheduler, timeout="20s")
     except OSError as exc:
@@ -376,7 +477,9 @@ def _plan_outputs(args: argparse.Namespace) -> dict[Path, Path]:
     for path in args.inputs:
         out = _output_path(args, path)
         if out in outputs:
-            raise CommandLineError(f"{str(outputs[out])!r} and {str(path)!r} would both be written as {out.name}")
+            raise CommandLineError(
+                f"{str(outputs[out])!r} and {str(path)!r} would both be written as {out.name}"
+            )
         outputs[out] = path
     for out in outputs:
         for path in args.inputs:
@@ -425,8 +528,9 @@ def _run_method(args: argparse.Namespace) -> int:
     try:
         args.output_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise CommandLineError(f"cannot create --output-dir {str(args.output_dir)!r}: "
-                               f"{exc.strerror or exc}") from exc
+        raise CommandLineError(
+            f"cannot create --output-dir {str(args.output_dir)!r}: {exc.strerror or exc}"
+        ) from exc
     client = _start_cluster(args)
     if client is not None:
         at_once = sum(client.nthreads().values())
@@ -449,15 +553,27 @@ def _run_method(args: argparse.Namespace) -> int:
                 check_replaceable(out, overwrite)
                 image, channel_axis = open_lazy_image(path, max_plane_pixels=max_plane_pixels)
                 plane_axes = (-3, -2) if channel_axis is not None else (-2, -1)
-                too_large = None if psf is None or args.force else _kernel_size_problem(
-                    psf, tuple(image.shape[a] for a in plane_axes), repr(args.psf.name))
+                too_large = (
+                    None
+                    if psf is None or args.force
+                    else _kernel_size_problem(
+                        psf, tuple(image.shape[a] for a in plane_axes), repr(args.psf.name)
+                    )
+                )
                 if too_large:
                     raise ValueError(too_large)
                 result = compute(image, channel_axis)
-                run_job(iter_save_lazy(result, out, channel_axis=None if args.method == "blur-map"
-                                       else channel_axis, at_once=at_once, description=description,
-                                       overwrite=overwrite),
-                        _ProgressLine(path.name))
+                run_job(
+                    iter_save_lazy(
+                        result,
+                        out,
+                        channel_axis=None if args.method == "blur-map" else channel_axis,
+                        at_once=at_once,
+                        description=description,
+                        overwrite=overwrite,
+                    ),
+                    _ProgressLine(path.name),
+                )
             except Exception as exc:  # noqa: BLE001 - reported by name; KeyboardInterrupt ends the batch
                 failed += 1
                 log.debug("failed on %s", path, exc_info=True)

@@ -197,8 +197,9 @@ def save_demo_figure(sample: str, path: str | os.PathLike[str]) -> Path:
         1, len(panels), figsize=(4.0 * len(panels), 4.8), squeeze=False, layout="constrained"
     )
     for ax, panel in zip(axes[0], panels):
-        shown = ax.imshow(panel.data, cmap=panel.cmap, vmin=panel.vmin, vmax=panel.vmax,
-                          interpolation="nearest")
+        shown = ax.imshow(
+            panel.data, cmap=panel.cmap, vmin=panel.vmin, vmax=panel.vmax, interpolation="nearest"
+        )
         ax.set_title(panel.title, fontsize=10)
         ax.set_axis_off()
         if panel.colorbar:
@@ -424,8 +425,11 @@ def run_gui_demo(sample: str, screenshot: str | os.PathLike[str] | None = None) 
     with _demo_settings():
         viewer, widgets = open_demo_viewer(sample, show=True)
         if screenshot is None:
-            print("napari-deblur demo: the napari window is open; the results appear side by side when "
-                  "the job is done. Close the window to end the demo.", flush=True)
+            print(
+                "napari-deblur demo: the napari window is open; the results appear side by side when "
+                "the job is done. Close the window to end the demo.",
+                flush=True,
+            )
             napari.run()
             return None
         path = Path(screenshot).expanduser().resolve()

@@ -160,9 +160,7 @@ def free_gpu_cache() -> None:
         torch.cuda.empty_cache()
 
 
-def job_generator(
-    selection: JobSelection, make_steps: MakeSteps
-) -> Generator[Any, Any, Any]:
+def job_generator(selection: JobSelection, make_steps: MakeSteps) -> Generator[Any, Any, Any]:
     """Worker body: read the data, build the engine steps, forward their progress.
 
     superqt's generator worker swallows exceptions that subclass RuntimeError
@@ -251,9 +249,7 @@ def select_input(
     if layer is None:
         raise ValueError("No image layer chosen: open an image and choose it as input.")
     if isinstance(layer, Labels) or not isinstance(layer, Image):
-        raise TypeError(
-            f"Layer {layer.name!r} is a {type(layer).__name__} layer: choose an Image layer."
-        )
+        raise TypeError(f"Layer {layer.name!r} is a {type(layer).__name__} layer: choose an Image layer.")
     data = level0(layer)
     shape = tuple(int(s) for s in data.shape)
     if any(s == 0 for s in shape):
@@ -275,17 +271,11 @@ def select_input(
     if n_lead > 0 and scope == SCOPE_CURRENT_SLICE:
         if chosen is None:
             position = np.asarray(layer.world_to_data(world_point))[:n_lead]
-            index = tuple(
-                int(np.clip(np.round(p), 0, n - 1)) for p, n in zip(position, shape[:n_lead])
-            )
+            index = tuple(int(np.clip(np.round(p), 0, n - 1)) for p, n in zip(position, shape[:n_lead]))
         else:
             index = tuple(int(i) for i in chosen)
-            if len(index) != n_lead or any(
-                not 0 <= i < n for i, n in zip(index, shape[:n_lead])
-            ):
-                raise ValueError(
-                    f"Slice {index} is not in layer {layer.name!r} of shape {shape}."
-                )
+            if len(index) != n_lead or any(not 0 <= i < n for i, n in zip(index, shape[:n_lead])):
+                raise ValueError(f"Slice {index} is not in layer {layer.name!r} of shape {shape}.")
         names = leading_axis_names(layer, n_lead)
         suffix = " (slice " + ", ".join(f"{a}={i}" for a, i in zip(names, index)) + ")"
     channel_axis = None
@@ -298,7 +288,6 @@ def select_input(
         name_suffix=suffix,
         lazy=scope == SCOPE_LAZY,
     )
-
 
 
 def add_output_layers(
@@ -338,6 +327,7 @@ def add_output_layers(
             layer.visible = True
     return layers
 
+
 def unique_layer_name(base: str, taken: set[str]) -> str:
     """``base``, or ``base [n]`` with the first ``n`` whose name is not in ``taken``."""
     if base not in taken:
@@ -346,6 +336,7 @@ def unique_layer_name(base: str, taken: set[str]) -> str:
     while f"{base} [{n}]" in taken:
         n += 1
     return f"{base} [{n}]"
+
 
 def make_output_layer(selection: JobSelection, spec: OutputLayerSpec, taken: set[str]) -> Any:
     """The napari layer of ``spec``, with the input's geometry and a name not in ``taken``.
@@ -364,9 +355,7 @@ def make_output_layer(selection: JobSelection, spec: OutputLayerSpec, taken: set
     if spec.layer_type == "image":
         data = layer_array(spec.data)
         if "rgb" not in kwargs:
-            kwargs["rgb"] = bool(
-                source.rgb and data.ndim >= 3 and data.shape[-1] == level0(source).shape[-1]
-            )
+            kwargs["rgb"] = bool(source.rgb and data.ndim >= 3 and data.shape[-1] == level0(source).shape[-1])
         out_ndim = data.ndim - (1 if kwargs["rgb"] else 0)
         if spec.match_input_contrast:
             kwargs.setdefault("contrast_limits", list(source.contrast_limits))
@@ -383,19 +372,13 @@ def make_output_layer(selection: JobSelection, spec: OutputLayerSpec, taken: set
         shapes = list(spec.data)
         out_ndim = kwargs.pop("ndim", None)
         if out_ndim is None:
-            out_ndim = (
-                np.asarray(shapes[0]).shape[-1] if shapes else len(selection.covered_axes)
-            )
+            out_ndim = np.asarray(shapes[0]).shape[-1] if shapes else len(selection.covered_axes)
         axes = selection.covered_axes
         if selection.index is not None and int(out_ndim) == source.ndim:
             axes = tuple(range(source.ndim))  # shapes on one slice of the stack
         kwargs.update(output_geometry(source, axes, int(out_ndim)))
         return Shapes(shapes, ndim=int(out_ndim), name=name, **kwargs)
-    raise ValueError(
-        f"Unknown output layer type {spec.layer_type!r}: use 'image', 'labels' or 'shapes'."
-    )
-
-
+    raise ValueError(f"Unknown output layer type {spec.layer_type!r}: use 'image', 'labels' or 'shapes'.")
 
 
 def layer_array(data: Any) -> Any:

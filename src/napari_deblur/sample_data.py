@@ -430,5 +430,9 @@ def defocused_zstack_sample() -> list[LayerData]:
     scale = (2.0, 1.0, 1.0)
     return [
         (stack, {"name": "Out-of-focus z-stack", "scale": scale, "colormap": "gray"}, "image"),
-        (psf_stack, {"name": "Out-of-focus z-stack PSF", "scale": scale, "colormap": "magma", "metadata": meta}, "image"),
+        (
+            psf_stack,
+            {"name": "Out-of-focus z-stack PSF", "scale": scale, "colormap": "magma", "metadata": meta},
+            "image",
+        ),
     ]

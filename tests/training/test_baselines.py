@@ -7,8 +7,8 @@ from scipy.ndimage import gaussian_filter
 from skimage import data
 
 from napari_deblur.engine import estimate_blur_map, iter_estimate_blur_map, run_job, sharpen_gwis
-from napari_deblur.engine.methods import blur_map as bm
 from napari_deblur.engine.core import devices
+from napari_deblur.engine.methods import blur_map as bm
 from training import baselines
 
 
@@ -24,7 +24,12 @@ def blurred_photo():
 def test_paper_network_has_the_published_layers():
     layers = [m for m in baselines.PaperBlurNet().layers if isinstance(m, torch.nn.Conv2d)]
     assert [tuple(m.weight.shape) for m in layers] == [
-        (32, 1, 5, 5), (32, 32, 5, 5), (64, 32, 11, 11), (17, 64, 1, 1), (1, 17, 1, 1)]
+        (32, 1, 5, 5),
+        (32, 32, 5, 5),
+        (64, 32, 11, 11),
+        (17, 64, 1, 1),
+        (1, 17, 1, 1),
+    ]
     assert any(isinstance(m, torch.nn.MaxPool2d) for m in baselines.PaperBlurNet().layers)
     assert bm.output_stride(baselines.PaperBlurNet()) == 2
     assert bm.output_stride(bm.BlurMapNet()) == 4
@@ -41,8 +46,11 @@ def test_the_papers_network_runs_once_through_the_engine(blurred_photo, monkeypa
 
 
 def test_the_gwis_tuned_map_is_in_the_blur_map_units(blurred_photo):
-    tuned = run_job(iter_estimate_blur_map(blurred_photo, network=baselines.load_gwis_level_net(),
-                                           views=baselines.GWIS_LEVEL_VIEWS))
+    tuned = run_job(
+        iter_estimate_blur_map(
+            blurred_photo, network=baselines.load_gwis_level_net(), views=baselines.GWIS_LEVEL_VIEWS
+        )
+    )
     assert tuned.shape == blurred_photo.shape and tuned.dtype == np.float32
     assert 0 <= tuned.min() and tuned.max() <= bm.MAX_LEVEL
     assert np.abs(tuned - estimate_blur_map(blurred_photo)).max() > 0.05  # another network, not a copy
@@ -51,8 +59,9 @@ def test_the_gwis_tuned_map_is_in_the_blur_map_units(blurred_photo):
 
 def test_missing_weights_name_the_command_that_makes_them(tmp_path):
     with pytest.raises(FileNotFoundError, match="python -m training blurmap --baseline"):
-        baselines.load_weights(baselines.PaperBlurNet(), tmp_path / "none.pt",
-                               baselines.PAPER_RETRAIN_COMMAND)
+        baselines.load_weights(
+            baselines.PaperBlurNet(), tmp_path / "none.pt", baselines.PAPER_RETRAIN_COMMAND
+        )
 
 
 def test_the_weights_and_their_cards_are_kept_in_training():

@@ -6,9 +6,7 @@ import pytest
 import torch
 
 from napari_deblur.engine.physics.psf import random_motion_psf
-from training.checks import same_weights
-from training.checks import wiener_net_candidate_judge
-from training.checks import wiener_net_heldout_check
+from training.checks import same_weights, wiener_net_candidate_judge, wiener_net_heldout_check
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +44,9 @@ def test_wide_adds_the_gaussian_variance(check, kernels):
     assert bool((wide >= 0).all())
     # Convolution adds variances: 2 axes x 0.8^2 (the 7-tap Gaussian is truncated a little).
     added = second_moment(wide) - second_moment(kernels)
-    torch.testing.assert_close(added, torch.full_like(added, 2 * check.WIDE_KERNEL_SIGMA ** 2),
-                               atol=0.05, rtol=0)
+    torch.testing.assert_close(
+        added, torch.full_like(added, 2 * check.WIDE_KERNEL_SIGMA**2), atol=0.05, rtol=0
+    )
 
 
 def test_tails_cut_drops_faint_values(check, kernels):
@@ -79,19 +78,38 @@ def judge():
 
 def _table(rows):
     """A check-script table with the given (old gap, old lost, new gap, new lost) per row."""
-    lines = ["| held-out crops (16, noise 0.01, seed 2000, interior) | Wiener, best SNR |"
-             + " x | lost | worst |" * 4, "|---|" + "---:|" * 13]
+    lines = [
+        "| held-out crops (16, noise 0.01, seed 2000, interior) | Wiener, best SNR |"
+        + " x | lost | worst |" * 4,
+        "|---|" + "---:|" * 13,
+    ]
     for i, (old, old_lost, new, new_lost) in enumerate(rows):
-        cells = [f"row {i}", "30.00", "+9.99", "9/16", "-9.99", f"{old:+.2f}", f"{old_lost}/16", "-1.00",
-                 "+9.99", "9/16", "-9.99", f"{new:+.2f}", f"{new_lost}/16", "-1.00"]
+        cells = [
+            f"row {i}",
+            "30.00",
+            "+9.99",
+            "9/16",
+            "-9.99",
+            f"{old:+.2f}",
+            f"{old_lost}/16",
+            "-1.00",
+            "+9.99",
+            "9/16",
+            "-9.99",
+            f"{new:+.2f}",
+            f"{new_lost}/16",
+            "-1.00",
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def _tables(judge, change):
     """Every draw of the rule: 14 rows of gap 2.0 dB, 2 crops lost, changed by ``change(group, row)``."""
-    return {name: _table([(2.0, 2, *change(name.rsplit("_", 1)[0], i)) for i in range(14)])
-            for name, _ in judge.DRAWS}
+    return {
+        name: _table([(2.0, 2, *change(name.rsplit("_", 1)[0], i)) for i in range(14)])
+        for name, _ in judge.DRAWS
+    }
 
 
 def test_the_judge_ships_a_candidate_that_gains_with_wide_kernels_and_keeps_the_rest(judge):
@@ -101,13 +119,16 @@ def test_the_judge_ships_a_candidate_that_gains_with_wide_kernels_and_keeps_the_
     assert "| W | 5 | +2.00 (140) | +2.40 (140) | +0.40 |" in lines
 
 
-@pytest.mark.parametrize(("change", "failed"), [
-    (lambda group, row: (2.1, 2), "(a)"),                                      # too little wide-kernel gain
-    (lambda group, row: (1.9, 2) if group == "T0.03" else (2.5, 2), "(b)"),    # true-kernel mean falls 0.1
-    (lambda group, row: (1.7, 2) if row == 3 else (2.5, 2), "(c)"),            # one row falls 0.3
-    (lambda group, row: (1.8, 2) if group == "C" else (2.5, 2), "(d)"),        # tails-cut mean falls 0.2
-    (lambda group, row: (2.5, 3) if row < 3 else (2.5, 2), "(e)"),             # lost 112 -> 136
-])
+@pytest.mark.parametrize(
+    ("change", "failed"),
+    [
+        (lambda group, row: (2.1, 2), "(a)"),  # too little wide-kernel gain
+        (lambda group, row: (1.9, 2) if group == "T0.03" else (2.5, 2), "(b)"),  # true-kernel mean falls 0.1
+        (lambda group, row: (1.7, 2) if row == 3 else (2.5, 2), "(c)"),  # one row falls 0.3
+        (lambda group, row: (1.8, 2) if group == "C" else (2.5, 2), "(d)"),  # tails-cut mean falls 0.2
+        (lambda group, row: (2.5, 3) if row < 3 else (2.5, 2), "(e)"),  # lost 112 -> 136
+    ],
+)
 def test_the_judge_refuses_a_candidate_that_breaks_one_criterion(judge, change, failed):
     lines, ship = judge.verdict(_tables(judge, change))
     assert not ship and lines[-1] == "DO NOT SHIP"

@@ -36,7 +36,8 @@ def summary(*arrays) -> list[float]:
 def check(name: str, measured: list[float], pinned: list[float]) -> None:
     assert measured == pytest.approx(pinned, rel=RELATIVE_TOLERANCE), (
         f"{name}: the training data drawn from a fixed seed changed; the shipped weights' command "
-        f"no longer makes them. New numbers: {[float(f'{v:.8g}') for v in measured]}")
+        f"no longer makes them. New numbers: {[float(f'{v:.8g}') for v in measured]}"
+    )
 
 
 def test_blur_map_batches_draw_what_they_drew():
@@ -51,9 +52,18 @@ def test_blur_map_batches_draw_what_they_drew():
 
 def test_wiener_net_batches_draw_what_they_drew():
     config = twn.WienerNetTrainingConfig(
-        batch=8, patch=40, kernel_pool_size=12, n_dead_leaves=2, n_textures=2, texture_fraction=0.3,
-        n_point_fields=2, point_field_fraction=0.3, n_text_pages=2, text_fraction=0.2,
-        kernel_error_share=0.5)
+        batch=8,
+        patch=40,
+        kernel_pool_size=12,
+        n_dead_leaves=2,
+        n_textures=2,
+        texture_fraction=0.3,
+        n_point_fields=2,
+        point_field_fraction=0.3,
+        n_text_pages=2,
+        text_fraction=0.2,
+        kernel_error_share=0.5,
+    )
     batches = twn.BlurredBatches(config, 0, torch.device("cpu"))
     measured = []
     for _ in range(2):
@@ -66,26 +76,67 @@ def test_region_selector_images_draw_what_they_drew():
     natural = trs._load_natural(config)
     drawn = [trs.blurred_image(index, natural, config) for index in range(16)]
     names = [sum(map(ord, d["kind"] + d["source"])) for d in drawn]
-    measured = summary(np.stack([d["blurred"] for d in drawn]),
-                       np.stack([trs.embed(d["kernel"], trs.MAX_KERNEL) for d in drawn]),
-                       [d["noise"] for d in drawn], [d["estimate_size"] for d in drawn], names)
+    measured = summary(
+        np.stack([d["blurred"] for d in drawn]),
+        np.stack([trs.embed(d["kernel"], trs.MAX_KERNEL) for d in drawn]),
+        [d["noise"] for d in drawn],
+        [d["estimate_size"] for d in drawn],
+        names,
+    )
     check("region selector", measured, REGION_SELECTOR)
 
 
 # Pinned on 2026-11-29 (commit after 9b0634a); two batches of features and levels.
 BLUR_MAP: list[float] = [
-    2712.5517, 9234.8561, 10834.965, 34695.545, 115919.87, 138844.57,
-    3133.2016, 8589.4429, 12554.009, 39458.855, 125060.98, 157824.27,
+    2712.5517,
+    9234.8561,
+    10834.965,
+    34695.545,
+    115919.87,
+    138844.57,
+    3133.2016,
+    8589.4429,
+    12554.009,
+    39458.855,
+    125060.98,
+    157824.27,
 ]
 # Two batches of sharp crops, blurred crops and the kernels handed to the network.
 WIENER_NET: list[float] = [
-    7799.1947, 5588.5949, 31191.381, 7803.6978, 5155.8863, 31206.039,
-    8.0, 0.10387589, 31.968083, 5672.8882, 3443.0504, 22686.767,
-    5653.1661, 3318.1566, 22617.091, 7.9999998, 0.15428118, 31.961659,
+    7799.1947,
+    5588.5949,
+    31191.381,
+    7803.6978,
+    5155.8863,
+    31206.039,
+    8.0,
+    0.10387589,
+    31.968083,
+    5672.8882,
+    3443.0504,
+    22686.767,
+    5653.1661,
+    3318.1566,
+    22617.091,
+    7.9999998,
+    0.15428118,
+    31.961659,
 ]
 # Sixteen images: blurred pixels, true kernels, noise levels, estimate sizes, kinds and sources.
 REGION_SELECTOR: list[float] = [
-    77451.578, 43348.798, 309786.97, 16.0, 0.74196789, 62.944704,
-    0.19303729, 0.0026901919, 0.66524626, 380.0, 9584.0, 1409.0,
-    27785.0, 52397871.0, 95731.0,
+    77451.578,
+    43348.798,
+    309786.97,
+    16.0,
+    0.74196789,
+    62.944704,
+    0.19303729,
+    0.0026901919,
+    0.66524626,
+    380.0,
+    9584.0,
+    1409.0,
+    27785.0,
+    52397871.0,
+    95731.0,
 ]

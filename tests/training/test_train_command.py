@@ -30,8 +30,9 @@ def test_region_selector_command_takes_its_cache(capsys):
 
 
 def test_the_command_runs_from_the_repository_root():
-    done = subprocess.run([sys.executable, "-m", "training", "--help"], cwd=ROOT, capture_output=True,
-                          text=True, check=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "training", "--help"], cwd=ROOT, capture_output=True, text=True, check=True
+    )
     assert "python -m training" in done.stdout and "region-selector" in done.stdout
 
 
@@ -44,8 +45,9 @@ def test_reports_of_shipped_weights_go_to_training_not_the_package(tmp_path):
 def test_training_report_names_the_processor_and_its_cpu_kernels(tmp_path):
     """Weights reproduce byte for byte only on the same kind of CPU kernels, so reports say which."""
     report = tmp_path / "report.md"
-    train._report(report, "Example", "python -m training example",
-                  {"device": "cpu", "history": []}, [], 90.0, "Notes.")
+    train._report(
+        report, "Example", "python -m training example", {"device": "cpu", "history": []}, [], 90.0, "Notes."
+    )
     text = report.read_text()
     assert f"torch CPU kernels {torch.backends.cpu.get_cpu_capability()}" in text
     assert "Processor: " in text and "wall time 1.5 min" in text

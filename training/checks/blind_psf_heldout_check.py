@@ -49,8 +49,15 @@ def random_kernel(kind: str, rng: np.random.Generator) -> np.ndarray:
     return kernel.astype(np.float64)
 
 
-def make_cases(kind: str, crop: int, seed: int, *, images: tuple[str, ...] | None = None,
-               per_image: int = KERNELS_PER_IMAGE, sources: list[np.ndarray] | None = None) -> list[tuple]:
+def make_cases(
+    kind: str,
+    crop: int,
+    seed: int,
+    *,
+    images: tuple[str, ...] | None = None,
+    per_image: int = KERNELS_PER_IMAGE,
+    sources: list[np.ndarray] | None = None,
+) -> list[tuple]:
     """(image index, blurred crop, true kernel, sharp crop aligned with the blurred one).
 
     ``images``: train-split names to draw from (default: the whole split), ``per_image`` kernels each;
@@ -85,20 +92,25 @@ def score_case(case: tuple, powers: tuple[float, ...], settings: dict[str, float
     from the shipped ones (the sharpening power is set by ``powers``).
     """
     import torch
+    from region_selection_benchmark import error_upto_shift
 
     from napari_deblur.engine import kernel_similarity, wiener_net_deconvolve
     from napari_deblur.engine.methods import blind_psf
-    from region_selection_benchmark import error_upto_shift
 
     torch.set_num_threads(1)
     index, blurred, kernel, sharp = case
     start = time.perf_counter()
     # the raw estimate (sharpening power 1); the powers are applied below
-    raw = blind_psf.estimate_psf(blurred, size=ESTIMATE_SIZE, device="cpu",
-                                 settings=blind_psf.EstimatorSettings(**{**settings, "sharpening_power": 1.0}))
+    raw = blind_psf.estimate_psf(
+        blurred,
+        size=ESTIMATE_SIZE,
+        device="cpu",
+        settings=blind_psf.EstimatorSettings(**{**settings, "sharpening_power": 1.0}),
+    )
     row = [index, time.perf_counter() - start]
-    reference = error_upto_shift(wiener_net_deconvolve(blurred, kernel.astype(np.float32)), sharp,
-                                 ER_BORDER)[0]
+    reference = error_upto_shift(wiener_net_deconvolve(blurred, kernel.astype(np.float32)), sharp, ER_BORDER)[
+        0
+    ]
     for power in powers:
         estimate = blind_psf.sharpen_kernel(raw, power).astype(np.float32)
         error = error_upto_shift(wiener_net_deconvolve(blurred, estimate), sharp, ER_BORDER)[0]
@@ -113,9 +125,14 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=20261127)
     parser.add_argument("--powers", type=float, nargs="+", default=(1.0, 1.25, 1.5, 2.0))
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE",
-                        help="a field of napari_deblur.engine.methods.blind_psf.EstimatorSettings, e.g. "
-                             "lambda_floor=0.002 (experiments)")
+    parser.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a field of napari_deblur.engine.methods.blind_psf.EstimatorSettings, e.g. "
+        "lambda_floor=0.002 (experiments)",
+    )
     args = parser.parse_args(argv)
     powers = tuple(args.powers)
     from dataclasses import fields
@@ -131,18 +148,21 @@ def main(argv=None) -> None:
         settings[name] = float(value)
     cases = make_cases(args.kind, args.crop, args.seed)
     with ProcessPoolExecutor(args.workers) as pool:
-        rows = np.array(list(pool.map(score_case, cases, [powers] * len(cases),
-                                      [settings] * len(cases))))
-    print(f"{args.kind} kernels, {args.crop} px crops, seed {args.seed}, settings {settings or 'shipped'}: "
-          f"{len(rows)} cases, "
-          f"{len(np.unique(rows[:, 0]))} images; median estimate time {np.median(rows[:, 1]):.2f} s")
+        rows = np.array(list(pool.map(score_case, cases, [powers] * len(cases), [settings] * len(cases))))
+    print(
+        f"{args.kind} kernels, {args.crop} px crops, seed {args.seed}, settings {settings or 'shipped'}: "
+        f"{len(rows)} cases, "
+        f"{len(np.unique(rows[:, 0]))} images; median estimate time {np.median(rows[:, 1]):.2f} s"
+    )
     print("| power | mean similarity | similarity >= 0.75 | median ER | mean ER | ER <= 2 | ER <= 3 |")
     print("|---:|---:|---:|---:|---:|---:|---:|")
     for n, power in enumerate(powers):
         similarity, ratio = rows[:, 2 + 2 * n], rows[:, 3 + 2 * n]
-        print(f"| {power:g} | {similarity.mean():.3f} | {np.mean(similarity >= 0.75):.0%} | "
-              f"{np.median(ratio):.3f} | {ratio.mean():.3f} | {np.mean(ratio <= 2):.0%} | "
-              f"{np.mean(ratio <= 3):.0%} |")
+        print(
+            f"| {power:g} | {similarity.mean():.3f} | {np.mean(similarity >= 0.75):.0%} | "
+            f"{np.median(ratio):.3f} | {ratio.mean():.3f} | {np.mean(ratio <= 2):.0%} | "
+            f"{np.mean(ratio <= 3):.0%} |"
+        )
 
 
 if __name__ == "__main__":

@@ -56,8 +56,12 @@ print(json.dumps(times))
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path)
-    parser.add_argument("--budget-seconds", type=float, default=360.0,
-                        help="seconds of training steps per run (pools, validation and timing come on top)")
+    parser.add_argument(
+        "--budget-seconds",
+        type=float,
+        default=360.0,
+        help="seconds of training steps per run (pools, validation and timing come on top)",
+    )
     parser.add_argument("--dry-run", action="store_true")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -65,9 +69,15 @@ def main(argv=None) -> int:
     root = Path(__file__).resolve().parents[2]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root), str(root / "src")]))
     timing_steps = 2 if args.dry_run else 30
-    timings = [subprocess.Popen([sys.executable, "-c", TIMING_SNIPPET, widths, device, str(timing_steps),
-                                 str(args.out)], env=env, stdout=subprocess.PIPE, text=True)
-               for widths in CANDIDATES.values()]
+    timings = [
+        subprocess.Popen(
+            [sys.executable, "-c", TIMING_SNIPPET, widths, device, str(timing_steps), str(args.out)],
+            env=env,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for widths in CANDIDATES.values()
+    ]
     seconds = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in timings]
     print("seconds per step (with the two timings sharing the device):", seconds, flush=True)
     stage1 = max(s["stage1"] for s in seconds)
@@ -80,23 +90,47 @@ def main(argv=None) -> int:
     commands = {}
     for name, widths in CANDIDATES.items():
         commands[name] = [
-            sys.executable, "-m", "training", "wiener-net", "--device", device,
-            "--threads", "6", "--seed", "0", "--steps", str(steps), "--batch", str(stage1_batch),
-            "--tuning-steps", str(tuning_steps), "--tuning-batch", str(tuning_batch),
-            "--log-every", str(max(steps // 8, 1)), "--widths", widths,
-            "--out", str(args.out / f"wiener_net_{name}.pt"),
+            sys.executable,
+            "-m",
+            "training",
+            "wiener-net",
+            "--device",
+            device,
+            "--threads",
+            "6",
+            "--seed",
+            "0",
+            "--steps",
+            str(steps),
+            "--batch",
+            str(stage1_batch),
+            "--tuning-steps",
+            str(tuning_steps),
+            "--tuning-batch",
+            str(tuning_batch),
+            "--log-every",
+            str(max(steps // 8, 1)),
+            "--widths",
+            widths,
+            "--out",
+            str(args.out / f"wiener_net_{name}.pt"),
         ]
     text = "\n".join(" ".join(c) for c in commands.values())
     (args.out / "commands.txt").write_text(text + "\n")
     print(text, flush=True)
     started = time.perf_counter()
-    runs = {name: subprocess.Popen(command, env=env, stdout=open(args.out / f"train_{name}.log", "w"),
-                                   stderr=subprocess.STDOUT)
-            for name, command in commands.items()}
+    runs = {
+        name: subprocess.Popen(
+            command, env=env, stdout=open(args.out / f"train_{name}.log", "w"), stderr=subprocess.STDOUT
+        )
+        for name, command in commands.items()
+    }
     for name, run in runs.items():
         print(name, "exit", run.wait(), f"after {time.perf_counter() - started:.0f} s", flush=True)
-    subprocess.run([sys.executable, "-c", SPEED_SNIPPET, str(args.out), device,
-                    "256" if args.dry_run else "2048"], env=env)
+    subprocess.run(
+        [sys.executable, "-c", SPEED_SNIPPET, str(args.out), device, "256" if args.dry_run else "2048"],
+        env=env,
+    )
     return 0
 
 

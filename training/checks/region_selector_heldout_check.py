@@ -32,29 +32,45 @@ def main(argv=None) -> None:
     path = training.cache_path(config)
     cached = len(training._load_cache(path, config)["blurred"]) if path.exists() else 0
     if cached * config.windows_per_image < args.windows:
-        raise SystemExit(f"{path} holds {cached} labelled images, fewer than --windows asks for: "
-                         "run the training command with the same --windows and --cache first")
+        raise SystemExit(
+            f"{path} holds {cached} labelled images, fewer than --windows asks for: "
+            "run the training command with the same --windows and --cache first"
+        )
     labels = training.make_labels(config, path)
     n_images = len(labels["blurred"])
     held_out = np.flatnonzero([config.is_validation(i) for i in range(n_images)])
     windows, similarities = training.cut_windows(labels, held_out, config)
     x = torch.from_numpy(windows)
     print(f"{len(held_out)} held-out images of {n_images}, {len(windows)} windows\n")
-    header = "| weights | within-image ROC AUC (images) | " + " | ".join(
-        f"{name}: mean similarity / success" for name in (
-            "selector's best window", "whole image", "random window (expected)",
-            "most gradient energy", "best window (oracle)")) + " |"
+    header = (
+        "| weights | within-image ROC AUC (images) | "
+        + " | ".join(
+            f"{name}: mean similarity / success"
+            for name in (
+                "selector's best window",
+                "whole image",
+                "random window (expected)",
+                "most gradient energy",
+                "best window (oracle)",
+            )
+        )
+        + " |"
+    )
     print(header)
     print("|---|" + "---:|" * (header.count("|") - 2))
     for weights in args.weights:
         model = RegionSelectorNet()
         model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
         scores = training._predict(model.eval(), x)
-        product = training.product_validation(scores, windows, similarities,
-                                              labels["whole_similarity"][held_out], config)
+        product = training.product_validation(
+            scores, windows, similarities, labels["whole_similarity"][held_out], config
+        )
         cells = [f"{product['within_image_roc_auc']:.3f} ({product['images_with_both_classes']})"]
-        cells += [f"{values['mean_similarity']:.3f} / {values['success_rate']:.2f}"
-                  for values in product.values() if isinstance(values, dict)]
+        cells += [
+            f"{values['mean_similarity']:.3f} / {values['success_rate']:.2f}"
+            for values in product.values()
+            if isinstance(values, dict)
+        ]
         print(f"| {weights} | " + " | ".join(cells) + " |", flush=True)
 
 

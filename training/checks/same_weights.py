@@ -35,8 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("first")
     parser.add_argument("second")
     args = parser.parse_args(argv)
-    first, second = (torch.load(path, map_location="cpu", weights_only=True)
-                     for path in (args.first, args.second))
+    first, second = (
+        torch.load(path, map_location="cpu", weights_only=True) for path in (args.first, args.second)
+    )
     differences = compare(first, second)
     if not differences:
         print(f"the same {len(first)} tensors")

@@ -52,8 +52,15 @@ def corrected_rows(table: str) -> list[tuple[str, float, int, float, int]]:
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if len(cells) != 14 or cells[0].startswith("held-out") or cells[1].startswith("-"):
             continue
-        rows.append((cells[0], float(cells[5]), int(cells[6].split("/")[0]),
-                     float(cells[11]), int(cells[12].split("/")[0])))
+        rows.append(
+            (
+                cells[0],
+                float(cells[5]),
+                int(cells[6].split("/")[0]),
+                float(cells[11]),
+                int(cells[12].split("/")[0]),
+            )
+        )
     return rows
 
 
@@ -70,10 +77,16 @@ def verdict(tables: dict[str, str]) -> tuple[list[str], bool]:
         old_lost = sum(r[2] for _, rows in draws for r in rows)
         new_lost = sum(r[4] for _, rows in draws for r in rows)
         summary[group] = (old, new, old_lost, new_lost)
-        lines.append(f"| {group} | {len(draws)} | {old:+.2f} ({old_lost}) | {new:+.2f} ({new_lost}) "
-                     f"| {new - old:+.2f} |")
-    falls = sorted((r[3] - r[1], name, r[0]) for group in TRUE_KERNEL_GROUPS
-                   for name, rows in groups[group] for r in rows)
+        lines.append(
+            f"| {group} | {len(draws)} | {old:+.2f} ({old_lost}) | {new:+.2f} ({new_lost}) "
+            f"| {new - old:+.2f} |"
+        )
+    falls = sorted(
+        (r[3] - r[1], name, r[0])
+        for group in TRUE_KERNEL_GROUPS
+        for name, rows in groups[group]
+        for r in rows
+    )
     lines += ["", "worst true-kernel rows (new - old):"]
     lines += [f"  {change:+.2f}  {name}  {row}" for change, name, row in falls[:6]]
     lost_old = sum(summary[g][2] for g in TRUE_KERNEL_GROUPS)
@@ -81,12 +94,15 @@ def verdict(tables: dict[str, str]) -> tuple[list[str], bool]:
     checks = {
         f"(a) W mean rises by >= {WIDE_GAIN_MIN:.2f} dB": summary["W"][1] - summary["W"][0] >= WIDE_GAIN_MIN,
         f"(b) T mean falls by <= {TRUE_MEAN_FALL_MAX:.2f} dB at each noise": all(
-            summary[g][1] - summary[g][0] >= -TRUE_MEAN_FALL_MAX for g in TRUE_KERNEL_GROUPS),
+            summary[g][1] - summary[g][0] >= -TRUE_MEAN_FALL_MAX for g in TRUE_KERNEL_GROUPS
+        ),
         f"(c) no T row falls by > {TRUE_ROW_FALL_MAX:.2f} dB": falls[0][0] >= -TRUE_ROW_FALL_MAX,
         f"(d) C mean falls by <= {TAILS_CUT_FALL_MAX:.2f} dB": (
-            summary["C"][1] - summary["C"][0] >= -TAILS_CUT_FALL_MAX),
+            summary["C"][1] - summary["C"][0] >= -TAILS_CUT_FALL_MAX
+        ),
         f"(e) T crops lost rise by <= {TRUE_LOST_RISE_MAX:.0%} ({lost_old} -> {lost_new})": (
-            lost_new <= (1 + TRUE_LOST_RISE_MAX) * lost_old),
+            lost_new <= (1 + TRUE_LOST_RISE_MAX) * lost_old
+        ),
     }
     lines.append("")
     lines += [("met    " if ok else "FAILED ") + text for text, ok in checks.items()]
@@ -107,8 +123,17 @@ def main(argv=None) -> int:
     root = Path(__file__).resolve().parents[2]
     if not args.summary_only:
         for name, options in DRAWS:
-            command = [sys.executable, "-m", "training.checks.wiener_net_heldout_check", args.old, args.new,
-                       "--residual-correction", "--ensemble", str(args.ensemble), *options]
+            command = [
+                sys.executable,
+                "-m",
+                "training.checks.wiener_net_heldout_check",
+                args.old,
+                args.new,
+                "--residual-correction",
+                "--ensemble",
+                str(args.ensemble),
+                *options,
+            ]
             table = subprocess.run(command, check=True, capture_output=True, text=True, cwd=root).stdout
             (args.out / f"{name}.md").write_text(table)
             print(f"{name} done", file=sys.stderr, flush=True)

@@ -60,15 +60,30 @@ def heldout_sets(seed: int = 2000, noise_std: float = NOISE, contrast: float = 1
     }
     for sources, options in source_sets.items():
         for label, half_widths in BOX_HALF_WIDTHS.items():
-            yield heldout_set(f"{sources}, shake box {label} px", options, half_widths, seed, noise_std,
-                              contrast=contrast)
+            yield heldout_set(
+                f"{sources}, shake box {label} px", options, half_widths, seed, noise_std, contrast=contrast
+            )
     for sources, options in list(source_sets.items())[:2]:
-        yield heldout_set(f"{sources}, shake box 7-13 px moved 2-4 px off centre", options,
-                          BOX_HALF_WIDTHS["7-13"], seed, noise_std, off_centre=True, contrast=contrast)
+        yield heldout_set(
+            f"{sources}, shake box 7-13 px moved 2-4 px off centre",
+            options,
+            BOX_HALF_WIDTHS["7-13"],
+            seed,
+            noise_std,
+            off_centre=True,
+            contrast=contrast,
+        )
 
 
-def heldout_set(name: str, sampler_options: dict, half_widths: tuple[int, int], seed: int,
-                noise_std: float, off_centre: bool = False, contrast: float = 1.0):
+def heldout_set(
+    name: str,
+    sampler_options: dict,
+    half_widths: tuple[int, int],
+    seed: int,
+    noise_std: float,
+    off_centre: bool = False,
+    contrast: float = 1.0,
+):
     """``(name, sharp, blurred + noise, kernels)`` for one row, from ``seed``.
 
     ``contrast`` scales each crop about its mean before the blur (:func:`with_contrast`).
@@ -135,22 +150,40 @@ def main(argv=None) -> None:
     from napari_deblur.engine.core.devices import cpu_bfloat16_is_fast
     from napari_deblur.engine.methods.wiener import WIENER_STACK_SNRS_DB, wiener_filter
     from napari_deblur.engine.methods.wiener_net import (
-        ENSEMBLE_SIZES, apply_network_ensemble, correct_by_residual, wiener_net_features,
+        ENSEMBLE_SIZES,
+        apply_network_ensemble,
+        correct_by_residual,
+        wiener_net_features,
         wiener_net_from_weights,
     )
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("weights", nargs="+", help="Wiener-net weight files (.pt)")
-    parser.add_argument("--residual-correction", action="store_true",
-                        help="also score each network followed by correct_by_residual")
+    parser.add_argument(
+        "--residual-correction",
+        action="store_true",
+        help="also score each network followed by correct_by_residual",
+    )
     parser.add_argument("--seed", type=int, default=2000, help="draw of crops, kernels and noise")
     parser.add_argument("--noise", type=float, default=NOISE, help="noise standard deviation")
-    parser.add_argument("--kernel-error", choices=KERNEL_ERRORS,
-                        help="deconvolve with a wrong kernel (the blur stays the true one)")
-    parser.add_argument("--contrast", type=float, default=1.0,
-                        help="scale each sharp crop about its mean by this before the blur (default 1)")
-    parser.add_argument("--ensemble", type=int, default=1, choices=ENSEMBLE_SIZES,
-                        help="network passes over flipped or turned views, averaged (default: 1)")
+    parser.add_argument(
+        "--kernel-error",
+        choices=KERNEL_ERRORS,
+        help="deconvolve with a wrong kernel (the blur stays the true one)",
+    )
+    parser.add_argument(
+        "--contrast",
+        type=float,
+        default=1.0,
+        help="scale each sharp crop about its mean by this before the blur (default 1)",
+    )
+    parser.add_argument(
+        "--ensemble",
+        type=int,
+        default=1,
+        choices=ENSEMBLE_SIZES,
+        help="network passes over flipped or turned views, averaged (default: 1)",
+    )
     args = parser.parse_args(argv)
     models = []
     for path in args.weights:
@@ -164,8 +197,10 @@ def main(argv=None) -> None:
     given = f", kernel {args.kernel_error}" if args.kernel_error else ""
     given += f", contrast {args.contrast:g}" if args.contrast != 1.0 else ""
     given += f", {args.ensemble} network passes" if args.ensemble > 1 else ""
-    header = [f"held-out crops ({CROPS}, noise {args.noise:g}, seed {args.seed}{given}, interior)",
-              "Wiener, best SNR"]
+    header = [
+        f"held-out crops ({CROPS}, noise {args.noise:g}, seed {args.seed}{given}, interior)",
+        "Wiener, best SNR",
+    ]
     for path, corrected in variants:
         label = f"{path} + residual correction" if corrected else path
         header += [f"{label}: net - Wiener", "lost", "worst"]
@@ -176,15 +211,17 @@ def main(argv=None) -> None:
         for name, sharp, blurred, true_kernels in heldout_sets(args.seed, args.noise, args.contrast):
             kernels = wrong_kernels(true_kernels, args.kernel_error)
             stack = wiener_filter(blurred, kernels, snrs)[:, :, 0]
-            member_psnrs = torch.stack([interior_psnr(stack[:, i:i + 1], sharp)
-                                        for i in range(stack.shape[1])], 1)
+            member_psnrs = torch.stack(
+                [interior_psnr(stack[:, i : i + 1], sharp) for i in range(stack.shape[1])], 1
+            )
             oracle = member_psnrs.amax(1)
             picks += member_psnrs.argmax(1).bincount(minlength=len(snrs))
             features, mean, scale = wiener_net_features(blurred, kernels, snrs)
             row = [name, f"{oracle.mean():.2f}"]
             for model in models:
-                restored = apply_network_ensemble(model, features, args.ensemble,
-                                                  bfloat16=bfloat16) * scale + mean
+                restored = (
+                    apply_network_ensemble(model, features, args.ensemble, bfloat16=bfloat16) * scale + mean
+                )
                 outputs = [restored]
                 if args.residual_correction:
                     outputs.append(correct_by_residual(blurred, restored, kernels))

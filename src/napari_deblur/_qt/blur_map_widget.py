@@ -58,8 +58,9 @@ def class_ranges() -> list[str]:
 
 def class_legend() -> str:
     """One line per class: ``"1 sharp: < 0.5 px"``..."""
-    return "\n".join(f"{i + 1} {name}: {rng}"
-                     for i, (name, rng) in enumerate(zip(CLASS_NAMES, class_ranges())))
+    return "\n".join(
+        f"{i + 1} {name}: {rng}" for i, (name, rng) in enumerate(zip(CLASS_NAMES, class_ranges()))
+    )
 
 
 class BlurMapWidget(EngineJobWidget):
@@ -83,9 +84,7 @@ class BlurMapWidget(EngineJobWidget):
 
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
         self._viewer = napari_viewer
-        self.image = image_input(
-            napari_viewer, "Image layer to analyse (colour images: their luminance)."
-        )
+        self.image = image_input(napari_viewer, "Image layer to analyse (colour images: their luminance).")
         self.add_classes = CheckBox(
             name="add_classes",
             text="Add blur classes (labels)",
@@ -124,8 +123,9 @@ class BlurMapWidget(EngineJobWidget):
         return EngineJob(call_engine, make_outputs, MAP_SUFFIX)
 
 
-def map_and_class_layers(blur_map: np.ndarray, source_name: str,
-                         add_classes: bool = True) -> list[OutputLayerSpec]:
+def map_and_class_layers(
+    blur_map: np.ndarray, source_name: str, add_classes: bool = True
+) -> list[OutputLayerSpec]:
     """The output layers of a blur-map job: the map, and optionally its classes.
 
     Parameters

@@ -55,9 +55,7 @@ class GwisWidget(EngineJobWidget):
 
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
         self._viewer = napari_viewer
-        self.image = image_input(
-            napari_viewer, "Image layer to sharpen (PSF layers are not listed)."
-        )
+        self.image = image_input(napari_viewer, "Image layer to sharpen (PSF layers are not listed).")
         self.blur_source = ComboBox(
             name="blur_source",
             label="Blur level",

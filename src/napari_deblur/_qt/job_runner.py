@@ -197,9 +197,7 @@ class JobRunner(Container):
             tooltip="Compute every plane into a .zarr or .tif file, one plane at a time (for "
             "stacks larger than memory), and open the file lazily as the output.",
         )
-        self.progress = ProgressBar(
-            name="progress", min=0, max=_PROGRESS_STEPS, value=0, label="Progress"
-        )
+        self.progress = ProgressBar(name="progress", min=0, max=_PROGRESS_STEPS, value=0, label="Progress")
         self.status = Label(name="status", value="")
         super().__init__(
             name=name,
@@ -578,9 +576,7 @@ class JobRunner(Container):
         if self._steps is not None:
             self._steps.close()
 
-    def _on_returned(
-        self, selection: JobSelection, make_outputs: MakeOutputs, result: Any
-    ) -> None:
+    def _on_returned(self, selection: JobSelection, make_outputs: MakeOutputs, result: Any) -> None:
         if self._closed:
             self._outcome = "aborted"
             return

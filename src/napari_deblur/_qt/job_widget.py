@@ -23,7 +23,13 @@ from magicgui.widgets import Container, Widget
 from napari_deblur._qt.job_runner import JobRunner
 from napari_deblur._qt.layer_choices import select_active_layer
 from napari_deblur._qt.settings import remember_values
-from napari_deblur.layer_jobs import SCOPE_CURRENT_SLICE, SCOPE_LAZY, JobSelection, MakeOutputs, OutputLayerSpec
+from napari_deblur.layer_jobs import (
+    SCOPE_CURRENT_SLICE,
+    SCOPE_LAZY,
+    JobSelection,
+    MakeOutputs,
+    OutputLayerSpec,
+)
 
 if TYPE_CHECKING:
     import napari

@@ -23,8 +23,7 @@ def is_image_layer(layer: Any) -> bool:
 
 def image_input(viewer: Any, tooltip: str) -> ComboBox:
     """The "Image" combo box every widget starts with, listing :func:`image_choices`."""
-    return ComboBox(name="image", label="Image", choices=lambda *_: image_choices(viewer),
-                    tooltip=tooltip)
+    return ComboBox(name="image", label="Image", choices=lambda *_: image_choices(viewer), tooltip=tooltip)
 
 
 def _has_role(layer: Any, role: str) -> bool:
@@ -45,9 +44,7 @@ def image_choices(viewer: Any) -> list[tuple[str, Any]]:
 def psf_choices(viewer: Any) -> list[tuple[str, Any]]:
     """Image layers that may hold a PSF, marked PSF layers first (no blur maps)."""
     images = [
-        layer
-        for layer in viewer.layers
-        if is_image_layer(layer) and not _has_role(layer, BLUR_MAP_ROLE)
+        layer for layer in viewer.layers if is_image_layer(layer) and not _has_role(layer, BLUR_MAP_ROLE)
     ]
     marked = [layer for layer in images if is_psf_metadata(layer.metadata)]
     others = [layer for layer in images if not is_psf_metadata(layer.metadata)]

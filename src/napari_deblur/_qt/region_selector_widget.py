@@ -76,9 +76,7 @@ def _shapes_choices(viewer: Any) -> list[tuple[str, Any]]:
     from napari.layers import Shapes
 
     shapes = [layer for layer in viewer.layers if isinstance(layer, Shapes)]
-    ours = [
-        ly for ly in shapes if (ly.metadata or {}).get("napari_deblur_method") == REGIONS_METHOD
-    ]
+    ours = [ly for ly in shapes if (ly.metadata or {}).get("napari_deblur_method") == REGIONS_METHOD]
     others = [ly for ly in shapes if ly not in ours]
     return [(layer.name, layer) for layer in ours[::-1] + others]
 
@@ -112,12 +110,21 @@ class RegionSelectorWidget(EngineJobWidget):
         )
         # the default is engine.methods.region_selector.TRAINING_WINDOW (not imported: it loads torch)
         self.size = SpinBox(
-            name="size", label="Window size (px)", min=64, max=512, step=16, value=192,
+            name="size",
+            label="Window size (px)",
+            min=64,
+            max=512,
+            step=16,
+            value=192,
             tooltip="Side of the square windows to score, in pixels (the network is trained on "
-                    "192; about half the image side works well).",
+            "192; about half the image side works well).",
         )
         self.count = SpinBox(
-            name="count", label="Count", min=1, max=20, value=5,
+            name="count",
+            label="Count",
+            min=1,
+            max=20,
+            value=5,
             tooltip="How many windows to propose (best first, not overlapping).",
         )
         self.psf_from = ComboBox(
@@ -138,7 +145,12 @@ class RegionSelectorWidget(EngineJobWidget):
             "rectangle, or the best-scoring one when none is selected.",
         )
         self.psf_size = SpinBox(
-            name="psf_size", label="PSF size (px)", min=3, max=101, step=2, value=25,
+            name="psf_size",
+            label="PSF size (px)",
+            min=3,
+            max=101,
+            step=2,
+            value=25,
             tooltip="Side of the estimated kernel in pixels (odd), a little larger than the "
             "blur. A rectangle must be at least twice as large on each side. The consensus "
             "ranking of Find regions estimates kernels of this size too.",
@@ -160,9 +172,7 @@ class RegionSelectorWidget(EngineJobWidget):
             watched=[self.image],
             after_runner=[self.psf_from, self.regions, self.psf_size, self.estimate_button],
         )
-        self.estimate_button.changed.connect(
-            lambda *_: self.runner.call_reporting_errors(self.estimate_psf)
-        )
+        self.estimate_button.changed.connect(lambda *_: self.runner.call_reporting_errors(self.estimate_psf))
         self.psf_from.changed.connect(self._refresh_regions_choice)
         self._refresh_regions_choice()
         self.runner.job_started.connect(self._refresh_estimate_button)
@@ -182,8 +192,9 @@ class RegionSelectorWidget(EngineJobWidget):
         def call_engine(data: Any, channel_axis: int | None, lazy: bool) -> Any:
             from napari_deblur.engine import iter_select_regions
 
-            return iter_select_regions(data, size=size, count=count, channel_axis=channel_axis,
-                                       ranking=ranking, psf_size=psf_size)
+            return iter_select_regions(
+                data, size=size, count=count, channel_axis=channel_axis, ranking=ranking, psf_size=psf_size
+            )
 
         def make_outputs(regions: Any) -> list[OutputLayerSpec]:
             return [self._regions_layer(regions, selection, leading, size, ranking)]
@@ -192,8 +203,11 @@ class RegionSelectorWidget(EngineJobWidget):
 
     @staticmethod
     def _regions_layer(
-        regions: Sequence[Sequence[float]], selection: JobSelection, leading: tuple[int, ...],
-        size: int, ranking: str,
+        regions: Sequence[Sequence[float]],
+        selection: JobSelection,
+        leading: tuple[int, ...],
+        size: int,
+        ranking: str,
     ) -> OutputLayerSpec:
         if not regions:
             raise ValueError(
@@ -215,8 +229,7 @@ class RegionSelectorWidget(EngineJobWidget):
                     "label": [f"#{r} {s:.2f}" for r, s in zip(ranks, scores)],
                 },
                 "feature_defaults": DRAWN_FEATURES,
-                "text": {"string": "{label}", "color": "white", "anchor": "upper_left",
-                         "size": 10},
+                "text": {"string": "{label}", "color": "white", "anchor": "upper_left", "size": 10},
                 "edge_color": "score",
                 "edge_colormap": SCORE_COLORMAP,
                 "edge_contrast_limits": (0.0, 1.0),
@@ -295,8 +308,7 @@ class RegionSelectorWidget(EngineJobWidget):
         n_shapes = len(regions.data)
         if n_shapes == 0:
             raise ValueError(
-                f"Regions layer {regions.name!r} has no rectangle: click 'Find regions' or "
-                "draw one."
+                f"Regions layer {regions.name!r} has no rectangle: click 'Find regions' or draw one."
             )
         selected = sorted(regions.selected_data)
         if len(selected) > 1:
@@ -347,12 +359,13 @@ class RegionSelectorWidget(EngineJobWidget):
         if n_lead:
             lead = corners[:, :n_lead]
             centre = np.round(lead.mean(axis=0))
-            if np.abs(lead - centre).max() > 0.5 or np.any(centre < 0) or np.any(
-                centre >= np.asarray(shape[:n_lead])
+            if (
+                np.abs(lead - centre).max() > 0.5
+                or np.any(centre < 0)
+                or np.any(centre >= np.asarray(shape[:n_lead]))
             ):
                 raise ValueError(
-                    f"{name} does not lie on one slice of {image.name!r}: draw it on a slice of "
-                    "the image."
+                    f"{name} does not lie on one slice of {image.name!r}: draw it on a slice of the image."
                 )
             leading = tuple(int(c) for c in centre)
 
@@ -374,13 +387,19 @@ class RegionSelectorWidget(EngineJobWidget):
         return leading, (top, left, bottom - top, right - left)
 
     def _psf_job(
-        self, selection: JobSelection, region: tuple[int, int, int, int] | None,
-        regions: Any | None, index: int | None,
+        self,
+        selection: JobSelection,
+        region: tuple[int, int, int, int] | None,
+        regions: Any | None,
+        index: int | None,
     ) -> EngineJob:
         """The blind estimation job on ``region`` of the plane (``None``: the whole plane)."""
         size = int(self.psf_size.value)
-        where = ({"region": "whole image"} if region is None else
-                 {"region": list(region), "regions_layer": regions.name})
+        where = (
+            {"region": "whole image"}
+            if region is None
+            else {"region": list(region), "regions_layer": regions.name}
+        )
         metadata = psf_metadata(
             napari_deblur_method="blind_psf",
             source_layer=selection.layer.name,
@@ -393,9 +412,7 @@ class RegionSelectorWidget(EngineJobWidget):
         def call_engine(data: Any, channel_axis: int | None, lazy: bool) -> Any:
             from napari_deblur.engine import iter_estimate_psf, psf_blur_level
 
-            psf = yield from iter_estimate_psf(
-                data, size=size, region=region, channel_axis=channel_axis
-            )
+            psf = yield from iter_estimate_psf(data, size=size, region=region, channel_axis=channel_axis)
             return psf, float(psf_blur_level(psf))
 
         def make_outputs(result: Any) -> list[OutputLayerSpec]:

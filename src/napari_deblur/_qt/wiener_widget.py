@@ -69,9 +69,7 @@ class WienerWidget(EngineJobWidget):
 
     def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
         self._viewer = napari_viewer
-        self.image = image_input(
-            napari_viewer, "Image layer to sharpen (PSF layers are not listed)."
-        )
+        self.image = image_input(napari_viewer, "Image layer to sharpen (PSF layers are not listed).")
         self.method = ComboBox(
             name="method",
             label="Method",
@@ -115,23 +113,48 @@ class WienerWidget(EngineJobWidget):
             "Layers marked as PSFs are listed first.",
         )
         self.gaussian_sigma = FloatSpinBox(
-            name="gaussian_sigma", label="Sigma (px)", min=0.1, max=50.0, step=0.1, value=2.0,
+            name="gaussian_sigma",
+            label="Sigma (px)",
+            min=0.1,
+            max=50.0,
+            step=0.1,
+            value=2.0,
             tooltip="Standard deviation of the Gaussian PSF in pixels.",
         )
         self.disk_radius = FloatSpinBox(
-            name="disk_radius", label="Radius (px)", min=0.5, max=50.0, step=0.5, value=3.0,
+            name="disk_radius",
+            label="Radius (px)",
+            min=0.5,
+            max=50.0,
+            step=0.5,
+            value=3.0,
             tooltip="Radius of the disk (out-of-focus) PSF in pixels.",
         )
         self.ring_radius = FloatSpinBox(
-            name="ring_radius", label="Ring radius (px)", min=1.0, max=50.0, step=0.5, value=5.0,
+            name="ring_radius",
+            label="Ring radius (px)",
+            min=1.0,
+            max=50.0,
+            step=0.5,
+            value=5.0,
             tooltip="Radius of the ring (annulus) PSF in pixels.",
         )
         self.motion_length = FloatSpinBox(
-            name="motion_length", label="Length (px)", min=1.0, max=200.0, step=1.0, value=15.0,
+            name="motion_length",
+            label="Length (px)",
+            min=1.0,
+            max=200.0,
+            step=1.0,
+            value=15.0,
             tooltip="Length of the straight motion blur in pixels.",
         )
         self.motion_angle = FloatSpinBox(
-            name="motion_angle", label="Angle (°)", min=-180.0, max=180.0, step=1.0, value=0.0,
+            name="motion_angle",
+            label="Angle (°)",
+            min=-180.0,
+            max=180.0,
+            step=1.0,
+            value=0.0,
             tooltip="Direction of the motion in degrees, counter-clockwise from the x axis.",
         )
         super().__init__(
@@ -285,9 +308,7 @@ class WienerWidget(EngineJobWidget):
             else:
                 psf = engine.motion_psf(length, angle)
             if learned:
-                deconvolve = (
-                    engine.wiener_net_deconvolve if lazy else engine.iter_wiener_net_deconvolve
-                )
+                deconvolve = engine.wiener_net_deconvolve if lazy else engine.iter_wiener_net_deconvolve
                 return deconvolve(data, psf, channel_axis=channel_axis, ensemble=passes)
             deconvolve = engine.wiener_deconvolve if lazy else engine.iter_wiener_deconvolve
             return deconvolve(data, psf, snr_db=snr_db, channel_axis=channel_axis)

@@ -7,6 +7,10 @@ for long jobs (see :mod:`napari_deblur.engine.core.jobs`). Work runs on CUDA, th
 Apple MPS, then the CPU (:func:`select_device`).
 """
 
+from .core.devices import select_device
+from .core.jobs import EngineError, EngineMemoryError, JobCancelled, JobProgress, run_job
+from .core.planes import PlaneLayout
+from .core.validation import as_float_image, as_psf
 from .methods.blind_psf import estimate_psf, iter_estimate_psf, kernel_similarity
 from .methods.blur_map import (
     BLUR_CLASS_EDGES,
@@ -15,21 +19,8 @@ from .methods.blur_map import (
     estimate_blur_map,
     iter_estimate_blur_map,
 )
-from .physics.convolution import blur, iter_blur
-from .core.devices import select_device
 from .methods.gwis import iter_sharpen_gwis, sharpen_gwis
-from .core.jobs import EngineError, EngineMemoryError, JobCancelled, JobProgress, run_job
-from .core.planes import PlaneLayout
-from .physics.psf import (
-    disk_psf,
-    gaussian_psf,
-    motion_psf,
-    psf_blur_level,
-    random_motion_psf,
-    ring_psf,
-)
 from .methods.region_selector import Region, iter_select_regions, select_regions
-from .core.validation import as_float_image, as_psf
 from .methods.wiener import (
     WIENER_STACK_SNRS_DB,
     iter_wiener_deconvolve,
@@ -38,6 +29,15 @@ from .methods.wiener import (
     wiener_deconvolve_snr_stack,
 )
 from .methods.wiener_net import iter_wiener_net_deconvolve, wiener_net_deconvolve
+from .physics.convolution import blur, iter_blur
+from .physics.psf import (
+    disk_psf,
+    gaussian_psf,
+    motion_psf,
+    psf_blur_level,
+    random_motion_psf,
+    ring_psf,
+)
 
 __all__ = [
     "BLUR_CLASS_EDGES",

@@ -393,7 +393,9 @@ def _read_mat(path: Path, limits: _Limits) -> tuple[list[np.ndarray], bool]:
     name, value = _pick_mat_variable(variables, path)
     if isinstance(value, list):
         if not value:
-            raise ValueError(f"Variable {name!r} in {path.name!r} is an empty cell array; it holds no kernel.")
+            raise ValueError(
+                f"Variable {name!r} in {path.name!r} is an empty cell array; it holds no kernel."
+            )
         return value, True
     if value.ndim == 3:
         # MATLAB keeps a stack as (y, x, k): the kernel index last.
@@ -454,7 +456,9 @@ def _v5_expanded(path: Path, raw: bytes, limits: _Limits) -> bytes | None:
         mtype, nbytes = struct.unpack_from(endian + "II", raw, pos)
         end = pos + 8 + nbytes
         if end > len(raw):
-            raise ValueError(f"a variable declares {nbytes} bytes but the file ends {len(raw) - pos - 8} bytes on")
+            raise ValueError(
+                f"a variable declares {nbytes} bytes but the file ends {len(raw) - pos - 8} bytes on"
+            )
         if mtype == _MI_COMPRESSED:
             inflater = zlib.decompressobj()
             element = inflater.decompress(raw[pos + 8 : end], budget + 1)
@@ -491,8 +495,9 @@ def _v5_subelement(buf: bytes, pos: int, end: int, endian: str) -> tuple[int, in
     return first, pos + 8, length, stop + (-length % 8)
 
 
-def _check_v5_matrix(path: Path, buf: bytes, pos: int, end: int, endian: str, limits: _Limits,
-                     depth: int = 0) -> None:
+def _check_v5_matrix(
+    path: Path, buf: bytes, pos: int, end: int, endian: str, limits: _Limits, depth: int = 0
+) -> None:
     """Check the dims of the miMATRIX element at ``pos`` and, for cells and structs, of its children."""
     mtype, body, length, _ = _v5_subelement(buf, pos, end, endian)
     if mtype != _MI_MATRIX or length == 0:
@@ -735,9 +740,7 @@ def write_psf_file(path: str | os.PathLike[str], data: Any) -> str:
         )
     array = _as_real_array(data, f"PSF to write to {path.name!r}")
     if array.ndim not in (2, 3):
-        raise ValueError(
-            f"A PSF to write must be 2D (h, w) or a stack (N, h, w); got shape {array.shape}."
-        )
+        raise ValueError(f"A PSF to write must be 2D (h, w) or a stack (N, h, w); got shape {array.shape}.")
     array = array.astype(np.float32)
     if suffix == ".npy":
         np.save(path, array, allow_pickle=False)

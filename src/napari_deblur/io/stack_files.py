@@ -127,8 +127,9 @@ def _read_picture(path: Path, max_plane_pixels: int) -> np.ndarray:
             width, height = picture.size
             bands = len(picture.getbands())
     except Image.DecompressionBombError as error:
-        raise StackFileError(f"cannot read {str(path)!r}: the decoder refuses it as too large "
-                             f"({error})".splitlines()[0]) from error
+        raise StackFileError(
+            f"cannot read {str(path)!r}: the decoder refuses it as too large ({error})".splitlines()[0]
+        ) from error
     _check_plane_size(path, (height, width, bands) if bands > 1 else (height, width), max_plane_pixels)
     import skimage.io
 
@@ -165,8 +166,10 @@ def open_lazy_image(path, *, max_plane_pixels: int = MAX_PLANE_PIXELS) -> tuple:
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in STACK_INPUT_SUFFIXES:
-        raise StackFileError(f"cannot read {str(path)!r}: unsupported file type "
-                             f"{suffix or '(none)'!r}; use one of {', '.join(STACK_INPUT_SUFFIXES)}")
+        raise StackFileError(
+            f"cannot read {str(path)!r}: unsupported file type "
+            f"{suffix or '(none)'!r}; use one of {', '.join(STACK_INPUT_SUFFIXES)}"
+        )
     _check_input_kind(path, suffix)
     try:
         if suffix == ".zarr":
@@ -175,17 +178,23 @@ def open_lazy_image(path, *, max_plane_pixels: int = MAX_PLANE_PIXELS) -> tuple:
             array = da.from_array(_read_picture(path, max_plane_pixels))
         else:
             source = _FileArray(path)
-            array = da.from_array(source, chunks=plane_chunks(source.shape, guess_channel_axis(source.shape)),
-                                  asarray=True, fancy=False,
-                                  meta=np.empty((0,) * source.ndim, dtype=source.dtype))
+            array = da.from_array(
+                source,
+                chunks=plane_chunks(source.shape, guess_channel_axis(source.shape)),
+                asarray=True,
+                fancy=False,
+                meta=np.empty((0,) * source.ndim, dtype=source.dtype),
+            )
     except StackFileError:
         raise
     except MemoryError as error:
         raise StackFileError(f"cannot read {str(path)!r}: not enough memory to decode it") from error
     except Exception as error:  # any reader failure is this file's problem, reported by name
         if "allow_pickle" in str(error):
-            raise StackFileError(f"cannot read {str(path)!r}: it holds Python objects, not pixels "
-                                 "(such files are never loaded)") from error
+            raise StackFileError(
+                f"cannot read {str(path)!r}: it holds Python objects, not pixels "
+                "(such files are never loaded)"
+            ) from error
         raise StackFileError(f"cannot read {str(path)!r}: {error}".splitlines()[0]) from error
     if array.ndim < 2 or array.size == 0:
         raise StackFileError(f"{str(path)!r} holds no image (shape {array.shape})")
@@ -240,13 +249,19 @@ def check_replaceable(path, overwrite: OverwritePolicy = "never") -> None:
         hint = " (pass --overwrite to replace it)" if own else ""
         raise StackFileError(f"{str(path)!r} already exists; nothing was written{hint}")
     if path.is_symlink() or not (path.is_file() or path.is_dir()):
-        raise StackFileError(f"{str(path)!r} exists and is not a regular file or folder; it is never replaced")
+        raise StackFileError(
+            f"{str(path)!r} exists and is not a regular file or folder; it is never replaced"
+        )
     if path.is_dir() and not own:
-        raise StackFileError(f"{str(path)!r} is a folder that napari-deblur did not write; "
-                             "it is never replaced: move it away or choose another name")
+        raise StackFileError(
+            f"{str(path)!r} is a folder that napari-deblur did not write; "
+            "it is never replaced: move it away or choose another name"
+        )
     if overwrite == "own" and not own:
-        raise StackFileError(f"{str(path)!r} exists and was not written by napari-deblur; "
-                             "it is never replaced: move it away or choose another name")
+        raise StackFileError(
+            f"{str(path)!r} exists and was not written by napari-deblur; "
+            "it is never replaced: move it away or choose another name"
+        )
 
 
 def _remove(path: Path) -> None:
@@ -284,14 +299,21 @@ class _TiffPlaneWriter:
     def __init__(self, path: Path, shape: tuple[int, ...], *, rgb: bool, description: str):
         import tifffile
 
-        tifffile.imwrite(path, shape=shape, dtype=np.float32, photometric="rgb" if rgb else "minisblack",
-                         metadata={OUTPUT_MARK: description})  # header only: the data area is sparse
+        tifffile.imwrite(
+            path,
+            shape=shape,
+            dtype=np.float32,
+            photometric="rgb" if rgb else "minisblack",
+            metadata={OUTPUT_MARK: description},
+        )  # header only: the data area is sparse
         with tifffile.TiffFile(path) as tif:
             offset = tif.series[0].dataoffset
         if offset is None:  # pragma: no cover - tifffile writes shaped float32 contiguously
-            raise StackFileError(f"cannot write {str(path)!r}: the TIFF writer did not lay out contiguous data")
+            raise StackFileError(
+                f"cannot write {str(path)!r}: the TIFF writer did not lay out contiguous data"
+            )
         self.offset, self.shape = int(offset), shape
-        self.strides = tuple(int(np.prod(shape[i + 1:])) * 4 for i in range(len(shape)))
+        self.strides = tuple(int(np.prod(shape[i + 1 :])) * 4 for i in range(len(shape)))
         self.fd = os.open(path, os.O_WRONLY)
 
     def __setitem__(self, index: tuple[slice, ...], values: np.ndarray) -> None:
@@ -317,8 +339,15 @@ class _TiffPlaneWriter:
             self.fd = -1
 
 
-def iter_save_lazy(lazy, path, *, channel_axis: int | None = None, at_once: int = 1,
-                   description: str = "", overwrite: OverwritePolicy = "never") -> JobSteps[Path]:
+def iter_save_lazy(
+    lazy,
+    path,
+    *,
+    channel_axis: int | None = None,
+    at_once: int = 1,
+    description: str = "",
+    overwrite: OverwritePolicy = "never",
+) -> JobSteps[Path]:
     """Compute a lazy result plane by plane into ``path`` (``.zarr`` or ``.tif``).
 
     Memory stays at about ``at_once`` planes. The data go to a hidden
@@ -374,8 +403,9 @@ def iter_save_lazy(lazy, path, *, channel_axis: int | None = None, at_once: int 
 
             partial = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=PARTIAL_SUFFIX, dir=parent))
             _give_usual_permissions(partial, 0o777)
-            target = zarr.open_array(str(partial), mode="w", shape=shape, dtype="float32",
-                                     chunks=plane_chunks(shape, channel_axis))
+            target = zarr.open_array(
+                str(partial), mode="w", shape=shape, dtype="float32", chunks=plane_chunks(shape, channel_axis)
+            )
             target.attrs[OUTPUT_MARK] = mark
         else:
             handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=PARTIAL_SUFFIX, dir=parent)
@@ -385,8 +415,9 @@ def iter_save_lazy(lazy, path, *, channel_axis: int | None = None, at_once: int 
             rgb = channel_axis == len(shape) - 1 and shape[-1] in (3, 4)
             target = _TiffPlaneWriter(partial, shape, rgb=rgb, description=mark)
 
-        yield from iter_compute_planes(lazy, target.__setitem__, at_once=at_once,
-                                       message=f"writing {path.name}")
+        yield from iter_compute_planes(
+            lazy, target.__setitem__, at_once=at_once, message=f"writing {path.name}"
+        )
         if suffix != ".zarr":
             os.fsync(target.fd)
             target.close()

@@ -75,11 +75,14 @@ def reuse_freed_memory() -> bool:
         if tune:
             try:
                 libc = ctypes.CDLL("libc.so.6")
-                done = all(libc.mallopt(parameter, value) == 1 for parameter, value in (
-                    (_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES),
-                    (_M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES),
-                    (_M_ARENA_MAX, 1),
-                ))
+                done = all(
+                    libc.mallopt(parameter, value) == 1
+                    for parameter, value in (
+                        (_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES),
+                        (_M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES),
+                        (_M_ARENA_MAX, 1),
+                    )
+                )
                 reason = "" if done else "mallopt refused a setting"
             except (OSError, AttributeError) as error:
                 reason = f"libc could not be loaded ({error})"

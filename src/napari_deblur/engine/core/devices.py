@@ -72,20 +72,15 @@ def _resolve_device(device) -> torch.device:
         try:
             chosen = torch.device(device.strip().lower())
         except RuntimeError as exc:
-            raise ValueError(
-                f"Unknown device {device!r}; use 'auto', 'cpu', 'cuda' or 'mps'."
-            ) from exc
+            raise ValueError(f"Unknown device {device!r}; use 'auto', 'cpu', 'cuda' or 'mps'.") from exc
     else:
-        raise TypeError(
-            f"device must be a string, a torch.device or None, not {type(device).__name__}."
-        )
+        raise TypeError(f"device must be a string, a torch.device or None, not {type(device).__name__}.")
     if chosen.type not in _KNOWN_TYPES:
         raise ValueError(f"Unsupported device {chosen}; use 'auto', 'cpu', 'cuda' or 'mps'.")
     if chosen.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(
-                "device='cuda' was requested but PyTorch sees no CUDA GPU here; "
-                "use device='auto' or 'cpu'."
+                "device='cuda' was requested but PyTorch sees no CUDA GPU here; use device='auto' or 'cpu'."
             )
         if chosen.index is not None and chosen.index >= torch.cuda.device_count():
             raise ValueError(
@@ -94,8 +89,7 @@ def _resolve_device(device) -> torch.device:
             )
     if chosen.type == "mps" and not mps_is_available():
         raise ValueError(
-            "device='mps' was requested but Apple MPS is not available here; "
-            "use device='auto' or 'cpu'."
+            "device='mps' was requested but Apple MPS is not available here; use device='auto' or 'cpu'."
         )
     return chosen
 
@@ -122,9 +116,7 @@ def is_out_of_memory(error: BaseException) -> bool:
         return False
     if isinstance(error, MemoryError):
         return True
-    oom_type = getattr(torch, "OutOfMemoryError", None) or getattr(
-        torch.cuda, "OutOfMemoryError", None
-    )
+    oom_type = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", None)
     if oom_type is not None and isinstance(error, oom_type):
         return True
     if not isinstance(error, RuntimeError):

@@ -190,12 +190,16 @@ def job_facade(
         facade.__qualname__ = stub.__qualname__
         facade.__module__ = stub.__module__
         facade.__doc__ = stub.__doc__
-        facade.__signature__ = twin.replace(parameters=parameters,
-                                            return_annotation=stub_signature.return_annotation)
+        facade.__signature__ = twin.replace(
+            parameters=parameters, return_annotation=stub_signature.return_annotation
+        )
         facade.__annotations__ = {
             **{p.name: p.annotation for p in parameters if p.annotation is not p.empty},
-            **({"return": stub_signature.return_annotation}
-               if stub_signature.return_annotation is not stub_signature.empty else {}),
+            **(
+                {"return": stub_signature.return_annotation}
+                if stub_signature.return_annotation is not stub_signature.empty
+                else {}
+            ),
         }
         return facade
 

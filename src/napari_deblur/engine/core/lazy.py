@@ -40,13 +40,14 @@ def check_lazy_image(image, *, name: str = "image") -> None:
     dtype = np.dtype(image.dtype)
     if np.issubdtype(dtype, np.complexfloating):
         raise ValueError(f"{name} is complex ({dtype}); pass a real image, e.g. abs({name}).")
-    if not (dtype == bool or np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)):
+    if not (dtype.kind == "b" or np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)):
         raise TypeError(f"{name} has dtype {dtype}, which is not a number type; pass a numeric array.")
     if int(np.prod(image.shape, dtype=np.int64)) == 0:
         raise ValueError(f"{name} is empty (shape {tuple(image.shape)}); pass an array with pixels.")
     if image.ndim < 2:
-        raise ValueError(f"{name} must have at least 2 dimensions (rows and columns), "
-                         f"got shape {tuple(image.shape)}.")
+        raise ValueError(
+            f"{name} must have at least 2 dimensions (rows and columns), got shape {tuple(image.shape)}."
+        )
 
 
 def lazy_layout(image, channel_axis: int | None) -> PlaneLayout:
@@ -125,17 +126,26 @@ def lazy_planewise(
 
     def block_fn(block, *extra, block_info=None):
         location = block_info[0]["chunk-location"]
-        plane = int(np.ravel_multi_index(tuple(location[a] for a in leading_axes), leading_shape)) \
-            if n_leading else 0
-        extra = [np.squeeze(e, axis=layout.channel_axis) if layout.channel_axis is not None else e
-                 for e in extra]
+        plane = (
+            int(np.ravel_multi_index(tuple(location[a] for a in leading_axes), leading_shape))
+            if n_leading
+            else 0
+        )
+        extra = [
+            np.squeeze(e, axis=layout.channel_axis) if layout.channel_axis is not None else e for e in extra
+        ]
         return np.asarray(compute_block(block, plane, *extra), dtype=np.float32)
 
     kwargs = {}
     if drop_channels and layout.channel_axis is not None:
         kwargs["drop_axis"] = layout.channel_axis
-    return da.map_blocks(block_fn, *arrays, dtype=np.float32, meta=np.empty((0,) * (
-        image.ndim - (1 if "drop_axis" in kwargs else 0)), dtype=np.float32), **kwargs)
+    return da.map_blocks(
+        block_fn,
+        *arrays,
+        dtype=np.float32,
+        meta=np.empty((0,) * (image.ndim - (1 if "drop_axis" in kwargs else 0)), dtype=np.float32),
+        **kwargs,
+    )
 
 
 def _per_plane_blocks(values, layout: PlaneLayout):
@@ -150,7 +160,8 @@ def _per_plane_blocks(values, layout: PlaneLayout):
         allowed = f"{layout.plane_shape}" + (f" or {full_shape}" if layout.leading_shape else "")
         raise ValueError(
             f"The per-pixel array has shape {tuple(values.shape)} but the image's planes are "
-            f"{layout.plane_shape} (image shape {layout.shape}); give shape {allowed}.")
+            f"{layout.plane_shape} (image shape {layout.shape}); give shape {allowed}."
+        )
     if layout.channel_axis is not None:
         values = da.expand_dims(values, layout.channel_axis)
     chunks = tuple(1 if axis < len(layout.leading_shape) else -1 for axis in range(len(full_shape)))
@@ -166,8 +177,13 @@ def plane_slices(shape: tuple[int, ...], chunks: tuple[tuple[int, ...], ...]) ->
         yield tuple(slice(int(b[i]), int(b[i + 1])) for b, i in zip(bounds, index))
 
 
-def iter_compute_planes(lazy, write: Callable[[tuple[slice, ...], np.ndarray], None], *,
-                        at_once: int = 1, message: str = "computing") -> JobSteps[int]:
+def iter_compute_planes(
+    lazy,
+    write: Callable[[tuple[slice, ...], np.ndarray], None],
+    *,
+    at_once: int = 1,
+    message: str = "computing",
+) -> JobSteps[int]:
     """Compute a lazy result block by block and hand each to ``write(index, values)``.
 
     ``at_once`` blocks are computed together (with dask's current scheduler:

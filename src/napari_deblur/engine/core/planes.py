@@ -208,7 +208,9 @@ def scaled_back(values: np.ndarray, exponent: int) -> np.ndarray:
     :func:`scaled_down` for intensity outputs (tiny outputs may round to subnormals or 0)."""
     if not exponent:
         return values
-    return np.clip(np.ldexp(values.astype(np.float64), exponent), -FLOAT32_MAX, FLOAT32_MAX).astype(np.float32)
+    return np.clip(np.ldexp(values.astype(np.float64), exponent), -FLOAT32_MAX, FLOAT32_MAX).astype(
+        np.float32
+    )
 
 
 PlaneStepsFn = Callable[[torch.Tensor, "torch.Tensor | None"], JobSteps[torch.Tensor]]

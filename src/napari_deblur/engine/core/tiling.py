@@ -104,8 +104,10 @@ class TileWindow:
     def core_in_tile(self) -> tuple[slice, slice]:
         """The core as slices of the tile's own pixels."""
         top, left = self.rows.start, self.cols.start
-        return (slice(self.core_rows.start - top, self.core_rows.stop - top),
-                slice(self.core_cols.start - left, self.core_cols.stop - left))
+        return (
+            slice(self.core_rows.start - top, self.core_rows.stop - top),
+            slice(self.core_cols.start - left, self.core_cols.stop - left),
+        )
 
 
 def _edge_ramp(size: int, ramp_before: int, ramp_after: int, device, dtype) -> torch.Tensor:
@@ -172,8 +174,9 @@ def iter_tiled(
     """
     while True:
         try:
-            result = yield from _iter_tiles_once(fn, x, tile_size=tile_size, halo=halo, blend=blend,
-                                                  align=align, core_only=core_only)
+            result = yield from _iter_tiles_once(
+                fn, x, tile_size=tile_size, halo=halo, blend=blend, align=align, core_only=core_only
+            )
             return result
         except Exception as error:  # only memory errors are retried; others re-raised
             if not is_out_of_memory(error):
@@ -186,8 +189,9 @@ def iter_tiled(
             yield JobProgress(0.0, f"out of memory: retrying with {tile_size} px tiles")
 
 
-def out_of_memory_error(error: BaseException, x: torch.Tensor, tile_size: int,
-                        halo: int) -> EngineMemoryError:
+def out_of_memory_error(
+    error: BaseException, x: torch.Tensor, tile_size: int, halo: int
+) -> EngineMemoryError:
     """The :class:`~napari_deblur.engine.core.jobs.EngineMemoryError` for ``error`` on the last tile size tried."""
     height, width = x.shape[-2:]
     return EngineMemoryError(
@@ -198,8 +202,9 @@ def out_of_memory_error(error: BaseException, x: torch.Tensor, tile_size: int,
     )
 
 
-def _iter_tiles_once(fn, x: torch.Tensor, *, tile_size: int, halo: int, blend: int, align: int,
-                     core_only: bool = False):
+def _iter_tiles_once(
+    fn, x: torch.Tensor, *, tile_size: int, halo: int, blend: int, align: int, core_only: bool = False
+):
     height, width = x.shape[-2:]
     blend = max(0, min(blend, tile_size // 2))
     tile_h, rows = tile_layout(height, tile_size, blend, align)
@@ -213,8 +218,13 @@ def _iter_tiles_once(fn, x: torch.Tensor, *, tile_size: int, halo: int, blend: i
             y0, x0 = max(top - halo, 0), max(left - halo, 0)
             y1, x1 = min(top + tile_h + halo, height), min(left + tile_w + halo, width)
             if core_only:
-                window = TileWindow(slice(y0, y1), slice(x0, x1), slice(top, top + tile_h),
-                                    slice(left, left + tile_w), (height, width))
+                window = TileWindow(
+                    slice(y0, y1),
+                    slice(x0, x1),
+                    slice(top, top + tile_h),
+                    slice(left, left + tile_w),
+                    (height, width),
+                )
                 core = fn(x[..., y0:y1, x0:x1], window)
             else:
                 processed = fn(x[..., y0:y1, x0:x1])
@@ -222,10 +232,12 @@ def _iter_tiles_once(fn, x: torch.Tensor, *, tile_size: int, halo: int, blend: i
             if output is None:
                 output = x.new_zeros(core.shape[:2] + (height, width))
                 weight_sum = x.new_zeros((height, width))
-            ramp_rows = _edge_ramp(tile_h, blend if top > 0 else 0,
-                                   blend if top + tile_h < height else 0, x.device, x.dtype)
-            ramp_cols = _edge_ramp(tile_w, blend if left > 0 else 0,
-                                   blend if left + tile_w < width else 0, x.device, x.dtype)
+            ramp_rows = _edge_ramp(
+                tile_h, blend if top > 0 else 0, blend if top + tile_h < height else 0, x.device, x.dtype
+            )
+            ramp_cols = _edge_ramp(
+                tile_w, blend if left > 0 else 0, blend if left + tile_w < width else 0, x.device, x.dtype
+            )
             weight = ramp_rows[:, None] * ramp_cols[None, :]
             output[..., top : top + tile_h, left : left + tile_w] += core * weight
             weight_sum[top : top + tile_h, left : left + tile_w] += weight

@@ -51,21 +51,17 @@ def as_float_image(image, *, name: str = "image", min_ndim: int = 2) -> np.ndarr
     array = np.asarray(image)
     if np.iscomplexobj(array):
         raise ValueError(
-            f"{name} is complex ({array.dtype}); pass a real image, e.g. np.abs({name}) "
-            f"or {name}.real."
+            f"{name} is complex ({array.dtype}); pass a real image, e.g. np.abs({name}) or {name}.real."
         )
     if array.dtype == bool:
         array = array.astype(np.float32)
     if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
-        raise TypeError(
-            f"{name} has dtype {array.dtype}, which is not a number type; pass a numeric array."
-        )
+        raise TypeError(f"{name} has dtype {array.dtype}, which is not a number type; pass a numeric array.")
     if array.size == 0:
         raise ValueError(f"{name} is empty (shape {array.shape}); pass an array with pixels.")
     if array.ndim < min_ndim:
         raise ValueError(
-            f"{name} must have at least {min_ndim} dimensions (rows and columns), "
-            f"got shape {array.shape}."
+            f"{name} must have at least {min_ndim} dimensions (rows and columns), got shape {array.shape}."
         )
     if np.issubdtype(array.dtype, np.floating):
         finite = np.isfinite(array)
@@ -77,8 +73,7 @@ def as_float_image(image, *, name: str = "image", min_ndim: int = 2) -> np.ndarr
             )
         if array.dtype.itemsize > 4 and np.abs(array).max() > FLOAT32_MAX:
             raise ValueError(
-                f"{name} has values beyond the float32 range (|x| > {FLOAT32_MAX:.3g}); "
-                f"rescale it first."
+                f"{name} has values beyond the float32 range (|x| > {FLOAT32_MAX:.3g}); rescale it first."
             )
     return np.ascontiguousarray(array, dtype=np.float32)
 
@@ -109,8 +104,7 @@ def as_psf(psf, *, name: str = "psf") -> np.ndarray:
     kernel = as_float_image(_kernels_peaking_near_one(psf), name=name)
     if kernel.ndim not in (2, 3):
         raise ValueError(
-            f"{name} must be a 2D kernel (h, w) or a stack of kernels (n, h, w), "
-            f"got shape {kernel.shape}."
+            f"{name} must be a 2D kernel (h, w) or a stack of kernels (n, h, w), got shape {kernel.shape}."
         )
     stack = kernel.reshape((-1,) + kernel.shape[-2:]).astype(np.float64)
     sums = stack.sum(axis=(1, 2))
@@ -131,8 +125,12 @@ def _kernels_peaking_near_one(psf):
     kernels) comes back as it is, for :func:`as_float_image` to check.
     """
     array = np.asarray(psf) if psf is not None else psf
-    if not isinstance(array, np.ndarray) or array.dtype.kind != "f" or array.ndim not in (2, 3) \
-            or not array.size:
+    if (
+        not isinstance(array, np.ndarray)
+        or array.dtype.kind != "f"
+        or array.ndim not in (2, 3)
+        or not array.size
+    ):
         return psf
     with np.errstate(all="ignore"):
         stack = array.astype(np.float64).reshape((-1,) + array.shape[-2:])

@@ -21,11 +21,16 @@ import torch.nn.functional as F
 from scipy.signal import fftconvolve
 
 from ..core.devices import select_device
-from ..physics.fourier import (kernel_centroid_offsets, kernel_to_otf, squared_frequency, taper_fft_shape,
-                      taper_pad)
 from ..core.jobs import JobProgress, JobSteps, job_facade
 from ..core.planes import single_grey_plane
 from ..core.validation import as_float_image
+from ..physics.fourier import (
+    kernel_centroid_offsets,
+    kernel_to_otf,
+    squared_frequency,
+    taper_fft_shape,
+    taper_pad,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -199,8 +204,9 @@ def _pyramid(size: int) -> list[tuple[float, int]]:
     return levels[::-1]
 
 
-def _frame_window(shape: tuple[int, int], inner: tuple[int, int, int, int], ramp: int,
-                  device, dtype) -> torch.Tensor:
+def _frame_window(
+    shape: tuple[int, int], inner: tuple[int, int, int, int], ramp: int, device, dtype
+) -> torch.Tensor:
     """1 inside ``inner`` shrunk by ``ramp``, falling to 0 by a raised cosine at its edge."""
 
     def axis(length: int, start: int, stop: int) -> torch.Tensor:
@@ -218,9 +224,18 @@ def _frame_window(shape: tuple[int, int], inner: tuple[int, int, int, int], ramp
 # --- the two steps ------------------------------------------------------------------
 
 
-def latent_l0(spectrum: torch.Tensor, otf: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor,
-              shape: tuple[int, int], lambda_gradient: float, lambda_intensity: float = 0.0,
-              *, growth: float = SPLITTING_GROWTH, max_weight: float = SPLITTING_MAX) -> torch.Tensor:
+def latent_l0(
+    spectrum: torch.Tensor,
+    otf: torch.Tensor,
+    dx: torch.Tensor,
+    dy: torch.Tensor,
+    shape: tuple[int, int],
+    lambda_gradient: float,
+    lambda_intensity: float = 0.0,
+    *,
+    growth: float = SPLITTING_GROWTH,
+    max_weight: float = SPLITTING_MAX,
+) -> torch.Tensor:
     """Latent sharp image under an L0 gradient (and intensity) prior, periodic model.
 
     Parameters
@@ -270,8 +285,14 @@ def _gaussian_transfer(shape: tuple[int, int], sigma: float, device, dtype) -> t
     return torch.exp(-2.0 * math.pi**2 * sigma**2 * squared_frequency(shape, device, dtype))
 
 
-def kernel_least_squares(latent: torch.Tensor, blurred: torch.Tensor, window: torch.Tensor,
-                         dx: torch.Tensor, dy: torch.Tensor, size: int) -> torch.Tensor:
+def kernel_least_squares(
+    latent: torch.Tensor,
+    blurred: torch.Tensor,
+    window: torch.Tensor,
+    dx: torch.Tensor,
+    dy: torch.Tensor,
+    size: int,
+) -> torch.Tensor:
     """Kernel minimising ``sum_d ||window (D_d x * k - D_d y)||^2 + gamma ||k||^2`` (approximately).
 
     Both images are first smoothed by a Gaussian of
@@ -372,8 +393,9 @@ def _positions(length: int, size: int) -> list[int]:
     return starts if starts[-1] == length - size else [*starts, length - size]
 
 
-def estimation_window(plane: np.ndarray, region: tuple[int, int, int, int],
-                      max_pixels: int | None = None) -> tuple[int, int, int, int]:
+def estimation_window(
+    plane: np.ndarray, region: tuple[int, int, int, int], max_pixels: int | None = None
+) -> tuple[int, int, int, int]:
     """The window of ``region`` the estimator works on: all of it, or its most textured part.
 
     Parameters
@@ -420,8 +442,12 @@ def estimation_window(plane: np.ndarray, region: tuple[int, int, int, int],
     best, where = -1.0, (0, 0)
     for y in _positions(rows, size_r):
         for x in _positions(cols, size_c):
-            score = (integral[y + size_r, x + size_c] - integral[y, x + size_c]
-                     - integral[y + size_r, x] + integral[y, x])
+            score = (
+                integral[y + size_r, x + size_c]
+                - integral[y, x + size_c]
+                - integral[y + size_r, x]
+                + integral[y, x]
+            )
             if score > best:
                 best, where = score, (y, x)
     y = min(where[0] * f_rows, height - win_h)
@@ -440,8 +466,9 @@ def _normalised_intensity(plane: np.ndarray) -> np.ndarray:
     return ((plane - low) / span).astype(np.float32)
 
 
-def _estimate_level(blurred: torch.Tensor, kernel: np.ndarray, steps: int,
-                    lambda_gradient: float, settings: EstimatorSettings) -> tuple[np.ndarray, float]:
+def _estimate_level(
+    blurred: torch.Tensor, kernel: np.ndarray, steps: int, lambda_gradient: float, settings: EstimatorSettings
+) -> tuple[np.ndarray, float]:
     """Alternate latent image and kernel ``steps`` times at one pyramid level."""
     height, width = blurred.shape
     size = kernel.shape[0]
@@ -450,30 +477,53 @@ def _estimate_level(blurred: torch.Tensor, kernel: np.ndarray, steps: int,
     padded = taper_pad(blurred[None, None], margin, margin, fft_shape)[0, 0]
     spectrum = torch.fft.rfft2(padded)
     dx, dy = _difference_otfs(fft_shape, blurred.device, blurred.dtype)
-    window = _frame_window(fft_shape, (margin, margin, height, width), max(size // 2, 1),
-                           blurred.device, blurred.dtype)
+    window = _frame_window(
+        fft_shape, (margin, margin, height, width), max(size // 2, 1), blurred.device, blurred.dtype
+    )
     for _ in range(steps):
         otf = kernel_to_otf(torch.from_numpy(kernel).to(blurred)[None], fft_shape)[0]
-        latent = latent_l0(spectrum, otf, dx, dy, fft_shape, lambda_gradient, LAMBDA_INTENSITY,
-                           growth=SPLITTING_GROWTH, max_weight=SPLITTING_MAX)
+        latent = latent_l0(
+            spectrum,
+            otf,
+            dx,
+            dy,
+            fft_shape,
+            lambda_gradient,
+            LAMBDA_INTENSITY,
+            growth=SPLITTING_GROWTH,
+            max_weight=SPLITTING_MAX,
+        )
         raw = kernel_least_squares(latent, padded, window, dx, dy, size)
         kernel = clean_kernel(raw.detach().to("cpu", torch.float64).numpy(), settings.kernel_faint)
         lambda_gradient = max(lambda_gradient / LAMBDA_DECAY, settings.lambda_floor)
     return kernel, lambda_gradient
 
 
-def iter_estimate_psf(image, *, size: int = 25, region=None, channel_axis: int | None = None,
-                      device=None, settings: EstimatorSettings = SHIPPED_SETTINGS
-                      ) -> JobSteps[np.ndarray]:
+def iter_estimate_psf(
+    image,
+    *,
+    size: int = 25,
+    region=None,
+    channel_axis: int | None = None,
+    device=None,
+    settings: EstimatorSettings = SHIPPED_SETTINGS,
+) -> JobSteps[np.ndarray]:
     """Generator twin of :func:`estimate_psf` (yields progress per pyramid level)."""
     size = check_kernel_size(size)
     plane = _grey_plane(image, channel_axis)
     checked = _check_region(region, plane.shape, size)
     top, left, height, width = estimation_window(plane, checked)
     if (height, width) != checked[2:]:
-        logger.info("estimating from the most textured %dx%d window at (%d, %d) of the %dx%d %s",
-                    height, width, top, left, checked[2], checked[3],
-                    "image" if region is None else "region")
+        logger.info(
+            "estimating from the most textured %dx%d window at (%d, %d) of the %dx%d %s",
+            height,
+            width,
+            top,
+            left,
+            checked[2],
+            checked[3],
+            "image" if region is None else "region",
+        )
     window = _normalised_intensity(plane[top : top + height, left : left + width])
     target = select_device(device)
     if not window.any():
@@ -523,8 +573,9 @@ def sharpen_kernel(kernel: np.ndarray, power: float) -> np.ndarray:
     return _centred(raised / total)
 
 
-def _coarse_to_fine(full: torch.Tensor, levels: list[tuple[float, int]],
-                    kernel: np.ndarray, settings: EstimatorSettings) -> JobSteps[np.ndarray]:
+def _coarse_to_fine(
+    full: torch.Tensor, levels: list[tuple[float, int]], kernel: np.ndarray, settings: EstimatorSettings
+) -> JobSteps[np.ndarray]:
     height, width = full.shape
     lambda_gradient = LAMBDA_GRADIENT
     with torch.inference_mode():
@@ -533,12 +584,14 @@ def _coarse_to_fine(full: torch.Tensor, levels: list[tuple[float, int]],
             kernel = _resized_kernel(kernel, level_size)
             if scale < 1.0:
                 shape = (max(2, round(height * scale)), max(2, round(width * scale)))
-                blurred = F.interpolate(full[None, None], size=shape, mode="bilinear",
-                                        antialias=True, align_corners=False)[0, 0]
+                blurred = F.interpolate(
+                    full[None, None], size=shape, mode="bilinear", antialias=True, align_corners=False
+                )[0, 0]
             else:
                 blurred = full
-            kernel, lambda_gradient = _estimate_level(blurred, kernel, OUTER_ITERATIONS,
-                                                      lambda_gradient, settings)
+            kernel, lambda_gradient = _estimate_level(
+                blurred, kernel, OUTER_ITERATIONS, lambda_gradient, settings
+            )
             logger.debug("level %d/%d: kernel %d px", index + 1, len(levels), level_size)
     return kernel
 

@@ -21,17 +21,18 @@ from torch import nn
 from ..core.devices import cpu_bfloat16_is_fast, select_device
 from ..core.image_stats import estimate_noise_std, luminance
 from ..core.jobs import JobProgress, JobSteps, job_facade
-# The network's names stay importable from here (training, tests).
-from ..nets.blur_map import RETRAIN_COMMAND as RETRAIN_COMMAND
-from ..nets.blur_map import WEIGHTS_FILE as WEIGHTS_FILE
-from ..nets.blur_map import WIDTHS as WIDTHS
-from ..nets.blur_map import BlurMapNet as BlurMapNet
-from ..nets.blur_map import SIZE_MULTIPLE, load_blur_map_net, output_stride
-from ..nets.layers import mean_over_views
 from ..core.lazy import lazy_planewise
 from ..core.planes import PlaneLayout, iter_planewise
 from ..core.tiling import device_tile_size, iter_tiled
 from ..core.validation import as_float_image
+
+# The network's names stay importable from here (training, tests).
+from ..nets.blur_map import RETRAIN_COMMAND as RETRAIN_COMMAND
+from ..nets.blur_map import SIZE_MULTIPLE, load_blur_map_net, output_stride
+from ..nets.blur_map import WEIGHTS_FILE as WEIGHTS_FILE
+from ..nets.blur_map import WIDTHS as WIDTHS
+from ..nets.blur_map import BlurMapNet as BlurMapNet
+from ..nets.layers import mean_over_views
 from ..physics.gaussian import gaussian_kernel_1d
 
 LEVEL_OFFSET = 0.5
@@ -112,8 +113,9 @@ def plane_noise_and_range(lum: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     return noise, value_range
 
 
-def blur_map_features(lum: torch.Tensor, noise: torch.Tensor | None = None,
-                      value_range: torch.Tensor | None = None) -> torch.Tensor:
+def blur_map_features(
+    lum: torch.Tensor, noise: torch.Tensor | None = None, value_range: torch.Tensor | None = None
+) -> torch.Tensor:
     """Locally normalised network input of grayscale planes.
 
     Parameters
@@ -143,8 +145,9 @@ def blur_map_features(lum: torch.Tensor, noise: torch.Tensor | None = None,
     moments = F.avg_pool2d(torch.cat([padded, padded * padded], dim=1), pool)
     moments = _smooth(moments, LOCAL_SCALE if pool == 4 else 4 * LOCAL_SCALE)
     if pool > 1:
-        moments = F.interpolate(moments, scale_factor=float(pool), mode="bilinear",
-                                align_corners=False)[..., :height, :width]
+        moments = F.interpolate(moments, scale_factor=float(pool), mode="bilinear", align_corners=False)[
+            ..., :height, :width
+        ]
     mean, second = moments[:, :1], moments[:, 1:]
     std = (second - mean * mean).clamp_min(0).sqrt()
     floor = torch.maximum(NOISE_FLOOR * noise, RANGE_FLOOR * value_range).clamp_min(1e-8)
@@ -154,8 +157,9 @@ def blur_map_features(lum: torch.Tensor, noise: torch.Tensor | None = None,
     return torch.cat([normalised, snr], dim=1)
 
 
-def predict_log_level(model: nn.Module, features: torch.Tensor, ensemble: int = 1, *,
-                      bfloat16: bool = False) -> torch.Tensor:
+def predict_log_level(
+    model: nn.Module, features: torch.Tensor, ensemble: int = 1, *, bfloat16: bool = False
+) -> torch.Tensor:
     """Run a blur-map network on features of any size; ``(B, 1, H, W)`` target at full resolution.
 
     The features are padded to :data:`SIZE_MULTIPLE` (replicated border) and
@@ -190,9 +194,15 @@ def _target_to_level_(target: torch.Tensor) -> torch.Tensor:
     return target.expm1_().mul_(LEVEL_OFFSET).clamp_(0.0, MAX_LEVEL)
 
 
-def _tiled_log_level(model: nn.Module, lum: torch.Tensor, noise: torch.Tensor,
-                     value_range: torch.Tensor, views: int, bfloat16: bool,
-                     tile_size: int) -> JobSteps[torch.Tensor]:
+def _tiled_log_level(
+    model: nn.Module,
+    lum: torch.Tensor,
+    noise: torch.Tensor,
+    value_range: torch.Tensor,
+    views: int,
+    bfloat16: bool,
+    tile_size: int,
+) -> JobSteps[torch.Tensor]:
     """Network target of a plane larger than one tile, features made tile by tile.
 
     Parameters
@@ -238,8 +248,17 @@ def _tiled_log_level(model: nn.Module, lum: torch.Tensor, noise: torch.Tensor,
         return target[..., core_rows, core_cols]
 
     with torch.inference_mode():
-        return (yield from iter_tiled(tile_target, padded, tile_size=tile_size, halo=TILE_HALO,
-                                      blend=TILE_BLEND, align=SIZE_MULTIPLE, core_only=True))
+        return (
+            yield from iter_tiled(
+                tile_target,
+                padded,
+                tile_size=tile_size,
+                halo=TILE_HALO,
+                blend=TILE_BLEND,
+                align=SIZE_MULTIPLE,
+                core_only=True,
+            )
+        )
 
 
 def _blur_map_plane_steps(model: nn.Module, views: int, shipped: bool):
@@ -254,8 +273,7 @@ def _blur_map_plane_steps(model: nn.Module, views: int, shipped: bool):
         pad_h, pad_w = -height % SIZE_MULTIPLE, -width % SIZE_MULTIPLE
         tile_size = device_tile_size(TILE_SIZE, lum.device)
         if max(height + pad_h, width + pad_w) > tile_size:
-            target = yield from _tiled_log_level(model, lum, noise, value_range, views, bfloat16,
-                                                 tile_size)
+            target = yield from _tiled_log_level(model, lum, noise, value_range, views, bfloat16, tile_size)
             return _target_to_level_(target)[..., :height, :width]  # (1, 1, H, W)
         features = blur_map_features(lum, noise, value_range)
         # Pad to the network's multiple first: then every tile starts on the same
@@ -264,17 +282,26 @@ def _blur_map_plane_steps(model: nn.Module, views: int, shipped: bool):
             features = F.pad(features, (0, pad_w, 0, pad_h), mode="replicate")
         with torch.inference_mode():
             target = yield from iter_tiled(
-                lambda tile: predict_log_level(model, tile, views, bfloat16=bfloat16), features,
-                tile_size=tile_size, halo=TILE_HALO, blend=TILE_BLEND, align=SIZE_MULTIPLE,
+                lambda tile: predict_log_level(model, tile, views, bfloat16=bfloat16),
+                features,
+                tile_size=tile_size,
+                halo=TILE_HALO,
+                blend=TILE_BLEND,
+                align=SIZE_MULTIPLE,
             )
         return target_to_level(target[..., :height, :width])  # (1, 1, H, W)
 
     return plane_steps
 
 
-def iter_estimate_blur_map(image, *, channel_axis: int | None = None, device=None,
-                           network: nn.Module | None = None,
-                           views: int = MAP_VIEWS) -> JobSteps[np.ndarray]:
+def iter_estimate_blur_map(
+    image,
+    *,
+    channel_axis: int | None = None,
+    device=None,
+    network: nn.Module | None = None,
+    views: int = MAP_VIEWS,
+) -> JobSteps[np.ndarray]:
     """Generator twin of :func:`estimate_blur_map` (yields progress per plane and tile)."""
     pixels = as_float_image(image)
     layout = PlaneLayout.of(pixels.shape, channel_axis)
@@ -285,23 +312,31 @@ def iter_estimate_blur_map(image, *, channel_axis: int | None = None, device=Non
     else:
         network = network.to(target, memory_format=torch.channels_last).eval()
     with torch.inference_mode():
-        levels = yield from _planewise_levels(pixels, layout, _blur_map_plane_steps(network, views, shipped),
-                                              target)
+        levels = yield from _planewise_levels(
+            pixels, layout, _blur_map_plane_steps(network, views, shipped), target
+        )
     return levels
 
 
-def _planewise_levels(pixels: np.ndarray, layout: PlaneLayout, plane_steps,
-                      device: torch.device) -> JobSteps[np.ndarray]:
+def _planewise_levels(
+    pixels: np.ndarray, layout: PlaneLayout, plane_steps, device: torch.device
+) -> JobSteps[np.ndarray]:
     """Run the network on every plane's luminance; the map has the non-channel shape."""
     # iter_planewise returns the image's own layout (channels included); a map has one value per
     # pixel, so the luminance of each plane is taken first and the planes laid out as grayscale.
     if layout.channel_axis is not None:
         lum = yield from _luminance_planes(pixels, layout)
         grey_layout = PlaneLayout.of(lum.shape)
-        return (yield from iter_planewise(lum, grey_layout, plane_steps,
-                                          device=device, message="Blur map", intensity_output=False))
-    return (yield from iter_planewise(pixels, layout, plane_steps,
-                                      device=device, message="Blur map", intensity_output=False))
+        return (
+            yield from iter_planewise(
+                lum, grey_layout, plane_steps, device=device, message="Blur map", intensity_output=False
+            )
+        )
+    return (
+        yield from iter_planewise(
+            pixels, layout, plane_steps, device=device, message="Blur map", intensity_output=False
+        )
+    )
 
 
 def _luminance_planes(pixels: np.ndarray, layout: PlaneLayout) -> JobSteps[np.ndarray]:
@@ -316,9 +351,13 @@ def _luminance_planes(pixels: np.ndarray, layout: PlaneLayout) -> JobSteps[np.nd
 
 def _lazy_estimate_blur_map(facade, image, *, channel_axis, device, network, views):
     return lazy_planewise(
-        lambda block, _plane: facade(block, channel_axis=channel_axis, device=device,
-                                     network=network, views=views),
-        image, channel_axis=channel_axis, drop_channels=True)
+        lambda block, _plane: facade(
+            block, channel_axis=channel_axis, device=device, network=network, views=views
+        ),
+        image,
+        channel_axis=channel_axis,
+        drop_channels=True,
+    )
 
 
 @job_facade(iter_estimate_blur_map, lazy=_lazy_estimate_blur_map)

@@ -159,9 +159,7 @@ class EdgePoints:
 def _sample(values: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
     """Bilinear samples of ``(B, 1, H, W)`` at pixel coordinates ``(B, H, W)`` (clamped)."""
     height, width = values.shape[-2:]
-    grid = torch.stack(
-        (2.0 * cols / max(width - 1, 1) - 1.0, 2.0 * rows / max(height - 1, 1) - 1.0), dim=-1
-    )
+    grid = torch.stack((2.0 * cols / max(width - 1, 1) - 1.0, 2.0 * rows / max(height - 1, 1) - 1.0), dim=-1)
     return F.grid_sample(values, grid, mode="bilinear", padding_mode="border", align_corners=True)[:, 0]
 
 
@@ -219,13 +217,20 @@ def detect_edge_points(
     b, r, c = torch.nonzero(is_edge, as_tuple=True)
     m0, mp, mm = magnitude[b, r, c], ahead[b, r, c], behind[b, r, c]
     curvature = mm - 2.0 * m0 + mp
-    offset = torch.where(curvature < 0, 0.5 * (mm - mp) / curvature.clamp_max(-1e-12),
-                         torch.zeros_like(m0)).clamp(-0.5, 0.5)
+    offset = torch.where(
+        curvature < 0, 0.5 * (mm - mp) / curvature.clamp_max(-1e-12), torch.zeros_like(m0)
+    ).clamp(-0.5, 0.5)
     pny, pnx = ny[b, r, c], nx[b, r, c]
     return EdgePoints(
-        batch=b, row=r, col=c,
-        y=r.to(lum.dtype) + offset * pny, x=c.to(lum.dtype) + offset * pnx,
-        ny=pny, nx=pnx, strength=m0, scale=warp_scale[b, 0, r, c],
+        batch=b,
+        row=r,
+        col=c,
+        y=r.to(lum.dtype) + offset * pny,
+        x=c.to(lum.dtype) + offset * pnx,
+        ny=pny,
+        nx=pnx,
+        strength=m0,
+        scale=warp_scale[b, 0, r, c],
     )
 
 
@@ -236,8 +241,9 @@ def window_radius(max_warp_scale: float) -> int:
     return int(math.ceil(math.hypot(1.5 * max_warp_scale, PERP_CUTOFF * max_warp_scale) + 1.0))
 
 
-def _band_offsets(max_warp_scale: float, angle_low: float, angle_high: float,
-                  device) -> tuple[torch.Tensor, torch.Tensor]:
+def _band_offsets(
+    max_warp_scale: float, angle_low: float, angle_high: float, device
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Window offsets (rows, columns) that can lie in the band of an edge point.
 
     The band of a point with warp scale up to ``max_warp_scale`` and normal angle in
@@ -250,8 +256,9 @@ def _band_offsets(max_warp_scale: float, angle_low: float, angle_high: float,
 
 
 @functools.lru_cache(maxsize=64)
-def _band_offsets_cpu(max_warp_scale: float, angle_low: float,
-                      angle_high: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _band_offsets_cpu(
+    max_warp_scale: float, angle_low: float, angle_high: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     radius = window_radius(max_warp_scale)
     k = torch.arange(-radius, radius + 1, dtype=torch.float64)
     oy, ox = torch.meshgrid(k, k, indexing="ij")
@@ -265,8 +272,14 @@ def _band_offsets_cpu(max_warp_scale: float, angle_low: float,
     return oy[inside].long(), ox[inside].long()
 
 
-def _accumulate(edges: EdgePoints, shape: tuple[int, int, int], *, with_forward: bool = False,
-                with_parts: bool = False, max_pairs: int = 1 << 22) -> torch.Tensor:
+def _accumulate(
+    edges: EdgePoints,
+    shape: tuple[int, int, int],
+    *,
+    with_forward: bool = False,
+    with_parts: bool = False,
+    max_pairs: int = 1 << 22,
+) -> torch.Tensor:
     """Scatter every edge point's contributions to the pixels of its band.
 
     All quantities are computed in units of the edge point's warp scale:
@@ -299,9 +312,16 @@ def _accumulate(edges: EdgePoints, shape: tuple[int, int, int], *, with_forward:
     to_across = torch.stack((ny, nx, -(sub_y * ny + sub_x * nx)), 1) * inv_sigma[:, None]
     to_along = torch.stack((-nx, ny, -(sub_x * ny - sub_y * nx)), 1) * inv_sigma[:, None]
     # A thinned point stands for `multiplicity` points along its edge (weight and coverage).
-    per_point = torch.stack((edges.strength * edges.multiplicity,
-                             inv_sigma * (edges.multiplicity / COVERAGE_FULL),
-                             edges.scale * ny, edges.scale * nx, edges.scale), 1)
+    per_point = torch.stack(
+        (
+            edges.strength * edges.multiplicity,
+            inv_sigma * (edges.multiplicity / COVERAGE_FULL),
+            edges.scale * ny,
+            edges.scale * nx,
+            edges.scale,
+        ),
+        1,
+    )
     centre = (edges.batch * ph + edges.row + radius) * pw + edges.col + radius
     floor = math.exp(-0.5 * PERP_CUTOFF**2)
     # Normal direction modulo pi, in [0, pi): a band is symmetric under n -> -n.
@@ -312,8 +332,9 @@ def _accumulate(edges: EdgePoints, shape: tuple[int, int, int], *, with_forward:
         members = torch.nonzero(sector == k).flatten()
         if members.numel() == 0:
             continue
-        oy, ox = _band_offsets(float(edges.scale[members].max()), k * sector_width,
-                               (k + 1) * sector_width, device)
+        oy, ox = _band_offsets(
+            float(edges.scale[members].max()), k * sector_width, (k + 1) * sector_width, device
+        )
         offsets = torch.stack((oy.to(dtype), ox.to(dtype), torch.ones_like(oy, dtype=dtype)))
         flat_offsets = oy * pw + ox
         across_k, along_k = to_across[members], to_along[members]
@@ -376,8 +397,12 @@ def _cell_jacobian_min(displacement: torch.Tensor) -> torch.Tensor:
     down_left, down_right = v10 - v00, v11 - v01  # derivative along rows, at columns 0 / 1
     right_top, right_bottom = v01 - v00, v11 - v10  # derivative along columns, at rows 0 / 1
     result = None
-    for down, right in ((down_left, right_top), (down_left, right_bottom),
-                        (down_right, right_top), (down_right, right_bottom)):
+    for down, right in (
+        (down_left, right_top),
+        (down_left, right_bottom),
+        (down_right, right_top),
+        (down_right, right_bottom),
+    ):
         det = (1.0 + down[:, 0]) * (1.0 + right[:, 1]) - right[:, 0] * down[:, 1]
         result = det if result is None else torch.minimum(result, det)
     return result[:, None]
@@ -411,8 +436,9 @@ def _replicate_3x3(x: torch.Tensor, reduce) -> torch.Tensor:
     return reduce(reduce(cols[..., 0:width], cols[..., 1 : width + 1]), cols[..., 2 : width + 2])
 
 
-def _unfold_round(displacement: torch.Tensor, factor: torch.Tensor, folded: torch.Tensor,
-                  last: bool) -> torch.Tensor:
+def _unfold_round(
+    displacement: torch.Tensor, factor: torch.Tensor, folded: torch.Tensor, last: bool
+) -> torch.Tensor:
     """One round of the fold guard on a plane or crop: the new factor (see :func:`_unfold_factor`)."""
     size = tuple(factor.shape[-2:])
     # Pixel i is a corner of cells i-1 and i; widened by one more pixel: cells i-2 .. i+1.
@@ -568,10 +594,10 @@ def gwis_field(
     batch, _, height, width = lum.shape
     scale_map = torch.as_tensor(warp_scale, dtype=lum.dtype, device=lum.device)
     scale_map = scale_map.expand(batch, 1, height, width)
-    edges = detect_edge_points(lum, scale_map, gradient_scale=gradient_scale,
-                               noise_std=noise_std, intensity_range=intensity_range)
-    return field_from_edges(edges, (batch, height, width), with_forward=with_forward,
-                            grid_origin=grid_origin)
+    edges = detect_edge_points(
+        lum, scale_map, gradient_scale=gradient_scale, noise_std=noise_std, intensity_range=intensity_range
+    )
+    return field_from_edges(edges, (batch, height, width), with_forward=with_forward, grid_origin=grid_origin)
 
 
 def coarse_factor(warp_scale: float) -> float:
@@ -607,17 +633,24 @@ def thin_to_grid(edges: EdgePoints, grid: CoarseGrid, batch: int, spacing: int =
     cells_h, cells_w = grid_h // spacing + 2, grid_w // spacing + 2
     node = (edges.batch * cells_h + block_row) * cells_w + block_col
     size = batch * cells_h * cells_w
-    best = edges.strength.new_full((size,), -math.inf).scatter_reduce_(
-        0, node, edges.strength, "amax")
+    best = edges.strength.new_full((size,), -math.inf).scatter_reduce_(0, node, edges.strength, "amax")
     candidate = edges.strength >= best[node]
     index = torch.arange(node.numel(), device=node.device)
     first = torch.full((size,), node.numel(), device=node.device, dtype=index.dtype).scatter_reduce_(
-        0, node[candidate], index[candidate], "amin")
+        0, node[candidate], index[candidate], "amin"
+    )
     keep = candidate & (first[node] == index)
     return EdgePoints(
-        batch=edges.batch[keep], row=row[keep], col=col[keep], y=y[keep], x=x[keep],
-        ny=edges.ny[keep], nx=edges.nx[keep], strength=edges.strength[keep],
-        scale=edges.scale[keep] / grid.factor, multiplicity=float(spacing) * edges.multiplicity,
+        batch=edges.batch[keep],
+        row=row[keep],
+        col=col[keep],
+        y=y[keep],
+        x=x[keep],
+        ny=edges.ny[keep],
+        nx=edges.nx[keep],
+        strength=edges.strength[keep],
+        scale=edges.scale[keep] / grid.factor,
+        multiplicity=float(spacing) * edges.multiplicity,
     )
 
 
@@ -647,7 +680,8 @@ class CoarseGrid:
         """Nodes along rows and columns."""
         return tuple(
             math.ceil((max(length, 1) - 1 - self.phase(axis)) / self.factor - 1e-6) + 1
-            for axis, length in ((0, self.height), (1, self.width)))
+            for axis, length in ((0, self.height), (1, self.width))
+        )
 
     def to_grid(self, position: torch.Tensor, axis: int) -> torch.Tensor:
         """Grid coordinates of local pixel positions along ``axis`` (0: rows, 1: columns)."""
@@ -677,10 +711,18 @@ def _clean_crossings(unsigned: torch.Tensor, distance: torch.Tensor) -> torch.Te
     ``T = S sign(distance)`` points the same way at all four corners (``n sigma`` of one
     edge), and along it the distance grows (the inverse jumps forward: no fold).
     """
-    corners_d = (distance[..., :-1, :-1], distance[..., :-1, 1:], distance[..., 1:, :-1],
-                 distance[..., 1:, 1:])
-    corners_t = (unsigned[..., :-1, :-1], unsigned[..., :-1, 1:], unsigned[..., 1:, :-1],
-                 unsigned[..., 1:, 1:])
+    corners_d = (
+        distance[..., :-1, :-1],
+        distance[..., :-1, 1:],
+        distance[..., 1:, :-1],
+        distance[..., 1:, 1:],
+    )
+    corners_t = (
+        unsigned[..., :-1, :-1],
+        unsigned[..., :-1, 1:],
+        unsigned[..., 1:, :-1],
+        unsigned[..., 1:, 1:],
+    )
     low = torch.minimum(torch.minimum(corners_d[0], corners_d[1]), torch.minimum(corners_d[2], corners_d[3]))
     high = torch.maximum(torch.maximum(corners_d[0], corners_d[1]), torch.maximum(corners_d[2], corners_d[3]))
     clean = (low < 0) & (high > 0)
@@ -695,8 +737,13 @@ def _clean_crossings(unsigned: torch.Tensor, distance: torch.Tensor) -> torch.Te
     return clean
 
 
-def _upsample_inverse(sign_part: torch.Tensor, linear: torch.Tensor, distance: torch.Tensor,
-                      grid: CoarseGrid, extra: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _upsample_inverse(
+    sign_part: torch.Tensor,
+    linear: torch.Tensor,
+    distance: torch.Tensor,
+    grid: CoarseGrid,
+    extra: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Fine inverse displacement (px) from the coarse parts; keeps the jump at the edge line.
 
     On the coarse grid (grid units) the inverse is ``sign_part - 2/3 linear`` with
@@ -749,14 +796,20 @@ def _upsample_inverse(sign_part: torch.Tensor, linear: torch.Tensor, distance: t
                 rows, cols = cell_rows[y + dy], cell_cols[x + dx]
                 for ny in (-1, 0, 1):
                     for nx in (-1, 0, 1):
-                        clean[b, 0, (rows + ny).clamp(0, cells_h - 1),
-                              (cols + nx).clamp(0, cells_w - 1)] = False
+                        clean[b, 0, (rows + ny).clamp(0, cells_h - 1), (cols + nx).clamp(0, cells_w - 1)] = (
+                            False
+                        )
     return plain, extra, False
 
 
-def field_from_edges(edges: EdgePoints, shape: tuple[int, int, int], *,
-                     with_forward: bool = False, factor: float | None = None,
-                     grid_origin: tuple[float, float] = (0.0, 0.0)) -> GwisField:
+def field_from_edges(
+    edges: EdgePoints,
+    shape: tuple[int, int, int],
+    *,
+    with_forward: bool = False,
+    factor: float | None = None,
+    grid_origin: tuple[float, float] = (0.0, 0.0),
+) -> GwisField:
     """The warp of planes of ``shape`` ``(B, H, W)`` given their edge points (see :func:`gwis_field`).
 
     ``factor`` is the spacing (px) of the grid the field is computed on: 1 for the pixel
@@ -768,8 +821,7 @@ def field_from_edges(edges: EdgePoints, shape: tuple[int, int, int], *,
     dtype, device = edges.y.dtype, edges.y.device
     if factor is None:
         factor = coarse_factor(float(edges.scale.min())) if edges.scale.numel() else 1.0
-    logger.debug("GWIS: %d edge points on %s planes, grid step %.3g px", edges.row.numel(), shape,
-                 factor)
+    logger.debug("GWIS: %d edge points on %s planes, grid step %.3g px", edges.row.numel(), shape, factor)
     rows = torch.arange(height, device=device, dtype=dtype).view(1, 1, -1, 1)
     cols = torch.arange(width, device=device, dtype=dtype).view(1, 1, 1, -1)
     pixels = torch.cat((rows.expand(batch, 1, height, width), cols.expand(batch, 1, height, width)), 1)
@@ -781,8 +833,9 @@ def field_from_edges(edges: EdgePoints, shape: tuple[int, int, int], *,
         coverage = torch.where(has, totals[:, 3:4].clamp(max=1.0), torch.zeros_like(weight))
         inverse = _unfold(coverage * totals[:, 1:3] / safe_w)
         forward = coverage * totals[:, 4:6] / safe_w if with_forward else None
-        return GwisField(source=pixels + inverse, inverse=inverse, displacement=forward,
-                         coverage=coverage, edges=edges)
+        return GwisField(
+            source=pixels + inverse, inverse=inverse, displacement=forward, coverage=coverage, edges=edges
+        )
     grid = CoarseGrid(float(factor), height, width, (float(grid_origin[0]), float(grid_origin[1])))
     coarse = thin_to_grid(edges, grid, batch, THIN_SPACING)
     totals = _accumulate(coarse, (batch, *grid.shape), with_forward=with_forward, with_parts=True)
@@ -797,16 +850,18 @@ def field_from_edges(edges: EdgePoints, shape: tuple[int, int, int], *,
     inverse = sign_part - (2.0 / 3.0) * linear
     # The fold guard on the coarse grid, for whole cells: the interpolated map keeps its order.
     fade = coverage * _unfold_factor(coverage * inverse, whole_cells=True)
-    inverse, fine_coverage, checked = _upsample_inverse(fade * sign_part, fade * linear, distance,
-                                                        grid, extra=coverage)
+    inverse, fine_coverage, checked = _upsample_inverse(
+        fade * sign_part, fade * linear, distance, grid, extra=coverage
+    )
     if not checked:
         # A pixel cell that straddles two grid cells (fractional spacing) can still fold, rarely.
         inverse = _unfold(inverse)
     forward = None
     if with_forward:
         forward = _upsample(coverage * totals[:, 4:6] / safe_w, grid) * grid.factor
-    return GwisField(source=pixels + inverse, inverse=inverse, displacement=forward,
-                     coverage=fine_coverage, edges=edges)
+    return GwisField(
+        source=pixels + inverse, inverse=inverse, displacement=forward, coverage=fine_coverage, edges=edges
+    )
 
 
 def warp_planes(x: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
@@ -819,12 +874,13 @@ def warp_planes(x: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
     rows = torch.arange(height, device=x.device, dtype=inverse.dtype).view(1, -1, 1)
     cols = torch.arange(width, device=x.device, dtype=inverse.dtype).view(1, 1, -1)
     grid = torch.stack(
-        (2.0 * (cols + inverse[:, 1]) / max(width - 1, 1) - 1.0,
-         2.0 * (rows + inverse[:, 0]) / max(height - 1, 1) - 1.0),
+        (
+            2.0 * (cols + inverse[:, 1]) / max(width - 1, 1) - 1.0,
+            2.0 * (rows + inverse[:, 0]) / max(height - 1, 1) - 1.0,
+        ),
         dim=-1,
     )
-    sampled = F.grid_sample(x, grid.to(x.dtype), mode="bilinear", padding_mode="border",
-                            align_corners=True)
+    sampled = F.grid_sample(x, grid.to(x.dtype), mode="bilinear", padding_mode="border", align_corners=True)
     moved = (inverse != 0).any(dim=1, keepdim=True)
     return torch.where(moved, sampled, x)
 
@@ -855,9 +911,14 @@ def gwis_sharpen(
     -------
     Tensor, shape (B, C, H, W), same device and dtype.
     """
-    field = gwis_field(luminance(x), warp_scale, gradient_scale=gradient_scale,
-                       noise_std=noise_std, intensity_range=intensity_range,
-                       grid_origin=grid_origin)
+    field = gwis_field(
+        luminance(x),
+        warp_scale,
+        gradient_scale=gradient_scale,
+        noise_std=noise_std,
+        intensity_range=intensity_range,
+        grid_origin=grid_origin,
+    )
     return warp_planes(x, field.inverse)
 
 
@@ -877,8 +938,9 @@ def _check_blur(blur, layout: PlaneLayout):
     if isinstance(blur, (bool, np.bool_)):
         raise TypeError("blur must be a number of pixels or an array of blur levels, not a bool.")
     if isinstance(blur, str):
-        raise TypeError(f"blur must be a number of pixels, an array of blur levels or "
-                        f"{AUTO_BLUR!r}, not {blur!r}.")
+        raise TypeError(
+            f"blur must be a number of pixels, an array of blur levels or {AUTO_BLUR!r}, not {blur!r}."
+        )
     if np.ndim(blur) == 0:
         try:
             level = float(blur)
@@ -918,8 +980,11 @@ def _gwis_plane_steps(message: str, scalar_level: float | None):
         scale_map = warp_scale_for_level(level_map)
         max_scale = float(scale_map.max())
         if max_scale >= MAX_WARP_SCALE:
-            logger.warning("blur levels up to %.3g px: warp scales clipped to %g px",
-                           float(level_map.max()), MAX_WARP_SCALE)
+            logger.warning(
+                "blur levels up to %.3g px: warp scales clipped to %g px",
+                float(level_map.max()),
+                MAX_WARP_SCALE,
+            )
         if max_scale < MIN_WARP_SCALE:
             return plane.clone()
         lum = luminance(plane)
@@ -933,15 +998,23 @@ def _gwis_plane_steps(message: str, scalar_level: float | None):
         def tile_fn(tile: torch.Tensor, window: TileWindow) -> torch.Tensor:
             # The tile's origin in the plane puts its coarse grid on the whole plane's.
             origin = (float(window.rows.start), float(window.cols.start))
-            sharpened = gwis_sharpen(tile, scale_map[..., window.rows, window.cols],
-                                     gradient_scale=grad_scale, noise_std=noise,
-                                     intensity_range=value_range, grid_origin=origin)
+            sharpened = gwis_sharpen(
+                tile,
+                scale_map[..., window.rows, window.cols],
+                gradient_scale=grad_scale,
+                noise_std=noise,
+                intensity_range=value_range,
+                grid_origin=origin,
+            )
             core_rows, core_cols = window.core_in_tile
             return sharpened[..., core_rows, core_cols]
 
         tile_size = device_tile_size(TILE_SIZE, plane.device)
-        return (yield from iter_tiled(tile_fn, plane, tile_size=tile_size, halo=halo,
-                                      blend=min(16, halo), core_only=True))
+        return (
+            yield from iter_tiled(
+                tile_fn, plane, tile_size=tile_size, halo=halo, blend=min(16, halo), core_only=True
+            )
+        )
 
     return plane_steps
 
@@ -951,7 +1024,6 @@ def iter_sharpen_gwis(image, blur, *, channel_axis: int | None = None, device=No
     pixels = as_float_image(image)
     layout = PlaneLayout.of(pixels.shape, channel_axis)
     if _is_auto(blur):
-
         blur = yield from iter_estimate_blur_map(pixels, channel_axis=channel_axis, device=device)
     levels = _check_blur(blur, layout)
     target = select_device(device)
@@ -961,8 +1033,11 @@ def iter_sharpen_gwis(image, blur, *, channel_axis: int | None = None, device=No
     steps = _gwis_plane_steps("GWIS sharpening", levels if scalar else None)
     # iter_planewise hands each plane its own 2D array from a per-plane stack (its PSF
     # mechanism); here that array is the plane's blur map.
-    return (yield from iter_planewise(pixels, layout, steps, device=target,
-                                      psf=None if scalar else levels, message="GWIS sharpening"))
+    return (
+        yield from iter_planewise(
+            pixels, layout, steps, device=target, psf=None if scalar else levels, message="GWIS sharpening"
+        )
+    )
 
 
 def _lazy_sharpen_gwis(facade, image, blur, *, channel_axis, device):
@@ -970,11 +1045,16 @@ def _lazy_sharpen_gwis(facade, image, blur, *, channel_axis, device):
     if is_dask_array(blur) or np.ndim(blur) > 0:
         return lazy_planewise(
             lambda block, _plane, levels: facade(block, levels, channel_axis=channel_axis, device=device),
-            image, channel_axis=channel_axis, per_plane=blur)
+            image,
+            channel_axis=channel_axis,
+            per_plane=blur,
+        )
     level = blur if _is_auto(blur) else _check_blur(blur, layout)
     return lazy_planewise(
         lambda block, _plane: facade(block, level, channel_axis=channel_axis, device=device),
-        image, channel_axis=channel_axis)
+        image,
+        channel_axis=channel_axis,
+    )
 
 
 @job_facade(iter_sharpen_gwis, lazy=_lazy_sharpen_gwis)
@@ -1061,9 +1141,15 @@ def gwis_field_of(image, blur, *, channel_axis: int | None = None, device=None) 
     target = select_device(device)
     plane = torch.from_numpy(np.ascontiguousarray(layout.to_planes(pixels))).to(target)
     height, width = layout.plane_shape
-    level_map = (plane.new_full((1, 1, height, width), levels) if isinstance(levels, float)
-                 else torch.from_numpy(levels).to(target).view(1, 1, height, width))
+    level_map = (
+        plane.new_full((1, 1, height, width), levels)
+        if isinstance(levels, float)
+        else torch.from_numpy(levels).to(target).view(1, 1, height, width)
+    )
     lum = luminance(plane)
-    return gwis_field(lum, warp_scale_for_level(level_map),
-                      gradient_scale=gradient_scale_for_level(float(level_map.median())),
-                      with_forward=True)
+    return gwis_field(
+        lum,
+        warp_scale_for_level(level_map),
+        gradient_scale=gradient_scale_for_level(float(level_map.median())),
+        with_forward=True,
+    )

@@ -17,11 +17,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from .blind_psf import REGION_SIZE_FACTOR, check_kernel_size, estimate_psf, kernel_similarity
 from ..core.devices import select_device
 from ..core.jobs import JobProgress, JobSteps, job_facade
-from ..nets.layers import mean_over_views
 from ..core.planes import single_grey_plane
+from ..nets.layers import mean_over_views
+
 # The network's names stay importable from here (training, tests, the widget).
 from ..nets.region_selector import RETRAIN_COMMAND as RETRAIN_COMMAND
 from ..nets.region_selector import TRAINING_WINDOW as TRAINING_WINDOW
@@ -29,6 +29,7 @@ from ..nets.region_selector import WEIGHTS_FILE as WEIGHTS_FILE
 from ..nets.region_selector import WIDTHS as WIDTHS
 from ..nets.region_selector import RegionSelectorNet as RegionSelectorNet
 from ..nets.region_selector import load_region_selector_net
+from .blind_psf import REGION_SIZE_FACTOR, check_kernel_size, estimate_psf, kernel_similarity
 
 GOOD_SIMILARITY = 0.75
 """A window is good when the PSF estimated from it has at least this kernel similarity."""
@@ -96,6 +97,7 @@ def score_windows(model: nn.Module, windows: torch.Tensor, views: int = 1) -> to
     ``views`` > 1 averages the probability over that many flipped or turned views of each
     window (:func:`~napari_deblur.engine.nets.layers.mean_over_views`).
     """
+
     def probability(view: torch.Tensor) -> torch.Tensor:  # (B, 1, 1, 1): turning it is a no-op
         view = view.contiguous(memory_format=torch.channels_last)
         return torch.sigmoid(model(view).float()).view(-1, 1, 1, 1)
@@ -130,8 +132,9 @@ def grid_positions(length: int, size: int, stride: int) -> list[int]:
 
 def grid_starts(shape: tuple[int, int], size: int, stride: int) -> list[tuple[int, int]]:
     """Top-left corners ``(y, x)`` of the ``size`` windows on a grid of ``stride`` (row by row)."""
-    return [(y, x) for y in grid_positions(shape[0], size, stride)
-            for x in grid_positions(shape[1], size, stride)]
+    return [
+        (y, x) for y in grid_positions(shape[0], size, stride) for x in grid_positions(shape[1], size, stride)
+    ]
 
 
 def overlap_fraction(a: Region, b: Region) -> float:
@@ -142,8 +145,7 @@ def overlap_fraction(a: Region, b: Region) -> float:
     return shared / (a.height * a.width + b.height * b.width - shared)
 
 
-def non_maximum_suppression(candidates: list[Region], count: int,
-                            max_overlap: float = 0.0) -> list[Region]:
+def non_maximum_suppression(candidates: list[Region], count: int, max_overlap: float = 0.0) -> list[Region]:
     """Greedy: the best candidate, then the best whose :func:`overlap_fraction` with every one
     taken is at most ``max_overlap`` (0: no overlap at all), ... (``count`` at most)."""
     chosen: list[Region] = []
@@ -155,8 +157,9 @@ def non_maximum_suppression(candidates: list[Region], count: int,
     return chosen
 
 
-def iter_score_grid(plane: np.ndarray, size: int, stride: int, device: torch.device,
-                    views: int = 1) -> JobSteps[list[Region]]:
+def iter_score_grid(
+    plane: np.ndarray, size: int, stride: int, device: torch.device, views: int = 1
+) -> JobSteps[list[Region]]:
     """Every ``size`` window of a grey plane on a grid of ``stride`` (:func:`grid_positions`),
     scored by the shipped network (on ``views`` views, :func:`score_windows`); yields progress
     per batch of windows."""
@@ -193,14 +196,16 @@ def consensus_scores(kernels: Sequence[np.ndarray | None]) -> np.ndarray:
         similarity = np.zeros((len(present), len(present)))
         for a in range(len(present)):
             for b in range(a + 1, len(present)):
-                similarity[a, b] = similarity[b, a] = kernel_similarity(kernels[present[a]],
-                                                                        kernels[present[b]])
+                similarity[a, b] = similarity[b, a] = kernel_similarity(
+                    kernels[present[a]], kernels[present[b]]
+                )
         scores[present] = similarity.sum(axis=1) / (len(present) - 1)
     return scores
 
 
-def iter_consensus_grid(plane: np.ndarray, size: int, stride: int, psf_size: int,
-                        device: torch.device) -> JobSteps[list[Region]]:
+def iter_consensus_grid(
+    plane: np.ndarray, size: int, stride: int, psf_size: int, device: torch.device
+) -> JobSteps[list[Region]]:
     """Every ``size`` window of a grey plane on a grid of ``stride``, scored by
     :func:`consensus_scores` of the ``psf_size`` kernels blindly estimated from each; yields
     progress per window. Windows of one constant value (they would all give the same point
@@ -221,15 +226,21 @@ def iter_consensus_grid(plane: np.ndarray, size: int, stride: int, psf_size: int
 # --- public API -------------------------------------------------------------------------------
 
 
-def iter_select_regions(image, *, size: int = DEFAULT_WINDOW, count: int = 5,
-                        stride: int | None = None, channel_axis: int | None = None,
-                        device=None, ranking: str = "consensus",
-                        psf_size: int = DEFAULT_CONSENSUS_PSF_SIZE) -> JobSteps[list[Region]]:
+def iter_select_regions(
+    image,
+    *,
+    size: int = DEFAULT_WINDOW,
+    count: int = 5,
+    stride: int | None = None,
+    channel_axis: int | None = None,
+    device=None,
+    ranking: str = "consensus",
+    psf_size: int = DEFAULT_CONSENSUS_PSF_SIZE,
+) -> JobSteps[list[Region]]:
     """Generator twin of :func:`select_regions` (yields progress per window or batch of windows)."""
     size = _check_positive_int(size, "size", MIN_WINDOW, " pixels")
     count = _check_positive_int(count, "count", 1, "")
-    stride = max(1, size // 4) if stride is None else _check_positive_int(stride, "stride", 1,
-                                                                            " pixels")
+    stride = max(1, size // 4) if stride is None else _check_positive_int(stride, "stride", 1, " pixels")
     if ranking not in RANKINGS:
         raise ValueError(f"ranking must be one of {RANKINGS}, got {ranking!r}.")
     plane = _grey_plane(image, channel_axis)

@@ -13,12 +13,12 @@ import numpy as np
 import torch
 
 from ..core.devices import is_out_of_memory, release_cached_memory, select_device
-from ..physics.fourier import kernel_to_otf, squared_frequency, taper_fft_shape, taper_pad
 from ..core.jobs import JobProgress, JobSteps, job_facade
 from ..core.lazy import lazy_with_psf
 from ..core.planes import PlaneLayout, iter_planewise
 from ..core.tiling import MIN_TILE_SIZE, budget_tile_size, device_tile_size, iter_tiled, out_of_memory_error
 from ..core.validation import as_float_image, as_psf
+from ..physics.fourier import kernel_to_otf, squared_frequency, taper_fft_shape, taper_pad
 
 WIENER_STACK_SNRS_DB: tuple[float, ...] = tuple(float(s) for s in range(9, 66, 4))
 """The 15 SNRs (dB) of the Wiener stack of Gilbert, Messinger & Patel: 9, 13, ..., 65."""
@@ -192,7 +192,12 @@ def iter_wiener_deconvolve_snr_stack(
     snr_tensor = torch.tensor(snrs, dtype=torch.float32, device=target)
     steps = _wiener_plane_steps(snr_tensor, boundary, "Wiener deconvolution")
     stack = yield from iter_planewise(
-        pixels, layout, steps, device=target, psf=kernel, outputs_per_plane=len(snrs),
+        pixels,
+        layout,
+        steps,
+        device=target,
+        psf=kernel,
+        outputs_per_plane=len(snrs),
         message="Wiener deconvolution",
     )
     return stack if len(snrs) > 1 else stack[None]
@@ -228,7 +233,12 @@ def wiener_deconvolve_snr_stack() -> np.ndarray:
 
 
 def iter_wiener_deconvolve(
-    image, psf, *, snr_db: float = 30.0, channel_axis: int | None = None, device=None,
+    image,
+    psf,
+    *,
+    snr_db: float = 30.0,
+    channel_axis: int | None = None,
+    device=None,
     boundary: str = "taper",
 ) -> JobSteps[np.ndarray]:
     """Generator twin of :func:`wiener_deconvolve` (for the napari runner)."""

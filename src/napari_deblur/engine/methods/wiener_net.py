@@ -17,23 +17,30 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..physics.convolution import convolve_planes
 from ..core.devices import cpu_bfloat16_is_fast, is_out_of_memory, release_cached_memory, select_device
-from ..physics.fourier import kernel_centroid_offsets, kernel_to_otf, taper_fft_shape, taper_pad, taper_weights
 from ..core.image_stats import estimate_noise_std
 from ..core.jobs import JobProgress, JobSteps, job_facade, scaled_steps
-from ..nets.layers import ENSEMBLE_SIZES as ENSEMBLE_SIZES
-from ..nets.layers import check_ensemble_size, mean_over_views
-# The network's names stay importable from here (training, tests).
-from ..nets.wiener_net import RETRAIN_COMMAND as RETRAIN_COMMAND
-from ..nets.wiener_net import WEIGHTS_FILE as WEIGHTS_FILE
-from ..nets.wiener_net import WIDTHS as WIDTHS
-from ..nets.wiener_net import wiener_net_from_weights as wiener_net_from_weights
-from ..nets.wiener_net import SIZE_MULTIPLE, WienerNet, load_wiener_net
 from ..core.lazy import lazy_with_psf
 from ..core.planes import PlaneLayout, iter_planewise
 from ..core.tiling import MIN_TILE_SIZE, TileWindow, device_tile_size, iter_tiled, out_of_memory_error
 from ..core.validation import as_float_image, as_psf
+from ..nets.layers import ENSEMBLE_SIZES as ENSEMBLE_SIZES
+from ..nets.layers import check_ensemble_size, mean_over_views
+
+# The network's names stay importable from here (training, tests).
+from ..nets.wiener_net import RETRAIN_COMMAND as RETRAIN_COMMAND
+from ..nets.wiener_net import SIZE_MULTIPLE, WienerNet, load_wiener_net
+from ..nets.wiener_net import WEIGHTS_FILE as WEIGHTS_FILE
+from ..nets.wiener_net import WIDTHS as WIDTHS
+from ..nets.wiener_net import wiener_net_from_weights as wiener_net_from_weights
+from ..physics.convolution import convolve_planes
+from ..physics.fourier import (
+    kernel_centroid_offsets,
+    kernel_to_otf,
+    taper_fft_shape,
+    taper_pad,
+    taper_weights,
+)
 from .wiener import WIENER_STACK_SNRS_DB, wiener_filter
 
 INPUT_CLIP = 8.0
@@ -126,7 +133,10 @@ def align_with_kernel_centroid(y: torch.Tensor, kernel: torch.Tensor) -> torch.T
 
 
 def wiener_net_features(
-    y: torch.Tensor, kernel: torch.Tensor, snrs_db: torch.Tensor, *,
+    y: torch.Tensor,
+    kernel: torch.Tensor,
+    snrs_db: torch.Tensor,
+    *,
     statistics: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Normalised network input for grayscale planes.
@@ -152,12 +162,13 @@ def wiener_net_features(
     n = len(snrs_db)
     # Assembled in place, channels-last (the layout the network runs in, so
     # apply_network copies nothing) instead of cat + normalise + a layout copy.
-    features = torch.empty((y.shape[0], n + 2) + y.shape[-2:], dtype=y.dtype, device=y.device,
-                           memory_format=torch.channels_last)
+    features = torch.empty(
+        (y.shape[0], n + 2) + y.shape[-2:], dtype=y.dtype, device=y.device, memory_format=torch.channels_last
+    )
     features[:, :n] = wiener_filter(y, kernel, snrs_db)[:, :, 0]
-    features[:, n:n + 1] = align_with_kernel_centroid(y, kernel)
-    features[:, :n + 1].sub_(mean).mul_(scale.reciprocal())
-    features[:, n + 1:] = NOISE_FEATURE_GAIN * noise / scale
+    features[:, n : n + 1] = align_with_kernel_centroid(y, kernel)
+    features[:, : n + 1].sub_(mean).mul_(scale.reciprocal())
+    features[:, n + 1 :] = NOISE_FEATURE_GAIN * noise / scale
     return features.clamp_(-INPUT_CLIP, INPUT_CLIP), mean, scale
 
 
@@ -179,8 +190,9 @@ def apply_network(model: WienerNet, features: torch.Tensor, *, bfloat16: bool = 
     return restored[..., :height, :width].contiguous()
 
 
-def apply_network_ensemble(model: WienerNet, features: torch.Tensor, ensemble: int = DEFAULT_ENSEMBLE,
-                           *, bfloat16: bool = False) -> torch.Tensor:
+def apply_network_ensemble(
+    model: WienerNet, features: torch.Tensor, ensemble: int = DEFAULT_ENSEMBLE, *, bfloat16: bool = False
+) -> torch.Tensor:
     """The mean of :func:`apply_network` over ``ensemble`` flipped or turned views of ``features``.
 
     The Wiener stack of a flipped plane and kernel is the flipped stack, and the
@@ -206,8 +218,9 @@ def apply_network_ensemble(model: WienerNet, features: torch.Tensor, ensemble: i
     return mean_over_views(lambda view: apply_network(model, view, bfloat16=bfloat16), features, ensemble)
 
 
-def correct_by_residual(y: torch.Tensor, restored: torch.Tensor, kernel: torch.Tensor,
-                        noise_std: torch.Tensor | None = None) -> torch.Tensor:
+def correct_by_residual(
+    y: torch.Tensor, restored: torch.Tensor, kernel: torch.Tensor, noise_std: torch.Tensor | None = None
+) -> torch.Tensor:
     """``restored`` plus what the blurred planes still say about it, above their noise.
 
     The residual ``r = y - k * x`` of a restoration ``x`` is the blurred
@@ -239,21 +252,23 @@ def correct_by_residual(y: torch.Tensor, restored: torch.Tensor, kernel: torch.T
     fft_shape = taper_fft_shape((height, width), kh, kw)
     spectrum = torch.fft.rfft2(taper_pad(residual, kh, kw, fft_shape))
     # White noise of variance sigma^2, tapered like the plane, has E|R(f)|^2 = sigma^2 sum(w^2).
-    noise_power = sigma.square() * taper_weights((height, width), kh, kw, fft_shape, y.device,
-                                                 y.dtype).square().sum()
+    noise_power = (
+        sigma.square() * taper_weights((height, width), kh, kw, fft_shape, y.device, y.dtype).square().sum()
+    )
     side = RESIDUAL_SPECTRUM_SMOOTHING
     power = spectrum.abs().square()
     power = F.avg_pool2d(power, (side, 1), stride=1, padding=(side // 2, 0), count_include_pad=False)
     power = F.avg_pool2d(power, (1, side), stride=1, padding=(0, side // 2), count_include_pad=False)
-    gain = (1.0 - RESIDUAL_NOISE_MARGIN * noise_power / power.clamp_min(torch.finfo(y.dtype).tiny))
+    gain = 1.0 - RESIDUAL_NOISE_MARGIN * noise_power / power.clamp_min(torch.finfo(y.dtype).tiny)
     otf = kernel_to_otf(kernel.to(y.dtype), fft_shape)[:, None]
     inverse = otf.conj() / (otf.abs().square() + RESIDUAL_REGULARISER)
     correction = torch.fft.irfft2(spectrum * inverse * gain.clamp_min_(0.0), s=fft_shape)
-    return restored + correction[..., kh:kh + height, kw:kw + width]
+    return restored + correction[..., kh : kh + height, kw : kw + width]
 
 
-def residual_noise_std(y: torch.Tensor, restored: torch.Tensor, kernel: torch.Tensor, *,
-                       tile_size: int) -> JobSteps[torch.Tensor]:
+def residual_noise_std(
+    y: torch.Tensor, restored: torch.Tensor, kernel: torch.Tensor, *, tile_size: int
+) -> JobSteps[torch.Tensor]:
     """The noise level :func:`correct_by_residual` estimates on ``y - k * restored``, tile by tile.
 
     The residual is formed in tiles with a kernel-wide halo (the same numbers
@@ -270,14 +285,16 @@ def residual_noise_std(y: torch.Tensor, restored: torch.Tensor, kernel: torch.Te
     -------
     Tensor, shape (B, 1, 1, 1)
     """
+
     def residual_tile(tile: torch.Tensor, window: TileWindow) -> torch.Tensor:
         rows, cols = window.core_in_tile
         residual = y[..., window.rows, window.cols] - convolve_planes(tile, kernel)
         return residual[..., rows, cols]
 
     halo = max(kernel.shape[-2:])
-    residual = yield from iter_tiled(residual_tile, restored, tile_size=tile_size, halo=halo,
-                                     blend=0, core_only=True)
+    residual = yield from iter_tiled(
+        residual_tile, restored, tile_size=tile_size, halo=halo, blend=0, core_only=True
+    )
     return estimate_noise_std(residual).view(-1, 1, 1, 1)
 
 
@@ -303,9 +320,16 @@ def tile_context(kernel_shape: tuple[int, int]) -> tuple[int, int]:
     return halo, math.ceil(RESIDUAL_HALO_KERNELS * side) + TILE_BLEND
 
 
-def iter_wiener_net_tiled(model: WienerNet, grey: torch.Tensor, kernel: torch.Tensor,
-                          snrs: torch.Tensor, *, ensemble: int, bfloat16: bool,
-                          tile_size: int) -> JobSteps[torch.Tensor]:
+def iter_wiener_net_tiled(
+    model: WienerNet,
+    grey: torch.Tensor,
+    kernel: torch.Tensor,
+    snrs: torch.Tensor,
+    *,
+    ensemble: int,
+    bfloat16: bool,
+    tile_size: int,
+) -> JobSteps[torch.Tensor]:
     """Wiener-net on ``(B, 1, H, W)`` planes in tiles: memory bounded by the tile, not the plane.
 
     The plane's statistics (:func:`plane_statistics`) are taken once on the
@@ -353,19 +377,25 @@ def iter_wiener_net_tiled(model: WienerNet, grey: torch.Tensor, kernel: torch.Te
         rows = _aligned_span(window.core_rows.start, window.core_rows.stop, TILE_HALO, height)
         cols = _aligned_span(window.core_cols.start, window.core_cols.stop, TILE_HALO, width)
         top, left = window.rows.start, window.cols.start
-        features = features[..., rows.start - top:rows.stop - top, cols.start - left:cols.stop - left]
+        features = features[..., rows.start - top : rows.stop - top, cols.start - left : cols.stop - left]
         normalised = apply_network_ensemble(model, features, ensemble, bfloat16=bfloat16)
         del features
-        core = normalised[..., window.core_rows.start - rows.start:window.core_rows.stop - rows.start,
-                          window.core_cols.start - cols.start:window.core_cols.stop - cols.start]
+        core = normalised[
+            ...,
+            window.core_rows.start - rows.start : window.core_rows.stop - rows.start,
+            window.core_cols.start - cols.start : window.core_cols.stop - cols.start,
+        ]
         return core * scale + mean
 
     restored = yield from scaled_steps(
         iter_tiled(restore_tile, grey, tile_size=tile_size, halo=halo, blend=TILE_BLEND, core_only=True),
-        0.0, 0.85)
+        0.0,
+        0.85,
+    )
     yield JobProgress(0.85, "Residual correction")
-    sigma = yield from scaled_steps(residual_noise_std(grey, restored, kernel, tile_size=tile_size),
-                                    0.85, 0.9)
+    sigma = yield from scaled_steps(
+        residual_noise_std(grey, restored, kernel, tile_size=tile_size), 0.85, 0.9
+    )
 
     def correct_tile(tile: torch.Tensor, window: TileWindow) -> torch.Tensor:
         rows, cols = window.core_in_tile
@@ -373,9 +403,17 @@ def iter_wiener_net_tiled(model: WienerNet, grey: torch.Tensor, kernel: torch.Te
         return corrected[..., rows, cols]
 
     corrected = yield from scaled_steps(
-        iter_tiled(correct_tile, restored, tile_size=RESIDUAL_TILE_FACTOR * tile_size, halo=residual_halo,
-                   blend=TILE_BLEND, core_only=True),
-        0.9, 1.0)
+        iter_tiled(
+            correct_tile,
+            restored,
+            tile_size=RESIDUAL_TILE_FACTOR * tile_size,
+            halo=residual_halo,
+            blend=TILE_BLEND,
+            core_only=True,
+        ),
+        0.9,
+        1.0,
+    )
     return corrected
 
 
@@ -384,8 +422,9 @@ def _wiener_net_plane_steps(model: WienerNet, snrs: torch.Tensor, ensemble: int,
         grey = plane.transpose(0, 1)  # (C, 1, H, W): every channel is a grayscale plane
         tile_size = device_tile_size(TILE_SIZE, plane.device)
         if max(grey.shape[-2:]) > tile_size:
-            restored = yield from iter_wiener_net_tiled(model, grey, kernel[None], snrs, ensemble=ensemble,
-                                                        bfloat16=bfloat16, tile_size=tile_size)
+            restored = yield from iter_wiener_net_tiled(
+                model, grey, kernel[None], snrs, ensemble=ensemble, bfloat16=bfloat16, tile_size=tile_size
+            )
             return restored.transpose(0, 1)
         try:
             restored = yield from _whole_plane_steps(model, grey, kernel[None], snrs, ensemble, bfloat16)
@@ -397,15 +436,22 @@ def _wiener_net_plane_steps(model: WienerNet, snrs: torch.Tensor, ensemble: int,
             if tile_size < MIN_TILE_SIZE:
                 raise out_of_memory_error(error, grey, max(grey.shape[-2:]), 0) from error
             yield JobProgress(0.0, f"out of memory: retrying with {tile_size} px tiles")
-            restored = yield from iter_wiener_net_tiled(model, grey, kernel[None], snrs, ensemble=ensemble,
-                                                        bfloat16=bfloat16, tile_size=tile_size)
+            restored = yield from iter_wiener_net_tiled(
+                model, grey, kernel[None], snrs, ensemble=ensemble, bfloat16=bfloat16, tile_size=tile_size
+            )
         return restored.transpose(0, 1)  # (1, C, H, W)
 
     return plane_steps
 
 
-def _whole_plane_steps(model: WienerNet, grey: torch.Tensor, kernel: torch.Tensor, snrs: torch.Tensor,
-                       ensemble: int, bfloat16: bool) -> JobSteps[torch.Tensor]:
+def _whole_plane_steps(
+    model: WienerNet,
+    grey: torch.Tensor,
+    kernel: torch.Tensor,
+    snrs: torch.Tensor,
+    ensemble: int,
+    bfloat16: bool,
+) -> JobSteps[torch.Tensor]:
     """Wiener-net on ``(B, 1, H, W)`` planes of at most one tile, in one piece."""
     yield JobProgress(0.0, "Wiener stack")
     features, mean, scale = wiener_net_features(grey, kernel, snrs)
@@ -416,8 +462,9 @@ def _whole_plane_steps(model: WienerNet, grey: torch.Tensor, kernel: torch.Tenso
     return correct_by_residual(grey, normalised * scale + mean, kernel)
 
 
-def iter_wiener_net_deconvolve(image, psf, *, channel_axis: int | None = None, device=None,
-                               ensemble: int = DEFAULT_ENSEMBLE) -> JobSteps[np.ndarray]:
+def iter_wiener_net_deconvolve(
+    image, psf, *, channel_axis: int | None = None, device=None, ensemble: int = DEFAULT_ENSEMBLE
+) -> JobSteps[np.ndarray]:
     """Generator twin of :func:`wiener_net_deconvolve` (for the napari runner)."""
     check_ensemble_size(ensemble)
     pixels = as_float_image(image)
@@ -428,8 +475,12 @@ def iter_wiener_net_deconvolve(image, psf, *, channel_axis: int | None = None, d
     snrs = torch.tensor(WIENER_STACK_SNRS_DB, dtype=torch.float32, device=target)
     with torch.inference_mode():
         restored = yield from iter_planewise(
-            pixels, layout, _wiener_net_plane_steps(model, snrs, ensemble, cpu_bfloat16_is_fast(target)),
-            device=target, psf=kernel, message="Wiener-net",
+            pixels,
+            layout,
+            _wiener_net_plane_steps(model, snrs, ensemble, cpu_bfloat16_is_fast(target)),
+            device=target,
+            psf=kernel,
+            message="Wiener-net",
         )
     return restored
 
@@ -487,4 +538,3 @@ def wiener_net_deconvolve() -> np.ndarray:
     plane with this same function (:mod:`napari_deblur.engine.core.lazy`); each
     worker process loads the network once per device.
     """
-

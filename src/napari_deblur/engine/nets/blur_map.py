@@ -32,8 +32,7 @@ SIZE_MULTIPLE = 16
 
 
 def _conv(in_channels: int, out_channels: int, stride: int = 1, dilation: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=dilation,
-                     dilation=dilation)
+    return nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=dilation, dilation=dilation)
 
 
 class BlurMapNet(nn.Module):
@@ -62,9 +61,12 @@ class BlurMapNet(nn.Module):
         self.enc1 = nn.Sequential(_conv(w0, w1, 2), relu(inplace=True), _conv(w1, w1), relu(inplace=True))
         self.enc2 = nn.Sequential(_conv(w1, w2, 2), relu(inplace=True), _conv(w2, w2), relu(inplace=True))
         self.enc3 = nn.Sequential(
-            _conv(w2, w3, 2), relu(inplace=True),
-            _conv(w3, w3, dilation=2), relu(inplace=True),
-            _conv(w3, w3, dilation=2), relu(inplace=True),
+            _conv(w2, w3, 2),
+            relu(inplace=True),
+            _conv(w3, w3, dilation=2),
+            relu(inplace=True),
+            _conv(w3, w3, dilation=2),
+            relu(inplace=True),
         )
         self.up3 = _conv(w3, w2)
         self.dec2 = nn.Sequential(_conv(2 * w2, w2), relu(inplace=True))

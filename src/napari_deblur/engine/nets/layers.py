@@ -43,18 +43,25 @@ def upsample_nearest_then_conv(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor
     channel pair, and the fine-resolution input is never made. The result is
     channels-last (the layout the CPU convolutions are fastest in).
     """
-    if conv.kernel_size != (3, 3) or conv.stride != (1, 1) or conv.padding != (1, 1) \
-            or conv.dilation != (1, 1) or conv.groups != 1:
+    if (
+        conv.kernel_size != (3, 3)
+        or conv.stride != (1, 1)
+        or conv.padding != (1, 1)
+        or conv.dilation != (1, 1)
+        or conv.groups != 1
+    ):
         raise ValueError("upsample_nearest_then_conv needs a 3x3 convolution with padding 1.")
     weight = conv.weight  # (O, I, 3, 3)
+
     # Tap sums along one axis, per output phase: phase 0 reads (preceding, current) coarse
     # samples with (w0, w1 + w2), phase 1 reads (current, next) with (w0 + w1, w2).
     def phase_taps(w: torch.Tensor, axis: int) -> tuple[torch.Tensor, torch.Tensor]:
         first, middle, last = w.unbind(axis)
         return (torch.stack([first, middle + last], axis), torch.stack([first + middle, last], axis))
 
-    phase_weights = [by_column for by_row in phase_taps(weight, 2)
-                     for by_column in phase_taps(by_row, 3)]  # phase 2p + q: (O, I, 2, 2)
+    phase_weights = [
+        by_column for by_row in phase_taps(weight, 2) for by_column in phase_taps(by_row, 3)
+    ]  # phase 2p + q: (O, I, 2, 2)
     bias = None if conv.bias is None else conv.bias.repeat(4)
     batch, _, height, width = x.shape
     out_channels = weight.shape[0]
@@ -103,6 +110,7 @@ def dihedral_views() -> list[tuple]:
     each a group of their own (identity; + a half turn; + the two mirror flips), so an
     ensemble of that many views is exactly equivariant under its own views.
     """
+
     def flip(*dims):
         return lambda t: t.flip(dims)
 
@@ -132,13 +140,17 @@ def check_ensemble_size(ensemble) -> None:
 
     ``True`` and ``2.0`` compare equal to 1 and 2 but are refused: a view count is a count.
     """
-    if isinstance(ensemble, bool) or not isinstance(ensemble, numbers.Integral) \
-            or ensemble not in ENSEMBLE_SIZES:
+    if (
+        isinstance(ensemble, bool)
+        or not isinstance(ensemble, numbers.Integral)
+        or ensemble not in ENSEMBLE_SIZES
+    ):
         raise ValueError(f"ensemble must be one of {ENSEMBLE_SIZES}, got {ensemble!r}")
 
 
-def mean_over_views(apply: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
-                    ensemble: int) -> torch.Tensor:
+def mean_over_views(
+    apply: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, ensemble: int
+) -> torch.Tensor:
     """The mean of ``inverse(apply(forward(x)))`` over the first ``ensemble`` :func:`dihedral_views`.
 
     ``apply`` maps ``(B, C, H, W)`` to ``(B, C', H, W)`` (same plane size), e.g. a

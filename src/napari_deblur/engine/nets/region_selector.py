@@ -61,7 +61,10 @@ class RegionSelectorNet(nn.Module):
         super().__init__()
         w0, w1, w2, w3 = widths
         self.features = nn.Sequential(
-            _block(1, w0, kernel=5), _block(w0, w1), _block(w1, w2), _block(w2, w3),
+            _block(1, w0, kernel=5),
+            _block(w0, w1),
+            _block(w1, w2),
+            _block(w2, w3),
             _block(w3, w3, stride=1),
         )
         self.classifier = nn.Linear(w3, 1)

@@ -8,8 +8,9 @@ import torch
 from torch import nn
 
 
-def load_shipped_model(model: nn.Module, filename: str, device: torch.device,
-                       retrain_command: str) -> nn.Module:
+def load_shipped_model(
+    model: nn.Module, filename: str, device: torch.device, retrain_command: str
+) -> nn.Module:
     """Load ``nets/weights/filename`` into ``model`` (strictly, tensors only) and ready it on ``device``.
 
     Returns the model in eval mode, channels-last (several times faster CPU

@@ -68,19 +68,28 @@ class WienerNet(nn.Module):
         in_channels = 4 * (n_snrs + 2)
         self.encoders = nn.ModuleList()
         for level, width in enumerate(widths):
-            self.encoders.append(nn.Sequential(
-                _conv(in_channels, width, 1 if level == 0 else 2), nn.ReLU(inplace=True),
-                _conv(width, width), nn.ReLU(inplace=True),
-            ))
+            self.encoders.append(
+                nn.Sequential(
+                    _conv(in_channels, width, 1 if level == 0 else 2),
+                    nn.ReLU(inplace=True),
+                    _conv(width, width),
+                    nn.ReLU(inplace=True),
+                )
+            )
             in_channels = width
         self.upsamplers = nn.ModuleList()
         self.decoders = nn.ModuleList()
         for level in range(len(widths) - 1, 0, -1):
             coarse, fine = widths[level], widths[level - 1]
             self.upsamplers.append(_conv(coarse, fine))
-            self.decoders.append(nn.Sequential(
-                _conv(2 * fine, fine), nn.ReLU(inplace=True), _conv(fine, fine), nn.ReLU(inplace=True),
-            ))
+            self.decoders.append(
+                nn.Sequential(
+                    _conv(2 * fine, fine),
+                    nn.ReLU(inplace=True),
+                    _conv(fine, fine),
+                    nn.ReLU(inplace=True),
+                )
+            )
         self.head = _conv(widths[0], 4)
         # 1x1 at half resolution, 4 output pixels per position (pixel shuffle).
         self.blend_head = nn.Conv2d(widths[0], 4 * (n_snrs + 1), 1)

@@ -6,11 +6,11 @@ import numpy as np
 import torch
 
 from ..core.devices import select_device
-from .fourier import kernel_to_otf, symmetric_pad
 from ..core.jobs import JobProgress, JobSteps, job_facade
 from ..core.lazy import lazy_with_psf
 from ..core.planes import PlaneLayout, iter_planewise
 from ..core.validation import as_float_image, as_psf
+from .fourier import kernel_to_otf, symmetric_pad
 
 
 def convolve_planes(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
@@ -41,8 +41,9 @@ def iter_blur(image, psf, *, channel_axis: int | None = None, device=None) -> Jo
         yield JobProgress(0.0, "blurring")
         return convolve_planes(plane, plane_kernel[None])
 
-    return (yield from iter_planewise(pixels, layout, plane_steps, device=target, psf=kernel,
-                                      message="blurring"))
+    return (
+        yield from iter_planewise(pixels, layout, plane_steps, device=target, psf=kernel, message="blurring")
+    )
 
 
 @job_facade(iter_blur, lazy=lazy_with_psf)

@@ -85,8 +85,13 @@ def kernel_centroid_offsets(kernel: torch.Tensor) -> torch.Tensor:
     weights = kernel.sum(dim=(-2, -1)).clamp_min(1e-12)
     rows = torch.arange(h, dtype=kernel.dtype, device=kernel.device) - h // 2
     cols = torch.arange(w, dtype=kernel.dtype, device=kernel.device) - w // 2
-    return torch.stack([(kernel.sum(dim=-1) * rows).sum(dim=-1) / weights,
-                        (kernel.sum(dim=-2) * cols).sum(dim=-1) / weights], dim=-1)
+    return torch.stack(
+        [
+            (kernel.sum(dim=-1) * rows).sum(dim=-1) / weights,
+            (kernel.sum(dim=-2) * cols).sum(dim=-1) / weights,
+        ],
+        dim=-1,
+    )
 
 
 def taper_fft_shape(shape: tuple[int, int], margin_h: int, margin_w: int) -> tuple[int, int]:
@@ -124,8 +129,9 @@ def taper_pad(x: torch.Tensor, margin_h: int, margin_w: int, fft_shape: tuple[in
     return mean + (padded - mean) * weight
 
 
-def taper_weights(shape: tuple[int, int], margin_h: int, margin_w: int, fft_shape: tuple[int, int],
-                  device, dtype) -> torch.Tensor:
+def taper_weights(
+    shape: tuple[int, int], margin_h: int, margin_w: int, fft_shape: tuple[int, int], device, dtype
+) -> torch.Tensor:
     """The ``(Hp, Wp)`` weight :func:`taper_pad` gives a plane of ``shape``: 1 on it, 0 mid-band."""
     height, width = shape
     weight_rows = _frame_weights(height, margin_h, fft_shape[0] - height - margin_h, device, dtype)

@@ -292,7 +292,9 @@ def random_motion_psf(size: int = 25, rng=None, *, n_steps: int = 1000) -> np.nd
     if isinstance(n_steps, (bool, np.bool_)) or not isinstance(n_steps, (int, np.integer)):
         raise TypeError(f"n_steps must be an integer, not {n_steps!r}.")
     if not 2 <= n_steps <= MAX_MOTION_STEPS:
-        raise ValueError(f"n_steps must be between 2 and {MAX_MOTION_STEPS} (MAX_MOTION_STEPS), got {n_steps}.")
+        raise ValueError(
+            f"n_steps must be between 2 and {MAX_MOTION_STEPS} (MAX_MOTION_STEPS), got {n_steps}."
+        )
     n_steps = int(n_steps)
     gen = _as_generator(rng)
     max_extent = (size - 3) * gen.uniform(0.45, 1.0)  # trajectory span in pixels
