@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ...options import DEFAULT_ENSEMBLE as DEFAULT_ENSEMBLE  # the plane and the plane turned by 180 degrees
 from ..core.devices import cpu_bfloat16_is_fast, is_out_of_memory, release_cached_memory, select_device
 from ..core.image_stats import estimate_noise_std
 from ..core.jobs import JobProgress, JobSteps, job_facade, scaled_steps
@@ -79,9 +80,6 @@ spectrum closer to the whole plane's."""
 TILE_BLEND = 32
 """Overlap of neighbouring tiles' cores, cross-faded."""
 
-DEFAULT_ENSEMBLE = 2
-"""Views the engine averages by default: the plane and the plane turned by 180 degrees
-(two network passes)."""
 
 RESIDUAL_NOISE_MARGIN = 1.5
 """:func:`correct_by_residual` keeps a frequency of the residual only where its
