@@ -21,15 +21,19 @@ from .methods.blur_map import (
 )
 from .methods.gwis import iter_sharpen_gwis, sharpen_gwis
 from .methods.region_selector import Region, iter_select_regions, select_regions
+from .methods.richardson_lucy import iter_richardson_lucy, richardson_lucy
 from .methods.wiener import (
     WIENER_STACK_SNRS_DB,
     iter_wiener_deconvolve,
+    iter_wiener_deconvolve_3d,
     iter_wiener_deconvolve_snr_stack,
     wiener_deconvolve,
+    wiener_deconvolve_3d,
     wiener_deconvolve_snr_stack,
 )
 from .methods.wiener_net import iter_wiener_net_deconvolve, wiener_net_deconvolve
 from .physics.convolution import blur, iter_blur
+from .physics.microscope_psf import microscope_psf, prepare_measured_psf
 from .physics.psf import (
     disk_psf,
     gaussian_psf,
@@ -60,21 +64,27 @@ __all__ = [
     "iter_blur",
     "iter_estimate_blur_map",
     "iter_estimate_psf",
+    "iter_richardson_lucy",
     "iter_select_regions",
     "iter_sharpen_gwis",
     "iter_wiener_deconvolve",
+    "iter_wiener_deconvolve_3d",
     "iter_wiener_deconvolve_snr_stack",
     "iter_wiener_net_deconvolve",
     "kernel_similarity",
+    "microscope_psf",
     "motion_psf",
+    "prepare_measured_psf",
     "psf_blur_level",
     "random_motion_psf",
+    "richardson_lucy",
     "ring_psf",
     "run_job",
     "select_device",
     "select_regions",
     "sharpen_gwis",
     "wiener_deconvolve",
+    "wiener_deconvolve_3d",
     "wiener_deconvolve_snr_stack",
     "wiener_net_deconvolve",
 ]

@@ -13,12 +13,20 @@ import numpy as np
 import torch
 
 from ..core.devices import is_out_of_memory, release_cached_memory, select_device
-from ..core.jobs import JobProgress, JobSteps, job_facade
+from ..core.jobs import EngineMemoryError, JobProgress, JobSteps, job_facade
 from ..core.lazy import lazy_with_psf
-from ..core.planes import PlaneLayout, iter_planewise
+from ..core.planes import PlaneLayout, iter_planewise, magnitude_exponent, scaled_back, scaled_down
 from ..core.tiling import MIN_TILE_SIZE, budget_tile_size, device_tile_size, iter_tiled, out_of_memory_error
 from ..core.validation import as_float_image, as_psf
-from ..physics.fourier import kernel_to_otf, squared_frequency, taper_fft_shape, taper_pad
+from ..physics.fourier import (
+    fast_fft_length,
+    kernel_to_otf,
+    squared_frequency,
+    symmetric_indices,
+    taper_fft_shape,
+    taper_pad,
+    taper_weights,
+)
 
 WIENER_STACK_SNRS_DB: tuple[float, ...] = tuple(float(s) for s in range(9, 66, 4))
 """The 15 SNRs (dB) of the Wiener stack of Gilbert, Messinger & Patel: 9, 13, ..., 65."""
@@ -302,4 +310,144 @@ def wiener_deconvolve() -> np.ndarray:
 
     A dask array ``image`` gives a lazy dask array at once, computed plane by
     plane with this same function (:mod:`napari_deblur.engine.core.lazy`).
+    """
+
+
+def _signal_power_spectrum_3d(fft_shape: tuple[int, int, int], device, dtype) -> torch.Tensor:
+    """:func:`signal_power_spectrum` on a 3D real-FFT grid (``|f|`` over z, y and x), mean 1."""
+    freqs = [torch.fft.fftfreq(n, device=device, dtype=dtype) for n in fft_shape[:2]]
+    freqs.append(torch.fft.rfftfreq(fft_shape[2], device=device, dtype=dtype))
+    squared = freqs[0][:, None, None] ** 2 + freqs[1][None, :, None] ** 2 + freqs[2][None, None, :] ** 2
+    power = (squared + SPECTRUM_KNEE**2) ** (-SPECTRUM_EXPONENT / 2)
+    weights = torch.full((power.shape[-1],), 2.0, device=device, dtype=dtype)
+    weights[0] = 1.0
+    if fft_shape[2] % 2 == 0:
+        weights[-1] = 1.0
+    return power / ((power * weights).sum() / float(np.prod(fft_shape)))
+
+
+def _taper_pad_3d(volume: torch.Tensor, margins: tuple[int, int, int], fft_shape) -> torch.Tensor:
+    """:func:`~napari_deblur.engine.physics.fourier.taper_pad` in z, y and x: mirrored by ``margins``
+    (and further to ``fft_shape``), faded to the volume's mean with raised cosines."""
+    padded = volume
+    for axis, (length, margin, size) in enumerate(zip(volume.shape, margins, fft_shape)):
+        indices = symmetric_indices(length, margin, size - length - margin, volume.device)
+        padded = padded.index_select(axis, indices)
+    nz = volume.shape[0]
+    weight_z = taper_weights((nz, 1), margins[0], 0, (fft_shape[0], 1), volume.device, volume.dtype)[:, 0]
+    weight_yx = taper_weights(
+        tuple(volume.shape[1:]), margins[1], margins[2], tuple(fft_shape[1:]), volume.device, volume.dtype
+    )
+    mean = volume.mean()
+    return mean + (padded - mean) * (weight_z[:, None, None] * weight_yx[None])
+
+
+def wiener_filter_3d(volume: torch.Tensor, kernel: torch.Tensor, snr_db: float) -> torch.Tensor:
+    """Wiener-deconvolve one ``(Z, H, W)`` volume with a centred ``(kz, ky, kx)`` PSF summing to 1.
+
+    The volume is mirrored and faded by the PSF's size in every axis before
+    the FFT (as :func:`wiener_filter` does in 2D), so the first and last planes
+    do not ring. Returns a ``(Z, H, W)`` tensor on the volume's device.
+    """
+    margins = tuple(int(k) for k in kernel.shape)
+    fft_shape = tuple(fast_fft_length(n + 2 * m) for n, m in zip(volume.shape, margins))
+    padded = _taper_pad_3d(volume, margins, fft_shape)
+    otf_grid = kernel.new_zeros(fft_shape)
+    otf_grid[: margins[0], : margins[1], : margins[2]] = kernel
+    otf_grid = torch.roll(otf_grid, shifts=tuple(-(k // 2) for k in margins), dims=(0, 1, 2))
+    otf = torch.fft.rfftn(otf_grid)
+    del otf_grid
+    regulariser = 10.0 ** (-float(snr_db) / 10.0) / _signal_power_spectrum_3d(
+        fft_shape, volume.device, volume.dtype
+    )
+    gain = otf.conj() / (otf.abs().square() + regulariser)
+    gain[0, 0, 0] = 1.0 / otf[0, 0, 0]
+    restored = torch.fft.irfftn(torch.fft.rfftn(padded) * gain, s=fft_shape)
+    return restored[margins[0] :, margins[1] :, margins[2] :][
+        : volume.shape[0], : volume.shape[1], : volume.shape[2]
+    ]
+
+
+def iter_wiener_deconvolve_3d(
+    image,
+    psf,
+    *,
+    snr_db: float = 30.0,
+    channel_axis: int | None = None,
+    device=None,
+) -> JobSteps[np.ndarray]:
+    """Generator twin of :func:`wiener_deconvolve_3d`."""
+    from .richardson_lucy import check_psf_fits_volume, check_volume_psf, from_volumes, volumes_of
+
+    pixels = as_float_image(image)
+    kernel = check_volume_psf(psf)
+    snr = _check_snrs([snr_db])[0]
+    volumes, moved_shape = volumes_of(pixels, channel_axis)
+    check_psf_fits_volume(kernel.shape, volumes.shape[1:])
+    target = select_device(device)
+    kernel_tensor = torch.from_numpy(kernel).to(target)
+    result = np.empty(volumes.shape, dtype=np.float32)
+    count = len(volumes)
+    yield JobProgress(0.0, "3D Wiener deconvolution")
+    for index in range(count):
+        volume = np.array(volumes[index], dtype=np.float32)
+        exponent = magnitude_exponent(volume)
+        tensor = torch.from_numpy(scaled_down(volume, exponent)).to(target)
+        try:
+            restored = wiener_filter_3d(tensor, kernel_tensor, snr)
+        except Exception as error:  # only memory errors are reported as such; others re-raised
+            if not is_out_of_memory(error):
+                raise
+            release_cached_memory(target)
+            raise EngineMemoryError(
+                f"Not enough memory on {target} for 3D Wiener deconvolution of a {volume.shape} volume "
+                f"(about 10 float32 copies of the padded volume): {error}. Crop the volume or use another device."
+            ) from error
+        result[index] = scaled_back(restored.to("cpu", torch.float32).numpy(), exponent)
+        yield JobProgress((index + 1) / count, f"3D Wiener deconvolution: volume {index + 1}/{count}")
+    return from_volumes(result, moved_shape, channel_axis)
+
+
+@job_facade(iter_wiener_deconvolve_3d)
+def wiener_deconvolve_3d() -> np.ndarray:
+    """Wiener deconvolution of a 3D volume with a 3D PSF (one filter in 3D Fourier space).
+
+    Parameters
+    ----------
+    image : array_like, shape (..., Z, H, W) or with a channel axis
+        Blurred volume(s), any real dtype; axes before z (t) and channels are
+        deconvolved one volume at a time.
+    psf : array_like, shape (kz, ky, kx)
+        The 3D PSF, centred at ``k // 2``, normalised to sum 1 here; no larger
+        than the volume in any axis.
+    snr_db : float
+        Assumed signal-to-noise power ratio in dB (as :func:`wiener_deconvolve`).
+    channel_axis : int, optional
+        Axis of colour channels.
+    device : str or torch.device, optional
+        ``None``/"auto" (CUDA, then MPS, then CPU), "cpu", "cuda" or "mps".
+    progress, cancel
+        See :func:`~napari_deblur.engine.core.jobs.run_job`; checked per volume.
+
+    Returns
+    -------
+    numpy.ndarray, float32, same shape as ``image``, in the input's intensity
+    scale (not clipped).
+
+    Raises
+    ------
+    ValueError
+        For bad input, a PSF that is not 3D or is larger than the volume, or
+        a 2D image.
+    EngineMemoryError
+        When the padded volume does not fit the device (it is not tiled).
+
+    Notes
+    -----
+    The volume is mirrored by the PSF's size in z, y and x and faded to its
+    mean with raised cosines (the 3D form of :func:`~napari_deblur.engine.physics.fourier.taper_pad`),
+    so the first and last planes do not ring; the filter is
+    ``conj(H) / (|H|^2 + 10^(-snr/10) / P(f))`` with the power-law spectrum
+    model of :func:`signal_power_spectrum` over 3D frequencies (voxel units),
+    and DC gain ``1 / H(0)``.
     """
