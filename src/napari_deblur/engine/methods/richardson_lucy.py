@@ -335,7 +335,7 @@ def richardson_lucy() -> np.ndarray:
     ``H^T 1``, so the estimate does not ring or pile up at the frame nor at
     the first and last planes of a stack. Memory: about 12 float32 copies of
     the padded volume (a 64 x 512 x 512 volume with a 33 x 65 x 65 PSF: about
-    1.5 GB). If the volume does not fit the device, it is deconvolved in
+    2.9 GB peak on the CPU). If the volume does not fit the device, it is deconvolved in
     lateral (y, x) tiles with halos as wide as the PSF; z is never tiled, so
     one full-depth column of tiles must fit. In tiles, cancel is checked
     between tiles. See docs/methods/richardson-lucy.md.
