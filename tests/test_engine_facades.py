@@ -38,6 +38,8 @@ def _arguments(name: str, image: np.ndarray) -> tuple[tuple, dict]:
         "sharpen_gwis": ((image, 1.0), cpu),
         "estimate_psf": ((image,), {"size": 5, **cpu}),
         "select_regions": ((image,), {"size": 32, "count": 2, "ranking": "network", **cpu}),
+        "richardson_lucy": ((image, PSF), {"iterations": 3, **cpu}),
+        "wiener_deconvolve_3d": ((np.stack([image] * 9), np.stack([PSF] * 5)), cpu),
     }[name]
 
 
@@ -47,9 +49,11 @@ def test_every_twin_has_a_public_function():
             "blur",
             "estimate_blur_map",
             "estimate_psf",
+            "richardson_lucy",
             "select_regions",
             "sharpen_gwis",
             "wiener_deconvolve",
+            "wiener_deconvolve_3d",
             "wiener_deconvolve_snr_stack",
             "wiener_net_deconvolve",
         ]
