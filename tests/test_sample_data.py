@@ -203,3 +203,37 @@ def test_zstack_sample_layers():
     assert is_psf_metadata(psf_attrs["metadata"])
     assert psf_stack.shape[0] == stack.shape[0]
     np.testing.assert_allclose(psf_stack.sum(axis=(1, 2)), 1.0, atol=1e-5)
+
+
+# --------------------------------------------------------------------------- widefield volume
+
+
+def test_widefield_volume_sample_is_a_blurred_volume_with_its_psf_and_voxel_size():
+    from napari_deblur.sample_data import WIDEFIELD_VOLUME_OPTICS, widefield_volume_sample
+
+    layers = widefield_volume_sample()
+    (volume, volume_attrs, volume_type), (psf, psf_attrs, psf_type) = layers
+    assert volume_type == psf_type == "image"
+    assert volume.shape == (32, 128, 128) and volume.dtype == np.float32
+    assert psf.ndim == 3 and all(side % 2 == 1 for side in psf.shape) and psf.dtype == np.float32
+    assert all(k <= n for k, n in zip(psf.shape, volume.shape, strict=True))
+    np.testing.assert_allclose(psf.sum(), 1.0, rtol=1e-4)
+    assert np.unravel_index(int(np.argmax(psf)), psf.shape) == tuple(k // 2 for k in psf.shape)
+    assert volume.min() >= 0
+    assert is_psf_metadata(psf_attrs["metadata"]) and not is_psf_metadata(volume_attrs.get("metadata"))
+    voxel = (WIDEFIELD_VOLUME_OPTICS["dz"], WIDEFIELD_VOLUME_OPTICS["dxy"], WIDEFIELD_VOLUME_OPTICS["dxy"])
+    assert tuple(volume_attrs["scale"]) == tuple(psf_attrs["scale"]) == voxel
+    _assert_same_layers(layers, widefield_volume_sample())
+
+
+def test_widefield_volume_is_the_specimen_blurred_in_3d_with_real_boundaries():
+    from napari_deblur.sample_data import widefield_volume_arrays
+
+    volume, psf, sharp = widefield_volume_arrays((24, 48, 48), psf_shape=(15, 21, 21), photons=1e6)
+    assert volume.shape == sharp.shape == (24, 48, 48)
+    # Out-of-focus light: the blurred volume varies much less along z than the specimen.
+    assert np.std(np.diff(volume, axis=0)) < 0.5 * np.std(np.diff(sharp, axis=0))
+    # Same total light (blur conserves it; the border gains and loses about as much).
+    np.testing.assert_allclose(volume.mean(), sharp.mean(), rtol=0.15)
+    with pytest.raises(ValueError, match="no larger"):
+        widefield_volume_arrays((8, 32, 32), psf_shape=(15, 21, 21))

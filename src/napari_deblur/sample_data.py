@@ -29,6 +29,9 @@ __all__ = [
     "defocus_ramp_sample",
     "defocused_zstack_arrays",
     "defocused_zstack_sample",
+    "WIDEFIELD_VOLUME_OPTICS",
+    "widefield_volume_arrays",
+    "widefield_volume_sample",
 ]
 
 LayerData = tuple[np.ndarray, dict[str, Any], str]
@@ -433,6 +436,119 @@ def defocused_zstack_sample() -> list[LayerData]:
         (
             psf_stack,
             {"name": "Out-of-focus z-stack PSF", "scale": scale, "colormap": "magma", "metadata": meta},
+            "image",
+        ),
+    ]
+
+
+# --------------------------------------------------------------------------- widefield volume
+
+WIDEFIELD_VOLUME_OPTICS: dict[str, float] = {
+    "na": 1.4,
+    "wavelength": 0.52,
+    "dxy": 0.1,
+    "dz": 0.2,
+    "ni": 1.515,
+}
+"""Optics of the widefield-volume sample: NA, emission wavelength (µm), voxel sizes (µm), oil index."""
+
+
+def widefield_volume_arrays(
+    shape: tuple[int, int, int] = (32, 128, 128),
+    *,
+    psf_shape: tuple[int, int, int] = (21, 41, 41),
+    photons: float = 1000.0,
+    background: float = 10.0,
+    seed: int = 5,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A widefield fluorescence volume blurred in 3D by a vectorial microscope PSF, with its PSF.
+
+    The specimen (beads and curvy filaments) is made larger than ``shape`` by
+    the PSF size minus one in every axis and convolved with ``mode="valid"``
+    (:func:`scipy.signal.fftconvolve`), so out-of-focus light from above,
+    below and beside the field reaches it as in a real stack. The PSF is
+    :func:`napari_deblur.engine.microscope_psf` (vectorial model) for
+    :data:`WIDEFIELD_VOLUME_OPTICS`. Poisson noise is drawn for ``photons``
+    at the blurred volume's 99.9th percentile over ``background`` photons.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        ``(Z, Y, X)`` of the volume; Z >= the PSF's z size, Y and X >= 16.
+    psf_shape : tuple of int
+        ``(kz, ky, kx)`` of the PSF, odd sides, no larger than ``shape``.
+    photons : float
+        Photon count at the blurred volume's 99.9th percentile (> 0).
+    background : float
+        Background photons added to every voxel (>= 0).
+    seed : int
+        Seeds the specimen and the noise.
+
+    Returns
+    -------
+    volume : numpy.ndarray
+        ``(Z, Y, X)`` float32 photon counts (non-negative), blurred and noisy.
+    psf : numpy.ndarray
+        ``psf_shape`` float32, sums to 1, centred.
+    sharp : numpy.ndarray
+        ``(Z, Y, X)`` float32: the specimen in the same photon scale plus the
+        background, without blur or noise, voxel-aligned with ``volume``.
+
+    Raises
+    ------
+    ValueError
+        A bad shape, a PSF larger than the volume, or non-positive photons.
+    """
+    from scipy.signal import fftconvolve
+
+    from napari_deblur.engine import microscope_psf
+
+    depth, rows, columns = _check_shape(shape, 3, 1, "shape")
+    kernel_shape = _check_shape(psf_shape, 3, 1, "psf_shape")
+    if min(rows, columns) < 16:
+        raise ValueError(f"shape must have Y and X of at least 16 voxels, got {shape!r}.")
+    if any(k > n for k, n in zip(kernel_shape, (depth, rows, columns), strict=True)):
+        raise ValueError(f"psf_shape {psf_shape!r} must be no larger than shape {shape!r}.")
+    if not (photons > 0 and background >= 0):
+        raise ValueError(f"photons must be > 0 and background >= 0, got {photons} and {background}.")
+
+    psf = np.asarray(microscope_psf(kernel_shape, **WIDEFIELD_VOLUME_OPTICS, model="vectorial"), np.float32)
+    big = tuple(n + k - 1 for n, k in zip((depth, rows, columns), kernel_shape, strict=True))
+    rng = np.random.default_rng(seed)
+    specimen = _render_specimen(big, rng).astype(np.float32)
+    blurred = fftconvolve(specimen, psf, mode="valid").astype(np.float64)
+    gain = float(photons) / max(float(np.percentile(blurred, 99.9)), 1e-12)
+    counts = rng.poisson(np.clip(blurred, 0.0, None) * gain + background)
+    start = tuple(k // 2 for k in kernel_shape)
+    sharp = specimen[tuple(slice(s, s + n) for s, n in zip(start, (depth, rows, columns), strict=True))]
+    return counts.astype(np.float32), psf, (sharp * gain + background).astype(np.float32)
+
+
+def widefield_volume_sample() -> list[LayerData]:
+    """npe2 sample: a widefield fluorescence volume and its 3D PSF, both with voxel sizes in µm.
+
+    Returns
+    -------
+    list of LayerData
+        ``"Widefield volume"`` and ``"Widefield volume PSF"`` (PSF metadata
+        with the optics), both with ``scale=(0.2, 0.1, 0.1)`` µm.
+    """
+    volume, psf, _sharp = widefield_volume_arrays()
+    optics = WIDEFIELD_VOLUME_OPTICS
+    scale = (optics["dz"], optics["dxy"], optics["dxy"])
+    meta = psf_metadata(source="sample: widefield volume", model="vectorial", **optics)
+    units = ("micrometer",) * 3
+    return [
+        (volume, {"name": "Widefield volume", "scale": scale, "units": units, "colormap": "gray"}, "image"),
+        (
+            psf,
+            {
+                "name": "Widefield volume PSF",
+                "scale": scale,
+                "units": units,
+                "colormap": "magma",
+                "metadata": meta,
+            },
             "image",
         ),
     ]
