@@ -42,6 +42,7 @@ DEMO_WIDGETS: tuple[str, ...] = (
     "GWIS sharpener",
     "Blur map",
     "Region selector",
+    "Deconvolve (microscopy)",
 )
 
 #: Sample keys (napari.yaml ``sample_data``) the demo can open.
