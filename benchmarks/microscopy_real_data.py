@@ -68,15 +68,16 @@ def outer_share(volume: np.ndarray, background: float, planes: int = OUTER_PLANE
     return 100.0 * float(per_plane[:planes].sum() + per_plane[-planes:].sum()) / float(per_plane.sum())
 
 
-def psf_shape_for(volume_shape: tuple[int, ...]) -> tuple[int, int, int]:
-    """Largest odd PSF sides no larger than the volume (and at most 63 px laterally)."""
+def psf_shape_for(volume_shape: tuple[int, ...], deep: bool = True) -> tuple[int, int, int]:
+    """Odd PSF sides: laterally no larger than the volume (at most 63 px); in z up to 79 planes, as deep
+    as Richardson-Lucy takes (``2 z + 1``) with ``deep``, else no deeper than the stack."""
 
     def odd_at_most(n: int, cap: int) -> int:
         side = min(n, cap)
         return side if side % 2 else side - 1
 
     z, y, x = volume_shape
-    return odd_at_most(z, 79), odd_at_most(y, 63), odd_at_most(x, 63)
+    return odd_at_most(2 * z + 1 if deep else z, 79), odd_at_most(y, 63), odd_at_most(x, 63)
 
 
 def save_figure(panels: list[tuple[str, np.ndarray]], row: int, dz_over_dxy: float) -> None:
@@ -151,7 +152,10 @@ def main(argv=None) -> None:
         rows.append((label, np.asarray(out), time.perf_counter() - start))
         log.info("%s: %.1f s", label, rows[-1][2])
     start = time.perf_counter()
-    wiener = engine.wiener_deconvolve_3d(raw, psf, device="cpu")
+    shallow = psf_shape_for(raw.shape, deep=False)[0]  # 3D Wiener takes no PSF deeper than the stack
+    top = (psf.shape[0] - shallow) // 2
+    wiener_psf = psf[top : top + shallow] / psf[top : top + shallow].sum()
+    wiener = engine.wiener_deconvolve_3d(raw, wiener_psf, device="cpu")
     rows.append(("ours Wiener 3D (30 dB)", np.asarray(wiener), time.perf_counter() - start))
 
     measured = tifffile.imread(folder / "measured_psf_pycudadecon.tif")

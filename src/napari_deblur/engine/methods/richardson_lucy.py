@@ -72,11 +72,20 @@ def from_volumes(volumes: np.ndarray, moved_shape: tuple[int, ...], channel_axis
     return np.moveaxis(moved, 0, channel_axis) if channel_axis is not None else moved[0]
 
 
-def check_psf_fits_volume(psf_shape: tuple[int, ...], volume_shape: tuple[int, ...]) -> None:
-    if any(k > n for k, n in zip(psf_shape, volume_shape)):
+def check_psf_fits_volume(
+    psf_shape: tuple[int, ...], volume_shape: tuple[int, ...], *, deeper_in_z: bool = False
+) -> None:
+    """Raise ``ValueError`` unless a ``(kz, ky, kx)`` PSF fits a ``(z, y, x)`` volume.
+
+    Laterally the PSF must be no larger than the volume; in z no deeper, or with
+    ``deeper_in_z`` at most ``2 z + 1`` planes (light from planes outside the stack).
+    """
+    depth_limit = 2 * volume_shape[0] + 1 if deeper_in_z else volume_shape[0]
+    limits = (depth_limit, *volume_shape[1:])
+    if any(k > n for k, n in zip(psf_shape, limits)):
         raise ValueError(
-            f"The 3D PSF {psf_shape} is larger than the volume {volume_shape} in some axis; crop the PSF "
-            f"(e.g. prepare_measured_psf(psf, shape=...)) or give a larger volume."
+            f"The 3D PSF {psf_shape} is larger than the volume {volume_shape} allows (at most "
+            f"{tuple(limits)}); crop the PSF (e.g. prepare_measured_psf(psf, shape=...)) or give a larger volume."
         )
 
 
@@ -246,7 +255,7 @@ def iter_richardson_lucy(
     if isinstance(kernel_array, np.ndarray) and kernel_array.ndim == 3:
         kernel = check_volume_psf(kernel_array)
         volumes, moved_shape = volumes_of(pixels, channel_axis)
-        check_psf_fits_volume(kernel.shape, volumes.shape[1:])
+        check_psf_fits_volume(kernel.shape, volumes.shape[1:], deeper_in_z=True)
         target = select_device(device)
         kernel_tensor = torch.from_numpy(kernel).to(target)
         result = np.empty(volumes.shape, dtype=np.float32)
@@ -296,7 +305,10 @@ def richardson_lucy() -> np.ndarray:
         with a true 3D model (axes before z and channels one volume at a time).
     psf : array_like, shape (h, w) or (kz, ky, kx)
         The PSF, centred at ``k // 2`` in each axis, normalised to sum 1 here.
-        A 3D PSF must be no larger than the volume in any axis.
+        A 3D PSF must be no larger than the volume laterally; in z it may be
+        up to ``2 Z + 1`` planes deep, so that light from planes above and
+        below the stack is part of the model (a deep widefield PSF removes
+        more haze).
     iterations : int
         Number of RL iterations (1 to :data:`MAX_ITERATIONS`).
     acceleration : bool
@@ -322,7 +334,7 @@ def richardson_lucy() -> np.ndarray:
     ------
     ValueError
         For empty, complex or non-finite input, a bad PSF, a 3D PSF with a 2D
-        image or larger than the volume, or bad options.
+        image or larger than the volume allows, or bad options.
     EngineMemoryError
         When even lateral tiles of :data:`~napari_deblur.engine.core.tiling.MIN_TILE_SIZE`
         px do not fit in memory.
