@@ -98,6 +98,10 @@ def test_rl_with_a_generated_psf_adds_an_output_with_the_voxel_scale(make_napari
     assert output.metadata["psf"] == "gaussian widefield"
     assert all(side % 2 == 1 for side in output.metadata["psf_shape"])
     assert _peakiness(output.data) > 1.2 * _peakiness(volume)
+    # Its own contrast, to the 99.8th percentile: the input's limits would saturate the sharper peaks,
+    # the result's maximum (a few beads) would leave the rest dark.
+    high = float(np.percentile(output.data, 99.8))
+    assert output.contrast_limits[1] == pytest.approx(high) and high < float(output.data.max())
 
 
 def test_a_psf_layer_and_3d_wiener(make_napari_viewer, qtbot, tiny_volume):

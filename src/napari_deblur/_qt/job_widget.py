@@ -16,8 +16,9 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
+import numpy as np
 from magicgui.widgets import Container, Widget
 
 from napari_deblur._qt.job_runner import JobRunner
@@ -60,6 +61,20 @@ class EngineJob:
     call_engine: Callable[[Any, int | None, bool], Any]
     make_outputs: MakeOutputs
     suffix: str
+
+
+def robust_contrast_limits(data: Any, percentile: float = 99.8) -> list[float]:
+    """``[low, high]``: 0 (or the minimum when negative) to the ``percentile`` of ``data``.
+
+    Computed on at most about a million values (a strided sample) so that a
+    large volume costs little on the GUI thread.
+    """
+    values = np.asarray(data)
+    step = max(1, values.size // 1_000_000)
+    sample = values.reshape(-1)[::step]
+    low = min(0.0, float(sample.min()))
+    high = float(np.percentile(sample, percentile))
+    return [low, high if high > low else low + 1.0]
 
 
 class EngineJobWidget(Container):
@@ -231,17 +246,30 @@ class EngineJobWidget(Container):
 
     @staticmethod
     def image_job(
-        call_engine: Callable[[Any, int | None, bool], Any], suffix: str, metadata: dict[str, Any]
+        call_engine: Callable[[Any, int | None, bool], Any],
+        suffix: str,
+        metadata: dict[str, Any],
+        *,
+        contrast: Literal["input", "robust"] = "input",
     ) -> EngineJob:
-        """A job whose result becomes one image layer like the input (its contrast and colormap)."""
+        """A job whose result becomes one image layer like the input.
+
+        ``contrast="input"``: the layer takes the input's contrast limits and
+        colormap. ``"robust"``: limits from the result itself, 0 (or its
+        minimum) to its 99.8th percentile, for methods that gather intensity
+        into peaks far brighter than the input's (3D deconvolution).
+        """
 
         def make_outputs(result: Any) -> list[OutputLayerSpec]:
+            kwargs: dict[str, Any] = {"metadata": metadata}
+            if contrast == "robust":
+                kwargs["contrast_limits"] = robust_contrast_limits(result)
             return [
                 OutputLayerSpec(
                     data=result,
                     suffix=suffix,
-                    kwargs={"metadata": metadata},
-                    match_input_contrast=True,
+                    kwargs=kwargs,
+                    match_input_contrast=contrast == "input",
                 )
             ]
 

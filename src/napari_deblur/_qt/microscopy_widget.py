@@ -485,4 +485,6 @@ class MicroscopyWidget(EngineJobWidget):
                 return engine.iter_richardson_lucy(data, psf, channel_axis=channel_axis, **rl_options)
             return engine.iter_wiener_deconvolve_3d(data, psf, snr_db=snr_db, channel_axis=channel_axis)
 
-        return self.image_job(call_engine, OUTPUT_SUFFIXES[method], metadata)
+        # 3D deconvolution gathers each plane's haze back into its source: peaks far above the
+        # input's contrast range, so the output gets its own contrast.
+        return self.image_job(call_engine, OUTPUT_SUFFIXES[method], metadata, contrast="robust")
