@@ -276,3 +276,19 @@ def test_rl_takes_a_psf_deeper_than_the_stack_and_still_restores_it(psf, case):
         return float(np.abs(x - truth[thin]).mean())
 
     assert error(restored) < 0.9 * error(noisy[thin])  # 0.85 measured
+
+
+def test_dask_stacks_are_deconvolved_lazily_one_volume_at_a_time(psf, case):
+    import dask.array as da
+
+    _, noisy = case
+    series = np.stack([noisy, noisy[:, ::-1]])  # (t, z, y, x)
+    lazy_input = da.from_array(series, chunks=(1, 4, 24, 24))
+    lazy = engine.richardson_lucy(lazy_input, psf, iterations=3, device="cpu")
+    assert isinstance(lazy, da.Array) and lazy.chunks[0] == (1, 1) and lazy.chunksize[1:] == noisy.shape
+    expected = engine.richardson_lucy(series, psf, iterations=3, device="cpu")
+    np.testing.assert_allclose(lazy.compute(), expected, rtol=1e-5, atol=1e-4)
+    wiener_lazy = engine.wiener_deconvolve_3d(lazy_input, psf, device="cpu")
+    np.testing.assert_allclose(
+        wiener_lazy.compute(), engine.wiener_deconvolve_3d(series, psf, device="cpu"), rtol=1e-5, atol=1e-4
+    )

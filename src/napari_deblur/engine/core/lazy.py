@@ -72,6 +72,39 @@ def lazy_with_psf(method: BlockFn, image, psf, *, channel_axis: int | None = Non
     return lazy_planewise(compute_block, image, channel_axis=channel_axis)
 
 
+def lazy_by_volume(method: BlockFn, image, psf, *, channel_axis: int | None = None, **kwargs):
+    """``method(volume, psf, channel_axis=..., **kwargs)`` lazily over the volumes of ``image``.
+
+    For a 3D PSF, each chunk of the result is one whole ``(z, y, x)`` volume
+    (with its colour channels): a (t, z, y, x) stack is computed one time point
+    at a time, as in memory. A 2D PSF goes plane by plane (:func:`lazy_with_psf`).
+
+    Raises
+    ------
+    ValueError
+        What :func:`check_lazy_image` raises; a 3D PSF with fewer than three
+        spatial axes.
+    """
+    kernel = np.asarray(psf)
+    if kernel.ndim != 3:
+        return lazy_with_psf(method, image, psf, channel_axis=channel_axis, **kwargs)
+    check_lazy_image(image)
+    axis = None if channel_axis is None else channel_axis % image.ndim
+    spatial = [a for a in range(image.ndim) if a != axis]
+    if len(spatial) < 3:
+        raise ValueError(
+            f"A 3D PSF needs a 3D volume (z, y, x), got a dask image of shape {tuple(image.shape)}"
+            f"{' with channel_axis=' + str(channel_axis) if channel_axis is not None else ''}."
+        )
+    volume_axes = set(spatial[-3:]) | ({axis} if axis is not None else set())
+    chunks = tuple(n if a in volume_axes else 1 for a, n in enumerate(image.shape))
+
+    def compute_block(block):
+        return np.asarray(method(block, kernel, channel_axis=channel_axis, **kwargs), dtype=np.float32)
+
+    return image.rechunk(chunks).map_blocks(compute_block, dtype=np.float32)
+
+
 def plane_chunks(shape: tuple[int, ...], channel_axis: int | None) -> tuple[int, ...]:
     """One plane per chunk: 1 along leading axes, whole rows, columns and channels.
 

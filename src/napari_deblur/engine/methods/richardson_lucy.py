@@ -16,6 +16,7 @@ import torch
 
 from ..core.devices import is_out_of_memory, release_cached_memory, select_device
 from ..core.jobs import JobProgress, JobSteps, job_facade
+from ..core.lazy import lazy_by_volume
 from ..core.planes import PlaneLayout, iter_planewise
 from ..core.tiling import MIN_TILE_SIZE, iter_tiled, out_of_memory_error
 from ..core.validation import as_float_image, as_psf
@@ -291,7 +292,7 @@ def iter_richardson_lucy(
     )
 
 
-@job_facade(iter_richardson_lucy)
+@job_facade(iter_richardson_lucy, lazy=lazy_by_volume)
 def richardson_lucy() -> np.ndarray:
     """Richardson-Lucy deconvolution, 2D plane by plane or 3D with a 3D PSF.
 

@@ -14,7 +14,7 @@ import torch
 
 from ..core.devices import is_out_of_memory, release_cached_memory, select_device
 from ..core.jobs import EngineMemoryError, JobProgress, JobSteps, job_facade
-from ..core.lazy import lazy_with_psf
+from ..core.lazy import lazy_by_volume, lazy_with_psf
 from ..core.planes import PlaneLayout, iter_planewise, magnitude_exponent, scaled_back, scaled_down
 from ..core.tiling import MIN_TILE_SIZE, budget_tile_size, device_tile_size, iter_tiled, out_of_memory_error
 from ..core.validation import as_float_image, as_psf
@@ -408,7 +408,7 @@ def iter_wiener_deconvolve_3d(
     return from_volumes(result, moved_shape, channel_axis)
 
 
-@job_facade(iter_wiener_deconvolve_3d)
+@job_facade(iter_wiener_deconvolve_3d, lazy=lazy_by_volume)
 def wiener_deconvolve_3d() -> np.ndarray:
     """Wiener deconvolution of a 3D volume with a 3D PSF (one filter in 3D Fourier space).
 
