@@ -528,7 +528,7 @@ def test_demo_window_fits_a_laptop_screen_with_tabbed_widgets_and_results_side_b
         assert window.width() <= 1366 and window.height() <= 768
         from qtpy.QtWidgets import QDockWidget
 
-        docks = [dock for dock in window.findChildren(QDockWidget) if "napari-deblur" in dock.windowTitle()]
+        docks = [dock for dock in window.findChildren(QDockWidget) if dock.windowTitle() in demo.DEMO_WIDGETS]
         assert len(docks) == len(demo.DEMO_WIDGETS)
         # one tab group, not a stack of docks (Qt tabifies once the window has laid them out)
         qtbot.waitUntil(
@@ -538,6 +538,10 @@ def test_demo_window_fits_a_laptop_screen_with_tabbed_widgets_and_results_side_b
         qtbot.waitUntil(lambda: viewer_grid(viewer).enabled, timeout=5000)
         names = [layer.name for layer in viewer.layers]
         assert "Camera shake (blurred) Wiener" in names and "Camera shake (blurred) Wiener-net" in names
+        # The canvas keeps its room: the tabbed docks take the widgets' width, not the tabs' titles'
+        # or a long status message's.
+        qtbot.wait(500)
+        assert viewer.window._qt_viewer.canvas.native.width() > 0.4 * window.width()
         assert all(not layer.visible for layer in viewer.layers if is_psf_metadata(layer.metadata))
     finally:
         viewer.close()

@@ -245,6 +245,7 @@ def open_demo_viewer(sample: str, *, show: bool = True) -> tuple[napari.Viewer, 
     docks: dict[str, Any] = {}
     for name in DEMO_WIDGETS:  # tabbed: one widget visible at a time, the canvas keeps its room
         docks[name], widget = viewer.window.add_plugin_dock_widget(PLUGIN_NAME, name, tabify=bool(docks))
+        docks[name].setWindowTitle(name)  # the tab's text: without " (napari-deblur)", five tabs fit
         widgets[name] = widget
     in_use = "Wiener-net sharpener" if sample == "camera_shake" else "GWIS sharpener"
     _bring_to_front(docks[in_use])
@@ -258,12 +259,24 @@ def open_demo_viewer(sample: str, *, show: bool = True) -> tuple[napari.Viewer, 
 
 
 def _bring_to_front(dock: Any) -> None:
-    """Show ``dock``'s tab (now and once the window has laid its docks out)."""
+    """Show ``dock``'s tab and narrow its column to the widgets' own width (now and once the
+    window has laid its docks out), so the canvas keeps the rest of the window."""
     from qtpy.QtCore import QTimer
 
-    dock.raise_()
-    QTimer.singleShot(0, dock.raise_)
-    QTimer.singleShot(300, dock.raise_)
+    def settle() -> None:
+        from qtpy.QtCore import Qt
+
+        try:
+            dock.raise_()
+            width = dock.widget().minimumSizeHint().width() if dock.widget() is not None else 0
+            if width > 0:
+                dock.parentWidget().resizeDocks([dock], [width], Qt.Orientation.Horizontal)
+        except RuntimeError:  # the window was closed before the timer fired
+            pass
+
+    settle()
+    QTimer.singleShot(0, settle)
+    QTimer.singleShot(300, settle)
 
 
 def _fit_window_to_screen(viewer: Any) -> None:

@@ -199,6 +199,7 @@ class JobRunner(Container):
         )
         self.progress = ProgressBar(name="progress", min=0, max=_PROGRESS_STEPS, value=0, label="Progress")
         self.status = Label(name="status", value="")
+        self.status.native.setWordWrap(True)  # a long message wraps instead of widening the dock
         super().__init__(
             name=name,
             widgets=[
