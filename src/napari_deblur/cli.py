@@ -523,7 +523,7 @@ def _run_method(args: argparse.Namespace) -> int:
     compute, description, psf = _method_call(args)
 
     from napari_deblur.engine import run_job
-    from napari_deblur.io.stack_files import check_replaceable, iter_save_lazy, open_lazy_image
+    from napari_deblur.io.stack_files import iter_save_lazy, open_lazy_image
 
     try:
         args.output_dir.mkdir(parents=True, exist_ok=True)
@@ -550,7 +550,6 @@ def _run_method(args: argparse.Namespace) -> int:
     try:
         for out, path in outputs.items():
             try:  # one guarded step per input: any failure is this input's, and the batch goes on
-                check_replaceable(out, overwrite)
                 image, channel_axis = open_lazy_image(path, max_plane_pixels=max_plane_pixels)
                 plane_axes = (-3, -2) if channel_axis is not None else (-2, -1)
                 too_large = (

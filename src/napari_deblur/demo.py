@@ -259,18 +259,12 @@ def open_demo_viewer(sample: str, *, show: bool = True) -> tuple[napari.Viewer, 
 
 
 def _bring_to_front(dock: Any) -> None:
-    """Show ``dock``'s tab and narrow its column to the widgets' own width (now and once the
-    window has laid its docks out), so the canvas keeps the rest of the window."""
+    """Show ``dock``'s tab (now and once the window has laid its docks out)."""
     from qtpy.QtCore import QTimer
 
     def settle() -> None:
-        from qtpy.QtCore import Qt
-
         try:
             dock.raise_()
-            width = dock.widget().minimumSizeHint().width() if dock.widget() is not None else 0
-            if width > 0:
-                dock.parentWidget().resizeDocks([dock], [width], Qt.Orientation.Horizontal)
         except RuntimeError:  # the window was closed before the timer fired
             pass
 
