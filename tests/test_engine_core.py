@@ -339,7 +339,8 @@ def test_single_plane_methods_give_the_same_answer_for_a_tiny_copy():
         assert select_regions(tiny, size=64, count=3, ranking="network") == select_regions(
             plane, size=64, count=3, ranking="network"
         )
-        np.testing.assert_allclose(estimate_psf(tiny, size=9), estimate_psf(plane, size=9), atol=1e-5)
+        # 1e-12 is not a power of two: float32 rounding differs, by about 1e-4 of the peak
+        np.testing.assert_allclose(estimate_psf(tiny, size=9), estimate_psf(plane, size=9), atol=1e-4)
 
 
 def test_psfs_of_any_float_magnitude_are_normalised_alike():

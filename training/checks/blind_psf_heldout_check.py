@@ -38,10 +38,13 @@ ER_BORDER = 16
 
 def random_kernel(kind: str, rng: np.random.Generator) -> np.ndarray:
     from napari_deblur.engine import disk_psf, gaussian_psf, random_motion_psf
+    from training.kernels import hand_shake_psf
 
     size = int(rng.choice(SHAKE_SIZES))
     if kind == "shake":
         kernel = random_motion_psf(size, rng=rng)
+    elif kind == "hand":
+        kernel = hand_shake_psf(size, rng)
     elif kind == "gaussian":
         kernel = gaussian_psf(rng.uniform(1.0, 4.0), size=size)
     else:
@@ -120,7 +123,7 @@ def score_case(case: tuple, powers: tuple[float, ...], settings: dict[str, float
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--kind", choices=("shake", "gaussian", "disk"), default="shake")
+    parser.add_argument("--kind", choices=("shake", "hand", "gaussian", "disk"), default="shake")
     parser.add_argument("--crop", type=int, default=256)
     parser.add_argument("--seed", type=int, default=20261127)
     parser.add_argument("--powers", type=float, nargs="+", default=(1.0, 1.25, 1.5, 2.0))

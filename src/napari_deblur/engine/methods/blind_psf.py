@@ -46,6 +46,24 @@ PYRAMID_RATIO = 1.0 / math.sqrt(2.0)
 COARSEST_KERNEL = 5.0
 """The pyramid stops when the kernel would be smaller than this (px)."""
 
+COARSEST_IMAGE_SIDE = 64
+"""The pyramid stops before the image's smaller side would fall below this (px)."""
+
+SUPPORT_GROWTH = 1.3
+"""Between pyramid levels the kernel box is cut to the support found so far times this, plus
+:data:`SUPPORT_MARGIN` px a side (at most the level's size bound)."""
+
+SUPPORT_MARGIN = 2
+"""Pixels added on each side of the support when the kernel box is cut between levels."""
+
+AUTO_KERNEL_BOUND = 75
+"""Largest kernel side (px) looked for when no size is given (also at most half the
+region's smaller side)."""
+
+AUTO_MIN_KERNEL = 5
+"""With the size chosen automatically, a region must be at least
+:data:`REGION_SIZE_FACTOR` times this on each side."""
+
 LAMBDA_GRADIENT = 8e-3
 """L0 weight on the latent image's gradients, for intensities scaled to [0, 1]."""
 
@@ -65,10 +83,10 @@ SPLITTING_GROWTH = 2.0
 SPLITTING_MAX = 1e4
 """Half-quadratic splitting stops when the penalty weight reaches this."""
 
-OUTER_ITERATIONS = 5
+OUTER_ITERATIONS = 10
 """Alternations of latent image and kernel per pyramid level."""
 
-KERNEL_TIKHONOV = 0.5
+KERNEL_TIKHONOV = 0.1
 """Tikhonov weight of the kernel step, relative to the mean gradient power of the latent image."""
 
 KERNEL_PREFILTER_SIGMA = 0.6
@@ -97,7 +115,7 @@ pixels squared (less noise, 1/16 of the memory)."""
 KERNEL_MIN_PART = 0.1
 """Connected parts of the kernel with less than this fraction of its mass are removed."""
 
-KERNEL_SHARPENING_POWER = 1.25
+KERNEL_SHARPENING_POWER = 1.0
 """Exponent the finished kernel is raised to (then normalised and centred, :func:`sharpen_kernel`):
 it moves the mass of the band the alternation returns back onto its ridge. Dimensionless."""
 
@@ -194,11 +212,15 @@ def _odd(value: float) -> int:
     return max(MIN_KERNEL_SIZE, 2 * round((value - 1.0) / 2.0) + 1)
 
 
-def _pyramid(size: int) -> list[tuple[float, int]]:
-    """(image scale, kernel size) per level, coarsest first."""
+def _pyramid(size: int, image_side: int | None = None) -> list[tuple[float, int]]:
+    """(image scale, kernel size bound) per level, coarsest first.
+
+    Levels stop when the kernel would be smaller than :data:`COARSEST_KERNEL` px or the image's
+    smaller side (``image_side``) smaller than :data:`COARSEST_IMAGE_SIDE` px."""
     levels = [(1.0, size)]
     scale = 1.0
-    while size * scale * PYRAMID_RATIO >= COARSEST_KERNEL:
+    min_scale = 0.0 if image_side is None else COARSEST_IMAGE_SIDE / image_side
+    while size * scale * PYRAMID_RATIO >= COARSEST_KERNEL and scale * PYRAMID_RATIO >= min_scale:
         scale *= PYRAMID_RATIO
         levels.append((scale, _odd(size * scale)))
     return levels[::-1]
@@ -502,16 +524,21 @@ def _estimate_level(
 def iter_estimate_psf(
     image,
     *,
-    size: int = 25,
+    size: int | None = None,
     region=None,
     channel_axis: int | None = None,
     device=None,
     settings: EstimatorSettings = SHIPPED_SETTINGS,
 ) -> JobSteps[np.ndarray]:
     """Generator twin of :func:`estimate_psf` (yields progress per pyramid level)."""
-    size = check_kernel_size(size)
     plane = _grey_plane(image, channel_axis)
-    checked = _check_region(region, plane.shape, size)
+    if size is None:
+        checked = _check_region(region, plane.shape, AUTO_MIN_KERNEL)
+        bound = min(checked[2], checked[3]) // REGION_SIZE_FACTOR
+        bound = min(AUTO_KERNEL_BOUND, bound if bound % 2 else bound - 1)
+    else:
+        bound = check_kernel_size(size)
+        checked = _check_region(region, plane.shape, bound)
     top, left, height, width = estimation_window(plane, checked)
     if (height, width) != checked[2:]:
         logger.info(
@@ -529,9 +556,9 @@ def iter_estimate_psf(
     if not window.any():
         logger.warning("the image window is flat: no blur can be seen; returning a point kernel")
         yield JobProgress(1.0, "PSF estimation: flat image")
-        return _delta((size, size)).astype(np.float32)
+        return _delta((size or MIN_KERNEL_SIZE,) * 2).astype(np.float32)
     full = torch.from_numpy(np.array(window, dtype=np.float32)).to(target)
-    levels = _pyramid(size)
+    levels = _pyramid(bound, min(height, width))
     kernel = _initial_kernel(levels[0][1])
     # Thousands of small FFTs: torch's CPU thread pool gains little on them and, on a busy
     # machine, loses a lot waiting for its threads, so CPU work runs on one thread and the
@@ -544,7 +571,9 @@ def iter_estimate_psf(
     finally:
         torch.set_num_threads(threads)
     yield JobProgress(1.0, "PSF estimation: done")
-    return sharpen_kernel(kernel, settings.sharpening_power).astype(np.float32)
+    kernel = sharpen_kernel(kernel, settings.sharpening_power)
+    kernel = fit_kernel(kernel, max(MIN_KERNEL_SIZE, support_side(kernel)) if size is None else size)
+    return kernel.astype(np.float32)
 
 
 def sharpen_kernel(kernel: np.ndarray, power: float) -> np.ndarray:
@@ -573,15 +602,49 @@ def sharpen_kernel(kernel: np.ndarray, power: float) -> np.ndarray:
     return _centred(raised / total)
 
 
+def support_side(kernel: np.ndarray) -> int:
+    """Odd side of the smallest centred square holding every positive value of ``kernel``."""
+    rows, cols = np.nonzero(np.asarray(kernel) > 0)
+    if rows.size == 0:
+        return 1
+    reach = max(np.abs(rows - kernel.shape[0] // 2).max(), np.abs(cols - kernel.shape[1] // 2).max())
+    return int(2 * reach + 1)
+
+
+def fit_kernel(kernel: np.ndarray, size: int) -> np.ndarray:
+    """An odd square ``kernel`` cropped or zero-padded about its centre to ``size x size``, sum 1."""
+    side = kernel.shape[0]
+    if side == size:
+        return kernel
+    if side > size:
+        cut = (side - size) // 2
+        out = kernel[cut : cut + size, cut : cut + size].copy()
+    else:
+        out = np.pad(kernel, (size - side) // 2)
+    total = out.sum()
+    return out / total if total > 0 else _delta((size, size))
+
+
+def _working_size(kernel: np.ndarray, level_size: int) -> int:
+    """Kernel box for a level: the support grown by :data:`SUPPORT_GROWTH` and
+    :data:`SUPPORT_MARGIN` px a side, at most ``level_size``."""
+    grown = _odd(support_side(kernel) * SUPPORT_GROWTH + 2 * SUPPORT_MARGIN)
+    return min(level_size, max(grown, _odd(COARSEST_KERNEL)))
+
+
 def _coarse_to_fine(
     full: torch.Tensor, levels: list[tuple[float, int]], kernel: np.ndarray, settings: EstimatorSettings
 ) -> JobSteps[np.ndarray]:
     height, width = full.shape
     lambda_gradient = LAMBDA_GRADIENT
+    previous_bound = levels[0][1]
     with torch.inference_mode():
         for index, (scale, level_size) in enumerate(levels):
             yield JobProgress(index / len(levels), f"PSF estimation: level {index + 1}/{len(levels)}")
-            kernel = _resized_kernel(kernel, level_size)
+            # the previous box seen at this level's scale, then cut to the support found so far
+            kernel = _resized_kernel(kernel, _odd(kernel.shape[0] * level_size / previous_bound))
+            kernel = fit_kernel(kernel, _working_size(kernel, level_size))
+            previous_bound = level_size
             if scale < 1.0:
                 shape = (max(2, round(height * scale)), max(2, round(width * scale)))
                 blurred = F.interpolate(
@@ -592,7 +655,13 @@ def _coarse_to_fine(
             kernel, lambda_gradient = _estimate_level(
                 blurred, kernel, OUTER_ITERATIONS, lambda_gradient, settings
             )
-            logger.debug("level %d/%d: kernel %d px", index + 1, len(levels), level_size)
+            logger.debug(
+                "level %d/%d: kernel box %d of at most %d px",
+                index + 1,
+                len(levels),
+                kernel.shape[0],
+                level_size,
+            )
     return kernel
 
 
@@ -607,13 +676,16 @@ def estimate_psf() -> np.ndarray:
         estimated on their luminance (Rec. 709 for RGB/RGBA, the channel mean
         otherwise); a trailing axis of 3 or 4 channels is taken as colour
         without ``channel_axis``.
-    size : int
-        Side of the kernel in pixels, odd and >= 3. Choose it a little larger
-        than the blur: the kernel must fit in it.
+    size : int, optional
+        Largest side of the kernel in pixels, odd and >= 3; the kernel is
+        looked for in a box that follows its support up to this bound, and
+        returned in a ``size x size`` array. ``None`` (default) chooses the
+        size: up to :data:`AUTO_KERNEL_BOUND` px (75) and half the region's
+        smaller side, and returns the kernel cut to its support.
     region : (y, x, height, width), optional
         Window of the image to estimate from (pixels, rows and columns of the
         plane); ``None`` uses the whole image. Each side must be at least
-        ``2 * size`` px. Windows with strong edges in several directions work
+        ``2 * size`` px (10 px with ``size=None``). Windows with strong edges in several directions work
         best; flat areas carry no information about the blur. An image or
         region of more than :data:`MAX_ESTIMATION_PIXELS` (1 MP) is estimated
         from its most textured window of that many pixels
@@ -629,7 +701,7 @@ def estimate_psf() -> np.ndarray:
 
     Returns
     -------
-    numpy.ndarray, float32, shape (size, size)
+    numpy.ndarray, float32, shape (size, size), or (n, n) with n odd for ``size=None``
         Non-negative kernel summing to 1, its centre of mass at the middle
         pixel (within half a pixel), in the convention of
         :func:`~napari_deblur.engine.blur`.
@@ -648,8 +720,8 @@ def estimate_psf() -> np.ndarray:
     Coarse-to-fine MAP estimation with an L0 gradient prior (Xu et al. 2013,
     Pan et al. 2014); see docs/methods/blind-psf.md for the maths. The kernel is
     known only up to a shift (the latent image shifts with it), so it is
-    returned centred. The input is never modified. About 1-3 s for a 256x256
-    window and ``size=25`` on one CPU core, about 20 s for 1 MP; time and
+    returned centred. The input is never modified. About 1 s for a 256x256
+    window on one CPU core, about 20 s for 1 MP; time and
     memory are bounded by :data:`MAX_ESTIMATION_PIXELS` whatever the image's size.
     """
 
