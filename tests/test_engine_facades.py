@@ -37,6 +37,7 @@ def _arguments(name: str, image: np.ndarray) -> tuple[tuple, dict]:
         "estimate_blur_map": ((image,), {"views": 1, **cpu}),
         "sharpen_gwis": ((image, 1.0), cpu),
         "estimate_psf": ((image,), {"size": 5, **cpu}),
+        "deblur_blind": ((image,), {"size": 5, "ensemble": 1, **cpu}),
         "select_regions": ((image,), {"size": 32, "count": 2, "ranking": "network", **cpu}),
         "richardson_lucy": ((image, PSF), {"iterations": 3, **cpu}),
         "wiener_deconvolve_3d": ((np.stack([image] * 9), np.stack([PSF] * 5)), cpu),
@@ -47,6 +48,7 @@ def test_every_twin_has_a_public_function():
     assert PAIRS == sorted(
         [
             "blur",
+            "deblur_blind",
             "estimate_blur_map",
             "estimate_psf",
             "richardson_lucy",
@@ -90,6 +92,10 @@ def test_returns_what_running_the_twin_returns(name, blurred):
     result = getattr(engine, name)(*args, **kwargs)
     if name == "select_regions":
         assert [tuple(r) for r in result] == [tuple(r) for r in expected] and len(result) > 0
+    elif name == "deblur_blind":
+        for got, want in zip(result, expected, strict=True):  # (image, psf)
+            assert got.dtype == want.dtype == np.float32
+            np.testing.assert_array_equal(got, want)
     else:
         assert result.dtype == expected.dtype == np.float32
         np.testing.assert_array_equal(result, expected)

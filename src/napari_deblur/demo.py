@@ -42,6 +42,7 @@ DEMO_WIDGETS: tuple[str, ...] = (
     "GWIS sharpener",
     "Blur map",
     "Region selector",
+    "Deblur (blind)",
     "Deconvolve (microscopy)",
 )
 

@@ -11,6 +11,7 @@ from .core.devices import select_device
 from .core.jobs import EngineError, EngineMemoryError, JobCancelled, JobProgress, run_job
 from .core.planes import PlaneLayout
 from .core.validation import as_float_image, as_psf
+from .methods.blind_deblur import BlindDeblurResult, deblur_blind, iter_deblur_blind
 from .methods.blind_psf import estimate_psf, iter_estimate_psf, kernel_similarity
 from .methods.blur_map import (
     BLUR_CLASS_EDGES,
@@ -45,6 +46,7 @@ from .physics.psf import (
 
 __all__ = [
     "BLUR_CLASS_EDGES",
+    "BlindDeblurResult",
     "BLUR_CLASS_NAMES",
     "WIENER_STACK_SNRS_DB",
     "EngineError",
@@ -57,11 +59,13 @@ __all__ = [
     "as_psf",
     "blur",
     "blur_classes",
+    "deblur_blind",
     "disk_psf",
     "estimate_blur_map",
     "estimate_psf",
     "gaussian_psf",
     "iter_blur",
+    "iter_deblur_blind",
     "iter_estimate_blur_map",
     "iter_estimate_psf",
     "iter_richardson_lucy",

@@ -1,0 +1,84 @@
+"""deblur_blind: the kernel of each plane estimated from the image, then Wiener-net with it.
+
+Sharp images come from the train split only; 'valid' blur (real boundaries) plus 1 % noise.
+"""
+
+import numpy as np
+import pytest
+from scipy.signal import fftconvolve
+from skimage import data
+
+from napari_deblur.engine import (
+    deblur_blind,
+    estimate_psf,
+    kernel_similarity,
+    motion_psf,
+    wiener_net_deconvolve,
+)
+from training.sources import TRAIN_SPLIT
+
+SIDE = 192
+
+
+def _camera_blur(sharp, kernel, seed=0):
+    blurred = fftconvolve(sharp, kernel, mode="valid")
+    return (blurred + np.random.default_rng(seed).normal(0.0, 0.01, blurred.shape)).astype(np.float32)
+
+
+def _psnr(estimate, truth, border=16):
+    core = (slice(border, -border), slice(border, -border))
+    return 10 * np.log10(1.0 / np.mean((estimate[core] - truth[core]) ** 2))
+
+
+@pytest.fixture(scope="module")
+def colour_case():
+    assert "astronaut" in TRAIN_SPLIT
+    kernel = motion_psf(11, 30, 15)
+    sharp = data.astronaut()[60 : 60 + SIDE + 14, 120 : 120 + SIDE + 14].astype(np.float32) / 255.0
+    blurred = np.stack([_camera_blur(sharp[..., c], kernel, c) for c in range(3)], axis=-1)
+    return blurred, sharp[7:-7, 7:-7], kernel
+
+
+def test_colour_photo_is_sharpened_with_one_kernel_from_its_luminance(colour_case):
+    blurred, sharp, kernel = colour_case
+    before = blurred.copy()
+    result = deblur_blind(blurred, ensemble=1, device="cpu")
+    image, psf = result  # unpacks as (image, psf)
+    np.testing.assert_array_equal(blurred, before)
+    assert image.shape == blurred.shape and image.dtype == np.float32
+    assert psf.ndim == 2 and psf.shape[0] == psf.shape[1] and psf.shape[0] % 2 == 1
+    assert psf.sum() == pytest.approx(1.0, abs=1e-5)
+    # the same kernel as estimate_psf on the colour image (its luminance), and Wiener-net with it
+    np.testing.assert_array_equal(psf, estimate_psf(blurred, device="cpu"))
+    restored = wiener_net_deconvolve(blurred, psf, channel_axis=-1, ensemble=1, device="cpu")
+    np.testing.assert_array_equal(image, restored)
+    assert kernel_similarity(psf, kernel) > 0.7
+    gains = [_psnr(image[..., c], sharp[..., c]) - _psnr(blurred[..., c], sharp[..., c]) for c in range(3)]
+    assert min(gains) > 2.0
+
+
+def test_each_plane_of_a_stack_gets_its_own_kernel():
+    sharp = data.coffee()[100 : 100 + SIDE + 14, 200 : 200 + SIDE + 14].mean(axis=-1) / 255.0
+    kernels = [motion_psf(11, 0, 15), motion_psf(11, 90, 15)]
+    stack = np.stack([_camera_blur(sharp, k, n) for n, k in enumerate(kernels)])
+    image, psf = deblur_blind(stack, size=15, ensemble=1, device="cpu")
+    assert image.shape == stack.shape
+    assert psf.shape == (2, 15, 15)
+    for n in range(2):
+        own = kernel_similarity(psf[n], kernels[n])
+        assert own > 0.7
+        assert own > kernel_similarity(psf[n], kernels[1 - n]) + 0.2
+
+
+@pytest.mark.parametrize(
+    ("image", "kwargs", "error", "match"),
+    [
+        (np.zeros((8, 8), np.float32), {}, ValueError, "too small"),
+        (np.full((64, 64), np.nan, np.float32), {}, ValueError, "NaN"),
+        (np.ones((64, 64), complex), {}, ValueError, "complex"),
+        (np.ones((64, 64), np.float32), {"size": 4}, ValueError, "odd"),
+    ],
+)
+def test_bad_input_raises_clear_errors(image, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        deblur_blind(image, device="cpu", **kwargs)
