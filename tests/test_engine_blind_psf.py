@@ -137,7 +137,9 @@ def test_estimate_recovers_shake_and_gaussian_blur(image_name, y, x, kernel_name
     assert score > kernel_similarity(WRONG_DIRECTION, truth) + 0.15
 
 
-@pytest.mark.parametrize(("image_name", "y", "x", "seed"), [("coffee", 100, 200, 2), ("astronaut", 40, 40, 2)])
+@pytest.mark.parametrize(
+    ("image_name", "y", "x", "seed"), [("coffee", 100, 200, 2), ("astronaut", 40, 40, 2)]
+)
 def test_automatic_size_finds_a_hand_shake_kernel_and_returns_its_support(image_name, y, x, seed):
     """size=None: no size given; measured 0.84 and 0.93 similarity, 19 px boxes, for a 21 px kernel."""
     from training.kernels import hand_shake_psf

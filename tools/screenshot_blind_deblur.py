@@ -1,12 +1,11 @@
-"""Screenshot of the blind loop in a real napari window: regions -> PSF -> Wiener-net.
+"""Screenshots of blind deblurring in a real napari window.
 
-Opens the camera-shake sample, docks the Region selector and the Wiener-net
-sharpener, clicks "Find regions" and "Estimate PSF" (best window), deconvolves
-the image with the estimated PSF, lays the input and the result side by side,
-and saves the window. Prints the estimate's kernel similarity to the sample's
-true PSF and the PSNR of the input and of the result against the sharp image.
-With a second path, it first saves the window as it is after "Estimate PSF"
-(the Region selector alone, the regions layer on the image).
+Opens the camera-shake sample, docks "Deblur (blind)" and presses it (kernel
+size chosen automatically), lays the input and the result side by side with
+the estimated kernel, and saves the window. Prints the estimate's kernel
+similarity to the sample's true PSF and the PSNR of the input and of the result
+against the sharp image. With a second path, it then docks the Region selector,
+clicks "Find regions" and saves the window (the regions layer on the image).
 
     xvfb-run -a -s "-screen 0 1280x1024x24" python tools/screenshot_blind_deblur.py \
         docs/images/blind-deblur.png docs/images/region-selector.png
@@ -26,7 +25,6 @@ def main(path: str, selector_path: str | None = None) -> None:
 
     from napari_deblur import engine
     from napari_deblur._qt.job_runner import viewer_grid
-    from napari_deblur._qt.wiener_widget import METHOD_WIENER_NET, PSF_FROM_LAYER
     from napari_deblur.demo import process_events
     from napari_deblur.layer_roles import is_psf_metadata
     from napari_deblur.sample_data import camera_shake_arrays
@@ -37,40 +35,19 @@ def main(path: str, selector_path: str | None = None) -> None:
     true_psf_layer = next(layer for layer in layers if is_psf_metadata(layer.metadata))
     image_layer = next(layer for layer in layers if layer is not true_psf_layer)
 
-    _dock, selector = viewer.window.add_plugin_dock_widget(PLUGIN, "Region selector")
-    selector.reset_choices()
-    selector.image.value = image_layer
-    selector.size.value = 192
-    selector.run()
-    selector.runner.wait()
-    selector.estimate_psf()
-    (estimated_psf_layer,) = selector.runner.wait()
-    if selector_path:
-        for layer in viewer.layers:
-            layer.visible = layer is image_layer or layer.name.endswith(" regions")
-        viewer.layers.selection.active = viewer.layers[-2]  # the regions layer, under the PSF
-        viewer.reset_view()
-        process_events(1.0)
-        viewer.screenshot(selector_path, canvas_only=False)
-        print(f"saved {selector_path}")
-        for layer in viewer.layers:
-            layer.visible = True
-
-    _dock, wiener = viewer.window.add_plugin_dock_widget(PLUGIN, "Wiener-net sharpener")
-    wiener.reset_choices()
-    wiener.image.value = image_layer
-    wiener.psf_source.value = PSF_FROM_LAYER
-    wiener.psf_layer.value = estimated_psf_layer
-    wiener.method.value = METHOD_WIENER_NET
-    wiener.run()
-    (restored_layer,) = wiener.runner.wait()
+    _dock, blind = viewer.window.add_plugin_dock_widget(PLUGIN, "Deblur (blind)")
+    blind.reset_choices()
+    blind.image.value = image_layer
+    blind.automatic_size.value = True
+    blind.run()
+    restored_layer, estimated_psf_layer = blind.runner.wait()
 
     _blurred, _psf, sharp = camera_shake_arrays()  # the sample's defaults, as File > Open Sample
     similarity = engine.kernel_similarity(
         np.asarray(estimated_psf_layer.data), np.asarray(true_psf_layer.data)
     )
-    print(f"kernel similarity of the estimate to the true PSF: {similarity:.3f}")
-    for name, data in (("input", image_layer.data), ("Wiener-net, estimated PSF", restored_layer.data)):
+    print(f"estimated kernel {estimated_psf_layer.data.shape}, similarity to the true PSF: {similarity:.3f}")
+    for name, data in (("input", image_layer.data), ("Deblur (blind)", restored_layer.data)):
         print(f"PSNR {name}: {_psnr(np.asarray(data, dtype=np.float64), sharp):.2f} dB")
 
     for layer in viewer.layers:
@@ -81,6 +58,21 @@ def main(path: str, selector_path: str | None = None) -> None:
     process_events(1.0)
     viewer.screenshot(path, canvas_only=False)
     print(f"saved {path}")
+
+    if selector_path:
+        viewer_grid(viewer).enabled = False
+        _dock, selector = viewer.window.add_plugin_dock_widget(PLUGIN, "Region selector")
+        selector.reset_choices()
+        selector.image.value = image_layer
+        selector.size.value = 192
+        selector.run()
+        selector.runner.wait()
+        for layer in viewer.layers:
+            layer.visible = layer is image_layer or layer.name.endswith(" regions")
+        viewer.reset_view()
+        process_events(1.0)
+        viewer.screenshot(selector_path, canvas_only=False)
+        print(f"saved {selector_path}")
     viewer.close()
 
 

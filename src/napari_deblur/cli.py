@@ -4,6 +4,7 @@ Subcommands::
 
     napari-deblur demo [--sample camera_shake|defocus_ramp] [--screenshot OUT.png] [--no-gui] [--output OUT.png]
     napari-deblur run METHOD INPUT... -o OUTDIR [--psf FILE] [--blur LEVEL|auto] [--device ...]
+                      (METHOD: gwis, blur-map, wiener, wiener-net, or blind: no PSF, estimated per plane)
                       [--scheduler ADDRESS | --workers N]      ("batch" is an alias of "run")
 
 Only the standard library and numpy are imported at module level so that
@@ -25,7 +26,7 @@ from napari_deblur.options import DEFAULT_ENSEMBLE, ENSEMBLE_SIZES
 
 PROG = "napari-deblur"
 #: Methods of ``run``.
-RUN_METHODS = ("gwis", "blur-map", "wiener", "wiener-net")
+RUN_METHODS = ("gwis", "blur-map", "wiener", "wiener-net", "blind")
 WIENER_NET_ENSEMBLES = ENSEMBLE_SIZES
 
 log = logging.getLogger(__name__)
@@ -157,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=WIENER_NET_ENSEMBLES,
         default=DEFAULT_ENSEMBLE,
         metavar="N",
-        help="wiener-net: average the network over N flipped or turned views of each plane "
+        help="wiener-net and blind: average the network over N flipped or turned views of each plane "
         f"({', '.join(map(str, WIENER_NET_ENSEMBLES))}; each view is a network pass; "
         "default: %(default)s)",
     )
@@ -376,6 +377,8 @@ def _method_call(args: argparse.Namespace):
             f"wiener-net psf={args.psf.name} ensemble={args.ensemble}",
             psf,
         )
+    if args.method == "blind":
+        return _blind_call(args, device)
     if args.method == "blur-map":
         return (
             lambda image, channel_axis: engine.estimate_blur_map(
@@ -392,6 +395,24 @@ def _method_call(args: argparse.Namespace):
         return engine.sharpen_gwis(image, blur, channel_axis=channel_axis, device=device)
 
     return gwis, f"gwis blur={'auto' if level is None else f'{level:g}'}", None
+
+
+def _blind_call(args: argparse.Namespace, device):
+    """Blind deblurring per plane: each plane's kernel estimated, then Wiener-net (lazy, one plane a chunk)."""
+    from napari_deblur import engine
+    from napari_deblur.engine.core.lazy import lazy_planewise
+
+    def blind(image, channel_axis):
+        def plane(block, _index):
+            kernel_plane = engine.deblur_blind(
+                block, channel_axis=channel_axis, device=device, ensemble=args.ensemble
+            )
+            log.info("plane %d: estimated a %d px kernel", _index, kernel_plane.psf.shape[-1])
+            return kernel_plane.image
+
+        return lazy_planewise(plane, image, channel_axis=channel_axis)
+
+    return blind, f"blind (kernel estimated per plane) ensemble={args.ensemble}", None
 
 
 def _output_path(args: argparse.Namespace, path: Path) -> Path:
