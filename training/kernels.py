@@ -51,6 +51,46 @@ def widen_kernels(kernels: torch.Tensor, sigmas) -> torch.Tensor:
     return wide / wide.sum(dim=(-2, -1), keepdim=True)
 
 
+KERNEL_ERROR_KINDS = ("wide", "narrow", "tails", "noise")
+"""How :func:`perturb_kernels` can get a kernel wrong."""
+
+
+def perturb_kernels(
+    kernels: torch.Tensor, kinds, rng: np.random.Generator, sigma_range=(0.4, 1.0)
+) -> torch.Tensor:
+    """``(N, k, k)`` kernels each made wrong in its own way, as a blind estimate or a guess is.
+
+    ``kinds`` (one name of :data:`KERNEL_ERROR_KINDS` per kernel): ``wide`` blurred by a Gaussian
+    of sigma uniform in ``sigma_range`` px (:func:`widen_kernels`); ``narrow`` raised to a power
+    of 1.3-2 (thinner, its faint parts fainter); ``tails`` with values under 10-30 % of the peak
+    removed; ``noise`` with positive noise of up to 5-20 % of the peak added around its
+    support (3 px). Every result sums to 1.
+    """
+    kinds = list(kinds)
+    out = kernels.clone()
+    n = len(kernels)
+    sigmas = rng.uniform(*sigma_range, size=n)
+    powers = rng.uniform(1.3, 2.0, size=n)
+    cuts = rng.uniform(0.1, 0.3, size=n)
+    levels = rng.uniform(0.05, 0.2, size=n)
+    noise = torch.from_numpy(rng.uniform(size=tuple(kernels.shape)).astype(np.float32)).to(kernels)
+    wide = widen_kernels(kernels, sigmas)
+    peak = kernels.amax(dim=(-2, -1), keepdim=True)
+    near = F.max_pool2d((kernels > 0).float()[:, None], 7, stride=1, padding=3)[:, 0]
+    for i, kind in enumerate(kinds):
+        if kind == "wide":
+            out[i] = wide[i]
+        elif kind == "narrow":
+            out[i] = kernels[i].clamp_min(0) ** float(powers[i])
+        elif kind == "tails":
+            out[i] = torch.where(kernels[i] >= float(cuts[i]) * peak[i], kernels[i], 0.0)
+        elif kind == "noise":
+            out[i] = kernels[i] + float(levels[i]) * peak[i] * noise[i] * near[i]
+        else:
+            raise ValueError(f"unknown kernel error {kind!r}; choose from {KERNEL_ERROR_KINDS}")
+    return out / out.sum(dim=(-2, -1), keepdim=True)
+
+
 def random_training_psf(rng: np.random.Generator, size: int = 31, shake_fraction: float = 0.4) -> np.ndarray:
     """One PSF from the Wiener-net training mixture, embedded in ``(size, size)``.
 

@@ -166,6 +166,16 @@ def _train_wiener_net(args) -> None:
         base = replace(base, n_text_pages=PROCEDURAL_POOL, text_fraction=args.text_share)
     if args.kernel_error_share:
         base = replace(base, kernel_error_share=args.kernel_error_share)
+    if args.kernel_error_kinds:
+        from training.kernels import KERNEL_ERROR_KINDS
+
+        kinds = tuple(args.kernel_error_kinds.split(","))
+        unknown = set(kinds) - set(KERNEL_ERROR_KINDS)
+        if unknown:
+            raise SystemExit(
+                f"--kernel-error-kinds takes {','.join(KERNEL_ERROR_KINDS)}; got {sorted(unknown)}"
+            )
+        base = replace(base, kernel_error_kinds=kinds)
     if args.kernel_error_sigma is not None:
         low, high = args.kernel_error_sigma
         if not 0 < low <= high:
@@ -553,6 +563,13 @@ def main(argv=None) -> None:
         metavar="SHARE",
         help="share of the crops whose network input gets a PSF widened by a Gaussian "
         "of 0.4-1 px (the blur stays true), all stages",
+    )
+    wiener.add_argument(
+        "--kernel-error-kinds",
+        default=None,
+        metavar="KINDS",
+        help="comma-separated ways the handed PSF is wrong: wide, narrow, tails, noise "
+        "(training.kernels.perturb_kernels; default: wide)",
     )
     wiener.add_argument(
         "--kernel-error-sigma",

@@ -32,7 +32,7 @@ from napari_deblur.engine.methods.wiener_net import (
     plane_statistics,
     wiener_net_features,
 )
-from training.kernels import kernel_pool, widen_kernels
+from training.kernels import kernel_pool, perturb_kernels, widen_kernels
 from training.losses import ssim
 from training.optimisation import take_step
 from training.sources import PatchSampler
@@ -70,6 +70,9 @@ class WienerNetTrainingConfig:
     interior_weight: float = 0.0
     kernel_error_share: float = 0.0
     kernel_error_sigma_range: tuple[float, float] = (0.4, 1.0)
+    kernel_error_kinds: tuple[str, ...] = ("wide",)
+    """Ways the handed kernel is wrong (:data:`training.kernels.KERNEL_ERROR_KINDS`), drawn
+    uniformly per crop; ``("wide",)`` alone repeats the runs made before the other kinds."""
     residual_correction: bool = False
     network_passes: int = 1
     init: str | None = None
@@ -187,9 +190,13 @@ class BlurredBatches:
         if c.kernel_error_share <= 0:
             return kernels
         wrong = self.rng.uniform(size=len(kernels)) < c.kernel_error_share
-        sigmas = self.rng.uniform(*c.kernel_error_sigma_range, size=len(kernels))
-        widened = widen_kernels(kernels, sigmas)
-        return torch.where(torch.from_numpy(wrong).view(-1, 1, 1).to(kernels.device), widened, kernels)
+        if tuple(c.kernel_error_kinds) == ("wide",):
+            sigmas = self.rng.uniform(*c.kernel_error_sigma_range, size=len(kernels))
+            given = widen_kernels(kernels, sigmas)
+        else:
+            kinds = self.rng.choice(list(c.kernel_error_kinds), size=len(kernels))
+            given = perturb_kernels(kernels, kinds, self.rng, c.kernel_error_sigma_range)
+        return torch.where(torch.from_numpy(wrong).view(-1, 1, 1).to(kernels.device), given, kernels)
 
 
 def blur_valid(big: torch.Tensor, kernels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
