@@ -3,7 +3,7 @@
 Sharp images come from the train split only (``TRAIN_SPLIT``); the blur is a
 'valid' convolution (content beyond the frame bleeds in, as in a camera) with
 1 % Gaussian noise. Thresholds sit well below what the estimator measures
-(0.79-0.98 kernel similarity on these cases), and well above the delta and
+(0.82-0.99 kernel similarity on these cases), and well above the delta and
 wrong-direction baselines (at most 0.52).
 """
 
