@@ -82,3 +82,65 @@ def test_each_plane_of_a_stack_gets_its_own_kernel():
 def test_bad_input_raises_clear_errors(image, kwargs, error, match):
     with pytest.raises(error, match=match):
         deblur_blind(image, device="cpu", **kwargs)
+
+
+# --- clipped highlights ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def lights_case():
+    """A train-split crop with 8 small lights at 6x the range, blurred, noisy, clipped to [0, 1]."""
+    from scipy import ndimage as ndi
+
+    sharp = data.coffee()[60:360, 100:400].mean(axis=-1) / 255.0 * 0.7
+    kernel = motion_psf(13, 30, 15)
+    rng = np.random.default_rng(0)
+    rows, cols = np.indices(sharp.shape)
+    lights = np.zeros(sharp.shape, bool)
+    for cy, cx in rng.integers(40, 260, (8, 2)):
+        lights |= (rows - cy) ** 2 + (cols - cx) ** 2 <= 9
+    scene = np.where(lights, 6.0, sharp)
+    observed = fftconvolve(scene, kernel, mode="valid") + rng.normal(0.0, 0.01, (286, 286))
+    truth, inner = np.clip(scene[7:-7, 7:-7], 0.0, 1.0), lights[7:-7, 7:-7]
+    rings = ndi.binary_dilation(inner, iterations=12) & ~ndi.binary_dilation(inner, iterations=2)
+    return np.clip(observed, 0.0, 1.0).astype(np.float32), truth, kernel, rings
+
+
+def test_clipped_lights_ring_less_after_the_repair(lights_case):
+    """Measured: error around the lights 0.085 -> 0.048 (mean absolute, 8 lights); elsewhere unchanged."""
+    from napari_deblur.engine.methods.clipped_highlights import clipped_mask, repair_clipped
+
+    observed, truth, kernel, rings = lights_case
+    assert clipped_mask(observed) is not None
+    plain = wiener_net_deconvolve(observed, kernel, ensemble=1, device="cpu")
+    repaired = repair_clipped(observed, plain, kernel)
+    error_plain = np.abs(np.clip(plain, 0, 1) - truth)[rings].mean()
+    error_repaired = np.abs(np.clip(repaired, 0, 1) - truth)[rings].mean()
+    assert error_repaired < 0.7 * error_plain
+    reach = kernel.shape[0] + 1  # further than a kernel from every clipped pixel: untouched
+    from scipy import ndimage as ndi
+
+    far = ~ndi.binary_dilation(clipped_mask(observed), structure=np.ones((3, 3), bool), iterations=reach)
+    np.testing.assert_array_equal(repaired[far], plain[far])
+
+
+def test_an_unclipped_plane_is_left_as_it_is(lights_case):
+    from napari_deblur.engine.methods.clipped_highlights import clipped_mask, repair_clipped
+
+    observed, _, kernel, _ = lights_case
+    unclipped = observed * np.float32(0.9) + np.random.default_rng(1).normal(0, 1e-3, observed.shape).astype(
+        np.float32
+    )
+    assert clipped_mask(unclipped) is None
+    restored = wiener_net_deconvolve(unclipped, kernel, ensemble=1, device="cpu")
+    np.testing.assert_array_equal(repair_clipped(unclipped, restored, kernel), restored)
+
+
+def test_deblur_blind_repairs_clipped_lights(lights_case):
+    from napari_deblur.engine.methods.clipped_highlights import repair_clipped
+
+    observed, _, _, _ = lights_case
+    image, psf = deblur_blind(observed, ensemble=1, device="cpu")
+    plain = wiener_net_deconvolve(observed, psf, ensemble=1, device="cpu")
+    assert not np.array_equal(image, plain)
+    np.testing.assert_array_equal(image, repair_clipped(observed, plain, psf))

@@ -2,7 +2,8 @@
 
 The loop a user with a shaken photo needs: :func:`~.blind_psf.iter_estimate_psf` on the
 plane's luminance (colour) or grey values, then
-:func:`~.wiener_net.iter_wiener_net_deconvolve` of every channel with that kernel.
+:func:`~.wiener_net.iter_wiener_net_deconvolve` of every channel with that kernel, then
+:func:`~.clipped_highlights.repair_clipped` where lights saturated.
 """
 
 from __future__ import annotations
@@ -16,10 +17,14 @@ from ..core.jobs import JobProgress, JobSteps, job_facade, scaled_steps
 from ..core.planes import PlaneLayout
 from ..core.validation import as_float_image
 from .blind_psf import fit_kernel, iter_estimate_psf
+from .clipped_highlights import repair_clipped
 from .wiener_net import iter_wiener_net_deconvolve
 
 ESTIMATION_SHARE = 0.7
 """Share of the progress bar given to the kernel estimates (they take most of the time)."""
+
+REPAIR_START = 0.97
+"""Progress at which the deconvolution ends and clipped highlights are repaired."""
 
 
 class BlindDeblurResult(NamedTuple):
@@ -64,9 +69,16 @@ def iter_deblur_blind(
     restored = yield from scaled_steps(
         iter_wiener_net_deconvolve(pixels, psf, channel_axis=channel_axis, device=device, ensemble=ensemble),
         ESTIMATION_SHARE,
-        1.0,
+        REPAIR_START,
     )
-    return BlindDeblurResult(restored, psf)
+    yield JobProgress(REPAIR_START, "Blind deblurring: clipped highlights")
+    restored_planes = np.array(layout.to_planes(restored))  # a copy, (N, C, H, W)
+    for index, kernel in enumerate(psf if count > 1 else psf[None]):
+        for channel in range(restored_planes.shape[1]):
+            restored_planes[index, channel] = repair_clipped(
+                planes[index, channel], restored_planes[index, channel], kernel
+            )
+    return BlindDeblurResult(layout.from_planes(restored_planes), psf)
 
 
 @job_facade(iter_deblur_blind)
@@ -110,6 +122,10 @@ def deblur_blind() -> BlindDeblurResult:
 
     Notes
     -----
+    Where a channel is clipped (at least 16 pixels at its maximum value: saturated
+    lights), the result within a kernel's reach of them is redone by
+    Richardson-Lucy iterations that ignore the clipped pixels, so lights do not
+    ring (:func:`~napari_deblur.engine.methods.clipped_highlights.repair_clipped`).
     The input is never modified. Time is mostly the estimate: about 20 s
     for a plane of 1 MP or more on two CPU cores (the estimate works on the
     most textured 1 MP window), then Wiener-net on the whole plane.
