@@ -21,6 +21,10 @@ CLIPPED_MIN_PIXELS = 16
 REPAIR_ITERATIONS = 10
 """Richardson-Lucy iterations near clipped areas (from the deconvolution's result)."""
 
+REPAIR_TILE = 512
+"""The repair works tile by tile (each with a halo of two kernels), on tiles that hold clipped
+areas only, so its memory is bounded by the tile."""
+
 _TINY = 1e-6
 
 
@@ -81,8 +85,8 @@ def repair_clipped(
         with the clipped pixels (and one pixel around them) left out of the
         data term, blended in with a weight rising from 0 at the zone's edge
         to 1 half a kernel inside; elsewhere unchanged.
-        Each clipped area is worked on in its own window (memory is bounded
-        by the windows, not the plane).
+        The work is done in :data:`REPAIR_TILE` px tiles with halos, on the
+        tiles near clipped pixels only (memory is bounded by the tile).
     """
     restored = np.asarray(restored, dtype=np.float32)
     out = restored.copy()
@@ -91,21 +95,29 @@ def repair_clipped(
         return out
     reach = max(psf.shape)
     zone = ndi.binary_dilation(mask, structure=np.ones((3, 3), bool), iterations=reach)
-    labels, _ = ndi.label(zone)
+    # 0 at the zone's edge, 1 from half a kernel inside it (the clipped pixels are a kernel deep)
+    weight = np.clip(ndi.distance_transform_edt(zone) / (reach / 2.0), 0.0, 1.0).astype(np.float32)
     height, width = observed.shape
-    for box in ndi.find_objects(labels):
-        rows = slice(max(box[0].start - reach, 0), min(box[0].stop + reach, height))
-        cols = slice(max(box[1].start - reach, 0), min(box[1].stop + reach, width))
-        window = (rows, cols)
-        usable = ~ndi.binary_dilation(mask[window], iterations=1)
-        refined = _masked_richardson_lucy(
-            np.asarray(observed[window], np.float64),
-            restored[window].astype(np.float64),
-            psf,
-            usable,
-            iterations,
-        )
-        # 0 at the zone's edge, 1 from half a kernel inside it (the clipped pixels are a kernel deep)
-        weight = np.clip(ndi.distance_transform_edt(zone[window]) / (reach / 2.0), 0.0, 1.0)
-        out[window] = (weight * refined + (1.0 - weight) * out[window]).astype(np.float32)
+    halo = 2 * reach
+    for top in range(0, height, REPAIR_TILE):
+        for left in range(0, width, REPAIR_TILE):
+            core = (slice(top, min(top + REPAIR_TILE, height)), slice(left, min(left + REPAIR_TILE, width)))
+            if not zone[core].any():
+                continue
+            rows = slice(max(top - halo, 0), min(top + REPAIR_TILE + halo, height))
+            cols = slice(max(left - halo, 0), min(left + REPAIR_TILE + halo, width))
+            usable = ~ndi.binary_dilation(mask[rows, cols], iterations=1)
+            refined = _masked_richardson_lucy(
+                np.asarray(observed[rows, cols], np.float64),
+                restored[rows, cols].astype(np.float64),
+                psf,
+                usable,
+                iterations,
+            )
+            inner = (
+                slice(top - rows.start, core[0].stop - rows.start),
+                slice(left - cols.start, core[1].stop - cols.start),
+            )
+            w = weight[core]
+            out[core] = (w * refined[inner] + (1.0 - w) * restored[core]).astype(np.float32)
     return out
