@@ -91,12 +91,17 @@ def random_windows(shape: tuple[int, int], size: int, count: int, rng) -> list[t
 
 
 def error_upto_shift(
-    restored: np.ndarray, sharp: np.ndarray, border: int, reach: int = SHIFT_REACH
+    restored: np.ndarray,
+    sharp: np.ndarray,
+    border: int,
+    reach: int = SHIFT_REACH,
+    mask: np.ndarray | None = None,
 ) -> tuple[float, float]:
     """Smallest sum of squared errors over shifts of ``restored`` within +-``reach`` px, and its PSNR.
 
     Whole-pixel shifts first, then quarter pixels (bilinear) within 3/4 px of
-    the best; the border plus ``reach`` px is excluded. The PSNR (peak 1) is
+    the best; the border plus ``reach`` px is excluded, and with ``mask``
+    (bool, ``sharp``'s shape) only its True pixels count. The PSNR (peak 1) is
     of that smallest error over the pixels compared.
     """
     import scipy.ndimage as ndi
@@ -105,10 +110,11 @@ def error_upto_shift(
     inner = (slice(cut, -cut),) * 2
     target = sharp[inner]
     height, width = target.shape
+    counted = np.ones(target.shape, bool) if mask is None else mask[inner]
 
     def whole_pixel(dy: int, dx: int) -> float:
         moved = restored[cut - dy : cut - dy + height, cut - dx : cut - dx + width]
-        return float(np.sum((moved - target) ** 2))
+        return float(np.sum(((moved - target) ** 2)[counted]))
 
     best, by, bx = min(
         (whole_pixel(dy, dx), dy, dx) for dy in range(-reach, reach + 1) for dx in range(-reach, reach + 1)
@@ -116,8 +122,8 @@ def error_upto_shift(
     for dy in np.arange(by - 0.75, by + 0.76, 0.25):
         for dx in np.arange(bx - 0.75, bx + 0.76, 0.25):
             moved = ndi.shift(restored, (dy, dx), order=1, mode="nearest")[inner]
-            best = min(best, float(np.sum((moved - target) ** 2)))
-    return best, float(10 * np.log10(target.size / max(best, 1e-12)))
+            best = min(best, float(np.sum(((moved - target) ** 2)[counted])))
+    return best, float(10 * np.log10(int(counted.sum()) / max(best, 1e-12)))
 
 
 def blurred_case(
