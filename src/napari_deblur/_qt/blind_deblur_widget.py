@@ -24,13 +24,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from magicgui.widgets import CheckBox, ComboBox, SpinBox
+from magicgui.widgets import CheckBox, SpinBox
 
 from napari_deblur._qt.job_widget import EngineJob, EngineJobWidget
 from napari_deblur._qt.layer_choices import image_input
+from napari_deblur._qt.wiener_widget import network_passes_input
 from napari_deblur.layer_jobs import SCOPE_LAZY, JobSelection, OutputLayerSpec
 from napari_deblur.layer_roles import psf_metadata
-from napari_deblur.options import DEFAULT_ENSEMBLE, ENSEMBLE_SIZES
 
 if TYPE_CHECKING:
     import napari
@@ -82,14 +82,7 @@ class BlindDeblurWidget(EngineJobWidget):
             tooltip="Upper bound of the kernel side in pixels (odd); the image must be at least "
             "twice as large on each side.",
         )
-        self.network_passes = ComboBox(
-            name="network_passes",
-            label="Network passes",
-            choices=list(ENSEMBLE_SIZES),
-            value=DEFAULT_ENSEMBLE,
-            tooltip="Wiener-net runs on this many flipped/rotated copies and averages them: "
-            "more passes, slightly cleaner and proportionally slower.",
-        )
+        self.network_passes = network_passes_input()
         super().__init__(
             napari_viewer,
             name="blind_deblur_widget",

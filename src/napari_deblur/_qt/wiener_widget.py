@@ -49,6 +49,19 @@ DEFAULT_NETWORK_PASSES = DEFAULT_ENSEMBLE
 SETTINGS_KEY = "wiener"
 
 
+def network_passes_input() -> ComboBox:
+    """The "Network passes" choice of the widgets that run Wiener-net (1, 2, 4 or 8 views)."""
+    return ComboBox(
+        name="network_passes",
+        label="Network passes",
+        choices=list(NETWORK_PASSES),
+        value=DEFAULT_NETWORK_PASSES,
+        tooltip="Wiener-net runs its network on this many flipped or turned views of each "
+        "plane and averages them: more passes are a little sharper and take proportionally "
+        "longer.",
+    )
+
+
 class WienerWidget(EngineJobWidget):
     """Dock widget that sharpens an image layer by Wiener deconvolution.
 
@@ -79,15 +92,7 @@ class WienerWidget(EngineJobWidget):
             "parameter to tune; estimates the noise itself). Classical: one Wiener filter at the "
             "SNR you set.",
         )
-        self.network_passes = ComboBox(
-            name="network_passes",
-            label="Network passes",
-            choices=list(NETWORK_PASSES),
-            value=DEFAULT_NETWORK_PASSES,
-            tooltip="Wiener-net runs its network on this many flipped or turned views of each "
-            "plane and averages them: more passes are a little sharper and take proportionally "
-            "longer.",
-        )
+        self.network_passes = network_passes_input()
         self.snr_db = FloatSlider(
             name="snr_db",
             label="SNR (dB)",
