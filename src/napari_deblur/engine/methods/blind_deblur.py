@@ -17,7 +17,7 @@ from ..core.jobs import JobProgress, JobSteps, job_facade, scaled_steps
 from ..core.planes import PlaneLayout
 from ..core.validation import as_float_image
 from .blind_psf import fit_kernel, iter_estimate_psf
-from .clipped_highlights import repair_clipped
+from .clipped_highlights import clipped_mask, repair_clipped
 from .wiener_net import iter_wiener_net_deconvolve
 
 ESTIMATION_SHARE = 0.7
@@ -72,13 +72,17 @@ def iter_deblur_blind(
         REPAIR_START,
     )
     yield JobProgress(REPAIR_START, "Blind deblurring: clipped highlights")
-    restored_planes = np.array(layout.to_planes(restored))  # a copy, (N, C, H, W)
+    restored_planes, repaired = layout.to_planes(restored), False  # (N, C, H, W)
     for index, kernel in enumerate(psf if count > 1 else psf[None]):
         for channel in range(restored_planes.shape[1]):
+            if clipped_mask(planes[index, channel]) is None:
+                continue  # nothing clipped: no copy, no work
+            if not repaired:
+                restored_planes, repaired = np.array(restored_planes), True
             restored_planes[index, channel] = repair_clipped(
                 planes[index, channel], restored_planes[index, channel], kernel
             )
-    return BlindDeblurResult(layout.from_planes(restored_planes), psf)
+    return BlindDeblurResult(layout.from_planes(restored_planes) if repaired else restored, psf)
 
 
 @job_facade(iter_deblur_blind)
