@@ -404,11 +404,11 @@ def _blind_call(args: argparse.Namespace, device):
 
     def blind(image, channel_axis):
         def plane(block, _index):
-            kernel_plane = engine.deblur_blind(
+            result = engine.deblur_blind(
                 block, channel_axis=channel_axis, device=device, ensemble=args.ensemble
             )
-            log.info("plane %d: estimated a %d px kernel", _index, kernel_plane.psf.shape[-1])
-            return kernel_plane.image
+            log.info("plane %d: estimated a %d px kernel", _index, result.psf.shape[-1])
+            return result.image
 
         return lazy_planewise(plane, image, channel_axis=channel_axis)
 

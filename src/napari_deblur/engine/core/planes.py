@@ -149,6 +149,14 @@ class PlaneLayout:
         )
 
 
+def colour_axis(shape: tuple[int, ...], channel_axis: int | None) -> int | None:
+    """``channel_axis``, or -1 for a 3D shape ending in 3 or 4 channels when it is None (RGB/RGBA,
+    as napari shows such an array); None otherwise."""
+    if channel_axis is None and len(shape) == 3 and shape[-1] in (3, 4):
+        return -1
+    return channel_axis
+
+
 def single_grey_plane(image, channel_axis: int | None, *, caller: str) -> np.ndarray:
     """The one 2D plane a single-plane method works on: grayscale, or the luminance of colour.
 
@@ -162,8 +170,7 @@ def single_grey_plane(image, channel_axis: int | None, *, caller: str) -> np.nda
     """
 
     pixels = as_float_image(image)
-    if channel_axis is None and pixels.ndim == 3 and pixels.shape[-1] in (3, 4):
-        channel_axis = -1
+    channel_axis = colour_axis(pixels.shape, channel_axis)
     if channel_axis is None and pixels.ndim != 2:
         raise ValueError(
             f"{caller} works on one 2D plane, got shape {pixels.shape}. Pass a single plane "

@@ -14,7 +14,7 @@ import numpy as np
 
 from ...options import DEFAULT_ENSEMBLE
 from ..core.jobs import JobProgress, JobSteps, job_facade, scaled_steps
-from ..core.planes import PlaneLayout
+from ..core.planes import PlaneLayout, colour_axis
 from ..core.validation import as_float_image
 from .blind_psf import fit_kernel, iter_estimate_psf
 from .clipped_highlights import clipped_mask, repair_clipped
@@ -48,8 +48,7 @@ def iter_deblur_blind(
 ) -> JobSteps[BlindDeblurResult]:
     """Generator twin of :func:`deblur_blind` (progress per pyramid level, then per plane)."""
     pixels = as_float_image(image)
-    if channel_axis is None and pixels.ndim == 3 and pixels.shape[-1] in (3, 4):
-        channel_axis = -1  # RGB/RGBA, as napari and estimate_psf read it
+    channel_axis = colour_axis(pixels.shape, channel_axis)  # as estimate_psf reads colour
     layout = PlaneLayout.of(pixels.shape, channel_axis)
     planes = layout.to_planes(pixels)  # (N, C, H, W), a view
     count = layout.n_planes
@@ -75,12 +74,13 @@ def iter_deblur_blind(
     restored_planes, repaired = layout.to_planes(restored), False  # (N, C, H, W)
     for index, kernel in enumerate(psf if count > 1 else psf[None]):
         for channel in range(restored_planes.shape[1]):
-            if clipped_mask(planes[index, channel]) is None:
+            mask = clipped_mask(planes[index, channel])
+            if mask is None:
                 continue  # nothing clipped: no copy, no work
             if not repaired:
                 restored_planes, repaired = np.array(restored_planes), True
             restored_planes[index, channel] = repair_clipped(
-                planes[index, channel], restored_planes[index, channel], kernel
+                planes[index, channel], restored_planes[index, channel], kernel, mask=mask
             )
     return BlindDeblurResult(layout.from_planes(restored_planes) if repaired else restored, psf)
 

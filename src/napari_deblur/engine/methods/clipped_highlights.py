@@ -61,7 +61,12 @@ def _masked_richardson_lucy(
 
 
 def repair_clipped(
-    observed: np.ndarray, restored: np.ndarray, psf: np.ndarray, *, iterations: int = REPAIR_ITERATIONS
+    observed: np.ndarray,
+    restored: np.ndarray,
+    psf: np.ndarray,
+    *,
+    iterations: int = REPAIR_ITERATIONS,
+    mask: np.ndarray | None = None,
 ) -> np.ndarray:
     """``restored`` with the neighbourhoods of ``observed``'s clipped pixels redone without them.
 
@@ -76,6 +81,9 @@ def repair_clipped(
         The kernel (sums to 1).
     iterations : int
         Richardson-Lucy iterations near the clipped areas.
+    mask : numpy.ndarray of bool, shape (H, W), optional
+        ``clipped_mask(observed)`` when the caller has it already (not
+        computed again).
 
     Returns
     -------
@@ -90,7 +98,8 @@ def repair_clipped(
     """
     restored = np.asarray(restored, dtype=np.float32)
     out = restored.copy()
-    mask = clipped_mask(observed)
+    if mask is None:
+        mask = clipped_mask(observed)
     if mask is None:
         return out
     reach = max(psf.shape)
