@@ -415,6 +415,46 @@ def estimate_blur_map() -> np.ndarray:
     """
 
 
+def check_blur_levels(blur, layout: PlaneLayout):
+    """``blur`` as a float level, or a float32 map of shape (1, H, W) or (N, H, W) for ``layout``.
+
+    Accepts one number of pixels (>= 0), a map of the plane's shape (every plane) or of the
+    image's non-channel shape. Raises TypeError for bools, strings and non-numbers, ValueError
+    for negative, non-finite or misshapen levels.
+    """
+    if isinstance(blur, (bool, np.bool_)):
+        raise TypeError("blur must be a number of pixels or an array of blur levels, not a bool.")
+    if isinstance(blur, str):
+        raise TypeError(f"blur must be a number of pixels, an array of blur levels or 'auto', not {blur!r}.")
+    if np.ndim(blur) == 0:
+        try:
+            level = float(blur)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"blur must be a number of pixels or an array, not {blur!r}.") from exc
+        if not math.isfinite(level) or level < 0:
+            raise ValueError(f"blur must be a finite blur level >= 0 pixels, got {level}.")
+        return level
+    levels = as_float_image(blur, name="blur map")
+    plane_shape = layout.plane_shape
+    full_shape = layout.leading_shape + plane_shape
+    if levels.shape == plane_shape:
+        levels = levels[None]
+    elif levels.shape == full_shape:
+        levels = levels.reshape((layout.n_planes,) + plane_shape)
+    else:
+        allowed = f"{plane_shape}" + (f" or {full_shape}" if layout.leading_shape else "")
+        raise ValueError(
+            f"The blur map has shape {levels.shape} but the image's planes are {plane_shape} "
+            f"(image shape {layout.shape}); give a map of shape {allowed}, or one number."
+        )
+    if levels.min() < 0:
+        raise ValueError(
+            f"The blur map has negative levels (min {levels.min():.3g}); blur levels are PSF standard "
+            f"deviations in pixels, >= 0. Clip it first (np.clip(blur, 0, None))."
+        )
+    return levels
+
+
 def blur_classes(blur_map, edges=BLUR_CLASS_EDGES) -> np.ndarray:
     """Bin a blur map into classes (labels for napari).
 

@@ -26,7 +26,7 @@ from ..core.planes import PlaneLayout, iter_planewise
 from ..core.tiling import TileWindow, device_tile_size, iter_tiled
 from ..core.validation import as_float_image
 from ..physics.gaussian import gaussian_kernel_1d
-from .blur_map import iter_estimate_blur_map
+from .blur_map import check_blur_levels, iter_estimate_blur_map
 
 logger = logging.getLogger(__name__)
 
@@ -933,43 +933,6 @@ def _is_auto(blur) -> bool:
     return isinstance(blur, str) and blur == AUTO_BLUR
 
 
-def _check_blur(blur, layout: PlaneLayout):
-    """A float level, or a float32 map of shape (H, W) or (N, H, W). Raises ValueError."""
-    if isinstance(blur, (bool, np.bool_)):
-        raise TypeError("blur must be a number of pixels or an array of blur levels, not a bool.")
-    if isinstance(blur, str):
-        raise TypeError(
-            f"blur must be a number of pixels, an array of blur levels or {AUTO_BLUR!r}, not {blur!r}."
-        )
-    if np.ndim(blur) == 0:
-        try:
-            level = float(blur)
-        except (TypeError, ValueError) as exc:
-            raise TypeError(f"blur must be a number of pixels or an array, not {blur!r}.") from exc
-        if not math.isfinite(level) or level < 0:
-            raise ValueError(f"blur must be a finite blur level >= 0 pixels, got {level}.")
-        return level
-    levels = as_float_image(blur, name="blur map")
-    plane_shape = layout.plane_shape
-    full_shape = layout.leading_shape + plane_shape
-    if levels.shape == plane_shape:
-        levels = levels[None]
-    elif levels.shape == full_shape:
-        levels = levels.reshape((layout.n_planes,) + plane_shape)
-    else:
-        allowed = f"{plane_shape}" + (f" or {full_shape}" if layout.leading_shape else "")
-        raise ValueError(
-            f"The blur map has shape {levels.shape} but the image's planes are {plane_shape} "
-            f"(image shape {layout.shape}); give a map of shape {allowed}, or one number."
-        )
-    if levels.min() < 0:
-        raise ValueError(
-            f"The blur map has negative levels (min {levels.min():.3g}); blur levels are PSF standard "
-            f"deviations in pixels, >= 0. Clip it first (np.clip(blur, 0, None))."
-        )
-    return levels
-
-
 def _gwis_plane_steps(message: str, scalar_level: float | None):
     def plane_steps(plane: torch.Tensor, level_map: torch.Tensor | None) -> JobSteps[torch.Tensor]:
         yield JobProgress(0.0, message)
@@ -1025,7 +988,7 @@ def iter_sharpen_gwis(image, blur, *, channel_axis: int | None = None, device=No
     layout = PlaneLayout.of(pixels.shape, channel_axis)
     if _is_auto(blur):
         blur = yield from iter_estimate_blur_map(pixels, channel_axis=channel_axis, device=device)
-    levels = _check_blur(blur, layout)
+    levels = check_blur_levels(blur, layout)
     target = select_device(device)
     scalar = isinstance(levels, float)
     if (levels == 0) if scalar else not levels.any():
@@ -1049,7 +1012,7 @@ def _lazy_sharpen_gwis(facade, image, blur, *, channel_axis, device):
             channel_axis=channel_axis,
             per_plane=blur,
         )
-    level = blur if _is_auto(blur) else _check_blur(blur, layout)
+    level = blur if _is_auto(blur) else check_blur_levels(blur, layout)
     return lazy_planewise(
         lambda block, _plane: facade(block, level, channel_axis=channel_axis, device=device),
         image,
@@ -1137,7 +1100,7 @@ def gwis_field_of(image, blur, *, channel_axis: int | None = None, device=None) 
     layout = PlaneLayout.of(pixels.shape, channel_axis)
     if layout.n_planes != 1:
         raise ValueError(f"gwis_field_of takes one plane, got leading axes {layout.leading_shape}.")
-    levels = _check_blur(blur, layout)
+    levels = check_blur_levels(blur, layout)
     target = select_device(device)
     plane = torch.from_numpy(np.ascontiguousarray(layout.to_planes(pixels))).to(target)
     height, width = layout.plane_shape
