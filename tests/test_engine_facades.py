@@ -38,6 +38,7 @@ def _arguments(name: str, image: np.ndarray) -> tuple[tuple, dict]:
         "sharpen_gwis": ((image, 1.0), cpu),
         "estimate_psf": ((image,), {"size": 5, **cpu}),
         "deblur_blind": ((image,), {"size": 5, "ensemble": 1, **cpu}),
+        "deblur_defocus": ((image,), {"ensemble": 1, **cpu}),
         "select_regions": ((image,), {"size": 32, "count": 2, "ranking": "network", **cpu}),
         "richardson_lucy": ((image, PSF), {"iterations": 3, **cpu}),
         "wiener_deconvolve_3d": ((np.stack([image] * 9), np.stack([PSF] * 5)), cpu),
@@ -49,6 +50,7 @@ def test_every_twin_has_a_public_function():
         [
             "blur",
             "deblur_blind",
+            "deblur_defocus",
             "estimate_blur_map",
             "estimate_psf",
             "richardson_lucy",

@@ -30,6 +30,9 @@ METHODS = {
     "gwis constant": lambda x: engine.sharpen_gwis(x, 1.5),
     "gwis by map": lambda x: engine.sharpen_gwis(x, engine.estimate_blur_map(x)),
     "gwis auto": lambda x: engine.sharpen_gwis(x, "auto"),
+    "defocus by map": lambda x: engine.deblur_defocus(x, engine.estimate_blur_map(x), ensemble=1),
+    "defocus, map estimated": lambda x: engine.deblur_defocus(x, ensemble=1),
+    "defocus constant": lambda x: engine.deblur_defocus(x, 1.5, psf_model="disk", ensemble=1),
 }
 
 

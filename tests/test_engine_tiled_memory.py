@@ -176,8 +176,8 @@ def test_network_windows_on_the_plane_grid_give_the_whole_plane_output(blurred, 
     with torch.inference_mode():
         features = wn.wiener_net_features(plane, torch.from_numpy(kernel.astype(np.float32))[None], snrs)[0]
         whole = wn.apply_network_ensemble(model, features, 2)
-        rows = wn._aligned_span(70, 100, wn.TILE_HALO, 192)
-        cols = wn._aligned_span(40, 90, wn.TILE_HALO, 160)
+        rows = wn.aligned_span(70, 100, wn.TILE_HALO, 192)
+        cols = wn.aligned_span(40, 90, wn.TILE_HALO, 160)
         window = wn.apply_network_ensemble(model, features[..., rows, cols], 2)
     assert rows.start % wn.SIZE_MULTIPLE == 0 and (160 - cols.stop) % wn.SIZE_MULTIPLE == 0
     core = window[..., 70 - rows.start : 100 - rows.start, 40 - cols.start : 90 - cols.start]

@@ -20,6 +20,7 @@ from .methods.blur_map import (
     estimate_blur_map,
     iter_estimate_blur_map,
 )
+from .methods.defocus_deblur import deblur_defocus, iter_deblur_defocus
 from .methods.gwis import iter_sharpen_gwis, sharpen_gwis
 from .methods.region_selector import Region, iter_select_regions, select_regions
 from .methods.richardson_lucy import iter_richardson_lucy, richardson_lucy
@@ -60,12 +61,14 @@ __all__ = [
     "blur",
     "blur_classes",
     "deblur_blind",
+    "deblur_defocus",
     "disk_psf",
     "estimate_blur_map",
     "estimate_psf",
     "gaussian_psf",
     "iter_blur",
     "iter_deblur_blind",
+    "iter_deblur_defocus",
     "iter_estimate_blur_map",
     "iter_estimate_psf",
     "iter_richardson_lucy",

@@ -296,7 +296,7 @@ def residual_noise_std(
     return estimate_noise_std(residual).view(-1, 1, 1, 1)
 
 
-def _aligned_span(start: int, stop: int, context: int, length: int) -> slice:
+def aligned_span(start: int, stop: int, context: int, length: int) -> slice:
     """``[start - context, stop + context)`` widened so that both ends lie a multiple of
     :data:`SIZE_MULTIPLE` from the plane's ends (``0`` and ``length``), clipped to the plane.
 
@@ -372,8 +372,8 @@ def iter_wiener_net_tiled(
 
     def restore_tile(tile: torch.Tensor, window: TileWindow) -> torch.Tensor:
         features = wiener_net_features(tile, kernel, snrs, statistics=(mean, scale, noise))[0]
-        rows = _aligned_span(window.core_rows.start, window.core_rows.stop, TILE_HALO, height)
-        cols = _aligned_span(window.core_cols.start, window.core_cols.stop, TILE_HALO, width)
+        rows = aligned_span(window.core_rows.start, window.core_rows.stop, TILE_HALO, height)
+        cols = aligned_span(window.core_cols.start, window.core_cols.stop, TILE_HALO, width)
         top, left = window.rows.start, window.cols.start
         features = features[..., rows.start - top : rows.stop - top, cols.start - left : cols.stop - left]
         normalised = apply_network_ensemble(model, features, ensemble, bfloat16=bfloat16)
