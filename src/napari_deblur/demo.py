@@ -4,7 +4,8 @@ Two ways to show the plugin at work:
 
 * :func:`run_gui_demo` opens napari with a sample and every plugin widget
   docked (:data:`DEMO_WIDGETS`) and, for the camera-shake sample, runs the
-  Wiener widget with the sample's PSF: classical Wiener, then Wiener-net. With a screenshot path it waits
+  Wiener widget with the sample's PSF: classical Wiener, then Wiener-net; for
+  the defocus sample, Defocus deblur with the blur map it estimates. With a screenshot path it waits
   for the job, lays the layers out side by side, saves a screenshot of the
   whole window and closes (works under Xvfb and in CI).
 * :func:`save_demo_figure` runs the same methods through the engine only (no
@@ -43,6 +44,7 @@ DEMO_WIDGETS: tuple[str, ...] = (
     "Blur map",
     "Region selector",
     "Deblur (blind)",
+    "Defocus deblur",
     "Deconvolve (microscopy)",
 )
 
@@ -148,9 +150,21 @@ def demo_panels(sample: str) -> list[Panel]:
             Panel("Sharp (ground truth)", sharp),
             Panel(f"PSF ({psf.shape[0]}x{psf.shape[1]} px)", psf, cmap="magma", vmin=0.0, vmax=None),
         ]
+    from napari_deblur.engine import deblur_defocus, estimate_blur_map
+
     blurred, true_map = sample_data.defocus_ramp_arrays()
+    estimated = estimate_blur_map(blurred)
     return [
         Panel("Defocus ramp (blurred)", blurred),
+        Panel("Defocus deblur (estimated map)", np.clip(deblur_defocus(blurred, estimated), 0.0, 1.0)),
+        Panel(
+            "Estimated blur map",
+            estimated,
+            cmap="inferno",
+            vmin=0.0,
+            vmax=float(sample_data.DEFOCUS_RAMP_MAX_SIGMA),
+            colorbar="sigma (px)",
+        ),
         Panel(
             "True blur map (Gaussian sigma)",
             true_map,
@@ -220,7 +234,8 @@ def open_demo_viewer(sample: str, *, show: bool = True) -> tuple[napari.Viewer, 
 
     For ``camera_shake`` the Wiener widget is started on the sample's image
     with its PSF layer, classical at :data:`DEMO_SNR_DB` and then Wiener-net;
-    the jobs run in the background
+    for ``defocus_ramp`` Defocus deblur, with the map it estimates; the jobs
+    run in the background
     (see :func:`wait_for_demo_jobs`).
 
     Parameters
@@ -248,14 +263,14 @@ def open_demo_viewer(sample: str, *, show: bool = True) -> tuple[napari.Viewer, 
         docks[name], widget = viewer.window.add_plugin_dock_widget(PLUGIN_NAME, name, tabify=bool(docks))
         docks[name].setWindowTitle(name)  # the tab's text: without " (napari-deblur)", five tabs fit
         widgets[name] = widget
-    in_use = "Wiener-net sharpener" if sample == "camera_shake" else "GWIS sharpener"
+    in_use = "Wiener-net sharpener" if sample == "camera_shake" else "Defocus deblur"
     _bring_to_front(docks[in_use])
     _lay_out_results_when_done(viewer, widgets[in_use], jobs=2 if sample == "camera_shake" else 1)
     if sample == "camera_shake":
         _start_wiener(widgets[in_use], layers)
     else:
         _point_widgets_at_input(widgets, layers[0])
-        _start_gwis_with_map(widgets[in_use], layers)
+        _start_defocus_deblur(widgets[in_use], layers)
     return viewer, widgets
 
 
@@ -310,17 +325,16 @@ def _lay_out_results_when_done(viewer: Any, widget: Any, jobs: int) -> None:
     widget.runner.job_finished.connect(finished)
 
 
-def _start_gwis_with_map(widget: Any, layers: list[Any]) -> None:
-    """Run the GWIS widget on the defocus sample, driven by its true blur map."""
-    from napari_deblur._qt.gwis_widget import BLUR_FROM_MAP
+def _start_defocus_deblur(widget: Any, layers: list[Any]) -> None:
+    """Run Defocus deblur on the defocus sample with the blur map it estimates itself."""
+    from napari_deblur._qt.blur_level_inputs import BLUR_AUTOMATIC
     from napari_deblur.layer_roles import BLUR_MAP_ROLE, ROLE_KEY
 
-    blur_map = next(layer for layer in layers if layer.metadata.get(ROLE_KEY) == BLUR_MAP_ROLE)
-    image_layer = next(layer for layer in layers if layer is not blur_map)
+    image_layer = next(layer for layer in layers if layer.metadata.get(ROLE_KEY) != BLUR_MAP_ROLE)
     widget.reset_choices()
     widget.image.value = image_layer
-    widget.blur_source.value = BLUR_FROM_MAP
-    widget.blur_map.value = blur_map
+    widget.blur_source.value = BLUR_AUTOMATIC
+    widget.psf_model.value = "gaussian"
     widget.run()
 
 
