@@ -51,6 +51,17 @@ def test_weights_interpolate_in_variance_and_sum_to_one():
     assert weights[-1, 1, 2] == 1 and weights[-1, 1, 3] == 1  # at and above the last level
 
 
+def test_each_pixel_takes_the_smallest_level_near_it():
+    levels = torch.full((40, 60), 1.0)
+    levels[:, 30:] = 3.0
+    levels[5, 50] = 0.2
+    safe = dd.safe_levels(levels)
+    half = dd.SAFE_LEVEL_WINDOW // 2
+    assert (safe[:, : 30 + half] == 1.0).all() and (safe[15:, 30 + half :] == 3.0).all()
+    assert (safe[: 6 + half, 50 - half : 51 + half] == 0.2).all()  # a lone low level spreads over the window
+    assert safe.shape == levels.shape and (safe <= levels).all()
+
+
 def test_the_true_map_restores_both_halves_where_no_constant_kernel_does(sharp, two_focus):
     observed, levels = two_focus
     left, right = slice(16, 84), slice(116, 184)
