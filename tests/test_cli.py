@@ -499,3 +499,23 @@ def test_run_blind_estimates_the_kernel_of_each_plane_and_sharpens(tmp_path, cap
     for plane in result:
         assert np.abs(plane - truth)[core].mean() < 0.8 * np.abs(blurred - truth)[core].mean()
     assert capsys.readouterr().out.split() == [str(tmp_path / "out" / "frames_blind.tif")]
+
+
+def test_run_defocus_writes_what_the_engine_gives_for_auto_and_a_level(tmp_path, capsys, edge_stack):
+    from napari_deblur.engine import deblur_defocus
+
+    source = tmp_path / "cells.tif"
+    tifffile.imwrite(source, edge_stack, photometric="minisblack")
+    out = tmp_path / "out"
+    assert main(["run", "defocus", str(source), "-o", str(out), "--ensemble", "1"]) == 0
+    np.testing.assert_allclose(
+        tifffile.imread(out / "cells_defocus.tif"), deblur_defocus(edge_stack, ensemble=1), atol=1e-5
+    )
+    arguments = ["--blur", "1.5", "--psf-model", "disk", "--ensemble", "1", "--overwrite"]
+    assert main(["run", "defocus", str(source), "-o", str(out), *arguments]) == 0
+    np.testing.assert_allclose(
+        tifffile.imread(out / "cells_defocus.tif"),
+        deblur_defocus(edge_stack, 1.5, psf_model="disk", ensemble=1),
+        atol=1e-5,
+    )
+    assert capsys.readouterr().out.split()[-1] == str(out / "cells_defocus.tif")

@@ -4,7 +4,8 @@ Subcommands::
 
     napari-deblur demo [--sample camera_shake|defocus_ramp] [--screenshot OUT.png] [--no-gui] [--output OUT.png]
     napari-deblur run METHOD INPUT... -o OUTDIR [--psf FILE] [--blur LEVEL|auto] [--device ...]
-                      (METHOD: gwis, blur-map, wiener, wiener-net, or blind: no PSF, estimated per plane)
+                      (METHOD: gwis, blur-map, wiener, wiener-net, blind: no PSF, estimated per plane,
+                       or defocus: deconvolution by a blur map [--psf-model gaussian|disk])
                       [--scheduler ADDRESS | --workers N]      ("batch" is an alias of "run")
 
 Only the standard library and numpy are imported at module level so that
@@ -26,7 +27,7 @@ from napari_deblur.options import DEFAULT_ENSEMBLE, ENSEMBLE_SIZES
 
 PROG = "napari-deblur"
 #: Methods of ``run``.
-RUN_METHODS = ("gwis", "blur-map", "wiener", "wiener-net", "blind")
+RUN_METHODS = ("gwis", "blur-map", "wiener", "wiener-net", "blind", "defocus")
 WIENER_NET_ENSEMBLES = ENSEMBLE_SIZES
 
 log = logging.getLogger(__name__)
@@ -143,8 +144,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--blur",
         default="auto",
         metavar="LEVEL|auto",
-        help="gwis: blur level in pixels (PSF standard deviation), or 'auto' to estimate "
-        "a blur map per plane first (default: %(default)s)",
+        help="gwis and defocus: blur level in pixels (PSF standard deviation), or 'auto' to "
+        "estimate a blur map per plane first (default: %(default)s)",
+    )
+    run.add_argument(
+        "--psf-model",
+        choices=("gaussian", "disk"),
+        default="gaussian",
+        help="defocus: shape of the blur at each pixel, a Gaussian (soft optics, microscopes) or a "
+        "disk (an out-of-focus camera lens) (default: %(default)s)",
     )
     run.add_argument(
         "--snr-db",
@@ -158,7 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=WIENER_NET_ENSEMBLES,
         default=DEFAULT_ENSEMBLE,
         metavar="N",
-        help="wiener-net and blind: average the network over N flipped or turned views of each plane "
+        help="wiener-net, blind and defocus: average the network over N flipped or turned views of "
+        "each plane "
         f"({', '.join(map(str, WIENER_NET_ENSEMBLES))}; each view is a network pass; "
         "default: %(default)s)",
     )
@@ -388,13 +397,26 @@ def _method_call(args: argparse.Namespace):
             None,
         )
     level = _parse_blur(args.blur)
-
     blur = level if level is not None else "auto"
+    described = "auto" if level is None else f"{level:g}"
+    if args.method == "defocus":
+
+        def defocus(image, channel_axis):
+            return engine.deblur_defocus(
+                image,
+                blur,
+                psf_model=args.psf_model,
+                channel_axis=channel_axis,
+                device=device,
+                ensemble=args.ensemble,
+            )
+
+        return defocus, f"defocus blur={described} psf_model={args.psf_model} ensemble={args.ensemble}", None
 
     def gwis(image, channel_axis):
         return engine.sharpen_gwis(image, blur, channel_axis=channel_axis, device=device)
 
-    return gwis, f"gwis blur={'auto' if level is None else f'{level:g}'}", None
+    return gwis, f"gwis blur={described}", None
 
 
 def _blind_call(args: argparse.Namespace, device):
