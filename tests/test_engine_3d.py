@@ -6,6 +6,7 @@ import threading
 
 import numpy as np
 import pytest
+import torch
 from scipy import ndimage
 from scipy.signal import fftconvolve
 
@@ -146,6 +147,46 @@ def test_3d_rl_beats_the_input_and_plane_by_plane_2d(case, psf):
     planewise = engine.richardson_lucy(noisy, psf[psf.shape[0] // 2], iterations=20, device="cpu")
     assert _psnr(restored, truth) > _psnr(noisy, truth) + 2.0
     assert _psnr(restored, truth) > _psnr(planewise, truth) + 1.0
+
+
+def test_residual_whiteness_tells_noise_from_structure():
+    from napari_deblur.engine.methods.richardson_lucy import ResidualWhiteness
+
+    whiteness = ResidualWhiteness((16, 48, 48), "cpu")
+    generator = torch.Generator().manual_seed(0)
+    gaussian = torch.randn(16, 48, 48, generator=generator)
+    poisson = torch.poisson(torch.full((16, 48, 48), 5.0), generator=generator) - 5.0
+    smooth = torch.from_numpy(ndimage.gaussian_filter(gaussian.numpy(), 2.0))
+    # Measured: 0.0035 (Gaussian), 0.0034 (Poisson), 0.87 (smoothed noise).
+    assert whiteness.distance(gaussian) < 0.02 and whiteness.distance(poisson) < 0.02
+    assert whiteness.distance(smooth) > 0.5
+    assert whiteness.distance(torch.zeros(16, 48, 48)) == 0.0
+
+
+def test_automatic_iterations_stop_early_on_noisy_data_and_late_on_clean_data(psf):
+    """The default stops where the residual is whitest: near the best fixed count, clean or noisy."""
+    counts = {}
+    for peak in (1000.0, 50.0):
+        rng = np.random.default_rng(0)
+        truth = np.zeros(SHAPE)
+        points = rng.integers([2, 4, 4], np.array(SHAPE) - [2, 4, 4], size=(30, 3))
+        truth[tuple(points.T)] = rng.uniform(1, 2, 30)
+        truth = ndimage.gaussian_filter(truth, 1.0)
+        truth = truth / truth.max() * peak + 10
+        pad = [(k // 2, k // 2) for k in psf.shape]
+        noisy = rng.poisson(fftconvolve(np.pad(truth, pad, mode="reflect"), psf, mode="valid").clip(0))
+        noisy = noisy.astype(np.float32)
+        updates = []
+        automatic = engine.richardson_lucy(noisy, psf, device="cpu", progress=updates.append)
+        counts[peak] = len(updates)
+        fixed = [
+            _psnr(engine.richardson_lucy(noisy, psf, iterations=n, device="cpu"), truth) for n in (5, 20, 50)
+        ]
+        assert _psnr(automatic, truth) > max(fixed) - 1.0
+        assert "stops when the residual is white" in updates[-1].message
+    # Measured: 30 iterations at a peak of 1000 photons (30.4 dB; 20 it. 30.3, 50 it. 30.3), 12 at 50
+    # photons (28.6 dB; 5 it. 28.8, 20 it. 23.5, 50 it. 17.4).
+    assert counts[50.0] < counts[1000.0] < 60
 
 
 def test_acceleration_reaches_plain_rl_in_fewer_iterations(case, psf):
