@@ -79,8 +79,11 @@ def test_rl_with_a_generated_psf_adds_an_output_with_the_voxel_scale(make_napari
     assert widget.dxy_um.value == pytest.approx(0.1) and widget.dz_um.value == pytest.approx(0.2)
     assert not _shown(widget.runner.scope)  # one volume: always deconvolved whole
     assert not _shown(widget.runner.save_button)
-    assert _shown(widget.iterations) and not _shown(widget.snr_db)
+    assert widget.automatic_iterations.value and not _shown(widget.iterations)  # stops by itself
+    assert _shown(widget.automatic_iterations) and not _shown(widget.snr_db)
     widget.psf_model.value = "gaussian"
+    widget.automatic_iterations.value = False
+    assert _shown(widget.iterations)
     widget.iterations.value = 5
     assert widget.runner.run_button.enabled
 
@@ -118,7 +121,7 @@ def test_a_psf_layer_and_3d_wiener(make_napari_viewer, qtbot, tiny_volume):
     assert widget.psf_layer.value.name == "bead PSF"
     assert _shown(widget.psf_layer) and not _shown(widget.na)
     widget.method.value = "Wiener (3D)"
-    assert _shown(widget.snr_db) and not _shown(widget.iterations)
+    assert _shown(widget.snr_db) and not _shown(widget.iterations) and not _shown(widget.automatic_iterations)
     widget.snr_db.value = 25.0
 
     _run_and_wait(qtbot, widget)
@@ -144,12 +147,13 @@ def test_current_slice_of_a_time_series_is_the_current_volume(make_napari_viewer
     widget.runner.scope.value = "Current slice"
     widget.psf_source.value = "PSF layer"
     widget.psf_layer.value = viewer.layers["psf"]
-    widget.iterations.value = 3
+    assert widget.automatic_iterations.value  # the default: the engine stops by itself
 
     _run_and_wait(qtbot, widget)
 
     (output,) = widget.runner.last_outputs
     assert output.name == "movie RL 3D (t=1)"
+    assert output.metadata["iterations"] == "auto"
     assert output.data.shape == volume.shape
     np.testing.assert_allclose(output.scale, VOXEL)
 
@@ -165,6 +169,7 @@ def test_settings_are_remembered(make_napari_viewer, _isolated_widget_settings):
     widget.dz_um.value = 0.35
     widget.psf_model.value = "scalar"
     widget.confocal.value = True
+    widget.automatic_iterations.value = False
     widget.iterations.value = 17
     saved = json.loads((_isolated_widget_settings / "widgets.json").read_text())["microscopy"]
     assert saved["na"] == pytest.approx(1.2) and saved["psf_model"] == "scalar"
@@ -181,7 +186,7 @@ def test_settings_are_remembered(make_napari_viewer, _isolated_widget_settings):
         assert again.psf_model.value == "scalar"
         assert again.confocal.value is True
         assert _shown(again.excitation_nm)
-        assert again.iterations.value == 17
+        assert again.iterations.value == 17 and again.automatic_iterations.value is False
     finally:
         again.close()
         again.native.deleteLater()
