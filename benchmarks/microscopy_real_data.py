@@ -144,11 +144,15 @@ def main(argv=None) -> None:
 
     background = float(np.percentile(raw, 1))
     rows = [("raw", raw, 0.0)]
-    runs = [(f"ours RL {n}", dict(iterations=n)) for n in args.iterations]
+    runs = [("ours RL auto", dict(iterations="auto"))]
+    runs += [(f"ours RL {n}", dict(iterations=n)) for n in args.iterations]
     runs += [(f"ours RL {n} plain", dict(iterations=n, acceleration=False)) for n in args.iterations]
     for label, options in runs:
         start = time.perf_counter()
-        out = engine.richardson_lucy(raw, psf, device="cpu", **options)
+        updates = []
+        out = engine.richardson_lucy(raw, psf, device="cpu", progress=updates.append, **options)
+        if options["iterations"] == "auto":
+            label = f"{label} ({len(updates)} it.)"
         rows.append((label, np.asarray(out), time.perf_counter() - start))
         log.info("%s: %.1f s", label, rows[-1][2])
     start = time.perf_counter()
