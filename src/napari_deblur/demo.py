@@ -154,24 +154,16 @@ def demo_panels(sample: str) -> list[Panel]:
 
     blurred, true_map = sample_data.defocus_ramp_arrays()
     estimated = estimate_blur_map(blurred)
+    maximum = float(sample_data.DEFOCUS_RAMP_MAX_SIGMA)
     return [
         Panel("Defocus ramp (blurred)", blurred),
         Panel("Defocus deblur (estimated map)", np.clip(deblur_defocus(blurred, estimated), 0.0, 1.0)),
-        Panel(
-            "Estimated blur map",
-            estimated,
-            cmap="inferno",
-            vmin=0.0,
-            vmax=float(sample_data.DEFOCUS_RAMP_MAX_SIGMA),
-            colorbar="sigma (px)",
-        ),
-        Panel(
-            "True blur map (Gaussian sigma)",
-            true_map,
-            cmap="inferno",
-            vmin=0.0,
-            vmax=float(sample_data.DEFOCUS_RAMP_MAX_SIGMA),
-            colorbar="sigma (px)",
+        *(
+            Panel(title, levels, cmap="inferno", vmin=0.0, vmax=maximum, colorbar="sigma (px)")
+            for title, levels in (
+                ("Estimated blur map", estimated),
+                ("True blur map (Gaussian sigma)", true_map),
+            )
         ),
     ]
 

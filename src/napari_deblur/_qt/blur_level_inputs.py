@@ -2,7 +2,8 @@
 
 A constant level, a blur-map layer, or the learned map estimated as part of the
 job; :class:`BlurLevelInputs` builds the three inputs, shows the ones that
-matter, says why they cannot run, and turns them into the engine's argument.
+matter, says why they cannot run, and turns them into the engine's argument;
+:class:`BlurLevelWidget` is the base of the widgets that hold them.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from magicgui.widgets import ComboBox, FloatSlider
 
+from napari_deblur._qt.job_widget import EngineJobWidget
 from napari_deblur._qt.layer_choices import blur_map_choices
 from napari_deblur.layer_jobs import JobSelection, level0
 
@@ -132,3 +134,17 @@ class BlurLevelInputs:
                 f"shape or of one plane {image_shape[-2:]}."
             )
         return blur_map if selection.lazy else np.asarray(blur_map, dtype=np.float32)
+
+
+class BlurLevelWidget(EngineJobWidget):
+    """An engine-job widget whose inputs include :class:`BlurLevelInputs` (``self.blur_inputs``)."""
+
+    blur_inputs: BlurLevelInputs
+
+    def _show_relevant_inputs(self) -> None:
+        self.blur_inputs.show_relevant()
+
+    def invalid_reason(self) -> str | None:
+        """Why the inputs cannot run now (``None`` when they can)."""
+        reason = super().invalid_reason()
+        return reason if reason is not None else self.blur_inputs.invalid_reason(self.image.value)

@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import ComboBox
 
-from napari_deblur._qt.blur_level_inputs import BLUR_AUTOMATIC, BlurLevelInputs
-from napari_deblur._qt.job_widget import EngineJob, EngineJobWidget
+from napari_deblur._qt.blur_level_inputs import BLUR_AUTOMATIC, BlurLevelInputs, BlurLevelWidget
+from napari_deblur._qt.job_widget import EngineJob
 from napari_deblur._qt.layer_choices import image_input
 from napari_deblur._qt.wiener_widget import network_passes_input
 from napari_deblur.layer_jobs import JobSelection
@@ -38,7 +38,7 @@ OUTPUT_SUFFIX = "deblurred (defocus)"
 PSF_MODELS = {"Gaussian (soft optics, microscopes)": "gaussian", "Disk (camera lens)": "disk"}
 
 
-class DefocusDeblurWidget(EngineJobWidget):
+class DefocusDeblurWidget(BlurLevelWidget):
     """Dock widget that deconvolves every pixel with the defocus its blur level says.
 
     Parameters
@@ -82,14 +82,6 @@ class DefocusDeblurWidget(EngineJobWidget):
             remembered=["blur_source", "blur_level", "psf_model", "network_passes"],
             watched=[self.image, self.blur_source, self.blur_map],
         )
-
-    def _show_relevant_inputs(self) -> None:
-        self.blur_inputs.show_relevant()
-
-    def invalid_reason(self) -> str | None:
-        """Why the inputs cannot run now (``None`` when they can)."""
-        reason = super().invalid_reason()
-        return reason if reason is not None else self.blur_inputs.invalid_reason(self.image.value)
 
     def engine_job(self, selection: JobSelection) -> EngineJob:
         """Map-driven deconvolution of ``selection`` (a constant level, a map layer, or the estimate).

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from napari_deblur._qt.blur_level_inputs import BLUR_CONSTANT, BlurLevelInputs
-from napari_deblur._qt.job_widget import EngineJob, EngineJobWidget
+from napari_deblur._qt.blur_level_inputs import BLUR_CONSTANT, BlurLevelInputs, BlurLevelWidget
+from napari_deblur._qt.job_widget import EngineJob
 from napari_deblur._qt.layer_choices import image_input
 from napari_deblur.layer_jobs import JobSelection
 
@@ -29,7 +29,7 @@ SETTINGS_KEY = "gwis"
 OUTPUT_SUFFIX = "GWIS"
 
 
-class GwisWidget(EngineJobWidget):
+class GwisWidget(BlurLevelWidget):
     """Dock widget that sharpens edges by grid warping (GWIS).
 
     Parameters
@@ -60,15 +60,6 @@ class GwisWidget(EngineJobWidget):
             remembered=["blur_source", "blur_level"],
             watched=[self.image, self.blur_source, self.blur_map],
         )
-
-    # ------------------------------------------------------------- validation
-    def _show_relevant_inputs(self) -> None:
-        self.blur_inputs.show_relevant()
-
-    def invalid_reason(self) -> str | None:
-        """Why the inputs cannot run now (``None`` when they can)."""
-        reason = super().invalid_reason()
-        return reason if reason is not None else self.blur_inputs.invalid_reason(self.image.value)
 
     # -------------------------------------------------------------------- run
     def engine_job(self, selection: JobSelection) -> EngineJob:

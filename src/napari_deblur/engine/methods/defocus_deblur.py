@@ -37,11 +37,9 @@ from .wiener import WIENER_STACK_SNRS_DB
 from .wiener_net import (
     RESIDUAL_TILE_FACTOR,
     TILE_BLEND,
-    TILE_HALO,
     TILE_SIZE,
-    aligned_span,
-    apply_network_ensemble,
     correct_by_residual,
+    network_on_tile_core,
     plane_statistics,
     tile_context,
     wiener_net_features,
@@ -224,18 +222,7 @@ def _defocus_plane_steps(model: WienerNet, psf_model: str, ensemble: int, scalar
 
         def network_tile(tile: torch.Tensor, window: TileWindow) -> torch.Tensor:
             features = blended_features(tile, level_map[window.rows, window.cols], psf_model, statistics)
-            # The network sees the plane's pooling grid (as Wiener-net's own tiles do).
-            rows = aligned_span(window.core_rows.start, window.core_rows.stop, TILE_HALO, height)
-            cols = aligned_span(window.core_cols.start, window.core_cols.stop, TILE_HALO, width)
-            top, left = window.rows.start, window.cols.start
-            features = features[..., rows.start - top : rows.stop - top, cols.start - left : cols.stop - left]
-            normalised = apply_network_ensemble(model, features, ensemble, bfloat16=bfloat16)
-            del features
-            core = normalised[
-                ...,
-                window.core_rows.start - rows.start : window.core_rows.stop - rows.start,
-                window.core_cols.start - cols.start : window.core_cols.stop - cols.start,
-            ]
+            core = network_on_tile_core(model, features, window, ensemble=ensemble, bfloat16=bfloat16)
             return core * scale + mean
 
         restored = yield from scaled_steps(

@@ -309,6 +309,29 @@ def aligned_span(start: int, stop: int, context: int, length: int) -> slice:
     return slice(first, last)
 
 
+def network_on_tile_core(
+    model: WienerNet, features: torch.Tensor, window: TileWindow, *, ensemble: int, bfloat16: bool
+) -> torch.Tensor:
+    """The network's normalised output on a tile's core, from the features of the whole tile.
+
+    The network runs on the core plus :data:`TILE_HALO` px, widened to the plane's
+    :data:`SIZE_MULTIPLE` grid (:func:`aligned_span`), so a tile sees the pooling grid the whole
+    plane would. ``features``: ``(B, S + 2, h, w)`` over ``window``'s tile; returns ``(B, 1, h_core,
+    w_core)``.
+    """
+    height, width = window.plane
+    rows = aligned_span(window.core_rows.start, window.core_rows.stop, TILE_HALO, height)
+    cols = aligned_span(window.core_cols.start, window.core_cols.stop, TILE_HALO, width)
+    top, left = window.rows.start, window.cols.start
+    features = features[..., rows.start - top : rows.stop - top, cols.start - left : cols.stop - left]
+    normalised = apply_network_ensemble(model, features, ensemble, bfloat16=bfloat16)
+    return normalised[
+        ...,
+        window.core_rows.start - rows.start : window.core_rows.stop - rows.start,
+        window.core_cols.start - cols.start : window.core_cols.stop - cols.start,
+    ]
+
+
 def tile_context(kernel_shape: tuple[int, int]) -> tuple[int, int]:
     """``(halo, residual_halo)``: context of a tile for the network and Wiener stack, and for
     the residual correction, in px (see :data:`TILE_HALO`, :data:`WIENER_HALO_KERNELS`,
@@ -367,23 +390,13 @@ def iter_wiener_net_tiled(
         When even tiles of :data:`~napari_deblur.engine.core.tiling.MIN_TILE_SIZE` px run out of memory.
     """
     mean, scale, noise = plane_statistics(grey)
-    height, width = grey.shape[-2:]
     halo, residual_halo = tile_context(tuple(kernel.shape[-2:]))
 
     def restore_tile(tile: torch.Tensor, window: TileWindow) -> torch.Tensor:
         features = wiener_net_features(tile, kernel, snrs, statistics=(mean, scale, noise))[0]
-        rows = aligned_span(window.core_rows.start, window.core_rows.stop, TILE_HALO, height)
-        cols = aligned_span(window.core_cols.start, window.core_cols.stop, TILE_HALO, width)
-        top, left = window.rows.start, window.cols.start
-        features = features[..., rows.start - top : rows.stop - top, cols.start - left : cols.stop - left]
-        normalised = apply_network_ensemble(model, features, ensemble, bfloat16=bfloat16)
-        del features
-        core = normalised[
-            ...,
-            window.core_rows.start - rows.start : window.core_rows.stop - rows.start,
-            window.core_cols.start - cols.start : window.core_cols.stop - cols.start,
-        ]
-        return core * scale + mean
+        return (
+            network_on_tile_core(model, features, window, ensemble=ensemble, bfloat16=bfloat16) * scale + mean
+        )
 
     restored = yield from scaled_steps(
         iter_tiled(restore_tile, grey, tile_size=tile_size, halo=halo, blend=TILE_BLEND, core_only=True),
