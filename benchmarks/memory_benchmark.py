@@ -14,6 +14,7 @@ Usage::
     python benchmarks/memory_benchmark.py                      # every method at 1, 16, 64 MP
     python benchmarks/memory_benchmark.py --sizes 1024 4096    # skip 64 MP
     python benchmarks/memory_benchmark.py --methods wiener-net wiener --threads 2
+    python benchmarks/memory_benchmark.py --methods defocus defocus-8px --output benchmarks/results/memory_defocus.md
 
 Writes the markdown table to stdout and to ``benchmarks/results/memory.md``
 (``--output``).
@@ -31,7 +32,17 @@ import sys
 import time
 from pathlib import Path
 
-METHODS = ("wiener", "wiener-net", "gwis", "gwis-auto", "blur-map", "blind-psf", "regions")
+METHODS = (
+    "wiener",
+    "wiener-net",
+    "gwis",
+    "gwis-auto",
+    "blur-map",
+    "blind-psf",
+    "regions",
+    "defocus",
+    "defocus-8px",
+)
 SIZES = (1024, 4096, 8192)
 RESULTS = Path(__file__).resolve().parent / "results" / "memory.md"
 
@@ -102,6 +113,8 @@ def _child(method: str, side: int, threads: int) -> dict:
         "blur-map": lambda: engine.estimate_blur_map(image, device="cpu"),
         "blind-psf": lambda: engine.estimate_psf(image, size=25, device="cpu"),
         "regions": lambda: engine.select_regions(image, device="cpu"),
+        "defocus": lambda: engine.deblur_defocus(image, device="cpu"),  # the map estimated too
+        "defocus-8px": lambda: engine.deblur_defocus(image, 8.0, device="cpu"),  # the widest kernels
     }
     baseline = _rss_bytes()
     start = time.perf_counter()
