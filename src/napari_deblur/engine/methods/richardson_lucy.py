@@ -450,8 +450,10 @@ def richardson_lucy() -> np.ndarray:
     data only count inside the original field and each update is divided by
     ``H^T 1``, so the estimate does not ring or pile up at the frame nor at
     the first and last planes of a stack. Memory: about 12 float32 copies of
-    the padded volume (a 64 x 512 x 512 volume with a 33 x 65 x 65 PSF: about
-    2.9 GB peak on the CPU). If the volume does not fit the device, it is deconvolved in
+    the padded volume with a fixed count (a 64 x 512 x 512 volume with a
+    33 x 65 x 65 PSF: about 2.9 GB peak on the CPU); ``iterations="auto"``
+    keeps one more (the whitest step's estimate) and the residual's spectrum
+    while it is measured. If the volume does not fit the device, it is deconvolved in
     lateral (y, x) tiles with halos as wide as the PSF; z is never tiled, so
     one full-depth column of tiles must fit. In tiles, cancel is checked
     between tiles. See docs/methods/richardson-lucy.md.
