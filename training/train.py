@@ -289,6 +289,9 @@ def _train_blur_map(args) -> None:
     config = BlurMapTrainingConfig(
         steps=args.steps,
         batch=args.batch,
+        dead_leaves_fraction=args.dead_leaves_share,
+        n_text_pages=60 if args.text_share > 0 else 0,
+        text_fraction=args.text_share,
         seed=args.seed,
         device=args.device,
         threads=args.threads,
@@ -612,6 +615,19 @@ def main(argv=None) -> None:
         help="optimisation steps (the paper's network was trained with 400)",
     )
     blurmap.add_argument("--batch", type=int, default=16)
+    blurmap.add_argument(
+        "--dead-leaves-share",
+        type=float,
+        default=0.3,
+        help="share of the non-texture, non-text crops taken from dead-leaves images instead of "
+        "photos (default: %(default)s)",
+    )
+    blurmap.add_argument(
+        "--text-share",
+        type=float,
+        default=0.0,
+        help="share of crops taken from procedural printed-text pages, drawn sharp (default: %(default)s)",
+    )
     blurmap.add_argument("--seed", type=int, default=0)
     blurmap.add_argument("--device", default="cpu", help="cpu, cuda or mps")
     blurmap.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
