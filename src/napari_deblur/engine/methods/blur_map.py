@@ -415,6 +415,16 @@ def estimate_blur_map() -> np.ndarray:
     """
 
 
+AUTO_BLUR = "auto"
+"""The blur argument that means "estimate each plane's levels with :func:`estimate_blur_map`"
+(:func:`~.gwis.sharpen_gwis`, :func:`~.defocus_deblur.deblur_defocus`)."""
+
+
+def is_auto_blur(blur) -> bool:
+    """Whether ``blur`` is :data:`AUTO_BLUR` (arrays and numbers are not)."""
+    return isinstance(blur, str) and blur == AUTO_BLUR
+
+
 def check_blur_levels(blur, layout: PlaneLayout):
     """``blur`` as a float level, or a float32 map of shape (1, H, W) or (N, H, W) for ``layout``.
 
@@ -425,7 +435,9 @@ def check_blur_levels(blur, layout: PlaneLayout):
     if isinstance(blur, (bool, np.bool_)):
         raise TypeError("blur must be a number of pixels or an array of blur levels, not a bool.")
     if isinstance(blur, str):
-        raise TypeError(f"blur must be a number of pixels, an array of blur levels or 'auto', not {blur!r}.")
+        raise TypeError(
+            f"blur must be a number of pixels, an array of blur levels or {AUTO_BLUR!r}, not {blur!r}."
+        )
     if np.ndim(blur) == 0:
         try:
             level = float(blur)

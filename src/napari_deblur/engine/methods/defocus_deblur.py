@@ -32,7 +32,7 @@ from ..core.validation import as_float_image
 from ..nets.layers import check_ensemble_size
 from ..nets.wiener_net import WienerNet, load_wiener_net
 from ..physics.psf import disk_psf, gaussian_psf
-from .blur_map import check_blur_levels, iter_estimate_blur_map
+from .blur_map import check_blur_levels, is_auto_blur, iter_estimate_blur_map
 from .wiener import WIENER_STACK_SNRS_DB
 from .wiener_net import (
     RESIDUAL_TILE_FACTOR,
@@ -64,12 +64,18 @@ MAP_SHARE = 0.3
 """Share of the progress bar given to estimating the map when none is given."""
 
 AUTO_MAP = None
-"""``blur_map=None`` (or ``"auto"``, as :func:`~.gwis.sharpen_gwis` takes): the map is estimated by
-:func:`~.blur_map.estimate_blur_map`."""
+"""``blur_map=None`` (or :data:`~.blur_map.AUTO_BLUR`, as :func:`~.gwis.sharpen_gwis` takes): the map
+is estimated by :func:`~.blur_map.estimate_blur_map`."""
 
 
 def _is_auto(blur_map) -> bool:
-    return blur_map is AUTO_MAP or (isinstance(blur_map, str) and blur_map == "auto")
+    return blur_map is AUTO_MAP or is_auto_blur(blur_map)
+
+
+def _check_psf_model(psf_model) -> str:
+    if not isinstance(psf_model, str) or psf_model not in PSF_MODELS:
+        raise ValueError(f"psf_model must be one of {PSF_MODELS}, got {psf_model!r}.")
+    return psf_model
 
 
 def defocus_psf(psf_model: str, level: float) -> np.ndarray:
@@ -79,8 +85,7 @@ def defocus_psf(psf_model: str, level: float) -> np.ndarray:
     (whose standard deviation per axis is ``level``). Returns float32 ``(k, k)``
     summing to 1. Raises ValueError for an unknown model.
     """
-    if psf_model not in PSF_MODELS:
-        raise ValueError(f"psf_model must be one of {PSF_MODELS}, got {psf_model!r}.")
+    _check_psf_model(psf_model)
     if level <= 0:
         return np.ones((1, 1), np.float32)
     return gaussian_psf(level) if psf_model == "gaussian" else disk_psf(2.0 * level)
@@ -258,12 +263,6 @@ def _defocus_plane_steps(model: WienerNet, psf_model: str, ensemble: int, scalar
         return corrected.transpose(0, 1)  # (1, C, H, W)
 
     return plane_steps
-
-
-def _check_psf_model(psf_model) -> str:
-    if not isinstance(psf_model, str) or psf_model not in PSF_MODELS:
-        raise ValueError(f"psf_model must be one of {PSF_MODELS}, got {psf_model!r}.")
-    return psf_model
 
 
 def iter_deblur_defocus(

@@ -26,7 +26,7 @@ from ..core.planes import PlaneLayout, iter_planewise
 from ..core.tiling import TileWindow, device_tile_size, iter_tiled
 from ..core.validation import as_float_image
 from ..physics.gaussian import gaussian_kernel_1d
-from .blur_map import check_blur_levels, iter_estimate_blur_map
+from .blur_map import check_blur_levels, is_auto_blur, iter_estimate_blur_map
 
 logger = logging.getLogger(__name__)
 
@@ -925,14 +925,6 @@ def gwis_sharpen(
 # --- numpy facade -------------------------------------------------------------------------
 
 
-AUTO_BLUR = "auto"
-"""``sharpen_gwis(image, "auto")``: each plane's levels from :func:`estimate_blur_map`, estimated here."""
-
-
-def _is_auto(blur) -> bool:
-    return isinstance(blur, str) and blur == AUTO_BLUR
-
-
 def _gwis_plane_steps(message: str, scalar_level: float | None):
     def plane_steps(plane: torch.Tensor, level_map: torch.Tensor | None) -> JobSteps[torch.Tensor]:
         yield JobProgress(0.0, message)
@@ -986,7 +978,7 @@ def iter_sharpen_gwis(image, blur, *, channel_axis: int | None = None, device=No
     """Generator twin of :func:`sharpen_gwis` (yields progress per plane and tile)."""
     pixels = as_float_image(image)
     layout = PlaneLayout.of(pixels.shape, channel_axis)
-    if _is_auto(blur):
+    if is_auto_blur(blur):
         blur = yield from iter_estimate_blur_map(pixels, channel_axis=channel_axis, device=device)
     levels = check_blur_levels(blur, layout)
     target = select_device(device)
@@ -1012,7 +1004,7 @@ def _lazy_sharpen_gwis(facade, image, blur, *, channel_axis, device):
             channel_axis=channel_axis,
             per_plane=blur,
         )
-    level = blur if _is_auto(blur) else check_blur_levels(blur, layout)
+    level = blur if is_auto_blur(blur) else check_blur_levels(blur, layout)
     return lazy_planewise(
         lambda block, _plane: facade(block, level, channel_axis=channel_axis, device=device),
         image,
