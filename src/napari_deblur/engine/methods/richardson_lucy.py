@@ -243,8 +243,8 @@ def iter_rl_tensor(
     automatic = iterations == AUTO_ITERATIONS
     limit = AUTO_MAX_ITERATIONS if automatic else int(iterations)
     whiteness = ResidualWhiteness(spatial, data.device) if automatic else None
-    best = (float("inf"), 0, None)  # (distance, iteration, estimate) of the whitest residual so far
-    distances = []
+    distances = []  # the whiteness distance of every step's residual
+    whitest = None  # the point whose residual was whitest so far
     point = estimate  # where the next RL step starts (the extrapolated point)
     previous = None  # last estimate
     previous_step = None  # last g = RL(point) - point
@@ -252,9 +252,9 @@ def iter_rl_tensor(
         blurred = forward(point).clamp_min_(tiny)
         if automatic:  # the residual of the point this step starts from (the last estimate, extrapolated)
             distance = whiteness.distance(observed[lead + inside] - blurred[lead + inside])
+            if not distances or distance < min(distances):
+                whitest = point
             distances.append(distance)
-            if distance < best[0]:
-                best = (distance, index, point)
             if index >= AUTO_PATIENCE and distance > (1.0 - AUTO_MIN_GAIN) * distances[index - AUTO_PATIENCE]:
                 break
         ratio = observed / blurred
@@ -286,8 +286,8 @@ def iter_rl_tensor(
         else:
             message = f"Richardson-Lucy: iteration {index + 1}/{limit}"
         yield JobProgress((index + 1) / limit, message)
-    if automatic and best[2] is not None:
-        estimate = best[2]
+    if whitest is not None:
+        estimate = whitest
     return estimate[lead + inside] * scale
 
 
@@ -322,12 +322,11 @@ def _volume_steps(volume: torch.Tensor, kernel: torch.Tensor, options: dict) -> 
 
 
 def _check_options(iterations, tv_weight) -> None:
-    if isinstance(iterations, str) and iterations == AUTO_ITERATIONS:
-        iterations = 1
-    elif isinstance(iterations, bool) or not isinstance(iterations, (int, np.integer)):
-        raise TypeError(f"iterations must be an int or {AUTO_ITERATIONS!r}, got {iterations!r}.")
-    if not 1 <= iterations <= MAX_ITERATIONS:
-        raise ValueError(f"iterations must be between 1 and {MAX_ITERATIONS}, got {iterations}.")
+    if not (isinstance(iterations, str) and iterations == AUTO_ITERATIONS):
+        if isinstance(iterations, bool) or not isinstance(iterations, (int, np.integer)):
+            raise TypeError(f"iterations must be an int or {AUTO_ITERATIONS!r}, got {iterations!r}.")
+        if not 1 <= iterations <= MAX_ITERATIONS:
+            raise ValueError(f"iterations must be between 1 and {MAX_ITERATIONS}, got {iterations}.")
     if not (np.isfinite(tv_weight) and 0.0 <= tv_weight <= MAX_TV_WEIGHT):
         raise ValueError(
             f"tv_weight must be between 0 and {MAX_TV_WEIGHT} (typically 0.001 to 0.01), got {tv_weight!r}."
