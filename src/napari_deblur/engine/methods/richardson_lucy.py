@@ -10,6 +10,7 @@ docs/methods/richardson-lucy.md for the maths.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -187,6 +188,7 @@ def iter_rl_tensor(
     iterations: int | str,
     acceleration: bool,
     tv_weight: float,
+    snapshot: Callable[[int, torch.Tensor], None] | None = None,
 ) -> JobSteps[torch.Tensor]:
     """Richardson-Lucy on the last ``kernel.ndim`` axes of ``data`` (the others are a batch).
 
@@ -202,6 +204,10 @@ def iter_rl_tensor(
         batch (:class:`ResidualWhiteness`) has not got whiter by
         :data:`AUTO_MIN_GAIN` over :data:`AUTO_PATIENCE` iterations, and
         returning the estimate whose residual was whitest.
+    snapshot : callable, optional
+        Called after every iteration as ``snapshot(n, estimate)`` with the
+        iteration count ``n`` and that iteration's estimate (shape and units of
+        ``data``; a new tensor the caller may keep).
 
     Returns
     -------
@@ -281,6 +287,8 @@ def iter_rl_tensor(
         else:
             point = updated
         estimate = updated
+        if snapshot is not None:
+            snapshot(index + 1, estimate[lead + inside] * scale)
         if automatic:
             message = f"Richardson-Lucy: iteration {index + 1} (stops when the residual is white)"
         else:

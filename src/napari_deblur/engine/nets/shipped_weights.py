@@ -9,12 +9,17 @@ from torch import nn
 
 
 def load_shipped_model(
-    model: nn.Module, filename: str, device: torch.device, retrain_command: str
+    model: nn.Module,
+    filename: str,
+    device: torch.device,
+    retrain_command: str,
+    memory_format: torch.memory_format = torch.channels_last,
 ) -> nn.Module:
     """Load ``nets/weights/filename`` into ``model`` (strictly, tensors only) and ready it on ``device``.
 
-    Returns the model in eval mode, channels-last (several times faster CPU
-    convolutions than NCHW here). Raises FileNotFoundError naming
+    Returns the model in eval mode, in ``memory_format``: channels-last by
+    default (several times faster 2D convolutions than NCHW on the CPU here);
+    3D networks pass ``torch.contiguous_format``. Raises FileNotFoundError naming
     ``retrain_command`` when the file is missing from the installed package.
     """
     weights = resources.files("napari_deblur.engine.nets").joinpath("weights", filename)
@@ -26,4 +31,4 @@ def load_shipped_model(
             )
         state = torch.load(path, map_location="cpu", weights_only=True)
     model.load_state_dict(state, strict=True)
-    return model.to(device, memory_format=torch.channels_last).eval()
+    return model.to(device, memory_format=memory_format).eval()
