@@ -42,6 +42,7 @@ def _arguments(name: str, image: np.ndarray) -> tuple[tuple, dict]:
         "select_regions": ((image,), {"size": 32, "count": 2, "ranking": "network", **cpu}),
         "richardson_lucy": ((image, PSF), {"iterations": 3, **cpu}),
         "wiener_deconvolve_3d": ((np.stack([image] * 9), np.stack([PSF] * 5)), cpu),
+        "wiener_net_3d": ((np.stack([image] * 9), np.stack([PSF] * 5)), cpu),
     }[name]
 
 
@@ -59,6 +60,7 @@ def test_every_twin_has_a_public_function():
             "wiener_deconvolve",
             "wiener_deconvolve_3d",
             "wiener_deconvolve_snr_stack",
+            "wiener_net_3d",
             "wiener_net_deconvolve",
         ]
     )

@@ -34,6 +34,7 @@ from .methods.wiener import (
     wiener_deconvolve_snr_stack,
 )
 from .methods.wiener_net import iter_wiener_net_deconvolve, wiener_net_deconvolve
+from .methods.wiener_net_3d import iter_wiener_net_3d, wiener_net_3d
 from .physics.convolution import blur, iter_blur
 from .physics.microscope_psf import microscope_psf, prepare_measured_psf
 from .physics.psf import (
@@ -77,6 +78,7 @@ __all__ = [
     "iter_wiener_deconvolve",
     "iter_wiener_deconvolve_3d",
     "iter_wiener_deconvolve_snr_stack",
+    "iter_wiener_net_3d",
     "iter_wiener_net_deconvolve",
     "kernel_similarity",
     "microscope_psf",
@@ -93,5 +95,6 @@ __all__ = [
     "wiener_deconvolve",
     "wiener_deconvolve_3d",
     "wiener_deconvolve_snr_stack",
+    "wiener_net_3d",
     "wiener_net_deconvolve",
 ]

@@ -1,0 +1,231 @@
+"""Wiener-net 3D: classical 3D deconvolutions of a volume fused by a compact learned 3D network.
+
+A ``(Z, H, W)`` volume with a 3D PSF gives candidate restorations: the
+volume itself, 3D Wiener filters at the SNRs of :data:`WIENER_SNRS_DB`, and
+accelerated Richardson-Lucy after each count of :data:`RL_SNAPSHOTS`
+iterations and where it stops by itself (one run with ``iterations="auto"``,
+kept on the way). They are normalised by the volume's
+background and bright level, and :class:`~napari_deblur.engine.nets.wiener_net_3d.WienerNet3D`
+weighs them per voxel and corrects the blend. The network runs in lateral
+tiles. See docs/methods/wiener-net-3d.md.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..core.devices import select_device
+from ..core.image_stats import estimate_noise_std
+from ..core.jobs import JobProgress, JobSteps, job_facade, scaled_steps
+from ..core.lazy import lazy_by_volume
+from ..core.planes import magnitude_exponent, scaled_back, scaled_down
+from ..core.tiling import iter_tiled
+from ..core.validation import as_float_image
+from ..nets.wiener_net_3d import SIZE_MULTIPLE, load_wiener_net_3d
+from .richardson_lucy import (
+    AUTO_ITERATIONS,
+    check_psf_fits_volume,
+    check_volume_psf,
+    from_volumes,
+    iter_rl_tensor,
+    volumes_of,
+)
+from .wiener import wiener_filter_3d
+
+WIENER_SNRS_DB = (10.0, 20.0, 30.0, 40.0)
+"""SNRs (dB) of the 3D Wiener candidates."""
+
+RL_SNAPSHOTS = (10, 20, 50, 100)
+"""Iteration counts of the accelerated Richardson-Lucy candidates, kept on the way of one run that stops
+by itself (``iterations="auto"``); a count the run does not reach takes the run's result."""
+
+N_CANDIDATES = 1 + len(WIENER_SNRS_DB) + len(RL_SNAPSHOTS) + 1
+"""The volume itself, the Wiener candidates, the Richardson-Lucy snapshots and Richardson-Lucy's own stop
+(the last channel)."""
+
+BACKGROUND_QUANTILE = 0.01
+BRIGHT_QUANTILE = 0.999
+"""The volume is normalised as ``(v - q(0.01)) / (q(0.999) - q(0.01))`` (quantiles of its voxels)."""
+
+TILE_SIZE = 160
+"""Lateral core of a network tile (voxels); the whole depth goes in every tile."""
+
+TILE_HALO = 24
+"""Lateral context of a network tile on each inner side (the network's reach is about 20 voxels)."""
+
+TILE_BLEND = 16
+
+
+def volume_normalisation(volume: torch.Tensor) -> tuple[float, float]:
+    """``(offset, scale)``: the volume's background and bright-minus-background levels.
+
+    Quantiles :data:`BACKGROUND_QUANTILE` and :data:`BRIGHT_QUANTILE` of (up to
+    about 2 million evenly spaced) voxels; ``scale`` is at least 1e-12.
+    """
+    flat = volume.reshape(-1)
+    step = max(1, flat.numel() // 2_000_000)
+    sample = flat[::step].float()
+    low, high = torch.quantile(
+        sample, torch.tensor([BACKGROUND_QUANTILE, BRIGHT_QUANTILE], device=sample.device)
+    )
+    return float(low), max(float(high - low), 1e-12)
+
+
+def iter_candidates(
+    volume: torch.Tensor, kernel: torch.Tensor
+) -> JobSteps[tuple[torch.Tensor, float, float]]:
+    """The normalised candidates of one volume.
+
+    Parameters
+    ----------
+    volume : Tensor, shape (Z, H, W), float32
+        Non-negative blurred volume (negative values count as 0 in Richardson-Lucy).
+    kernel : Tensor, shape (kz, ky, kx), float32
+        Centred 3D PSF summing to 1, no larger than the volume.
+
+    Returns
+    -------
+    (candidates, offset, scale)
+        ``candidates`` ``(N_CANDIDATES, Z, H, W)`` float32 in normalised units;
+        a restored ``c`` maps back to the volume's units as ``c * scale + offset``.
+    """
+    offset, scale = volume_normalisation(volume)
+    candidates = [(volume - offset) / scale]
+    for snr in WIENER_SNRS_DB:
+        candidates.append((wiener_filter_3d(volume, kernel, snr) - offset) / scale)
+    yield JobProgress(0.1, "3D Wiener candidates")
+    kept = {}
+
+    def keep(count: int, estimate: torch.Tensor) -> None:
+        if count in RL_SNAPSHOTS:
+            kept[count] = (estimate - offset) / scale
+
+    steps = iter_rl_tensor(
+        volume, kernel, iterations=AUTO_ITERATIONS, acceleration=True, tv_weight=0.0, snapshot=keep
+    )
+    stopped = yield from scaled_steps(steps, 0.1, 1.0)
+    stopped = (stopped - offset) / scale
+    candidates += [kept.get(count, stopped) for count in RL_SNAPSHOTS] + [stopped]
+    return torch.stack(candidates), offset, scale
+
+
+def noise_channel(candidates: torch.Tensor) -> float:
+    """The network's noise input: log10 of the normalised volume's noise (median over planes), at least -4."""
+    planes = candidates[0][:, None]
+    noise = float(estimate_noise_std(planes).median())
+    return float(np.log10(max(noise, 1e-4)))
+
+
+def wiener_net_3d_features(candidates: torch.Tensor, noise: float) -> torch.Tensor:
+    """Network input ``(1, N_CANDIDATES + 1, Z, H, W)``: the candidates and a constant noise channel."""
+    constant = candidates.new_full((1,) + tuple(candidates.shape[1:]), noise)
+    return torch.cat([candidates, constant])[None]
+
+
+def run_network(model, features: torch.Tensor) -> torch.Tensor:
+    """``model`` on ``(B, C, Z, H, W)`` features replicate-padded to :data:`SIZE_MULTIPLE`; ``(B, 1, Z, H, W)``."""
+    sizes = features.shape[-3:]
+    pads = [(-n) % SIZE_MULTIPLE for n in sizes]
+    if any(pads):
+        features = F.pad(features, (0, pads[2], 0, pads[1], 0, pads[0]), mode="replicate")
+    out = model(features)
+    return out[..., : sizes[0], : sizes[1], : sizes[2]]
+
+
+def iter_network_tiled(model, features: torch.Tensor) -> JobSteps[torch.Tensor]:
+    """:func:`run_network` in lateral tiles (whole depth); ``(1, C, Z, H, W)`` -> ``(Z, H, W)``."""
+    _, channels, depth, height, width = features.shape
+
+    def tile_fn(tile: torch.Tensor) -> torch.Tensor:  # (1, C * Z, h, w): channels and depth folded
+        h, w = tile.shape[-2:]
+        with torch.no_grad():
+            return run_network(model, tile.reshape(1, channels, depth, h, w))[:, 0]
+
+    folded = features.reshape(1, channels * depth, height, width)
+    restored = yield from iter_tiled(tile_fn, folded, tile_size=TILE_SIZE, halo=TILE_HALO, blend=TILE_BLEND)
+    return restored[0]
+
+
+def iter_wiener_net_3d(
+    image,
+    psf,
+    *,
+    channel_axis: int | None = None,
+    device=None,
+) -> JobSteps[np.ndarray]:
+    """Generator twin of :func:`wiener_net_3d`."""
+    pixels = as_float_image(image)
+    kernel = check_volume_psf(psf)
+    volumes, moved_shape = volumes_of(pixels, channel_axis)
+    check_psf_fits_volume(kernel.shape, volumes.shape[1:])
+    target = select_device(device)
+    model = load_wiener_net_3d(target, N_CANDIDATES)
+    kernel_tensor = torch.from_numpy(kernel).to(target)
+    result = np.empty(volumes.shape, dtype=np.float32)
+    count = len(volumes)
+    for index in range(count):
+        volume = np.array(volumes[index], dtype=np.float32)
+        exponent = magnitude_exponent(volume)
+        tensor = torch.from_numpy(scaled_down(volume, exponent)).to(target)
+        steps = iter_candidates(tensor, kernel_tensor)
+        candidates, offset, scale = yield from scaled_steps(steps, index / count, (index + 0.7) / count)
+        del tensor
+        features = wiener_net_3d_features(candidates, noise_channel(candidates))
+        del candidates
+        yield JobProgress((index + 0.7) / count, "Wiener-net 3D: network")
+        restored = yield from scaled_steps(
+            iter_network_tiled(model, features), (index + 0.7) / count, (index + 1) / count
+        )
+        del features
+        restored = restored * scale + offset
+        result[index] = scaled_back(restored.to("cpu", torch.float32).numpy(), exponent)
+    return from_volumes(result, moved_shape, channel_axis)
+
+
+@job_facade(iter_wiener_net_3d, lazy=lazy_by_volume)
+def wiener_net_3d() -> np.ndarray:
+    """Deconvolve a 3D volume with a 3D PSF by Wiener-net 3D (classical candidates fused by a network).
+
+    Parameters
+    ----------
+    image : array_like, shape (..., Z, H, W) or with a channel axis
+        Blurred volume(s), any real dtype, non-negative (fluorescence counts;
+        negative values count as 0 in the Richardson-Lucy candidates); axes
+        before z (t) and channels are deconvolved one volume at a time.
+    psf : array_like, shape (kz, ky, kx)
+        The 3D PSF, centred at ``k // 2``, normalised to sum 1 here; no larger
+        than the volume in any axis.
+    channel_axis : int, optional
+        Axis of colour channels.
+    device : str or torch.device, optional
+        ``None``/"auto" (CUDA, then MPS, then CPU), "cpu", "cuda" or "mps".
+    progress, cancel
+        See :func:`~napari_deblur.engine.core.jobs.run_job`; checked at every
+        Richardson-Lucy iteration and network tile.
+
+    Returns
+    -------
+    numpy.ndarray, float32, same shape as ``image``, in the input's intensity
+    scale (not clipped).
+
+    Raises
+    ------
+    ValueError
+        For bad input, a PSF that is not 3D or is larger than the volume, or
+        a 2D image.
+    FileNotFoundError
+        If the network's weights are missing from the installed package.
+
+    Notes
+    -----
+    Candidates: the volume, 3D Wiener filters (:func:`wiener_deconvolve_3d`'s
+    filter) at :data:`WIENER_SNRS_DB`, and accelerated Richardson-Lucy
+    (:func:`richardson_lucy`'s iteration) after :data:`RL_SNAPSHOTS`
+    iterations and where its automatic stop ends; the network weighs them per
+    voxel and adds a correction. The
+    candidates of a volume are held in memory (about 10 float32 copies of
+    it, plus Richardson-Lucy's padded grid); the network runs in lateral
+    tiles of :data:`TILE_SIZE` voxels with the whole depth.
+    """
