@@ -158,6 +158,46 @@ def test_current_slice_of_a_time_series_is_the_current_volume(make_napari_viewer
     np.testing.assert_allclose(output.scale, VOXEL)
 
 
+def test_wiener_net_3d_on_a_dask_time_series_lazily_and_saved_to_a_file(
+    make_napari_viewer, qtbot, tiny_volume, tmp_path
+):
+    import dask.array as da
+
+    from napari_deblur.engine import wiener_net_3d
+
+    volume, psf = tiny_volume
+    series = da.from_array(np.stack([volume, volume[::-1]]), chunks=(1, 1, 48, 48))  # (t, z, y, x)
+    viewer = make_napari_viewer()
+    viewer.add_image(series, name="movie", scale=(5.0, *VOXEL))
+    viewer.add_image(psf, name="psf", scale=VOXEL)
+    viewer.layers.selection.active = viewer.layers["movie"]
+    widget = _dock(viewer)
+    widget.psf_source.value = "PSF layer"
+    widget.psf_layer.value = viewer.layers["psf"]
+    widget.method.value = "Wiener-net (3D, learned)"
+    assert not _shown(widget.snr_db) and not _shown(widget.iterations)
+    assert widget.runner.scope.value.startswith("Whole stack, lazily")  # a dask stack: lazy by default
+    assert _shown(widget.runner.save_button)
+    expected_second = wiener_net_3d(volume[::-1], psf, device="cpu")
+
+    _run_and_wait(qtbot, widget)
+
+    assert widget.runner.last_error is None
+    (lazy,) = widget.runner.last_outputs
+    assert lazy.name == "movie Wiener-net 3D" and isinstance(lazy.data, da.Array)
+    assert lazy.metadata["napari_deblur_method"] == "wiener-net-3d"
+    np.testing.assert_allclose(lazy.data[1].compute(), expected_second, rtol=1e-5, atol=1e-3)
+
+    target = tmp_path / "deconvolved.zarr"
+    widget.save_whole_stack(str(target))
+    qtbot.waitUntil(lambda: not widget.runner.is_running, timeout=JOB_TIMEOUT_MS)
+    assert widget.runner.last_error is None
+    (saved,) = widget.runner.last_outputs
+    assert target.is_dir() and isinstance(saved.data, da.Array)
+    np.testing.assert_allclose(np.asarray(saved.data[1]), expected_second, rtol=1e-5, atol=1e-3)
+    np.testing.assert_allclose(saved.scale, (5.0, *VOXEL))
+
+
 def test_settings_are_remembered(make_napari_viewer, _isolated_widget_settings):
     viewer = make_napari_viewer()
     viewer.add_image(np.zeros((9, 32, 32), np.float32), name="stack")  # pixel scale: not µm

@@ -5,7 +5,9 @@ from the optics (:func:`napari_deblur.engine.microscope_psf`: NA, emission
 wavelength, voxel sizes, immersion index, model, confocal). Methods: 3D
 Richardson-Lucy (:func:`napari_deblur.engine.richardson_lucy`: stopping by
 itself when only noise is left, or a number of iterations; acceleration,
-total-variation weight) and 3D Wiener
+total-variation weight), Wiener-net 3D
+(:func:`napari_deblur.engine.wiener_net_3d`: 3D Wiener and Richardson-Lucy
+candidates fused by a learned network; no settings) and 3D Wiener
 (:func:`napari_deblur.engine.wiener_deconvolve_3d`: SNR). The job runs through
 the shared runner; the output keeps the input's voxel scale.
 
@@ -14,9 +16,10 @@ Scope: a 3D method needs the whole ``(z, y, x)`` volume, so
 * a 3D layer ``(z, y, x)`` is always deconvolved whole (no scope choice);
 * a layer with more leading axes, e.g. ``(t, z, y, x)``, offers "Current slice"
   (the volume at the current time point, i.e. the current index of every axis
-  before z) and "Whole stack" (every volume, one at a time);
-* "Whole stack, lazily" and "Save whole stack to file…" are not offered: a 3D
-  deconvolution reads a whole volume at once;
+  before z), "Whole stack" (every volume, one at a time), for a dask stack
+  "Whole stack, lazily" (a time point is deconvolved whole the first time one
+  of its planes is shown) and "Save whole stack to file…" (one time point at a
+  time into a ``.zarr`` or ``.tif``, so memory holds one volume);
 * a 2D image cannot be deconvolved in 3D: Run stays disabled and says why.
 
 The voxel sizes of a generated PSF are taken from the image layer's scale
@@ -56,8 +59,14 @@ if TYPE_CHECKING:
 
 METHOD_RL = "Richardson-Lucy (3D)"
 METHOD_WIENER_3D = "Wiener (3D)"
-METHODS = (METHOD_RL, METHOD_WIENER_3D)
-OUTPUT_SUFFIXES = {METHOD_RL: "RL 3D", METHOD_WIENER_3D: "Wiener 3D"}
+METHOD_WIENER_NET_3D = "Wiener-net (3D, learned)"
+METHODS = (METHOD_RL, METHOD_WIENER_NET_3D, METHOD_WIENER_3D)
+OUTPUT_SUFFIXES = {METHOD_RL: "RL 3D", METHOD_WIENER_3D: "Wiener 3D", METHOD_WIENER_NET_3D: "Wiener-net 3D"}
+ENGINE_METHOD_NAMES = {
+    METHOD_RL: "richardson-lucy-3d",
+    METHOD_WIENER_3D: "wiener-3d",
+    METHOD_WIENER_NET_3D: "wiener-net-3d",
+}
 
 PSF_GENERATED = "Generated from optics"
 PSF_FROM_LAYER = "PSF layer"
@@ -227,7 +236,8 @@ class MicroscopyWidget(EngineJobWidget):
             choices=list(METHODS),
             value=METHOD_RL,
             tooltip="Richardson-Lucy: iterative, keeps intensities non-negative, handles Poisson "
-            "noise. Wiener: one step, fast, with the SNR you set.",
+            "noise. Wiener-net: 3D Wiener and Richardson-Lucy results blended voxel by voxel by a "
+            "learned network; no settings. Wiener: one step, fast, with the SNR you set.",
         )
         self.automatic_iterations = CheckBox(
             name="automatic_iterations",
@@ -320,7 +330,6 @@ class MicroscopyWidget(EngineJobWidget):
                 self.automatic_iterations,
             ],
         )
-        self.runner.save_button.visible = False
         self.image.changed.connect(self._take_voxel_size_from_layer)
         self._take_voxel_size_from_layer()
 
@@ -338,8 +347,10 @@ class MicroscopyWidget(EngineJobWidget):
         super()._on_inputs_changed()
         layer = self.image.value
         # A 3D layer is one volume: always deconvolved whole. More leading axes: the current
-        # volume or all of them.
-        self.runner.scope.visible = layer is not None and layer.ndim > 3
+        # volume, all of them, lazily, or into a file.
+        stack = layer is not None and layer.ndim > 3
+        self.runner.scope.visible = stack
+        self.runner.save_button.visible = stack
 
     def _show_relevant_inputs(self) -> None:
         generated = self.psf_source.value == PSF_GENERATED
@@ -351,7 +362,7 @@ class MicroscopyWidget(EngineJobWidget):
         rl = self.method.value == METHOD_RL
         self.automatic_iterations.visible = self.acceleration.visible = self.tv_weight.visible = rl
         self.iterations.visible = rl and not self.automatic_iterations.value
-        self.snr_db.visible = not rl
+        self.snr_db.visible = self.method.value == METHOD_WIENER_3D
 
     def invalid_reason(self) -> str | None:
         """Why the inputs cannot run now (``None`` when they can)."""
@@ -395,11 +406,9 @@ class MicroscopyWidget(EngineJobWidget):
         layer = self._valid_image()
         scope = self.runner.scope.value
         if layer.ndim > 3 and scope == SCOPE_LAZY:
-            raise ValueError(
-                "3D deconvolution reads whole volumes: 'Whole stack, lazily' is not available. "
-                "Choose 'Current slice' (the current volume) or 'Whole stack'."
-            )
-        selection = self.runner.selection(layer, scope=SCOPE_WHOLE_STACK)
+            selection = self.runner.selection(layer, scope=SCOPE_LAZY)
+        else:
+            selection = self.runner.selection(layer, scope=SCOPE_WHOLE_STACK)
         if layer.ndim > 3 and scope == SCOPE_CURRENT_SLICE:
             selection = self._current_volume(selection)
         return self.start_job(selection, self.engine_job(selection))
@@ -446,7 +455,7 @@ class MicroscopyWidget(EngineJobWidget):
         return description
 
     def engine_job(self, selection: JobSelection) -> EngineJob:
-        """3D Richardson-Lucy or 3D Wiener on ``selection`` with the chosen PSF.
+        """3D Richardson-Lucy, Wiener-net 3D or 3D Wiener on ``selection`` with the chosen PSF.
 
         Raises
         ------
@@ -489,9 +498,10 @@ class MicroscopyWidget(EngineJobWidget):
             "tv_weight": float(self.tv_weight.value),
         }
         snr_db = float(self.snr_db.value)
+        options = rl_options if rl else {"snr_db": snr_db} if method == METHOD_WIENER_3D else {}
         metadata = {
-            "napari_deblur_method": "richardson-lucy-3d" if rl else "wiener-3d",
-            **(rl_options if rl else {"snr_db": snr_db}),
+            "napari_deblur_method": ENGINE_METHOD_NAMES[method],
+            **options,
             "source_layer": selection.layer.name,
             **self._psf_description(psf_shape),
         }
@@ -499,12 +509,16 @@ class MicroscopyWidget(EngineJobWidget):
         def call_engine(data: Any, channel_axis: int | None, lazy: bool) -> Any:
             from napari_deblur import engine
 
-            if lazy:
-                raise ValueError("3D deconvolution reads whole volumes: it has no lazy mode.")
             psf = psf_array if from_layer else engine.microscope_psf(psf_shape, **optics)
-            if rl:
-                return engine.iter_richardson_lucy(data, psf, channel_axis=channel_axis, **rl_options)
-            return engine.iter_wiener_deconvolve_3d(data, psf, snr_db=snr_db, channel_axis=channel_axis)
+            functions = {  # (the public function: lazy for a dask stack, its generator twin)
+                METHOD_RL: (engine.richardson_lucy, engine.iter_richardson_lucy),
+                METHOD_WIENER_NET_3D: (engine.wiener_net_3d, engine.iter_wiener_net_3d),
+                METHOD_WIENER_3D: (engine.wiener_deconvolve_3d, engine.iter_wiener_deconvolve_3d),
+            }
+            public, twin = functions[method]
+            # lazy: one whole volume per chunk of the result, computed when first shown or saved
+            deconvolve = public if lazy else twin
+            return deconvolve(data, psf, channel_axis=channel_axis, **options)
 
         # 3D deconvolution gathers each plane's haze back into its source: peaks far above the
         # input's contrast range, so the output gets its own contrast.
