@@ -377,6 +377,33 @@ def test_run_psf_stack_needs_an_index(tmp_path, blurred_pair, capsys):
     )
 
 
+def test_run_a_3d_psf_deconvolves_in_3d_and_a_kernel_stack_says_psf_per_plane(tmp_path, capsys):
+    from napari_deblur.engine import wiener_deconvolve, wiener_deconvolve_3d
+
+    rng = np.random.default_rng(4)
+    stack = rng.uniform(1, 2, (6, 40, 40)).astype(np.float32)
+    tif = tmp_path / "z.tif"
+    tifffile.imwrite(tif, stack)
+    psf_3d = np.stack([_gaussian_psf(2.0), _gaussian_psf(1.0), _gaussian_psf(2.0)]).astype(np.float32)
+    np.save(tmp_path / "psf3d.npy", psf_3d)
+    kernels = np.stack([_gaussian_psf(1.0 + 0.1 * z) for z in range(6)]).astype(np.float32)
+    np.save(tmp_path / "kernels.npy", kernels)
+
+    assert (
+        main(["run", "wiener", "--psf", str(tmp_path / "psf3d.npy"), str(tif), "-o", str(tmp_path / "a")])
+        == 0
+    )
+    out = tifffile.imread(tmp_path / "a" / "z_wiener.tif")
+    np.testing.assert_allclose(out, wiener_deconvolve_3d(stack, psf_3d, device="cpu"), rtol=1e-4, atol=1e-4)
+
+    argv = ["run", "wiener", "--psf", str(tmp_path / "kernels.npy"), "--psf-per-plane", str(tif)]
+    assert main([*argv, "-o", str(tmp_path / "b")]) == 0
+    out = tifffile.imread(tmp_path / "b" / "z_wiener.tif")
+    expected = wiener_deconvolve(stack, kernels, psf_per_plane=True, device="cpu")
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
+    capsys.readouterr()
+
+
 # --------------------------------------------------------------------------- GUI demo (Xvfb)
 
 

@@ -86,9 +86,24 @@ def test_blur_keeps_the_intensity_scale_of_integer_input(photo):
 def test_blur_with_a_per_plane_psf_stack(photo):
     stack = np.stack([photo, photo[::-1]])
     kernels = np.stack([gaussian_psf(1.0, size=9), disk_psf(3.0, size=9)])
-    out = blur(stack, kernels)
+    out = blur(stack, kernels, psf_per_plane=True)
     np.testing.assert_allclose(out[0], blur(photo, kernels[0]), atol=1e-6)
     np.testing.assert_allclose(out[1], blur(photo[::-1], kernels[1]), atol=1e-6)
+
+
+def test_a_3d_psf_blurs_in_3d_with_mirrored_boundaries():
+    from scipy import ndimage
+
+    rng = np.random.default_rng(1)
+    volume = rng.uniform(0, 1, (7, 24, 20)).astype(np.float32)
+    psf = rng.uniform(0, 1, (3, 5, 5)).astype(np.float32)
+    psf /= psf.sum()
+    expected = ndimage.convolve(volume.astype(np.float64), psf.astype(np.float64), mode="reflect")
+    np.testing.assert_allclose(blur(volume, psf), expected, atol=1e-5)
+    series = np.stack([volume, volume[::-1]])  # (t, z, y, x): each volume on its own
+    np.testing.assert_allclose(blur(series, psf)[1], blur(volume[::-1], psf), atol=1e-6)
+    with pytest.raises(ValueError, match="3D"):
+        blur(volume[0], psf)  # a 3D PSF on a 2D image
 
 
 # --- Wiener ---------------------------------------------------------------------------
@@ -177,8 +192,34 @@ def test_stacks_and_colour_are_processed_plane_by_plane(photo):
 def test_per_plane_psf_repeats_over_time(photo):
     time_z = np.stack([np.stack([photo, photo])] * 3)  # (t=3, z=2, y, x)
     kernels = np.stack([gaussian_psf(1.0, size=9), gaussian_psf(2.0, size=9)])
-    out = wiener_deconvolve(time_z, kernels)
+    out = wiener_deconvolve(time_z, kernels, psf_per_plane=True)
     np.testing.assert_allclose(out[2, 1], wiener_deconvolve(photo, kernels[1]), atol=1e-5)
+
+
+def test_a_3d_psf_means_3d_wiener_and_a_stack_of_kernels_must_say_so():
+    from napari_deblur.engine import wiener_deconvolve_3d, wiener_deconvolve_snr_stack
+
+    rng = np.random.default_rng(2)
+    volume = rng.uniform(0, 1, (9, 24, 24)).astype(np.float32)
+    psf = np.stack([gaussian_psf(s, size=7) for s in (2.0, 1.0, 2.0)])
+    np.testing.assert_array_equal(
+        wiener_deconvolve(volume, psf, snr_db=25.0, device="cpu"),
+        wiener_deconvolve_3d(volume, psf, snr_db=25.0, device="cpu"),
+    )
+    import dask.array as da
+
+    series = np.stack([volume, volume[::-1]])
+    lazy = wiener_deconvolve(da.from_array(series, chunks=(1, 1, 24, 24)), psf, snr_db=25.0, device="cpu")
+    assert isinstance(lazy, da.Array)  # computed one whole volume at a time
+    np.testing.assert_allclose(
+        lazy[1].compute(), wiener_deconvolve_3d(volume[::-1], psf, snr_db=25.0, device="cpu"), atol=1e-5
+    )
+    with pytest.raises(ValueError, match="psf_per_plane"):
+        wiener_deconvolve_snr_stack(volume[:3], psf, [10.0, 20.0])
+    with pytest.raises(ValueError, match="taper"):
+        wiener_deconvolve(volume, psf, boundary="periodic")
+    with pytest.raises(ValueError, match="one kernel per plane"):
+        wiener_deconvolve(volume[:4], psf, psf_per_plane=True)  # 3 kernels, 4 planes
 
 
 def test_input_is_never_modified(photo):
@@ -208,7 +249,7 @@ KERNEL = gaussian_psf(1.0)
         (IMAGE, np.zeros((3, 3)), "positive sum"),
         (IMAGE, np.zeros((0, 3)), "empty"),
         (IMAGE, np.full((3, 3), np.nan), "NaN"),
-        (np.ones((3, 16, 16)), np.stack([KERNEL] * 2), "one kernel per plane"),
+        (np.ones((16, 16)), np.stack([KERNEL] * 2), "3D PSF needs a 3D volume"),
         (IMAGE, np.ones((1, 1, 1, 1)), "2D kernel"),
         (np.array([[1e300, 0], [0, 0]]), np.ones((1, 1)), "float32 range"),
     ],

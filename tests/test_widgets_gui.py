@@ -270,6 +270,8 @@ def test_zstack_current_slice_and_whole_stack_with_per_plane_psf(make_napari_vie
     assert widget.image.value.name == stack.name
     assert widget.psf_layer.value.name == psf_stack.name
     assert _shown(widget.runner.scope)
+    # The sample marks its PSF stack as one kernel per plane: the box is ticked by itself.
+    assert _shown(widget.kernel_per_plane) and widget.kernel_per_plane.value
 
     plane = 5
     viewer.dims.set_point(0, stack.translate[0] + plane * stack.scale[0])
@@ -294,6 +296,38 @@ def test_zstack_current_slice_and_whole_stack_with_per_plane_psf(make_napari_vie
     np.testing.assert_allclose(whole.translate, stack.translate)
     np.testing.assert_allclose(whole.data[plane], expected, rtol=1e-4, atol=1e-5)
     np.testing.assert_array_equal(stack.data, before)
+
+
+def test_a_3d_psf_layer_is_sent_to_3d_deconvolution_unless_it_is_one_kernel_per_plane(
+    make_napari_viewer, qtbot
+):
+    from napari_deblur.engine import gaussian_psf, wiener_deconvolve
+    from napari_deblur.layer_roles import psf_metadata
+
+    rng = np.random.default_rng(5)
+    viewer = make_napari_viewer()
+    stack = viewer.add_image(rng.uniform(0, 1, (4, 48, 48)).astype(np.float32), name="stack")
+    kernels = np.stack([gaussian_psf(1.0 + 0.2 * z, size=9) for z in range(4)])
+    viewer.add_image(kernels, name="psf 3d", metadata=psf_metadata(source="test"))
+    viewer.layers.selection.active = stack
+    widget = _dock(viewer)
+    widget.psf_layer.value = viewer.layers["psf 3d"]
+    assert _shown(widget.kernel_per_plane) and not widget.kernel_per_plane.value
+    assert not widget.runner.run_button.enabled
+    assert "Deconvolve (microscopy)" in widget.runner.blocked_reason
+
+    widget.kernel_per_plane.value = True
+    assert widget.runner.run_button.enabled
+    widget.runner.scope.value = "Whole stack"
+    widget.method.value = "Wiener (classical)"
+    widget.snr_db.value = 25.0
+    _run_and_wait(qtbot, widget)
+    (output,) = widget.runner.last_outputs
+    expected = wiener_deconvolve(np.asarray(stack.data), kernels, snr_db=25.0, psf_per_plane=True)
+    np.testing.assert_allclose(output.data, expected, rtol=1e-4, atol=1e-5)
+
+    widget.psf_source.value = "Gaussian"
+    assert not _shown(widget.kernel_per_plane)
 
 
 def test_side_by_side_turns_grid_mode_on_and_off(make_napari_viewer):

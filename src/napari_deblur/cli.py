@@ -3,8 +3,9 @@
 Subcommands::
 
     napari-deblur demo [--sample camera_shake|defocus_ramp] [--screenshot OUT.png] [--no-gui] [--output OUT.png]
-    napari-deblur run METHOD INPUT... -o OUTDIR [--psf FILE] [--blur LEVEL|auto] [--device ...]
-                      (METHOD: gwis, blur-map, wiener, wiener-net, blind: no PSF, estimated per plane,
+    napari-deblur run METHOD INPUT... -o OUTDIR [--psf FILE [--psf-per-plane]] [--blur LEVEL|auto] [--device ...]
+                      (METHOD: gwis, blur-map, wiener, wiener-net (a 3D PSF file: 3D deconvolution
+                       of each volume, wiener-net by Wiener-net 3D), blind: no PSF, estimated per plane,
                        or defocus: deconvolution by a blur map [--psf-model gaussian|disk])
                       [--scheduler ADDRESS | --workers N]      ("batch" is an alias of "run")
 
@@ -139,6 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         metavar="N",
         help="which kernel (1-based) when the PSF file holds several, e.g. Levin09.mat",
+    )
+    run.add_argument(
+        "--psf-per-plane",
+        action="store_true",
+        help="wiener and wiener-net: the PSF file is a stack of 2D kernels, one per plane of the "
+        "image; without it, a 3D PSF deconvolves each (z, y, x) volume in 3D",
     )
     run.add_argument(
         "--blur",
@@ -368,23 +375,37 @@ def _method_call(args: argparse.Namespace):
     device = None if args.device == "auto" else args.device
     if args.method in ("wiener", "wiener-net"):
         psf = _read_psf(args.psf, args.psf_index, args.method)
-        problem = None if args.force else _kernel_problem(psf, repr(args.psf.name))
+        per_plane = bool(args.psf_per_plane)
+        volume_psf = psf.ndim == 3 and psf.shape[0] > 1 and not per_plane
+        # A 3D PSF's out-of-focus planes are not blur kernels of their own: only 2D kernels are checked.
+        problem = None if args.force or volume_psf else _kernel_problem(psf, repr(args.psf.name))
         if problem:
             raise CommandLineError(problem)
+        psf_text = f"psf={args.psf.name}" + (" (3D)" if volume_psf else " (per plane)" if per_plane else "")
         if args.method == "wiener":
             return (
                 lambda image, channel_axis: engine.wiener_deconvolve(
-                    image, psf, snr_db=args.snr_db, channel_axis=channel_axis, device=device
+                    image,
+                    psf,
+                    snr_db=args.snr_db,
+                    channel_axis=channel_axis,
+                    device=device,
+                    psf_per_plane=per_plane,
                 ),
-                f"wiener snr_db={args.snr_db:g} psf={args.psf.name}",
-                psf,
+                f"wiener snr_db={args.snr_db:g} {psf_text}",
+                None if volume_psf else psf,
             )
         return (
             lambda image, channel_axis: engine.wiener_net_deconvolve(
-                image, psf, channel_axis=channel_axis, device=device, ensemble=args.ensemble
+                image,
+                psf,
+                channel_axis=channel_axis,
+                device=device,
+                ensemble=args.ensemble,
+                psf_per_plane=per_plane,
             ),
-            f"wiener-net psf={args.psf.name} ensemble={args.ensemble}",
-            psf,
+            f"wiener-net {psf_text}" + ("" if volume_psf else f" ensemble={args.ensemble}"),
+            None if volume_psf else psf,
         )
     if args.method == "blind":
         return _blind_call(args, device)
@@ -544,7 +565,11 @@ def _one_line(path: Path, exc: BaseException) -> str:
         text = str(exc) or type(exc).__name__
         if isinstance(exc, OSError) and exc.strerror:
             text = f"{exc.strerror}" + (f": {exc.filename}" if exc.filename else "")
-    hint = " (pick one kernel with --psf-index N)" if "3D PSF" in text else ""
+    hint = ""
+    if "PSF stack" in text:
+        hint = " (pick one kernel with --psf-index N)"
+    elif "3D PSF needs a 3D volume" in text:
+        hint = " (a stack of 2D kernels: give --psf-per-plane, or pick one with --psf-index N)"
     return f"{PROG}: error: {path}: {text}{hint}".replace("\n", " ").rstrip() + "\n"
 
 

@@ -404,7 +404,7 @@ def defocused_zstack_arrays(
     size = 2 * int(np.ceil(3.5 * sigmas.max())) + 1
     psf_stack = np.stack([np.asarray(gaussian_psf(float(s), size=size), dtype=np.float32) for s in sigmas])
 
-    blurred = np.asarray(blur(sharp.astype(np.float32), psf_stack), dtype=np.float64)
+    blurred = np.asarray(blur(sharp.astype(np.float32), psf_stack, psf_per_plane=True), dtype=np.float64)
     counts = rng.poisson(np.clip(blurred, 0.0, None) * photons)
     stack = (counts / photons).astype(np.float32)
     return stack, psf_stack, sharp.astype(np.float32)
@@ -426,6 +426,7 @@ def defocused_zstack_sample() -> list[LayerData]:
     levels = [float(psf_blur_level(plane)) for plane in psf_stack]
     meta = psf_metadata(
         source="sample: defocused z-stack",
+        psf_per_plane=True,
         blur_level_px=float(np.mean(levels)),
         blur_levels_px=levels,
         focal_plane=stack.shape[0] // 2,

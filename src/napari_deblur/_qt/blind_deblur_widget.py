@@ -159,6 +159,7 @@ class BlindDeblurWidget(EngineJobWidget):
                             **method,
                             **source,
                             blur_level_px=[float(psf_blur_level(k)) for k in planes],
+                            psf_per_plane=psf.ndim == 3,
                         ),
                     },
                 ),

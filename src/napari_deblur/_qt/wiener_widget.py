@@ -7,6 +7,12 @@ and classical Wiener deconvolution at a chosen SNR
 shared :class:`~napari_deblur._qt.job_runner.JobRunner` (their ``iter_*``
 twins in memory, the functions themselves lazily).
 
+A PSF layer is a 2D kernel for every plane, or, with "One 2D kernel per
+plane" ticked, a stack of kernels, one per plane of a z-stack (ticked by
+itself for stacks napari-deblur marks so, such as blind deblurring's). A
+microscope's 3D PSF belongs to "Deconvolve (microscopy)": unticked, a 3D PSF
+layer keeps Run disabled and says so.
+
 Script use::
 
     dock, widget = viewer.window.add_plugin_dock_widget("napari-deblur", "Wiener-net sharpener")
@@ -21,11 +27,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import ComboBox, FloatSlider, FloatSpinBox
+from magicgui.widgets import CheckBox, ComboBox, FloatSlider, FloatSpinBox
 
 from napari_deblur._qt.job_widget import EngineJob, EngineJobWidget
 from napari_deblur._qt.layer_choices import image_input, psf_choices
 from napari_deblur.layer_jobs import JobSelection, level0
+from napari_deblur.layer_roles import is_per_plane_psf
 from napari_deblur.options import DEFAULT_ENSEMBLE, ENSEMBLE_SIZES
 
 if TYPE_CHECKING:
@@ -117,6 +124,14 @@ class WienerWidget(EngineJobWidget):
             tooltip="A 2D PSF (used for every plane) or a stack with one PSF per image plane. "
             "Layers marked as PSFs are listed first.",
         )
+        self.kernel_per_plane = CheckBox(
+            name="kernel_per_plane",
+            text="One 2D kernel per plane",
+            value=False,
+            tooltip="The PSF layer is a stack of 2D kernels, one per plane of the image (as blind "
+            "deblurring makes). Unticked, a 3D PSF layer is a microscope's 3D PSF: deconvolve the "
+            "z-stack in 3D with 'Deconvolve (microscopy)'.",
+        )
         self.gaussian_sigma = FloatSpinBox(
             name="gaussian_sigma",
             label="Sigma (px)",
@@ -172,6 +187,7 @@ class WienerWidget(EngineJobWidget):
                 self.snr_db,
                 self.psf_source,
                 self.psf_layer,
+                self.kernel_per_plane,
                 self.gaussian_sigma,
                 self.disk_radius,
                 self.ring_radius,
@@ -191,8 +207,10 @@ class WienerWidget(EngineJobWidget):
                 "motion_length",
                 "motion_angle",
             ],
-            watched=[self.image, self.psf_layer, self.psf_source, self.method],
+            watched=[self.image, self.psf_layer, self.psf_source, self.method, self.kernel_per_plane],
         )
+        self.psf_layer.changed.connect(self._on_psf_layer_changed)
+        self._on_psf_layer_changed()
 
     # ---------------------------------------------------------------- choices
     def _psf_choices(self, *_: Any) -> list[tuple[str, Any]]:
@@ -204,6 +222,7 @@ class WienerWidget(EngineJobWidget):
         self.network_passes.visible = self.method.value == METHOD_WIENER_NET
         source = self.psf_source.value
         self.psf_layer.visible = source == PSF_FROM_LAYER
+        self.kernel_per_plane.visible = source == PSF_FROM_LAYER and _is_psf_stack(self.psf_layer.value)
         self.gaussian_sigma.visible = source == PSF_GAUSSIAN
         self.disk_radius.visible = source == PSF_DISK
         self.ring_radius.visible = source == PSF_RING
@@ -227,7 +246,17 @@ class WienerWidget(EngineJobWidget):
                 return "The PSF layer is the image itself: choose the layer that holds the PSF."
             if psf.rgb:
                 return f"PSF layer {psf.name!r} is RGB: a PSF must be a single-channel kernel."
+            if _is_psf_stack(psf) and not self.kernel_per_plane.value:
+                return (
+                    f"PSF layer {psf.name!r} is a 3D PSF: deconvolve the z-stack in 3D with "
+                    "'Deconvolve (microscopy)', or tick 'One 2D kernel per plane' if it holds one "
+                    "kernel per image plane."
+                )
         return None
+
+    def _on_psf_layer_changed(self, *_: Any) -> None:
+        """A PSF stack marked as one kernel per plane (blind deblurring, samples) ticks the box."""
+        self.kernel_per_plane.value = is_per_plane_psf(getattr(self.psf_layer.value, "metadata", None))
 
     # -------------------------------------------------------------------- PSF
     def _psf_from_layer(self, selection: JobSelection) -> np.ndarray:
@@ -314,8 +343,16 @@ class WienerWidget(EngineJobWidget):
                 psf = engine.motion_psf(length, angle)
             if learned:
                 deconvolve = engine.wiener_net_deconvolve if lazy else engine.iter_wiener_net_deconvolve
-                return deconvolve(data, psf, channel_axis=channel_axis, ensemble=passes)
+                return deconvolve(data, psf, channel_axis=channel_axis, ensemble=passes, psf_per_plane=True)
             deconvolve = engine.wiener_deconvolve if lazy else engine.iter_wiener_deconvolve
-            return deconvolve(data, psf, snr_db=snr_db, channel_axis=channel_axis)
+            return deconvolve(data, psf, snr_db=snr_db, channel_axis=channel_axis, psf_per_plane=True)
 
         return self.image_job(call_engine, OUTPUT_SUFFIXES[method], metadata)
+
+
+def _is_psf_stack(layer: Any) -> bool:
+    """Whether a PSF layer holds more than one 2D plane (a 3D PSF or one kernel per plane)."""
+    if layer is None or getattr(layer, "rgb", False):
+        return False
+    shape = level0(layer).shape
+    return len(shape) == 3 and shape[0] > 1

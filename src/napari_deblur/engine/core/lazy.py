@@ -30,7 +30,7 @@ import numpy as np
 
 from .jobs import JobProgress, JobSteps
 from .planes import PlaneLayout
-from .validation import as_psf, is_dask_array
+from .validation import as_psf, is_dask_array, is_volume_psf
 
 BlockFn = Callable[..., np.ndarray]
 
@@ -59,11 +59,16 @@ def lazy_layout(image, channel_axis: int | None) -> PlaneLayout:
 def lazy_with_psf(method: BlockFn, image, psf, *, channel_axis: int | None = None, **kwargs):
     """``method(plane, kernel, channel_axis=..., **kwargs)`` lazily over the planes of ``image``.
 
-    ``psf`` is checked and normalised at once (:func:`~napari_deblur.engine.as_psf`);
-    a 3D PSF gives each plane its own kernel, as in memory.
+    ``psf`` is checked and normalised at once (:func:`~napari_deblur.engine.as_psf`).
+    With ``psf_per_plane=True`` in ``kwargs``, a PSF stack gives each plane
+    its own kernel, as in memory; without it, a 3D PSF goes volume by volume
+    (:func:`lazy_by_volume`).
     """
+    kernel = as_psf(psf)
+    if is_volume_psf(kernel, bool(kwargs.get("psf_per_plane", False))):
+        return lazy_by_volume(method, image, psf, channel_axis=channel_axis, **kwargs)
     layout = lazy_layout(image, channel_axis)
-    kernels = layout.psf_per_plane(as_psf(psf))
+    kernels = layout.psf_per_plane(kernel)
 
     def compute_block(block, plane):
         kernel = kernels[plane if len(kernels) > 1 else 0]

@@ -129,9 +129,10 @@ class PlaneLayout:
     def psf_per_plane(self, psf: np.ndarray) -> np.ndarray:
         """Kernels for the planes: ``(1, h, w)`` shared, or ``(N, h, w)`` one per plane.
 
-        A 2D PSF applies to every plane. A 3D PSF needs one kernel per plane:
-        its depth must equal the number of planes, or the length of the axis
-        just before the rows (z), in which case it repeats over outer axes (t).
+        A 2D PSF applies to every plane. A stack of 2D kernels (``psf_per_plane``
+        in the public functions) needs one kernel per plane: its depth must
+        equal the number of planes, or the length of the axis just before the
+        rows (z), in which case it repeats over outer axes (t).
         """
         check_psf_fits(psf.shape, self.plane_shape)
         if psf.ndim == 2:
@@ -143,7 +144,7 @@ class PlaneLayout:
             repeats = self.n_planes // depth
             return np.tile(psf, (repeats, 1, 1))
         raise ValueError(
-            f"A 3D PSF needs one kernel per plane: it has {depth} kernels but the image has "
+            f"A PSF stack needs one kernel per plane: it has {depth} kernels but the image has "
             f"{self.n_planes} plane(s) (leading axes {self.leading_shape}). Use a 2D PSF for all "
             f"planes, or pick the matching kernel."
         )

@@ -118,6 +118,16 @@ def as_psf(psf, *, name: str = "psf") -> np.ndarray:
     return stack.reshape(kernel.shape).astype(np.float32)
 
 
+def is_volume_psf(kernel: np.ndarray, psf_per_plane: bool) -> bool:
+    """Whether a checked PSF (:func:`as_psf`) is a 3D PSF, to be applied in 3D.
+
+    A PSF with more than one plane is a 3D PSF unless ``psf_per_plane`` says
+    it is a stack of 2D kernels, one per image plane. A ``(1, h, w)`` PSF is a
+    2D kernel either way.
+    """
+    return kernel.ndim == 3 and kernel.shape[0] > 1 and not psf_per_plane
+
+
 def _kernels_peaking_near_one(psf):
     """``psf`` with each float 2D kernel divided by a power of two so it peaks in ``[0.5, 1)``.
 

@@ -66,7 +66,9 @@ def iter_deblur_blind(
         psf = psf[0]
     yield JobProgress(ESTIMATION_SHARE, "Blind deblurring: deconvolving")
     restored = yield from scaled_steps(
-        iter_wiener_net_deconvolve(pixels, psf, channel_axis=channel_axis, device=device, ensemble=ensemble),
+        iter_wiener_net_deconvolve(
+            pixels, psf, channel_axis=channel_axis, device=device, ensemble=ensemble, psf_per_plane=True
+        ),
         ESTIMATION_SHARE,
         REPAIR_START,
     )

@@ -17,7 +17,7 @@ from ..core.jobs import EngineMemoryError, JobProgress, JobSteps, job_facade
 from ..core.lazy import lazy_by_volume, lazy_with_psf
 from ..core.planes import PlaneLayout, iter_planewise, magnitude_exponent, scaled_back, scaled_down
 from ..core.tiling import MIN_TILE_SIZE, budget_tile_size, device_tile_size, iter_tiled, out_of_memory_error
-from ..core.validation import as_float_image, as_psf
+from ..core.validation import as_float_image, as_psf, is_volume_psf
 from ..physics.fourier import (
     fast_fft_length,
     kernel_to_otf,
@@ -188,10 +188,16 @@ def iter_wiener_deconvolve_snr_stack(
     channel_axis: int | None = None,
     device=None,
     boundary: str = "taper",
+    psf_per_plane: bool = False,
 ) -> JobSteps[np.ndarray]:
     """Generator twin of :func:`wiener_deconvolve_snr_stack`."""
     pixels = as_float_image(image)
     kernel = as_psf(psf)
+    if is_volume_psf(kernel, psf_per_plane):
+        raise ValueError(
+            f"psf has shape {kernel.shape}: a 3D PSF. The Wiener stack is plane by plane; for one 2D "
+            "kernel per plane pass psf_per_plane=True, for a 3D deconvolution use wiener_deconvolve_3d."
+        )
     snrs = _check_snrs(snrs_db)
     if boundary not in BOUNDARIES:
         raise ValueError(f"boundary must be one of {BOUNDARIES}, got {boundary!r}.")
@@ -218,7 +224,10 @@ def wiener_deconvolve_snr_stack() -> np.ndarray:
     Parameters
     ----------
     image, psf, channel_axis, device, boundary
-        As in :func:`wiener_deconvolve`.
+        As in :func:`wiener_deconvolve`, with 2D kernels only: a 3D ``psf``
+        needs ``psf_per_plane=True`` (one kernel per plane).
+    psf_per_plane : bool
+        Read a 3D ``psf`` as one 2D kernel per plane.
     snrs_db : sequence of float
         SNRs in dB; default the 15 values 9, 13, ..., 65
         (:data:`WIENER_STACK_SNRS_DB`).
@@ -248,10 +257,19 @@ def iter_wiener_deconvolve(
     channel_axis: int | None = None,
     device=None,
     boundary: str = "taper",
+    psf_per_plane: bool = False,
 ) -> JobSteps[np.ndarray]:
     """Generator twin of :func:`wiener_deconvolve` (for the napari runner)."""
+    if is_volume_psf(as_psf(psf), psf_per_plane):
+        if boundary != "taper":
+            raise ValueError(f"A 3D PSF is deconvolved with the 'taper' boundary only, got {boundary!r}.")
+        return (
+            yield from iter_wiener_deconvolve_3d(
+                image, psf, snr_db=snr_db, channel_axis=channel_axis, device=device
+            )
+        )
     stack = yield from iter_wiener_deconvolve_snr_stack(
-        image, psf, [snr_db], channel_axis=channel_axis, device=device, boundary=boundary
+        image, psf, [snr_db], channel_axis=channel_axis, device=device, boundary=boundary, psf_per_plane=True
     )
     return stack[0]
 
@@ -263,11 +281,13 @@ def wiener_deconvolve() -> np.ndarray:
     Parameters
     ----------
     image : array_like, shape (..., H, W) or with a channel axis
-        Blurred image, any real dtype; leading axes (z, t) are processed plane
-        by plane.
+        Blurred image, any real dtype; with a 2D PSF leading axes (z, t) are
+        processed plane by plane.
     psf : array_like, shape (h, w) or (n, h, w)
         The blur kernel (normalised to sum 1 here). A 2D PSF applies to every
-        plane; a 3D PSF must have one kernel per plane.
+        plane. A 3D PSF means a 3D deconvolution of each ``(z, y, x)`` volume
+        (:func:`wiener_deconvolve_3d`); with ``psf_per_plane`` it is a stack
+        of 2D kernels, one per plane (or per z of a t-z stack).
     snr_db : float
         Assumed signal-to-noise power ratio in dB; lower values regularise
         more (smoother, less noise), higher values sharpen more.
@@ -278,7 +298,9 @@ def wiener_deconvolve() -> np.ndarray:
     boundary : {"taper", "periodic"}
         "taper" (default) mirrors and fades the plane beyond its frame so a
         real photo does not ring at its border; "periodic" assumes the image
-        is one period of a periodic blur.
+        is one period of a periodic blur (2D PSFs only).
+    psf_per_plane : bool
+        Read a 3D ``psf`` as one 2D kernel per plane instead of a 3D PSF.
     progress : callable, optional
         Called with :class:`~napari_deblur.engine.core.jobs.JobProgress` per plane.
     cancel : callable or threading.Event, optional

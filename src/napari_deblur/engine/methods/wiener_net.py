@@ -24,7 +24,7 @@ from ..core.jobs import JobProgress, JobSteps, job_facade, scaled_steps
 from ..core.lazy import lazy_with_psf
 from ..core.planes import PlaneLayout, iter_planewise
 from ..core.tiling import MIN_TILE_SIZE, TileWindow, device_tile_size, iter_tiled, out_of_memory_error
-from ..core.validation import as_float_image, as_psf
+from ..core.validation import as_float_image, as_psf, is_volume_psf
 from ..nets.layers import ENSEMBLE_SIZES as ENSEMBLE_SIZES
 from ..nets.layers import check_ensemble_size, mean_over_views
 
@@ -474,12 +474,22 @@ def _whole_plane_steps(
 
 
 def iter_wiener_net_deconvolve(
-    image, psf, *, channel_axis: int | None = None, device=None, ensemble: int = DEFAULT_ENSEMBLE
+    image,
+    psf,
+    *,
+    channel_axis: int | None = None,
+    device=None,
+    ensemble: int = DEFAULT_ENSEMBLE,
+    psf_per_plane: bool = False,
 ) -> JobSteps[np.ndarray]:
     """Generator twin of :func:`wiener_net_deconvolve` (for the napari runner)."""
     check_ensemble_size(ensemble)
     pixels = as_float_image(image)
     kernel = as_psf(psf)
+    if is_volume_psf(kernel, psf_per_plane):
+        from .wiener_net_3d import iter_wiener_net_3d
+
+        return (yield from iter_wiener_net_3d(pixels, psf, channel_axis=channel_axis, device=device))
     layout = PlaneLayout.of(pixels.shape, channel_axis)
     target = select_device(device)
     model = load_wiener_net(target)
@@ -508,12 +518,14 @@ def wiener_net_deconvolve() -> np.ndarray:
     Parameters
     ----------
     image : array_like, shape (..., H, W) or with a channel axis
-        Blurred image, any real dtype; leading axes (z, t) are processed plane
-        by plane and every colour channel on its own.
+        Blurred image, any real dtype; with a 2D PSF leading axes (z, t) are
+        processed plane by plane and every colour channel on its own.
     psf : array_like, shape (h, w) or (n, h, w)
         The blur kernel (normalised to sum 1 here), at most the plane's size.
-        A 2D PSF applies to every plane; a 3D PSF must have one kernel per
-        plane (or per z when the stack also has a t axis).
+        A 2D PSF applies to every plane. A 3D PSF means a 3D deconvolution of
+        each ``(z, y, x)`` volume by :func:`~napari_deblur.engine.wiener_net_3d`
+        (``ensemble`` does not apply); with ``psf_per_plane`` it is a stack of
+        2D kernels, one per plane (or per z when the stack also has a t axis).
     channel_axis : int, optional
         Axis of colour channels (e.g. -1 for RGB).
     device : str or torch.device, optional
@@ -522,6 +534,8 @@ def wiener_net_deconvolve() -> np.ndarray:
         How many flipped or turned views of each plane the network runs on,
         their results averaged (:func:`apply_network_ensemble`): each view is a
         network pass; more views are a little sharper and proportionally slower.
+    psf_per_plane : bool
+        Read a 3D ``psf`` as one 2D kernel per plane instead of a 3D PSF.
     progress, cancel
         See :func:`~napari_deblur.engine.core.jobs.run_job`.
 
@@ -534,7 +548,7 @@ def wiener_net_deconvolve() -> np.ndarray:
     ------
     ValueError
         For empty, complex or non-finite input, a bad PSF, a PSF larger than
-        the plane, a 3D PSF whose depth matches no axis, an unavailable
+        the plane, a PSF stack whose depth matches no axis, an unavailable
         device, or an ``ensemble`` size not in :data:`ENSEMBLE_SIZES`.
     EngineMemoryError
         When memory runs out even in the smallest tiles

@@ -9,8 +9,8 @@ from ..core.devices import select_device
 from ..core.jobs import JobProgress, JobSteps, job_facade
 from ..core.lazy import lazy_with_psf
 from ..core.planes import PlaneLayout, iter_planewise
-from ..core.validation import as_float_image, as_psf
-from .fourier import kernel_to_otf, symmetric_pad
+from ..core.validation import as_float_image, as_psf, is_volume_psf
+from .fourier import kernel_to_otf, symmetric_indices, symmetric_pad
 
 
 def convolve_planes(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
@@ -30,12 +30,52 @@ def convolve_planes(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
     return blurred[..., top : top + height, left : left + width]
 
 
-def iter_blur(image, psf, *, channel_axis: int | None = None, device=None) -> JobSteps[np.ndarray]:
-    """Generator twin of :func:`blur` (yields progress per plane)."""
+def convolve_volume(volume: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """Convolve a ``(Z, H, W)`` volume with a centred ``(kz, ky, kx)`` kernel, mirrored boundaries.
+
+    The 3D form of :func:`convolve_planes` (half-sample mirror in z, y and x, FFT).
+    """
+    pads = [(k // 2, k - 1 - k // 2) for k in kernel.shape]
+    padded = volume
+    for axis, (before, after) in enumerate(pads):
+        padded = padded.index_select(
+            axis, symmetric_indices(volume.shape[axis], before, after, volume.device)
+        )
+    shape = tuple(padded.shape)
+    grid = padded.new_zeros(shape)
+    grid[: kernel.shape[0], : kernel.shape[1], : kernel.shape[2]] = kernel.to(padded.dtype)
+    otf = torch.fft.rfftn(torch.roll(grid, shifts=tuple(-(k // 2) for k in kernel.shape), dims=(0, 1, 2)))
+    blurred = torch.fft.irfftn(torch.fft.rfftn(padded) * otf, s=shape)
+    return blurred[
+        tuple(slice(before, before + n) for (before, _), n in zip(pads, volume.shape, strict=True))
+    ]
+
+
+def _iter_blur_volumes(pixels: np.ndarray, psf, channel_axis, device) -> JobSteps[np.ndarray]:
+    from ..methods.richardson_lucy import check_psf_fits_volume, check_volume_psf, from_volumes, volumes_of
+
+    kernel = check_volume_psf(psf)
+    volumes, moved_shape = volumes_of(pixels, channel_axis)
+    check_psf_fits_volume(kernel.shape, volumes.shape[1:])
+    kernel_tensor = torch.from_numpy(kernel).to(device)
+    result = np.empty(volumes.shape, dtype=np.float32)
+    for index in range(len(volumes)):
+        volume = torch.from_numpy(np.array(volumes[index], dtype=np.float32)).to(device)
+        result[index] = convolve_volume(volume, kernel_tensor).to("cpu", torch.float32).numpy()
+        yield JobProgress((index + 1) / len(volumes), f"blurring in 3D: volume {index + 1}/{len(volumes)}")
+    return from_volumes(result, moved_shape, channel_axis)
+
+
+def iter_blur(
+    image, psf, *, channel_axis: int | None = None, device=None, psf_per_plane: bool = False
+) -> JobSteps[np.ndarray]:
+    """Generator twin of :func:`blur` (yields progress per plane, or per volume for a 3D PSF)."""
     pixels = as_float_image(image)
     kernel = as_psf(psf)
-    layout = PlaneLayout.of(pixels.shape, channel_axis)
     target = select_device(device)
+    if is_volume_psf(kernel, psf_per_plane):  # normalised as one 3D PSF, not kernel by kernel
+        return (yield from _iter_blur_volumes(pixels, psf, channel_axis, target))
+    layout = PlaneLayout.of(pixels.shape, channel_axis)
 
     def plane_steps(plane, plane_kernel):
         yield JobProgress(0.0, "blurring")
@@ -53,14 +93,19 @@ def blur() -> np.ndarray:
     Parameters
     ----------
     image : array_like, shape (..., H, W) or with a channel axis
-        Any real dtype; leading axes (z, t) are blurred plane by plane.
+        Any real dtype; with a 2D PSF leading axes (z, t) are blurred plane by
+        plane, with a 3D PSF each ``(z, y, x)`` volume is blurred in 3D.
     psf : array_like, shape (h, w) or (n, h, w)
-        Kernel (normalised to sum 1 here); a 3D stack gives one kernel per
-        plane (see :class:`~napari_deblur.engine.core.planes.PlaneLayout`).
+        Kernel (normalised to sum 1 here). A 3D PSF is a 3D convolution (no
+        larger than the volume); with ``psf_per_plane`` it is a stack of 2D
+        kernels, one per plane (see :class:`~napari_deblur.engine.core.planes.PlaneLayout`).
     channel_axis : int, optional
         Axis of colour channels; each channel is blurred alike.
     device : str or torch.device, optional
         ``None``/"auto" (CUDA, then MPS, then CPU), "cpu", "cuda" or "mps".
+    psf_per_plane : bool
+        Read a 3D ``psf`` as one 2D kernel per plane (or per z of a t-z stack)
+        instead of a 3D PSF.
     progress, cancel
         See :func:`~napari_deblur.engine.core.jobs.run_job`.
 
