@@ -78,7 +78,7 @@ def make_sample(shape: tuple, seed: int) -> dict:
     truth = ((case.truth - offset) / scale).astype(np.float32)
     return {
         "candidates": candidates.numpy(),
-        "noise": np.float32(noise_channel(candidates)),
+        "noise": np.float32(noise_channel(candidates[0])),
         "truth": truth,
         "range": np.float32(np.ptp(_interior(torch.from_numpy(truth)).numpy())),
     }

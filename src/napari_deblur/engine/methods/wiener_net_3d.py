@@ -12,13 +12,15 @@ tiles. See docs/methods/wiener-net-3d.md.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..core.devices import select_device
 from ..core.image_stats import estimate_noise_std
-from ..core.jobs import JobProgress, JobSteps, job_facade, scaled_steps
+from ..core.jobs import JobProgress, JobSteps, job_facade, run_job, scaled_steps
 from ..core.lazy import lazy_by_volume
 from ..core.planes import magnitude_exponent, scaled_back, scaled_down
 from ..core.tiling import iter_tiled
@@ -57,6 +59,14 @@ TILE_HALO = 24
 
 TILE_BLEND = 16
 
+MAX_WHOLE_VOXELS = 1 << 24
+"""Largest volume (voxels) whose candidates are made in one piece (about 4.8 GB of working memory on the
+CPU for 64 x 512 x 512); larger volumes run in lateral tiles of about this many voxels with their halos."""
+
+MIN_VOLUME_TILE = 64
+"""Smallest lateral core of a tile of a large volume (voxels); a very deep volume then exceeds
+:data:`MAX_WHOLE_VOXELS` per tile, as z is not tiled."""
+
 
 def volume_normalisation(volume: torch.Tensor) -> tuple[float, float]:
     """``(offset, scale)``: the volume's background and bright-minus-background levels.
@@ -74,7 +84,7 @@ def volume_normalisation(volume: torch.Tensor) -> tuple[float, float]:
 
 
 def iter_candidates(
-    volume: torch.Tensor, kernel: torch.Tensor
+    volume: torch.Tensor, kernel: torch.Tensor, normalisation: tuple[float, float] | None = None
 ) -> JobSteps[tuple[torch.Tensor, float, float]]:
     """The normalised candidates of one volume.
 
@@ -84,6 +94,9 @@ def iter_candidates(
         Non-negative blurred volume (negative values count as 0 in Richardson-Lucy).
     kernel : Tensor, shape (kz, ky, kx), float32
         Centred 3D PSF summing to 1, no larger than the volume.
+    normalisation : (offset, scale), optional
+        Default :func:`volume_normalisation` of ``volume``; a tile of a larger
+        volume takes the whole volume's.
 
     Returns
     -------
@@ -91,7 +104,7 @@ def iter_candidates(
         ``candidates`` ``(N_CANDIDATES, Z, H, W)`` float32 in normalised units;
         a restored ``c`` maps back to the volume's units as ``c * scale + offset``.
     """
-    offset, scale = volume_normalisation(volume)
+    offset, scale = volume_normalisation(volume) if normalisation is None else normalisation
     candidates = [(volume - offset) / scale]
     for snr in WIENER_SNRS_DB:
         candidates.append((wiener_filter_3d(volume, kernel, snr) - offset) / scale)
@@ -111,10 +124,13 @@ def iter_candidates(
     return torch.stack(candidates), offset, scale
 
 
-def noise_channel(candidates: torch.Tensor) -> float:
-    """The network's noise input: log10 of the normalised volume's noise (median over planes), at least -4."""
-    planes = candidates[0][:, None]
-    noise = float(estimate_noise_std(planes).median())
+def noise_channel(normalised: torch.Tensor) -> float:
+    """The network's noise input from the normalised ``(Z, H, W)`` volume (the first candidate).
+
+    log10 of its noise (:func:`~napari_deblur.engine.core.image_stats.estimate_noise_std`,
+    median over planes), at least -4.
+    """
+    noise = float(estimate_noise_std(normalised[:, None]).median())
     return float(np.log10(max(noise, 1e-4)))
 
 
@@ -148,6 +164,44 @@ def iter_network_tiled(model, features: torch.Tensor) -> JobSteps[torch.Tensor]:
     return restored[0]
 
 
+def iter_restore_volume(model, volume: torch.Tensor, kernel: torch.Tensor) -> JobSteps[torch.Tensor]:
+    """Wiener-net 3D on one ``(Z, H, W)`` volume, in the volume's units.
+
+    A volume of at most :data:`MAX_WHOLE_VOXELS` voxels runs whole (the
+    network in lateral tiles); a larger one runs candidates and network
+    together in lateral tiles with the whole depth, each tile with a halo of
+    the PSF's lateral size plus :data:`TILE_HALO`, normalised by the whole
+    volume's levels. Richardson-Lucy's automatic stop is then each tile's own;
+    neighbouring tiles are cross-faded over :data:`TILE_BLEND` voxels.
+    """
+    offset, scale = volume_normalisation(volume)
+    noise = noise_channel((volume - offset) / scale)
+    if volume.numel() <= MAX_WHOLE_VOXELS:
+        steps = iter_candidates(volume, kernel, (offset, scale))
+        candidates, _, _ = yield from scaled_steps(steps, 0.0, 0.7)
+        features = wiener_net_3d_features(candidates, noise)
+        del candidates
+        yield JobProgress(0.7, "Wiener-net 3D: network")
+        restored = yield from scaled_steps(iter_network_tiled(model, features), 0.7, 1.0)
+        return restored * scale + offset
+    depth = volume.shape[0]
+    halo = max(kernel.shape[1:]) + TILE_HALO
+    side = int(math.sqrt(MAX_WHOLE_VOXELS / depth)) - 2 * halo
+    side = max(side // SIZE_MULTIPLE * SIZE_MULTIPLE, MIN_VOLUME_TILE)
+
+    def tile_fn(tile: torch.Tensor) -> torch.Tensor:  # (1, Z, h, w)
+        candidates, _, _ = run_job(iter_candidates(tile[0], kernel, (offset, scale)))
+        features = wiener_net_3d_features(candidates, noise)
+        del candidates
+        with torch.no_grad():
+            return run_network(model, features)[:, 0]
+
+    message = f"Wiener-net 3D in {side} px lateral tiles"
+    yield JobProgress(0.0, message)
+    restored = yield from iter_tiled(tile_fn, volume[None], tile_size=side, halo=halo, blend=TILE_BLEND)
+    return restored[0] * scale + offset
+
+
 def iter_wiener_net_3d(
     image,
     psf,
@@ -169,17 +223,9 @@ def iter_wiener_net_3d(
         volume = np.array(volumes[index], dtype=np.float32)
         exponent = magnitude_exponent(volume)
         tensor = torch.from_numpy(scaled_down(volume, exponent)).to(target)
-        steps = iter_candidates(tensor, kernel_tensor)
-        candidates, offset, scale = yield from scaled_steps(steps, index / count, (index + 0.7) / count)
+        steps = iter_restore_volume(model, tensor, kernel_tensor)
+        restored = yield from scaled_steps(steps, index / count, (index + 1) / count)
         del tensor
-        features = wiener_net_3d_features(candidates, noise_channel(candidates))
-        del candidates
-        yield JobProgress((index + 0.7) / count, "Wiener-net 3D: network")
-        restored = yield from scaled_steps(
-            iter_network_tiled(model, features), (index + 0.7) / count, (index + 1) / count
-        )
-        del features
-        restored = restored * scale + offset
         result[index] = scaled_back(restored.to("cpu", torch.float32).numpy(), exponent)
     return from_volumes(result, moved_shape, channel_axis)
 
@@ -224,8 +270,10 @@ def wiener_net_3d() -> np.ndarray:
     filter) at :data:`WIENER_SNRS_DB`, and accelerated Richardson-Lucy
     (:func:`richardson_lucy`'s iteration) after :data:`RL_SNAPSHOTS`
     iterations and where its automatic stop ends; the network weighs them per
-    voxel and adds a correction. The
-    candidates of a volume are held in memory (about 10 float32 copies of
-    it, plus Richardson-Lucy's padded grid); the network runs in lateral
-    tiles of :data:`TILE_SIZE` voxels with the whole depth.
+    voxel and adds a correction. A volume of up to :data:`MAX_WHOLE_VOXELS`
+    voxels has its candidates made whole (about 10 float32 copies of it,
+    plus Richardson-Lucy's padded grid) and the network run in lateral tiles
+    of :data:`TILE_SIZE` voxels; a larger volume runs both in lateral tiles
+    with the whole depth (:func:`iter_restore_volume`), so memory follows the
+    tile, not the plane; z is not tiled.
     """
