@@ -256,6 +256,28 @@ def test_rl_falls_back_to_lateral_tiles_when_memory_runs_out(case, psf, monkeypa
     assert _psnr(tiled, whole) > 35
 
 
+def test_3d_wiener_falls_back_to_lateral_tiles_when_memory_runs_out(case, psf, monkeypatch):
+    from napari_deblur.engine.methods import wiener as module
+
+    truth, noisy = case
+    original = module.wiener_filter_3d
+    calls = []
+
+    def failing_once(volume, kernel, snr_db):
+        calls.append(tuple(volume.shape))
+        if len(calls) == 1:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return original(volume, kernel, snr_db)
+
+    monkeypatch.setattr(module, "wiener_filter_3d", failing_once)
+    tiled = engine.wiener_deconvolve_3d(noisy, psf, snr_db=20.0, device="cpu")
+    monkeypatch.undo()
+    whole = engine.wiener_deconvolve_3d(noisy, psf, snr_db=20.0, device="cpu")
+    assert len(calls) > 2 and all(shape[0] == SHAPE[0] for shape in calls[1:])  # lateral tiles, whole depth
+    assert _psnr(tiled, whole) > 35
+    assert _psnr(tiled, truth) > _psnr(noisy, truth)
+
+
 def test_rl_facade_equals_its_twin_and_honours_cancel(case, psf):
     _, noisy = case
     volume = noisy[:, :32, :32]

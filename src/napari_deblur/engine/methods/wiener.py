@@ -7,13 +7,14 @@ large planes are filtered in tiles. See docs/methods/wiener-net.md for the metho
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 
 from ..core.devices import is_out_of_memory, release_cached_memory, select_device
-from ..core.jobs import EngineMemoryError, JobProgress, JobSteps, job_facade
+from ..core.jobs import JobProgress, JobSteps, job_facade
 from ..core.lazy import lazy_by_volume, lazy_with_psf
 from ..core.planes import PlaneLayout, iter_planewise, magnitude_exponent, scaled_back, scaled_down
 from ..core.tiling import MIN_TILE_SIZE, budget_tile_size, device_tile_size, iter_tiled, out_of_memory_error
@@ -27,6 +28,8 @@ from ..physics.fourier import (
     taper_pad,
     taper_weights,
 )
+
+logger = logging.getLogger(__name__)
 
 WIENER_STACK_SNRS_DB: tuple[float, ...] = tuple(float(s) for s in range(9, 66, 4))
 """The 15 SNRs (dB) of the Wiener stack of Gilbert, Messinger & Patel: 9, 13, ..., 65."""
@@ -390,6 +393,32 @@ def wiener_filter_3d(volume: torch.Tensor, kernel: torch.Tensor, snr_db: float) 
     ]
 
 
+WIENER_3D_HALO_KERNELS = 2
+"""Lateral context of a 3D Wiener tile, in the PSF's lateral sides (after an out-of-memory error)."""
+
+
+def _iter_wiener_3d_lateral_tiles(
+    volume: torch.Tensor, kernel: torch.Tensor, snr: float
+) -> JobSteps[torch.Tensor]:
+    """:func:`wiener_filter_3d` of a ``(Z, H, W)`` volume in lateral tiles with the whole depth.
+
+    Each tile is mirrored and faded like the whole volume, with
+    :data:`WIENER_3D_HALO_KERNELS` lateral PSF sides of context; tiles start at
+    half the plane and halve again while memory runs out
+    (:func:`~napari_deblur.engine.core.tiling.iter_tiled`).
+    """
+    halo = WIENER_3D_HALO_KERNELS * max(kernel.shape[1:])
+    tile_size = max(max(volume.shape[1:]) // 2, MIN_TILE_SIZE)
+    logger.warning("out of memory on the whole volume; 3D Wiener in %d px lateral tiles", tile_size)
+    yield JobProgress(0.0, f"out of memory: 3D Wiener in {tile_size} px lateral tiles")
+
+    def tile_fn(tile: torch.Tensor) -> torch.Tensor:  # (1, z, h, w): z is carried as channels
+        return wiener_filter_3d(tile[0], kernel, snr)[None]
+
+    tiled = yield from iter_tiled(tile_fn, volume[None], tile_size=tile_size, halo=halo, blend=TILE_BLEND)
+    return tiled[0]
+
+
 def iter_wiener_deconvolve_3d(
     image,
     psf,
@@ -417,14 +446,11 @@ def iter_wiener_deconvolve_3d(
         tensor = torch.from_numpy(scaled_down(volume, exponent)).to(target)
         try:
             restored = wiener_filter_3d(tensor, kernel_tensor, snr)
-        except Exception as error:  # only memory errors are reported as such; others re-raised
+        except Exception as error:  # only memory errors fall back to tiles; others re-raised
             if not is_out_of_memory(error):
                 raise
             release_cached_memory(target)
-            raise EngineMemoryError(
-                f"Not enough memory on {target} for 3D Wiener deconvolution of a {volume.shape} volume "
-                f"(about 10 float32 copies of the padded volume): {error}. Crop the volume or use another device."
-            ) from error
+            restored = yield from _iter_wiener_3d_lateral_tiles(tensor, kernel_tensor, snr)
         result[index] = scaled_back(restored.to("cpu", torch.float32).numpy(), exponent)
         yield JobProgress((index + 1) / count, f"3D Wiener deconvolution: volume {index + 1}/{count}")
     return from_volumes(result, moved_shape, channel_axis)
@@ -462,7 +488,8 @@ def wiener_deconvolve_3d() -> np.ndarray:
         For bad input, a PSF that is not 3D or is larger than the volume, or
         a 2D image.
     EngineMemoryError
-        When the padded volume does not fit the device (it is not tiled).
+        When even lateral tiles of :data:`~napari_deblur.engine.core.tiling.MIN_TILE_SIZE`
+        voxels (with the whole depth) do not fit the device.
 
     Notes
     -----
