@@ -115,6 +115,9 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     out = engine.richardson_lucy(blurred, psf, iterations=30, acceleration=False, device="cpu")
     add("ours RL 30, plain (as sdeconv's)", out, time.perf_counter() - start)
+    start = time.perf_counter()
+    out = engine.wiener_net_3d(blurred, psf, device="cpu")
+    add("ours Wiener-net 3D (learned)", out, time.perf_counter() - start)
     trials = []
     for snr in SNR_GRID_DB:
         start = time.perf_counter()
