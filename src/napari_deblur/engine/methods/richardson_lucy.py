@@ -21,6 +21,7 @@ from ..core.lazy import lazy_by_volume
 from ..core.planes import PlaneLayout, iter_planewise
 from ..core.tiling import MIN_TILE_SIZE, iter_tiled, out_of_memory_error
 from ..core.validation import as_float_image, as_psf
+from ..core.volumes import iter_volumewise
 from ..physics.fourier import fast_fft_length
 
 logger = logging.getLogger(__name__)
@@ -102,58 +103,6 @@ class ResidualWhiteness:
         if not bool(total > 0):
             return 0.0
         return float((torch.cumsum(spectrum, 0) / total - self._white).abs().max())
-
-
-def check_volume_psf(psf, name: str = "psf") -> np.ndarray:
-    """A 3D PSF as float32 summing to 1 as a whole (not plane by plane); ValueError otherwise."""
-    kernel = as_float_image(psf, name=name, min_ndim=3).astype(np.float64)
-    if kernel.ndim != 3:
-        raise ValueError(f"{name} must be a 3D PSF (kz, ky, kx) here, got shape {kernel.shape}.")
-    total = kernel.sum()
-    if not total > 0:
-        raise ValueError(
-            f"{name} sums to {total:.3g}; a PSF must have a positive sum (it is normalised to 1)."
-        )
-    return (kernel / total).astype(np.float32)
-
-
-def volumes_of(pixels: np.ndarray, channel_axis: int | None) -> tuple[np.ndarray, tuple[int, ...]]:
-    """``pixels`` as ``(N, z, y, x)`` volumes (channels and axes before z flattened) and the moved shape."""
-    if channel_axis is not None:
-        PlaneLayout.of(pixels.shape, channel_axis)  # checks the axis
-        moved = np.moveaxis(pixels, channel_axis, 0)
-    else:
-        moved = pixels[None]
-    if moved.ndim < 4:
-        raise ValueError(
-            f"A 3D PSF needs a 3D volume (z, y, x), got an image of shape {pixels.shape}"
-            f"{' with channel_axis=' + str(channel_axis) if channel_axis is not None else ''}. "
-            f"Use a 2D PSF for 2D images."
-        )
-    return moved.reshape((-1,) + moved.shape[-3:]), moved.shape
-
-
-def from_volumes(volumes: np.ndarray, moved_shape: tuple[int, ...], channel_axis: int | None) -> np.ndarray:
-    """Inverse of :func:`volumes_of`."""
-    moved = volumes.reshape(moved_shape)
-    return np.moveaxis(moved, 0, channel_axis) if channel_axis is not None else moved[0]
-
-
-def check_psf_fits_volume(
-    psf_shape: tuple[int, ...], volume_shape: tuple[int, ...], *, deeper_in_z: bool = False
-) -> None:
-    """Raise ``ValueError`` unless a ``(kz, ky, kx)`` PSF fits a ``(z, y, x)`` volume.
-
-    Laterally the PSF must be no larger than the volume; in z no deeper, or with
-    ``deeper_in_z`` at most ``2 z + 1`` planes (light from planes outside the stack).
-    """
-    depth_limit = 2 * volume_shape[0] + 1 if deeper_in_z else volume_shape[0]
-    limits = (depth_limit, *volume_shape[1:])
-    if any(k > n for k, n in zip(psf_shape, limits)):
-        raise ValueError(
-            f"The 3D PSF {psf_shape} is larger than the volume {volume_shape} allows (at most "
-            f"{tuple(limits)}); crop the PSF (e.g. prepare_measured_psf(psf, shape=...)) or give a larger volume."
-        )
 
 
 def _otf(kernel: torch.Tensor, grid: tuple[int, ...]) -> torch.Tensor:
@@ -358,27 +307,17 @@ def iter_richardson_lucy(
     options = dict(iterations=iterations, acceleration=bool(acceleration), tv_weight=float(tv_weight))
     kernel_array = np.asarray(psf) if psf is not None else psf
     if isinstance(kernel_array, np.ndarray) and kernel_array.ndim == 3:
-        kernel = check_volume_psf(kernel_array)
-        volumes, moved_shape = volumes_of(pixels, channel_axis)
-        check_psf_fits_volume(kernel.shape, volumes.shape[1:], deeper_in_z=True)
-        target = select_device(device)
-        kernel_tensor = torch.from_numpy(kernel).to(target)
-        result = np.empty(volumes.shape, dtype=np.float32)
-        count = len(volumes)
-        for index in range(count):
-            volume = torch.from_numpy(np.array(volumes[index], dtype=np.float32)).to(target)
-            steps = _volume_steps(volume, kernel_tensor, options)
-            while True:
-                try:
-                    update = next(steps)
-                except StopIteration as finished:
-                    restored = finished.value
-                    break
-                yield JobProgress((index + update.fraction) / count, update.message)
-            result[index] = restored.detach().to("cpu", torch.float32).numpy()
-            del volume, restored
-            release_cached_memory(target)
-        return from_volumes(result, moved_shape, channel_axis)
+        return (
+            yield from iter_volumewise(
+                pixels,
+                kernel_array,
+                lambda volume, kernel: _volume_steps(volume, kernel, options),
+                channel_axis=channel_axis,
+                device=select_device(device),
+                message="Richardson-Lucy",
+                deeper_in_z=True,
+            )
+        )
 
     kernel = as_psf(psf)
     if kernel.ndim != 2:

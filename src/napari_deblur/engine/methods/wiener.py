@@ -16,9 +16,10 @@ import torch
 from ..core.devices import is_out_of_memory, release_cached_memory, select_device
 from ..core.jobs import JobProgress, JobSteps, job_facade
 from ..core.lazy import lazy_by_volume, lazy_with_psf
-from ..core.planes import PlaneLayout, iter_planewise, magnitude_exponent, scaled_back, scaled_down
+from ..core.planes import PlaneLayout, iter_planewise
 from ..core.tiling import MIN_TILE_SIZE, budget_tile_size, device_tile_size, iter_tiled, out_of_memory_error
 from ..core.validation import as_float_image, as_psf, is_volume_psf
+from ..core.volumes import iter_volumewise
 from ..physics.fourier import (
     fast_fft_length,
     kernel_to_otf,
@@ -428,32 +429,29 @@ def iter_wiener_deconvolve_3d(
     device=None,
 ) -> JobSteps[np.ndarray]:
     """Generator twin of :func:`wiener_deconvolve_3d`."""
-    from .richardson_lucy import check_psf_fits_volume, check_volume_psf, from_volumes, volumes_of
-
     pixels = as_float_image(image)
-    kernel = check_volume_psf(psf)
     snr = _check_snrs([snr_db])[0]
-    volumes, moved_shape = volumes_of(pixels, channel_axis)
-    check_psf_fits_volume(kernel.shape, volumes.shape[1:])
-    target = select_device(device)
-    kernel_tensor = torch.from_numpy(kernel).to(target)
-    result = np.empty(volumes.shape, dtype=np.float32)
-    count = len(volumes)
-    yield JobProgress(0.0, "3D Wiener deconvolution")
-    for index in range(count):
-        volume = np.array(volumes[index], dtype=np.float32)
-        exponent = magnitude_exponent(volume)
-        tensor = torch.from_numpy(scaled_down(volume, exponent)).to(target)
+
+    def volume_steps(volume: torch.Tensor, kernel: torch.Tensor) -> JobSteps[torch.Tensor]:
+        yield JobProgress(0.0, "3D Wiener deconvolution")
         try:
-            restored = wiener_filter_3d(tensor, kernel_tensor, snr)
+            return wiener_filter_3d(volume, kernel, snr)
         except Exception as error:  # only memory errors fall back to tiles; others re-raised
             if not is_out_of_memory(error):
                 raise
-            release_cached_memory(target)
-            restored = yield from _iter_wiener_3d_lateral_tiles(tensor, kernel_tensor, snr)
-        result[index] = scaled_back(restored.to("cpu", torch.float32).numpy(), exponent)
-        yield JobProgress((index + 1) / count, f"3D Wiener deconvolution: volume {index + 1}/{count}")
-    return from_volumes(result, moved_shape, channel_axis)
+            release_cached_memory(volume.device)
+        return (yield from _iter_wiener_3d_lateral_tiles(volume, kernel, snr))
+
+    return (
+        yield from iter_volumewise(
+            pixels,
+            psf,
+            volume_steps,
+            channel_axis=channel_axis,
+            device=select_device(device),
+            message="3D Wiener deconvolution",
+        )
+    )
 
 
 @job_facade(iter_wiener_deconvolve_3d, lazy=lazy_by_volume)

@@ -22,18 +22,11 @@ from ..core.devices import select_device
 from ..core.image_stats import estimate_noise_std
 from ..core.jobs import JobProgress, JobSteps, job_facade, run_job, scaled_steps
 from ..core.lazy import lazy_by_volume
-from ..core.planes import magnitude_exponent, scaled_back, scaled_down
 from ..core.tiling import iter_tiled
 from ..core.validation import as_float_image
+from ..core.volumes import iter_volumewise
 from ..nets.wiener_net_3d import SIZE_MULTIPLE, load_wiener_net_3d
-from .richardson_lucy import (
-    AUTO_ITERATIONS,
-    check_psf_fits_volume,
-    check_volume_psf,
-    from_volumes,
-    iter_rl_tensor,
-    volumes_of,
-)
+from .richardson_lucy import AUTO_ITERATIONS, iter_rl_tensor
 from .wiener import wiener_filter_3d
 
 WIENER_SNRS_DB = (10.0, 20.0, 30.0, 40.0)
@@ -211,23 +204,18 @@ def iter_wiener_net_3d(
 ) -> JobSteps[np.ndarray]:
     """Generator twin of :func:`wiener_net_3d`."""
     pixels = as_float_image(image)
-    kernel = check_volume_psf(psf)
-    volumes, moved_shape = volumes_of(pixels, channel_axis)
-    check_psf_fits_volume(kernel.shape, volumes.shape[1:])
     target = select_device(device)
     model = load_wiener_net_3d(target, N_CANDIDATES)
-    kernel_tensor = torch.from_numpy(kernel).to(target)
-    result = np.empty(volumes.shape, dtype=np.float32)
-    count = len(volumes)
-    for index in range(count):
-        volume = np.array(volumes[index], dtype=np.float32)
-        exponent = magnitude_exponent(volume)
-        tensor = torch.from_numpy(scaled_down(volume, exponent)).to(target)
-        steps = iter_restore_volume(model, tensor, kernel_tensor)
-        restored = yield from scaled_steps(steps, index / count, (index + 1) / count)
-        del tensor
-        result[index] = scaled_back(restored.to("cpu", torch.float32).numpy(), exponent)
-    return from_volumes(result, moved_shape, channel_axis)
+    return (
+        yield from iter_volumewise(
+            pixels,
+            psf,
+            lambda volume, kernel: iter_restore_volume(model, volume, kernel),
+            channel_axis=channel_axis,
+            device=target,
+            message="Wiener-net 3D",
+        )
+    )
 
 
 @job_facade(iter_wiener_net_3d, lazy=lazy_by_volume)

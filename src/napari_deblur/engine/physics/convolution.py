@@ -10,6 +10,7 @@ from ..core.jobs import JobProgress, JobSteps, job_facade
 from ..core.lazy import lazy_with_psf
 from ..core.planes import PlaneLayout, iter_planewise
 from ..core.validation import as_float_image, as_psf, is_volume_psf
+from ..core.volumes import iter_volumewise
 from .fourier import kernel_to_otf, symmetric_indices, symmetric_pad
 
 
@@ -51,21 +52,6 @@ def convolve_volume(volume: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
     ]
 
 
-def _iter_blur_volumes(pixels: np.ndarray, psf, channel_axis, device) -> JobSteps[np.ndarray]:
-    from ..methods.richardson_lucy import check_psf_fits_volume, check_volume_psf, from_volumes, volumes_of
-
-    kernel = check_volume_psf(psf)
-    volumes, moved_shape = volumes_of(pixels, channel_axis)
-    check_psf_fits_volume(kernel.shape, volumes.shape[1:])
-    kernel_tensor = torch.from_numpy(kernel).to(device)
-    result = np.empty(volumes.shape, dtype=np.float32)
-    for index in range(len(volumes)):
-        volume = torch.from_numpy(np.array(volumes[index], dtype=np.float32)).to(device)
-        result[index] = convolve_volume(volume, kernel_tensor).to("cpu", torch.float32).numpy()
-        yield JobProgress((index + 1) / len(volumes), f"blurring in 3D: volume {index + 1}/{len(volumes)}")
-    return from_volumes(result, moved_shape, channel_axis)
-
-
 def iter_blur(
     image, psf, *, channel_axis: int | None = None, device=None, psf_per_plane: bool = False
 ) -> JobSteps[np.ndarray]:
@@ -74,7 +60,16 @@ def iter_blur(
     kernel = as_psf(psf)
     target = select_device(device)
     if is_volume_psf(kernel, psf_per_plane):  # normalised as one 3D PSF, not kernel by kernel
-        return (yield from _iter_blur_volumes(pixels, psf, channel_axis, target))
+
+        def volume_steps(volume: torch.Tensor, volume_kernel: torch.Tensor) -> JobSteps[torch.Tensor]:
+            yield JobProgress(0.0, "blurring in 3D")
+            return convolve_volume(volume, volume_kernel)
+
+        return (
+            yield from iter_volumewise(
+                pixels, psf, volume_steps, channel_axis=channel_axis, device=target, message="blurring in 3D"
+            )
+        )
     layout = PlaneLayout.of(pixels.shape, channel_axis)
 
     def plane_steps(plane, plane_kernel):

@@ -1,0 +1,134 @@
+"""3D PSFs and the volumes of an image: checks, and a job that runs one volume at a time.
+
+The 3D counterpart of :mod:`~napari_deblur.engine.core.planes`: an image with a
+3D PSF is a set of ``(z, y, x)`` volumes (colour channels and axes before z,
+such as t, taken one at a time), each processed whole by a method's
+``volume_steps``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from .devices import release_cached_memory
+from .jobs import JobProgress, JobSteps, scaled_steps
+from .planes import PlaneLayout, magnitude_exponent, scaled_back, scaled_down
+from .validation import as_float_image
+
+VolumeSteps = Callable[[torch.Tensor, torch.Tensor], JobSteps[torch.Tensor]]
+"""``volume_steps(volume, kernel)``: a job restoring one ``(z, y, x)`` float32 volume with the PSF."""
+
+
+def check_volume_psf(psf, name: str = "psf") -> np.ndarray:
+    """A 3D PSF as float32 summing to 1 as a whole (not plane by plane); ValueError otherwise."""
+    kernel = as_float_image(psf, name=name, min_ndim=3).astype(np.float64)
+    if kernel.ndim != 3:
+        raise ValueError(f"{name} must be a 3D PSF (kz, ky, kx) here, got shape {kernel.shape}.")
+    total = kernel.sum()
+    if not total > 0:
+        raise ValueError(
+            f"{name} sums to {total:.3g}; a PSF must have a positive sum (it is normalised to 1)."
+        )
+    return (kernel / total).astype(np.float32)
+
+
+def volumes_of(pixels: np.ndarray, channel_axis: int | None) -> tuple[np.ndarray, tuple[int, ...]]:
+    """``pixels`` as ``(N, z, y, x)`` volumes (channels and axes before z flattened) and the moved shape."""
+    if channel_axis is not None:
+        PlaneLayout.of(pixels.shape, channel_axis)  # checks the axis
+        moved = np.moveaxis(pixels, channel_axis, 0)
+    else:
+        moved = pixels[None]
+    if moved.ndim < 4:
+        raise ValueError(
+            f"A 3D PSF needs a 3D volume (z, y, x), got an image of shape {pixels.shape}"
+            f"{' with channel_axis=' + str(channel_axis) if channel_axis is not None else ''}. "
+            f"Use a 2D PSF for 2D images."
+        )
+    return moved.reshape((-1,) + moved.shape[-3:]), moved.shape
+
+
+def from_volumes(volumes: np.ndarray, moved_shape: tuple[int, ...], channel_axis: int | None) -> np.ndarray:
+    """Inverse of :func:`volumes_of`."""
+    moved = volumes.reshape(moved_shape)
+    return np.moveaxis(moved, 0, channel_axis) if channel_axis is not None else moved[0]
+
+
+def check_psf_fits_volume(
+    psf_shape: tuple[int, ...], volume_shape: tuple[int, ...], *, deeper_in_z: bool = False
+) -> None:
+    """Raise ``ValueError`` unless a ``(kz, ky, kx)`` PSF fits a ``(z, y, x)`` volume.
+
+    Laterally the PSF must be no larger than the volume; in z no deeper, or with
+    ``deeper_in_z`` at most ``2 z + 1`` planes (light from planes outside the stack).
+    """
+    depth_limit = 2 * volume_shape[0] + 1 if deeper_in_z else volume_shape[0]
+    limits = (depth_limit, *volume_shape[1:])
+    if any(k > n for k, n in zip(psf_shape, limits, strict=True)):
+        raise ValueError(
+            f"The 3D PSF {psf_shape} is larger than the volume {volume_shape} allows (at most "
+            f"{tuple(limits)}); crop the PSF (e.g. prepare_measured_psf(psf, shape=...)) or give a larger volume."
+        )
+
+
+def iter_volumewise(
+    pixels: np.ndarray,
+    psf,
+    volume_steps: VolumeSteps,
+    *,
+    channel_axis: int | None,
+    device: torch.device,
+    message: str,
+    deeper_in_z: bool = False,
+) -> JobSteps[np.ndarray]:
+    """Run ``volume_steps`` on every ``(z, y, x)`` volume of ``pixels`` with the 3D ``psf``.
+
+    Parameters
+    ----------
+    pixels : numpy.ndarray
+        A checked float image (:func:`~napari_deblur.engine.core.validation.as_float_image`)
+        with at least three spatial axes.
+    psf : array_like
+        The 3D PSF; checked and normalised by :func:`check_volume_psf`, then
+        :func:`check_psf_fits_volume` (with ``deeper_in_z``).
+    volume_steps : callable
+        See :data:`VolumeSteps`. Each volume is handed over scaled by an exact
+        power of two into the float32 range (as planes are) and scaled back.
+    channel_axis : int, optional
+    device : torch.device
+    message : str
+        Progress text after each volume when there are several (with its number);
+        ``volume_steps`` reports its own progress within a volume.
+
+    Returns
+    -------
+    numpy.ndarray, float32, the shape of ``pixels``.
+
+    Raises
+    ------
+    ValueError
+        A PSF that is not 3D, sums to 0 or does not fit, or an image with fewer
+        than three spatial axes.
+    """
+    kernel = check_volume_psf(psf)
+    volumes, moved_shape = volumes_of(pixels, channel_axis)
+    check_psf_fits_volume(kernel.shape, volumes.shape[1:], deeper_in_z=deeper_in_z)
+    kernel_tensor = torch.from_numpy(kernel).to(device)
+    result = np.empty(volumes.shape, dtype=np.float32)
+    count = len(volumes)
+    for index in range(count):
+        volume = np.array(volumes[index], dtype=np.float32)
+        exponent = magnitude_exponent(volume)
+        tensor = torch.from_numpy(scaled_down(volume, exponent)).to(device)
+        steps = volume_steps(tensor, kernel_tensor)
+        restored = yield from scaled_steps(steps, index / count, (index + 1) / count)
+        del tensor
+        result[index] = scaled_back(restored.detach().to("cpu", torch.float32).numpy(), exponent)
+        del restored
+        release_cached_memory(device)
+        if count > 1:
+            yield JobProgress((index + 1) / count, f"{message}: volume {index + 1}/{count}")
+    return from_volumes(result, moved_shape, channel_axis)
