@@ -256,6 +256,35 @@ def test_rl_falls_back_to_lateral_tiles_when_memory_runs_out(case, psf, monkeypa
     assert _psnr(tiled, whole) > 35
 
 
+def test_rl_of_a_deep_stack_falls_back_to_slabs_of_planes_when_lateral_tiles_do_not_fit(monkeypatch):
+    from napari_deblur.engine.methods import richardson_lucy as module
+
+    psf = engine.microscope_psf((7, 15), na=1.0, model="gaussian", **OPTICS)
+    rng = np.random.default_rng(3)
+    truth = np.zeros((40, 32, 32))
+    truth[tuple(rng.integers([0, 2, 2], [40, 30, 30], size=(60, 3)).T)] = rng.uniform(1, 2, 60)
+    truth = ndimage.gaussian_filter(truth, 1.0) * 1000 + 10
+    noisy = rng.poisson(ndimage.convolve(truth, psf, mode="reflect")).astype(np.float32)
+    original = module.iter_rl_tensor
+    depths = []
+
+    def deep_data_runs_out(data, kernel, **options):  # any piece deeper than 20 planes "does not fit"
+        depths.append(data.shape[-3])
+        if data.shape[-3] > 20:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return (yield from original(data, kernel, **options))
+
+    monkeypatch.setattr(module, "iter_rl_tensor", deep_data_runs_out)
+    updates = []
+    slabs = engine.richardson_lucy(noisy, psf, iterations=10, device="cpu", progress=updates.append)
+    monkeypatch.undo()
+    whole = engine.richardson_lucy(noisy, psf, iterations=10, device="cpu")
+    assert any("slabs of" in update.message for update in updates)
+    assert max(d for d in depths if d <= 20) <= 20 and slabs.shape == noisy.shape
+    assert _psnr(slabs, whole) > 35
+    assert _psnr(slabs, truth) > _psnr(noisy, truth) + 2.0
+
+
 def test_3d_wiener_falls_back_to_lateral_tiles_when_memory_runs_out(case, psf, monkeypatch):
     from napari_deblur.engine.methods import wiener as module
 
