@@ -285,6 +285,31 @@ def test_rl_of_a_deep_stack_falls_back_to_slabs_of_planes_when_lateral_tiles_do_
     assert _psnr(slabs, truth) > _psnr(noisy, truth) + 2.0
 
 
+def test_3d_wiener_of_a_deep_stack_falls_back_to_slabs_of_planes(monkeypatch):
+    from napari_deblur.engine.methods import wiener as module
+
+    psf = engine.microscope_psf((7, 15), na=1.0, model="gaussian", **OPTICS)
+    rng = np.random.default_rng(4)
+    truth = ndimage.gaussian_filter(rng.uniform(0, 1, (40, 32, 32)) ** 8, 1.0) * 1000 + 10
+    noisy = rng.poisson(ndimage.convolve(truth, psf, mode="reflect")).astype(np.float32)
+    original = module.wiener_filter_3d
+
+    def deep_data_runs_out(volume, kernel, snr_db):  # any piece deeper than 30 planes "does not fit"
+        if volume.shape[0] > 30:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return original(volume, kernel, snr_db)
+
+    monkeypatch.setattr(module, "wiener_filter_3d", deep_data_runs_out)
+    updates = []
+    slabs = engine.wiener_deconvolve_3d(noisy, psf, snr_db=20.0, device="cpu", progress=updates.append)
+    monkeypatch.undo()
+    whole = engine.wiener_deconvolve_3d(noisy, psf, snr_db=20.0, device="cpu")
+    assert any("in slabs of" in update.message for update in updates)
+    # The Wiener filter reaches beyond a slab's context: close to the whole volume's result, not equal.
+    assert _psnr(slabs, whole) > 30
+    assert _psnr(slabs, truth) > _psnr(whole, truth) - 0.5
+
+
 def test_3d_wiener_falls_back_to_lateral_tiles_when_memory_runs_out(case, psf, monkeypatch):
     from napari_deblur.engine.methods import wiener as module
 

@@ -104,6 +104,25 @@ def test_a_large_volume_runs_in_lateral_tiles_as_well_as_whole(monkeypatch):
     assert np.abs(tiled - whole).mean() < 0.01 * float(np.percentile(whole, 99.9))
 
 
+def test_a_very_deep_volume_runs_in_slabs_of_planes(monkeypatch):
+    psf = engine.microscope_psf((7, 15), na=1.2, wavelength=0.52, dxy=0.1, dz=0.25, ni=1.33, model="gaussian")
+    rng = np.random.default_rng(8)
+    big = (40 + 6, 48 + 14, 48 + 14)
+    truth = np.zeros(big)
+    truth[tuple(rng.integers(0, big, size=(120, 3)).T)] = rng.uniform(500, 1500, 120)
+    truth = ndimage.gaussian_filter(truth, 0.7)
+    inner = (slice(3, -3), slice(7, -7), slice(7, -7))
+    noisy = rng.poisson(fftconvolve(truth, psf, mode="valid").clip(0) + 10).astype(np.float32)
+    whole = engine.wiener_net_3d(noisy, psf, device="cpu")
+    monkeypatch.setattr(net3d, "MIN_VOLUME_TILE", 16)
+    monkeypatch.setattr(net3d, "MAX_WHOLE_VOXELS", 20 * 48 * 48)  # too deep even for 16-voxel tiles: slabs
+    updates = []
+    slabs = engine.wiener_net_3d(noisy, psf, device="cpu", progress=updates.append)
+    assert any("in slabs of" in update.message for update in updates)
+    assert abs(_psnr(slabs, truth[inner] + 10) - _psnr(whole, truth[inner] + 10)) < 0.3
+    assert np.abs(slabs - whole).mean() < 0.01 * float(np.percentile(whole, 99.9))
+
+
 def test_time_series_are_deconvolved_one_volume_at_a_time_and_the_twin_agrees(case, psf):
     _, noisy = case
     series = np.stack([noisy[:, :32, :32], noisy[:, 32:, 32:]])

@@ -8,15 +8,25 @@ such as t, taken one at a time), each processed whole by a method's
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import numpy as np
 import torch
 
 from .devices import release_cached_memory
-from .jobs import JobProgress, JobSteps, scaled_steps
+from .jobs import EngineMemoryError, JobProgress, JobSteps, scaled_steps
 from .planes import PlaneLayout, magnitude_exponent, scaled_back, scaled_down
+from .tiling import tile_layout
 from .validation import as_float_image
+
+logger = logging.getLogger(__name__)
+
+MIN_SLAB_PLANES = 8
+"""Fewest planes in a slab of a volume processed in slabs (:func:`iter_depth_slabs`)."""
+
+SLAB_BLEND = 4
+"""Overlap of neighbouring slabs, in planes, cross-faded."""
 
 VolumeSteps = Callable[[torch.Tensor, torch.Tensor], JobSteps[torch.Tensor]]
 """``volume_steps(volume, kernel)``: a job restoring one ``(z, y, x)`` float32 volume with the PSF."""
@@ -132,3 +142,70 @@ def iter_volumewise(
         if count > 1:
             yield JobProgress((index + 1) / count, f"{message}: volume {index + 1}/{count}")
     return from_volumes(result, moved_shape, channel_axis)
+
+
+def _slab_ramp(size: int, blend: int, first: bool, last: bool, like: torch.Tensor) -> torch.Tensor:
+    ramp = like.new_ones(size)
+    if not first:
+        ramp[:blend] = (torch.arange(blend, device=like.device) + 0.5) / blend
+    if not last:
+        falling = (torch.arange(blend, 0, -1, device=like.device) - 0.5) / blend
+        ramp[size - blend :] = torch.minimum(ramp[size - blend :], falling)
+    return ramp
+
+
+def iter_depth_slabs(
+    volume: torch.Tensor,
+    halo: int,
+    slab_steps: Callable[[torch.Tensor], JobSteps[torch.Tensor]],
+    *,
+    planes: int,
+    method: str,
+) -> JobSteps[torch.Tensor]:
+    """``slab_steps`` on slabs of planes of a ``(z, y, x)`` volume, cross-faded into one volume.
+
+    Parameters
+    ----------
+    volume : Tensor, shape (Z, H, W)
+    halo : int
+        Planes of context on each inner side of a slab (a PSF's reach in z),
+        discarded after.
+    slab_steps : callable
+        ``slab_steps(slab)`` -> a job restoring a ``(z', H, W)`` slab (same shape).
+    planes : int
+        Planes per slab to start with (at least :data:`MIN_SLAB_PLANES`); while
+        a slab raises :class:`~napari_deblur.engine.core.jobs.EngineMemoryError`
+        the slabs are halved, down to :data:`MIN_SLAB_PLANES`, then it is raised.
+    method : str
+        Name for the progress message and the log.
+
+    Returns
+    -------
+    Tensor, shape (Z, H, W); neighbouring slabs overlap by up to :data:`SLAB_BLEND`
+    planes, cross-faded linearly.
+    """
+    depth = volume.shape[0]
+    planes = max(planes, MIN_SLAB_PLANES)
+    while True:
+        blend = min(SLAB_BLEND, planes // 2)
+        size, starts = tile_layout(depth, planes, blend)
+        logger.warning("%s in slabs of %d planes", method, size)
+        yield JobProgress(0.0, f"{method} in slabs of {size} planes")
+        restored = volume.new_zeros(volume.shape)
+        weight = volume.new_zeros(depth)
+        try:
+            for index, start in enumerate(starts):
+                low, high = max(0, start - halo), min(depth, start + size + halo)
+                steps = slab_steps(volume[low:high])
+                slab = yield from scaled_steps(steps, index / len(starts), (index + 1) / len(starts))
+                ramp = _slab_ramp(size, blend, start == 0, start + size == depth, volume)
+                restored[start : start + size] += slab[start - low : start - low + size] * ramp[:, None, None]
+                weight[start : start + size] += ramp
+                del slab
+            return restored / weight[:, None, None]
+        except EngineMemoryError:
+            if planes // 2 < MIN_SLAB_PLANES:
+                raise
+            del restored
+            release_cached_memory(volume.device)
+            planes //= 2

@@ -16,12 +16,12 @@ import numpy as np
 import torch
 
 from ..core.devices import is_out_of_memory, release_cached_memory, select_device
-from ..core.jobs import EngineMemoryError, JobProgress, JobSteps, job_facade, scaled_steps
+from ..core.jobs import EngineMemoryError, JobProgress, JobSteps, job_facade
 from ..core.lazy import lazy_by_volume
 from ..core.planes import PlaneLayout, iter_planewise
-from ..core.tiling import MIN_TILE_SIZE, iter_tiled, out_of_memory_error, tile_layout
+from ..core.tiling import MIN_TILE_SIZE, iter_tiled, out_of_memory_error
 from ..core.validation import as_float_image, as_psf
-from ..core.volumes import iter_volumewise
+from ..core.volumes import MIN_SLAB_PLANES, iter_depth_slabs, iter_volumewise
 from ..physics.fourier import fast_fft_length
 
 logger = logging.getLogger(__name__)
@@ -39,11 +39,6 @@ TV_EPSILON = 1e-4
 TILE_BLEND = 16
 """Overlap of neighbouring lateral tiles after an out-of-memory error, cross-faded."""
 
-MIN_SLAB_PLANES = 8
-"""Fewest planes in a slab of a volume deconvolved in slabs (when lateral tiles do not fit either)."""
-
-SLAB_BLEND = 4
-"""Overlap of neighbouring slabs, in planes, cross-faded."""
 
 AUTO_ITERATIONS = "auto"
 """``iterations="auto"``: stop when the residual is whitest (:class:`ResidualWhiteness`)."""
@@ -264,57 +259,23 @@ def _drain(steps: JobSteps[torch.Tensor]) -> torch.Tensor:
 
 def _volume_steps(volume: torch.Tensor, kernel: torch.Tensor, options: dict) -> JobSteps[torch.Tensor]:
     """RL of one ``(z, y, x)`` volume: whole; after an out-of-memory error in lateral tiles; when even
-    the smallest lateral tiles do not fit, in slabs of planes (:func:`_iter_depth_slabs`)."""
+    the smallest lateral tiles do not fit, in slabs of planes
+    (:func:`~napari_deblur.engine.core.volumes.iter_depth_slabs`)."""
     try:
         return (yield from _whole_or_lateral_steps(volume, kernel, options))
     except EngineMemoryError:
         if volume.shape[0] <= MIN_SLAB_PLANES:
             raise
         release_cached_memory(volume.device)
-    return (yield from _iter_depth_slabs(volume, kernel, options))
-
-
-def _iter_depth_slabs(volume: torch.Tensor, kernel: torch.Tensor, options: dict) -> JobSteps[torch.Tensor]:
-    """RL of a ``(z, y, x)`` volume in slabs of planes, each with the PSF's reach (half its depth) as context.
-
-    Slabs start at half the depth and halve while memory runs out (down to
-    :data:`MIN_SLAB_PLANES`); each slab is deconvolved by :func:`_whole_or_lateral_steps`
-    (the unknown-boundary model treats the planes beyond a slab as unknown, as
-    beyond the stack), and neighbouring slabs are cross-faded over
-    :data:`SLAB_BLEND` planes.
-    """
-    depth = volume.shape[0]
-    halo = kernel.shape[0] // 2  # the PSF's reach in z
-    planes = max(depth // 2, MIN_SLAB_PLANES)
-    while True:
-        blend = min(SLAB_BLEND, planes // 2)
-        size, starts = tile_layout(depth, planes, blend)
-        logger.warning("out of memory in lateral tiles; deconvolving in slabs of %d planes", size)
-        yield JobProgress(0.0, f"out of memory: Richardson-Lucy in slabs of {size} planes")
-        restored = volume.new_zeros(volume.shape)
-        weight = volume.new_zeros(depth)
-        try:
-            for index, start in enumerate(starts):
-                low, high = max(0, start - halo), min(depth, start + size + halo)
-                steps = _whole_or_lateral_steps(volume[low:high], kernel, options)
-                slab = yield from scaled_steps(steps, index / len(starts), (index + 1) / len(starts))
-                ramp = volume.new_ones(size)
-                if start > 0:
-                    ramp[:blend] = (torch.arange(blend, device=volume.device) + 0.5) / blend
-                if start + size < depth:
-                    ramp[size - blend :] = torch.minimum(
-                        ramp[size - blend :], (torch.arange(blend, 0, -1, device=volume.device) - 0.5) / blend
-                    )
-                restored[start : start + size] += slab[start - low : start - low + size] * ramp[:, None, None]
-                weight[start : start + size] += ramp
-                del slab
-            return restored / weight[:, None, None]
-        except EngineMemoryError:
-            if planes // 2 < MIN_SLAB_PLANES:
-                raise
-            del restored
-            release_cached_memory(volume.device)
-            planes //= 2
+    return (
+        yield from iter_depth_slabs(
+            volume,
+            kernel.shape[0] // 2,  # the PSF's reach in z
+            lambda slab: _whole_or_lateral_steps(slab, kernel, options),
+            planes=volume.shape[0] // 2,
+            method="Richardson-Lucy",
+        )
+    )
 
 
 def _whole_or_lateral_steps(
@@ -450,7 +411,7 @@ def richardson_lucy() -> np.ndarray:
         image or larger than the volume allows, or bad options.
     EngineMemoryError
         When even lateral tiles of :data:`~napari_deblur.engine.core.tiling.MIN_TILE_SIZE`
-        px of a slab of :data:`MIN_SLAB_PLANES` planes do not fit in memory.
+        px of a slab of :data:`~napari_deblur.engine.core.volumes.MIN_SLAB_PLANES` planes do not fit in memory.
 
     Notes
     -----
@@ -466,7 +427,7 @@ def richardson_lucy() -> np.ndarray:
     lateral (y, x) tiles with halos as wide as the PSF; if a full-depth column
     of the smallest tiles does not fit either, in slabs of planes with the
     PSF's reach in z as context (each slab whole or in lateral tiles),
-    cross-faded over :data:`SLAB_BLEND` planes. In tiles or slabs, cancel is
+    cross-faded. In tiles or slabs, cancel is
     checked between them. See docs/methods/richardson-lucy.md.
 
     References

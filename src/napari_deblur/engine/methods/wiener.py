@@ -14,12 +14,12 @@ import numpy as np
 import torch
 
 from ..core.devices import is_out_of_memory, release_cached_memory, select_device
-from ..core.jobs import JobProgress, JobSteps, job_facade
+from ..core.jobs import EngineMemoryError, JobProgress, JobSteps, job_facade
 from ..core.lazy import lazy_by_volume, lazy_with_psf
 from ..core.planes import PlaneLayout, iter_planewise
 from ..core.tiling import MIN_TILE_SIZE, budget_tile_size, device_tile_size, iter_tiled, out_of_memory_error
 from ..core.validation import as_float_image, as_psf, is_volume_psf
-from ..core.volumes import iter_volumewise
+from ..core.volumes import MIN_SLAB_PLANES, iter_depth_slabs, iter_volumewise
 from ..physics.fourier import (
     fast_fft_length,
     kernel_to_otf,
@@ -432,8 +432,7 @@ def iter_wiener_deconvolve_3d(
     pixels = as_float_image(image)
     snr = _check_snrs([snr_db])[0]
 
-    def volume_steps(volume: torch.Tensor, kernel: torch.Tensor) -> JobSteps[torch.Tensor]:
-        yield JobProgress(0.0, "3D Wiener deconvolution")
+    def whole_or_lateral(volume: torch.Tensor, kernel: torch.Tensor) -> JobSteps[torch.Tensor]:
         try:
             return wiener_filter_3d(volume, kernel, snr)
         except Exception as error:  # only memory errors fall back to tiles; others re-raised
@@ -441,6 +440,24 @@ def iter_wiener_deconvolve_3d(
                 raise
             release_cached_memory(volume.device)
         return (yield from _iter_wiener_3d_lateral_tiles(volume, kernel, snr))
+
+    def volume_steps(volume: torch.Tensor, kernel: torch.Tensor) -> JobSteps[torch.Tensor]:
+        yield JobProgress(0.0, "3D Wiener deconvolution")
+        try:
+            return (yield from whole_or_lateral(volume, kernel))
+        except EngineMemoryError:  # even the smallest lateral tiles do not fit: slabs of planes
+            if volume.shape[0] <= MIN_SLAB_PLANES:
+                raise
+            release_cached_memory(volume.device)
+        return (
+            yield from iter_depth_slabs(
+                volume,
+                kernel.shape[0],  # the filter reaches further than the PSF: its whole depth
+                lambda slab: whole_or_lateral(slab, kernel),
+                planes=volume.shape[0] // 2,
+                method="3D Wiener",
+            )
+        )
 
     return (
         yield from iter_volumewise(
@@ -487,7 +504,9 @@ def wiener_deconvolve_3d() -> np.ndarray:
         a 2D image.
     EngineMemoryError
         When even lateral tiles of :data:`~napari_deblur.engine.core.tiling.MIN_TILE_SIZE`
-        voxels (with the whole depth) do not fit the device.
+        voxels of a slab of :data:`~napari_deblur.engine.core.volumes.MIN_SLAB_PLANES`
+        planes do not fit the device (the volume is tried whole, then in lateral tiles
+        with the whole depth, then in slabs of planes).
 
     Notes
     -----

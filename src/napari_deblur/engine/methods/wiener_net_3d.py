@@ -24,7 +24,7 @@ from ..core.jobs import JobProgress, JobSteps, job_facade, run_job, scaled_steps
 from ..core.lazy import lazy_by_volume
 from ..core.tiling import iter_tiled
 from ..core.validation import as_float_image
-from ..core.volumes import iter_volumewise
+from ..core.volumes import MIN_SLAB_PLANES, iter_depth_slabs, iter_volumewise
 from ..nets.wiener_net_3d import SIZE_MULTIPLE, load_wiener_net_3d
 from .richardson_lucy import AUTO_ITERATIONS, iter_rl_tensor
 from .wiener import wiener_filter_3d
@@ -57,8 +57,8 @@ MAX_WHOLE_VOXELS = 1 << 24
 CPU for 64 x 512 x 512); larger volumes run in lateral tiles of about this many voxels with their halos."""
 
 MIN_VOLUME_TILE = 64
-"""Smallest lateral core of a tile of a large volume (voxels); a very deep volume then exceeds
-:data:`MAX_WHOLE_VOXELS` per tile, as z is not tiled."""
+"""Smallest lateral core of a tile of a large volume (voxels); a volume too deep for tiles this narrow
+goes in slabs of planes first."""
 
 
 def volume_normalisation(volume: torch.Tensor) -> tuple[float, float]:
@@ -163,36 +163,58 @@ def iter_restore_volume(model, volume: torch.Tensor, kernel: torch.Tensor) -> Jo
     A volume of at most :data:`MAX_WHOLE_VOXELS` voxels runs whole (the
     network in lateral tiles); a larger one runs candidates and network
     together in lateral tiles with the whole depth, each tile with a halo of
-    the PSF's lateral size plus :data:`TILE_HALO`, normalised by the whole
-    volume's levels. Richardson-Lucy's automatic stop is then each tile's own;
-    neighbouring tiles are cross-faded over :data:`TILE_BLEND` voxels.
+    the PSF's lateral size plus :data:`TILE_HALO`; a volume so deep that even
+    tiles of :data:`MIN_VOLUME_TILE` voxels exceed the budget first goes in
+    slabs of planes with the PSF's depth as context
+    (:func:`~napari_deblur.engine.core.volumes.iter_depth_slabs`). Every piece
+    is normalised by the whole volume's levels and noise; Richardson-Lucy's
+    automatic stop is each piece's own; pieces are cross-faded.
     """
     offset, scale = volume_normalisation(volume)
     noise = noise_channel((volume - offset) / scale)
+    halo = max(kernel.shape[1:]) + TILE_HALO
+    column = (MIN_VOLUME_TILE + 2 * halo) ** 2  # voxels per plane of the narrowest tile with its halo
+    depth = volume.shape[0]
+    if volume.numel() > MAX_WHOLE_VOXELS and depth * column > MAX_WHOLE_VOXELS and depth > MIN_SLAB_PLANES:
+        restored = yield from iter_depth_slabs(
+            volume,
+            kernel.shape[0],  # the Wiener candidates reach further than the PSF's half depth
+            lambda slab: _iter_restore_normalised(model, slab, kernel, (offset, scale), noise),
+            planes=MAX_WHOLE_VOXELS // column - 2 * kernel.shape[0],
+            method="Wiener-net 3D",
+        )
+    else:
+        restored = yield from _iter_restore_normalised(model, volume, kernel, (offset, scale), noise)
+    return restored * scale + offset
+
+
+def _iter_restore_normalised(
+    model, volume: torch.Tensor, kernel: torch.Tensor, normalisation: tuple[float, float], noise: float
+) -> JobSteps[torch.Tensor]:
+    """The network's normalised output for a volume (or slab): whole up to :data:`MAX_WHOLE_VOXELS`, else in
+    lateral tiles with the whole depth."""
     if volume.numel() <= MAX_WHOLE_VOXELS:
-        steps = iter_candidates(volume, kernel, (offset, scale))
+        steps = iter_candidates(volume, kernel, normalisation)
         candidates, _, _ = yield from scaled_steps(steps, 0.0, 0.7)
         features = wiener_net_3d_features(candidates, noise)
         del candidates
         yield JobProgress(0.7, "Wiener-net 3D: network")
-        restored = yield from scaled_steps(iter_network_tiled(model, features), 0.7, 1.0)
-        return restored * scale + offset
+        return (yield from scaled_steps(iter_network_tiled(model, features), 0.7, 1.0))
     depth = volume.shape[0]
     halo = max(kernel.shape[1:]) + TILE_HALO
     side = int(math.sqrt(MAX_WHOLE_VOXELS / depth)) - 2 * halo
     side = max(side // SIZE_MULTIPLE * SIZE_MULTIPLE, MIN_VOLUME_TILE)
 
     def tile_fn(tile: torch.Tensor) -> torch.Tensor:  # (1, Z, h, w)
-        candidates, _, _ = run_job(iter_candidates(tile[0], kernel, (offset, scale)))
+        candidates, _, _ = run_job(iter_candidates(tile[0], kernel, normalisation))
         features = wiener_net_3d_features(candidates, noise)
         del candidates
         with torch.no_grad():
             return run_network(model, features)[:, 0]
 
-    message = f"Wiener-net 3D in {side} px lateral tiles"
-    yield JobProgress(0.0, message)
+    yield JobProgress(0.0, f"Wiener-net 3D in {side} px lateral tiles")
     restored = yield from iter_tiled(tile_fn, volume[None], tile_size=side, halo=halo, blend=TILE_BLEND)
-    return restored[0] * scale + offset
+    return restored[0]
 
 
 def iter_wiener_net_3d(
@@ -262,6 +284,6 @@ def wiener_net_3d() -> np.ndarray:
     voxels has its candidates made whole (about 10 float32 copies of it,
     plus Richardson-Lucy's padded grid) and the network run in lateral tiles
     of :data:`TILE_SIZE` voxels; a larger volume runs both in lateral tiles
-    with the whole depth (:func:`iter_restore_volume`), so memory follows the
-    tile, not the plane; z is not tiled.
+    with the whole depth, and a very deep one in slabs of planes first
+    (:func:`iter_restore_volume`), so memory follows the piece, not the volume.
     """
