@@ -14,10 +14,10 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from .devices import release_cached_memory
-from .jobs import EngineMemoryError, JobProgress, JobSteps, scaled_steps
+from .devices import is_out_of_memory, release_cached_memory
+from .jobs import EngineMemoryError, JobProgress, JobSteps, run_job, scaled_steps
 from .planes import PlaneLayout, magnitude_exponent, scaled_back, scaled_down
-from .tiling import tile_layout
+from .tiling import MIN_TILE_SIZE, iter_tiled, out_of_memory_error, tile_layout
 from .validation import as_float_image
 
 logger = logging.getLogger(__name__)
@@ -209,3 +209,76 @@ def iter_depth_slabs(
             del restored
             release_cached_memory(volume.device)
             planes //= 2
+
+
+def iter_in_pieces(
+    volume: torch.Tensor,
+    whole_steps: Callable[[torch.Tensor], JobSteps[torch.Tensor]],
+    *,
+    lateral_halo: int,
+    depth_halo: int,
+    blend: int,
+    method: str,
+) -> JobSteps[torch.Tensor]:
+    """``whole_steps`` on a ``(Z, H, W)`` volume in as few pieces as memory allows.
+
+    The volume is tried whole; after an out-of-memory error
+    (:func:`~napari_deblur.engine.core.devices.is_out_of_memory`) in lateral
+    tiles with the whole depth (starting at half the plane, halving while memory
+    runs out, :func:`~napari_deblur.engine.core.tiling.iter_tiled`, cross-faded
+    over ``blend`` px); when even the smallest tiles do not fit, in slabs of
+    planes (:func:`iter_depth_slabs`), each tried whole and then in lateral
+    tiles.
+
+    Parameters
+    ----------
+    volume : Tensor, shape (Z, H, W)
+    whole_steps : callable
+        ``whole_steps(piece)`` -> a job restoring a ``(z', h, w)`` piece (same shape).
+    lateral_halo, depth_halo : int
+        Context of a tile in px, of a slab in planes, on each inner side.
+    blend : int
+        Overlap of neighbouring lateral tiles, px.
+    method : str
+        Name for the progress messages and the log.
+
+    Raises
+    ------
+    EngineMemoryError
+        When a slab of :data:`MIN_SLAB_PLANES` planes does not fit even in the
+        smallest lateral tiles.
+    """
+
+    def whole_or_lateral(piece: torch.Tensor) -> JobSteps[torch.Tensor]:
+        try:
+            return (yield from whole_steps(piece))
+        except Exception as error:  # only memory errors fall back to tiles; others re-raised
+            if not is_out_of_memory(error):
+                raise
+            release_cached_memory(piece.device)
+            side = max(piece.shape[-2:])
+            if side <= MIN_TILE_SIZE:
+                raise out_of_memory_error(error, piece[None], side, 0) from error
+        tile_size = max(side // 2, MIN_TILE_SIZE)
+        logger.warning("%s: out of memory on the whole volume; %d px lateral tiles", method, tile_size)
+        yield JobProgress(0.0, f"out of memory: {method} in {tile_size} px lateral tiles")
+
+        def tile_fn(tile: torch.Tensor) -> torch.Tensor:  # (1, z, h, w): z is carried as channels
+            return run_job(whole_steps(tile[0]))[None]
+
+        tiled = yield from iter_tiled(
+            tile_fn, piece[None], tile_size=tile_size, halo=lateral_halo, blend=blend
+        )
+        return tiled[0]
+
+    try:
+        return (yield from whole_or_lateral(volume))
+    except EngineMemoryError:
+        if volume.shape[0] <= MIN_SLAB_PLANES:
+            raise
+        release_cached_memory(volume.device)
+    return (
+        yield from iter_depth_slabs(
+            volume, depth_halo, whole_or_lateral, planes=volume.shape[0] // 2, method=method
+        )
+    )

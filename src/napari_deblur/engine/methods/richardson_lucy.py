@@ -9,22 +9,18 @@ docs/methods/richardson-lucy.md for the maths.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 
 import numpy as np
 import torch
 
-from ..core.devices import is_out_of_memory, release_cached_memory, select_device
-from ..core.jobs import EngineMemoryError, JobProgress, JobSteps, job_facade
+from ..core.devices import select_device
+from ..core.jobs import JobProgress, JobSteps, job_facade
 from ..core.lazy import lazy_by_volume
 from ..core.planes import PlaneLayout, iter_planewise
-from ..core.tiling import MIN_TILE_SIZE, iter_tiled, out_of_memory_error
 from ..core.validation import as_float_image, as_psf
-from ..core.volumes import MIN_SLAB_PLANES, iter_depth_slabs, iter_volumewise
+from ..core.volumes import iter_in_pieces, iter_volumewise
 from ..physics.fourier import fast_fft_length
-
-logger = logging.getLogger(__name__)
 
 MAX_ITERATIONS = 10_000
 MAX_TV_WEIGHT = 0.1
@@ -249,57 +245,20 @@ def iter_rl_tensor(
     return estimate[lead + inside] * scale
 
 
-def _drain(steps: JobSteps[torch.Tensor]) -> torch.Tensor:
-    while True:
-        try:
-            next(steps)
-        except StopIteration as finished:
-            return finished.value
-
-
 def _volume_steps(volume: torch.Tensor, kernel: torch.Tensor, options: dict) -> JobSteps[torch.Tensor]:
-    """RL of one ``(z, y, x)`` volume: whole; after an out-of-memory error in lateral tiles; when even
-    the smallest lateral tiles do not fit, in slabs of planes
-    (:func:`~napari_deblur.engine.core.volumes.iter_depth_slabs`)."""
-    try:
-        return (yield from _whole_or_lateral_steps(volume, kernel, options))
-    except EngineMemoryError:
-        if volume.shape[0] <= MIN_SLAB_PLANES:
-            raise
-        release_cached_memory(volume.device)
+    """RL of one ``(z, y, x)`` volume: whole, or in lateral tiles or slabs of planes when memory runs out
+    (:func:`~napari_deblur.engine.core.volumes.iter_in_pieces`; a tile has the PSF's lateral size as
+    context, a slab its reach in z, half its depth)."""
     return (
-        yield from iter_depth_slabs(
+        yield from iter_in_pieces(
             volume,
-            kernel.shape[0] // 2,  # the PSF's reach in z
-            lambda slab: _whole_or_lateral_steps(slab, kernel, options),
-            planes=volume.shape[0] // 2,
+            lambda piece: iter_rl_tensor(piece, kernel, **options),
+            lateral_halo=max(kernel.shape[-2:]),
+            depth_halo=kernel.shape[0] // 2,
+            blend=TILE_BLEND,
             method="Richardson-Lucy",
         )
     )
-
-
-def _whole_or_lateral_steps(
-    volume: torch.Tensor, kernel: torch.Tensor, options: dict
-) -> JobSteps[torch.Tensor]:
-    """RL of one ``(z, y, x)`` volume: whole, or after an out-of-memory error in lateral tiles."""
-    try:
-        return (yield from iter_rl_tensor(volume, kernel, **options))
-    except Exception as error:  # only memory errors fall back to tiles; others re-raised
-        if not is_out_of_memory(error):
-            raise
-        release_cached_memory(volume.device)
-        halo = max(kernel.shape[-2:])
-        tile_size = max(max(volume.shape[-2:]) // 2, MIN_TILE_SIZE)
-        if max(volume.shape[-2:]) <= MIN_TILE_SIZE:
-            raise out_of_memory_error(error, volume[None], max(volume.shape[-2:]), 0) from error
-        logger.warning("out of memory on the whole volume; deconvolving in %d px lateral tiles", tile_size)
-        yield JobProgress(0.0, f"out of memory: Richardson-Lucy in {tile_size} px lateral tiles")
-
-    def tile_fn(tile: torch.Tensor) -> torch.Tensor:  # (1, z, h, w): z is carried as channels
-        return _drain(iter_rl_tensor(tile[0], kernel, **options))[None]
-
-    tiled = yield from iter_tiled(tile_fn, volume[None], tile_size=tile_size, halo=halo, blend=TILE_BLEND)
-    return tiled[0]
 
 
 def _check_options(iterations, tv_weight) -> None:

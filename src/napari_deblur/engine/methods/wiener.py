@@ -7,19 +7,18 @@ large planes are filtered in tiles. See docs/methods/wiener-net.md for the metho
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 
 from ..core.devices import is_out_of_memory, release_cached_memory, select_device
-from ..core.jobs import EngineMemoryError, JobProgress, JobSteps, job_facade
+from ..core.jobs import JobProgress, JobSteps, job_facade
 from ..core.lazy import lazy_by_volume, lazy_with_psf
 from ..core.planes import PlaneLayout, iter_planewise
 from ..core.tiling import MIN_TILE_SIZE, budget_tile_size, device_tile_size, iter_tiled, out_of_memory_error
 from ..core.validation import as_float_image, as_psf, is_volume_psf
-from ..core.volumes import MIN_SLAB_PLANES, iter_depth_slabs, iter_volumewise
+from ..core.volumes import iter_in_pieces, iter_volumewise
 from ..physics.fourier import (
     fast_fft_length,
     kernel_to_otf,
@@ -29,8 +28,6 @@ from ..physics.fourier import (
     taper_pad,
     taper_weights,
 )
-
-logger = logging.getLogger(__name__)
 
 WIENER_STACK_SNRS_DB: tuple[float, ...] = tuple(float(s) for s in range(9, 66, 4))
 """The 15 SNRs (dB) of the Wiener stack of Gilbert, Messinger & Patel: 9, 13, ..., 65."""
@@ -398,28 +395,6 @@ WIENER_3D_HALO_KERNELS = 2
 """Lateral context of a 3D Wiener tile, in the PSF's lateral sides (after an out-of-memory error)."""
 
 
-def _iter_wiener_3d_lateral_tiles(
-    volume: torch.Tensor, kernel: torch.Tensor, snr: float
-) -> JobSteps[torch.Tensor]:
-    """:func:`wiener_filter_3d` of a ``(Z, H, W)`` volume in lateral tiles with the whole depth.
-
-    Each tile is mirrored and faded like the whole volume, with
-    :data:`WIENER_3D_HALO_KERNELS` lateral PSF sides of context; tiles start at
-    half the plane and halve again while memory runs out
-    (:func:`~napari_deblur.engine.core.tiling.iter_tiled`).
-    """
-    halo = WIENER_3D_HALO_KERNELS * max(kernel.shape[1:])
-    tile_size = max(max(volume.shape[1:]) // 2, MIN_TILE_SIZE)
-    logger.warning("out of memory on the whole volume; 3D Wiener in %d px lateral tiles", tile_size)
-    yield JobProgress(0.0, f"out of memory: 3D Wiener in {tile_size} px lateral tiles")
-
-    def tile_fn(tile: torch.Tensor) -> torch.Tensor:  # (1, z, h, w): z is carried as channels
-        return wiener_filter_3d(tile[0], kernel, snr)[None]
-
-    tiled = yield from iter_tiled(tile_fn, volume[None], tile_size=tile_size, halo=halo, blend=TILE_BLEND)
-    return tiled[0]
-
-
 def iter_wiener_deconvolve_3d(
     image,
     psf,
@@ -432,29 +407,18 @@ def iter_wiener_deconvolve_3d(
     pixels = as_float_image(image)
     snr = _check_snrs([snr_db])[0]
 
-    def whole_or_lateral(volume: torch.Tensor, kernel: torch.Tensor) -> JobSteps[torch.Tensor]:
-        try:
-            return wiener_filter_3d(volume, kernel, snr)
-        except Exception as error:  # only memory errors fall back to tiles; others re-raised
-            if not is_out_of_memory(error):
-                raise
-            release_cached_memory(volume.device)
-        return (yield from _iter_wiener_3d_lateral_tiles(volume, kernel, snr))
+    def filter_steps(volume: torch.Tensor, kernel: torch.Tensor) -> JobSteps[torch.Tensor]:
+        yield JobProgress(0.0, "3D Wiener deconvolution")
+        return wiener_filter_3d(volume, kernel, snr)
 
     def volume_steps(volume: torch.Tensor, kernel: torch.Tensor) -> JobSteps[torch.Tensor]:
-        yield JobProgress(0.0, "3D Wiener deconvolution")
-        try:
-            return (yield from whole_or_lateral(volume, kernel))
-        except EngineMemoryError:  # even the smallest lateral tiles do not fit: slabs of planes
-            if volume.shape[0] <= MIN_SLAB_PLANES:
-                raise
-            release_cached_memory(volume.device)
         return (
-            yield from iter_depth_slabs(
+            yield from iter_in_pieces(
                 volume,
-                kernel.shape[0],  # the filter reaches further than the PSF: its whole depth
-                lambda slab: whole_or_lateral(slab, kernel),
-                planes=volume.shape[0] // 2,
+                lambda piece: filter_steps(piece, kernel),
+                lateral_halo=WIENER_3D_HALO_KERNELS * max(kernel.shape[1:]),
+                depth_halo=kernel.shape[0],  # the filter reaches further than the PSF: its whole depth
+                blend=TILE_BLEND,
                 method="3D Wiener",
             )
         )
