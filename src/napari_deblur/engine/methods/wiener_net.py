@@ -43,6 +43,7 @@ from ..physics.fourier import (
     taper_weights,
 )
 from .wiener import WIENER_STACK_SNRS_DB, wiener_filter
+from .wiener_net_3d import iter_wiener_net_3d
 
 INPUT_CLIP = 8.0
 """Normalised inputs are clipped to +-this many standard deviations of ``y``
@@ -487,8 +488,6 @@ def iter_wiener_net_deconvolve(
     pixels = as_float_image(image)
     kernel = as_psf(psf)
     if is_volume_psf(kernel, psf_per_plane):
-        from .wiener_net_3d import iter_wiener_net_3d
-
         return (yield from iter_wiener_net_3d(pixels, psf, channel_axis=channel_axis, device=device))
     layout = PlaneLayout.of(pixels.shape, channel_axis)
     target = select_device(device)
