@@ -504,8 +504,8 @@ def test_run_accepts_every_kernel_family():
         assert _kernel_problem(kernel, "k") is None, kernel.shape
 
 
-def test_run_blind_estimates_the_kernel_of_each_plane_and_sharpens(tmp_path, capsys):
-    """'blind' needs no PSF: a shaken train-split crop comes out closer to the sharp one."""
+def _shaken_frames(tmp_path):
+    """Two frames of a train-split crop shaken by one 9 px motion: (file, sharp core, kernel)."""
     from scipy.signal import fftconvolve
     from skimage import data
 
@@ -514,9 +514,17 @@ def test_run_blind_estimates_the_kernel_of_each_plane_and_sharpens(tmp_path, cap
     sharp = data.astronaut()[80:260, 120:300].mean(axis=-1) / 255.0  # train split
     kernel = motion_psf(9, 20, 11)
     blurred = fftconvolve(sharp, kernel, mode="valid").astype(np.float32)
-    truth = sharp[5:-5, 5:-5]
     stack = tmp_path / "frames.tif"
     tifffile.imwrite(stack, np.stack([blurred, blurred]))
+    return stack, blurred, sharp[5:-5, 5:-5], kernel
+
+
+def test_run_blind_estimates_the_kernel_of_each_plane_and_sharpens(tmp_path, capsys):
+    """'blind' needs no PSF: a shaken train-split crop comes out closer to the sharp one, and the
+    kernel each frame used is written beside it."""
+    from napari_deblur.engine import kernel_similarity
+
+    stack, blurred, truth, kernel = _shaken_frames(tmp_path)
 
     assert main(["run", "blind", str(stack), "-o", str(tmp_path / "out"), "--ensemble", "1"]) == 0
 
@@ -525,7 +533,43 @@ def test_run_blind_estimates_the_kernel_of_each_plane_and_sharpens(tmp_path, cap
     core = (slice(12, -12), slice(12, -12))
     for plane in result:
         assert np.abs(plane - truth)[core].mean() < 0.8 * np.abs(blurred - truth)[core].mean()
-    assert capsys.readouterr().out.split() == [str(tmp_path / "out" / "frames_blind.tif")]
+    kernels = tifffile.imread(tmp_path / "out" / "frames_blind_psf.tif")
+    assert kernels.ndim == 3 and kernels.shape[0] == 2 and kernels.shape[1] == kernels.shape[2]
+    assert kernels.dtype == np.float32 and kernels.min() >= 0
+    np.testing.assert_allclose(kernels.sum(axis=(1, 2)), 1.0, rtol=1e-5)
+    for estimate in kernels:
+        assert kernel_similarity(estimate, kernel) > 0.8
+    assert capsys.readouterr().out.split() == [
+        str(tmp_path / "out" / "frames_blind.tif"),
+        str(tmp_path / "out" / "frames_blind_psf.tif"),
+    ]
+
+
+def test_run_blind_never_replaces_a_kernel_file_it_did_not_write(tmp_path, capsys):
+    """A user's file where the kernels would go stops that input before any work; it is untouched."""
+    stack, *_ = _shaken_frames(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    mine = out / "frames_blind_psf.tif"
+    mine.write_bytes(b"my own notes")
+
+    assert main(["run", "blind", str(stack), "-o", str(out), "--ensemble", "1", "--overwrite"]) == 1
+
+    assert "frames_blind_psf.tif" in capsys.readouterr().err
+    assert mine.read_bytes() == b"my own notes"
+    assert sorted(p.name for p in out.iterdir()) == ["frames_blind_psf.tif"]
+
+
+def test_run_blind_on_worker_processes_writes_the_image_and_says_why_no_kernels(tmp_path, capsys):
+    pytest.importorskip("distributed")
+    stack, blurred, *_ = _shaken_frames(tmp_path)
+    out = tmp_path / "out"
+
+    assert main(["run", "blind", str(stack), "-o", str(out), "--ensemble", "1", "--workers", "1"]) == 0
+
+    assert tifffile.imread(out / "frames_blind.tif").shape == (2,) + blurred.shape
+    assert not (out / "frames_blind_psf.tif").exists()
+    assert "kernels were estimated in other processes" in capsys.readouterr().err
 
 
 def test_run_defocus_writes_what_the_engine_gives_for_auto_and_a_level(tmp_path, capsys, edge_stack):

@@ -440,22 +440,96 @@ def _method_call(args: argparse.Namespace):
     return gwis, f"gwis blur={described}", None
 
 
-def _blind_call(args: argparse.Namespace, device):
-    """Blind deblurring per plane: each plane's kernel estimated, then Wiener-net (lazy, one plane a chunk)."""
-    from napari_deblur import engine
-    from napari_deblur.engine.core.lazy import lazy_planewise
+class _BlindPlanes:
+    """``napari-deblur run blind``: each plane's kernel estimated, then Wiener-net (lazy, one plane a
+    chunk); the kernels the planes used are kept (``kernels``, by flat plane index) for the kernel file.
 
-    def blind(image, channel_axis):
-        def plane(block, _index):
+    Planes computed in other processes (``--workers``, ``--scheduler``) keep their kernels there.
+    """
+
+    def __init__(self, ensemble: int, device):
+        import threading
+
+        self.ensemble, self.device = ensemble, device
+        self.kernels: dict[int, object] = {}
+        self._lock = threading.Lock()
+
+    def __getstate__(self):  # sent to other processes: without the lock and the kernels found here
+        return {"ensemble": self.ensemble, "device": self.device}
+
+    def __setstate__(self, state):
+        self.__init__(state["ensemble"], state["device"])
+
+    def __call__(self, image, channel_axis):
+        from napari_deblur import engine
+        from napari_deblur.engine.core.lazy import lazy_planewise
+
+        self.kernels.clear()
+
+        def plane(block, index):
             result = engine.deblur_blind(
-                block, channel_axis=channel_axis, device=device, ensemble=args.ensemble
+                block, channel_axis=channel_axis, device=self.device, ensemble=self.ensemble
             )
-            log.info("plane %d: estimated a %d px kernel", _index, result.psf.shape[-1])
+            log.info("plane %d: estimated a %d px kernel", index, result.psf.shape[-1])
+            with self._lock:
+                self.kernels[index] = result.psf
             return result.image
 
         return lazy_planewise(plane, image, channel_axis=channel_axis)
 
-    return blind, f"blind (kernel estimated per plane) ensemble={args.ensemble}", None
+    def kernel_stack(self, plane_shape: tuple[int, ...]):
+        """The kernels as float32 ``plane_shape + (k, k)`` (``(k, k)`` for one plane), each cut or
+        padded to the largest support; ``None`` when some plane's kernel is not here."""
+        import numpy as np
+
+        from napari_deblur.engine.methods.blind_psf import fit_kernel
+
+        count = int(np.prod(plane_shape, dtype=np.int64))
+        if sorted(self.kernels) != list(range(count)):
+            return None
+        side = max(kernel.shape[-1] for kernel in self.kernels.values())
+        stack = np.stack([fit_kernel(np.asarray(self.kernels[i], np.float64), side) for i in range(count)])
+        return stack.astype(np.float32).reshape(tuple(plane_shape) + (side, side))
+
+
+def _blind_call(args: argparse.Namespace, device):
+    return (
+        _BlindPlanes(args.ensemble, device),
+        f"blind (kernel estimated per plane) ensemble={args.ensemble}",
+        None,
+    )
+
+
+def _save_kernels(blind: _BlindPlanes, image, channel_axis: int | None, out: Path, overwrite) -> Path | None:
+    """Write the kernels ``blind`` estimated for ``image`` beside ``out`` and return the file (or
+    say why not and return ``None``)."""
+    import dask.array as da
+
+    from napari_deblur.engine import run_job
+    from napari_deblur.engine.core.planes import PlaneLayout
+    from napari_deblur.io.stack_files import iter_save_lazy
+
+    layout = PlaneLayout.of(tuple(int(n) for n in image.shape), channel_axis)
+    stack = blind.kernel_stack(layout.leading_shape)
+    if stack is None:
+        sys.stderr.write(
+            f"{PROG}: {out.name}: the kernels were estimated in other processes and are not written; "
+            "run without --workers/--scheduler to keep them\n"
+        )
+        return None
+    target = _kernel_path(out)
+    run_job(
+        iter_save_lazy(
+            da.from_array(stack), target, description="blind kernels, sum 1 each", overwrite=overwrite
+        )
+    )
+    log.info("wrote %s", target)
+    return target
+
+
+def _kernel_path(out: Path) -> Path:
+    """Where ``run blind`` writes the kernels of the output ``out``: ``<name>_psf.tif`` beside it."""
+    return out.with_name(f"{out.stem}_psf.tif")
 
 
 def _output_path(args: argparse.Namespace, path: Path) -> Path:
@@ -538,18 +612,21 @@ def _same_path(a: Path, b: Path) -> bool:
 def _plan_outputs(args: argparse.Namespace) -> dict[Path, Path]:
     """``{output: input}``; refuses two inputs with one output and an output that is an input."""
     outputs: dict[Path, Path] = {}
+    written: dict[Path, Path] = {}  # every file written (kernel files too), and its input
     for path in args.inputs:
         out = _output_path(args, path)
-        if out in outputs:
-            raise CommandLineError(
-                f"{str(outputs[out])!r} and {str(path)!r} would both be written as {out.name}"
-            )
+        for target in (out, _kernel_path(out)) if args.method == "blind" else (out,):
+            if target in written:
+                raise CommandLineError(
+                    f"{str(written[target])!r} and {str(path)!r} would both be written as {target.name}"
+                )
+            written[target] = path
         outputs[out] = path
-    for out in outputs:
+    for out in written:
         for path in args.inputs:
             if _same_path(out, path):
                 raise CommandLineError(
-                    f"the output of {str(outputs[out])!r} would be written over the input {str(path)!r}; "
+                    f"the output of {str(written[out])!r} would be written over the input {str(path)!r}; "
                     "choose another --output-dir (nothing was run)"
                 )
     if args.output_dir.exists() and not args.output_dir.is_dir():
@@ -591,7 +668,7 @@ def _run_method(args: argparse.Namespace) -> int:
     compute, description, psf = _method_call(args)
 
     from napari_deblur.engine import run_job
-    from napari_deblur.io.stack_files import iter_save_lazy, open_lazy_image
+    from napari_deblur.io.stack_files import check_replaceable, iter_save_lazy, open_lazy_image
 
     try:
         args.output_dir.mkdir(parents=True, exist_ok=True)
@@ -629,6 +706,8 @@ def _run_method(args: argparse.Namespace) -> int:
                 )
                 if too_large:
                     raise ValueError(too_large)
+                if isinstance(compute, _BlindPlanes):  # refused before hours of work, not after
+                    check_replaceable(_kernel_path(out), overwrite)
                 result = compute(image, channel_axis)
                 run_job(
                     iter_save_lazy(
@@ -641,6 +720,9 @@ def _run_method(args: argparse.Namespace) -> int:
                     ),
                     _ProgressLine(path.name),
                 )
+                kernel_file = None
+                if isinstance(compute, _BlindPlanes):
+                    kernel_file = _save_kernels(compute, image, channel_axis, out, overwrite)
             except Exception as exc:  # noqa: BLE001 - reported by name; KeyboardInterrupt ends the batch
                 failed += 1
                 log.debug("failed on %s", path, exc_info=True)
@@ -648,6 +730,8 @@ def _run_method(args: argparse.Namespace) -> int:
                 continue
             log.info("wrote %s", out)
             print(out)
+            if kernel_file is not None:
+                print(kernel_file)
     except KeyboardInterrupt as interrupt:
         how = "terminated" if isinstance(interrupt, _Terminated) else "interrupted"
         sys.stderr.write(f"\n{PROG}: {how}; the unfinished output was removed\n")
