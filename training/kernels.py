@@ -131,14 +131,17 @@ def kernel_pool(
     )
 
 
-def hand_shake_psf(size: int, rng: np.random.Generator, *, n_steps: int = 2000) -> np.ndarray:
+def hand_shake_psf(
+    size: int, rng: np.random.Generator, *, n_steps: int = 2000, span: tuple[float, float] = (0.4, 1.0)
+) -> np.ndarray:
     """Camera-shake PSF of a hand-held exposure: a smooth random path sampled at equal times.
 
     The camera's acceleration is white noise low-pass filtered (a hand trembles at a few
     cycles per exposure) plus a random drift; the path is sampled at equal time steps,
     so the kernel is bright where the camera moved slowly (turning points, ends) and
-    faint where it moved fast, as in recorded shake. Its span is 40-100 % of
-    ``size - 3`` px. Returns float32 ``(size, size)``, sum 1, centred.
+    faint where it moved fast, as in recorded shake. Its span is a uniform draw from
+    ``span`` (fractions of ``size - 3`` px; 40-100 % by default). Returns float32
+    ``(size, size)``, sum 1, centred.
     """
     from scipy.ndimage import gaussian_filter1d
 
@@ -150,8 +153,8 @@ def hand_shake_psf(size: int, rng: np.random.Generator, *, n_steps: int = 2000) 
     velocity += rng.normal(size=2) * np.abs(velocity).mean() * rng.uniform(0.0, 1.0)
     points = np.cumsum(velocity, axis=0)
     points -= points.mean(axis=0)
-    span = np.abs(points).max()
-    if span > 0:
-        points *= (size - 3) * rng.uniform(0.4, 1.0) / 2.0 / span
+    extent = np.abs(points).max()
+    if extent > 0:
+        points *= (size - 3) * rng.uniform(*span) / 2.0 / extent
     kernel = _splat_points(points, np.ones(n_steps), size)
     return _normalised(kernel).astype(np.float32)
