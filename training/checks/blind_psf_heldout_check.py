@@ -97,7 +97,12 @@ def make_cases(
 
 
 def protocol_4_like_cases(
-    seed: int, per_image: int, span: tuple[float, float] = (0.4, 1.0), names: tuple[str, ...] | None = None
+    seed: int,
+    per_image: int,
+    span: tuple[float, float] = (0.4, 1.0),
+    names: tuple[str, ...] | None = None,
+    crop: int = 384,
+    anywhere: bool = False,
 ) -> list[tuple]:
     """(image index, blurred, true kernel, sharp) for ``--like-protocol-4`` (see the module's text)."""
     from eval_data import blur_real_boundary, eval_crop_shape
@@ -110,10 +115,15 @@ def protocol_4_like_cases(
     margin = max(SHAKE_SIZES) // 2
     images = train_split_images(min_size=2 * 2 * margin + 64, names=names or TRAIN_SPLIT)
     for index, image in enumerate(images):
-        shape = eval_crop_shape(image.shape, 384, margin)
+        shape = eval_crop_shape(image.shape, crop, margin)
         for _ in range(per_image):
             kernel = hand_shake_psf(int(rng.choice(SHAKE_SIZES)), rng, span=span).astype(np.float64)
-            blurred, sharp = blur_real_boundary(image, kernel, shape)
+            source = image
+            if anywhere:  # a random window of the image (flat parts too), not its centre
+                top = int(rng.integers(0, image.shape[0] - shape[0] - 2 * margin + 1))
+                left = int(rng.integers(0, image.shape[1] - shape[1] - 2 * margin + 1))
+                source = image[top : top + shape[0] + 2 * margin, left : left + shape[1] + 2 * margin]
+            blurred, sharp = blur_real_boundary(source, kernel, shape)
             blurred = (blurred + rng.normal(0.0, NOISE, blurred.shape)).astype(np.float32)
             cases.append((index, blurred, kernel, sharp))
     return cases
@@ -163,6 +173,10 @@ def main(argv=None) -> None:
     parser.add_argument("--like-protocol-4", action="store_true", help="see the module's text")
     parser.add_argument("--per-image", type=int, default=8, help="kernels per image with --like-protocol-4")
     parser.add_argument("--images", nargs="+", help="--like-protocol-4: these train-split images only")
+    parser.add_argument("--max-crop", type=int, default=384, help="--like-protocol-4: crop side at most")
+    parser.add_argument(
+        "--anywhere", action="store_true", help="--like-protocol-4: random windows instead of centre crops"
+    )
     parser.add_argument(
         "--span",
         type=float,
@@ -192,17 +206,23 @@ def main(argv=None) -> None:
             raise SystemExit(f"--set takes {', '.join(sorted(names))}; got {name!r}")
         settings[name] = float(value)
     if args.like_protocol_4:
-        cases = protocol_4_like_cases(args.seed, args.per_image, tuple(args.span), args.images)
+        cases = protocol_4_like_cases(
+            args.seed, args.per_image, tuple(args.span), args.images, args.max_crop, args.anywhere
+        )
         size, what = None, f"like protocol 4, kernel span {args.span}"
     else:
         cases, size = make_cases(args.kind, args.crop, args.seed), ESTIMATE_SIZE
         what = f"{args.kind} kernels, {args.crop} px crops"
     count = len(cases)
     with ProcessPoolExecutor(args.workers) as pool:
-        rows = np.array(list(pool.map(score_case, cases, [powers] * count, [settings] * count, [size] * count)))
+        rows = np.array(
+            list(pool.map(score_case, cases, [powers] * count, [settings] * count, [size] * count))
+        )
     for index in np.unique(rows[:, 0]):
         mine = rows[rows[:, 0] == index]
-        print(f"image {int(index)}: ER <= 3 {np.sum(mine[:, 3] <= 3)}/{len(mine)}, similarity {mine[:, 2].mean():.3f}")
+        print(
+            f"image {int(index)}: ER <= 3 {np.sum(mine[:, 3] <= 3)}/{len(mine)}, similarity {mine[:, 2].mean():.3f}"
+        )
     print(
         f"{what}, seed {args.seed}, settings {settings or 'shipped'}: "
         f"{len(rows)} cases, "
