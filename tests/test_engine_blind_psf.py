@@ -179,6 +179,23 @@ def test_sharpening_with_power_one_is_the_identity_and_bad_powers_are_refused():
             sharpen_kernel(band, power)
 
 
+def test_kernel_clean_up_removes_values_within_the_raw_kernels_noise():
+    """Positive values no larger than half the depth of the raw kernel's negative lobes are noise
+    and go; a faint tail above that stays (it would go with a cut at 10 % of the peak)."""
+    from napari_deblur.engine.methods.blind_psf import clean_kernel
+
+    raw = np.zeros((9, 9))
+    raw[4, 2:7] = 1.0  # the path
+    raw[4, 7] = 0.06  # a faint, real tail joined to it
+    raw[4, 1] = 0.015  # noise below the floor, joined too
+    raw[0, 0] = -0.04  # the deepest negative lobe: the floor is 0.5 * 0.04 = 0.02
+    kept = clean_kernel(raw, faint=0.0, negative_floor=0.5)
+    assert kept[4, 7] > 0 and kept[4, 1] == 0 and kept.min() >= 0
+    assert kept.sum() == pytest.approx(1.0)
+    assert clean_kernel(raw, faint=0.0, negative_floor=0.0)[4, 1] > 0  # 0 turns the floor off
+    assert clean_kernel(raw, faint=0.1, negative_floor=0.5)[4, 7] == 0
+
+
 # --- output contract ------------------------------------------------------------------
 
 

@@ -403,7 +403,11 @@ def test_label_estimator_defaults_and_cache_key(tmp_path):
 
     default = _tiny_label_config(tmp_path)
     assert default.label_estimator == training.LABEL_ESTIMATOR
-    assert default.data_settings()["label_estimator"] == {"LAMBDA_FLOOR": 1e-4, "KERNEL_FAINT": 0.05}
+    assert default.data_settings()["label_estimator"] == {
+        "LAMBDA_FLOOR": 1e-4,
+        "KERNEL_FAINT": 0.05,
+        "KERNEL_NEGATIVE_FLOOR": 0.0,
+    }
     as_shipped = _tiny_label_config(tmp_path, label_estimator=SHIPPED_SETTINGS)
     assert as_shipped.data_settings()["label_estimator"] == {}
     assert training.cache_path(default) != training.cache_path(as_shipped)

@@ -93,8 +93,14 @@ KERNEL_PREFILTER_SIGMA = 0.6
 """Standard deviation (px) of the Gaussian that smooths both the latent and the blurred plane
 in the kernel step (``k * x = y`` still holds; the noise of ``y``'s gradients is damped)."""
 
-KERNEL_FAINT = 0.10
+KERNEL_FAINT = 0.02
 """Kernel values below this fraction of the kernel's maximum are set to 0."""
+
+KERNEL_NEGATIVE_FLOOR = 0.5
+"""Kernel values below this multiple of the depth of the raw kernel's most negative value are set
+to 0 as well. A kernel has no negative values, so the depth of the raw least-squares kernel's
+negative lobes measures its noise: smooth or dim images make noisy kernels and lose more of their
+faint values, images rich in edges keep the faint tails of the camera's path."""
 
 CPU_THREADS = 1
 """Torch threads used on the CPU while estimating (restored afterwards)."""
@@ -103,7 +109,7 @@ MAX_ESTIMATION_PIXELS = 1 << 20
 """Most pixels the estimator works on (1 MP, e.g. 1024 x 1024).
 
 The alternation runs FFTs over its whole window at full resolution, so its
-time and memory grow with the window (about 20 s and 0.2 GiB for 1 MP). A
+time and memory grow with the window (about 20-25 s and 0.2 GiB for 1 MP). A
 larger image or region is estimated from its most textured window of at most
 this many pixels (:func:`estimation_window`); the kernel is the same
 everywhere, and a window with strong edges shows it best."""
@@ -138,6 +144,9 @@ class EstimatorSettings:
     """Kernel values below this fraction of the peak are removed (:data:`KERNEL_FAINT`)."""
     sharpening_power: float = KERNEL_SHARPENING_POWER
     """Power the finished kernel is raised to (:data:`KERNEL_SHARPENING_POWER`)."""
+    negative_floor: float = KERNEL_NEGATIVE_FLOOR
+    """Values below this multiple of the raw kernel's deepest negative value are removed too
+    (:data:`KERNEL_NEGATIVE_FLOOR`)."""
 
 
 SHIPPED_SETTINGS = EstimatorSettings()
@@ -342,25 +351,31 @@ def kernel_least_squares(
     return full[:size, :size]
 
 
-def clean_kernel(kernel: np.ndarray, faint: float = KERNEL_FAINT) -> np.ndarray:
+def clean_kernel(
+    kernel: np.ndarray, faint: float = KERNEL_FAINT, negative_floor: float = KERNEL_NEGATIVE_FLOOR
+) -> np.ndarray:
     """Non-negative, faint values and small disconnected parts removed, centred, sum 1.
 
     Parameters
     ----------
     kernel : numpy.ndarray, shape (h, w)
-        Raw kernel estimate.
+        Raw kernel estimate (may be negative).
     faint : float
         Values below this fraction of the peak are removed (:data:`KERNEL_FAINT`).
+    negative_floor : float
+        Values below this multiple of ``-min(kernel)`` are removed too
+        (:data:`KERNEL_NEGATIVE_FLOOR`; 0 turns it off).
 
     Returns
     -------
     numpy.ndarray, float64, same shape; a centred delta when nothing is left.
     """
-    k = np.clip(np.nan_to_num(np.asarray(kernel, np.float64), nan=0.0, posinf=0.0), 0.0, None)
+    raw = np.nan_to_num(np.asarray(kernel, np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    k = np.clip(raw, 0.0, None)
     peak = k.max()
     if not peak > 0:
         return _delta(k.shape)
-    k[k < faint * peak] = 0.0
+    k[k < max(faint * peak, -negative_floor * raw.min())] = 0.0
     labels, count = ndi.label(k > 0, structure=np.ones((3, 3), bool))
     if count > 1:
         masses = np.asarray(ndi.sum(k, labels, index=np.arange(1, count + 1)))
@@ -516,7 +531,9 @@ def _estimate_level(
             max_weight=SPLITTING_MAX,
         )
         raw = kernel_least_squares(latent, padded, window, dx, dy, size)
-        kernel = clean_kernel(raw.detach().to("cpu", torch.float64).numpy(), settings.kernel_faint)
+        kernel = clean_kernel(
+            raw.detach().to("cpu", torch.float64).numpy(), settings.kernel_faint, settings.negative_floor
+        )
         lambda_gradient = max(lambda_gradient / LAMBDA_DECAY, settings.lambda_floor)
     return kernel, lambda_gradient
 
@@ -721,7 +738,7 @@ def estimate_psf() -> np.ndarray:
     Pan et al. 2014); see docs/methods/blind-psf.md for the maths. The kernel is
     known only up to a shift (the latent image shifts with it), so it is
     returned centred. The input is never modified. About 1 s for a 256x256
-    window on one CPU core, about 20 s for 1 MP; time and
+    window on one CPU core, about 20-25 s for 1 MP; time and
     memory are bounded by :data:`MAX_ESTIMATION_PIXELS` whatever the image's size.
     """
 
