@@ -320,6 +320,19 @@ def frame_band_psnr(estimate: np.ndarray, reference: np.ndarray, band: int) -> t
 # ----------------------------------------------------------------------------- report header
 
 
+def process_memory_bytes(field: str) -> int:
+    """``VmRSS`` (resident now) or ``VmHWM`` (this process image's peak) from ``/proc/self/status``.
+
+    ``VmHWM`` starts afresh at ``exec``; ``ru_maxrss`` does not (Linux keeps the parent's peak in it), so
+    a child started by a parent that made a large volume would report the parent's peak.
+    """
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
 def command_line(script: str, argv: Sequence[str] | None) -> str:
     """The command that reproduces a benchmark run, for the top of its report."""
     import shlex

@@ -5,7 +5,8 @@ pad the next one's peak. The child builds a float32 grayscale plane (the
 camera image tiled to size, blurred by a 15 px motion kernel, noise 0.01),
 records its resident set size (``VmRSS``) just before the call as the
 baseline (Python, torch, the model and the input plane), runs the method
-once and reads the process's peak (``ru_maxrss``). The table gives the peak,
+once and reads the process's peak (``VmHWM``, which starts afresh in each
+process, unlike ``ru_maxrss``). The table gives the peak,
 the peak minus the baseline (what the method allocates), that increment in
 float32 planes of the input's size, and the wall time.
 
@@ -26,11 +27,13 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import eval_data as ed  # noqa: E402
 
 METHODS = (
     "wiener",
@@ -56,14 +59,6 @@ def _cpu_name() -> str:
     except (OSError, StopIteration):
         pass
     return f"{name}, {len(os.sched_getaffinity(0))} cores"
-
-
-def _rss_bytes() -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS in /proc/self/status")
 
 
 def _plane(side: int):
@@ -116,7 +111,7 @@ def _child(method: str, side: int, threads: int) -> dict:
         "defocus": lambda: engine.deblur_defocus(image, device="cpu"),  # the map estimated too
         "defocus-8px": lambda: engine.deblur_defocus(image, 8.0, device="cpu"),  # the widest kernels
     }
-    baseline = _rss_bytes()
+    baseline = ed.process_memory_bytes("VmRSS")
     start = time.perf_counter()
     error = ""
     try:
@@ -124,7 +119,7 @@ def _child(method: str, side: int, threads: int) -> dict:
     except Exception as exc:  # reported in the table
         error = f"{type(exc).__name__}: {str(exc)[:120]}"
     seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = ed.process_memory_bytes("VmHWM")
     return {
         "method": method,
         "side": side,

@@ -449,19 +449,6 @@ def run_quality(settings: argparse.Namespace, argv) -> str:
 # --------------------------------------------------------------------------- speed
 
 
-def _status_bytes(field: str) -> int:
-    """``VmRSS`` (resident now) or ``VmHWM`` (this process image's peak) from ``/proc/self/status``.
-
-    ``VmHWM`` starts afresh at ``exec``; ``ru_maxrss`` does not (Linux keeps the parent's peak in it), so
-    a child started by a parent that made a large volume would report the parent's peak.
-    """
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(f"{field}:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no {field} in /proc/self/status")
-
-
 def speed_child(method: str, volume_path: str, psf_path: str, iterations: int) -> dict:
     """Run one method in this (fresh) process; time, resident memory before, and peak."""
     if method in ("ours", "wiener-net-3d"):
@@ -470,7 +457,7 @@ def speed_child(method: str, volume_path: str, psf_path: str, iterations: int) -
         from skimage.restoration import richardson_lucy
     image = np.load(volume_path)
     psf = np.load(psf_path)
-    baseline = _status_bytes("VmRSS")
+    baseline = ed.process_memory_bytes("VmRSS")
     start = time.perf_counter()
     if method == "ours":
         result = engine.richardson_lucy(image, psf, iterations=iterations, device="cpu")
@@ -479,7 +466,7 @@ def speed_child(method: str, volume_path: str, psf_path: str, iterations: int) -
     else:
         result = richardson_lucy(image, psf, num_iter=iterations, clip=False)
     seconds = time.perf_counter() - start
-    peak = _status_bytes("VmHWM")
+    peak = ed.process_memory_bytes("VmHWM")
     return {
         "method": method,
         "shape": list(image.shape),
