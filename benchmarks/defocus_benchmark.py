@@ -26,7 +26,9 @@ What it does (``shared/eval/README.md``, protocols 2c and 5), on the EVAL split 
   the best single constant defocus kernel of the true shape (levels 0.5-6 px,
   chosen per case by PSNR against the sharp image: an oracle); map-driven
   deconvolution (``deblur_defocus``) with the estimated map; the same with the
-  true map. The PSF model handed to ``deblur_defocus`` is the true blur shape;
+  true map. The PSF model handed to ``deblur_defocus`` is the true blur shape; two
+  more rows hand it the other shape (disk for Gaussian blur and the reverse), with the
+  estimated and the true map: what a user who picked the wrong shape gets;
 - outputs clipped to [0, 1]; PSNR (peak 1) and SSIM excluding a border of
   :data:`BORDER` px (the largest disk's width);
 - speed: a 1024 x 1024 grayscale plane (retina) under a smooth Gaussian field
@@ -82,6 +84,8 @@ METHODS = {
     "constant_oracle": "Wiener-net, best constant kernel (oracle)",
     "map_estimated": "Map-driven deconvolution, estimated map",
     "map_true": "Map-driven deconvolution, true map",
+    "map_estimated_other_shape": "Map-driven, estimated map, the other PSF shape",
+    "map_true_other_shape": "Map-driven, true map, the other PSF shape",
 }
 
 
@@ -182,6 +186,13 @@ def run_case(name: str, source: np.ndarray, out_shape, blur: str, map_kind: str,
     add("map_true", engine.deblur_defocus(observed, truth.astype(np.float32), psf_model=blur))
     error = np.sqrt(np.mean((estimated - truth)[BORDER:-BORDER, BORDER:-BORDER] ** 2))
     results[-2].detail = f"map RMSE {error:.2f} px"
+    other = next(kind for kind in BLUR_KINDS if kind != blur)  # a user who picked the wrong shape
+    add("map_estimated_other_shape", engine.deblur_defocus(observed, estimated, psf_model=other), other)
+    add(
+        "map_true_other_shape",
+        engine.deblur_defocus(observed, truth.astype(np.float32), psf_model=other),
+        other,
+    )
     return results
 
 
@@ -221,8 +232,9 @@ def quality_tables(results: list[Result]) -> tuple[str, dict]:
 
 def per_image_table(results: list[Result]) -> str:
     lines = [
-        "| image | blurred | GWIS, map | constant (oracle) | estimated map | true map |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| image | blurred | GWIS, map | constant (oracle) | estimated map | true map "
+        "| estimated map, other shape | true map, other shape |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name in dict.fromkeys(r.image for r in results):
         cells = [np.mean([r.psnr for r in results if r.image == name and r.method == m]) for m in METHODS]
