@@ -151,6 +151,13 @@ def main(argv=None) -> int:
         action="store_true",
         help="also deconvolve with classical Wiener at its best of 15 SNRs (oracle) with each estimate",
     )
+    parser.add_argument(
+        "--deconvolver",
+        choices=("wiener-net", "richardson-lucy-30"),
+        default="wiener-net",
+        help="the non-blind step behind ER (both errors): Wiener-net (default) or 30 accelerated "
+        "Richardson-Lucy iterations, a classical step like the sparse deconvolution of the papers' ER",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     parser.add_argument("--plot", type=Path, default=PLOT)
@@ -163,12 +170,21 @@ def main(argv=None) -> int:
         WIENER_STACK_SNRS_DB,
         estimate_psf,
         kernel_similarity,
+        richardson_lucy,
         select_regions,
         wiener_deconvolve_snr_stack,
         wiener_net_deconvolve,
     )
 
     torch.set_num_threads(args.threads)
+    if args.deconvolver == "wiener-net":
+        restore, restorer = wiener_net_deconvolve, "Wiener-net"
+    else:
+
+        def restore(observed, kernel):
+            return richardson_lucy(observed, kernel, iterations=30)
+
+        restorer = "30 accelerated Richardson-Lucy iterations"
     estimate_size = None if args.size == "auto" else int(args.size)
     strategies = ("whole image",) if args.whole_image_only else STRATEGIES
     kernels = ed.load_levin_kernels()
@@ -185,9 +201,7 @@ def main(argv=None) -> int:
             truth = kernels[k]
             observed, sharp, rng = blurred_case(source, truth, shape, name, k)
             border = truth.shape[0]
-            reference_error, reference_psnr = error_upto_shift(
-                wiener_net_deconvolve(observed, truth), sharp, border
-            )
+            reference_error, reference_psnr = error_upto_shift(restore(observed, truth), sharp, border)
             windows = [("whole image", None)]
             if not args.whole_image_only:
                 best = select_regions(observed, size=window, count=1, psf_size=CONSENSUS_PSF_SIZE)[0]
@@ -201,7 +215,7 @@ def main(argv=None) -> int:
                 ]
             for strategy, region in windows:
                 kernel = estimate_psf(observed, size=estimate_size, region=region)
-                error, psnr = error_upto_shift(wiener_net_deconvolve(observed, kernel), sharp, border)
+                error, psnr = error_upto_shift(restore(observed, kernel), sharp, border)
                 classical = {}
                 if args.classical:
                     stack = wiener_deconvolve_snr_stack(observed, kernel, WIENER_STACK_SNRS_DB)
@@ -233,6 +247,7 @@ def main(argv=None) -> int:
 
     args.results_dir.mkdir(parents=True, exist_ok=True)
     suffix = ("_quick" if args.quick else "") + ("_whole" if args.whole_image_only else "")
+    suffix += "" if args.deconvolver == "wiener-net" else "_rl30"
     with open(args.results_dir / f"region_selection{suffix}.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
@@ -251,7 +266,7 @@ def main(argv=None) -> int:
         f"Images: {', '.join(images)} (centre crops of at most {args.max_size} px), Levin's kernels "
         f"{', '.join(str(k + 1) for k in kernel_ids)}, real-boundary blur, noise sigma {NOISE_SIGMA:g}. "
         f"Kernels estimated with `estimate_psf(size={estimate_size})` ({'automatic size' if estimate_size is None else 'fixed bound'}) from {args.window} px windows (smaller images: the largest square that fits) or the "
-        "whole image; every estimate and the true kernel deconvolve the whole image with Wiener-net; "
+        f"whole image; every estimate and the true kernel deconvolve the whole image with {restorer}; "
         "ER = error with the estimate / error with the true kernel, each up to a shift of the "
         f"restored image (+-{SHIFT_REACH} px, quarter pixels). {args.random_windows} random "
         "windows per image and kernel.",
@@ -283,7 +298,7 @@ def main(argv=None) -> int:
     true_kernel = of("whole image")  # one row per case carries the true kernel's numbers
     lines += [
         "",
-        f"With the true kernel ({len(true_kernel)} cases), Wiener-net's mean PSNR is "
+        f"With the true kernel ({len(true_kernel)} cases), the mean PSNR of {restorer} is "
         f"{np.mean([r['reference_psnr'] for r in true_kernel]):.2f} dB. PSNR here is of the "
         "whole restored image up to the same shift as ER, border excluded. ER divides by the "
         "error with the true kernel, so it also moves when the deconvolver changes; the PSNR "
