@@ -5,7 +5,8 @@ Subcommands::
     napari-deblur demo [--sample camera_shake|defocus_ramp] [--screenshot OUT.png] [--no-gui] [--output OUT.png]
     napari-deblur run METHOD INPUT... -o OUTDIR [--psf FILE [--psf-per-plane]] [--blur LEVEL|auto] [--device ...]
                       (METHOD: gwis, blur-map, wiener, wiener-net (a 3D PSF file: 3D deconvolution
-                       of each volume, wiener-net by Wiener-net 3D), blind: no PSF, estimated per plane,
+                       of each volume, wiener-net by Wiener-net 3D), blind: no PSF, estimated per plane
+                       and written beside the result,
                        or defocus: deconvolution by a blur map [--psf-model gaussian|disk])
                       [--scheduler ADDRESS | --workers N]      ("batch" is an alias of "run")
 
@@ -107,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Process each input with METHOD, plane by plane (bounded memory, also for stacks larger "
             "than memory), and write <stem>_<METHOD>.tif (.zarr for zarr inputs or --format zarr) "
-            "into the output folder: float32, the input's intensity scale. Inputs: "
+            "into the output folder: float32, the input's intensity scale; blind also writes the "
+            "kernels it estimated as <stem>_blind_psf.tif. Inputs: "
             f"{', '.join(STACK_INPUT_SUFFIXES)}; RGB(A) images are recognised by a last axis of 3 or "
             "4. Existing outputs are never replaced without --overwrite, and an output path that is "
             "one of the inputs is refused. A bad file (unreadable, too large, not a regular file, "
