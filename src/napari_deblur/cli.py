@@ -484,14 +484,13 @@ class _BlindPlanes:
         padded to the largest support; ``None`` when some plane's kernel is not here."""
         import numpy as np
 
-        from napari_deblur.engine.methods.blind_psf import fit_kernel
+        from napari_deblur.engine.methods.blind_psf import stack_kernels
 
         count = int(np.prod(plane_shape, dtype=np.int64))
         if sorted(self.kernels) != list(range(count)):
             return None
-        side = max(kernel.shape[-1] for kernel in self.kernels.values())
-        stack = np.stack([fit_kernel(np.asarray(self.kernels[i], np.float64), side) for i in range(count)])
-        return stack.astype(np.float32).reshape(tuple(plane_shape) + (side, side))
+        stack = stack_kernels([self.kernels[i] for i in range(count)])
+        return stack.reshape(tuple(plane_shape) + stack.shape[-2:])
 
 
 def _blind_call(args: argparse.Namespace, device):

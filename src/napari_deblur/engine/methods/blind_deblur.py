@@ -16,7 +16,7 @@ from ...options import DEFAULT_ENSEMBLE
 from ..core.jobs import JobProgress, JobSteps, job_facade, scaled_steps
 from ..core.planes import PlaneLayout, colour_axis
 from ..core.validation import as_float_image
-from .blind_psf import fit_kernel, iter_estimate_psf
+from .blind_psf import iter_estimate_psf, stack_kernels
 from .clipped_highlights import clipped_mask, repair_clipped
 from .wiener_net import iter_wiener_net_deconvolve
 
@@ -60,8 +60,7 @@ def iter_deblur_blind(
             one, size=size, region=region, channel_axis=0 if plane.shape[0] > 1 else None, device=device
         )
         kernels.append((yield from scaled_steps(steps, start, stop)))
-    side = max(kernel.shape[0] for kernel in kernels)
-    psf = np.stack([fit_kernel(kernel, side) for kernel in kernels]).astype(np.float32)
+    psf = stack_kernels(kernels)
     if count == 1:
         psf = psf[0]
     yield JobProgress(ESTIMATION_SHARE, "Blind deblurring: deconvolving")

@@ -642,6 +642,15 @@ def fit_kernel(kernel: np.ndarray, size: int) -> np.ndarray:
     return out / total if total > 0 else _delta((size, size))
 
 
+def stack_kernels(kernels) -> np.ndarray:
+    """Odd square kernels as one float32 ``(N, k, k)`` stack, each cut or padded about its centre
+    to the largest side ``k`` (:func:`fit_kernel`), each summing to 1."""
+    side = max(np.shape(kernel)[-1] for kernel in kernels)
+    return np.stack([fit_kernel(np.asarray(kernel, np.float64), side) for kernel in kernels]).astype(
+        np.float32
+    )
+
+
 def _working_size(kernel: np.ndarray, level_size: int) -> int:
     """Kernel box for a level: the support grown by :data:`SUPPORT_GROWTH` and
     :data:`SUPPORT_MARGIN` px a side, at most ``level_size``."""
