@@ -14,7 +14,7 @@ deconvolution with the estimate / with the true kernel, each up to a shift of th
     python -m training.checks.blind_psf_heldout_check --kind gaussian
     python -m training.checks.blind_psf_heldout_check --crop 384 --seed 7
     python -m training.checks.blind_psf_heldout_check --set lambda_floor=0.002   # try a setting of blind_psf
-    python -m training.checks.blind_psf_heldout_check --like-protocol-4       # 96 cases, ~6 min
+    python -m training.checks.blind_psf_heldout_check --like-protocol-4       # 72 cases, ~2 min
 
 ``--like-protocol-4`` mirrors protocol 4 on the train split instead: every train image (centre
 crop of at most 384 px, a 13 px margin kept for real boundaries, as ``eval_crop_shape``),
