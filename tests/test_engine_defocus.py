@@ -60,6 +60,10 @@ def test_each_pixel_takes_the_smallest_level_near_it():
     assert (safe[:, : 30 + half] == 1.0).all() and (safe[15:, 30 + half :] == 3.0).all()
     assert (safe[: 6 + half, 50 - half : 51 + half] == 0.2).all()  # a lone low level spreads over the window
     assert safe.shape == levels.shape and (safe <= levels).all()
+    noisy = torch.rand(37, 53, generator=torch.Generator().manual_seed(0)) * 6
+    padded = torch.nn.functional.pad(-noisy[None, None], (half,) * 4, mode="replicate")
+    square = -torch.nn.functional.max_pool2d(padded, dd.SAFE_LEVEL_WINDOW, stride=1)[0, 0]
+    assert torch.equal(dd.safe_levels(noisy), square)  # the minimum over the whole square window
 
 
 def test_the_true_map_restores_both_halves_where_no_constant_kernel_does(sharp, two_focus):
