@@ -71,10 +71,10 @@ KERNEL_KINDS = ("motion", "gaussian", "disk")
 LABEL_ESTIMATOR = EstimatorSettings(lambda_floor=1e-4, kernel_faint=0.05, negative_floor=0.0)
 """Settings of :mod:`~napari_deblur.engine.methods.blind_psf` the labels are made with.
 
-The shipped selector learned which windows suit the estimator as it was before
-rule 30 of ``docs/benchmark-history.md`` (region selection), which raised the
-L0 floor and the faint-value cut, and before the cut followed the kernel's noise
-(``negative_floor``): these are those values. Labels made with the
+The shipped selector learned which windows suit an earlier version of the
+estimator, with a lower L0 floor, a cut of faint kernel values at 5 % of the
+peak and no cut that follows the kernel's noise (``negative_floor``): these are
+those values. Labels made with the
 current estimator (``label_estimator=SHIPPED_SETTINGS``) gave a selector whose best window
 succeeded less often (train-split check, seed 33: 68 % against 83 % at ER <= 3),
 so the selector still ranks windows by the older estimator's success, while the

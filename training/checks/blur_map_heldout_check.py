@@ -17,7 +17,7 @@ markdown table.
     python -m training.checks.blur_map_heldout_check blur_map.pt --ensemble 1 4 --seeds 4000 4001 4002 4003 4004
 
 The 96 crops of one draw are few for small differences: on seed 1000 the unturned view of the map
-happened to be the best of eight, on seed 3000 the second worst (``docs/benchmark-history.md``).
+happened to be the best of eight, on seed 3000 the second worst.
 """
 
 from __future__ import annotations

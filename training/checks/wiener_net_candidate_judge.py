@@ -1,7 +1,7 @@
-"""Judge a Wiener-net candidate against the shipped weights by the fixed rule of rules 15-18.
+"""Judge a Wiener-net candidate against the shipped weights by one fixed rule.
 
-Runs ``wiener_net_heldout_check.py OLD.pt NEW.pt --residual-correction`` on the 15 held-out draws of
-the train sources that the rules since rule 15 use (docs/benchmark-history.md, Wiener-net), writes
+Runs ``wiener_net_heldout_check.py OLD.pt NEW.pt --residual-correction`` on 15 held-out draws of
+the train sources, writes
 each draw's table into ``--out``, and prints the group means, the worst true-kernel rows and the
 verdict:
 
@@ -11,8 +11,8 @@ verdict:
 Ship only if (a) the W mean rises by at least 0.30 dB, (b) the T mean falls by at most 0.05 dB at
 each noise, (c) no T row falls by more than 0.25 dB, (d) the C mean falls by at most 0.15 dB, and (e)
 the T crops lost (network + correction below the best-SNR Wiener filter) rise by at most 10 %.
-Means are over the 14 rows of each draw, then over the draws. Rule 16's judge (two weight files,
-one network pass) took about 10 minutes on 2 CPUs.
+Means are over the 14 rows of each draw, then over the draws. A judge of two weight files with
+one network pass takes about 10 minutes on 2 CPUs.
 
     python -m training.checks.wiener_net_candidate_judge OLD.pt NEW.pt --out DIR [--ensemble N]
     python -m training.checks.wiener_net_candidate_judge OLD.pt NEW.pt --out DIR --summary-only

@@ -6,9 +6,8 @@ they are, all smoothed first (Gaussian of 1-4 px, as in training, or 4-8 px: ver
 such as fluorescence images, scored at 45 dB and more), procedural stationary textures, sparse
 point sources (star fields, fluorescent beads), or procedural printed text (black glyphs on paper;
 Wiener-net never trains on it); and the first two with the small kernels moved off the centre of
-their box. (The text rows came in release (7) of docs/benchmark-history.md's Wiener-net section:
-earlier tables have 12 rows, not 14, and their means are over those 12; the other rows' crops are
-the same.) Each crop is scored without a border of 31 px (the largest kernel), as the benchmark
+their box. (Tables made before the text rows existed have 12 rows, not 14, and their means are
+over those 12; the other rows' crops are the same.) Each crop is scored without a border of 31 px (the largest kernel), as the benchmark
 leaves out a kernel-wide border, against the Wiener filter with the best of the stack's SNRs for
 that crop (chosen on the same interior). Prints a markdown table, then how many crops that filter
 took from each SNR of the stack (the lowest, 9 dB, is the most regularised member the network gets).
