@@ -788,3 +788,102 @@ def test_an_ensemble_size_outside_one_two_four_eight_is_refused(case, shake, ens
     _, blurred = case
     with pytest.raises(ValueError, match="ensemble"):
         wiener_net_deconvolve(blurred, shake, ensemble=ensemble)
+
+
+def _blind_pairs_file(path, true, estimate):
+    np.savez(
+        path,
+        seed=0,
+        true=np.stack(true).astype(np.float32),
+        estimate=np.stack(estimate).astype(np.float32),
+        similarity=np.zeros(len(true), np.float32),
+    )
+
+
+def test_a_blind_share_blurs_by_the_pairs_true_kernels_and_hands_over_their_estimates(tmp_path):
+    """The crops of the blind share are blurred by a pair's true kernel; the network gets its estimate."""
+    from dataclasses import replace
+
+    from napari_deblur.engine import gaussian_psf
+    from training import wiener_net as training
+    from training.kernels import embed
+
+    point = embed(np.ones((1, 1), np.float32), 31)  # no blur at all
+    estimate = embed(gaussian_psf(2.0, size=15), 31)
+    pairs = tmp_path / "pairs.npz"
+    _blind_pairs_file(pairs, [point], [estimate])
+    cpu = torch.device("cpu")
+    config = training.WienerNetTrainingConfig(
+        batch=6,
+        patch=48,
+        kernel_pool_size=8,
+        n_dead_leaves=2,
+        validation_batches=1,
+        noise_sigma_range=(1e-9, 1e-9),
+        poisson_fraction=0.0,
+    )
+    every = replace(config, blind_share=1.0, blind_pairs=str(pairs))
+    sharp, blurred, given = training.BlurredBatches(every, 0, cpu).draw()
+    torch.testing.assert_close(blurred, sharp, rtol=0, atol=1e-6)  # blurred by the pair's point
+    assert torch.equal(given, torch.from_numpy(estimate).expand(6, 31, 31))
+    # Without the share nothing is drawn for it: the same crops and kernels as a plain run.
+    plain_sharp, _, plain_given = training.BlurredBatches(config, 0, cpu).draw()
+    assert torch.equal(plain_sharp, sharp) and not torch.equal(plain_given, given)
+    # A share of one half: some crops keep the pool's kernels, the others get the estimate.
+    half = training.BlurredBatches(replace(every, blind_share=0.5), 0, cpu)
+    handed = torch.cat([half.draw()[2] for _ in range(4)])
+    is_estimate = (handed == torch.from_numpy(estimate)).flatten(1).all(1)
+    assert 0 < int(is_estimate.sum()) < len(is_estimate)
+    # The validation crops keep the true kernels.
+    ((_, _, validation_kernels),) = training.validation_batches(every, cpu)
+    ((_, _, plain_kernels),) = training.validation_batches(config, cpu)
+    assert torch.equal(validation_kernels, plain_kernels)
+
+
+def test_a_blind_estimate_is_moved_onto_its_true_kernel():
+    from napari_deblur.engine import random_motion_psf
+    from training.blind_pairs import aligned_in_box
+    from training.kernels import embed
+
+    truth = embed(random_motion_psf(13, rng=np.random.default_rng(3)).astype(np.float32), 31)
+    estimate = np.zeros((41, 41), np.float32)
+    estimate[5 + 2 : 36 + 2, 5 - 3 : 36 - 3] = truth  # the same kernel, 2 px down and 3 px left, larger box
+    aligned = aligned_in_box(estimate, truth)
+    assert aligned.shape == (31, 31)
+    np.testing.assert_allclose(aligned, truth, atol=1e-6)
+    assert aligned.sum() == pytest.approx(1.0)
+
+
+def test_the_blind_share_needs_its_pairs_file(tmp_path, monkeypatch):
+    from training import train
+    from training import wiener_net as training
+
+    runs = []
+    monkeypatch.setattr(training, "train_wiener_net", lambda config, out: runs.append(config))
+    with pytest.raises(SystemExit, match="--blind-pairs"):
+        train.main(["wiener-net", "--blind-share", "0.25", "--out", str(tmp_path / "x.pt")])
+    with pytest.raises(SystemExit, match="share of the crops"):
+        train.main(
+            ["wiener-net", "--blind-share", "1.5", "--blind-pairs", "p.npz", "--out", str(tmp_path / "x.pt")]
+        )
+    pairs = tmp_path / "pairs.npz"
+    point = np.zeros((31, 31), np.float32)
+    point[15, 15] = 1
+    _blind_pairs_file(pairs, [point] * 480, [point] * 480)
+    monkeypatch.setattr("training.blind_pairs.BLIND_PAIRS_COUNT", 480)
+    train.main(
+        [
+            "wiener-net",
+            "--init",
+            str(pairs),
+            "--init-stage",
+            "2",
+            "--blind-share",
+            "0.25",
+            "--blind-pairs",
+            str(pairs),
+            "--out",
+            str(tmp_path / "x.pt"),
+        ]
+    )
+    assert [(c.blind_share, c.blind_pairs) for c in runs] == [(0.25, str(pairs))]

@@ -148,6 +148,7 @@ def _train_wiener_net(args) -> None:
         "--procedural-share": args.procedural_share or (),
         "--text-share": [args.text_share],
         "--kernel-error-share": [args.kernel_error_share],
+        "--blind-share": [args.blind_share],
     }
     for option, shares in share_options.items():
         for share in shares:
@@ -176,6 +177,13 @@ def _train_wiener_net(args) -> None:
                 f"--kernel-error-kinds takes {','.join(KERNEL_ERROR_KINDS)}; got {sorted(unknown)}"
             )
         base = replace(base, kernel_error_kinds=kinds)
+    if args.blind_share:
+        if not args.blind_pairs:
+            raise SystemExit("--blind-share needs --blind-pairs FILE (made there if it does not exist)")
+        from training.blind_pairs import BLIND_PAIRS_COUNT, BLIND_PAIRS_SEED, load_or_make_blind_pairs
+
+        load_or_make_blind_pairs(Path(args.blind_pairs), BLIND_PAIRS_COUNT, BLIND_PAIRS_SEED)
+        base = replace(base, blind_share=args.blind_share, blind_pairs=str(args.blind_pairs))
     if args.kernel_error_sigma is not None:
         low, high = args.kernel_error_sigma
         if not 0 < low <= high:
@@ -232,7 +240,10 @@ def _train_wiener_net(args) -> None:
         "blur stays the true one (validation: always the true PSF): by default the true PSF blurred "
         "by a Gaussian of sigma in `kernel_error_sigma_range` px, as a measured or guessed PSF often "
         "is too wide; with `kernel_error_kinds` one of those ways drawn per crop "
-        "(`training.kernels.perturb_kernels`: wide, narrow, tails, noise); PSFs: "
+        "(`training.kernels.perturb_kernels`: wide, narrow, tails, noise); in `blind_share` of the "
+        "crops (0 unless `--blind-share`) the crop is blurred by the true kernel of a blind pair "
+        "(`training.blind_pairs`: camera shake on a train-split photo) and the network is handed the "
+        "engine's blind estimate of it; PSFs: "
         "`shake_fraction` camera shake (random "
         "trajectories), the rest 2:2:1:1 isotropic Gaussian, anisotropic Gaussian, disk and ring, up "
         "to 31 px; valid convolution (real boundaries); Gaussian noise sigma log-uniform in the range "
@@ -631,6 +642,20 @@ def main(argv=None) -> None:
         default=None,
         metavar=("LOW", "HIGH"),
         help="range of that Gaussian's sigma in px, uniform (default 0.4 1.0)",
+    )
+    wiener.add_argument(
+        "--blind-share",
+        type=float,
+        default=None,
+        metavar="SHARE",
+        help="share of the crops blurred by a camera-shake kernel and handed the engine's blind "
+        "estimate of it (training.blind_pairs), all stages (default 0)",
+    )
+    wiener.add_argument(
+        "--blind-pairs",
+        default=None,
+        metavar="FILE",
+        help="the blind pairs' .npz file; made there first if missing (about 10 min on 2 cores)",
     )
     wiener.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
     wiener.add_argument("--out", default=None, help="weights path (default: the shipped file)")

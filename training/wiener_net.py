@@ -73,6 +73,11 @@ class WienerNetTrainingConfig:
     kernel_error_kinds: tuple[str, ...] = ("wide",)
     """Ways the handed kernel is wrong (:data:`training.kernels.KERNEL_ERROR_KINDS`), drawn
     uniformly per crop; ``("wide",)`` alone repeats the runs made before the other kinds."""
+    blind_share: float = 0.0
+    """Share of the crops blurred by the true kernel of a blind pair and handed its estimate
+    (:mod:`training.blind_pairs`); needs ``blind_pairs``."""
+    blind_pairs: str | None = None
+    """``.npz`` file of :func:`training.blind_pairs.load_or_make_blind_pairs`."""
     residual_correction: bool = False
     network_passes: int = 1
     init: str | None = None
@@ -158,11 +163,17 @@ class BlurredBatches:
         self.kernels = torch.tensor(
             kernel_pool(config.kernel_pool_size, self.rng, KERNEL_SIZE, config.shake_fraction)
         )
+        self.blind_true = self.blind_estimate = None
+        if config.blind_share > 0:
+            with np.load(config.blind_pairs) as pairs:
+                self.blind_true = torch.from_numpy(pairs["true"]).float()
+                self.blind_estimate = torch.from_numpy(pairs["estimate"]).float()
 
     def draw(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         c = self.config
         big = torch.from_numpy(self.sampler.sample(c.batch)).to(self.device)
         kernels = self.kernels[self.rng.integers(len(self.kernels), size=c.batch)].to(self.device)
+        blind, estimates = self.blind_draw(kernels)
         sharp, blurred = blur_valid(big, kernels)
         sigma = torch.from_numpy(
             np.exp(
@@ -179,7 +190,25 @@ class BlurredBatches:
             mask = torch.from_numpy(poisson).view(-1, 1, 1, 1).to(self.device)
             blurred = torch.where(mask, counts / peak, blurred)
         noise = torch.randn(blurred.shape, generator=generator).to(self.device)
-        return sharp, blurred + sigma * noise, self.kernels_given(kernels)
+        given = self.kernels_given(kernels)
+        if blind is not None:
+            given = torch.where(blind.view(-1, 1, 1), estimates, given)
+        return sharp, blurred + sigma * noise, given
+
+    def blind_draw(self, kernels: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """In ``blind_share`` of the crops, put a blind pair's true kernel into ``kernels`` (in place).
+
+        Returns the mask of those crops and, for them, the pairs' estimates (the kernels the network
+        is handed), or ``(None, None)`` without drawing anything when the share is 0.
+        """
+        if self.blind_true is None:
+            return None, None
+        chosen = self.rng.uniform(size=len(kernels)) < self.config.blind_share
+        picks = self.rng.integers(len(self.blind_true), size=len(kernels))
+        mask = torch.from_numpy(chosen).to(kernels.device)
+        kernels[mask] = self.blind_true[picks[chosen]].to(kernels)
+        estimates = self.blind_estimate[picks].to(kernels)
+        return mask, estimates
 
     def kernels_given(self, kernels: torch.Tensor) -> torch.Tensor:
         """The kernels the network is handed: the true ones, or in ``kernel_error_share`` of the crops
@@ -283,6 +312,7 @@ NO_PROCEDURAL_POOLS = {
     "n_text_pages": 0,
     "text_fraction": 0.0,
     "kernel_error_share": 0.0,
+    "blind_share": 0.0,
 }
 """Photos and dead leaves with true kernels only: the validation mix whatever a run's own shares."""
 
