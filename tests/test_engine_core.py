@@ -13,6 +13,7 @@ from skimage import data
 from skimage.metrics import peak_signal_noise_ratio
 from skimage.restoration import wiener as skimage_wiener
 
+from napari_deblur import engine
 from napari_deblur.engine import (
     WIENER_STACK_SNRS_DB,
     JobCancelled,
@@ -187,6 +188,31 @@ def test_stacks_and_colour_are_processed_plane_by_plane(photo):
     out = wiener_deconvolve(time_z, kernel)
     assert out.shape == time_z.shape
     np.testing.assert_allclose(out[1, 1], wiener_deconvolve(photo * 0.5, kernel), atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "method",
+    [
+        lambda image, **kw: wiener_deconvolve(image, gaussian_psf(1.0), **kw),
+        lambda image, **kw: engine.wiener_net_deconvolve(image, gaussian_psf(1.0), ensemble=1, **kw),
+        lambda image, **kw: engine.richardson_lucy(image, gaussian_psf(1.0), **kw),
+        lambda image, **kw: engine.sharpen_gwis(image, 1.0, **kw),
+        lambda image, **kw: engine.estimate_blur_map(image, **kw),
+        lambda image, **kw: engine.deblur_defocus(image, 1.0, ensemble=1, **kw),
+        lambda image, **kw: blur(image, gaussian_psf(1.0), **kw),
+    ],
+    ids=["wiener", "wiener-net", "richardson-lucy", "gwis", "blur-map", "defocus", "blur"],
+)
+def test_a_trailing_axis_of_three_or_four_is_colour_unless_said_otherwise(photo, method):
+    """An RGB or RGBA photo needs no channel_axis: the same result as channel_axis=-1."""
+    crop = photo[:64, :80]
+    for channels in (3, 4):
+        colour = np.stack([crop, crop[::-1], crop[:, ::-1], crop * 0.5][:channels], axis=-1)
+        found = method(colour)
+        np.testing.assert_array_equal(found, method(colour, channel_axis=-1))
+        assert found.shape[:2] == colour.shape[:2]
+    planes = np.stack([crop] * 3)  # three planes first: a stack, not colour
+    assert method(planes).shape[0] == 3
 
 
 def test_per_plane_psf_repeats_over_time(photo):

@@ -4,7 +4,9 @@ Importing this package never imports napari, Qt or magicgui. Public functions
 take and return numpy arrays (any real dtype in, float32 out in the input's
 intensity scale); their ``iter_*`` twins are generators that report progress
 for long jobs (see :mod:`napari_deblur.engine.core.jobs`). Work runs on CUDA, then
-Apple MPS, then the CPU (:func:`select_device`).
+Apple MPS, then the CPU (:func:`select_device`). Leading axes (z, t, ...) are
+planes; ``channel_axis`` names a colour axis, and when it is None a 3D array
+whose last axis has 3 or 4 entries is read as an RGB/RGBA image.
 """
 
 from .core.devices import select_device

@@ -54,6 +54,8 @@ class PlaneLayout:
         The image's shape.
     channel_axis : int or None
         Axis holding colour channels, normalised to be non-negative.
+        :meth:`of` reads a 3D shape ending in 3 or 4 as colour when it is
+        None (:func:`colour_axis`).
     """
 
     shape: tuple[int, ...]
@@ -61,9 +63,15 @@ class PlaneLayout:
 
     @classmethod
     def of(cls, shape: tuple[int, ...], channel_axis: int | None = None) -> PlaneLayout:
-        """Describe ``shape``; raises ``ValueError`` for impossible layouts."""
+        """Describe ``shape``; raises ``ValueError`` for impossible layouts.
+
+        ``channel_axis=None`` on a 3D shape ending in 3 or 4 means colour on the
+        last axis (an RGB/RGBA photo, as napari shows it), not a stack of planes
+        3 or 4 pixels wide.
+        """
         shape = tuple(int(s) for s in shape)
         ndim = len(shape)
+        channel_axis = colour_axis(shape, channel_axis)
         if channel_axis is not None:
             if isinstance(channel_axis, bool) or not isinstance(channel_axis, (int, np.integer)):
                 raise TypeError(f"channel_axis must be an int or None, not {channel_axis!r}.")
