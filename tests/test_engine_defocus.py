@@ -135,6 +135,21 @@ def test_tiles_agree_with_the_whole_plane(monkeypatch):
     assert difference.mean() < 0.004 and np.quantile(difference, 0.99) < 0.02 and difference.max() < 0.1
 
 
+def test_a_tiled_colour_plane_is_restored_one_channel_at_a_time(two_focus, monkeypatch):
+    observed, levels = two_focus
+    colour = np.stack([observed, observed[::-1], 0.5 * observed], axis=-1)
+    monkeypatch.setattr(dd, "TILE_SIZE", 64)
+    batches = []
+    blend = dd.blended_features
+    monkeypatch.setattr(dd, "blended_features", lambda y, *a: batches.append(y.shape[0]) or blend(y, *a))
+    restored = engine.deblur_defocus(colour, levels, ensemble=1)
+    assert batches and set(batches) == {1}  # a tile holds one channel
+    for channel in range(3):
+        alone = engine.deblur_defocus(colour[..., channel], levels, ensemble=1)
+        # A colour plane and its channel alone differ by about 1e-3 of the range (float rounding).
+        np.testing.assert_allclose(restored[..., channel], alone, rtol=0, atol=3e-3)
+
+
 def test_bad_input_gets_clear_errors_and_is_not_modified(two_focus):
     observed, levels = two_focus[0][:64, :64].copy(), two_focus[1][:64, :64].copy()
     before = observed.copy()

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from .devices import is_out_of_memory, release_cached_memory
-from .jobs import EngineMemoryError, JobProgress, JobSteps
+from .jobs import EngineMemoryError, JobProgress, JobSteps, scaled_steps
 
 logger = logging.getLogger(__name__)
 
@@ -187,6 +187,26 @@ def iter_tiled(
             tile_size //= 2
             logger.warning("out of memory; retrying with %d px tiles", tile_size)
             yield JobProgress(0.0, f"out of memory: retrying with {tile_size} px tiles")
+
+
+def iter_one_channel_at_a_time(
+    restore: Callable[[torch.Tensor], JobSteps[torch.Tensor]], grey: torch.Tensor
+) -> JobSteps[torch.Tensor]:
+    """``restore`` on each ``(1, 1, H, W)`` plane of ``(C, 1, H, W)`` ``grey`` in turn, stacked back.
+
+    For tiled methods whose tiles hold every plane given at once: one plane at a time keeps
+    a tile's working memory that of one channel. ``restore`` returns ``(1, 1, H, W)``;
+    progress is split evenly between the planes.
+    """
+    count = len(grey)
+    if count == 1:
+        return (yield from restore(grey))
+    restored = torch.empty_like(grey)
+    for channel in range(count):
+        restored[channel : channel + 1] = yield from scaled_steps(
+            restore(grey[channel : channel + 1]), channel / count, (channel + 1) / count
+        )
+    return restored
 
 
 def out_of_memory_error(

@@ -18,6 +18,8 @@ docs/methods/defocus-deblur.md.
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -27,7 +29,7 @@ from ..core.devices import cpu_bfloat16_is_fast, select_device
 from ..core.jobs import JobProgress, JobSteps, job_facade, scaled_steps
 from ..core.lazy import is_dask_array, lazy_layout, lazy_planewise
 from ..core.planes import PlaneLayout, iter_planewise
-from ..core.tiling import TileWindow, device_tile_size, iter_tiled
+from ..core.tiling import TileWindow, device_tile_size, iter_one_channel_at_a_time, iter_tiled
 from ..core.validation import as_float_image
 from ..nets.layers import check_ensemble_size
 from ..nets.wiener_net import WienerNet, load_wiener_net
@@ -221,51 +223,81 @@ def _defocus_plane_steps(model: WienerNet, psf_model: str, ensemble: int, scalar
         if level_map is None:
             level_map = grey.new_full((height, width), float(scalar_level))
         level_map = safe_levels(level_map.to(grey.dtype))
-        statistics = plane_statistics(grey)
-        mean, scale, noise = statistics
         bfloat16 = cpu_bfloat16_is_fast(plane.device)
         widest = defocus_psf(psf_model, float(level_map.clamp_max(DEFOCUS_LEVELS[-1]).max())).shape
         halo, residual_halo = tile_context(widest)
         tile_size = device_tile_size(TILE_SIZE, plane.device)
-
-        def network_tile(tile: torch.Tensor, window: TileWindow) -> torch.Tensor:
-            features = blended_features(tile, level_map[window.rows, window.cols], psf_model, statistics)
-            core = network_on_tile_core(model, features, window, ensemble=ensemble, bfloat16=bfloat16)
-            return core * scale + mean
-
-        restored = yield from scaled_steps(
-            iter_tiled(network_tile, grey, tile_size=tile_size, halo=halo, blend=TILE_BLEND, core_only=True),
-            0.0,
-            0.85,
+        restore = partial(
+            _iter_restore_tiled,
+            model=model,
+            level_map=level_map,
+            psf_model=psf_model,
+            ensemble=ensemble,
+            bfloat16=bfloat16,
+            halos=(halo, residual_halo),
+            tile_size=tile_size,
         )
-        yield JobProgress(0.85, "Residual correction")
-
-        def correction_tile(tile: torch.Tensor, window: TileWindow) -> torch.Tensor:
-            corrected = blended_residual_correction(
-                grey[..., window.rows, window.cols],
-                tile,
-                level_map[window.rows, window.cols],
-                psf_model,
-                noise,
-            )
-            rows, cols = window.core_in_tile
-            return corrected[..., rows, cols]
-
-        corrected = yield from scaled_steps(
-            iter_tiled(
-                correction_tile,
-                restored,
-                tile_size=RESIDUAL_TILE_FACTOR * tile_size,
-                halo=residual_halo,
-                blend=TILE_BLEND,
-                core_only=True,
-            ),
-            0.85,
-            1.0,
-        )
+        if max(height, width) > tile_size:  # tiles of one channel: their memory does not grow with colour
+            corrected = yield from iter_one_channel_at_a_time(restore, grey)
+        else:
+            corrected = yield from restore(grey)
         return corrected.transpose(0, 1)  # (1, C, H, W)
 
     return plane_steps
+
+
+def _iter_restore_tiled(
+    grey: torch.Tensor,
+    *,
+    model: WienerNet,
+    level_map: torch.Tensor,
+    psf_model: str,
+    ensemble: int,
+    bfloat16: bool,
+    halos: tuple[int, int],
+    tile_size: int,
+) -> JobSteps[torch.Tensor]:
+    """Map-driven Wiener-net on ``(B, 1, H, W)`` planes sharing ``level_map`` ``(H, W)``, in tiles."""
+    statistics = plane_statistics(grey)
+    mean, scale, noise = statistics
+    halo, residual_halo = halos
+
+    def network_tile(tile: torch.Tensor, window: TileWindow) -> torch.Tensor:
+        features = blended_features(tile, level_map[window.rows, window.cols], psf_model, statistics)
+        core = network_on_tile_core(model, features, window, ensemble=ensemble, bfloat16=bfloat16)
+        return core * scale + mean
+
+    restored = yield from scaled_steps(
+        iter_tiled(network_tile, grey, tile_size=tile_size, halo=halo, blend=TILE_BLEND, core_only=True),
+        0.0,
+        0.85,
+    )
+    yield JobProgress(0.85, "Residual correction")
+
+    def correction_tile(tile: torch.Tensor, window: TileWindow) -> torch.Tensor:
+        corrected = blended_residual_correction(
+            grey[..., window.rows, window.cols],
+            tile,
+            level_map[window.rows, window.cols],
+            psf_model,
+            noise,
+        )
+        rows, cols = window.core_in_tile
+        return corrected[..., rows, cols]
+
+    corrected = yield from scaled_steps(
+        iter_tiled(
+            correction_tile,
+            restored,
+            tile_size=RESIDUAL_TILE_FACTOR * tile_size,
+            halo=residual_halo,
+            blend=TILE_BLEND,
+            core_only=True,
+        ),
+        0.85,
+        1.0,
+    )
+    return corrected
 
 
 def iter_deblur_defocus(

@@ -23,7 +23,14 @@ from ..core.image_stats import estimate_noise_std
 from ..core.jobs import JobProgress, JobSteps, job_facade, scaled_steps
 from ..core.lazy import lazy_with_psf
 from ..core.planes import PlaneLayout, iter_planewise
-from ..core.tiling import MIN_TILE_SIZE, TileWindow, device_tile_size, iter_tiled, out_of_memory_error
+from ..core.tiling import (
+    MIN_TILE_SIZE,
+    TileWindow,
+    device_tile_size,
+    iter_one_channel_at_a_time,
+    iter_tiled,
+    out_of_memory_error,
+)
 from ..core.validation import as_float_image, as_psf, is_volume_psf
 from ..nets.layers import ENSEMBLE_SIZES as ENSEMBLE_SIZES
 from ..nets.layers import check_ensemble_size, mean_over_views
@@ -430,13 +437,27 @@ def iter_wiener_net_tiled(
 
 
 def _wiener_net_plane_steps(model: WienerNet, snrs: torch.Tensor, ensemble: int, bfloat16: bool):
+    def tiled_by_channel(grey: torch.Tensor, kernel: torch.Tensor, tile_size: int) -> JobSteps[torch.Tensor]:
+        return (
+            yield from iter_one_channel_at_a_time(
+                lambda channel: iter_wiener_net_tiled(
+                    model,
+                    channel,
+                    kernel[None],
+                    snrs,
+                    ensemble=ensemble,
+                    bfloat16=bfloat16,
+                    tile_size=tile_size,
+                ),
+                grey,
+            )
+        )
+
     def plane_steps(plane: torch.Tensor, kernel: torch.Tensor) -> JobSteps[torch.Tensor]:
         grey = plane.transpose(0, 1)  # (C, 1, H, W): every channel is a grayscale plane
         tile_size = device_tile_size(TILE_SIZE, plane.device)
         if max(grey.shape[-2:]) > tile_size:
-            restored = yield from iter_wiener_net_tiled(
-                model, grey, kernel[None], snrs, ensemble=ensemble, bfloat16=bfloat16, tile_size=tile_size
-            )
+            restored = yield from tiled_by_channel(grey, kernel, tile_size)
             return restored.transpose(0, 1)
         try:
             restored = yield from _whole_plane_steps(model, grey, kernel[None], snrs, ensemble, bfloat16)
@@ -448,9 +469,7 @@ def _wiener_net_plane_steps(model: WienerNet, snrs: torch.Tensor, ensemble: int,
             if tile_size < MIN_TILE_SIZE:
                 raise out_of_memory_error(error, grey, max(grey.shape[-2:]), 0) from error
             yield JobProgress(0.0, f"out of memory: retrying with {tile_size} px tiles")
-            restored = yield from iter_wiener_net_tiled(
-                model, grey, kernel[None], snrs, ensemble=ensemble, bfloat16=bfloat16, tile_size=tile_size
-            )
+            restored = yield from tiled_by_channel(grey, kernel, tile_size)
         return restored.transpose(0, 1)  # (1, C, H, W)
 
     return plane_steps
