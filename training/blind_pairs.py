@@ -9,7 +9,7 @@ shift that best aligns it with the true kernel: a blind estimate is known only u
 moves the restoration and is no error of its shape. Wiener-net's training hands the estimate to the
 network while the crop is blurred by the true kernel (``--blind-share``).
 
-    python -m training.blind_pairs --count 480 --out PAIRS.npz    # about 10 min on 2 cores
+    python -m training.blind_pairs --count 480 --out PAIRS.npz    # about 6 min on 2 cores
 """
 
 from __future__ import annotations

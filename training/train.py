@@ -655,7 +655,7 @@ def main(argv=None) -> None:
         "--blind-pairs",
         default=None,
         metavar="FILE",
-        help="the blind pairs' .npz file; made there first if missing (about 10 min on 2 cores)",
+        help="the blind pairs' .npz file; made there first if missing (about 6 min on 2 cores)",
     )
     wiener.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
     wiener.add_argument("--out", default=None, help="weights path (default: the shipped file)")

@@ -131,7 +131,7 @@ def deblur_blind() -> BlindDeblurResult:
     lights), the result within a kernel's reach of them is redone by
     Richardson-Lucy iterations that ignore the clipped pixels, so lights do not
     ring (:func:`~napari_deblur.engine.methods.clipped_highlights.repair_clipped`).
-    The input is never modified. Time is mostly the estimate: about 20-25 s
+    The input is never modified. Time is mostly the estimate: about 15 s
     for a plane of 1 MP or more on two CPU cores (the estimate works on the
     most textured 1 MP window), then Wiener-net on the whole plane.
     """
