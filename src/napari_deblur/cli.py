@@ -446,26 +446,50 @@ class _BlindPlanes:
     """``napari-deblur run blind``: each plane's kernel estimated, then Wiener-net (lazy, one plane a
     chunk); the kernels the planes used are kept (``kernels``, by flat plane index) for the kernel file.
 
-    Planes computed in other processes (``--workers``, ``--scheduler``) keep their kernels there.
+    Planes computed in other processes (``--workers``, ``--scheduler``) send their kernels back
+    through a dask.distributed queue (:meth:`share_through`), collected by :meth:`collect`.
     """
 
-    def __init__(self, ensemble: int, device):
+    def __init__(self, ensemble: int, device, queue_name: str | None = None):
         import threading
 
         self.ensemble, self.device = ensemble, device
+        self.queue_name = queue_name
         self.kernels: dict[int, object] = {}
         self._lock = threading.Lock()
+        self._queue = None  # the queue's client side, in the process that writes the files
+        self._remote = False  # a copy computing planes in another process
 
     def __getstate__(self):  # sent to other processes: without the lock and the kernels found here
-        return {"ensemble": self.ensemble, "device": self.device}
+        return {"ensemble": self.ensemble, "device": self.device, "queue_name": self.queue_name}
 
     def __setstate__(self, state):
-        self.__init__(state["ensemble"], state["device"])
+        self.__init__(state["ensemble"], state["device"], state["queue_name"])
+        self._remote = True
+
+    def share_through(self, client) -> None:
+        """Have planes computed on ``client``'s workers send their kernels back (a distributed queue)."""
+        import uuid
+
+        from distributed import Queue
+
+        self.queue_name = f"napari-deblur-blind-kernels-{uuid.uuid4().hex}"
+        self._queue = Queue(self.queue_name, client=client)
+
+    def collect(self) -> None:
+        """Take the kernels that other processes sent into ``kernels``."""
+        if self._queue is None:
+            return
+        import numpy as np
+
+        for index, kernel in self._queue.get(batch=True):
+            self.kernels[int(index)] = np.asarray(kernel, np.float32)
 
     def __call__(self, image, channel_axis):
         from napari_deblur import engine
         from napari_deblur.engine.core.lazy import lazy_planewise
 
+        self.collect()  # what an earlier, failed input left in the queue
         self.kernels.clear()
 
         def plane(block, index):
@@ -473,8 +497,13 @@ class _BlindPlanes:
                 block, channel_axis=channel_axis, device=self.device, ensemble=self.ensemble
             )
             log.info("plane %d: estimated a %d px kernel", index, result.psf.shape[-1])
-            with self._lock:
-                self.kernels[index] = result.psf
+            if self._remote and self.queue_name is not None:
+                from distributed import Queue
+
+                Queue(self.queue_name).put([int(index), result.psf.tolist()])
+            else:
+                with self._lock:
+                    self.kernels[index] = result.psf
             return result.image
 
         return lazy_planewise(plane, image, channel_axis=channel_axis)
@@ -511,11 +540,12 @@ def _save_kernels(blind: _BlindPlanes, image, channel_axis: int | None, out: Pat
     from napari_deblur.io.stack_files import iter_save_lazy
 
     layout = PlaneLayout.of(tuple(int(n) for n in image.shape), channel_axis)
+    blind.collect()
     stack = blind.kernel_stack(layout.leading_shape)
     if stack is None:
         sys.stderr.write(
-            f"{PROG}: {out.name}: the kernels were estimated in other processes and are not written; "
-            "run without --workers/--scheduler to keep them\n"
+            f"{PROG}: {out.name}: the kernels of some planes did not come back from the processes "
+            "that estimated them and are not written; run without --workers/--scheduler to keep them\n"
         )
         return None
     target = _kernel_path(out)
@@ -680,6 +710,8 @@ def _run_method(args: argparse.Namespace) -> int:
     client = _start_cluster(args)
     if client is not None:
         at_once = sum(client.nthreads().values())
+        if isinstance(compute, _BlindPlanes):
+            compute.share_through(client)
     else:
         # Planes in parallel, one per core, each single-threaded: torch's small operations scale
         # poorly over threads, and threads x torch threads > cores makes every kernel wait.
