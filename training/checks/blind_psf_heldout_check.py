@@ -15,6 +15,7 @@ deconvolution with the estimate / with the true kernel, each up to a shift of th
     python -m training.checks.blind_psf_heldout_check --crop 384 --seed 7
     python -m training.checks.blind_psf_heldout_check --set lambda_floor=0.002   # try a setting of blind_psf
     python -m training.checks.blind_psf_heldout_check --like-protocol-4       # 72 cases, ~2 min
+    python -m training.checks.blind_psf_heldout_check --like-protocol-4 --er-step sparse   # the papers' ER
 
 ``--like-protocol-4`` mirrors protocol 4 on the train split instead: every train image (centre
 crop of at most 384 px, a 13 px margin kept for real boundaries, as ``eval_crop_shape``),
@@ -130,12 +131,18 @@ def protocol_4_like_cases(
 
 
 def score_case(
-    case: tuple, powers: tuple[float, ...], settings: dict[str, float], size: int | None = ESTIMATE_SIZE
+    case: tuple,
+    powers: tuple[float, ...],
+    settings: dict[str, float],
+    size: int | None = ESTIMATE_SIZE,
+    er_step: str = "wiener-net",
 ) -> list[float]:
     """[image index, seconds, then similarity and ER per power].
 
     ``settings``: fields of :class:`~napari_deblur.engine.methods.blind_psf.EstimatorSettings` that differ
-    from the shipped ones (the sharpening power is set by ``powers``).
+    from the shipped ones (the sharpening power is set by ``powers``). ``er_step``: the non-blind
+    step behind both errors of ER, Wiener-net or ``"sparse"`` (the blind papers' step,
+    ``benchmarks/sparse_deconvolution.py``).
     """
     import torch
     from region_selection_benchmark import error_upto_shift
@@ -143,6 +150,10 @@ def score_case(
     from napari_deblur.engine import kernel_similarity, wiener_net_deconvolve
     from napari_deblur.engine.methods import blind_psf
 
+    if er_step == "sparse":
+        from sparse_deconvolution import sparse_deconvolve as restore
+    else:
+        restore = wiener_net_deconvolve
     torch.set_num_threads(1)
     index, blurred, kernel, sharp = case
     start = time.perf_counter()
@@ -155,10 +166,10 @@ def score_case(
     )
     row = [index, time.perf_counter() - start]
     border = ER_BORDER if size is not None else kernel.shape[0]
-    reference = error_upto_shift(wiener_net_deconvolve(blurred, kernel.astype(np.float32)), sharp, border)[0]
+    reference = error_upto_shift(restore(blurred, kernel.astype(np.float32)), sharp, border)[0]
     for power in powers:
         estimate = blind_psf.sharpen_kernel(raw, power).astype(np.float32)
-        error = error_upto_shift(wiener_net_deconvolve(blurred, estimate), sharp, border)[0]
+        error = error_upto_shift(restore(blurred, estimate), sharp, border)[0]
         row += [kernel_similarity(estimate, kernel), error / reference]
     return row
 
@@ -183,6 +194,13 @@ def main(argv=None) -> None:
         nargs=2,
         default=(0.4, 1.0),
         help="--like-protocol-4: the hand-shake path's extent, fractions of the kernel side less 3 px",
+    )
+    parser.add_argument(
+        "--er-step",
+        choices=("wiener-net", "sparse"),
+        default="wiener-net",
+        help="the non-blind step behind ER: Wiener-net, or the sparse deconvolution the blind papers "
+        "compute ER with (benchmarks/sparse_deconvolution.py)",
     )
     parser.add_argument(
         "--set",
@@ -216,7 +234,16 @@ def main(argv=None) -> None:
     count = len(cases)
     with ProcessPoolExecutor(args.workers) as pool:
         rows = np.array(
-            list(pool.map(score_case, cases, [powers] * count, [settings] * count, [size] * count))
+            list(
+                pool.map(
+                    score_case,
+                    cases,
+                    [powers] * count,
+                    [settings] * count,
+                    [size] * count,
+                    [args.er_step] * count,
+                )
+            )
         )
     for index in np.unique(rows[:, 0]):
         mine = rows[rows[:, 0] == index]
@@ -224,7 +251,7 @@ def main(argv=None) -> None:
             f"image {int(index)}: ER <= 3 {np.sum(mine[:, 3] <= 3)}/{len(mine)}, similarity {mine[:, 2].mean():.3f}"
         )
     print(
-        f"{what}, seed {args.seed}, settings {settings or 'shipped'}: "
+        f"{what}, seed {args.seed}, settings {settings or 'shipped'}, ER by {args.er_step}: "
         f"{len(rows)} cases, "
         f"{len(np.unique(rows[:, 0]))} images; median estimate time {np.median(rows[:, 1]):.2f} s"
     )
