@@ -29,7 +29,7 @@ from ..core.devices import cpu_bfloat16_is_fast, select_device
 from ..core.jobs import JobProgress, JobSteps, job_facade, scaled_steps
 from ..core.lazy import is_dask_array, lazy_layout, lazy_planewise
 from ..core.planes import PlaneLayout, iter_planewise
-from ..core.tiling import TileWindow, device_tile_size, iter_one_channel_at_a_time, iter_tiled
+from ..core.tiling import device_tile_size, iter_one_channel_at_a_time
 from ..core.validation import as_float_image
 from ..nets.layers import check_ensemble_size
 from ..nets.wiener_net import WienerNet, load_wiener_net
@@ -37,11 +37,10 @@ from ..physics.psf import disk_psf, gaussian_psf
 from .blur_map import check_blur_levels, is_auto_blur, iter_estimate_blur_map
 from .wiener import WIENER_STACK_SNRS_DB
 from .wiener_net import (
-    RESIDUAL_TILE_FACTOR,
-    TILE_BLEND,
     TILE_SIZE,
     correct_by_residual,
-    network_on_tile_core,
+    iter_correction_tiles,
+    iter_network_tiles,
     plane_statistics,
     tile_context,
     wiener_net_features,
@@ -259,40 +258,34 @@ def _iter_restore_tiled(
 ) -> JobSteps[torch.Tensor]:
     """Map-driven Wiener-net on ``(B, 1, H, W)`` planes sharing ``level_map`` ``(H, W)``, in tiles."""
     statistics = plane_statistics(grey)
-    mean, scale, noise = statistics
+    noise = statistics[2]
     halo, residual_halo = halos
-
-    def network_tile(tile: torch.Tensor, window: TileWindow) -> torch.Tensor:
-        features = blended_features(tile, level_map[window.rows, window.cols], psf_model, statistics)
-        core = network_on_tile_core(model, features, window, ensemble=ensemble, bfloat16=bfloat16)
-        return core * scale + mean
-
     restored = yield from scaled_steps(
-        iter_tiled(network_tile, grey, tile_size=tile_size, halo=halo, blend=TILE_BLEND, core_only=True),
+        iter_network_tiles(
+            model,
+            grey,
+            lambda tile, window: blended_features(
+                tile, level_map[window.rows, window.cols], psf_model, statistics
+            ),
+            statistics,
+            halo=halo,
+            tile_size=tile_size,
+            ensemble=ensemble,
+            bfloat16=bfloat16,
+        ),
         0.0,
         0.85,
     )
     yield JobProgress(0.85, "Residual correction")
-
-    def correction_tile(tile: torch.Tensor, window: TileWindow) -> torch.Tensor:
-        corrected = blended_residual_correction(
-            grey[..., window.rows, window.cols],
-            tile,
-            level_map[window.rows, window.cols],
-            psf_model,
-            noise,
-        )
-        rows, cols = window.core_in_tile
-        return corrected[..., rows, cols]
-
     corrected = yield from scaled_steps(
-        iter_tiled(
-            correction_tile,
+        iter_correction_tiles(
+            grey,
             restored,
-            tile_size=RESIDUAL_TILE_FACTOR * tile_size,
+            lambda y, x, window: blended_residual_correction(
+                y, x, level_map[window.rows, window.cols], psf_model, noise
+            ),
             halo=residual_halo,
-            blend=TILE_BLEND,
-            core_only=True,
+            tile_size=tile_size,
         ),
         0.85,
         1.0,

@@ -12,6 +12,7 @@ docs/methods/wiener-net.md for the method.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -397,17 +398,19 @@ def iter_wiener_net_tiled(
     EngineMemoryError
         When even tiles of :data:`~napari_deblur.engine.core.tiling.MIN_TILE_SIZE` px run out of memory.
     """
-    mean, scale, noise = plane_statistics(grey)
+    statistics = plane_statistics(grey)
     halo, residual_halo = tile_context(tuple(kernel.shape[-2:]))
-
-    def restore_tile(tile: torch.Tensor, window: TileWindow) -> torch.Tensor:
-        features = wiener_net_features(tile, kernel, snrs, statistics=(mean, scale, noise))[0]
-        return (
-            network_on_tile_core(model, features, window, ensemble=ensemble, bfloat16=bfloat16) * scale + mean
-        )
-
     restored = yield from scaled_steps(
-        iter_tiled(restore_tile, grey, tile_size=tile_size, halo=halo, blend=TILE_BLEND, core_only=True),
+        iter_network_tiles(
+            model,
+            grey,
+            lambda tile, _window: wiener_net_features(tile, kernel, snrs, statistics=statistics)[0],
+            statistics,
+            halo=halo,
+            tile_size=tile_size,
+            ensemble=ensemble,
+            bfloat16=bfloat16,
+        ),
         0.0,
         0.85,
     )
@@ -415,25 +418,82 @@ def iter_wiener_net_tiled(
     sigma = yield from scaled_steps(
         residual_noise_std(grey, restored, kernel, tile_size=tile_size), 0.85, 0.9
     )
-
-    def correct_tile(tile: torch.Tensor, window: TileWindow) -> torch.Tensor:
-        rows, cols = window.core_in_tile
-        corrected = correct_by_residual(grey[..., window.rows, window.cols], tile, kernel, sigma)
-        return corrected[..., rows, cols]
-
     corrected = yield from scaled_steps(
-        iter_tiled(
-            correct_tile,
+        iter_correction_tiles(
+            grey,
             restored,
-            tile_size=RESIDUAL_TILE_FACTOR * tile_size,
+            lambda y, x, _window: correct_by_residual(y, x, kernel, sigma),
             halo=residual_halo,
-            blend=TILE_BLEND,
-            core_only=True,
+            tile_size=tile_size,
         ),
         0.9,
         1.0,
     )
     return corrected
+
+
+def iter_network_tiles(
+    model: WienerNet,
+    grey: torch.Tensor,
+    features_of: Callable[[torch.Tensor, TileWindow], torch.Tensor],
+    statistics: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    *,
+    halo: int,
+    tile_size: int,
+    ensemble: int,
+    bfloat16: bool,
+) -> JobSteps[torch.Tensor]:
+    """The network's restoration of ``(B, 1, H, W)`` planes, tile by tile, before the residual correction.
+
+    ``features_of(tile, window)`` gives a tile's ``(B, S + 2, h, w)`` features (with its
+    ``halo`` px of context, normalised by the whole plane's ``statistics``, :func:`plane_statistics`);
+    the network runs on each core (:func:`network_on_tile_core`) and the cores are cross-faded
+    over :data:`TILE_BLEND` px. Returns ``(B, 1, H, W)`` in ``grey``'s intensity units.
+    """
+    mean, scale, _ = statistics
+
+    def restore_tile(tile: torch.Tensor, window: TileWindow) -> torch.Tensor:
+        features = features_of(tile, window)
+        return (
+            network_on_tile_core(model, features, window, ensemble=ensemble, bfloat16=bfloat16) * scale + mean
+        )
+
+    return (
+        yield from iter_tiled(
+            restore_tile, grey, tile_size=tile_size, halo=halo, blend=TILE_BLEND, core_only=True
+        )
+    )
+
+
+def iter_correction_tiles(
+    grey: torch.Tensor,
+    restored: torch.Tensor,
+    correct: Callable[[torch.Tensor, torch.Tensor, TileWindow], torch.Tensor],
+    *,
+    halo: int,
+    tile_size: int,
+) -> JobSteps[torch.Tensor]:
+    """A residual correction of ``restored`` ``(B, 1, H, W)`` applied in tiles of
+    :data:`RESIDUAL_TILE_FACTOR` x ``tile_size`` px with ``halo`` px of context.
+
+    ``correct(y, x, window)`` returns the corrected tile from the blurred tile ``y`` and the
+    restored tile ``x`` (same window); only its core is kept and cores are cross-faded.
+    """
+
+    def correct_tile(tile: torch.Tensor, window: TileWindow) -> torch.Tensor:
+        rows, cols = window.core_in_tile
+        return correct(grey[..., window.rows, window.cols], tile, window)[..., rows, cols]
+
+    return (
+        yield from iter_tiled(
+            correct_tile,
+            restored,
+            tile_size=RESIDUAL_TILE_FACTOR * tile_size,
+            halo=halo,
+            blend=TILE_BLEND,
+            core_only=True,
+        )
+    )
 
 
 def _wiener_net_plane_steps(model: WienerNet, snrs: torch.Tensor, ensemble: int, bfloat16: bool):
